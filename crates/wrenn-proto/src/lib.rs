@@ -1,0 +1,19 @@
+//! Wire contracts shared between Wrenn's components.
+//!
+//! * [`process`] and [`filesystem`]: E2B's envd services, which Wrenn's `envd` serves so that the
+//!   published `e2b` SDK works unchanged. Every message has prost (binary) and pbjson (proto3
+//!   JSON) encodings.
+
+#![allow(clippy::all, missing_docs)]
+
+/// `process.Process`: start, attach to and drive processes inside a capsule.
+pub mod process {
+    include!(concat!(env!("OUT_DIR"), "/process.rs"));
+    include!(concat!(env!("OUT_DIR"), "/process.serde.rs"));
+}
+
+/// `filesystem.Filesystem`: inspect and change the capsule's filesystem, and watch it.
+pub mod filesystem {
+    include!(concat!(env!("OUT_DIR"), "/filesystem.rs"));
+    include!(concat!(env!("OUT_DIR"), "/filesystem.serde.rs"));
+}
