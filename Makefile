@@ -1,0 +1,56 @@
+# Wrenn. `make up` runs it, `make test` proves it, `make bench` measures it.
+# Slow caches live outside the clone so reruns are fast; everything works from nothing too.
+
+SHELL := /bin/bash
+WRENN_CACHE ?= /var/tmp/wrenn
+export CARGO_TARGET_DIR ?= $(WRENN_CACHE)/target
+VENV_E2B := $(WRENN_CACHE)/venv-e2b
+CARGO ?= cargo
+ENVD_LISTEN ?= 127.0.0.1:49983
+
+.PHONY: up test deps lint unit e2b bench envd envd-static fmt clean-cache
+
+## up: build and run what exists so far (envd on $(ENVD_LISTEN); the control plane arrives later)
+up: deps envd
+	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
+
+## test: format check, clippy -D warnings, every Rust test, then the published e2b SDK against envd
+test: deps lint unit e2b
+
+deps:
+	@scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+envd:
+	$(CARGO) build -p envd --locked
+
+$(VENV_E2B)/.installed: tests/e2b/requirements.txt
+	python3 -m venv $(VENV_E2B)
+	$(VENV_E2B)/bin/pip install --quiet --upgrade pip
+	$(VENV_E2B)/bin/pip install --quiet --upgrade -r tests/e2b/requirements.txt
+	touch $@
+
+e2b: envd $(VENV_E2B)/.installed
+	$(VENV_E2B)/bin/pip install --quiet --upgrade e2b
+	ENVD_BIN=$(CARGO_TARGET_DIR)/debug/envd $(VENV_E2B)/bin/python -m pytest tests/e2b -q -p no:cacheprovider
+
+## envd-static: the static binary that goes into guest images (musl when the target is installed)
+envd-static:
+	@scripts/build-envd-static.sh
+
+## bench: every figure as a ratio against a baseline measured in the same run
+bench: deps
+	$(CARGO) build --release --locked -p envd -p wrenn-bench
+	$(CARGO_TARGET_DIR)/release/wrenn-bench envd --envd $(CARGO_TARGET_DIR)/release/envd
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-cache:
+	rm -rf $(WRENN_CACHE)
