@@ -105,8 +105,11 @@ mod tests {
         // python: base64.b64encode(sha256(b"/tmp/a:read::secret").digest()).rstrip(b"=")
         let sig = file_signature("/tmp/a", "read", "", &token, None);
         assert!(sig.starts_with("v1_") && !sig.ends_with('='));
-        let mut params: std::collections::HashMap<String, String> =
-            [("path".to_string(), "/tmp/a".to_string()), ("signature".into(), sig)].into();
+        let mut params: std::collections::HashMap<String, String> = [
+            ("path".to_string(), "/tmp/a".to_string()),
+            ("signature".into(), sig),
+        ]
+        .into();
         assert!(signature_ok(&params, "read", &token, 0));
         assert!(!signature_ok(&params, "write", &token, 0));
         let exp_sig = file_signature("/tmp/a", "read", "", &token, Some(100));

@@ -98,7 +98,8 @@ impl EnvdError {
     /// Wraps an I/O error with what envd was doing, e.g. `stat /tmp/x`.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         let context = context.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT)
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
         {
             return EnvdError::NoSpace { context };
         }
@@ -125,10 +126,12 @@ impl EnvdError {
                     Code::PermissionDenied
                 }
                 Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Code::AlreadyExists,
-                Some(libc::ENOTDIR) | Some(libc::EISDIR) | Some(libc::EINVAL)
-                | Some(libc::ENAMETOOLONG) | Some(libc::ELOOP) | Some(libc::EXDEV) => {
-                    Code::InvalidArgument
-                }
+                Some(libc::ENOTDIR)
+                | Some(libc::EISDIR)
+                | Some(libc::EINVAL)
+                | Some(libc::ENAMETOOLONG)
+                | Some(libc::ELOOP)
+                | Some(libc::EXDEV) => Code::InvalidArgument,
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
                     Code::ResourceExhausted
                 }

@@ -69,9 +69,9 @@ fn meminfo(text: &str) -> (u64, u64) {
 fn disk() -> (u64, u64) {
     match nix::sys::statvfs::statvfs("/") {
         Ok(s) => {
-            let frsize = s.fragment_size() as u64;
-            let total = s.blocks() as u64 * frsize;
-            let free = s.blocks_free() as u64 * frsize;
+            let frsize = s.fragment_size();
+            let total = s.blocks() * frsize;
+            let free = s.blocks_free() * frsize;
             (total.saturating_sub(free), total)
         }
         Err(_) => (0, 0),
@@ -94,7 +94,9 @@ impl Sampler {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let Some(latest) = latest.upgrade() else { return };
+                let Some(latest) = latest.upgrade() else {
+                    return;
+                };
                 let m = sample(&mut prev);
                 *latest.write().unwrap_or_else(|e| e.into_inner()) = m;
             }
@@ -103,7 +105,10 @@ impl Sampler {
     }
 
     pub fn latest(&self) -> Metrics {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -117,7 +122,8 @@ fn sample(prev: &mut Option<CpuTimes>) -> Metrics {
         _ => 0.0,
     };
     *prev = Some(cpu);
-    let (mem_total, mem_used) = meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    let (mem_total, mem_used) =
+        meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
     let (disk_used, disk_total) = disk();
     Metrics {
         ts: std::time::SystemTime::now()

@@ -138,8 +138,7 @@ pub fn router(envd: SharedEnvd) -> Router {
 
 /// Builds envd's state: reaper, metrics sampler, defaults. Needs a Tokio runtime.
 pub fn build(config: Config) -> Result<SharedEnvd> {
-    let reaper =
-        Reaper::start().map_err(|e| EnvdError::io("installing the SIGCHLD handler", e))?;
+    let reaper = Reaper::start().map_err(|e| EnvdError::io("installing the SIGCHLD handler", e))?;
     let sampler = Sampler::start(Duration::from_secs(1));
     Ok(Arc::new(Envd::new(config, reaper, sampler)))
 }

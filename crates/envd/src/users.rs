@@ -113,7 +113,11 @@ impl UserDb {
             name: entry.name.clone(),
             uid: entry.uid,
             gid: entry.gid,
-            home: PathBuf::from(if entry.home.is_empty() { "/" } else { &entry.home }),
+            home: PathBuf::from(if entry.home.is_empty() {
+                "/"
+            } else {
+                &entry.home
+            }),
             groups,
         })
     }
@@ -152,7 +156,10 @@ mod tests {
         assert_eq!(u.home, PathBuf::from("/home/user"));
         assert_eq!(u.groups, vec![1000, 27]);
         assert!(db.user("root").unwrap().is_root());
-        assert!(matches!(db.user("nobody"), Err(EnvdError::Unauthenticated(_))));
+        assert!(matches!(
+            db.user("nobody"),
+            Err(EnvdError::Unauthenticated(_))
+        ));
         assert_eq!(db.user_name(1000), "user");
         assert_eq!(db.group_name(27), "sudo");
         assert_eq!(db.user_name(4242), "4242");

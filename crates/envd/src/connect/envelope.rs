@@ -122,7 +122,10 @@ mod tests {
     fn oversize_and_compressed_are_rejected() {
         let mut d = Decoder::new(4);
         d.push(&encode(0, b"12345"));
-        assert!(matches!(d.next_frame(), Err(EnvdError::ResourceExhausted(_))));
+        assert!(matches!(
+            d.next_frame(),
+            Err(EnvdError::ResourceExhausted(_))
+        ));
         let mut d = Decoder::new(64);
         d.push(&encode(FLAG_COMPRESSED, b"x"));
         assert!(matches!(d.next_frame(), Err(EnvdError::Unimplemented(_))));

@@ -21,8 +21,14 @@ use crate::error::{Code, EnvdError, Result};
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// A message type usable with both codecs.
-pub trait Message: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static {}
-impl<T> Message for T where T: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static {}
+pub trait Message:
+    prost::Message + Default + Serialize + DeserializeOwned + Send + 'static
+{
+}
+impl<T> Message for T where
+    T: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static
+{
+}
 
 /// The shape of an RPC, which fixes its content types and framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +47,17 @@ pub enum Codec {
 
 impl Codec {
     /// Picks the codec from `Content-Type` for an RPC of `kind`.
-    pub fn from_headers(headers: &HeaderMap, kind: Kind) -> Result<Codec, Response> {
+    pub fn from_headers(headers: &HeaderMap, kind: Kind) -> Result<Codec> {
         let raw = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let codec = match (kind, essence.as_str()) {
             (Kind::Unary, "application/json") => Some(Codec::Json),
             (Kind::Unary, "application/proto") => Some(Codec::Proto),
@@ -59,17 +70,14 @@ impl Codec {
             _ => None,
         };
         codec.ok_or_else(|| {
-            let err = EnvdError::InvalidArgument(format!(
+            EnvdError::InvalidArgument(format!(
                 "unsupported content type {raw:?} for a {} call",
                 match kind {
                     Kind::Unary => "unary",
                     Kind::ServerStream => "server-streaming",
                     Kind::ClientStream => "client-streaming",
                 }
-            ));
-            let mut resp = unary_error(&err);
-            *resp.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-            resp
+            ))
         })
     }
 
@@ -167,6 +175,13 @@ pub fn unary_error(err: &EnvdError) -> Response {
     )
 }
 
+/// The error for a request whose content type does not fit the procedure.
+fn unsupported_media_type(err: &EnvdError) -> Response {
+    let mut resp = unary_error(err);
+    *resp.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    resp
+}
+
 /// The error for a procedure this service does not have.
 pub fn unknown_method(path: &str) -> Response {
     let err = EnvdError::Unimplemented(format!("unknown procedure {path}"));
@@ -181,7 +196,9 @@ async fn read_body(body: Body) -> Result<Bytes> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(EnvdError::ResourceExhausted(
             format!("request body exceeds the limit of {MAX_MESSAGE_BYTES} bytes"),
         )),
-        Err(e) => Err(EnvdError::InvalidArgument(format!("reading request body: {e}"))),
+        Err(e) => Err(EnvdError::InvalidArgument(format!(
+            "reading request body: {e}"
+        ))),
     }
 }
 
@@ -204,7 +221,7 @@ where
 {
     let codec = match Codec::from_headers(&headers, Kind::Unary) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(e) => return unsupported_media_type(&e),
     };
     let result = async {
         check_identity(&headers, "content-encoding")?;
@@ -346,7 +363,7 @@ where
 {
     let codec = match Codec::from_headers(&headers, Kind::ServerStream) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(e) => return unsupported_media_type(&e),
     };
     let started = async {
         check_identity(&headers, "connect-content-encoding")?;
@@ -384,7 +401,7 @@ where
 {
     let codec = match Codec::from_headers(&headers, Kind::ClientStream) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(e) => return unsupported_media_type(&e),
     };
     let result = async {
         check_identity(&headers, "connect-content-encoding")?;
@@ -413,8 +430,9 @@ mod tests {
         assert_eq!(p.envs["A"], "1");
         assert_eq!(p.cwd.as_deref(), Some("/tmp"));
         assert_eq!(req.stdin, Some(false));
-        let snake: process::SendSignalRequest =
-            Codec::Json.decode(br#"{"process":{"pid":7},"signal":"SIGNAL_SIGKILL"}"#).unwrap();
+        let snake: process::SendSignalRequest = Codec::Json
+            .decode(br#"{"process":{"pid":7},"signal":"SIGNAL_SIGKILL"}"#)
+            .unwrap();
         assert_eq!(snake.signal, process::Signal::Sigkill as i32);
         let w: filesystem::GetWatcherEventsRequest =
             Codec::Json.decode(br#"{"watcher_id":"w-1"}"#).unwrap();
@@ -440,7 +458,12 @@ mod tests {
 
     #[test]
     fn bad_messages_are_invalid_argument() {
-        for bad in [&b"{"[..], b"[1]", b"{\"process\":{\"pid\":\"x\"}}", b"\xff\xfe"] {
+        for bad in [
+            &b"{"[..],
+            b"[1]",
+            b"{\"process\":{\"pid\":\"x\"}}",
+            b"\xff\xfe",
+        ] {
             let r: Result<process::ConnectRequest> = Codec::Json.decode(bad);
             assert!(matches!(r, Err(EnvdError::InvalidArgument(_))), "{bad:?}");
         }

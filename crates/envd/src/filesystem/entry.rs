@@ -55,7 +55,12 @@ fn file_type(meta: &fs::Metadata) -> FileType {
         FileType::Directory
     } else if ft.is_symlink() {
         FileType::Symlink
-    } else if ft.is_file() || ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
+    } else if ft.is_file()
+        || ft.is_fifo()
+        || ft.is_socket()
+        || ft.is_char_device()
+        || ft.is_block_device()
+    {
         FileType::File
     } else {
         FileType::Unspecified
@@ -68,7 +73,10 @@ fn metadata_xattrs(path: &Path) -> HashMap<String, String> {
     };
     names
         .filter_map(|name| {
-            let key = name.to_str()?.strip_prefix(METADATA_XATTR_PREFIX)?.to_string();
+            let key = name
+                .to_str()?
+                .strip_prefix(METADATA_XATTR_PREFIX)?
+                .to_string();
             let value = xattr::get(path, &name).ok()??;
             Some((key, String::from_utf8_lossy(&value).into_owned()))
         })
@@ -111,7 +119,11 @@ pub fn entry_from_meta(path: &Path, meta: &fs::Metadata, db: &UserDb) -> EntryIn
                 let base = path.parent().unwrap_or(Path::new("/"));
                 (
                     FileType::Symlink,
-                    Some(paths::normalize(&base.join(raw)).to_string_lossy().into_owned()),
+                    Some(
+                        paths::normalize(&base.join(raw))
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
                 )
             }
         }
@@ -154,7 +166,13 @@ mod tests {
         assert_eq!(permissions_string(libc::S_IFREG | 0o640), "-rw-r-----");
         assert_eq!(permissions_string(libc::S_IFDIR | 0o755), "drwxr-xr-x");
         assert_eq!(permissions_string(libc::S_IFLNK | 0o777), "Lrwxrwxrwx");
-        assert_eq!(permissions_string(libc::S_IFDIR | libc::S_ISVTX | 0o777), "dtrwxrwxrwx");
-        assert_eq!(permissions_string(libc::S_IFREG | libc::S_ISUID | 0o755), "urwxr-xr-x");
+        assert_eq!(
+            permissions_string(libc::S_IFDIR | libc::S_ISVTX | 0o777),
+            "dtrwxrwxrwx"
+        );
+        assert_eq!(
+            permissions_string(libc::S_IFREG | libc::S_ISUID | 0o755),
+            "urwxr-xr-x"
+        );
     }
 }

@@ -46,7 +46,11 @@ pub async fn stat(envd: SharedEnvd, call: Call, req: StatRequest) -> Result<Stat
     })
 }
 
-pub async fn make_dir(envd: SharedEnvd, call: Call, req: MakeDirRequest) -> Result<MakeDirResponse> {
+pub async fn make_dir(
+    envd: SharedEnvd,
+    call: Call,
+    req: MakeDirRequest,
+) -> Result<MakeDirResponse> {
     let (user, db) = caller(&envd, &call)?;
     let path = paths::resolve(&req.path, &user)?;
     match fs::metadata(&path) {
@@ -97,12 +101,7 @@ pub async fn r#move(envd: SharedEnvd, call: Call, req: MoveRequest) -> Result<Mo
     })
 }
 
-fn walk(
-    dir: &Path,
-    depth: u32,
-    db: &UserDb,
-    out: &mut Vec<EntryInfo>,
-) -> Result<()> {
+fn walk(dir: &Path, depth: u32, db: &UserDb, out: &mut Vec<EntryInfo>) -> Result<()> {
     let mut children: Vec<_> = fs::read_dir(dir)
         .map_err(|e| EnvdError::io(format!("listing {}", dir.display()), e))?
         .filter_map(|e| e.ok())
@@ -127,7 +126,11 @@ fn walk(
     Ok(())
 }
 
-pub async fn list_dir(envd: SharedEnvd, call: Call, req: ListDirRequest) -> Result<ListDirResponse> {
+pub async fn list_dir(
+    envd: SharedEnvd,
+    call: Call,
+    req: ListDirRequest,
+) -> Result<ListDirResponse> {
     let (user, db) = caller(&envd, &call)?;
     let path = paths::resolve(&req.path, &user)?;
     let meta = fs::metadata(&path).map_err(|e| {

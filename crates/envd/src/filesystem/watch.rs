@@ -50,6 +50,7 @@ fn check_dir(spec: &WatchSpec) -> Result<()> {
     }
     if !spec.allow_network_mounts {
         if let Ok(fs) = nix::sys::statfs::statfs(&spec.dir) {
+            #[allow(clippy::unnecessary_cast)] // c_long is i64 only on 64-bit targets
             let magic = fs.filesystem_type().0 as i64;
             if NETWORK_FS_MAGICS.contains(&magic) {
                 return Err(EnvdError::FailedPrecondition(format!(
@@ -204,4 +205,3 @@ impl Watchers {
             .ok_or_else(|| EnvdError::NotFound(format!("watcher '{id}' not found")))
     }
 }
-

@@ -22,8 +22,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{http_error, query_params};
 use crate::{
-    filesystem::entry,
     error::{EnvdError, Result},
+    filesystem::entry,
     paths::{self, Access},
     state::SharedEnvd,
     users::User,
@@ -206,7 +206,10 @@ async fn serve_upload(
         .unwrap_or("");
     let query_path = params.get("path").filter(|p| !p.is_empty());
 
-    if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+    if content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|e| EnvdError::InvalidArgument(format!("bad multipart content type: {e}")))?;
         let reader = body_reader(headers, body)?;
@@ -231,9 +234,9 @@ async fn serve_upload(
                     ))
                 }
             };
-            let source = StreamReader::new(field.map_err(|e| {
-                std::io::Error::other(format!("reading multipart part: {e}"))
-            }));
+            let source = StreamReader::new(
+                field.map_err(|e| std::io::Error::other(format!("reading multipart part: {e}"))),
+            );
             written.push(write_file(&dest, source, &user, &metadata).await?);
         }
         if written.is_empty() {
@@ -376,7 +379,6 @@ async fn write_file(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +389,10 @@ mod tests {
         assert!(!accepts_gzip(&h));
         h.insert(header::ACCEPT_ENCODING, "gzip, deflate".parse().unwrap());
         assert!(accepts_gzip(&h));
-        h.insert(header::ACCEPT_ENCODING, "gzip;q=0, identity".parse().unwrap());
+        h.insert(
+            header::ACCEPT_ENCODING,
+            "gzip;q=0, identity".parse().unwrap(),
+        );
         assert!(!accepts_gzip(&h));
         h.insert(header::ACCEPT_ENCODING, "br".parse().unwrap());
         assert!(!accepts_gzip(&h));

@@ -57,9 +57,9 @@ async fn apply(envd: &SharedEnvd, body: Body) -> Result<()> {
             .map_err(|e| EnvdError::InvalidArgument(format!("invalid /init body: {e}")))?
     };
     if let Some(user) = &req.default_user {
-        UserDb::load()?
-            .user(user)
-            .map_err(|_| EnvdError::InvalidArgument(format!("default user '{user}' does not exist")))?;
+        UserDb::load()?.user(user).map_err(|_| {
+            EnvdError::InvalidArgument(format!("default user '{user}' does not exist"))
+        })?;
     }
     let workdir = match &req.default_workdir {
         Some(w) if !w.starts_with('/') => {
@@ -71,7 +71,10 @@ async fn apply(envd: &SharedEnvd, body: Body) -> Result<()> {
         None => None,
     };
     if let Some(env) = &req.env_vars {
-        if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        if let Some(k) = env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
             return Err(EnvdError::InvalidArgument(format!(
                 "invalid environment variable name {k:?}"
             )));
@@ -107,8 +110,9 @@ async fn apply(envd: &SharedEnvd, body: Body) -> Result<()> {
 }
 
 fn parse_rfc3339(t: &str) -> Result<libc::timespec> {
-    let ts: pbjson_types::Timestamp = serde_json::from_value(serde_json::Value::String(t.into()))
-        .map_err(|_| EnvdError::InvalidArgument(format!("timestamp {t:?} is not RFC 3339")))?;
+    let ts: pbjson_types::Timestamp =
+        serde_json::from_value(serde_json::Value::String(t.into()))
+            .map_err(|_| EnvdError::InvalidArgument(format!("timestamp {t:?} is not RFC 3339")))?;
     Ok(libc::timespec {
         tv_sec: ts.seconds,
         tv_nsec: ts.nanos.into(),
@@ -119,7 +123,10 @@ fn set_clock(ts: libc::timespec) -> Result<()> {
     // SAFETY: clock_settime reads the timespec we pass by reference.
     let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
     if rc != 0 {
-        return Err(EnvdError::io("setting the clock", std::io::Error::last_os_error()));
+        return Err(EnvdError::io(
+            "setting the clock",
+            std::io::Error::last_os_error(),
+        ));
     }
     tracing::info!(seconds = ts.tv_sec, "clock set from /init");
     Ok(())

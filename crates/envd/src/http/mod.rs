@@ -41,9 +41,7 @@ pub fn query_params(uri: &Uri) -> Result<HashMap<String, String>> {
                 .decode_utf8()
                 .map(|c| c.into_owned())
                 .map_err(|_| {
-                    EnvdError::InvalidArgument(format!(
-                        "query parameter {k:?} is not valid UTF-8"
-                    ))
+                    EnvdError::InvalidArgument(format!("query parameter {k:?} is not valid UTF-8"))
                 })
         };
         out.insert(decode(k)?, decode(v)?);
@@ -76,19 +74,23 @@ pub fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn query_decoding_is_strict() {
-        let uri: Uri = "/files?path=%2Ftmp%2Fa%20b&username=user&x".parse().unwrap();
+        let uri: Uri = "/files?path=%2Ftmp%2Fa%20b&username=user&x"
+            .parse()
+            .unwrap();
         let q = query_params(&uri).unwrap();
         assert_eq!(q["path"], "/tmp/a b");
         assert_eq!(q["username"], "user");
         assert_eq!(q["x"], "");
         let bad: Uri = "/files?path=%ff%fe".parse().unwrap();
-        assert!(matches!(query_params(&bad), Err(EnvdError::InvalidArgument(_))));
+        assert!(matches!(
+            query_params(&bad),
+            Err(EnvdError::InvalidArgument(_))
+        ));
     }
 }

@@ -163,9 +163,9 @@ impl Proc {
                 self.pid
             ))
         })?;
-        pipe.write_all(data).await.map_err(|e| {
-            EnvdError::io(format!("writing to stdin of process {}", self.pid), e)
-        })
+        pipe.write_all(data)
+            .await
+            .map_err(|e| EnvdError::io(format!("writing to stdin of process {}", self.pid), e))
     }
 
     /// Writes terminal input to a PTY process.
@@ -181,7 +181,10 @@ impl Proc {
 
     async fn write_pty_master(&self, pty: &PtyMaster, data: &[u8]) -> Result<()> {
         if !self.is_running() {
-            return Err(EnvdError::NotFound(format!("process {} has exited", self.pid)));
+            return Err(EnvdError::NotFound(format!(
+                "process {} has exited",
+                self.pid
+            )));
         }
         pty.write_all(data)
             .await

@@ -64,9 +64,7 @@ impl PtyMaster {
             let res = guard.try_io(|fd| {
                 // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes and the fd is
                 // owned by `self` for the duration of the call.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {

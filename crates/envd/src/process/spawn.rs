@@ -4,10 +4,7 @@
 use std::{
     ffi::OsString,
     io,
-    os::{
-        fd::OwnedFd,
-        unix::process::CommandExt,
-    },
+    os::{fd::OwnedFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Command, Stdio},
     sync::Arc,
@@ -101,7 +98,11 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<(Arc<Proc>, PumpHandle)
     let mut cmd = Command::new(&spec.config.cmd);
     cmd.args(&spec.config.args)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))))
+        .envs(
+            spec.env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        )
         .current_dir(&spec.cwd);
 
     let pty_pair = match spec.pty {
@@ -122,9 +123,13 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<(Arc<Proc>, PumpHandle)
                 .stderr(dup(&pair.slave)?);
         }
         None => {
-            cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         }
     }
 
@@ -148,13 +153,12 @@ pub fn spawn(reaper: &Reaper, spec: SpawnSpec) -> Result<(Arc<Proc>, PumpHandle)
             if is_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if switch_user {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            if switch_user
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) < 0)
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -340,9 +344,15 @@ mod tests {
     #[test]
     fn end_events_read_like_go() {
         let e = end_event(Exit::Code(3));
-        assert_eq!((e.exit_code, e.exited, e.status.as_str()), (3, true, "exit status 3"));
+        assert_eq!(
+            (e.exit_code, e.exited, e.status.as_str()),
+            (3, true, "exit status 3")
+        );
         let e = end_event(Exit::Signal(libc::SIGKILL));
-        assert_eq!((e.exit_code, e.exited, e.status.as_str()), (-1, false, "signal: killed"));
+        assert_eq!(
+            (e.exit_code, e.exited, e.status.as_str()),
+            (-1, false, "signal: killed")
+        );
     }
 
     #[test]
@@ -356,8 +366,10 @@ mod tests {
         };
         let defaults = [("A".to_string(), "d".to_string()), ("B".into(), "d".into())].into();
         let req = [("B".to_string(), "r".to_string())].into();
-        let env: std::collections::HashMap<_, _> =
-            environment(&user, &defaults, &req).unwrap().into_iter().collect();
+        let env: std::collections::HashMap<_, _> = environment(&user, &defaults, &req)
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(env["HOME"], "/home/user");
         assert_eq!(env["USER"], "user");
         assert_eq!(env["A"], "d");

@@ -79,7 +79,9 @@ impl ProcessTable {
         };
         found.ok_or_else(|| match selector {
             Selector::Pid(pid) => EnvdError::NotFound(format!("process with pid {pid} not found")),
-            Selector::Tag(tag) => EnvdError::NotFound(format!("process with tag '{tag}' not found")),
+            Selector::Tag(tag) => {
+                EnvdError::NotFound(format!("process with tag '{tag}' not found"))
+            }
         })
     }
 
@@ -96,7 +98,12 @@ impl ProcessTable {
     }
 
     pub fn running(&self) -> Vec<Arc<Proc>> {
-        let mut v: Vec<_> = self.lock().values().filter(|p| p.is_running()).cloned().collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|p| p.is_running())
+            .cloned()
+            .collect();
         v.sort_by_key(|p| p.pid);
         v
     }

@@ -1,0 +1,552 @@
+//! The plain HTTP endpoints against a real envd on loopback.
+
+mod common;
+
+use std::{io::Write, os::unix::fs::MetadataExt, time::Duration};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn files_url(envd: &Envd, path: &str, user: Option<&str>) -> String {
+    let enc: String = percent(path);
+    match user {
+        Some(u) => envd.url(&format!("/files?path={enc}&username={u}")),
+        None => envd.url(&format!("/files?path={enc}")),
+    }
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn health_metrics_envs() {
+    let envd = Envd::start().await;
+    let resp = envd.client.get(envd.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m: Value = envd
+        .client
+        .get(envd.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(m["cpu_count"].as_u64().unwrap() >= 1);
+    assert!(m["mem_total"].as_u64().unwrap() > m["mem_used"].as_u64().unwrap());
+    assert!(m["disk_total"].as_u64().unwrap() > 0);
+    assert!(m["ts"].as_i64().unwrap() > 1_700_000_000);
+    let e: Value = envd
+        .client
+        .get(envd.url("/envs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e, json!({}));
+    let resp = envd.client.get(envd.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], 404);
+    let resp = envd.client.delete(envd.url("/files")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+}
+
+#[tokio::test]
+async fn init_sets_defaults_and_token() {
+    let envd = Envd::start().await;
+    let dir = scratch();
+    let resp = envd
+        .client
+        .post(envd.url("/init"))
+        .json(&json!({
+            "envVars": {"GREETING": "hi"},
+            "defaultUser": "user",
+            "defaultWorkdir": dir.path().to_str().unwrap(),
+            "timestamp": "2026-01-01T00:00:00Z",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let run = envd
+        .run("echo $GREETING:$(id -un):$(pwd)", json!({}), &[])
+        .await;
+    assert_eq!(
+        run.stdout_str(),
+        format!("hi:user:{}\n", dir.path().display())
+    );
+    let e: Value = envd
+        .client
+        .get(envd.url("/envs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e, json!({"GREETING": "hi"}));
+    // The clock was not touched: envd runs without --set-clock here.
+    let year: i32 = String::from_utf8(
+        std::process::Command::new("date")
+            .arg("+%Y")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(year >= 2026);
+
+    for bad in [
+        json!({"defaultUser": "ghost"}),
+        json!({"defaultWorkdir": "rel"}),
+        json!({"timestamp": "soon"}),
+        json!({"envVars": 5}),
+    ] {
+        let resp = envd
+            .client
+            .post(envd.url("/init"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], 400);
+    }
+
+    // Token: set it, then everything but /health needs it.
+    let resp = envd
+        .client
+        .post(envd.url("/init"))
+        .json(&json!({"accessToken": "s3cret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        envd.client
+            .get(envd.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        envd.client
+            .get(envd.url("/envs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let (status, body) = envd.unary("/process.Process/List", json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (status, _) = envd
+        .unary_with(
+            "/process.Process/List",
+            json!({}),
+            &[("x-access-token", "wrong")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = envd
+        .unary_with(
+            "/process.Process/List",
+            json!({}),
+            &[("x-access-token", "s3cret")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Re-init needs the current token.
+    let resp = envd
+        .client
+        .post(envd.url("/init"))
+        .json(&json!({"accessToken": "mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // Signed download URL, as the SDK computes it.
+    let file = dir.path().join("signed.txt");
+    std::fs::write(&file, b"signed").unwrap();
+    let path = file.to_str().unwrap();
+    let sig = envd::auth::file_signature(
+        path,
+        "read",
+        "",
+        &envd::state::AccessToken::new("s3cret".into()),
+        None,
+    );
+    let url = format!(
+        "{}&signature={}",
+        files_url(&envd, path, None),
+        percent(&sig)
+    );
+    let resp = envd.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"signed");
+    let bad = format!("{}&signature=v1_AAAA", files_url(&envd, path, None));
+    assert_eq!(envd.client.get(&bad).send().await.unwrap().status(), 401);
+    let exp_sig = envd::auth::file_signature(
+        path,
+        "read",
+        "",
+        &envd::state::AccessToken::new("s3cret".into()),
+        Some(1000),
+    );
+    let expired = format!(
+        "{}&signature={}&signature_expiration=1000",
+        files_url(&envd, path, None),
+        percent(&exp_sig)
+    );
+    assert_eq!(
+        envd.client.get(&expired).send().await.unwrap().status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn upload_and_download_raw_multipart_gzip() {
+    let envd = Envd::start().await;
+    let dir = scratch();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dest = dir.path().join("nested/dir/raw.bin");
+    let resp = envd
+        .client
+        .post(files_url(&envd, dest.to_str().unwrap(), Some("user")))
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!([{"name": "raw.bin", "type": "file", "path": dest.to_str().unwrap()}])
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let meta = std::fs::metadata(&dest).unwrap();
+    assert_eq!(
+        meta.uid(),
+        std::fs::metadata("/home/user").unwrap().uid(),
+        "owned by user"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("nested")).unwrap().uid(),
+        meta.uid()
+    );
+    // No temporary files left behind.
+    assert_eq!(
+        std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+        1
+    );
+
+    // Download: identity has a length; gzip when asked.
+    let resp = envd
+        .client
+        .get(files_url(&envd, dest.to_str().unwrap(), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("raw.bin"));
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[..]);
+    let resp = envd
+        .client
+        .get(files_url(&envd, dest.to_str().unwrap(), None))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let compressed = resp.bytes().await.unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut out)
+        .unwrap();
+    assert_eq!(out, data);
+
+    // Gzip-encoded upload.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(b"zipped content").unwrap();
+    let gz = dir.path().join("gz.txt");
+    let resp = envd
+        .client
+        .post(files_url(&envd, gz.to_str().unwrap(), None))
+        .header("content-type", "application/octet-stream")
+        .header("content-encoding", "gzip")
+        .body(enc.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(std::fs::read(&gz).unwrap(), b"zipped content");
+
+    // Multipart with several files, each part's filename its destination.
+    let a = dir.path().join("multi/a.txt");
+    let b = dir.path().join("multi/sub/b.txt");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"AAA".to_vec())
+                .file_name(a.to_str().unwrap().to_string()),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"BBB".to_vec())
+                .file_name(b.to_str().unwrap().to_string()),
+        );
+    let resp = envd
+        .client
+        .post(envd.url("/files"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    assert_eq!(std::fs::read(&a).unwrap(), b"AAA");
+    assert_eq!(std::fs::read(&b).unwrap(), b"BBB");
+
+    // Single multipart file with ?path= overwrites an existing file.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"new".to_vec()).file_name("ignored"),
+    );
+    let resp = envd
+        .client
+        .post(files_url(&envd, a.to_str().unwrap(), None))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(std::fs::read(&a).unwrap(), b"new");
+}
+
+#[tokio::test]
+async fn file_errors() {
+    let envd = Envd::start().await;
+    let dir = scratch();
+    let resp = envd
+        .client
+        .get(files_url(&envd, "/no/such/file", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], 404);
+    assert!(body["message"].as_str().unwrap().contains("/no/such/file"));
+    let resp = envd
+        .client
+        .get(files_url(&envd, dir.path().to_str().unwrap(), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = envd
+        .client
+        .get(envd.url("/files?path=%ff%fe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = envd
+        .client
+        .get(files_url(&envd, "/etc/hostname", Some("ghost")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"root only").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let resp = envd
+        .client
+        .get(files_url(&envd, secret.to_str().unwrap(), Some("user")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = envd
+        .client
+        .post(files_url(&envd, secret.to_str().unwrap(), Some("user")))
+        .body("overwrite")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root only");
+    std::fs::remove_file(&secret).unwrap();
+    let resp = envd
+        .client
+        .post(envd.url("/files"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "raw upload without path");
+    let resp = envd
+        .client
+        .post(envd.url("/files"))
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body("--xyz\r\ngarbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // A broken gzip body fails and leaves the old file intact.
+    let keep = dir.path().join("keep.txt");
+    std::fs::write(&keep, b"precious").unwrap();
+    let resp = envd
+        .client
+        .post(files_url(&envd, keep.to_str().unwrap(), None))
+        .header("content-encoding", "gzip")
+        .body("definitely not gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(std::fs::read(&keep).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+}
+
+/// A 1 MiB tmpfs: uploading more gives 507 and leaves nothing behind.
+#[tokio::test]
+async fn full_disk_gives_507() {
+    let envd = Envd::start().await;
+    let dir = scratch();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .expect("mount")
+        .success();
+    assert!(ok, "this test needs root to mount a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let resp = envd
+        .client
+        .post(files_url(
+            &envd,
+            mnt.join("big.bin").to_str().unwrap(),
+            None,
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 4 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 507);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], 507);
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "partial upload removed"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Streams 1 GiB up and down; envd's resident memory must not grow with the file.
+#[tokio::test]
+async fn one_gib_transfer_keeps_memory_flat() {
+    let envd = Envd::start().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dest = dir.path().join("big.bin");
+    let before = rss_kib(envd.pid());
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 1024;
+    let stream = futures_util::stream::iter(
+        (0..CHUNKS)
+            .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 256) as u8; CHUNK]))),
+    );
+    let resp = envd
+        .client
+        .post(files_url(&envd, dest.to_str().unwrap(), None))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().len(),
+        (CHUNK * CHUNKS) as u64
+    );
+    let after_up = rss_kib(envd.pid());
+    let mut resp = envd
+        .client
+        .get(files_url(&envd, dest.to_str().unwrap(), None))
+        .send()
+        .await
+        .unwrap();
+    let mut total = 0usize;
+    while let Some(c) = resp.chunk().await.unwrap() {
+        total += c.len();
+    }
+    assert_eq!(total, CHUNK * CHUNKS);
+    let after_down = rss_kib(envd.pid());
+    let growth = after_up.max(after_down).saturating_sub(before);
+    assert!(
+        growth < 64 * 1024,
+        "envd RSS grew by {growth} KiB for a 1 GiB transfer"
+    );
+}
