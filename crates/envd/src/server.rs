@@ -120,6 +120,18 @@ async fn fallback(req: Request) -> Response {
     }
 }
 
+/// Browsers may call envd from any origin (the SDKs run in web pages too); access is guarded
+/// by the access token, not by origin. Preflights are answered before the token check.
+fn cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(Any)
+        .max_age(Duration::from_secs(7200))
+}
+
 /// All of envd's routes over `envd`.
 pub fn router(envd: SharedEnvd) -> Router {
     Router::new()
@@ -133,6 +145,7 @@ pub fn router(envd: SharedEnvd) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { endpoints::method_not_allowed() })
         .layer(middleware::from_fn_with_state(envd.clone(), require_token))
+        .layer(cors())
         .with_state(envd)
 }
 

@@ -61,6 +61,21 @@ async fn health_metrics_envs() {
     assert_eq!(body["code"], 404);
     let resp = envd.client.delete(envd.url("/files")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
+    // CORS preflight from a web page.
+    let resp = envd
+        .client
+        .request(reqwest::Method::OPTIONS, envd.url("/process.Process/Start"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-access-token",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
 }
 
 #[tokio::test]
