@@ -1,1 +1,38 @@
-fn main() {}
+//! `wrenn-bench`: Wrenn's benchmarks. Every figure is printed next to a baseline measured in
+//! the same run, because the machines they run on are noisy: read the ratios, not the
+//! absolute numbers, and never turn them into pass/fail assertions.
+//!
+//! Subcommands: `envd` (the guest agent against plain loopback baselines). Later benches
+//! (`vm`, `agent`, ...) become further subcommands.
+
+mod envd;
+mod http1;
+mod procs;
+mod report;
+mod static_server;
+
+use clap::{Parser, Subcommand};
+
+/// Wrenn's benchmarks: each figure next to a baseline measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "wrenn-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmark envd: exec round trip, file throughput, idle RSS, start-to-ready.
+    Envd(envd::Args),
+    /// The baseline loopback static file server (started by the benches themselves).
+    #[command(hide = true)]
+    StaticServer(static_server::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Envd(args) => envd::run(args),
+        Command::StaticServer(args) => static_server::run(args),
+    }
+}

@@ -166,6 +166,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(envd).into_make_service_with_connect_info::<SocketAddr>();
     let mut stopped = stop_rx.clone();
+    // Small stream frames must not wait for Nagle's algorithm (a 40 ms stall per exec).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
