@@ -565,3 +565,29 @@ async fn one_gib_transfer_keeps_memory_flat() {
         "envd RSS grew by {growth} KiB for a 1 GiB transfer"
     );
 }
+
+/// `X-Metadata-*` headers become `user.e2b.*` xattrs and come back in `EntryInfo.metadata`.
+#[tokio::test]
+async fn upload_metadata_round_trips() {
+    let envd = Envd::start().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dest = dir.path().join("meta.txt");
+    let resp = envd
+        .client
+        .post(files_url(&envd, dest.to_str().unwrap(), None))
+        .header("content-type", "application/octet-stream")
+        .header("x-metadata-owner-team", "blue")
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 500 || resp.status() == 403 {
+        let body: Value = resp.json().await.unwrap();
+        panic!("this filesystem refuses user xattrs: {body}");
+    }
+    assert_eq!(resp.status(), 200);
+    let (_, body) = envd
+        .unary("/filesystem.Filesystem/Stat", json!({"path": dest.to_str().unwrap()}))
+        .await;
+    assert_eq!(body["entry"]["metadata"], json!({"owner-team": "blue"}));
+}
