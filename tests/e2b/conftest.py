@@ -13,6 +13,7 @@ envd runs on this host, so a test may check what envd did with plain
 ``os``/``pwd`` calls (file owners, for instance) as well as through the SDK.
 """
 
+import ctypes
 import os
 import pwd
 import re
@@ -88,6 +89,20 @@ class EnvdProcess:
 _ENVD: "EnvdProcess | None" = None
 
 
+def _die_with_parent():
+    """In the child before exec: get SIGKILL if the test runner dies.
+
+    Keeps an envd from outliving a pytest that was killed before its fixture
+    teardown could run.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
 def _start_envd() -> EnvdProcess:
     envd_bin = os.environ.get("ENVD_BIN")
     if not envd_bin:
@@ -104,14 +119,20 @@ def _start_envd() -> EnvdProcess:
     log_fd, log_path = tempfile.mkstemp(prefix="envd-e2b-tests-", suffix=".log")
     log = os.fdopen(log_fd, "ab", buffering=0)
 
+    # A marker only envd's own environment has: commands must not see it,
+    # since envd builds their environment from scratch.
+    env = dict(os.environ, E2B_TEST_ENVD_ONLY="leaked-from-envd")
+
     proc = subprocess.Popen(
         [envd_bin, "--listen", "127.0.0.1:0"],
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=log,
         # Own process group, so envd and anything it leaves behind can be
         # cleaned up together at the end of the session.
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
     first_line: list = []

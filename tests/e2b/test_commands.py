@@ -40,6 +40,29 @@ def listed_pids(sandbox):
     return {p.pid for p in sandbox.commands.list()}
 
 
+READY = "__ready__"
+
+
+def ready_cmd(cmd: str) -> str:
+    """``cmd`` prefixed so that it first reports that the shell is up.
+
+    ``exec`` keeps the pid envd reported. Tests kill a process only after it
+    reported, never while ``bash -l`` is still sourcing the login profile:
+    on hosts whose profile runs ``pyenv rehash``, a shell killed there leaves
+    pyenv's lock file behind and every later login shell waits 60s for it.
+    """
+    return f"echo {READY}; exec {cmd}"
+
+
+def start_ready(sandbox, cmd: str, **kw):
+    """Start ``ready_cmd(cmd)`` in the background and wait until it is up."""
+    h = sandbox.commands.run(ready_cmd(cmd), background=True, **kw)
+    for stdout, _, _ in h:
+        if stdout and READY in stdout:
+            break
+    return h
+
+
 # -- foreground runs -----------------------------------------------------------
 
 
@@ -106,6 +129,29 @@ def test_run_cwd(sandbox, tmp_dir):
     assert r.stdout.strip() == os.path.realpath(tmp_dir)
     with open(os.path.join(tmp_dir, "rel.txt")) as f:
         assert f.read() == "made\n"
+
+
+def test_run_cwd_tilde_and_relative_resolve_in_home(sandbox, test_user):
+    r = sandbox.commands.run("pwd", cwd="~", user="user", timeout=30)
+    assert r.stdout.strip() == "/home/user"
+    rel = f"e2b-rel-{uuid.uuid4().hex[:8]}"
+    os.mkdir(os.path.join("/home/user", rel))
+    try:
+        r = sandbox.commands.run("pwd", cwd=rel, user="user", timeout=30)
+        assert r.stdout.strip() == os.path.join("/home/user", rel)
+    finally:
+        os.rmdir(os.path.join("/home/user", rel))
+
+
+def test_run_environment_is_built_from_scratch(sandbox):
+    # conftest starts envd with E2B_TEST_ENVD_ONLY set in envd's own
+    # environment; commands must not inherit it.
+    r = sandbox.commands.run(
+        'printf "%s|%s|%s|%s" "${E2B_TEST_ENVD_ONLY-unset}" "$USER" "$LOGNAME" "$HOME"',
+        user="user",
+        timeout=30,
+    )
+    assert r.stdout == "unset|user|user|/home/user"
 
 
 def test_run_cwd_missing_is_invalid_argument(sandbox, tmp_dir):
@@ -184,7 +230,7 @@ def test_background_wait_nonzero(sandbox):
 
 
 def test_background_kill(sandbox):
-    h = sandbox.commands.run("sleep 30", background=True, timeout=60)
+    h = start_ready(sandbox, "sleep 30", timeout=60)
     assert pid_alive(h.pid)
     t0 = time.monotonic()
     assert h.kill() is True
@@ -199,7 +245,7 @@ def test_background_kill(sandbox):
 
 
 def test_kill_by_pid(sandbox):
-    h = sandbox.commands.run("sleep 30", background=True, timeout=60)
+    h = start_ready(sandbox, "sleep 30", timeout=60)
     assert sandbox.commands.kill(h.pid) is True
     with pytest.raises(CommandExitException):
         h.wait()
@@ -212,9 +258,9 @@ def test_kill_unknown_pid_returns_false(sandbox):
 
 def test_list_shows_background_process(sandbox, tmp_dir, wait_until):
     marker = uuid.uuid4().hex[:8]
-    cmd = f"sleep 30 # {marker}"
-    h = sandbox.commands.run(
-        cmd, background=True, envs={"LIST_MARK": marker}, cwd=tmp_dir, timeout=60
+    cmd = ready_cmd(f"sleep 30 # {marker}")
+    h = start_ready(
+        sandbox, f"sleep 30 # {marker}", envs={"LIST_MARK": marker}, cwd=tmp_dir, timeout=60
     )
     try:
         procs = {p.pid: p for p in sandbox.commands.list()}
@@ -353,7 +399,27 @@ def test_connect_receives_later_output(sandbox, tmp_dir):
         h2.wait()
     assert ei.value.exit_code == 4
     assert "after-connect\n" in ei.value.stdout
-    assert "before" not in ei.value.stdout
+
+
+def test_connect_replays_output_kept_for_reattach(sandbox, tmp_dir):
+    """Wrenn's envd keeps a running process's recent output (up to 1 MiB) so a
+    client that reattaches sees what it missed, then the live output, in order.
+    (Upstream E2B envd sends only live output; replay is a deliberate extension.)"""
+    go = os.path.join(tmp_dir, "go")
+    h = sandbox.commands.run(
+        f"echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after",
+        background=True,
+        timeout=60,
+    )
+    for stdout, _, _ in h:
+        if stdout and "before" in stdout:
+            break
+    h.disconnect()
+    h2 = sandbox.commands.connect(h.pid, timeout=30)
+    with open(go, "w"):
+        pass
+    r = h2.wait()
+    assert r.stdout == "before\nafter\n"
 
 
 def test_connect_unknown_pid(sandbox):
@@ -405,7 +471,7 @@ def test_run_timeout_kills_process(sandbox, tmp_dir, wait_until):
 
 
 def test_background_timeout_kills_process(sandbox, wait_until):
-    h = sandbox.commands.run("sleep 30", background=True, timeout=2)
+    h = start_ready(sandbox, "sleep 30", timeout=2)
     with pytest.raises((TimeoutException, CommandExitException)):
         h.wait()
     wait_until(lambda: not pid_alive(h.pid), timeout=5, what=f"{h.pid} to be killed")

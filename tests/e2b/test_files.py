@@ -215,6 +215,8 @@ def test_100mib_round_trip(sandbox, tmp_dir):
     assert n == size
     assert down.hexdigest() == expected
 
+    assert sandbox.files.get_info(path).size == size
+
     # Buffered download.
     got = sandbox.files.read(path, format="bytes", request_timeout=120)
     assert len(got) == size
@@ -372,6 +374,26 @@ def test_list_depth_2(sandbox, tmp_dir):
     assert by_path[os.path.join(tmp_dir, "sub", "b.txt")].size == 2
 
 
+def test_list_default_depth_is_one(sandbox, tmp_dir):
+    _make_tree(tmp_dir)
+    # depth=None sends no depth (0), which envd treats as 1.
+    entries = sandbox.files.list(tmp_dir, depth=None)
+    assert {e.path for e in entries} == {
+        os.path.join(tmp_dir, "a.txt"),
+        os.path.join(tmp_dir, "sub"),
+    }
+
+
+def test_list_does_not_follow_symlinked_dirs(sandbox, tmp_dir):
+    _make_tree(os.path.join(tmp_dir, "real"))
+    os.symlink(os.path.join(tmp_dir, "real"), os.path.join(tmp_dir, "link"))
+    entries = sandbox.files.list(tmp_dir, depth=3)
+    paths = {e.path for e in entries}
+    assert os.path.join(tmp_dir, "link") in paths
+    assert os.path.join(tmp_dir, "real", "sub", "b.txt") in paths
+    assert not any(p.startswith(os.path.join(tmp_dir, "link") + "/") for p in paths), paths
+
+
 def test_list_empty_dir(sandbox, tmp_dir):
     assert sandbox.files.list(tmp_dir) == []
 
@@ -445,6 +467,10 @@ def test_remove_file(sandbox, tmp_dir):
     sandbox.files.remove(path)
     assert sandbox.files.exists(path) is False
     assert not os.path.exists(path)
+
+
+def test_remove_missing_path_succeeds(sandbox, tmp_dir):
+    sandbox.files.remove(os.path.join(tmp_dir, "never-existed"))
 
 
 def test_remove_directory_recursive(sandbox, tmp_dir):
@@ -537,6 +563,37 @@ def test_watch_dir_recursive(sandbox, tmp_dir, wait_until):
         )
     finally:
         handle.stop()
+
+
+def test_watch_dir_include_entry(sandbox, tmp_dir, wait_until):
+    handle = sandbox.files.watch_dir(tmp_dir, include_entry=True)
+    try:
+        path = os.path.join(tmp_dir, "entry.txt")
+        sandbox.files.write(path, "12345")
+        events = _poll_events(
+            handle,
+            lambda e: e.name == "entry.txt"
+            and e.type in (FilesystemEventType.CREATE, FilesystemEventType.WRITE)
+            and e.entry is not None,
+            wait_until,
+            "CREATE/WRITE of entry.txt carrying its entry",
+        )
+        entry = next(e.entry for e in events if e.name == "entry.txt" and e.entry is not None)
+        assert entry.name == "entry.txt"
+        assert entry.path == path
+        assert entry.type == FileType.FILE
+    finally:
+        handle.stop()
+
+
+def test_watcher_unknown_after_stop(sandbox, tmp_dir):
+    handle = sandbox.files.watch_dir(tmp_dir)
+    handle.stop()
+    # The SDK refuses locally after stop(); clear its flag to ask envd, which
+    # must no longer know the watcher.
+    handle._closed = False
+    with pytest.raises(NotFoundException):
+        handle.get_new_events()
 
 
 def test_watch_dir_missing_raises_not_found(sandbox, tmp_dir):

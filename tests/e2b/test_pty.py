@@ -146,6 +146,11 @@ def test_pty_kill(sandbox, wait_until):
 
 def test_pty_listed_with_config(sandbox):
     h = sandbox.pty.create(PtySize(rows=24, cols=80), envs={"PTY_MARK": "m1"}, timeout=60)
+    reader = PtyReader(h)
+    # Let the shell finish its startup files before it is killed (see
+    # test_commands.ready_cmd).
+    sandbox.pty.send_stdin(h.pid, b"echo up-$((1+2))\n")
+    reader.wait_for(r"up-3")
     try:
         procs = {p.pid: p for p in sandbox.commands.list()}
         assert h.pid in procs
@@ -155,6 +160,7 @@ def test_pty_listed_with_config(sandbox):
         assert p.envs.get("PTY_MARK") == "m1"
     finally:
         assert sandbox.pty.kill(h.pid) is True
+        reader.join()
 
 
 def test_pty_as_user(sandbox, test_user):
