@@ -587,7 +587,10 @@ async fn upload_metadata_round_trips() {
     }
     assert_eq!(resp.status(), 200);
     let (_, body) = envd
-        .unary("/filesystem.Filesystem/Stat", json!({"path": dest.to_str().unwrap()}))
+        .unary(
+            "/filesystem.Filesystem/Stat",
+            json!({"path": dest.to_str().unwrap()}),
+        )
         .await;
     assert_eq!(body["entry"]["metadata"], json!({"owner-team": "blue"}));
 }
