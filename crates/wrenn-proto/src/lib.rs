@@ -6,6 +6,8 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod wkt;
+
 /// `process.Process`: start, attach to and drive processes inside a capsule.
 pub mod process {
     include!(concat!(env!("OUT_DIR"), "/process.rs"));

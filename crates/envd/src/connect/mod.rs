@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn timestamps_encode_as_rfc3339() {
         let entry = filesystem::EntryInfo {
-            modified_time: Some(pbjson_types::Timestamp {
+            modified_time: Some(wrenn_proto::wkt::Timestamp {
                 seconds: 1_795_000_000,
                 nanos: 5,
             }),

@@ -143,7 +143,7 @@ pub fn entry_from_meta(path: &Path, meta: &fs::Metadata, db: &UserDb) -> EntryIn
         permissions: permissions_string(meta.mode()),
         owner: db.user_name(meta.uid()),
         group: db.group_name(meta.gid()),
-        modified_time: Some(pbjson_types::Timestamp {
+        modified_time: Some(wrenn_proto::wkt::Timestamp {
             seconds: meta.mtime(),
             nanos: meta.mtime_nsec() as i32,
         }),
