@@ -5,10 +5,12 @@ SHELL := /bin/bash
 WRENN_CACHE ?= /var/tmp/wrenn
 export CARGO_TARGET_DIR ?= $(WRENN_CACHE)/target
 VENV_E2B := $(WRENN_CACHE)/venv-e2b
+export WRENN_IMAGES ?= $(WRENN_CACHE)/images
+TEMPLATES ?= minimal python
 CARGO ?= cargo
 ENVD_LISTEN ?= 127.0.0.1:49983
 
-.PHONY: up test deps lint unit e2b bench envd envd-static fmt clean-cache
+.PHONY: up test deps lint unit e2b bench envd envd-static images fmt clean-cache
 
 ## up: build and run what exists so far (envd on $(ENVD_LISTEN); the control plane arrives later)
 up: deps envd
@@ -24,7 +26,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-unit:
+unit: images
 	$(CARGO) test --workspace --locked
 
 envd:
@@ -43,6 +45,11 @@ e2b: envd $(VENV_E2B)/.installed
 ## envd-static: the static binary that goes into guest images (musl when the target is installed)
 envd-static:
 	@scripts/build-envd-static.sh
+
+## images: guest kernel, initramfs and root disks of every template (skipped when unchanged)
+images: deps
+	@bin=$$(scripts/build-envd-static.sh | tail -1) && \
+	for t in $(TEMPLATES); do images/build.sh $$t $(WRENN_IMAGES) $$bin || exit 1; done
 
 ## bench: every figure as a ratio against a baseline measured in the same run
 bench: deps

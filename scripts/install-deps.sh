@@ -10,6 +10,13 @@ have cc || need_pkgs+=(build-essential)
 have python3 || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 have useradd || need_pkgs+=(passwd)
+# The VM layer: QEMU (microvm, TCG or KVM), qemu-img, and what images/build.sh uses.
+have qemu-system-x86_64 || need_pkgs+=(qemu-system-x86)
+have qemu-img || need_pkgs+=(qemu-utils)
+have debootstrap || need_pkgs+=(debootstrap)
+have cpio || need_pkgs+=(cpio)
+have mkfs.ext4 || need_pkgs+=(e2fsprogs)
+have xz || need_pkgs+=(xz-utils)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -18,7 +25,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${need_pkgs[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
 if ! have cargo; then

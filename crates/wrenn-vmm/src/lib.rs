@@ -1,0 +1,71 @@
+//! wrenn-vmm: drive one microVM. The [`Vmm`] trait is what the host agent uses; [`QemuVm`] is
+//! the QEMU backend (KVM when it really accelerates, TCG otherwise; see [`accel`]).
+//!
+//! Life of a VM: `boot` (cold, only for building a template snapshot) or `restore` (from a
+//! saved state plus its memory file), then `pause`/`resume`, `save` (device state to a file;
+//! the process exits, RAM stays in the memory file), `stop`.
+
+pub mod accel;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod qemu;
+pub mod qmp;
+pub mod snapshot;
+
+use std::{future::Future, net::SocketAddr, path::Path, time::Duration};
+
+pub use accel::Accel;
+pub use config::{DiskFormat, Net, VmConfig};
+pub use error::{Result, VmmError};
+pub use qemu::QemuVm;
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStatus {
+    NotStarted,
+    Running,
+    Paused,
+    /// Its state is saved to a file and no VMM process runs.
+    Saved,
+    Stopped,
+    Failed(String),
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmStatus::NotStarted => f.write_str("not started"),
+            VmStatus::Running => f.write_str("running"),
+            VmStatus::Paused => f.write_str("paused"),
+            VmStatus::Saved => f.write_str("saved"),
+            VmStatus::Stopped => f.write_str("stopped"),
+            VmStatus::Failed(why) => write!(f, "failed ({why})"),
+        }
+    }
+}
+
+/// One VM, whatever runs it. Every backend passes the same conformance suite
+/// (`tests/conformance.rs`).
+pub trait Vmm: Send {
+    /// Cold-boots the guest.
+    fn boot(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Waits until envd answers `/health` at `addr`; fails at once if the VMM dies.
+    fn wait_ready(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Duration>> + Send;
+    /// Stops the vCPUs.
+    fn pause(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Saves device state of a paused VM to `state`; the VMM process then exits.
+    fn save(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
+    /// Starts the VMM from `state` and the memory file; the VM is paused afterwards unless it
+    /// was saved running.
+    fn restore(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
+    /// Runs the vCPUs again.
+    fn resume(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Kills the VMM process, if any.
+    fn stop(&mut self) -> impl Future<Output = Result<()>> + Send;
+    fn status(&self) -> VmStatus;
+}

@@ -1,0 +1,186 @@
+//! Template snapshots and capsules made from them.
+//!
+//! A template folder holds `vmlinuz`, `initrd.img` and `rootfs.img`. Its snapshot
+//! (`snapshot/{disk.img, memory, state, vm.json}`) is made once: boot a copy of the root disk,
+//! wait for envd, pause, save. A capsule is then a restore of that snapshot with its own
+//! copy-on-write disk (a qcow2 overlay on the snapshot disk) and its own copy of the memory file
+//! (a reflink where the filesystem allows, else a sparse copy).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    accel::Accel,
+    config::{DiskFormat, Net, VmConfig},
+    error::{Result, VmmError},
+    files, QemuVm, Vmm,
+};
+
+/// The machine shape a snapshot was taken with; restores must use the same.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotSpec {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: String,
+}
+
+/// Paths of a template's snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub template_dir: PathBuf,
+}
+
+impl Snapshot {
+    pub fn dir(&self) -> PathBuf {
+        self.template_dir.join("snapshot")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir().join("disk.img")
+    }
+    pub fn memory(&self) -> PathBuf {
+        self.dir().join("memory")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+    fn spec_path(&self) -> PathBuf {
+        self.dir().join("vm.json")
+    }
+
+    /// The snapshot's machine shape, if it is complete.
+    pub fn spec(&self) -> Option<SnapshotSpec> {
+        let text = std::fs::read_to_string(self.spec_path()).ok()?;
+        let spec = serde_json::from_str(&text).ok()?;
+        (self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
+    }
+}
+
+/// Options for making a template's snapshot.
+#[derive(Debug, Clone)]
+pub struct TemplateBoot {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub qemu: PathBuf,
+    /// A free loopback address to forward envd to while booting.
+    pub envd_forward: SocketAddr,
+    pub ready_timeout: Duration,
+}
+
+/// Boots the template once, waits for envd, pauses and saves: the template's ready snapshot.
+/// Replaces any previous snapshot only once the new one is complete.
+pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) -> Result<Snapshot> {
+    let snap = Snapshot {
+        template_dir: template_dir.to_path_buf(),
+    };
+    let work = template_dir.join(".snapshot-new");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| VmmError::io("creating the snapshot folder", e))?;
+    let result = async {
+        files::copy_sparse(&template_dir.join("rootfs.img"), &work.join("disk.img"))?;
+        let mut vm = QemuVm::new(VmConfig {
+            dir: work.clone(),
+            kernel: template_dir.join("vmlinuz"),
+            initrd: template_dir.join("initrd.img"),
+            disk: work.join("disk.img"),
+            disk_format: DiskFormat::Raw,
+            vcpus: boot.vcpus,
+            memory_mib: boot.memory_mib,
+            net: Net::UserForward {
+                host: boot.envd_forward,
+            },
+            accel: boot.accel,
+            qemu: boot.qemu.clone(),
+        })?;
+        vm.boot().await?;
+        let ready = vm.wait_ready(boot.envd_forward, boot.ready_timeout).await;
+        if let Err(e) = ready {
+            let _ = vm.stop().await;
+            return Err(e);
+        }
+        vm.pause().await?;
+        vm.save(&work.join("state")).await?;
+        let spec = SnapshotSpec {
+            vcpus: boot.vcpus,
+            memory_mib: boot.memory_mib,
+            accel: boot.accel.as_str().into(),
+        };
+        std::fs::write(
+            work.join("vm.json"),
+            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        )
+        .map_err(|e| VmmError::io("writing vm.json", e))?;
+        for f in ["qmp.sock", "console.log", "qemu.log"] {
+            let _ = std::fs::remove_file(work.join(f));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(snap.dir());
+    std::fs::rename(&work, snap.dir()).map_err(|e| VmmError::io("publishing the snapshot", e))?;
+    Ok(snap)
+}
+
+/// Prepares `capsule_dir` to restore `snap`: its own memory copy and a qcow2 overlay disk.
+/// Returns the VM configuration to restore with.
+pub fn prepare_capsule(
+    snap: &Snapshot,
+    capsule_dir: &Path,
+    net: Net,
+    qemu: PathBuf,
+) -> Result<VmConfig> {
+    let spec = snap.spec().ok_or_else(|| {
+        VmmError::Config(format!(
+            "template at {} has no complete snapshot",
+            snap.template_dir.display()
+        ))
+    })?;
+    let accel = match spec.accel.as_str() {
+        "kvm" => Accel::Kvm,
+        _ => Accel::Tcg,
+    };
+    let config = VmConfig {
+        dir: capsule_dir.to_path_buf(),
+        kernel: snap.template_dir.join("vmlinuz"),
+        initrd: snap.template_dir.join("initrd.img"),
+        disk: capsule_dir.join("disk.qcow2"),
+        disk_format: DiskFormat::Qcow2,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        net,
+        accel,
+        qemu,
+    };
+    files::copy_sparse(&snap.memory(), &config.memory_path())?;
+    create_overlay(&snap.disk(), &config.disk)?;
+    Ok(config)
+}
+
+/// `qemu-img create -f qcow2 -b BASE -F raw OVERLAY`.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| VmmError::Spawn {
+            program: "qemu-img".into(),
+            source: e,
+        })?;
+    if !out.status.success() {
+        return Err(VmmError::Config(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

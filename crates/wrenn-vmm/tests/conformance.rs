@@ -1,0 +1,373 @@
+//! The conformance suite every `Vmm` backend must pass, run here against QEMU (TCG on these
+//! machines, KVM where it really accelerates). Needs root, QEMU and the `minimal` template
+//! image (`make images` builds it into $WRENN_IMAGES, default /var/tmp/wrenn/images).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use wrenn_vmm::{
+    accel,
+    snapshot::{self, Snapshot, TemplateBoot},
+    Net, QemuVm, VmStatus, Vmm, VmmError,
+};
+
+const READY: Duration = Duration::from_secs(120);
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+static SNAPSHOT: OnceCell<Snapshot> = OnceCell::const_new();
+
+/// The `minimal` template's snapshot, made once per test run if it is missing.
+async fn template() -> &'static Snapshot {
+    SNAPSHOT
+        .get_or_init(|| async {
+            let dir = images_dir().join("minimal");
+            assert!(
+                dir.join("rootfs.img").is_file(),
+                "the minimal template image is missing at {}: run `make images` first",
+                dir.display()
+            );
+            let snap = Snapshot {
+                template_dir: dir.clone(),
+            };
+            if snap.spec().is_none() {
+                let (accel, why) = accel::detect();
+                eprintln!("making the template snapshot ({}: {why})", accel.as_str());
+                snapshot::make_template_snapshot(
+                    &dir,
+                    &TemplateBoot {
+                        vcpus: 1,
+                        memory_mib: 256,
+                        accel,
+                        qemu: wrenn_vmm::qemu::default_qemu(),
+                        envd_forward: free_addr(),
+                        ready_timeout: READY,
+                    },
+                )
+                .await
+                .expect("template snapshot");
+            }
+            snap
+        })
+        .await
+}
+
+/// A capsule folder with its VM, restored and running, and the address of its envd.
+struct Capsule {
+    vm: QemuVm,
+    envd: SocketAddr,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Capsule {
+    async fn create() -> Capsule {
+        let snap = template().await;
+        let dir = tempfile::Builder::new()
+            .prefix("wrenn-vmm-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let envd = free_addr();
+        let config = snapshot::prepare_capsule(
+            snap,
+            dir.path(),
+            Net::UserForward { host: envd },
+            wrenn_vmm::qemu::default_qemu(),
+        )
+        .unwrap();
+        let mut vm = QemuVm::new(config).unwrap();
+        vm.restore(&snap.state()).await.expect("restore");
+        assert_eq!(vm.status(), VmStatus::Paused);
+        vm.resume().await.unwrap();
+        vm.wait_ready(envd, READY)
+            .await
+            .expect("envd ready after restore");
+        let path = dir.path().to_path_buf();
+        Capsule {
+            vm,
+            envd,
+            _dir: dir,
+            path,
+        }
+    }
+
+    async fn pause(&mut self) {
+        self.vm.pause().await.unwrap();
+        self.vm.save(&self.path.join("state")).await.unwrap();
+        assert_eq!(self.vm.status(), VmStatus::Saved);
+        assert!(self.vm.pid().is_none(), "no QEMU while paused");
+    }
+
+    async fn resume(&mut self) {
+        self.vm.restore(&self.path.join("state")).await.unwrap();
+        self.vm.resume().await.unwrap();
+        self.vm.wait_ready(self.envd, READY).await.unwrap();
+        set_clock(self.envd).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+async fn set_clock(envd: SocketAddr) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let ts = wrenn_time(now.as_secs() as i64);
+    let resp = client()
+        .post(format!("http://{envd}/init"))
+        .json(&json!({ "timestamp": ts }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+}
+
+/// RFC 3339 (UTC) for whole seconds.
+fn wrenn_time(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Runs `bash -c script` through envd; returns stdout and the exit code.
+async fn exec(envd: SocketAddr, script: &str) -> (String, i64) {
+    let body = json!({"process": {"cmd": "/bin/bash", "args": ["-c", script]}, "stdin": false})
+        .to_string();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(body.as_bytes());
+    let bytes = client()
+        .post(format!("http://{envd}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .body(framed)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut rest = &bytes[..];
+    let (mut out, mut code) = (Vec::new(), None);
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let msg: Value = serde_json::from_slice(&rest[5..5 + len]).unwrap();
+        if rest[0] & 2 != 0 {
+            assert!(msg.get("error").is_none(), "{msg}");
+        } else if let Some(s) = msg["event"]["data"]["stdout"].as_str() {
+            out.extend(base64::engine::general_purpose::STANDARD.decode(s).unwrap());
+        } else if let Some(end) = msg["event"].get("end") {
+            code = Some(end["exitCode"].as_i64().unwrap_or(0));
+        }
+        rest = &rest[5 + len..];
+    }
+    (String::from_utf8(out).unwrap(), code.expect("end event"))
+}
+
+/// Starts a long-running tagged background process (its stream is dropped at once).
+async fn start_background(envd: SocketAddr, script: &str, tag: &str) {
+    let body = json!({"process": {"cmd": "/bin/bash", "args": ["-c", script]}, "tag": tag, "stdin": false}).to_string();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(body.as_bytes());
+    let mut resp = client()
+        .post(format!("http://{envd}/process.Process/Start"))
+        .header("content-type", "application/connect+json")
+        .body(framed)
+        .send()
+        .await
+        .unwrap();
+    // Wait for the start event, then detach.
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("start"));
+}
+
+fn qemu_processes_under(dir: &Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("qemu-system") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn restore_exec_pause_resume_keeps_files_and_processes() {
+    let mut c = Capsule::create().await;
+    let (out, code) = exec(c.envd, "echo hello; id -un").await;
+    assert_eq!((out.as_str(), code), ("hello\nuser\n", 0));
+    let (_, code) = exec(c.envd, "echo kept > /home/user/kept.txt").await;
+    assert_eq!(code, 0);
+    start_background(c.envd, "sleep 100000", "sleeper").await;
+
+    c.pause().await;
+    assert_eq!(qemu_processes_under(&c.path), 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.resume().await;
+
+    let (out, _) = exec(
+        c.envd,
+        "cat /home/user/kept.txt; pgrep -x sleep >/dev/null && echo sleeping",
+    )
+    .await;
+    assert_eq!(out, "kept\nsleeping\n");
+    let list: Value = client()
+        .post(format!("http://{}/process.Process/List", c.envd))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["tag"] == "sleeper"));
+    // The clock was set from /init after the restore.
+    let (out, _) = exec(c.envd, "date +%s").await;
+    let guest: i64 = out.trim().parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() <= 3,
+        "guest clock {guest} vs host {host}"
+    );
+    c.vm.stop().await.unwrap();
+    assert_eq!(qemu_processes_under(&c.path), 0);
+}
+
+#[tokio::test]
+async fn five_capsules_restore_concurrently() {
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        tasks.push(tokio::spawn(async move {
+            let c = Capsule::create().await;
+            let (out, _) = exec(c.envd, &format!("echo {i} > /tmp/me; cat /tmp/me")).await;
+            assert_eq!(out, format!("{i}\n"));
+            c
+        }));
+    }
+    let mut capsules = Vec::new();
+    for t in tasks {
+        capsules.push(t.await.unwrap());
+    }
+    // Each capsule has its own memory and disk: writes did not leak between them.
+    for (i, c) in capsules.iter().enumerate() {
+        let (out, _) = exec(c.envd, "cat /tmp/me").await;
+        assert_eq!(out, format!("{i}\n"));
+    }
+    for mut c in capsules {
+        c.vm.stop().await.unwrap();
+        assert_eq!(qemu_processes_under(&c.path), 0);
+    }
+}
+
+#[tokio::test]
+async fn twenty_pause_resume_cycles_keep_data() {
+    let mut c = Capsule::create().await;
+    for i in 1..=20 {
+        let (_, code) = exec(c.envd, &format!("echo {i} >> /home/user/cycles; sync")).await;
+        assert_eq!(code, 0);
+        c.pause().await;
+        c.resume().await;
+    }
+    let (out, _) = exec(c.envd, "cat /home/user/cycles").await;
+    let want: String = (1..=20).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out, want);
+    c.vm.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn killed_qemu_is_reported_with_the_console() {
+    let mut c = Capsule::create().await;
+    let pid = c.vm.pid().unwrap();
+    let mut death = c.vm.death_watch().unwrap();
+    // SAFETY: plain kill(2) of the QEMU child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    tokio::time::timeout(Duration::from_secs(1), death.wait_for(|d| d.is_some()))
+        .await
+        .expect("death noticed within 1 s")
+        .unwrap();
+    assert!(matches!(c.vm.status(), VmStatus::Failed(_)));
+    let err = c.vm.pause().await.unwrap_err();
+    match err {
+        VmmError::Exited { status, .. } => assert!(status.contains("9"), "{status}"),
+        other => panic!("expected Exited, got {other}"),
+    }
+    c.vm.stop().await.unwrap();
+    assert_eq!(qemu_processes_under(&c.path), 0);
+}
+
+#[tokio::test]
+async fn bad_configs_and_states_are_errors() {
+    let snap = template().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut config =
+        snapshot::prepare_capsule(snap, dir.path(), Net::None, wrenn_vmm::qemu::default_qemu())
+            .unwrap();
+    config.vcpus = 0;
+    assert!(matches!(
+        QemuVm::new(config.clone()),
+        Err(VmmError::Config(_))
+    ));
+    config.vcpus = 1;
+    let mut vm = QemuVm::new(config.clone()).unwrap();
+    assert!(matches!(vm.pause().await, Err(VmmError::State { .. })));
+    assert!(matches!(vm.resume().await, Err(VmmError::State { .. })));
+    // A corrupt state file fails the restore and leaves no QEMU behind.
+    let bad = dir.path().join("bad-state");
+    std::fs::write(&bad, b"not a migration stream").unwrap();
+    assert!(vm.restore(&bad).await.is_err());
+    assert!(vm.pid().is_none());
+    assert_eq!(qemu_processes_under(dir.path()), 0);
+    // A missing QEMU binary is a spawn error.
+    config.qemu = PathBuf::from("/nonexistent/qemu");
+    let mut vm = QemuVm::new(config).unwrap();
+    assert!(matches!(vm.boot().await, Err(VmmError::Spawn { .. })));
+}
