@@ -67,6 +67,61 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Turns every all-zero 4 KiB page of `path` into a hole, so copies and restores of a guest
+/// memory file never touch memory the guest had freed (guests boot with `init_on_free=1`).
+/// Returns the bytes still allocated.
+pub fn punch_zero_pages(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    const PAGE: usize = 4096;
+    let ctx = || format!("punching holes in {}", path.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| VmmError::io(ctx(), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset: u64 = 0;
+    let mut run: Option<(u64, u64)> = None; // (start, len) of zero pages to punch
+    let punch = |fd: i32, start: u64, len: u64| -> Result<()> {
+        // SAFETY: fallocate on an open descriptor with a valid range.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as i64,
+                len as i64,
+            )
+        };
+        if rc != 0 {
+            return Err(VmmError::io(ctx(), io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    loop {
+        let n = f.read(&mut buf).map_err(|e| VmmError::io(ctx(), e))?;
+        if n == 0 {
+            break;
+        }
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            let at = offset + (i * PAGE) as u64;
+            if page.iter().all(|b| *b == 0) {
+                run = Some(match run {
+                    Some((s, l)) => (s, l + page.len() as u64),
+                    None => (at, page.len() as u64),
+                });
+            } else if let Some((s, l)) = run.take() {
+                punch(f.as_raw_fd(), s, l)?;
+            }
+        }
+        offset += n as u64;
+    }
+    if let Some((s, l)) = run {
+        punch(f.as_raw_fd(), s, l)?;
+    }
+    use std::os::unix::fs::MetadataExt;
+    Ok(f.metadata().map_err(|e| VmmError::io(ctx(), e))?.blocks() * 512)
+}
+
 /// The last `max` bytes of a text file, lossily decoded (for error messages).
 pub fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -103,5 +158,17 @@ mod tests {
         let blocks = std::fs::metadata(&dst).unwrap().blocks();
         assert!(blocks < 1024, "copy is sparse ({blocks} blocks)");
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
+    }
+
+    #[test]
+    fn zero_pages_become_holes() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let p = dir.path().join("mem");
+        let mut data = vec![0u8; 8 << 20];
+        data[5 * 4096 + 7] = 1;
+        std::fs::write(&p, &data).unwrap();
+        let allocated = punch_zero_pages(&p).unwrap();
+        assert!(allocated <= 64 * 1024, "{allocated} bytes still allocated");
+        assert_eq!(std::fs::read(&p).unwrap(), data);
     }
 }

@@ -111,7 +111,7 @@ impl QemuVm {
         let mem = format!("{}M", c.memory_mib);
         let mut machine = String::from("microvm,memory-backend=mem0");
         let mut kernel_args = format!(
-            "console=ttyS0 quiet panic=-1 wrenn.ip={GUEST_IP}/{GUEST_PREFIX},{GUEST_GATEWAY}"
+            "console=ttyS0 quiet panic=-1 init_on_free=1 wrenn.ip={GUEST_IP}/{GUEST_PREFIX},{GUEST_GATEWAY}"
         );
         let mut a: Vec<String> = Vec::new();
         match c.accel {

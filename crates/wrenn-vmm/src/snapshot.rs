@@ -21,9 +21,14 @@ use crate::{
     files, QemuVm, Vmm,
 };
 
+/// Bumped whenever what goes into a snapshot changes (kernel arguments, devices): older
+/// snapshots are then remade.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
 /// The machine shape a snapshot was taken with; restores must use the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotSpec {
+    pub format: u32,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub accel: String,
@@ -55,8 +60,9 @@ impl Snapshot {
     /// The snapshot's machine shape, if it is complete.
     pub fn spec(&self) -> Option<SnapshotSpec> {
         let text = std::fs::read_to_string(self.spec_path()).ok()?;
-        let spec = serde_json::from_str(&text).ok()?;
-        (self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
+        let spec: SnapshotSpec = serde_json::from_str(&text).ok()?;
+        (spec.format == SNAPSHOT_FORMAT
+            && self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
     }
 }
 
@@ -105,7 +111,14 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
         }
         vm.pause().await?;
         vm.save(&work.join("state")).await?;
+        let allocated = files::punch_zero_pages(&work.join("memory"))?;
+        tracing::info!(
+            template = %template_dir.display(),
+            memory_bytes = allocated,
+            "template snapshot saved"
+        );
         let spec = SnapshotSpec {
+            format: SNAPSHOT_FORMAT,
             vcpus: boot.vcpus,
             memory_mib: boot.memory_mib,
             accel: boot.accel.as_str().into(),
