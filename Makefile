@@ -46,10 +46,13 @@ e2b: envd $(VENV_E2B)/.installed
 envd-static:
 	@scripts/build-envd-static.sh
 
-## images: guest kernel, initramfs and root disks of every template (skipped when unchanged)
+## images: every template's kernel, initramfs, root disk and ready snapshot (skipped when unchanged)
 images: deps
 	@bin=$$(scripts/build-envd-static.sh | tail -1) && \
-	for t in $(TEMPLATES); do images/build.sh $$t $(WRENN_IMAGES) $$bin || exit 1; done
+	$(CARGO) build -p wrenn --locked && \
+	for t in $(TEMPLATES); do \
+	  $(CARGO_TARGET_DIR)/debug/wrenn template build $$t --images $(WRENN_IMAGES) --envd $$bin || exit 1; \
+	done
 
 ## bench: every figure as a ratio against a baseline measured in the same run
 bench: deps

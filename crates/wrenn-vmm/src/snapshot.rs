@@ -62,7 +62,10 @@ impl Snapshot {
         let text = std::fs::read_to_string(self.spec_path()).ok()?;
         let spec: SnapshotSpec = serde_json::from_str(&text).ok()?;
         (spec.format == SNAPSHOT_FORMAT
-            && self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
+            && self.disk().is_file()
+            && self.memory().is_file()
+            && self.state().is_file())
+        .then_some(spec)
     }
 }
 

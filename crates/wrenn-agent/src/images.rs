@@ -1,0 +1,261 @@
+//! Building templates: the image recipe (`images/` in the repository, embedded in the binary so
+//! an installed `wrenn` needs no checkout) and then the template's ready snapshot.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use wrenn_vmm::{
+    accel::Accel,
+    snapshot::{self, Snapshot, TemplateBoot},
+};
+
+use crate::error::{AgentError, Result};
+
+/// The recipe files, embedded: (relative path, contents, executable).
+const RECIPE: &[(&str, &str, bool)] = &[
+    ("build.sh", include_str!("../../../images/build.sh"), true),
+    (
+        "init/initramfs-init",
+        include_str!("../../../images/init/initramfs-init"),
+        true,
+    ),
+    (
+        "init/wrenn-init",
+        include_str!("../../../images/init/wrenn-init"),
+        true,
+    ),
+    (
+        "templates/minimal.packages",
+        include_str!("../../../images/templates/minimal.packages"),
+        false,
+    ),
+    (
+        "templates/python.packages",
+        include_str!("../../../images/templates/python.packages"),
+        false,
+    ),
+];
+
+/// Templates this build of Wrenn knows how to make.
+pub fn known_templates() -> Vec<&'static str> {
+    RECIPE
+        .iter()
+        .filter_map(|(p, _, _)| p.strip_prefix("templates/")?.strip_suffix(".packages"))
+        .collect()
+}
+
+/// Whether `name` is a valid template or snapshot name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// One line of build progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub template: String,
+    pub line: String,
+}
+
+/// What to build and with what.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub template: String,
+    pub images_dir: PathBuf,
+    /// The static envd binary that goes into the image.
+    pub envd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub qemu: PathBuf,
+}
+
+/// How a build went.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub snapshot: Snapshot,
+    pub image_time: Duration,
+    pub snapshot_time: Duration,
+    /// False when the image was up to date and the snapshot already existed.
+    pub rebuilt: bool,
+}
+
+fn write_recipe(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, text, exec) in RECIPE {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| AgentError::io("writing the recipe", e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| AgentError::io("writing the recipe", e))?;
+        if *exec {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| AgentError::io("writing the recipe", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn free_loopback() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| AgentError::io("finding a free port", e))?;
+    l.local_addr()
+        .map_err(|e| AgentError::io("finding a free port", e))
+}
+
+/// Builds the template's image (skipped when unchanged) and its snapshot (made when missing),
+/// reporting progress lines to `progress`.
+pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Result<Built> {
+    if !valid_name(&req.template) {
+        return Err(AgentError::BadTemplateName(req.template.clone()));
+    }
+    if !known_templates().contains(&req.template.as_str()) {
+        return Err(AgentError::UnknownTemplate(req.template.clone()));
+    }
+    let mut say = |line: String| {
+        progress(Progress {
+            template: req.template.clone(),
+            line,
+        })
+    };
+    let recipe = tempfile_dir()?;
+    write_recipe(recipe.path())?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(recipe.path().join("build.sh"))
+        .arg(&req.template)
+        .arg(&req.images_dir)
+        .arg(&req.envd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| AgentError::io("starting images/build.sh", e))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(err) = stderr {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                text.push_str(&l);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let mut up_to_date = false;
+    if let Some(out) = stdout {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            up_to_date |= l.contains("is up to date");
+            say(l);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| AgentError::io("waiting for images/build.sh", e))?;
+    let stderr_text = errors.await.unwrap_or_default();
+    if !status.success() {
+        return Err(AgentError::ImageBuild {
+            template: req.template.clone(),
+            reason: format!("{status}: {}", stderr_text.trim()),
+        });
+    }
+    let image_time = started.elapsed();
+    let template_dir = req.images_dir.join(&req.template);
+    let existing = Snapshot {
+        template_dir: template_dir.clone(),
+    };
+    if existing.spec().is_some() {
+        say(format!("snapshot of {} is ready", req.template));
+        return Ok(Built {
+            snapshot: existing,
+            image_time,
+            snapshot_time: Duration::ZERO,
+            rebuilt: !up_to_date,
+        });
+    }
+    say(format!(
+        "[snapshot] booting {} ({} vCPU, {} MiB, {}), waiting for envd, pausing, saving",
+        req.template,
+        req.vcpus,
+        req.memory_mib,
+        req.accel.as_str()
+    ));
+    let started = Instant::now();
+    let snap = snapshot::make_template_snapshot(
+        &template_dir,
+        &TemplateBoot {
+            vcpus: req.vcpus,
+            memory_mib: req.memory_mib,
+            accel: req.accel,
+            qemu: req.qemu.clone(),
+            envd_forward: free_loopback()?,
+            ready_timeout: Duration::from_secs(180),
+        },
+    )
+    .await?;
+    let snapshot_time = started.elapsed();
+    let bytes = std::fs::metadata(snap.memory())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        })
+        .unwrap_or(0);
+    say(format!(
+        "[snapshot] ready in {:.1} s ({bytes} bytes of memory)",
+        snapshot_time.as_secs_f64()
+    ));
+    Ok(Built {
+        snapshot: snap,
+        image_time,
+        snapshot_time,
+        rebuilt: true,
+    })
+}
+
+fn tempfile_dir() -> Result<TempDir> {
+    let base = std::env::temp_dir().join(format!("wrenn-recipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).map_err(|e| AgentError::io("creating a temp dir", e))?;
+    Ok(TempDir(base))
+}
+
+/// A folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_templates() {
+        assert!(valid_name("minimal"));
+        assert!(valid_name("my.tpl_1-x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+        let t = known_templates();
+        assert!(t.contains(&"minimal") && t.contains(&"python"), "{t:?}");
+    }
+}
