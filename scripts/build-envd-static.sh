@@ -18,4 +18,5 @@ if ldd "$bin" >/dev/null 2>&1 && ! ldd "$bin" 2>&1 | grep -q 'statically linked'
   echo "envd is not static: $(ldd "$bin")" >&2
   exit 1
 fi
+ln -sfn "$bin" "$CARGO_TARGET_DIR/envd-static"
 echo "$bin"

@@ -221,26 +221,11 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
     })
 }
 
-fn tempfile_dir() -> Result<TempDir> {
-    let base = std::env::temp_dir().join(format!("wrenn-recipe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).map_err(|e| AgentError::io("creating a temp dir", e))?;
-    Ok(TempDir(base))
-}
-
-/// A folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn tempfile_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("wrenn-recipe-")
+        .tempdir()
+        .map_err(|e| AgentError::io("creating a temp dir for the recipe", e))
 }
 
 #[cfg(test)]
