@@ -17,6 +17,8 @@ have debootstrap || need_pkgs+=(debootstrap)
 have cpio || need_pkgs+=(cpio)
 have mkfs.ext4 || need_pkgs+=(e2fsprogs)
 have xz || need_pkgs+=(xz-utils)
+# Network slots of the host agent.
+have nft || need_pkgs+=(nftables)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -8,6 +8,14 @@ pub enum AgentError {
     UnknownTemplate(String),
     #[error("building the image of template {template} failed: {reason}")]
     ImageBuild { template: String, reason: String },
+    #[error("envd: {0}")]
+    Envd(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("network: {0}")]
+    Network(String),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error("{context}: {source}")]

@@ -11,9 +11,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use wrenn_vmm::{
     accel::Accel,
     snapshot::{self, Snapshot, TemplateBoot},
+    Net,
 };
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    netslot::{self, Slot},
+};
 
 /// The recipe files, embedded: (relative path, contents, executable).
 const RECIPE: &[(&str, &str, bool)] = &[
@@ -102,13 +106,6 @@ fn write_recipe(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn free_loopback() -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| AgentError::io("finding a free port", e))?;
-    l.local_addr()
-        .map_err(|e| AgentError::io("finding a free port", e))
-}
-
 /// Builds the template's image (skipped when unchanged) and its snapshot (made when missing),
 /// reporting progress lines to `progress`.
 pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Result<Built> {
@@ -190,18 +187,28 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
         req.accel.as_str()
     ));
     let started = Instant::now();
-    let snap = snapshot::make_template_snapshot(
+    // Boot in a network slot of its own, as capsules will run: a TAP keeps no device state, so
+    // the snapshot restores into any slot.
+    netslot::ensure_host_rules().await?;
+    let mut slot = Slot::create(netslot::free_build_slot().await?, false).await?;
+    let made = snapshot::make_template_snapshot(
         &template_dir,
         &TemplateBoot {
             vcpus: req.vcpus,
             memory_mib: req.memory_mib,
             accel: req.accel,
             qemu: req.qemu.clone(),
-            envd_forward: free_loopback()?,
+            net: Net::Tap {
+                netns: slot.addrs.netns.clone(),
+                tap: netslot::TAP.into(),
+            },
+            envd: SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT),
             ready_timeout: Duration::from_secs(180),
         },
     )
-    .await?;
+    .await;
+    slot.release().await;
+    let snap = made?;
     let snapshot_time = started.elapsed();
     let bytes = std::fs::metadata(snap.memory())
         .map(|m| {

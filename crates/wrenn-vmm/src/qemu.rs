@@ -175,7 +175,7 @@ impl QemuVm {
             ]),
             Net::Tap { tap, .. } => a.extend([
                 "-netdev".into(),
-                format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                format!("tap,id=n0,ifname={tap},script=no,downscript=no,vnet_hdr=off"),
             ]),
         }
         if c.net != Net::None {

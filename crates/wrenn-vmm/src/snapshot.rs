@@ -23,7 +23,7 @@ use crate::{
 
 /// Bumped whenever what goes into a snapshot changes (kernel arguments, devices): older
 /// snapshots are then remade.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// The machine shape a snapshot was taken with; restores must use the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,8 +76,12 @@ pub struct TemplateBoot {
     pub memory_mib: u32,
     pub accel: Accel,
     pub qemu: PathBuf,
-    /// A free loopback address to forward envd to while booting.
-    pub envd_forward: SocketAddr,
+    /// The network to boot with. Use the kind capsules will use: a snapshot restores only into
+    /// a VM whose network keeps no device state of its own (a TAP does not; QEMU's user network
+    /// saves its state, so a snapshot made with it restores only into user networking).
+    pub net: Net,
+    /// Where envd answers while booting.
+    pub envd: SocketAddr,
     pub ready_timeout: Duration,
 }
 
@@ -100,14 +104,12 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
             disk_format: DiskFormat::Raw,
             vcpus: boot.vcpus,
             memory_mib: boot.memory_mib,
-            net: Net::UserForward {
-                host: boot.envd_forward,
-            },
+            net: boot.net.clone(),
             accel: boot.accel,
             qemu: boot.qemu.clone(),
         })?;
         vm.boot().await?;
-        let ready = vm.wait_ready(boot.envd_forward, boot.ready_timeout).await;
+        let ready = vm.wait_ready(boot.envd, boot.ready_timeout).await;
         if let Err(e) = ready {
             let _ = vm.stop().await;
             return Err(e);

@@ -12,8 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use wrenn_vmm::{
-    accel,
-    snapshot::{self, Snapshot, TemplateBoot},
+    snapshot::{self, Snapshot},
     Net, QemuVm, VmStatus, Vmm, VmmError,
 };
 
@@ -32,36 +31,19 @@ fn free_addr() -> SocketAddr {
 
 static SNAPSHOT: OnceCell<Snapshot> = OnceCell::const_new();
 
-/// The `minimal` template's snapshot, made once per test run if it is missing.
+/// The `minimal` template's snapshot (made by `make images`, which boots it in a network slot).
 async fn template() -> &'static Snapshot {
     SNAPSHOT
         .get_or_init(|| async {
             let dir = images_dir().join("minimal");
-            assert!(
-                dir.join("rootfs.img").is_file(),
-                "the minimal template image is missing at {}: run `make images` first",
-                dir.display()
-            );
             let snap = Snapshot {
                 template_dir: dir.clone(),
             };
-            if snap.spec().is_none() {
-                let (accel, why) = accel::detect();
-                eprintln!("making the template snapshot ({}: {why})", accel.as_str());
-                snapshot::make_template_snapshot(
-                    &dir,
-                    &TemplateBoot {
-                        vcpus: 1,
-                        memory_mib: 256,
-                        accel,
-                        qemu: wrenn_vmm::qemu::default_qemu(),
-                        envd_forward: free_addr(),
-                        ready_timeout: READY,
-                    },
-                )
-                .await
-                .expect("template snapshot");
-            }
+            assert!(
+                snap.spec().is_some(),
+                "the minimal template or its snapshot is missing at {}: run `make images` first",
+                dir.display()
+            );
             snap
         })
         .await

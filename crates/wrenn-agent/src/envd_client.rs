@@ -1,0 +1,270 @@
+//! The agent's client of envd inside a capsule: Connect (JSON codec) for processes and the
+//! filesystem, plain HTTP for `/init`, `/health` and `/files`; the capsule's access token on
+//! every request.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::error::{AgentError, Result};
+
+/// Output of a finished command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    /// Set when the process was killed by a signal or envd reported an error.
+    pub error: Option<String>,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: HashMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+/// Defaults sent to `/init`.
+#[derive(Debug, Clone, Default)]
+pub struct InitRequest {
+    pub access_token: Option<String>,
+    pub env_vars: HashMap<String, String>,
+    pub default_user: Option<String>,
+    pub default_workdir: Option<String>,
+}
+
+/// A client of one capsule's envd.
+#[derive(Debug, Clone)]
+pub struct EnvdClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+fn envd_error(context: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Envd(format!("{context}: {e}"))
+}
+
+impl EnvdClient {
+    pub fn new(addr: SocketAddr, token: Option<String>) -> EnvdClient {
+        EnvdClient {
+            base: format!("http://{addr}"),
+            token,
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("x-access-token", t);
+        }
+        req
+    }
+
+    /// `GET /health` answered 2xx.
+    pub async fn healthy(&self) -> bool {
+        matches!(
+            self.http
+                .get(format!("{}/health", self.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+
+    /// `POST /init` with the capsule's defaults, its token and the current time.
+    pub async fn init(&self, req: &InitRequest, previous_token: Option<&str>) -> Result<()> {
+        let now = wrenn_time_now();
+        let mut body = json!({ "timestamp": now, "envVars": req.env_vars });
+        if let Some(t) = &req.access_token {
+            body["accessToken"] = json!(t);
+        }
+        if let Some(u) = &req.default_user {
+            body["defaultUser"] = json!(u);
+        }
+        if let Some(w) = &req.default_workdir {
+            body["defaultWorkdir"] = json!(w);
+        }
+        let mut http = self
+            .http
+            .post(format!("{}/init", self.base))
+            .timeout(Duration::from_secs(10))
+            .json(&body);
+        if let Some(t) = previous_token {
+            http = http.header("x-access-token", t);
+        }
+        let resp = http.send().await.map_err(|e| envd_error("POST /init", e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(AgentError::Envd(format!("POST /init: {status}: {text}")));
+        }
+        Ok(())
+    }
+
+    /// Runs a command to completion and collects its output.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutput> {
+        let mut process = json!({ "cmd": req.cmd, "args": req.args, "envs": req.env });
+        if let Some(cwd) = &req.cwd {
+            process["cwd"] = json!(cwd);
+        }
+        let body = json!({ "process": process, "stdin": false }).to_string();
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(body.as_bytes());
+        let mut http = self
+            .post("/process.Process/Start")
+            .header("content-type", "application/connect+json")
+            .body(framed);
+        if let Some(user) = &req.user {
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+            http = http.header("authorization", format!("Basic {b}"));
+        }
+        if let Some(t) = req.timeout {
+            http = http.header("connect-timeout-ms", t.as_millis().to_string());
+        }
+        let mut resp = http
+            .send()
+            .await
+            .map_err(|e| envd_error("starting a process", e))?;
+        if !resp.status().is_success() {
+            return Err(AgentError::Envd(format!(
+                "starting a process: {}",
+                resp.status()
+            )));
+        }
+        let mut out = ExecOutput::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut ended = false;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| envd_error("reading output", e))?
+        {
+            buf.extend_from_slice(&chunk);
+            while let Some((flags, msg)) = take_frame(&mut buf)? {
+                if flags & 2 != 0 {
+                    if let Some(err) = msg.get("error") {
+                        return Err(classify(err));
+                    }
+                    continue;
+                }
+                let ev = &msg["event"];
+                if let Some(d) = ev.get("data") {
+                    if let Some(s) = d["stdout"].as_str() {
+                        out.stdout.extend(b64(s)?);
+                    }
+                    if let Some(s) = d["stderr"].as_str() {
+                        out.stderr.extend(b64(s)?);
+                    }
+                }
+                if let Some(end) = ev.get("end") {
+                    ended = true;
+                    out.exit_code = end["exitCode"].as_i64().unwrap_or(0) as i32;
+                    if end["exited"] != json!(true) {
+                        out.error = Some(end["status"].as_str().unwrap_or("killed").to_string());
+                    }
+                    if let Some(e) = end["error"].as_str() {
+                        out.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        if !ended {
+            return Err(AgentError::Envd(
+                "the process stream ended without an end event".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Downloads a whole file.
+    pub async fn read_file(&self, path: &str) -> Result<Bytes> {
+        let mut req = self
+            .http
+            .get(format!("{}/files", self.base))
+            .query(&[("path", path)]);
+        if let Some(t) = &self.token {
+            req = req.header("x-access-token", t);
+        }
+        let resp = req.send().await.map_err(|e| envd_error("GET /files", e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(AgentError::Envd(format!(
+                "GET /files {path}: {status}: {}",
+                v["message"].as_str().unwrap_or("")
+            )));
+        }
+        resp.bytes().await.map_err(|e| envd_error("GET /files", e))
+    }
+}
+
+fn take_frame(buf: &mut Vec<u8>) -> Result<Option<(u8, Value)>> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let flags = buf[0];
+    let msg = serde_json::from_slice(&buf[5..5 + len]).map_err(|e| envd_error("bad frame", e))?;
+    buf.drain(..5 + len);
+    Ok(Some((flags, msg)))
+}
+
+fn b64(s: &str) -> Result<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| envd_error("bad base64 output", e))
+}
+
+fn classify(err: &Value) -> AgentError {
+    let code = err["code"].as_str().unwrap_or("unknown");
+    let message = err["message"].as_str().unwrap_or("").to_string();
+    match code {
+        "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
+        "not_found" => AgentError::NotFound(message),
+        _ => AgentError::Envd(format!("{code}: {message}")),
+    }
+}
+
+/// Now as RFC 3339 (UTC, whole seconds).
+pub fn wrenn_time_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
