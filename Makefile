@@ -58,6 +58,8 @@ images: deps
 bench: deps
 	$(CARGO) build --release --locked -p envd -p wrenn-bench
 	$(CARGO_TARGET_DIR)/release/wrenn-bench envd --envd $(CARGO_TARGET_DIR)/release/envd
+	$(MAKE) images
+	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES)
 
 fmt:
 	$(CARGO) fmt --all

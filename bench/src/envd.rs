@@ -479,7 +479,7 @@ fn idle_rss(
     idle.note = "fresh, a few requests, 2 s idle".into();
     idle.target = Some(Goal {
         text: format!("<= {RSS_TARGET_MIB} MiB"),
-        met: idle.envd <= RSS_TARGET_MIB,
+        met: idle.value <= RSS_TARGET_MIB,
     });
     let mut loaded = Row::new(
         "rss_after_load",

@@ -2,14 +2,16 @@
 //! the same run, because the machines they run on are noisy: read the ratios, not the
 //! absolute numbers, and never turn them into pass/fail assertions.
 //!
-//! Subcommands: `envd` (the guest agent against plain loopback baselines). Later benches
-//! (`vm`, `agent`, ...) become further subcommands.
+//! Subcommands: `envd` (the guest agent against plain loopback baselines) and `vm` (microVMs
+//! through `wrenn-vmm` against raw QEMU). Later benches (`agent`, ...) become further
+//! subcommands.
 
 mod envd;
 mod http1;
 mod procs;
 mod report;
 mod static_server;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Benchmark envd: exec round trip, file throughput, idle RSS, start-to-ready.
     Envd(envd::Args),
+    /// Benchmark the VM layer: create from a snapshot, pause/resume, template build, idle PSS.
+    Vm(vm::Args),
     /// The baseline loopback static file server (started by the benches themselves).
     #[command(hide = true)]
     StaticServer(static_server::Args),
@@ -33,6 +37,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Envd(args) => envd::run(args),
+        Command::Vm(args) => vm::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }
 }

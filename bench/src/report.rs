@@ -14,7 +14,9 @@ pub struct Row {
     pub id: &'static str,
     pub label: String,
     pub unit: &'static str,
-    pub envd: f64,
+    /// What was measured (`envd`, `wrenn`, ...): the column heading and the JSON key of `value`.
+    pub subject: &'static str,
+    pub value: f64,
     pub baseline: f64,
     /// Samples per side behind the figure.
     pub samples: usize,
@@ -30,14 +32,15 @@ impl Row {
         id: &'static str,
         label: &str,
         unit: &'static str,
-        envd: f64,
+        value: f64,
         baseline: f64,
     ) -> Self {
         Self {
             id,
             label: label.to_owned(),
             unit,
-            envd,
+            subject: "envd",
+            value,
             baseline,
             samples: 1,
             target: None,
@@ -48,13 +51,13 @@ impl Row {
 
     pub fn ratio(&self) -> f64 {
         if self.baseline > 0.0 {
-            self.envd / self.baseline
+            self.value / self.baseline
         } else {
             f64::NAN
         }
     }
 
-    fn value(&self, v: f64) -> String {
+    fn show(&self, v: f64) -> String {
         match self.unit {
             "MB/s" => format!("{v:.0} {}", self.unit),
             "MiB" => format!("{v:.1} {}", self.unit),
@@ -64,10 +67,11 @@ impl Row {
 
     pub fn line(&self) -> String {
         let mut line = format!(
-            "{:<22} envd {:>11}   baseline {:>11}   ratio {:>5.2}x",
+            "{:<22} {} {:>11}   baseline {:>11}   ratio {:>5.2}x",
             self.label,
-            self.value(self.envd),
-            self.value(self.baseline),
+            self.subject,
+            self.show(self.value),
+            self.show(self.baseline),
             self.ratio()
         );
         if !self.note.is_empty() {
@@ -86,7 +90,7 @@ impl Row {
         obj.insert("id".into(), json!(self.id));
         obj.insert("label".into(), json!(self.label));
         obj.insert("unit".into(), json!(self.unit));
-        obj.insert("envd".into(), json!(self.envd));
+        obj.insert(self.subject.into(), json!(self.value));
         obj.insert("baseline".into(), json!(self.baseline));
         obj.insert("ratio".into(), json!(self.ratio()));
         obj.insert("samples".into(), json!(self.samples));

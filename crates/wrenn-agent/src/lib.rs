@@ -4,5 +4,6 @@ pub mod envd_client;
 pub mod error;
 pub mod images;
 pub mod netslot;
+pub mod record;
 
 pub use error::{AgentError, Result};

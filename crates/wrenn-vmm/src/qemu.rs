@@ -34,6 +34,8 @@ use crate::{
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const CONSOLE_TAIL_BYTES: u64 = 4096;
+/// TCG translation cache per VM, MiB.
+const TCG_TB_MIB: u32 = 32;
 
 /// A QEMU process and what watches it.
 #[derive(Debug)]
@@ -119,7 +121,14 @@ impl QemuVm {
             Accel::Tcg => {
                 machine.push_str(",pit=on,pic=on,rtc=on");
                 kernel_args.push_str(&format!(" tsc_early_khz={}", tsc_khz()));
-                a.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]);
+                // A bounded translation cache keeps QEMU's own memory small (the default grows
+                // to hundreds of MiB per VM).
+                a.extend([
+                    "-accel".into(),
+                    format!("tcg,tb-size={TCG_TB_MIB}"),
+                    "-cpu".into(),
+                    "max".into(),
+                ]);
             }
         }
         a.extend([

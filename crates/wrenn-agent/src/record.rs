@@ -1,0 +1,99 @@
+//! `capsule.json`: what the agent needs to re-adopt or clean up a capsule after a restart.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use wrenn_types::CapsuleState;
+
+use crate::error::{AgentError, Result};
+
+/// Everything about a capsule that must survive the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CapsuleRecord {
+    pub id: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub slot: u32,
+    pub egress: bool,
+    pub state: CapsuleState,
+    pub created_at_unix: i64,
+    #[serde(default)]
+    pub env_vars: HashMap<String, String>,
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
+    /// envd's access token (the file is readable by root only).
+    pub access_token: String,
+    /// The QEMU process while one runs.
+    #[serde(default)]
+    pub vmm_pid: Option<u32>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The record file in a capsule folder.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("capsule.json")
+}
+
+/// Writes the record atomically (temp file + rename), mode 0600.
+pub fn save(dir: &Path, rec: &CapsuleRecord) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(".capsule.json.tmp");
+    let text = serde_json::to_vec_pretty(rec)
+        .map_err(|e| AgentError::io("encoding capsule.json", std::io::Error::other(e)))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| AgentError::io("writing capsule.json", e))?;
+    f.write_all(&text)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| AgentError::io("writing capsule.json", e))?;
+    std::fs::rename(&tmp, path(dir)).map_err(|e| AgentError::io("writing capsule.json", e))
+}
+
+pub fn load(dir: &Path) -> Result<CapsuleRecord> {
+    let text = std::fs::read(path(dir)).map_err(|e| AgentError::io("reading capsule.json", e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| AgentError::io("parsing capsule.json", std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = CapsuleRecord {
+            id: "cl-x".into(),
+            template: "minimal".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            slot: 3,
+            egress: true,
+            state: CapsuleState::Running,
+            created_at_unix: 1,
+            env_vars: [("A".into(), "1".into())].into(),
+            metadata: HashMap::new(),
+            access_token: "t".into(),
+            vmm_pid: Some(42),
+            error: None,
+        };
+        save(dir.path(), &rec).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), rec);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
