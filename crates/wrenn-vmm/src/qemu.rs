@@ -152,12 +152,6 @@ impl QemuVm {
             format!("file,id=con0,path={},append=on", c.console_path().display()),
             "-serial".into(),
             "chardev:con0".into(),
-            "-kernel".into(),
-            c.kernel.display().to_string(),
-            "-initrd".into(),
-            c.initrd.display().to_string(),
-            "-append".into(),
-            kernel_args,
             "-drive".into(),
             format!(
                 "id=root,file={},format={},if=none,cache=writeback,discard=unmap",
@@ -171,6 +165,18 @@ impl QemuVm {
             "-sandbox".into(),
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         ]);
+        // A restore brings the running kernel back in guest memory: loading the kernel and
+        // initrd again would only cost QEMU ~15 MiB of copies it keeps for a reboot.
+        if !incoming {
+            a.extend([
+                "-kernel".into(),
+                c.kernel.display().to_string(),
+                "-initrd".into(),
+                c.initrd.display().to_string(),
+                "-append".into(),
+                kernel_args,
+            ]);
+        }
         match &c.net {
             Net::None => {}
             Net::UserForward { host } => a.extend([
