@@ -14,6 +14,10 @@ pub enum AgentError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("network: {0}")]
     Network(String),
     #[error(transparent)]

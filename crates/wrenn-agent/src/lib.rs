@@ -1,8 +1,12 @@
-//! wrenn-agent: everything one host does. So far: building templates ([`images`]).
+//! wrenn-agent: everything one host does: building templates ([`images`]), network slots
+//! ([`netslot`]), capsules owned by one task each ([`capsule`], [`manager`]), and the envd
+//! client ([`envd_client`]).
 
+pub mod capsule;
 pub mod envd_client;
 pub mod error;
 pub mod images;
+pub mod manager;
 pub mod netslot;
 pub mod record;
 

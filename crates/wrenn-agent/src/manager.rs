@@ -1,0 +1,188 @@
+//! The capsules of this host: ids, slots, folders, and the tasks that own them.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    sync::Mutex,
+};
+
+use wrenn_types::{Id, IdKind};
+
+use crate::{
+    capsule::{self, CreateSpec, Handle},
+    envd_client::{ExecOutput, ExecRequest},
+    error::{AgentError, Result},
+    images, netslot,
+    record::CapsuleRecord,
+};
+
+/// Where the agent keeps things and what it runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `WRENN_DIR`: `capsules/<id>/` live here.
+    pub data_dir: PathBuf,
+    /// Built templates (`<template>/snapshot/`).
+    pub images_dir: PathBuf,
+    pub qemu: PathBuf,
+    /// Most capsules this host runs at once.
+    pub max_capsules: usize,
+}
+
+/// All capsules of this host.
+pub struct Manager {
+    config: AgentConfig,
+    capsules: Mutex<HashMap<String, Handle>>,
+    slots: Mutex<BTreeSet<u32>>,
+}
+
+impl Manager {
+    /// Prepares the host (firewall rules, folders) and removes what no capsule owns: slots and
+    /// capsule folders left by an agent that died.
+    pub async fn start(config: AgentConfig) -> Result<Manager> {
+        let capsules_dir = config.data_dir.join("capsules");
+        std::fs::create_dir_all(&capsules_dir)
+            .map_err(|e| AgentError::io("creating the capsules folder", e))?;
+        netslot::ensure_host_rules().await?;
+        let removed = netslot::cleanup_orphans(&[]).await?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed orphaned network slots");
+        }
+        for entry in std::fs::read_dir(&capsules_dir)
+            .map_err(|e| AgentError::io("listing capsules", e))?
+            .flatten()
+        {
+            tracing::info!(dir = %entry.path().display(), "removing an orphaned capsule folder");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        Ok(Manager {
+            config,
+            capsules: Mutex::new(HashMap::new()),
+            slots: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn take_slot(&self) -> Result<u32> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let n = (1..=netslot::MAX_SLOT)
+            .find(|n| !slots.contains(n))
+            .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
+        slots.insert(n);
+        Ok(n)
+    }
+
+    fn free_slot(&self, n: u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
+    }
+
+    fn handle(&self, id: &str) -> Result<Handle> {
+        self.capsules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("capsule {id} not found")))
+    }
+
+    /// Creates a capsule from a template's snapshot.
+    pub async fn create(&self, spec: CreateSpec) -> Result<CapsuleRecord> {
+        if !images::valid_name(&spec.template) {
+            return Err(AgentError::BadTemplateName(spec.template));
+        }
+        {
+            let n = self
+                .capsules
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if n >= self.config.max_capsules {
+                return Err(AgentError::ResourceExhausted(format!(
+                    "this host already runs {n} capsules (its limit)"
+                )));
+            }
+        }
+        let id = Id::new(IdKind::Capsule).to_string();
+        let slot = self.take_slot()?;
+        let dir = self.config.data_dir.join("capsules").join(&id);
+        let template_dir = self.config.images_dir.join(&spec.template);
+        let made = capsule::create(
+            id.clone(),
+            dir,
+            template_dir,
+            slot,
+            spec,
+            self.config.qemu.clone(),
+        )
+        .await;
+        match made {
+            Ok(handle) => {
+                let rec = handle.record();
+                self.capsules
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, handle);
+                Ok(rec)
+            }
+            Err(e) => {
+                self.free_slot(slot);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<CapsuleRecord> {
+        Ok(self.handle(id)?.record())
+    }
+
+    pub fn list(&self) -> Vec<CapsuleRecord> {
+        let mut v: Vec<_> = self
+            .capsules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Handle::record)
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<CapsuleRecord> {
+        let h = self.handle(id)?;
+        h.pause().await?;
+        Ok(h.record())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<CapsuleRecord> {
+        let h = self.handle(id)?;
+        h.resume().await?;
+        Ok(h.record())
+    }
+
+    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecOutput> {
+        self.handle(id)?.exec(req).await
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<()> {
+        let h = self.handle(id)?;
+        let slot = h.record().slot;
+        h.destroy().await?;
+        self.capsules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.free_slot(slot);
+        Ok(())
+    }
+
+    /// The envd address and token of a capsule (for tests and the proxy).
+    pub fn envd_of(&self, id: &str) -> Result<(std::net::SocketAddr, String)> {
+        let rec = self.get(id)?;
+        let addrs = netslot::SlotAddrs::new(rec.slot)?;
+        Ok((
+            std::net::SocketAddr::new(addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT),
+            rec.access_token,
+        ))
+    }
+}

@@ -1,0 +1,127 @@
+//! Capsules through the manager: create from the `minimal` snapshot in a real network slot,
+//! exec, pause/resume keeping a file, destroy; bad requests get typed errors; nothing is left.
+//! Needs root, nftables, QEMU and `make images`.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use wrenn_agent::{
+    capsule::CreateSpec,
+    envd_client::ExecRequest,
+    manager::{AgentConfig, Manager},
+    netslot, AgentError,
+};
+use wrenn_types::CapsuleState;
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "/bin/bash".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+fn spec(env: &[(&str, &str)]) -> CreateSpec {
+    CreateSpec {
+        template: "minimal".into(),
+        env_vars: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        metadata: HashMap::new(),
+        egress: false,
+    }
+}
+
+#[tokio::test]
+async fn capsule_lifecycle_through_the_manager() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = Manager::start(AgentConfig {
+        data_dir: data.path().to_path_buf(),
+        images_dir: images_dir(),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 3,
+    })
+    .await
+    .unwrap();
+
+    let a = mgr
+        .create(spec(&[("GREETING", "hello")]))
+        .await
+        .expect("create");
+    assert_eq!(a.state, CapsuleState::Running);
+    assert!(data
+        .path()
+        .join("capsules")
+        .join(&a.id)
+        .join("capsule.json")
+        .is_file());
+    let out = mgr
+        .exec(&a.id, sh("echo $GREETING from $(id -un)"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from user\n");
+    let out = mgr.exec(&a.id, sh("echo oops >&2; exit 7")).await.unwrap();
+    assert_eq!((out.exit_code, out.stderr.as_slice()), (7, &b"oops\n"[..]));
+
+    // envd now wants the capsule's token.
+    let (addr, token) = mgr.envd_of(&a.id).unwrap();
+    let unauth = reqwest::Client::new()
+        .post(format!("http://{addr}/process.Process/List"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+    assert!(!token.is_empty());
+
+    mgr.exec(&a.id, sh("echo kept > /home/user/f"))
+        .await
+        .unwrap();
+    let paused = mgr.pause(&a.id).await.unwrap();
+    assert_eq!(paused.state, CapsuleState::Paused);
+    assert!(matches!(
+        mgr.exec(&a.id, sh("true")).await,
+        Err(AgentError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        mgr.pause(&a.id).await,
+        Err(AgentError::FailedPrecondition(_))
+    ));
+    let resumed = mgr.resume(&a.id).await.unwrap();
+    assert_eq!(resumed.state, CapsuleState::Running);
+    let out = mgr.exec(&a.id, sh("cat /home/user/f")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+
+    // Bad requests.
+    assert!(matches!(mgr.get("cl-nope"), Err(AgentError::NotFound(_))));
+    assert!(matches!(
+        mgr.destroy("cl-nope").await,
+        Err(AgentError::NotFound(_))
+    ));
+    let mut bad = spec(&[]);
+    bad.template = "../../etc".into();
+    assert!(matches!(
+        mgr.create(bad).await,
+        Err(AgentError::BadTemplateName(_))
+    ));
+    let mut missing = spec(&[]);
+    missing.template = "no-such-template".into();
+    assert!(matches!(
+        mgr.create(missing).await,
+        Err(AgentError::NotFound(_))
+    ));
+    assert_eq!(mgr.list().len(), 1, "failed creates leave nothing");
+
+    let slot = a.slot;
+    mgr.destroy(&a.id).await.unwrap();
+    assert!(mgr.list().is_empty());
+    assert!(!data.path().join("capsules").join(&a.id).exists());
+    assert!(!netslot::existing_slots().await.unwrap().contains(&slot));
+}
