@@ -27,5 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
         .build(&[".process", ".filesystem"])?;
+
+    // agent.v1 (gRPC, tonic) only for the crates that ask for it: envd stays small.
+    if env::var_os("CARGO_FEATURE_AGENT").is_some() {
+        const AGENT: &[&str] = &["agent/v1/agent.proto"];
+        for p in AGENT {
+            println!("cargo:rerun-if-changed=proto/{p}");
+        }
+        let fds = protox::compile(AGENT, ["proto"])?;
+        tonic_prost_build::configure().compile_fds(fds)?;
+    }
     Ok(())
 }

@@ -9,5 +9,6 @@ pub mod images;
 pub mod manager;
 pub mod netslot;
 pub mod record;
+pub mod service;
 
 pub use error::{AgentError, Result};

@@ -176,6 +176,42 @@ impl Manager {
         Ok(())
     }
 
+    /// What this host is and how full it is.
+    pub fn host_info(&self) -> wrenn_proto::agent::v1::HostInfoResponse {
+        let (accel, reason) = wrenn_vmm::accel::detect();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let disk = nix::sys::statvfs::statvfs(&self.config.data_dir)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(0);
+        let templates = std::fs::read_dir(&self.config.images_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("snapshot/vm.json").is_file())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        wrenn_proto::agent::v1::HostInfoResponse {
+            arch: std::env::consts::ARCH.into(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_bytes: mem_kib * 1024,
+            disk_bytes: disk,
+            accel: accel.as_str().into(),
+            accel_reason: reason,
+            capsules: self.list().len() as u32,
+            max_capsules: self.config.max_capsules as u32,
+            templates,
+        }
+    }
+
     /// The envd address and token of a capsule (for tests and the proxy).
     pub fn envd_of(&self, id: &str) -> Result<(std::net::SocketAddr, String)> {
         let rec = self.get(id)?;

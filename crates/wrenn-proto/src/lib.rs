@@ -19,3 +19,11 @@ pub mod filesystem {
     include!(concat!(env!("OUT_DIR"), "/filesystem.rs"));
     include!(concat!(env!("OUT_DIR"), "/filesystem.serde.rs"));
 }
+
+/// `agent.v1`: the host agent's gRPC service.
+#[cfg(feature = "agent")]
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("agent.v1");
+    }
+}

@@ -1,5 +1,5 @@
-//! `wrenn`: so far, `wrenn template build`. The server, agent and CLI verbs arrive with their
-//! issues.
+//! `wrenn`: so far `wrenn agent` and `wrenn template build`. The server and the CLI verbs
+//! arrive with their issues.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
+    Agent {
+        /// Address of the gRPC service.
+        #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        /// Where capsules live (`capsules/<id>/`).
+        #[arg(long, env = "WRENN_DIR", default_value = "/var/lib/wrenn")]
+        data_dir: PathBuf,
+        /// Where built templates live.
+        #[arg(long, env = "WRENN_IMAGES", default_value = "/var/lib/wrenn/images")]
+        images: PathBuf,
+        /// Most capsules this host runs at once.
+        #[arg(long, default_value_t = 64)]
+        max_capsules: usize,
+    },
     /// Guest templates.
     Template {
         #[command(subcommand)]
@@ -53,6 +68,34 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Agent {
+            listen,
+            data_dir,
+            images,
+            max_capsules,
+        } => {
+            let (accel, why) = wrenn_vmm::accel::detect();
+            tracing::warn!(accel = accel.as_str(), reason = %why, "VM accelerator");
+            let manager = std::sync::Arc::new(
+                wrenn_agent::manager::Manager::start(wrenn_agent::manager::AgentConfig {
+                    data_dir,
+                    images_dir: images,
+                    qemu: wrenn_vmm::qemu::default_qemu(),
+                    max_capsules,
+                })
+                .await
+                .context("starting the agent")?,
+            );
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("wrenn agent listening on {}", listener.local_addr()?);
+            wrenn_agent::service::serve(listener, manager, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")?;
+        }
         Command::Template {
             command:
                 TemplateCommand::Build {

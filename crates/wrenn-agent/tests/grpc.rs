@@ -1,0 +1,208 @@
+//! The gRPC surface through a real agent (in-process server, tonic client, real capsules).
+//! Needs root, nftables, QEMU and `make images`.
+
+use std::{path::PathBuf, sync::Arc};
+
+use tonic::Code;
+use wrenn_agent::{
+    manager::{AgentConfig, Manager},
+    service,
+};
+use wrenn_proto::agent::v1::{
+    agent_client::AgentClient, CapsuleRef, CapsuleState, CreateCapsuleRequest, ExecRequest,
+    HostInfoRequest, ListCapsulesRequest,
+};
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+#[tokio::test]
+async fn grpc_surface_and_error_codes() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let manager = Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: images_dir(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: 2,
+        })
+        .await
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let info = client
+        .host_info(HostInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.cpus >= 1 && info.memory_bytes > 0);
+    assert!(info.accel == "tcg" || info.accel == "kvm");
+    assert!(
+        info.templates.contains(&"minimal".to_string()),
+        "{:?}",
+        info.templates
+    );
+
+    let c = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "minimal".into(),
+            env_vars: [("FOO".to_string(), "bar".to_string())].into(),
+            metadata: [("owner".to_string(), "test".to_string())].into(),
+            egress: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.state, CapsuleState::Running as i32);
+    assert_eq!(c.metadata["owner"], "test");
+    assert!(c.id.starts_with("cl-"));
+
+    let out = client
+        .exec(ExecRequest {
+            capsule_id: c.id.clone(),
+            cmd: "/bin/bash".into(),
+            args: vec![
+                "-c".into(),
+                "echo $FOO $BAR $(pwd) $(id -un); echo err >&2; exit 3".into(),
+            ],
+            env: [("BAR".to_string(), "baz".to_string())].into(),
+            cwd: "/tmp".into(),
+            user: "root".into(),
+            timeout_ms: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar baz /tmp root\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.exit_code, 3);
+
+    let timed = client
+        .exec(ExecRequest {
+            capsule_id: c.id.clone(),
+            cmd: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            timeout_ms: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!timed.error.is_empty(), "a deadline kill is reported");
+
+    let listed = client
+        .list_capsules(ListCapsulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.capsules.len(), 1);
+
+    let r = |id: &str| CapsuleRef { id: id.to_string() };
+    let p = client.pause_capsule(r(&c.id)).await.unwrap().into_inner();
+    assert_eq!(p.state, CapsuleState::Paused as i32);
+    let err = client.pause_capsule(r(&c.id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let err = client
+        .exec(ExecRequest {
+            capsule_id: c.id.clone(),
+            cmd: "true".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let resumed = client.resume_capsule(r(&c.id)).await.unwrap().into_inner();
+    assert_eq!(resumed.state, CapsuleState::Running as i32);
+
+    // Bad requests get the right codes.
+    let unknown = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
+    assert_eq!(
+        client.get_capsule(r(&unknown)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client.get_capsule(r("../../etc")).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        client
+            .destroy_capsule(r(&unknown))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let bad_template = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "../x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_template.code(), Code::InvalidArgument);
+    let missing = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "nothing-here".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let empty_cmd = client
+        .exec(ExecRequest {
+            capsule_id: c.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty_cmd.code(), Code::InvalidArgument);
+
+    // Capacity: the limit is 2.
+    let second = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "minimal".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let third = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "minimal".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+
+    for id in [&c.id, &second.id] {
+        client.destroy_capsule(r(id)).await.unwrap();
+    }
+    assert!(client
+        .list_capsules(ListCapsulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capsules
+        .is_empty());
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_dir(data.path().join("capsules"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
