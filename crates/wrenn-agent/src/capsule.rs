@@ -272,6 +272,43 @@ pub async fn create(
     Ok(Handle { info, tx })
 }
 
+/// Takes over a capsule a previous agent left running or paused.
+pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result<Handle> {
+    let rec = record::load(&dir)?;
+    let snap = snapshot::Snapshot { template_dir };
+    let slot = Slot::adopt(rec.slot, rec.egress).await?;
+    let config = snapshot::capsule_config(
+        &snap,
+        &dir,
+        Net::Tap {
+            netns: slot.addrs.netns.clone(),
+            tap: netslot::TAP.into(),
+        },
+        qemu,
+    )?;
+    let vm = match (rec.state, rec.vmm_pid) {
+        (CapsuleState::Running, Some(pid)) => QemuVm::adopt(config, pid).await?,
+        (CapsuleState::Paused, _) => QemuVm::saved(config)?,
+        (state, _) => {
+            return Err(AgentError::FailedPrecondition(format!(
+                "a {state} capsule cannot be adopted"
+            )))
+        }
+    };
+    let envd = EnvdClient::new(envd_addr(&slot), Some(rec.access_token.clone()));
+    let info: Info = Arc::new(RwLock::new(rec));
+    let capsule = Capsule {
+        dir,
+        info: info.clone(),
+        vm,
+        slot,
+        envd,
+    };
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(run(capsule, rx));
+    Ok(Handle { info, tx })
+}
+
 /// The capsule's task: one operation at a time, until destroyed. A VMM that dies turns the
 /// capsule to `error` and releases what it held.
 async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {

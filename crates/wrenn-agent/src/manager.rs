@@ -6,15 +6,55 @@ use std::{
     sync::Mutex,
 };
 
-use wrenn_types::{Id, IdKind};
+use wrenn_types::{CapsuleState, Id, IdKind};
 
 use crate::{
     capsule::{self, CreateSpec, Handle},
     envd_client::{ExecOutput, ExecRequest},
     error::{AgentError, Result},
     images, netslot,
-    record::CapsuleRecord,
+    record::{self, CapsuleRecord},
 };
+
+/// The QEMU processes whose command line points into `capsules_dir`, with their pids.
+fn qemus_under(capsules_dir: &std::path::Path) -> Vec<(u32, String)> {
+    let needle = capsules_dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("qemu-system") && cmd.contains(&needle)).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmd).contains(&dir.display().to_string()) {
+        // SAFETY: plain kill(2) of a QEMU that belongs to this capsule folder.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Kills QEMUs under `capsules_dir` that no adopted capsule owns.
+fn kill_stray_qemus(capsules_dir: &std::path::Path, adopted: &HashMap<String, Handle>) {
+    let owned: Vec<u32> = adopted
+        .values()
+        .filter_map(|h| h.record().vmm_pid)
+        .collect();
+    for (pid, cmd) in qemus_under(capsules_dir) {
+        if !owned.contains(&pid) {
+            tracing::info!(pid, %cmd, "killing a stray QEMU");
+            // SAFETY: plain kill(2) of a QEMU started for a capsule folder nobody owns.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
 
 /// Where the agent keeps things and what it runs.
 #[derive(Debug, Clone)]
@@ -36,28 +76,59 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Prepares the host (firewall rules, folders) and removes what no capsule owns: slots and
-    /// capsule folders left by an agent that died.
+    /// Prepares the host (firewall rules, folders), re-adopts the running and paused capsules
+    /// a previous agent left (from `capsule.json` and their live QEMU), and removes whatever
+    /// nothing owns: other capsule folders, network slots and QEMU processes.
     pub async fn start(config: AgentConfig) -> Result<Manager> {
         let capsules_dir = config.data_dir.join("capsules");
         std::fs::create_dir_all(&capsules_dir)
             .map_err(|e| AgentError::io("creating the capsules folder", e))?;
         netslot::ensure_host_rules().await?;
-        let removed = netslot::cleanup_orphans(&[]).await?;
-        if !removed.is_empty() {
-            tracing::info!(?removed, "removed orphaned network slots");
-        }
+        let mut capsules = HashMap::new();
+        let mut slots = BTreeSet::new();
         for entry in std::fs::read_dir(&capsules_dir)
             .map_err(|e| AgentError::io("listing capsules", e))?
             .flatten()
         {
-            tracing::info!(dir = %entry.path().display(), "removing an orphaned capsule folder");
-            let _ = std::fs::remove_dir_all(entry.path());
+            let dir = entry.path();
+            let rec = record::load(&dir).ok();
+            let adopted = match &rec {
+                Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
+                    capsule::adopt(
+                        dir.clone(),
+                        config.images_dir.join(&r.template),
+                        config.qemu.clone(),
+                    )
+                    .await
+                }
+                _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
+            };
+            match adopted {
+                Ok(handle) => {
+                    let r = handle.record();
+                    tracing::info!(id = %r.id, state = %r.state, "re-adopted a capsule");
+                    slots.insert(r.slot);
+                    capsules.insert(r.id.clone(), handle);
+                }
+                Err(e) => {
+                    tracing::info!(dir = %dir.display(), reason = %e, "removing a capsule that cannot be adopted");
+                    if let Some(pid) = rec.as_ref().and_then(|r| r.vmm_pid) {
+                        kill_if_qemu_of(pid, &dir);
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
         }
+        let keep: Vec<u32> = slots.iter().copied().collect();
+        let removed = netslot::cleanup_orphans(&keep).await?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed orphaned network slots");
+        }
+        kill_stray_qemus(&capsules_dir, &capsules);
         Ok(Manager {
             config,
-            capsules: Mutex::new(HashMap::new()),
-            slots: Mutex::new(BTreeSet::new()),
+            capsules: Mutex::new(capsules),
+            slots: Mutex::new(slots),
         })
     }
 

@@ -164,6 +164,21 @@ impl Slot {
         }
     }
 
+    /// Takes over slot `index` left by a previous agent (re-creating it if it is gone).
+    pub async fn adopt(index: u32, egress: bool) -> Result<Slot> {
+        let addrs = SlotAddrs::new(index)?;
+        if existing_slots().await?.contains(&index) {
+            return Ok(Slot {
+                undo: vec![
+                    Undo::DeleteNetns(addrs.netns.clone()),
+                    Undo::DeleteLink(addrs.host_veth.clone()),
+                ],
+                addrs,
+            });
+        }
+        Slot::create(index, egress).await
+    }
+
     async fn build(&mut self, egress: bool) -> Result<()> {
         let a = self.addrs.clone();
         let ns = a.netns.as_str();

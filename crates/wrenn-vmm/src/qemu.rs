@@ -94,6 +94,79 @@ impl QemuVm {
         })
     }
 
+    /// Takes over a QEMU that a previous agent started (it survived that agent): checks that
+    /// `pid` really is the QEMU of `config.dir`, watches it through a pidfd and reconnects to
+    /// its QMP socket.
+    pub async fn adopt(config: VmConfig, pid: u32) -> Result<QemuVm> {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| VmmError::io(format!("reading the command line of pid {pid}"), e))?;
+        let qmp_arg = config.qmp_path().display().to_string();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&qmp_arg);
+        if !ours {
+            return Err(VmmError::Config(format!(
+                "pid {pid} is not the QEMU of {}",
+                config.dir.display()
+            )));
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+        if fd < 0 {
+            return Err(VmmError::io("pidfd_open", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+        let owned =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the pidfd from here on; it stays open for its whole life.
+        let pidfd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| VmmError::io("watching the adopted QEMU", std::io::Error::from(e)))?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = pidfd.readable() => {}
+                _ = kill_rx => {
+                    // SAFETY: plain kill(2) of the process the pidfd watches.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    let _ = pidfd.readable().await;
+                }
+            }
+            let _ = exit_tx.send(Some("exited (adopted process)".to_string()));
+        });
+        let qmp = Qmp::connect(&config.qmp_path(), QMP_CONNECT_TIMEOUT).await;
+        let mut vm = QemuVm {
+            config,
+            process: None,
+            status: VmStatus::NotStarted,
+        };
+        let qmp = match qmp {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = kill_tx.send(());
+                return Err(e);
+            }
+        };
+        vm.process = Some(Process {
+            pid,
+            qmp,
+            exited: exit_rx,
+            kill: Some(kill_tx),
+        });
+        vm.status = match vm.run_state().await?.as_str() {
+            "running" => VmStatus::Running,
+            _ => VmStatus::Paused,
+        };
+        Ok(vm)
+    }
+
+    /// A VM whose state is saved (no process) — for an agent re-adopting a paused capsule.
+    pub fn saved(config: VmConfig) -> Result<QemuVm> {
+        let mut vm = QemuVm::new(config)?;
+        vm.status = VmStatus::Saved;
+        Ok(vm)
+    }
+
     pub fn config(&self) -> &VmConfig {
         &self.config
     }

@@ -148,9 +148,8 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
     Ok(snap)
 }
 
-/// Prepares `capsule_dir` to restore `snap`: its own memory copy and a qcow2 overlay disk.
-/// Returns the VM configuration to restore with.
-pub fn prepare_capsule(
+/// The VM configuration of a capsule made from `snap` in `capsule_dir`.
+pub fn capsule_config(
     snap: &Snapshot,
     capsule_dir: &Path,
     net: Net,
@@ -166,7 +165,7 @@ pub fn prepare_capsule(
         "kvm" => Accel::Kvm,
         _ => Accel::Tcg,
     };
-    let config = VmConfig {
+    Ok(VmConfig {
         dir: capsule_dir.to_path_buf(),
         kernel: snap.template_dir.join("vmlinuz"),
         initrd: snap.template_dir.join("initrd.img"),
@@ -177,7 +176,18 @@ pub fn prepare_capsule(
         net,
         accel,
         qemu,
-    };
+    })
+}
+
+/// Prepares `capsule_dir` to restore `snap`: its own memory copy and a qcow2 overlay disk.
+/// Returns the VM configuration to restore with.
+pub fn prepare_capsule(
+    snap: &Snapshot,
+    capsule_dir: &Path,
+    net: Net,
+    qemu: PathBuf,
+) -> Result<VmConfig> {
+    let config = capsule_config(snap, capsule_dir, net, qemu)?;
     files::copy_sparse(&snap.memory(), &config.memory_path())?;
     create_overlay(&snap.disk(), &config.disk)?;
     Ok(config)

@@ -90,11 +90,28 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             println!("wrenn agent listening on {}", listener.local_addr()?);
-            wrenn_agent::service::serve(listener, manager, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")?;
+            let mut int =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut stopping = stop_rx.clone();
+            let server = wrenn_agent::service::serve(listener, manager, async move {
+                tokio::select! {
+                    _ = int.recv() => tracing::warn!("SIGINT: stopping (capsules keep running)"),
+                    _ = term.recv() => tracing::warn!("SIGTERM: stopping (capsules keep running)"),
+                }
+                let _ = stop_tx.send(true);
+            });
+            // Clients that keep connections open get a few seconds, not forever.
+            tokio::select! {
+                r = server => r.context("serving")?,
+                _ = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                } => {}
+            }
+            tracing::warn!("agent stopped");
         }
         Command::Template {
             command:
