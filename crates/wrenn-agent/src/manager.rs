@@ -66,7 +66,13 @@ pub struct AgentConfig {
     pub qemu: PathBuf,
     /// Most capsules this host runs at once.
     pub max_capsules: usize,
+    /// The network slots this agent owns (and cleans up); one agent per host normally owns
+    /// [`DEFAULT_SLOTS`].
+    pub slots: std::ops::RangeInclusive<u32>,
 }
+
+/// The slots of a host's agent; the top of the range is left to template builds.
+pub const DEFAULT_SLOTS: std::ops::RangeInclusive<u32> = 1..=16_000;
 
 /// All capsules of this host.
 pub struct Manager {
@@ -120,7 +126,7 @@ impl Manager {
             }
         }
         let keep: Vec<u32> = slots.iter().copied().collect();
-        let removed = netslot::cleanup_orphans(&keep).await?;
+        let removed = netslot::cleanup_orphans(&keep, &config.slots).await?;
         if !removed.is_empty() {
             tracing::info!(?removed, "removed orphaned network slots");
         }
@@ -134,7 +140,10 @@ impl Manager {
 
     fn take_slot(&self) -> Result<u32> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let n = (1..=netslot::MAX_SLOT)
+        let n = self
+            .config
+            .slots
+            .clone()
             .find(|n| !slots.contains(n))
             .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
         slots.insert(n);

@@ -326,11 +326,14 @@ pub async fn remove(index: u32) -> Result<()> {
     Ok(())
 }
 
-/// Removes the netns and veth of every slot not in `keep`.
-pub async fn cleanup_orphans(keep: &[u32]) -> Result<Vec<u32>> {
+/// Removes the netns and veth of every slot in `range` but not in `keep`.
+pub async fn cleanup_orphans(
+    keep: &[u32],
+    range: &std::ops::RangeInclusive<u32>,
+) -> Result<Vec<u32>> {
     let mut removed = Vec::new();
     for n in existing_slots().await? {
-        if !keep.contains(&n) {
+        if range.contains(&n) && !keep.contains(&n) {
             remove(n).await?;
             removed.push(n);
         }

@@ -28,6 +28,7 @@ async fn grpc_surface_and_error_codes() {
             images_dir: images_dir(),
             qemu: wrenn_vmm::qemu::default_qemu(),
             max_capsules: 2,
+            slots: 100..=199,
         })
         .await
         .unwrap(),

@@ -46,6 +46,7 @@ async fn capsule_lifecycle_through_the_manager() {
         images_dir: images_dir(),
         qemu: wrenn_vmm::qemu::default_qemu(),
         max_capsules: 3,
+        slots: 200..=299,
     })
     .await
     .unwrap();
@@ -124,4 +125,68 @@ async fn capsule_lifecycle_through_the_manager() {
     assert!(mgr.list().is_empty());
     assert!(!data.path().join("capsules").join(&a.id).exists());
     assert!(!netslot::existing_slots().await.unwrap().contains(&slot));
+}
+
+fn qemus_under(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("qemu-system") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// 20 capsules created and destroyed concurrently leave no netns, veth/TAP, nft table,
+/// process or file behind.
+#[tokio::test]
+async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let range = 300..=399;
+    let mgr = std::sync::Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: images_dir(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: 20,
+            slots: range.clone(),
+        })
+        .await
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mgr = mgr.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = mgr.create(spec(&[])).await.expect("create");
+            let out = mgr.exec(&c.id, sh(&format!("echo {i}"))).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
+            mgr.destroy(&c.id).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(mgr.list().is_empty());
+    let slots: Vec<u32> = netslot::existing_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| range.contains(n))
+        .collect();
+    assert!(slots.is_empty(), "network slots left: {slots:?}");
+    assert_eq!(qemus_under(data.path()), 0, "QEMU processes left");
+    assert_eq!(
+        std::fs::read_dir(data.path().join("capsules"))
+            .unwrap()
+            .count(),
+        0,
+        "capsule folders left"
+    );
 }

@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     images_dir: images,
                     qemu: wrenn_vmm::qemu::default_qemu(),
                     max_capsules,
+                    slots: wrenn_agent::manager::DEFAULT_SLOTS,
                 })
                 .await
                 .context("starting the agent")?,
