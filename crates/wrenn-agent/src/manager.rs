@@ -16,23 +16,6 @@ use crate::{
     record::{self, CapsuleRecord},
 };
 
-/// The QEMU processes whose command line points into `capsules_dir`, with their pids.
-fn qemus_under(capsules_dir: &std::path::Path) -> Vec<(u32, String)> {
-    let needle = capsules_dir.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("qemu-system") && cmd.contains(&needle)).then_some((pid, cmd))
-        })
-        .collect()
-}
-
 fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if String::from_utf8_lossy(&cmd).contains(&dir.display().to_string()) {
@@ -47,7 +30,7 @@ fn kill_stray_qemus(capsules_dir: &std::path::Path, adopted: &HashMap<String, Ha
         .values()
         .filter_map(|h| h.record().vmm_pid)
         .collect();
-    for (pid, cmd) in qemus_under(capsules_dir) {
+    for (pid, cmd) in wrenn_vmm::qemu::processes_under(capsules_dir) {
         if !owned.contains(&pid) {
             tracing::info!(pid, %cmd, "killing a stray QEMU");
             // SAFETY: plain kill(2) of a QEMU started for a capsule folder nobody owns.

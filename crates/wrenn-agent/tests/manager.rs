@@ -127,22 +127,6 @@ async fn capsule_lifecycle_through_the_manager() {
     assert!(!netslot::existing_slots().await.unwrap().contains(&slot));
 }
 
-fn qemus_under(dir: &std::path::Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 /// 20 capsules created and destroyed concurrently leave no netns, veth/TAP, nft table,
 /// process or file behind.
 #[tokio::test]
@@ -181,7 +165,11 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
         .filter(|n| range.contains(n))
         .collect();
     assert!(slots.is_empty(), "network slots left: {slots:?}");
-    assert_eq!(qemus_under(data.path()), 0, "QEMU processes left");
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(data.path()).len(),
+        0,
+        "QEMU processes left"
+    );
     assert_eq!(
         std::fs::read_dir(data.path().join("capsules"))
             .unwrap()

@@ -652,6 +652,24 @@ async fn health(addr: SocketAddr) -> bool {
     )
 }
 
+/// The QEMU processes whose command line mentions `dir` (a capsule folder or a folder of
+/// them), with their command lines: for cleanup after a crash and for leak checks.
+pub fn processes_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("qemu-system") && cmd.contains(&needle)).then_some((pid, cmd))
+        })
+        .collect()
+}
+
 /// Where `qemu-system-x86_64` is (on `PATH`).
 pub fn default_qemu() -> PathBuf {
     PathBuf::from("qemu-system-x86_64")

@@ -2,11 +2,7 @@
 //! machines, KVM where it really accelerates). Needs root, QEMU and the `minimal` template
 //! image (`make images` builds it into $WRENN_IMAGES, default /var/tmp/wrenn/images).
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -124,26 +120,13 @@ async fn set_clock(envd: SocketAddr) {
     assert_eq!(resp.status(), 204);
 }
 
-/// RFC 3339 (UTC) for whole seconds.
+/// RFC 3339 (UTC) for whole seconds, as `date` writes it.
 fn wrenn_time(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Runs `bash -c script` through envd; returns stdout and the exit code.
@@ -198,22 +181,6 @@ async fn start_background(envd: SocketAddr, script: &str, tag: &str) {
     assert!(String::from_utf8_lossy(&first).contains("start"));
 }
 
-fn qemu_processes_under(dir: &Path) -> usize {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[tokio::test]
 async fn restore_exec_pause_resume_keeps_files_and_processes() {
     let mut c = Capsule::create().await;
@@ -224,7 +191,7 @@ async fn restore_exec_pause_resume_keeps_files_and_processes() {
     start_background(c.envd, "sleep 100000", "sleeper").await;
 
     c.pause().await;
-    assert_eq!(qemu_processes_under(&c.path), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.resume().await;
 
@@ -261,7 +228,7 @@ async fn restore_exec_pause_resume_keeps_files_and_processes() {
         "guest clock {guest} vs host {host}"
     );
     c.vm.stop().await.unwrap();
-    assert_eq!(qemu_processes_under(&c.path), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
 }
 
 #[tokio::test]
@@ -286,7 +253,7 @@ async fn five_capsules_restore_concurrently() {
     }
     for mut c in capsules {
         c.vm.stop().await.unwrap();
-        assert_eq!(qemu_processes_under(&c.path), 0);
+        assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
     }
 }
 
@@ -323,7 +290,7 @@ async fn killed_qemu_is_reported_with_the_console() {
         other => panic!("expected Exited, got {other}"),
     }
     c.vm.stop().await.unwrap();
-    assert_eq!(qemu_processes_under(&c.path), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
 }
 
 #[tokio::test]
@@ -347,7 +314,7 @@ async fn bad_configs_and_states_are_errors() {
     std::fs::write(&bad, b"not a migration stream").unwrap();
     assert!(vm.restore(&bad).await.is_err());
     assert!(vm.pid().is_none());
-    assert_eq!(qemu_processes_under(dir.path()), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(dir.path()).len(), 0);
     // A missing QEMU binary is a spawn error.
     config.qemu = PathBuf::from("/nonexistent/qemu");
     let mut vm = QemuVm::new(config).unwrap();

@@ -55,22 +55,6 @@ async fn sh(client: &mut AgentClient<tonic::transport::Channel>, id: &str, scrip
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn qemus_under(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
@@ -101,7 +85,11 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     // The agent dies hard; its QEMU keeps running.
     agent.kill().unwrap();
     agent.wait().unwrap();
-    assert_eq!(qemus_under(data.path()), 1, "a's QEMU survives the agent");
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(data.path()).len(),
+        1,
+        "a's QEMU survives the agent"
+    );
 
     // Things nobody owns: a folder without a record and a network slot.
     std::fs::create_dir_all(data.path().join("capsules/cl-orphan")).unwrap();
@@ -166,7 +154,7 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     // SAFETY: plain kill(2) of the agent child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     let _ = agent.wait();
-    assert_eq!(qemus_under(data.path()), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 0);
     assert_eq!(
         std::fs::read_dir(data.path().join("capsules"))
             .unwrap()
