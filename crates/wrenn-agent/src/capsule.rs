@@ -34,17 +34,19 @@ pub enum Op {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
     Destroy(oneshot::Sender<Result<()>>),
-    Exec(ExecRequest, oneshot::Sender<Result<ExecOutput>>),
 }
 
 /// The shared, read-only view of a capsule.
 pub type Info = Arc<RwLock<CapsuleRecord>>;
 
-/// A handle to a capsule's task.
+/// A handle to a capsule's task. Lifecycle operations go through the task's queue; data-plane
+/// calls (exec, files, processes) go straight to envd while the capsule runs, so a long command
+/// never holds up a pause or a destroy.
 #[derive(Clone)]
 pub struct Handle {
     pub info: Info,
     tx: mpsc::Sender<Op>,
+    envd: EnvdClient,
 }
 
 impl Handle {
@@ -72,8 +74,19 @@ impl Handle {
     pub async fn destroy(&self) -> Result<()> {
         self.call(Op::Destroy).await
     }
+    /// The capsule's envd, if the capsule is running.
+    pub fn envd(&self) -> Result<EnvdClient> {
+        let state = self.record().state;
+        if state != CapsuleState::Running {
+            return Err(AgentError::FailedPrecondition(format!(
+                "capsule is {state}, not running"
+            )));
+        }
+        Ok(self.envd.clone())
+    }
+
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
-        self.call(|tx| Op::Exec(req, tx)).await
+        self.envd()?.exec(&req).await
     }
 }
 
@@ -267,9 +280,10 @@ pub async fn create(
         capsule.teardown().await;
         return Err(e);
     }
+    let envd = capsule.envd.clone();
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(run(capsule, rx));
-    Ok(Handle { info, tx })
+    Ok(Handle { info, tx, envd })
 }
 
 /// Takes over a capsule a previous agent left running or paused.
@@ -302,11 +316,11 @@ pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result
         info: info.clone(),
         vm,
         slot,
-        envd,
+        envd: envd.clone(),
     };
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(run(capsule, rx));
-    Ok(Handle { info, tx })
+    Ok(Handle { info, tx, envd })
 }
 
 /// The capsule's task: one operation at a time, until destroyed. A VMM that dies turns the
@@ -343,7 +357,6 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                             return;
                         }
                         Op::Pause(r) | Op::Resume(r) => { let _ = r.send(Err(AgentError::FailedPrecondition("capsule is in error".into()))); }
-                        Op::Exec(_, r) => { let _ = r.send(Err(AgentError::FailedPrecondition("capsule is in error".into()))); }
                     }
                 }
                 return;
@@ -359,17 +372,6 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
             }
             Op::Resume(reply) => {
                 let _ = reply.send(capsule.resume().await);
-            }
-            Op::Exec(req, reply) => {
-                let result = if capsule.state() == CapsuleState::Running {
-                    capsule.envd.exec(&req).await
-                } else {
-                    Err(AgentError::FailedPrecondition(format!(
-                        "capsule is {}, not running",
-                        capsule.state()
-                    )))
-                };
-                let _ = reply.send(result);
             }
             Op::Destroy(reply) => {
                 {

@@ -115,13 +115,55 @@ impl EnvdClient {
         Ok(())
     }
 
-    /// Runs a command to completion and collects its output.
-    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutput> {
+    fn with_user(req: reqwest::RequestBuilder, user: Option<&str>) -> reqwest::RequestBuilder {
+        match user {
+            Some(u) if !u.is_empty() => {
+                let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:"));
+                req.header("authorization", format!("Basic {b}"))
+            }
+            _ => req,
+        }
+    }
+
+    /// A unary Connect call with the JSON codec.
+    pub async fn unary<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        procedure: &str,
+        req: &Req,
+        user: Option<&str>,
+    ) -> Result<Resp> {
+        let http = self
+            .post(procedure)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(60))
+            .json(req);
+        let resp = Self::with_user(http, user)
+            .send()
+            .await
+            .map_err(|e| envd_error(procedure, e))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| envd_error(procedure, e))?;
+        if !status.is_success() {
+            return Err(classify(&body));
+        }
+        serde_json::from_value(body).map_err(|e| envd_error(procedure, e))
+    }
+
+    /// Starts a process and returns its events as they come: `Start` first, `End` last.
+    pub async fn exec_stream(
+        &self,
+        req: &ExecRequest,
+        tag: Option<&str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecEvent>>> {
         let mut process = json!({ "cmd": req.cmd, "args": req.args, "envs": req.env });
         if let Some(cwd) = &req.cwd {
             process["cwd"] = json!(cwd);
         }
-        let body = json!({ "process": process, "stdin": false }).to_string();
+        let mut body = json!({ "process": process, "stdin": false });
+        if let Some(t) = tag {
+            body["tag"] = json!(t);
+        }
+        let body = body.to_string();
         let mut framed = Vec::with_capacity(body.len() + 5);
         framed.push(0);
         framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -130,10 +172,7 @@ impl EnvdClient {
             .post("/process.Process/Start")
             .header("content-type", "application/connect+json")
             .body(framed);
-        if let Some(user) = &req.user {
-            let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
-            http = http.header("authorization", format!("Basic {b}"));
-        }
+        http = Self::with_user(http, req.user.as_deref());
         if let Some(t) = req.timeout {
             http = http.header("connect-timeout-ms", t.as_millis().to_string());
         }
@@ -147,49 +186,123 @@ impl EnvdClient {
                 resp.status()
             )));
         }
-        let mut out = ExecOutput::default();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut ended = false;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| envd_error("reading output", e))?
-        {
-            buf.extend_from_slice(&chunk);
-            while let Some((flags, msg)) = take_frame(&mut buf)? {
-                if flags & 2 != 0 {
-                    if let Some(err) = msg.get("error") {
-                        return Err(classify(err));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut ended = false;
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(envd_error("reading output", e))).await;
+                        return;
                     }
-                    continue;
-                }
-                let ev = &msg["event"];
-                if let Some(d) = ev.get("data") {
-                    if let Some(s) = d["stdout"].as_str() {
-                        out.stdout.extend(b64(s)?);
-                    }
-                    if let Some(s) = d["stderr"].as_str() {
-                        out.stderr.extend(b64(s)?);
-                    }
-                }
-                if let Some(end) = ev.get("end") {
-                    ended = true;
-                    out.exit_code = end["exitCode"].as_i64().unwrap_or(0) as i32;
-                    if end["exited"] != json!(true) {
-                        out.error = Some(end["status"].as_str().unwrap_or("killed").to_string());
-                    }
-                    if let Some(e) = end["error"].as_str() {
-                        out.error = Some(e.to_string());
+                };
+                buf.extend_from_slice(&chunk);
+                loop {
+                    let frame = match take_frame(&mut buf) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    for ev in events_of(frame) {
+                        ended |= matches!(ev, Ok(ExecEvent::End { .. }));
+                        if tx.send(ev).await.is_err() {
+                            return; // the caller went away; the process keeps running
+                        }
                     }
                 }
             }
+            if !ended {
+                let _ = tx
+                    .send(Err(AgentError::Envd(
+                        "the process stream ended without an end event".into(),
+                    )))
+                    .await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Runs a command to completion and collects its output.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutput> {
+        let mut events = self.exec_stream(req, None).await?;
+        let mut out = ExecOutput::default();
+        while let Some(ev) = events.recv().await {
+            match ev? {
+                ExecEvent::Start { .. } => {}
+                ExecEvent::Stdout(b) => out.stdout.extend(b),
+                ExecEvent::Stderr(b) => out.stderr.extend(b),
+                ExecEvent::End { exit_code, error } => {
+                    out.exit_code = exit_code;
+                    out.error = error;
+                    return Ok(out);
+                }
+            }
         }
-        if !ended {
-            return Err(AgentError::Envd(
-                "the process stream ended without an end event".into(),
-            ));
+        Err(AgentError::Envd(
+            "the process stream ended without an end event".into(),
+        ))
+    }
+
+    /// Starts a background process and returns its pid once it runs.
+    pub async fn start_background(&self, req: &ExecRequest, tag: Option<&str>) -> Result<u32> {
+        let mut events = self.exec_stream(req, tag).await?;
+        match events.recv().await {
+            Some(Ok(ExecEvent::Start { pid })) => Ok(pid),
+            Some(Err(e)) => Err(e),
+            _ => Err(AgentError::Envd("no start event".into())),
         }
-        Ok(out)
+    }
+
+    /// Uploads `body` to `path` (streamed, any size).
+    pub async fn write_file(
+        &self,
+        path: &str,
+        user: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        let mut query = vec![("path", path)];
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            query.push(("username", u));
+        }
+        let resp = self
+            .post("/files")
+            .query(&query)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| envd_error("POST /files", e))?;
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
+        }
+        Ok(())
+    }
+
+    /// Opens a download of `path`; read it with `chunk()`.
+    pub async fn read_file_stream(
+        &self,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut query = vec![("path", path)];
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            query.push(("username", u));
+        }
+        let mut req = self.http.get(format!("{}/files", self.base)).query(&query);
+        if let Some(t) = &self.token {
+            req = req.header("x-access-token", t);
+        }
+        let resp = req.send().await.map_err(|e| envd_error("GET /files", e))?;
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
+        }
+        Ok(resp)
     }
 
     /// Downloads a whole file.
@@ -228,6 +341,68 @@ fn take_frame(buf: &mut Vec<u8>) -> Result<Option<(u8, Value)>> {
     Ok(Some((flags, msg)))
 }
 
+/// One event of a running process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Start {
+        pid: u32,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    End {
+        exit_code: i32,
+        error: Option<String>,
+    },
+}
+
+fn events_of((flags, msg): (u8, Value)) -> Vec<Result<ExecEvent>> {
+    if flags & 2 != 0 {
+        return match msg.get("error") {
+            Some(err) => vec![Err(classify(err))],
+            None => Vec::new(),
+        };
+    }
+    let ev = &msg["event"];
+    let mut out = Vec::new();
+    if let Some(pid) = ev["start"]["pid"].as_u64() {
+        out.push(Ok(ExecEvent::Start { pid: pid as u32 }));
+    }
+    if let Some(d) = ev.get("data") {
+        for (key, make) in [
+            ("stdout", ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent),
+            ("stderr", ExecEvent::Stderr),
+        ] {
+            if let Some(s) = d[key].as_str() {
+                out.push(b64(s).map(make));
+            }
+        }
+    }
+    if let Some(end) = ev.get("end") {
+        let mut error = (end["exited"] != json!(true))
+            .then(|| end["status"].as_str().unwrap_or("killed").to_string());
+        if let Some(e) = end["error"].as_str() {
+            error = Some(e.to_string());
+        }
+        out.push(Ok(ExecEvent::End {
+            exit_code: end["exitCode"].as_i64().unwrap_or(0) as i32,
+            error,
+        }));
+    }
+    out
+}
+
+async fn http_error(resp: reqwest::Response) -> AgentError {
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let message = v["message"].as_str().unwrap_or("").to_string();
+    match status.as_u16() {
+        404 => AgentError::NotFound(message),
+        400 | 401 | 403 => AgentError::InvalidArgument(message),
+        507 => AgentError::ResourceExhausted(message),
+        _ => AgentError::Envd(format!("{status}: {message}")),
+    }
+}
+
 fn b64(s: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
@@ -238,8 +413,12 @@ fn classify(err: &Value) -> AgentError {
     let code = err["code"].as_str().unwrap_or("unknown");
     let message = err["message"].as_str().unwrap_or("").to_string();
     match code {
-        "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
+        "invalid_argument" | "unauthenticated" | "permission_denied" => {
+            AgentError::InvalidArgument(message)
+        }
         "not_found" => AgentError::NotFound(message),
+        "already_exists" | "failed_precondition" => AgentError::FailedPrecondition(message),
+        "resource_exhausted" => AgentError::ResourceExhausted(message),
         _ => AgentError::Envd(format!("{code}: {message}")),
     }
 }

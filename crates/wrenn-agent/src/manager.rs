@@ -223,6 +223,11 @@ impl Manager {
         Ok(h.record())
     }
 
+    /// The envd client of a running capsule.
+    pub fn envd(&self, id: &str) -> Result<crate::envd_client::EnvdClient> {
+        self.handle(id)?.envd()
+    }
+
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecOutput> {
         self.handle(id)?.exec(req).await
     }

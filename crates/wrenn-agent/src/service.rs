@@ -2,12 +2,22 @@
 
 use std::{sync::Arc, time::Instant};
 
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tonic::{Request, Response, Status};
-use wrenn_proto::agent::v1::{
-    agent_server::{Agent, AgentServer},
-    Capsule, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, DestroyCapsuleResponse,
-    ExecRequest, ExecResponse, HostInfoRequest, HostInfoResponse, ListCapsulesRequest,
-    ListCapsulesResponse,
+use wrenn_proto::{
+    agent::v1::{
+        agent_server::{Agent, AgentServer},
+        exec_event,
+        kill_process_request::Selector,
+        write_file_stream_request::Part,
+        Capsule, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, DestroyCapsuleResponse,
+        ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry, FileRequest, FileType,
+        HostInfoRequest, HostInfoResponse, KillProcessRequest, KillProcessResponse,
+        ListCapsulesRequest, ListCapsulesResponse, ListDirRequest, ListDirResponse,
+        ListProcessesResponse, MoveRequest, ProcessInfo, ReadFileResponse, RemoveResponse,
+        StartBackgroundRequest, StartBackgroundResponse, WriteFileRequest, WriteFileStreamRequest,
+    },
+    filesystem, process,
 };
 use wrenn_types::{CapsuleState, Id, IdKind};
 
@@ -16,8 +26,54 @@ use crate::{
     record::CapsuleRecord,
 };
 
-/// Most bytes of stdout plus stderr one unary `Exec` returns.
+/// Most bytes of stdout plus stderr one unary `Exec` returns, and of a whole-file read/write.
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
+const MAX_WHOLE_FILE: usize = 16 << 20;
+const STREAM_CHUNK: usize = 256 * 1024;
+
+fn exec_request(r: &ExecRequest) -> Result<envd_client::ExecRequest, Status> {
+    if r.cmd.is_empty() {
+        return Err(Status::invalid_argument("cmd is empty"));
+    }
+    Ok(envd_client::ExecRequest {
+        cmd: r.cmd.clone(),
+        args: r.args.clone(),
+        env: r.env.clone(),
+        cwd: (!r.cwd.is_empty()).then(|| r.cwd.clone()),
+        user: (!r.user.is_empty()).then(|| r.user.clone()),
+        timeout: (r.timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(r.timeout_ms))),
+    })
+}
+
+fn user_of(u: &str) -> Option<&str> {
+    (!u.is_empty()).then_some(u)
+}
+
+fn entry(e: filesystem::EntryInfo) -> FileEntry {
+    let kind = match filesystem::FileType::try_from(e.r#type) {
+        Ok(filesystem::FileType::File) => FileType::File,
+        Ok(filesystem::FileType::Directory) => FileType::Directory,
+        Ok(filesystem::FileType::Symlink) => FileType::Symlink,
+        _ => FileType::Unspecified,
+    };
+    FileEntry {
+        name: e.name,
+        path: e.path,
+        r#type: if e.is_symlink {
+            FileType::Symlink
+        } else {
+            kind
+        } as i32,
+        size: e.size,
+        mode: e.mode,
+        permissions: e.permissions,
+        owner: e.owner,
+        group: e.group,
+        modified_unix: e.modified_time.map(|t| t.seconds).unwrap_or(0),
+        symlink_target: e.symlink_target.unwrap_or_default(),
+    }
+}
 
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
@@ -149,28 +205,11 @@ impl Agent for AgentService {
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let r = req.into_inner();
         let id = capsule_id(&r.capsule_id)?;
-        if r.cmd.is_empty() {
-            return Err(Status::invalid_argument("cmd is empty"));
-        }
         let started = Instant::now();
-        let out = self
-            .manager
-            .exec(
-                &id,
-                envd_client::ExecRequest {
-                    cmd: r.cmd,
-                    args: r.args,
-                    env: r.env,
-                    cwd: (!r.cwd.is_empty()).then_some(r.cwd),
-                    user: (!r.user.is_empty()).then_some(r.user),
-                    timeout: (r.timeout_ms > 0)
-                        .then(|| std::time::Duration::from_millis(u64::from(r.timeout_ms))),
-                },
-            )
-            .await?;
+        let out = self.manager.exec(&id, exec_request(&r)?).await?;
         if out.stdout.len() + out.stderr.len() > MAX_EXEC_OUTPUT {
             return Err(Status::resource_exhausted(format!(
-                "the command wrote more than {MAX_EXEC_OUTPUT} bytes; use the streaming exec"
+                "the command wrote more than {MAX_EXEC_OUTPUT} bytes; use ExecStream"
             )));
         }
         Ok(Response::new(ExecResponse {
@@ -180,6 +219,338 @@ impl Agent for AgentService {
             duration_ms: started.elapsed().as_millis() as u64,
             error: out.error.unwrap_or_default(),
         }))
+    }
+
+    type ExecStreamStream = ReceiverStream<Result<ExecEvent, Status>>;
+
+    async fn exec_stream(
+        &self,
+        req: Request<ExecRequest>,
+    ) -> Result<Response<Self::ExecStreamStream>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let envd = self.manager.envd(&id)?;
+        let started = Instant::now();
+        let mut events = envd.exec_stream(&exec_request(&r)?, None).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let msg = match ev {
+                    Ok(envd_client::ExecEvent::Start { pid }) => {
+                        Ok(exec_event::Event::Start(exec_event::Start { pid }))
+                    }
+                    Ok(envd_client::ExecEvent::Stdout(b)) => Ok(exec_event::Event::Stdout(b)),
+                    Ok(envd_client::ExecEvent::Stderr(b)) => Ok(exec_event::Event::Stderr(b)),
+                    Ok(envd_client::ExecEvent::End { exit_code, error }) => {
+                        Ok(exec_event::Event::End(exec_event::End {
+                            exit_code,
+                            error: error.unwrap_or_default(),
+                            duration_ms: started.elapsed().as_millis() as u64,
+                        }))
+                    }
+                    Err(e) => Err(Status::from(e)),
+                };
+                let msg = msg.map(|event| ExecEvent { event: Some(event) });
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn start_background(
+        &self,
+        req: Request<StartBackgroundRequest>,
+    ) -> Result<Response<StartBackgroundResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let exec = exec_request(&ExecRequest {
+            capsule_id: String::new(),
+            cmd: r.cmd,
+            args: r.args,
+            env: r.env,
+            cwd: r.cwd,
+            user: r.user,
+            timeout_ms: 0,
+        })?;
+        let tag = user_of(&r.tag);
+        let pid = self.manager.envd(&id)?.start_background(&exec, tag).await?;
+        Ok(Response::new(StartBackgroundResponse { pid, tag: r.tag }))
+    }
+
+    async fn list_processes(
+        &self,
+        req: Request<CapsuleRef>,
+    ) -> Result<Response<ListProcessesResponse>, Status> {
+        let id = capsule_id(&req.into_inner().id)?;
+        let list: process::ListResponse = self
+            .manager
+            .envd(&id)?
+            .unary("/process.Process/List", &process::ListRequest {}, None)
+            .await?;
+        Ok(Response::new(ListProcessesResponse {
+            processes: list
+                .processes
+                .into_iter()
+                .map(|p| {
+                    let config = p.config.unwrap_or_default();
+                    ProcessInfo {
+                        pid: p.pid,
+                        tag: p.tag.unwrap_or_default(),
+                        cmd: config.cmd,
+                        args: config.args,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn kill_process(
+        &self,
+        req: Request<KillProcessRequest>,
+    ) -> Result<Response<KillProcessResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let signal = match r.signal.as_str() {
+            "" | "SIGKILL" => process::Signal::Sigkill,
+            "SIGTERM" => process::Signal::Sigterm,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "signal {other:?}: use SIGKILL or SIGTERM"
+                )))
+            }
+        };
+        let selector = match r.selector {
+            Some(Selector::Pid(pid)) => process::process_selector::Selector::Pid(pid),
+            Some(Selector::Tag(tag)) => process::process_selector::Selector::Tag(tag),
+            None => return Err(Status::invalid_argument("a pid or a tag is required")),
+        };
+        let _: process::SendSignalResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/process.Process/SendSignal",
+                &process::SendSignalRequest {
+                    process: Some(process::ProcessSelector {
+                        selector: Some(selector),
+                    }),
+                    signal: signal as i32,
+                },
+                None,
+            )
+            .await?;
+        Ok(Response::new(KillProcessResponse {}))
+    }
+
+    async fn read_file(
+        &self,
+        req: Request<FileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let mut resp = self
+            .manager
+            .envd(&id)?
+            .read_file_stream(&r.path, user_of(&r.user))
+            .await?;
+        let mut content = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| Status::unavailable(format!("reading {}: {e}", r.path)))?
+        {
+            content.extend_from_slice(&chunk);
+            if content.len() > MAX_WHOLE_FILE {
+                return Err(Status::resource_exhausted(format!(
+                    "{} is larger than {MAX_WHOLE_FILE} bytes; use ReadFileStream",
+                    r.path
+                )));
+            }
+        }
+        Ok(Response::new(ReadFileResponse { content }))
+    }
+
+    async fn write_file(
+        &self,
+        req: Request<WriteFileRequest>,
+    ) -> Result<Response<FileEntry>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let envd = self.manager.envd(&id)?;
+        envd.write_file(&r.path, user_of(&r.user), r.content.into())
+            .await?;
+        self.stat_entry(&envd, &r.path, &r.user).await
+    }
+
+    type ReadFileStreamStream = ReceiverStream<Result<FileChunk, Status>>;
+
+    async fn read_file_stream(
+        &self,
+        req: Request<FileRequest>,
+    ) -> Result<Response<Self::ReadFileStreamStream>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let mut resp = self
+            .manager
+            .envd(&id)?
+            .read_file_stream(&r.path, user_of(&r.user))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut pending: Vec<u8> = Vec::with_capacity(STREAM_CHUNK);
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        pending.extend_from_slice(&c);
+                        if pending.len() >= STREAM_CHUNK {
+                            let data =
+                                std::mem::replace(&mut pending, Vec::with_capacity(STREAM_CHUNK));
+                            if tx.send(Ok(FileChunk { data })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("reading: {e}"))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let _ = tx.send(Ok(FileChunk { data: pending })).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn write_file_stream(
+        &self,
+        req: Request<tonic::Streaming<WriteFileStreamRequest>>,
+    ) -> Result<Response<FileEntry>, Status> {
+        let mut parts = req.into_inner();
+        let start = match parts.next().await {
+            Some(Ok(WriteFileStreamRequest {
+                part: Some(Part::Start(s)),
+            })) => s,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first message must be start")),
+        };
+        let id = capsule_id(&start.capsule_id)?;
+        let envd = self.manager.envd(&id)?;
+        let body = parts.map(|m| match m {
+            Ok(WriteFileStreamRequest {
+                part: Some(Part::Data(d)),
+            }) => Ok(bytes::Bytes::from(d)),
+            Ok(_) => Err(std::io::Error::other("only data may follow start")),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        });
+        envd.write_file(
+            &start.path,
+            user_of(&start.user),
+            reqwest::Body::wrap_stream(body),
+        )
+        .await?;
+        self.stat_entry(&envd, &start.path, &start.user).await
+    }
+
+    async fn list_dir(
+        &self,
+        req: Request<ListDirRequest>,
+    ) -> Result<Response<ListDirResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let list: filesystem::ListDirResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/filesystem.Filesystem/ListDir",
+                &filesystem::ListDirRequest {
+                    path: r.path,
+                    depth: r.depth,
+                },
+                user_of(&r.user),
+            )
+            .await?;
+        Ok(Response::new(ListDirResponse {
+            entries: list.entries.into_iter().map(entry).collect(),
+        }))
+    }
+
+    async fn stat(&self, req: Request<FileRequest>) -> Result<Response<FileEntry>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let envd = self.manager.envd(&id)?;
+        self.stat_entry(&envd, &r.path, &r.user).await
+    }
+
+    async fn make_dir(&self, req: Request<FileRequest>) -> Result<Response<FileEntry>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let made: filesystem::MakeDirResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/filesystem.Filesystem/MakeDir",
+                &filesystem::MakeDirRequest { path: r.path },
+                user_of(&r.user),
+            )
+            .await?;
+        Ok(Response::new(entry(made.entry.unwrap_or_default())))
+    }
+
+    async fn r#move(&self, req: Request<MoveRequest>) -> Result<Response<FileEntry>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let moved: filesystem::MoveResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/filesystem.Filesystem/Move",
+                &filesystem::MoveRequest {
+                    source: r.source,
+                    destination: r.destination,
+                },
+                user_of(&r.user),
+            )
+            .await?;
+        Ok(Response::new(entry(moved.entry.unwrap_or_default())))
+    }
+
+    async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let _: filesystem::RemoveResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/filesystem.Filesystem/Remove",
+                &filesystem::RemoveRequest { path: r.path },
+                user_of(&r.user),
+            )
+            .await?;
+        Ok(Response::new(RemoveResponse {}))
+    }
+}
+
+impl AgentService {
+    async fn stat_entry(
+        &self,
+        envd: &envd_client::EnvdClient,
+        path: &str,
+        user: &str,
+    ) -> Result<Response<FileEntry>, Status> {
+        let st: filesystem::StatResponse = envd
+            .unary(
+                "/filesystem.Filesystem/Stat",
+                &filesystem::StatRequest { path: path.into() },
+                user_of(user),
+            )
+            .await?;
+        Ok(Response::new(entry(st.entry.unwrap_or_default())))
     }
 }
 

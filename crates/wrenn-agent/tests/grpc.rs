@@ -207,3 +207,229 @@ async fn grpc_surface_and_error_codes() {
         0
     );
 }
+
+#[tokio::test]
+async fn grpc_processes_and_files() {
+    use wrenn_proto::agent::v1::{
+        exec_event, kill_process_request::Selector, write_file_stream_request::Part, FileRequest,
+        FileType, KillProcessRequest, ListDirRequest, MoveRequest, StartBackgroundRequest,
+        WriteFileRequest, WriteFileStreamRequest,
+    };
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let manager = Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: images_dir(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: 1,
+            slots: 400..=499,
+        })
+        .await
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let c = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "minimal".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Streamed exec: start, ordered output, end.
+    let mut stream = client
+        .exec_stream(ExecRequest {
+            capsule_id: c.id.clone(),
+            cmd: "/bin/bash".into(),
+            args: vec![
+                "-c".into(),
+                "for i in 1 2 3; do echo $i; sleep 0.1; done; exit 4".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.message().await.unwrap() {
+        events.push(ev.event.unwrap());
+    }
+    assert!(matches!(events.first(), Some(exec_event::Event::Start(_))));
+    let out: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e {
+            exec_event::Event::Stdout(b) => Some(b.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(out, b"1\n2\n3\n");
+    match events.last() {
+        Some(exec_event::Event::End(end)) => assert_eq!(end.exit_code, 4),
+        other => panic!("last event {other:?}"),
+    }
+
+    // Background process by tag: listed, killed, gone.
+    let bg = client
+        .start_background(StartBackgroundRequest {
+            capsule_id: c.id.clone(),
+            cmd: "/bin/sleep".into(),
+            args: vec!["1000".into()],
+            tag: "sleeper".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bg.pid > 0);
+    let procs = client
+        .list_processes(CapsuleRef { id: c.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(procs
+        .processes
+        .iter()
+        .any(|p| p.tag == "sleeper" && p.cmd == "/bin/sleep"));
+    let bad_signal = client
+        .kill_process(KillProcessRequest {
+            capsule_id: c.id.clone(),
+            selector: Some(Selector::Tag("sleeper".into())),
+            signal: "SIGHUP".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_signal.code(), Code::InvalidArgument);
+    client
+        .kill_process(KillProcessRequest {
+            capsule_id: c.id.clone(),
+            selector: Some(Selector::Tag("sleeper".into())),
+            signal: String::new(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let procs = client
+        .list_processes(CapsuleRef { id: c.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!procs.processes.iter().any(|p| p.tag == "sleeper"));
+    let gone = client
+        .kill_process(KillProcessRequest {
+            capsule_id: c.id.clone(),
+            selector: Some(Selector::Pid(999_999)),
+            signal: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // Files.
+    let f = |path: &str| FileRequest {
+        capsule_id: c.id.clone(),
+        path: path.into(),
+        user: String::new(),
+    };
+    let written = client
+        .write_file(WriteFileRequest {
+            capsule_id: c.id.clone(),
+            path: "/home/user/dir/a.txt".into(),
+            content: b"hello".to_vec(),
+            user: "user".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((written.size, written.owner.as_str()), (5, "user"));
+    let read = client
+        .read_file(f("/home/user/dir/a.txt"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.content, b"hello");
+
+    let big: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut parts = vec![WriteFileStreamRequest {
+        part: Some(Part::Start(
+            wrenn_proto::agent::v1::write_file_stream_request::Start {
+                capsule_id: c.id.clone(),
+                path: "/home/user/dir/big.bin".into(),
+                user: String::new(),
+            },
+        )),
+    }];
+    parts.extend(big.chunks(1 << 20).map(|ch| WriteFileStreamRequest {
+        part: Some(Part::Data(ch.to_vec())),
+    }));
+    let e = client
+        .write_file_stream(tokio_stream::iter(parts))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.size as usize, big.len());
+    let mut stream = client
+        .read_file_stream(f("/home/user/dir/big.bin"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        back.extend(chunk.data);
+    }
+    assert!(back == big, "10 MiB round trip");
+
+    let list = client
+        .list_dir(ListDirRequest {
+            capsule_id: c.id.clone(),
+            path: "/home/user/dir".into(),
+            depth: 1,
+            user: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = list.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a.txt", "big.bin"]);
+    let d = client
+        .make_dir(f("/home/user/dir/sub"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.r#type, FileType::Directory as i32);
+    let again = client.make_dir(f("/home/user/dir/sub")).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let moved = client
+        .r#move(MoveRequest {
+            capsule_id: c.id.clone(),
+            source: "/home/user/dir/a.txt".into(),
+            destination: "/home/user/dir/sub/b.txt".into(),
+            user: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.path, "/home/user/dir/sub/b.txt");
+    client.remove(f("/home/user/dir")).await.unwrap();
+    let missing = client.stat(f("/home/user/dir")).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let missing = client.read_file(f("/nope")).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    client
+        .destroy_capsule(CapsuleRef { id: c.id.clone() })
+        .await
+        .unwrap();
+    drop(client);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
