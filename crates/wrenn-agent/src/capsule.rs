@@ -27,6 +27,8 @@ pub struct CreateSpec {
     pub env_vars: HashMap<String, String>,
     pub metadata: HashMap<String, String>,
     pub egress: bool,
+    pub timeout_secs: u32,
+    pub on_timeout: crate::record::TimeoutAction,
 }
 
 /// Operations a capsule task performs.
@@ -47,6 +49,8 @@ pub struct Handle {
     pub info: Info,
     tx: mpsc::Sender<Op>,
     envd: EnvdClient,
+    /// When the capsule was last used (Unix seconds), for the timeout reaper.
+    last_active: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Handle {
@@ -74,8 +78,20 @@ impl Handle {
     pub async fn destroy(&self) -> Result<()> {
         self.call(Op::Destroy).await
     }
-    /// The capsule's envd, if the capsule is running.
+    /// Marks the capsule as used now.
+    pub fn touch(&self) {
+        self.last_active
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds since the capsule was last used.
+    pub fn idle_secs(&self) -> i64 {
+        unix_now() - self.last_active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The capsule's envd, if the capsule is running (this counts as activity).
     pub fn envd(&self) -> Result<EnvdClient> {
+        self.touch();
         let state = self.record().state;
         if state != CapsuleState::Running {
             return Err(AgentError::FailedPrecondition(format!(
@@ -222,6 +238,8 @@ pub async fn create(
         access_token: new_token(),
         vmm_pid: None,
         error: None,
+        timeout_secs: spec.timeout_secs,
+        on_timeout: spec.on_timeout,
     };
     if let Err(e) = record::save(&dir, &rec) {
         let _ = std::fs::remove_dir_all(&dir);
@@ -283,7 +301,25 @@ pub async fn create(
     let envd = capsule.envd.clone();
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(run(capsule, rx));
-    Ok(Handle { info, tx, envd })
+    Ok(Handle::new(info, tx, envd))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Handle {
+    fn new(info: Info, tx: mpsc::Sender<Op>, envd: EnvdClient) -> Handle {
+        Handle {
+            info,
+            tx,
+            envd,
+            last_active: Arc::new(std::sync::atomic::AtomicI64::new(unix_now())),
+        }
+    }
 }
 
 /// Takes over a capsule a previous agent left running or paused.
@@ -320,7 +356,7 @@ pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result
     };
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(run(capsule, rx));
-    Ok(Handle { info, tx, envd })
+    Ok(Handle::new(info, tx, envd))
 }
 
 /// The capsule's task: one operation at a time, until destroyed. A VMM that dies turns the

@@ -223,6 +223,56 @@ impl Manager {
         Ok(h.record())
     }
 
+    /// Marks a capsule active (resets its timeout).
+    pub fn ping(&self, id: &str) -> Result<()> {
+        let h = self.handle(id)?;
+        if h.record().state != CapsuleState::Running {
+            return Err(AgentError::FailedPrecondition(format!(
+                "capsule {id} is {}, not running",
+                h.record().state
+            )));
+        }
+        h.touch();
+        Ok(())
+    }
+
+    /// Starts the reaper: every second, running capsules idle for longer than their timeout
+    /// are paused or destroyed, as each asks.
+    pub fn spawn_reaper(self: &std::sync::Arc<Self>) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(mgr) = weak.upgrade() else { return };
+                let expired: Vec<(String, record::TimeoutAction)> = mgr
+                    .capsules
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter_map(|h| {
+                        let r = h.record();
+                        (r.state == CapsuleState::Running
+                            && r.timeout_secs > 0
+                            && h.idle_secs() >= i64::from(r.timeout_secs))
+                        .then_some((r.id, r.on_timeout))
+                    })
+                    .collect();
+                for (id, action) in expired {
+                    tracing::info!(%id, ?action, "capsule timed out");
+                    let result = match action {
+                        record::TimeoutAction::Pause => mgr.pause(&id).await.map(|_| ()),
+                        record::TimeoutAction::Destroy => mgr.destroy(&id).await,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(%id, error = %e, "timeout action failed; destroying");
+                        let _ = mgr.destroy(&id).await;
+                    }
+                }
+            }
+        });
+    }
+
     /// The envd client of a running capsule.
     pub fn envd(&self, id: &str) -> Result<crate::envd_client::EnvdClient> {
         self.handle(id)?.envd()

@@ -32,6 +32,20 @@ pub struct CapsuleRecord {
     pub vmm_pid: Option<u32>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Seconds without activity before `on_timeout`; 0 means never.
+    #[serde(default)]
+    pub timeout_secs: u32,
+    #[serde(default)]
+    pub on_timeout: TimeoutAction,
+}
+
+/// What the reaper does with an idle capsule.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeoutAction {
+    #[default]
+    Pause,
+    Destroy,
 }
 
 /// The record file in a capsule folder.
@@ -86,6 +100,8 @@ mod tests {
             access_token: "t".into(),
             vmm_pid: Some(42),
             error: None,
+            timeout_secs: 30,
+            on_timeout: TimeoutAction::Destroy,
         };
         save(dir.path(), &rec).unwrap();
         assert_eq!(load(dir.path()).unwrap(), rec);

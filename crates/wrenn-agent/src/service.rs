@@ -14,8 +14,9 @@ use wrenn_proto::{
         ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry, FileRequest, FileType,
         HostInfoRequest, HostInfoResponse, KillProcessRequest, KillProcessResponse,
         ListCapsulesRequest, ListCapsulesResponse, ListDirRequest, ListDirResponse,
-        ListProcessesResponse, MoveRequest, ProcessInfo, ReadFileResponse, RemoveResponse,
-        StartBackgroundRequest, StartBackgroundResponse, WriteFileRequest, WriteFileStreamRequest,
+        ListProcessesResponse, MoveRequest, PingResponse, ProcessInfo, ReadFileResponse,
+        RemoveResponse, StartBackgroundRequest, StartBackgroundResponse, TimeoutAction,
+        WriteFileRequest, WriteFileStreamRequest,
     },
     filesystem, process,
 };
@@ -108,6 +109,13 @@ fn pb_state(s: CapsuleState) -> PbState {
     }
 }
 
+fn pb_action(a: crate::record::TimeoutAction) -> TimeoutAction {
+    match a {
+        crate::record::TimeoutAction::Pause => TimeoutAction::Pause,
+        crate::record::TimeoutAction::Destroy => TimeoutAction::Destroy,
+    }
+}
+
 fn to_pb(rec: CapsuleRecord) -> Capsule {
     let address = SlotAddrs::new(rec.slot)
         .map(|a| a.capsule_ip.to_string())
@@ -123,6 +131,8 @@ fn to_pb(rec: CapsuleRecord) -> Capsule {
         metadata: rec.metadata,
         address,
         error: rec.error.unwrap_or_default(),
+        timeout_secs: rec.timeout_secs,
+        on_timeout: pb_action(rec.on_timeout) as i32,
     }
 }
 
@@ -164,6 +174,17 @@ impl Agent for AgentService {
                 env_vars: r.env_vars,
                 metadata: r.metadata,
                 egress: r.egress,
+                timeout_secs: r.timeout_secs,
+                on_timeout: match TimeoutAction::try_from(r.on_timeout) {
+                    Ok(TimeoutAction::Destroy) => crate::record::TimeoutAction::Destroy,
+                    Ok(TimeoutAction::Pause) => crate::record::TimeoutAction::Pause,
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown on_timeout {}",
+                            r.on_timeout
+                        )))
+                    }
+                },
             })
             .await?;
         Ok(Response::new(to_pb(rec)))
@@ -200,6 +221,12 @@ impl Agent for AgentService {
         let id = capsule_id(&req.into_inner().id)?;
         self.manager.destroy(&id).await?;
         Ok(Response::new(DestroyCapsuleResponse {}))
+    }
+
+    async fn ping(&self, req: Request<CapsuleRef>) -> Result<Response<PingResponse>, Status> {
+        let id = capsule_id(&req.into_inner().id)?;
+        self.manager.ping(&id)?;
+        Ok(Response::new(PingResponse {}))
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

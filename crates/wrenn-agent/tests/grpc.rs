@@ -62,6 +62,7 @@ async fn grpc_surface_and_error_codes() {
             env_vars: [("FOO".to_string(), "bar".to_string())].into(),
             metadata: [("owner".to_string(), "test".to_string())].into(),
             egress: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -429,6 +430,79 @@ async fn grpc_processes_and_files() {
         .destroy_capsule(CapsuleRef { id: c.id.clone() })
         .await
         .unwrap();
+    drop(client);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn idle_capsules_time_out_by_their_policy() {
+    use wrenn_proto::agent::v1::TimeoutAction;
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let manager = Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: images_dir(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: 3,
+            slots: 500..=599,
+        })
+        .await
+        .unwrap(),
+    );
+    manager.spawn_reaper();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let make = |secs, action: TimeoutAction| CreateCapsuleRequest {
+        template: "minimal".into(),
+        timeout_secs: secs,
+        on_timeout: action as i32,
+        ..Default::default()
+    };
+    let pause = client
+        .create_capsule(make(2, TimeoutAction::Pause))
+        .await
+        .unwrap()
+        .into_inner();
+    let destroy = client
+        .create_capsule(make(2, TimeoutAction::Destroy))
+        .await
+        .unwrap()
+        .into_inner();
+    let pinged = client
+        .create_capsule(make(2, TimeoutAction::Destroy))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = |id: &str| CapsuleRef { id: id.to_string() };
+    for _ in 0..10 {
+        client.ping(r(&pinged.id)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let p = client.get_capsule(r(&pause.id)).await.unwrap().into_inner();
+    assert_eq!(p.state, CapsuleState::Paused as i32);
+    let d = client.get_capsule(r(&destroy.id)).await.unwrap_err();
+    assert_eq!(d.code(), Code::NotFound);
+    let k = client
+        .get_capsule(r(&pinged.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(k.state, CapsuleState::Running as i32, "pings keep it alive");
+    assert_eq!(
+        client.ping(r(&pause.id)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    for id in [&pause.id, &pinged.id] {
+        client.destroy_capsule(r(id)).await.unwrap();
+    }
     drop(client);
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();

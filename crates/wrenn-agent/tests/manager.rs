@@ -35,6 +35,8 @@ fn spec(env: &[(&str, &str)]) -> CreateSpec {
             .collect(),
         metadata: HashMap::new(),
         egress: false,
+        timeout_secs: 0,
+        on_timeout: Default::default(),
     }
 }
 

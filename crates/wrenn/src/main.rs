@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the agent")?,
             );
+            manager.spawn_reaper();
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
