@@ -163,28 +163,53 @@ impl EnvdClient {
         if let Some(t) = tag {
             body["tag"] = json!(t);
         }
+        self.process_stream(
+            "/process.Process/Start",
+            &body,
+            req.user.as_deref(),
+            req.timeout,
+        )
+        .await
+    }
+
+    /// Reattaches to a running (or recently ended) process: `Start` first (with what it
+    /// already wrote, kept by envd), live output, then `End`.
+    pub async fn connect_process(
+        &self,
+        selector: &Value,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecEvent>>> {
+        self.process_stream(
+            "/process.Process/Connect",
+            &json!({ "process": selector }),
+            None,
+            None,
+        )
+        .await
+    }
+
+    async fn process_stream(
+        &self,
+        procedure: &str,
+        body: &Value,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecEvent>>> {
         let body = body.to_string();
         let mut framed = Vec::with_capacity(body.len() + 5);
         framed.push(0);
         framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
         framed.extend_from_slice(body.as_bytes());
         let mut http = self
-            .post("/process.Process/Start")
+            .post(procedure)
             .header("content-type", "application/connect+json")
             .body(framed);
-        http = Self::with_user(http, req.user.as_deref());
-        if let Some(t) = req.timeout {
+        http = Self::with_user(http, user);
+        if let Some(t) = timeout {
             http = http.header("connect-timeout-ms", t.as_millis().to_string());
         }
-        let mut resp = http
-            .send()
-            .await
-            .map_err(|e| envd_error("starting a process", e))?;
+        let mut resp = http.send().await.map_err(|e| envd_error(procedure, e))?;
         if !resp.status().is_success() {
-            return Err(AgentError::Envd(format!(
-                "starting a process: {}",
-                resp.status()
-            )));
+            return Err(AgentError::Envd(format!("{procedure}: {}", resp.status())));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {

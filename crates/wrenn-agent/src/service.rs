@@ -7,16 +7,16 @@ use tonic::{Request, Response, Status};
 use wrenn_proto::{
     agent::v1::{
         agent_server::{Agent, AgentServer},
-        exec_event,
+        connect_process_request, exec_event,
         kill_process_request::Selector,
         write_file_stream_request::Part,
-        Capsule, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, DestroyCapsuleResponse,
-        ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry, FileRequest, FileType,
-        HostInfoRequest, HostInfoResponse, KillProcessRequest, KillProcessResponse,
-        ListCapsulesRequest, ListCapsulesResponse, ListDirRequest, ListDirResponse,
-        ListProcessesResponse, MoveRequest, PingResponse, ProcessInfo, ReadFileResponse,
-        RemoveResponse, StartBackgroundRequest, StartBackgroundResponse, TimeoutAction,
-        WriteFileRequest, WriteFileStreamRequest,
+        Capsule, CapsuleRef, CapsuleState as PbState, ConnectProcessRequest, CreateCapsuleRequest,
+        DestroyCapsuleResponse, ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry,
+        FileRequest, FileType, HostInfoRequest, HostInfoResponse, KillProcessRequest,
+        KillProcessResponse, ListCapsulesRequest, ListCapsulesResponse, ListDirRequest,
+        ListDirResponse, ListProcessesResponse, MoveRequest, PingResponse, ProcessInfo,
+        ReadFileResponse, RemoveResponse, StartBackgroundRequest, StartBackgroundResponse,
+        TimeoutAction, WriteFileRequest, WriteFileStreamRequest,
     },
     filesystem, process,
 };
@@ -257,33 +257,25 @@ impl Agent for AgentService {
         let r = req.into_inner();
         let id = capsule_id(&r.capsule_id)?;
         let envd = self.manager.envd(&id)?;
-        let started = Instant::now();
-        let mut events = envd.exec_stream(&exec_request(&r)?, None).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let msg = match ev {
-                    Ok(envd_client::ExecEvent::Start { pid }) => {
-                        Ok(exec_event::Event::Start(exec_event::Start { pid }))
-                    }
-                    Ok(envd_client::ExecEvent::Stdout(b)) => Ok(exec_event::Event::Stdout(b)),
-                    Ok(envd_client::ExecEvent::Stderr(b)) => Ok(exec_event::Event::Stderr(b)),
-                    Ok(envd_client::ExecEvent::End { exit_code, error }) => {
-                        Ok(exec_event::Event::End(exec_event::End {
-                            exit_code,
-                            error: error.unwrap_or_default(),
-                            duration_ms: started.elapsed().as_millis() as u64,
-                        }))
-                    }
-                    Err(e) => Err(Status::from(e)),
-                };
-                let msg = msg.map(|event| ExecEvent { event: Some(event) });
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let events = envd.exec_stream(&exec_request(&r)?, None).await?;
+        Ok(Response::new(forward_events(events)))
+    }
+
+    type ConnectProcessStream = ReceiverStream<Result<ExecEvent, Status>>;
+
+    async fn connect_process(
+        &self,
+        req: Request<ConnectProcessRequest>,
+    ) -> Result<Response<Self::ConnectProcessStream>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let selector = match r.selector {
+            Some(connect_process_request::Selector::Pid(pid)) => serde_json::json!({ "pid": pid }),
+            Some(connect_process_request::Selector::Tag(tag)) => serde_json::json!({ "tag": tag }),
+            None => return Err(Status::invalid_argument("a pid or a tag is required")),
+        };
+        let events = self.manager.envd(&id)?.connect_process(&selector).await?;
+        Ok(Response::new(forward_events(events)))
     }
 
     async fn start_background(
@@ -595,4 +587,36 @@ pub async fn serve(
             shutdown,
         )
         .await
+}
+
+/// Turns envd's process events into the agent's, as a gRPC stream.
+fn forward_events(
+    mut events: tokio::sync::mpsc::Receiver<crate::Result<envd_client::ExecEvent>>,
+) -> ReceiverStream<Result<ExecEvent, Status>> {
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let msg = match ev {
+                Ok(envd_client::ExecEvent::Start { pid }) => {
+                    Ok(exec_event::Event::Start(exec_event::Start { pid }))
+                }
+                Ok(envd_client::ExecEvent::Stdout(b)) => Ok(exec_event::Event::Stdout(b)),
+                Ok(envd_client::ExecEvent::Stderr(b)) => Ok(exec_event::Event::Stderr(b)),
+                Ok(envd_client::ExecEvent::End { exit_code, error }) => {
+                    Ok(exec_event::Event::End(exec_event::End {
+                        exit_code,
+                        error: error.unwrap_or_default(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    }))
+                }
+                Err(e) => Err(Status::from(e)),
+            };
+            let msg = msg.map(|event| ExecEvent { event: Some(event) });
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }

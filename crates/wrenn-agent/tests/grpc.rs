@@ -335,6 +335,49 @@ async fn grpc_processes_and_files() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 
+    // Reattach by tag: replayed output, then the end after a kill.
+    client
+        .start_background(StartBackgroundRequest {
+            capsule_id: c.id.clone(),
+            cmd: "/bin/bash".into(),
+            args: vec!["-c".into(), "echo hi; sleep 1000".into()],
+            tag: "talker".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut attached = client
+        .connect_process(wrenn_proto::agent::v1::ConnectProcessRequest {
+            capsule_id: c.id.clone(),
+            selector: Some(
+                wrenn_proto::agent::v1::connect_process_request::Selector::Tag("talker".into()),
+            ),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = attached.message().await.unwrap().unwrap().event.unwrap();
+    assert!(matches!(first, exec_event::Event::Start(_)), "{first:?}");
+    let second = attached.message().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(second, exec_event::Event::Stdout(b"hi\n".to_vec()));
+    client
+        .kill_process(KillProcessRequest {
+            capsule_id: c.id.clone(),
+            selector: Some(Selector::Tag("talker".into())),
+            signal: "SIGTERM".into(),
+        })
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(ev) = attached.message().await.unwrap() {
+        last = ev.event;
+    }
+    match last {
+        Some(exec_event::Event::End(end)) => assert!(!end.error.is_empty(), "killed: {end:?}"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+
     // Files.
     let f = |path: &str| FileRequest {
         capsule_id: c.id.clone(),
