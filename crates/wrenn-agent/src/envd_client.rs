@@ -172,6 +172,27 @@ impl EnvdClient {
         .await
     }
 
+    /// Starts `req` on a PTY of `cols` × `rows` under `tag`.
+    pub async fn start_pty(
+        &self,
+        req: &ExecRequest,
+        tag: &str,
+        cols: u32,
+        rows: u32,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecEvent>>> {
+        let mut process = json!({ "cmd": req.cmd, "args": req.args, "envs": req.env });
+        if let Some(cwd) = &req.cwd {
+            process["cwd"] = json!(cwd);
+        }
+        let body = json!({
+            "process": process,
+            "pty": { "size": { "cols": cols, "rows": rows } },
+            "tag": tag,
+        });
+        self.process_stream("/process.Process/Start", &body, req.user.as_deref(), None)
+            .await
+    }
+
     /// Reattaches to a running (or recently ended) process: `Start` first (with what it
     /// already wrote, kept by envd), live output, then `End`.
     pub async fn connect_process(
@@ -261,7 +282,7 @@ impl EnvdClient {
             match ev? {
                 ExecEvent::Start { .. } => {}
                 ExecEvent::Stdout(b) => out.stdout.extend(b),
-                ExecEvent::Stderr(b) => out.stderr.extend(b),
+                ExecEvent::Stderr(b) | ExecEvent::Pty(b) => out.stderr.extend(b),
                 ExecEvent::End { exit_code, error } => {
                     out.exit_code = exit_code;
                     out.error = error;
@@ -374,6 +395,7 @@ pub enum ExecEvent {
     },
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    Pty(Vec<u8>),
     End {
         exit_code: i32,
         error: Option<String>,
@@ -396,6 +418,7 @@ fn events_of((flags, msg): (u8, Value)) -> Vec<Result<ExecEvent>> {
         for (key, make) in [
             ("stdout", ExecEvent::Stdout as fn(Vec<u8>) -> ExecEvent),
             ("stderr", ExecEvent::Stderr),
+            ("pty", ExecEvent::Pty),
         ] {
             if let Some(s) = d[key].as_str() {
                 out.push(b64(s).map(make));

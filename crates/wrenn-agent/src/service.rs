@@ -15,6 +15,7 @@ use wrenn_proto::{
         FileRequest, FileType, HostInfoRequest, HostInfoResponse, KillProcessRequest,
         KillProcessResponse, ListCapsulesRequest, ListCapsulesResponse, ListDirRequest,
         ListDirResponse, ListProcessesResponse, MoveRequest, PingResponse, ProcessInfo,
+        PtyAttachRequest, PtyInputRequest, PtyInputResponse, PtyResizeRequest, PtyResizeResponse,
         ReadFileResponse, RemoveResponse, StartBackgroundRequest, StartBackgroundResponse,
         TimeoutAction, WriteFileRequest, WriteFileStreamRequest,
     },
@@ -259,6 +260,92 @@ impl Agent for AgentService {
         let envd = self.manager.envd(&id)?;
         let events = envd.exec_stream(&exec_request(&r)?, None).await?;
         Ok(Response::new(forward_events(events)))
+    }
+
+    type PtyAttachStream = ReceiverStream<Result<ExecEvent, Status>>;
+
+    async fn pty_attach(
+        &self,
+        req: Request<PtyAttachRequest>,
+    ) -> Result<Response<Self::PtyAttachStream>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        if r.tag.is_empty() {
+            return Err(Status::invalid_argument("a terminal needs a tag"));
+        }
+        let envd = self.manager.envd(&id)?;
+        let events = if r.cmd.is_empty() {
+            envd.connect_process(&serde_json::json!({ "tag": r.tag }))
+                .await?
+        } else {
+            let (cols, rows) = (r.cols.clamp(1, 1000), r.rows.clamp(1, 1000));
+            let mut env = r.env;
+            env.entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+            let exec = exec_request(&ExecRequest {
+                capsule_id: String::new(),
+                cmd: r.cmd,
+                args: r.args,
+                env,
+                cwd: r.cwd,
+                user: r.user,
+                timeout_ms: 0,
+            })?;
+            envd.start_pty(&exec, &r.tag, cols, rows).await?
+        };
+        Ok(Response::new(forward_events(events)))
+    }
+
+    async fn pty_input(
+        &self,
+        req: Request<PtyInputRequest>,
+    ) -> Result<Response<PtyInputResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let _: process::SendInputResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/process.Process/SendInput",
+                &process::SendInputRequest {
+                    process: Some(tag_selector(r.tag)),
+                    input: Some(process::ProcessInput {
+                        input: Some(process::process_input::Input::Pty(r.data)),
+                    }),
+                },
+                None,
+            )
+            .await?;
+        Ok(Response::new(PtyInputResponse {}))
+    }
+
+    async fn pty_resize(
+        &self,
+        req: Request<PtyResizeRequest>,
+    ) -> Result<Response<PtyResizeResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        if r.cols == 0 || r.rows == 0 {
+            return Err(Status::invalid_argument("cols and rows must be positive"));
+        }
+        let _: process::UpdateResponse = self
+            .manager
+            .envd(&id)?
+            .unary(
+                "/process.Process/Update",
+                &process::UpdateRequest {
+                    process: Some(tag_selector(r.tag)),
+                    pty: Some(process::Pty {
+                        size: Some(process::pty::Size {
+                            cols: r.cols,
+                            rows: r.rows,
+                        }),
+                    }),
+                },
+                None,
+            )
+            .await?;
+        Ok(Response::new(PtyResizeResponse {}))
     }
 
     type ConnectProcessStream = ReceiverStream<Result<ExecEvent, Status>>;
@@ -589,6 +676,12 @@ pub async fn serve(
         .await
 }
 
+fn tag_selector(tag: String) -> process::ProcessSelector {
+    process::ProcessSelector {
+        selector: Some(process::process_selector::Selector::Tag(tag)),
+    }
+}
+
 /// Turns envd's process events into the agent's, as a gRPC stream.
 fn forward_events(
     mut events: tokio::sync::mpsc::Receiver<crate::Result<envd_client::ExecEvent>>,
@@ -603,6 +696,7 @@ fn forward_events(
                 }
                 Ok(envd_client::ExecEvent::Stdout(b)) => Ok(exec_event::Event::Stdout(b)),
                 Ok(envd_client::ExecEvent::Stderr(b)) => Ok(exec_event::Event::Stderr(b)),
+                Ok(envd_client::ExecEvent::Pty(b)) => Ok(exec_event::Event::Pty(b)),
                 Ok(envd_client::ExecEvent::End { exit_code, error }) => {
                     Ok(exec_event::Event::End(exec_event::End {
                         exit_code,

@@ -550,3 +550,136 @@ async fn idle_capsules_time_out_by_their_policy() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn terminals_attach_input_resize_and_reattach() {
+    use wrenn_proto::agent::v1::{exec_event, PtyAttachRequest, PtyInputRequest, PtyResizeRequest};
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let manager = Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: images_dir(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: 1,
+            slots: 600..=699,
+        })
+        .await
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let c = client
+        .create_capsule(CreateCapsuleRequest {
+            template: "minimal".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let attach = |cmd: &str| PtyAttachRequest {
+        capsule_id: c.id.clone(),
+        tag: "term".into(),
+        cmd: cmd.into(),
+        args: if cmd.is_empty() {
+            vec![]
+        } else {
+            vec!["--norc".into(), "-i".into()]
+        },
+        cols: 80,
+        rows: 24,
+        ..Default::default()
+    };
+    let input = |data: &[u8]| PtyInputRequest {
+        capsule_id: c.id.clone(),
+        tag: "term".into(),
+        data: data.to_vec(),
+    };
+    let mut term = client
+        .pty_attach(attach("/bin/bash"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        term.message().await.unwrap().unwrap().event,
+        Some(exec_event::Event::Start(_))
+    ));
+    client
+        .pty_resize(PtyResizeRequest {
+            capsule_id: c.id.clone(),
+            tag: "term".into(),
+            cols: 120,
+            rows: 40,
+        })
+        .await
+        .unwrap();
+    client.pty_input(input(b"stty size\n")).await.unwrap();
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains("40 120") {
+        match term.message().await.unwrap().and_then(|m| m.event) {
+            Some(exec_event::Event::Pty(b)) => screen.extend(b),
+            Some(_) => {}
+            None => panic!("terminal ended early: {}", String::from_utf8_lossy(&screen)),
+        }
+    }
+    drop(term);
+
+    // Reattach by tag: the screen so far is replayed.
+    let mut again = client.pty_attach(attach("")).await.unwrap().into_inner();
+    let mut replay = Vec::new();
+    assert!(matches!(
+        again.message().await.unwrap().unwrap().event,
+        Some(exec_event::Event::Start(_))
+    ));
+    while !String::from_utf8_lossy(&replay).contains("40 120") {
+        if let Some(exec_event::Event::Pty(b)) = again.message().await.unwrap().unwrap().event {
+            replay.extend(b);
+        }
+    }
+    client.pty_input(input(b"exit\n")).await.unwrap();
+    let mut end = None;
+    while let Some(m) = again.message().await.unwrap() {
+        if let Some(exec_event::Event::End(e)) = m.event {
+            end = Some(e);
+        }
+    }
+    assert_eq!(end.expect("the shell ended").exit_code, 0);
+
+    // Bad requests.
+    let mut no_tag = attach("/bin/bash");
+    no_tag.tag.clear();
+    assert_eq!(
+        client.pty_attach(no_tag).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let zero = client
+        .pty_resize(PtyResizeRequest {
+            capsule_id: c.id.clone(),
+            tag: "term".into(),
+            cols: 0,
+            rows: 10,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    let mut ghost = input(b"x");
+    ghost.tag = "ghost".into();
+    assert_eq!(
+        client.pty_input(ghost).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    client
+        .destroy_capsule(CapsuleRef { id: c.id.clone() })
+        .await
+        .unwrap();
+    drop(client);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
