@@ -51,6 +51,8 @@ pub struct Handle {
     envd: EnvdClient,
     /// When the capsule was last used (Unix seconds), for the timeout reaper.
     last_active: Arc<std::sync::atomic::AtomicI64>,
+    /// Resource use over the last 24 h, filled by the manager's sampler.
+    pub metrics: Arc<std::sync::Mutex<(crate::metrics::History, crate::metrics::CpuClock)>>,
 }
 
 impl Handle {
@@ -318,6 +320,7 @@ impl Handle {
             tx,
             envd,
             last_active: Arc::new(std::sync::atomic::AtomicI64::new(unix_now())),
+            metrics: Arc::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod envd_client;
 pub mod error;
 pub mod images;
 pub mod manager;
+pub mod metrics;
 pub mod netslot;
 pub mod record;
 pub mod service;

@@ -273,6 +273,50 @@ impl Manager {
         });
     }
 
+    /// Starts the sampler: every second, each running capsule's VMM CPU, memory and disk use.
+    pub fn spawn_sampler(self: &std::sync::Arc<Self>) {
+        let weak = std::sync::Arc::downgrade(self);
+        let data_dir = self.config.data_dir.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(mgr) = weak.upgrade() else { return };
+                let handles: Vec<Handle> = mgr
+                    .capsules
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                drop(mgr);
+                for h in handles {
+                    let r = h.record();
+                    let (Some(pid), CapsuleState::Running) = (r.vmm_pid, r.state) else {
+                        continue;
+                    };
+                    let disk = data_dir.join("capsules").join(&r.id).join("disk.qcow2");
+                    let mut m = h.metrics.lock().unwrap_or_else(|e| e.into_inner());
+                    let (history, clock) = &mut *m;
+                    if let Some(p) = crate::metrics::sample(pid, r.vcpus, &disk, clock) {
+                        history.record(p);
+                    }
+                }
+            }
+        });
+    }
+
+    /// A capsule's resource use over the last `range_secs`.
+    pub fn metrics(&self, id: &str, range_secs: i64) -> Result<Vec<crate::metrics::Point>> {
+        let h = self.handle(id)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let m = h.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(m.0.range(range_secs, now))
+    }
+
     /// The envd client of a running capsule.
     pub fn envd(&self, id: &str) -> Result<crate::envd_client::EnvdClient> {
         self.handle(id)?.envd()

@@ -12,12 +12,13 @@ use wrenn_proto::{
         write_file_stream_request::Part,
         Capsule, CapsuleRef, CapsuleState as PbState, ConnectProcessRequest, CreateCapsuleRequest,
         DestroyCapsuleResponse, ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry,
-        FileRequest, FileType, HostInfoRequest, HostInfoResponse, KillProcessRequest,
-        KillProcessResponse, ListCapsulesRequest, ListCapsulesResponse, ListDirRequest,
-        ListDirResponse, ListProcessesResponse, MoveRequest, PingResponse, ProcessInfo,
-        PtyAttachRequest, PtyInputRequest, PtyInputResponse, PtyResizeRequest, PtyResizeResponse,
-        ReadFileResponse, RemoveResponse, StartBackgroundRequest, StartBackgroundResponse,
-        TimeoutAction, WriteFileRequest, WriteFileStreamRequest,
+        FileRequest, FileType, GetMetricsRequest, GetMetricsResponse, HostInfoRequest,
+        HostInfoResponse, KillProcessRequest, KillProcessResponse, ListCapsulesRequest,
+        ListCapsulesResponse, ListDirRequest, ListDirResponse, ListProcessesResponse, MetricPoint,
+        MoveRequest, PingResponse, ProcessInfo, PtyAttachRequest, PtyInputRequest,
+        PtyInputResponse, PtyResizeRequest, PtyResizeResponse, ReadFileResponse, RemoveResponse,
+        StartBackgroundRequest, StartBackgroundResponse, TimeoutAction, WriteFileRequest,
+        WriteFileStreamRequest,
     },
     filesystem, process,
 };
@@ -222,6 +223,29 @@ impl Agent for AgentService {
         let id = capsule_id(&req.into_inner().id)?;
         self.manager.destroy(&id).await?;
         Ok(Response::new(DestroyCapsuleResponse {}))
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        if r.range_secs == 0 || r.range_secs > 24 * 3600 {
+            return Err(Status::invalid_argument("range_secs must be 1..=86400"));
+        }
+        let points = self
+            .manager
+            .metrics(&id, i64::from(r.range_secs))?
+            .into_iter()
+            .map(|p| MetricPoint {
+                unix: p.unix,
+                cpu_pct: p.cpu_pct,
+                mem_bytes: p.mem_bytes,
+                disk_bytes: p.disk_bytes,
+            })
+            .collect();
+        Ok(Response::new(GetMetricsResponse { points }))
     }
 
     async fn ping(&self, req: Request<CapsuleRef>) -> Result<Response<PingResponse>, Status> {

@@ -33,6 +33,7 @@ async fn grpc_surface_and_error_codes() {
         .await
         .unwrap(),
     );
+    manager.spawn_sampler();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -110,6 +111,30 @@ async fn grpc_surface_and_error_codes() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.capsules.len(), 1);
+
+    // Metrics sampled in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let m = client
+        .get_metrics(wrenn_proto::agent::v1::GetMetricsRequest {
+            capsule_id: c.id.clone(),
+            range_secs: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(m.points.len() >= 2, "{} points", m.points.len());
+    assert!(m
+        .points
+        .iter()
+        .all(|p| p.mem_bytes > 16 << 20 && p.disk_bytes > 0));
+    let bad = client
+        .get_metrics(wrenn_proto::agent::v1::GetMetricsRequest {
+            capsule_id: c.id.clone(),
+            range_secs: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
 
     let r = |id: &str| CapsuleRef { id: id.to_string() };
     let p = client.pause_capsule(r(&c.id)).await.unwrap().into_inner();

@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the agent")?,
             );
             manager.spawn_reaper();
+            manager.spawn_sampler();
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
