@@ -180,3 +180,49 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
         "capsule folders left"
     );
 }
+
+/// A VMM that dies turns its capsule to `error` with the reason, and its slot and VM are
+/// released at once; destroy then removes the folder.
+#[tokio::test]
+async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = Manager::start(AgentConfig {
+        data_dir: data.path().to_path_buf(),
+        images_dir: images_dir(),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 1,
+        slots: 700..=799,
+    })
+    .await
+    .unwrap();
+    let c = mgr.create(spec(&[])).await.unwrap();
+    let pid = c.vmm_pid.expect("a running capsule has a VMM");
+    // SAFETY: plain kill(2) of the capsule's QEMU, as a crash would.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut rec = mgr.get(&c.id).unwrap();
+    for _ in 0..50 {
+        if rec.state == CapsuleState::Error {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        rec = mgr.get(&c.id).unwrap();
+    }
+    assert_eq!(rec.state, CapsuleState::Error);
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("exited"),
+        "{:?}",
+        rec.error
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !netslot::existing_slots().await.unwrap().contains(&c.slot),
+        "slot released"
+    );
+    assert!(matches!(
+        mgr.exec(&c.id, sh("true")).await,
+        Err(AgentError::FailedPrecondition(_))
+    ));
+    mgr.destroy(&c.id).await.unwrap();
+    assert!(!data.path().join("capsules").join(&c.id).exists());
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 0);
+}
