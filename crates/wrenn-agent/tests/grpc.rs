@@ -19,30 +19,61 @@ fn images_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
 }
 
+/// A real agent (manager + gRPC server) on loopback, owning the slots in `slots`.
+struct TestAgent {
+    client: AgentClient<tonic::transport::Channel>,
+    manager: Arc<Manager>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    data: tempfile::TempDir,
+}
+
+impl TestAgent {
+    async fn start(max_capsules: usize, slots: std::ops::RangeInclusive<u32>) -> TestAgent {
+        let data = tempfile::tempdir_in("/var/tmp").unwrap();
+        let manager = Arc::new(
+            Manager::start(AgentConfig {
+                data_dir: data.path().to_path_buf(),
+                images_dir: images_dir(),
+                qemu: wrenn_vmm::qemu::default_qemu(),
+                max_capsules,
+                slots,
+            })
+            .await
+            .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service::serve(listener, manager.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let client = AgentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        TestAgent {
+            client,
+            manager,
+            stop,
+            server,
+            data,
+        }
+    }
+
+    /// Stops the server (the client goes first) and returns the data folder for checks.
+    async fn stop(self) -> tempfile::TempDir {
+        drop(self.client);
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+        self.data
+    }
+}
+
 #[tokio::test]
 async fn grpc_surface_and_error_codes() {
-    let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let manager = Arc::new(
-        Manager::start(AgentConfig {
-            data_dir: data.path().to_path_buf(),
-            images_dir: images_dir(),
-            qemu: wrenn_vmm::qemu::default_qemu(),
-            max_capsules: 2,
-            slots: 100..=199,
-        })
-        .await
-        .unwrap(),
-    );
-    manager.spawn_sampler();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut agent = TestAgent::start(2, 100..=199).await;
+    agent.manager.spawn_sampler();
+    let client = &mut agent.client;
 
     let info = client
         .host_info(HostInfoRequest {})
@@ -224,8 +255,7 @@ async fn grpc_surface_and_error_codes() {
         .into_inner()
         .capsules
         .is_empty());
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    let data = agent.stop().await;
     assert_eq!(
         std::fs::read_dir(data.path().join("capsules"))
             .unwrap()
@@ -241,27 +271,8 @@ async fn grpc_processes_and_files() {
         FileType, KillProcessRequest, ListDirRequest, MoveRequest, StartBackgroundRequest,
         WriteFileRequest, WriteFileStreamRequest,
     };
-    let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let manager = Arc::new(
-        Manager::start(AgentConfig {
-            data_dir: data.path().to_path_buf(),
-            images_dir: images_dir(),
-            qemu: wrenn_vmm::qemu::default_qemu(),
-            max_capsules: 1,
-            slots: 400..=499,
-        })
-        .await
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut agent = TestAgent::start(1, 400..=499).await;
+    let client = &mut agent.client;
     let c = client
         .create_capsule(CreateCapsuleRequest {
             template: "minimal".into(),
@@ -498,36 +509,15 @@ async fn grpc_processes_and_files() {
         .destroy_capsule(CapsuleRef { id: c.id.clone() })
         .await
         .unwrap();
-    drop(client);
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    agent.stop().await;
 }
 
 #[tokio::test]
 async fn idle_capsules_time_out_by_their_policy() {
     use wrenn_proto::agent::v1::TimeoutAction;
-    let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let manager = Arc::new(
-        Manager::start(AgentConfig {
-            data_dir: data.path().to_path_buf(),
-            images_dir: images_dir(),
-            qemu: wrenn_vmm::qemu::default_qemu(),
-            max_capsules: 3,
-            slots: 500..=599,
-        })
-        .await
-        .unwrap(),
-    );
-    manager.spawn_reaper();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut agent = TestAgent::start(3, 500..=599).await;
+    agent.manager.spawn_reaper();
+    let client = &mut agent.client;
     let make = |secs, action: TimeoutAction| CreateCapsuleRequest {
         template: "minimal".into(),
         timeout_secs: secs,
@@ -571,35 +561,14 @@ async fn idle_capsules_time_out_by_their_policy() {
     for id in [&pause.id, &pinged.id] {
         client.destroy_capsule(r(id)).await.unwrap();
     }
-    drop(client);
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    agent.stop().await;
 }
 
 #[tokio::test]
 async fn terminals_attach_input_resize_and_reattach() {
     use wrenn_proto::agent::v1::{exec_event, PtyAttachRequest, PtyInputRequest, PtyResizeRequest};
-    let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let manager = Arc::new(
-        Manager::start(AgentConfig {
-            data_dir: data.path().to_path_buf(),
-            images_dir: images_dir(),
-            qemu: wrenn_vmm::qemu::default_qemu(),
-            max_capsules: 1,
-            slots: 600..=699,
-        })
-        .await
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(listener, manager.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut agent = TestAgent::start(1, 600..=699).await;
+    let client = &mut agent.client;
     let c = client
         .create_capsule(CreateCapsuleRequest {
             template: "minimal".into(),
@@ -704,7 +673,5 @@ async fn terminals_attach_input_resize_and_reattach() {
         .destroy_capsule(CapsuleRef { id: c.id.clone() })
         .await
         .unwrap();
-    drop(client);
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    agent.stop().await;
 }
