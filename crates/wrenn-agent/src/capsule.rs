@@ -176,7 +176,13 @@ impl Capsule {
             )));
         }
         self.vm.pause().await?;
-        self.vm.save(&self.dir.join("state")).await?;
+        if let Err(e) = self.vm.save(&self.dir.join("state")).await {
+            // Keep the capsule usable if its VM still runs; otherwise it is lost.
+            if self.vm.resume().await.is_err() {
+                self.fail(format!("pausing failed: {e}")).await;
+            }
+            return Err(e.into());
+        }
         self.transition(Transition::Pause)
     }
 
@@ -187,9 +193,44 @@ impl Capsule {
                 self.state()
             )));
         }
-        self.start_vm(&self.dir.join("state")).await?;
-        self.init_envd(false).await?;
+        let resumed = async {
+            self.start_vm(&self.dir.join("state")).await?;
+            self.init_envd(false).await
+        }
+        .await;
+        if let Err(e) = resumed {
+            self.fail(format!("resuming failed: {e}")).await;
+            return Err(e);
+        }
         self.transition(Transition::Resume)
+    }
+
+    /// Turns the capsule to `error` with `why`, stops its VMM and releases its slot at once;
+    /// the folder stays (for the console log) until destroy.
+    async fn fail(&mut self, why: String) {
+        tracing::warn!(id = %self.info.read().unwrap_or_else(|e| e.into_inner()).id, %why, "capsule failed");
+        let _ = self.vm.stop().await;
+        self.slot.release().await;
+        let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+        rec.state = rec
+            .state
+            .apply(Transition::Fail)
+            .unwrap_or(CapsuleState::Error);
+        rec.error = Some(why);
+        rec.vmm_pid = None;
+        let _ = record::save(&self.dir, &rec);
+    }
+
+    /// Marks the capsule stopped and removes everything it owns.
+    async fn destroy(&mut self) {
+        {
+            let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+            rec.state = rec
+                .state
+                .apply(Transition::Stop)
+                .unwrap_or(CapsuleState::Stopped);
+        }
+        self.teardown().await;
     }
 
     /// Stops the VM and removes everything the capsule owns; the folder goes last.
@@ -365,7 +406,7 @@ pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result
 /// The capsule's task: one operation at a time, until destroyed. A VMM that dies turns the
 /// capsule to `error` and releases what it held.
 async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
-    loop {
+    while capsule.state() != CapsuleState::Error {
         let death = capsule.vm.death_watch();
         let op = tokio::select! {
             op = rx.recv() => op,
@@ -376,29 +417,8 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 }
             } => {
                 let why = capsule.vm.status().to_string();
-                tracing::warn!(id = %capsule.info.read().unwrap_or_else(|e| e.into_inner()).id, %why, "VMM died");
-                {
-                    let mut rec = capsule.info.write().unwrap_or_else(|e| e.into_inner());
-                    rec.state = CapsuleState::Error;
-                    rec.error = Some(why);
-                    rec.vmm_pid = None;
-                }
-                let _ = capsule.vm.stop().await;
-                capsule.slot.release().await;
-                let rec = capsule.info.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let _ = record::save(&capsule.dir, &rec);
-                // Keep answering: only destroy does anything now.
-                while let Some(op) = rx.recv().await {
-                    match op {
-                        Op::Destroy(reply) => {
-                            capsule.teardown().await;
-                            let _ = reply.send(Ok(()));
-                            return;
-                        }
-                        Op::Pause(r) | Op::Resume(r) => { let _ = r.send(Err(AgentError::FailedPrecondition("capsule is in error".into()))); }
-                    }
-                }
-                return;
+                capsule.fail(format!("the VMM died: {why}")).await;
+                continue;
             }
         };
         let Some(op) = op else {
@@ -413,13 +433,31 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 let _ = reply.send(capsule.resume().await);
             }
             Op::Destroy(reply) => {
-                {
-                    let mut rec = capsule.info.write().unwrap_or_else(|e| e.into_inner());
-                    rec.state = CapsuleState::Stopped;
-                }
-                capsule.teardown().await;
+                capsule.destroy().await;
                 let _ = reply.send(Ok(()));
                 return;
+            }
+        }
+    }
+    // In error the capsule holds no VM and no slot; only destroy does anything now.
+    while let Some(op) = rx.recv().await {
+        match op {
+            Op::Destroy(reply) => {
+                capsule.destroy().await;
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            Op::Pause(r) | Op::Resume(r) => {
+                let why = capsule
+                    .info
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .error
+                    .clone();
+                let _ = r.send(Err(AgentError::FailedPrecondition(format!(
+                    "capsule is in error: {}",
+                    why.unwrap_or_default()
+                ))));
             }
         }
     }

@@ -226,3 +226,49 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     assert!(!data.path().join("capsules").join(&c.id).exists());
     assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 0);
 }
+
+/// A resume that cannot work (its saved state is damaged) leaves the capsule in `error` with
+/// its VMM and slot released, never a half-running VM.
+#[tokio::test]
+async fn a_failed_resume_releases_everything() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = Manager::start(AgentConfig {
+        data_dir: data.path().to_path_buf(),
+        images_dir: images_dir(),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 1,
+        slots: 800..=899,
+    })
+    .await
+    .unwrap();
+    let c = mgr.create(spec(&[])).await.unwrap();
+    mgr.pause(&c.id).await.unwrap();
+    let dir = data.path().join("capsules").join(&c.id);
+    std::fs::write(dir.join("state"), b"damaged").unwrap();
+    assert!(mgr.resume(&c.id).await.is_err());
+    let rec = mgr.get(&c.id).unwrap();
+    assert_eq!(rec.state, CapsuleState::Error);
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("resuming failed"),
+        "{:?}",
+        rec.error
+    );
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&dir).len(),
+        0,
+        "no QEMU left running"
+    );
+    assert!(
+        !netslot::existing_slots().await.unwrap().contains(&c.slot),
+        "slot released"
+    );
+    assert!(matches!(
+        mgr.resume(&c.id).await,
+        Err(AgentError::FailedPrecondition(_))
+    ));
+    mgr.destroy(&c.id).await.unwrap();
+    assert!(!dir.exists());
+}
