@@ -557,18 +557,9 @@ fn cp_sparse(from: &Path, to: &Path) -> Result<()> {
 
 /// The pids of QEMU processes whose command line names `dir`.
 fn qemu_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            (cmdline.contains("qemu-system") && cmdline.contains(&needle)).then_some(pid)
-        })
+    wrenn_vmm::qemu::processes_under(dir)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -811,21 +802,6 @@ impl Drop for RawQemu {
     }
 }
 
-/// The guest TSC frequency wrenn-vmm announces under TCG (same source: /proc/cpuinfo).
-fn tsc_khz() -> u32 {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| (mhz * 1000.0) as u32)
-        .filter(|k| *k > 0)
-        .unwrap_or(2_000_000)
-}
-
 /// QEMU's command line for a restore, in the shape of `wrenn-vmm`'s `QemuVm::args` (user
 /// network with envd forwarded to `envd`, `-incoming defer`), minus `-sandbox`.
 fn raw_args(snap: &Snapshot, spec: &SnapshotSpec, dir: &Path, envd: SocketAddr) -> Vec<String> {
@@ -839,7 +815,7 @@ fn raw_args(snap: &Snapshot, spec: &SnapshotSpec, dir: &Path, envd: SocketAddr) 
         a.extend(["-accel", "kvm", "-cpu", "host"].map(String::from));
     } else {
         machine.push_str(",pit=on,pic=on,rtc=on");
-        kernel_args.push_str(&format!(" tsc_early_khz={}", tsc_khz()));
+        kernel_args.push_str(&format!(" tsc_early_khz={}", wrenn_vmm::qemu::tsc_khz()));
         a.extend(["-accel", "tcg", "-cpu", "max"].map(String::from));
     }
     a.extend([

@@ -280,8 +280,7 @@ impl Agent for AgentService {
         req: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
-        let envd = self.manager.envd(&id)?;
+        let envd = self.envd(&r.capsule_id)?;
         let events = envd.exec_stream(&exec_request(&r)?, None).await?;
         Ok(Response::new(forward_events(events)))
     }
@@ -325,10 +324,8 @@ impl Agent for AgentService {
         req: Request<PtyInputRequest>,
     ) -> Result<Response<PtyInputResponse>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let _: process::SendInputResponse = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .unary(
                 "/process.Process/SendInput",
                 &process::SendInputRequest {
@@ -478,10 +475,8 @@ impl Agent for AgentService {
         req: Request<FileRequest>,
     ) -> Result<Response<ReadFileResponse>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let mut resp = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .read_file_stream(&r.path, user_of(&r.user))
             .await?;
         let mut content = Vec::new();
@@ -506,8 +501,7 @@ impl Agent for AgentService {
         req: Request<WriteFileRequest>,
     ) -> Result<Response<FileEntry>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
-        let envd = self.manager.envd(&id)?;
+        let envd = self.envd(&r.capsule_id)?;
         envd.write_file(&r.path, user_of(&r.user), r.content.into())
             .await?;
         self.stat_entry(&envd, &r.path, &r.user).await
@@ -520,10 +514,8 @@ impl Agent for AgentService {
         req: Request<FileRequest>,
     ) -> Result<Response<Self::ReadFileStreamStream>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let mut resp = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .read_file_stream(&r.path, user_of(&r.user))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -592,10 +584,8 @@ impl Agent for AgentService {
         req: Request<ListDirRequest>,
     ) -> Result<Response<ListDirResponse>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let list: filesystem::ListDirResponse = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .unary(
                 "/filesystem.Filesystem/ListDir",
                 &filesystem::ListDirRequest {
@@ -612,17 +602,14 @@ impl Agent for AgentService {
 
     async fn stat(&self, req: Request<FileRequest>) -> Result<Response<FileEntry>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
-        let envd = self.manager.envd(&id)?;
+        let envd = self.envd(&r.capsule_id)?;
         self.stat_entry(&envd, &r.path, &r.user).await
     }
 
     async fn make_dir(&self, req: Request<FileRequest>) -> Result<Response<FileEntry>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let made: filesystem::MakeDirResponse = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .unary(
                 "/filesystem.Filesystem/MakeDir",
                 &filesystem::MakeDirRequest { path: r.path },
@@ -634,10 +621,8 @@ impl Agent for AgentService {
 
     async fn r#move(&self, req: Request<MoveRequest>) -> Result<Response<FileEntry>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let moved: filesystem::MoveResponse = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .unary(
                 "/filesystem.Filesystem/Move",
                 &filesystem::MoveRequest {
@@ -652,10 +637,8 @@ impl Agent for AgentService {
 
     async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {
         let r = req.into_inner();
-        let id = capsule_id(&r.capsule_id)?;
         let _: filesystem::RemoveResponse = self
-            .manager
-            .envd(&id)?
+            .envd(&r.capsule_id)?
             .unary(
                 "/filesystem.Filesystem/Remove",
                 &filesystem::RemoveRequest { path: r.path },
@@ -667,6 +650,11 @@ impl Agent for AgentService {
 }
 
 impl AgentService {
+    /// The envd of the running capsule `raw_id` names.
+    fn envd(&self, raw_id: &str) -> Result<envd_client::EnvdClient, Status> {
+        Ok(self.manager.envd(&capsule_id(raw_id)?)?)
+    }
+
     async fn stat_entry(
         &self,
         envd: &envd_client::EnvdClient,

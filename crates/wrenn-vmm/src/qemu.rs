@@ -70,7 +70,7 @@ pub struct QemuVm {
 }
 
 /// The guest TSC frequency to announce (TCG microvm cannot calibrate it).
-fn tsc_khz() -> u32 {
+pub fn tsc_khz() -> u32 {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
