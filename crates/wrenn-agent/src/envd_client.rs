@@ -5,7 +5,6 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::error::{AgentError, Result};
@@ -351,26 +350,6 @@ impl EnvdClient {
         Ok(resp)
     }
 
-    /// Downloads a whole file.
-    pub async fn read_file(&self, path: &str) -> Result<Bytes> {
-        let mut req = self
-            .http
-            .get(format!("{}/files", self.base))
-            .query(&[("path", path)]);
-        if let Some(t) = &self.token {
-            req = req.header("x-access-token", t);
-        }
-        let resp = req.send().await.map_err(|e| envd_error("GET /files", e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let v: Value = resp.json().await.unwrap_or(Value::Null);
-            return Err(AgentError::Envd(format!(
-                "GET /files {path}: {status}: {}",
-                v["message"].as_str().unwrap_or("")
-            )));
-        }
-        resp.bytes().await.map_err(|e| envd_error("GET /files", e))
-    }
 }
 
 fn take_frame(buf: &mut Vec<u8>) -> Result<Option<(u8, Value)>> {
