@@ -349,7 +349,6 @@ impl EnvdClient {
         }
         Ok(resp)
     }
-
 }
 
 fn take_frame(buf: &mut Vec<u8>) -> Result<Option<(u8, Value)>> {
