@@ -1170,6 +1170,7 @@ async fn cold_boot(
         net: Net::UserForward { host: addr },
         accel,
         qemu: default_qemu(),
+        cgroup: None,
     })?;
     let t = Instant::now();
     vm.boot().await.with_context(|| format!("cold boot #{i}"))?;

@@ -11,19 +11,31 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 use wrenn_types::{CapsuleState, Transition};
-use wrenn_vmm::{snapshot, Net, QemuVm, Vmm};
+use wrenn_vmm::{
+    cgroup::{Cgroup, Limits},
+    snapshot, Net, QemuVm, Vmm,
+};
 
 use crate::{
     envd_client::{EnvdClient, ExecOutput, ExecRequest, InitRequest},
     error::{AgentError, Result},
     netslot::{self, Slot},
     record::{self, CapsuleRecord},
+    templates::{Resolved, SnapshotSource, TemplateInfo, Templates},
 };
 
+/// Memory a VMM may use beyond its guest's RAM (QEMU itself, its translation cache under TCG).
+pub const VMM_OVERHEAD_MIB: u64 = 256;
+
 /// What a create needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateSpec {
     pub template: String,
+    /// vCPUs and memory (0: the template's own).
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Disk size (0: the template's); never smaller than the template's.
+    pub disk_mib: u32,
     pub env_vars: HashMap<String, String>,
     pub metadata: HashMap<String, String>,
     pub egress: bool,
@@ -36,6 +48,14 @@ pub enum Op {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
     Destroy(oneshot::Sender<Result<()>>),
+    /// Pauses the capsule (if it runs) and makes a template of it; it stays paused.
+    Snapshot {
+        name: String,
+        overwrite: bool,
+        templates: Arc<Templates>,
+        in_use: Box<dyn Fn(&std::path::Path) -> bool + Send + Sync>,
+        reply: oneshot::Sender<Result<TemplateInfo>>,
+    },
 }
 
 /// The shared, read-only view of a capsule.
@@ -79,6 +99,22 @@ impl Handle {
     }
     pub async fn destroy(&self) -> Result<()> {
         self.call(Op::Destroy).await
+    }
+    pub async fn snapshot(
+        &self,
+        name: String,
+        overwrite: bool,
+        templates: Arc<Templates>,
+        in_use: Box<dyn Fn(&std::path::Path) -> bool + Send + Sync>,
+    ) -> Result<TemplateInfo> {
+        self.call(|reply| Op::Snapshot {
+            name,
+            overwrite,
+            templates,
+            in_use,
+            reply,
+        })
+        .await
     }
     /// Marks the capsule as used now.
     pub fn touch(&self) {
@@ -142,7 +178,59 @@ impl Capsule {
         self.info.read().unwrap_or_else(|e| e.into_inner()).state
     }
 
-    async fn init_envd(&self, first: bool) -> Result<()> {
+    /// Grows the disk to `bytes` and the guest's root filesystem with it (online).
+    async fn grow_disk(&mut self, bytes: u64) -> Result<()> {
+        self.vm.grow_disk(bytes).await?;
+        let out = self
+            .envd
+            .exec(&ExecRequest {
+                cmd: "/usr/sbin/resize2fs".into(),
+                args: vec!["/dev/vda".into()],
+                user: Some("root".into()),
+                timeout: Some(std::time::Duration::from_secs(60)),
+                ..ExecRequest::default()
+            })
+            .await?;
+        if out.exit_code != 0 {
+            return Err(AgentError::Envd(format!(
+                "growing the root filesystem failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives the guest the host's name servers (those it can reach: not loopback ones), so
+    /// egress works by name. Best effort: a capsule without DNS still runs.
+    async fn set_dns(&self) {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let servers: Vec<&str> = host
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(str::trim)
+            .filter(|a| {
+                a.parse::<std::net::IpAddr>()
+                    .map(|ip| !ip.is_loopback() && !ip.is_unspecified())
+                    .unwrap_or(false)
+            })
+            .collect();
+        if servers.is_empty() {
+            return;
+        }
+        let text: String = servers
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect();
+        if let Err(e) = self
+            .envd
+            .write_file("/etc/resolv.conf", Some("root"), text.into())
+            .await
+        {
+            tracing::warn!(error = %e, "setting the guest's name servers");
+        }
+    }
+
+    async fn init_envd(&self, first: bool, snapshot_token: Option<&str>) -> Result<()> {
         let rec = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
         let req = InitRequest {
             access_token: Some(rec.access_token.clone()),
@@ -154,8 +242,13 @@ impl Capsule {
             default_user: None,
             default_workdir: None,
         };
-        // The snapshot's envd has no token yet on first start; afterwards it needs the token.
-        let previous = (!first).then_some(rec.access_token.as_str());
+        // A template's envd has no token (a snapshot template's has its source capsule's);
+        // afterwards it needs the capsule's own.
+        let previous = if first {
+            snapshot_token
+        } else {
+            Some(rec.access_token.as_str())
+        };
         self.envd.init(&req, previous).await
     }
 
@@ -195,7 +288,7 @@ impl Capsule {
         }
         let resumed = async {
             self.start_vm(&self.dir.join("state")).await?;
-            self.init_envd(false).await
+            self.init_envd(false, None).await
         }
         .await;
         if let Err(e) = resumed {
@@ -205,11 +298,58 @@ impl Capsule {
         self.transition(Transition::Resume)
     }
 
+    fn release_cgroup(&self) {
+        if let Some(g) = &self.vm.config().cgroup {
+            g.remove();
+        }
+    }
+
+    /// Pauses the capsule if it runs, then makes template `name` of its files.
+    async fn snapshot(
+        &mut self,
+        name: String,
+        overwrite: bool,
+        templates: &Templates,
+        in_use: &(dyn Fn(&std::path::Path) -> bool + Send + Sync),
+    ) -> Result<TemplateInfo> {
+        match self.state() {
+            CapsuleState::Running => self.pause().await?,
+            CapsuleState::Paused => {}
+            state => {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "capsule is {state}; only running or paused capsules can be snapshotted"
+                )))
+            }
+        }
+        let rec = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = self.vm.config();
+        let source = SnapshotSource {
+            capsule_id: rec.id.clone(),
+            base: rec.template.clone(),
+            restored_from: rec
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| templates.images_dir().join(&rec.template)),
+            memory: config.memory_path(),
+            state: self.dir.join("state"),
+            disk: config.disk.clone(),
+            spec: snapshot::SnapshotSpec {
+                format: snapshot::SNAPSHOT_FORMAT,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                accel: config.accel.as_str().into(),
+            },
+            envd_token: rec.access_token.clone(),
+        };
+        templates.publish(&name, overwrite, source, in_use).await
+    }
+
     /// Turns the capsule to `error` with `why`, stops its VMM and releases its slot at once;
     /// the folder stays (for the console log) until destroy.
     async fn fail(&mut self, why: String) {
         tracing::warn!(id = %self.info.read().unwrap_or_else(|e| e.into_inner()).id, %why, "capsule failed");
         let _ = self.vm.stop().await;
+        self.release_cgroup();
         self.slot.release().await;
         let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
         rec.state = rec
@@ -236,6 +376,7 @@ impl Capsule {
     /// Stops the VM and removes everything the capsule owns; the folder goes last.
     async fn teardown(&mut self) {
         let _ = self.vm.stop().await;
+        self.release_cgroup();
         self.slot.release().await;
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "removing the capsule folder");
@@ -248,25 +389,30 @@ impl Capsule {
 pub async fn create(
     id: String,
     dir: PathBuf,
-    template_dir: PathBuf,
+    resolved: Resolved,
     slot_index: u32,
     spec: CreateSpec,
     qemu: PathBuf,
 ) -> Result<Handle> {
-    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating the capsule folder", e))?;
-    let snap = snapshot::Snapshot {
-        template_dir: template_dir.clone(),
+    let disk_bytes = if spec.disk_mib == 0 {
+        resolved.disk_bytes
+    } else {
+        u64::from(spec.disk_mib) << 20
     };
-    let Some(shape) = snap.spec() else {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(AgentError::NotFound(format!(
-            "template {} has no ready snapshot",
-            spec.template
+    if disk_bytes < resolved.disk_bytes {
+        return Err(AgentError::InvalidArgument(format!(
+            "disk_mib must be at least the template's {} MiB",
+            resolved.disk_bytes >> 20
         )));
-    };
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating the capsule folder", e))?;
+    let snap = resolved.snapshot.clone();
+    let shape = resolved.spec.clone();
     let rec = CapsuleRecord {
         id: id.clone(),
         template: spec.template.clone(),
+        snapshot_dir: Some(snap.template_dir.clone()),
+        disk_mib: (disk_bytes >> 20) as u32,
         vcpus: shape.vcpus,
         memory_mib: shape.memory_mib,
         slot: slot_index,
@@ -295,19 +441,31 @@ pub async fn create(
             return Err(e);
         }
     };
-    let built = snapshot::prepare_capsule(
-        &snap,
-        &dir,
-        Net::Tap {
-            netns: slot.addrs.netns.clone(),
-            tap: netslot::TAP.into(),
-        },
-        qemu,
-    )
-    .and_then(QemuVm::new);
+    let limits = Limits {
+        cpus: shape.vcpus,
+        memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
+    };
+    let built = Cgroup::create(&slot.addrs.netns, limits)
+        .and_then(|cgroup| {
+            let mut config = snapshot::prepare_capsule(
+                &snap,
+                &dir,
+                Net::Tap {
+                    netns: slot.addrs.netns.clone(),
+                    tap: netslot::TAP.into(),
+                },
+                qemu,
+            )?;
+            config.cgroup = cgroup;
+            Ok(config)
+        })
+        .and_then(QemuVm::new);
     let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
+            if let Some(g) = Cgroup::named(&slot.addrs.netns) {
+                g.remove();
+            }
             let mut slot = slot;
             slot.release().await;
             let _ = std::fs::remove_dir_all(&dir);
@@ -326,7 +484,9 @@ pub async fn create(
     let started = async {
         capsule.transition(Transition::Start)?;
         capsule.start_vm(&snap.state()).await?;
-        capsule.init_envd(true).await?;
+        capsule
+            .init_envd(true, resolved.envd_token.as_deref())
+            .await?;
         let token = capsule
             .info
             .read()
@@ -334,6 +494,12 @@ pub async fn create(
             .access_token
             .clone();
         capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
+        if disk_bytes > resolved.disk_bytes {
+            capsule.grow_disk(disk_bytes).await?;
+        }
+        if spec.egress {
+            capsule.set_dns().await;
+        }
         capsule.transition(Transition::Ready)
     }
     .await;
@@ -367,11 +533,16 @@ impl Handle {
 }
 
 /// Takes over a capsule a previous agent left running or paused.
-pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result<Handle> {
+pub async fn adopt(dir: PathBuf, images_dir: &std::path::Path, qemu: PathBuf) -> Result<Handle> {
     let rec = record::load(&dir)?;
-    let snap = snapshot::Snapshot { template_dir };
+    let snap = snapshot::Snapshot {
+        template_dir: rec
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| images_dir.join(&rec.template)),
+    };
     let slot = Slot::adopt(rec.slot, rec.egress).await?;
-    let config = snapshot::capsule_config(
+    let mut config = snapshot::capsule_config(
         &snap,
         &dir,
         Net::Tap {
@@ -380,6 +551,7 @@ pub async fn adopt(dir: PathBuf, template_dir: PathBuf, qemu: PathBuf) -> Result
         },
         qemu,
     )?;
+    config.cgroup = Cgroup::named(&slot.addrs.netns).filter(|g| g.dirs.iter().all(|d| d.is_dir()));
     let vm = match (rec.state, rec.vmm_pid) {
         (CapsuleState::Running, Some(pid)) => QemuVm::adopt(config, pid).await?,
         (CapsuleState::Paused, _) => QemuVm::saved(config)?,
@@ -437,6 +609,18 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 let _ = reply.send(Ok(()));
                 return;
             }
+            Op::Snapshot {
+                name,
+                overwrite,
+                templates,
+                in_use,
+                reply,
+            } => {
+                let made = capsule
+                    .snapshot(name, overwrite, &templates, in_use.as_ref())
+                    .await;
+                let _ = reply.send(made);
+            }
         }
     }
     // In error the capsule holds no VM and no slot; only destroy does anything now.
@@ -447,17 +631,24 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 let _ = reply.send(Ok(()));
                 return;
             }
-            Op::Pause(r) | Op::Resume(r) => {
+            other => {
                 let why = capsule
                     .info
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .error
-                    .clone();
-                let _ = r.send(Err(AgentError::FailedPrecondition(format!(
-                    "capsule is in error: {}",
-                    why.unwrap_or_default()
-                ))));
+                    .clone()
+                    .unwrap_or_default();
+                let err = || AgentError::FailedPrecondition(format!("capsule is in error: {why}"));
+                match other {
+                    Op::Pause(r) | Op::Resume(r) => {
+                        let _ = r.send(Err(err()));
+                    }
+                    Op::Snapshot { reply, .. } => {
+                        let _ = reply.send(Err(err()));
+                    }
+                    Op::Destroy(_) => {}
+                }
             }
         }
     }

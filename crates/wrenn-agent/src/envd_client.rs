@@ -214,6 +214,47 @@ impl EnvdClient {
         user: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<ExecEvent>>> {
+        self.connect_stream(
+            procedure,
+            body,
+            user,
+            timeout,
+            events_of,
+            Some(|ev: &ExecEvent| matches!(ev, ExecEvent::End { .. })),
+        )
+        .await
+    }
+
+    /// Watches `path` (and below it with `recursive`): `Started` once the watch is set, then
+    /// each change, until the receiver is dropped.
+    pub async fn watch_dir(
+        &self,
+        path: &str,
+        recursive: bool,
+        user: Option<&str>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent>>> {
+        self.connect_stream(
+            "/filesystem.Filesystem/WatchDir",
+            &json!({ "path": path, "recursive": recursive }),
+            user,
+            None,
+            watch_events_of,
+            None,
+        )
+        .await
+    }
+
+    /// A server-streaming Connect call (JSON codec): each message parsed by `parse`. With
+    /// `last`, a stream that closes before a message `last` accepts is an error.
+    async fn connect_stream<T: Send + 'static>(
+        &self,
+        procedure: &str,
+        body: &Value,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+        parse: fn((u8, Value)) -> Vec<Result<T>>,
+        last: Option<fn(&T) -> bool>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<T>>> {
         let body = body.to_string();
         let mut framed = Vec::with_capacity(body.len() + 5);
         framed.push(0);
@@ -254,15 +295,15 @@ impl EnvdClient {
                             return;
                         }
                     };
-                    for ev in events_of(frame) {
-                        ended |= matches!(ev, Ok(ExecEvent::End { .. }));
+                    for ev in parse(frame) {
+                        ended |= matches!((&ev, last), (Ok(e), Some(is_last)) if is_last(e));
                         if tx.send(ev).await.is_err() {
                             return; // the caller went away; the process keeps running
                         }
                     }
                 }
             }
-            if !ended {
+            if !ended && last.is_some() {
                 let _ = tx
                     .send(Err(AgentError::Envd(
                         "the process stream ended without an end event".into(),
@@ -378,6 +419,38 @@ pub enum ExecEvent {
         exit_code: i32,
         error: Option<String>,
     },
+}
+
+/// One event of a folder watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Started,
+    /// A change: the name relative to the watched folder and envd's event type
+    /// (`EVENT_TYPE_CREATE`, `…_WRITE`, `…_REMOVE`, `…_RENAME`, `…_CHMOD`).
+    Changed {
+        name: String,
+        kind: String,
+    },
+}
+
+fn watch_events_of((flags, msg): (u8, Value)) -> Vec<Result<WatchEvent>> {
+    if flags & 2 != 0 {
+        return match msg.get("error") {
+            Some(err) => vec![Err(classify(err))],
+            None => Vec::new(),
+        };
+    }
+    let ev = &msg["event"];
+    if ev.get("start").is_some() {
+        return vec![Ok(WatchEvent::Started)];
+    }
+    match ev.get("filesystem") {
+        Some(fs) => vec![Ok(WatchEvent::Changed {
+            name: fs["name"].as_str().unwrap_or("").to_string(),
+            kind: fs["type"].as_str().unwrap_or("").to_string(),
+        })],
+        None => Vec::new(), // keepalives
+    }
 }
 
 fn events_of((flags, msg): (u8, Value)) -> Vec<Result<ExecEvent>> {

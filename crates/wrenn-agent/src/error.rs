@@ -17,6 +17,8 @@ pub enum AgentError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("network: {0}")]
     Network(String),

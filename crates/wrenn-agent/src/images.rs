@@ -187,28 +187,16 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
         req.accel.as_str()
     ));
     let started = Instant::now();
-    // Boot in a network slot of its own, as capsules will run: a TAP keeps no device state, so
-    // the snapshot restores into any slot.
     netslot::ensure_host_rules().await?;
-    let mut slot = Slot::create(netslot::free_build_slot().await?, false).await?;
-    let made = snapshot::make_template_snapshot(
+    let snap = snapshot_in_slot(
         &template_dir,
-        &TemplateBoot {
-            vcpus: req.vcpus,
-            memory_mib: req.memory_mib,
-            accel: req.accel,
-            qemu: req.qemu.clone(),
-            net: Net::Tap {
-                netns: slot.addrs.netns.clone(),
-                tap: netslot::TAP.into(),
-            },
-            envd: SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT),
-            ready_timeout: Duration::from_secs(180),
-        },
+        netslot::free_build_slot().await?,
+        req.vcpus,
+        req.memory_mib,
+        req.accel,
+        req.qemu.clone(),
     )
-    .await;
-    slot.release().await;
-    let snap = made?;
+    .await?;
     let snapshot_time = started.elapsed();
     let bytes = std::fs::metadata(snap.memory())
         .map(|m| {
@@ -226,6 +214,38 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
         snapshot_time,
         rebuilt: true,
     })
+}
+
+/// Makes the ready snapshot of `template_dir` by booting it in network slot `slot` (which
+/// must be free): as capsules will run, on a TAP, which keeps no device state, so the snapshot
+/// restores into any slot. The slot is released whatever happens.
+pub async fn snapshot_in_slot(
+    template_dir: &Path,
+    slot: u32,
+    vcpus: u32,
+    memory_mib: u32,
+    accel: Accel,
+    qemu: PathBuf,
+) -> Result<Snapshot> {
+    let mut slot = Slot::create(slot, false).await?;
+    let made = snapshot::make_template_snapshot(
+        template_dir,
+        &TemplateBoot {
+            vcpus,
+            memory_mib,
+            accel,
+            qemu,
+            net: Net::Tap {
+                netns: slot.addrs.netns.clone(),
+                tap: netslot::TAP.into(),
+            },
+            envd: SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT),
+            ready_timeout: Duration::from_secs(180),
+        },
+    )
+    .await;
+    slot.release().await;
+    Ok(made?)
 }
 
 fn tempfile_dir() -> Result<tempfile::TempDir> {

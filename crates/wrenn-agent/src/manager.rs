@@ -1,9 +1,9 @@
 //! The capsules of this host: ids, slots, folders, and the tasks that own them.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    path::PathBuf,
-    sync::Mutex,
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use wrenn_types::{CapsuleState, Id, IdKind};
@@ -12,8 +12,10 @@ use crate::{
     capsule::{self, CreateSpec, Handle},
     envd_client::{ExecOutput, ExecRequest},
     error::{AgentError, Result},
-    images, netslot,
+    images,
+    netslot::{self, SlotPool},
     record::{self, CapsuleRecord},
+    templates::{TemplateInfo, Templates},
 };
 
 fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
@@ -57,11 +59,39 @@ pub struct AgentConfig {
 /// The slots of a host's agent; the top of the range is left to template builds.
 pub const DEFAULT_SLOTS: std::ops::RangeInclusive<u32> = 1..=16_000;
 
+/// Memory the host keeps for itself: creates that would leave less are refused.
+const HOST_RESERVE_MIB: u64 = 512;
+
+/// Removes the VMM groups of slots in `range` that no adopted capsule holds, killing what
+/// still runs in them.
+fn cleanup_cgroups(keep: &[u32], range: &std::ops::RangeInclusive<u32>) {
+    for name in wrenn_vmm::cgroup::existing() {
+        let Some(n) = name
+            .strip_prefix(netslot::NETNS_PREFIX)
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !range.contains(&n) || keep.contains(&n) {
+            continue;
+        }
+        if let Some(group) = wrenn_vmm::cgroup::Cgroup::named(&name) {
+            for pid in group.pids() {
+                // SAFETY: plain kill(2) of a process left in an orphaned VMM group.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            tracing::info!(%name, "removing an orphaned VMM cgroup");
+            group.remove();
+        }
+    }
+}
+
 /// All capsules of this host.
 pub struct Manager {
     config: AgentConfig,
     capsules: Mutex<HashMap<String, Handle>>,
-    slots: Mutex<BTreeSet<u32>>,
+    slots: SlotPool,
+    templates: Arc<Templates>,
 }
 
 impl Manager {
@@ -73,8 +103,13 @@ impl Manager {
         std::fs::create_dir_all(&capsules_dir)
             .map_err(|e| AgentError::io("creating the capsules folder", e))?;
         netslot::ensure_host_rules().await?;
+        let templates = Arc::new(Templates::new(
+            config.images_dir.clone(),
+            config.qemu.clone(),
+        ));
+        templates.clean_leftovers();
         let mut capsules = HashMap::new();
-        let mut slots = BTreeSet::new();
+        let mut slots = Vec::new();
         for entry in std::fs::read_dir(&capsules_dir)
             .map_err(|e| AgentError::io("listing capsules", e))?
             .flatten()
@@ -83,12 +118,7 @@ impl Manager {
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
-                    capsule::adopt(
-                        dir.clone(),
-                        config.images_dir.join(&r.template),
-                        config.qemu.clone(),
-                    )
-                    .await
+                    capsule::adopt(dir.clone(), &config.images_dir, config.qemu.clone()).await
                 }
                 _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
             };
@@ -96,7 +126,7 @@ impl Manager {
                 Ok(handle) => {
                     let r = handle.record();
                     tracing::info!(id = %r.id, state = %r.state, "re-adopted a capsule");
-                    slots.insert(r.slot);
+                    slots.push(r.slot);
                     capsules.insert(r.id.clone(), handle);
                 }
                 Err(e) => {
@@ -108,36 +138,63 @@ impl Manager {
                 }
             }
         }
-        let keep: Vec<u32> = slots.iter().copied().collect();
-        let removed = netslot::cleanup_orphans(&keep, &config.slots).await?;
+        let removed = netslot::cleanup_orphans(&slots, &config.slots).await?;
         if !removed.is_empty() {
             tracing::info!(?removed, "removed orphaned network slots");
         }
         kill_stray_qemus(&capsules_dir, &capsules);
+        cleanup_cgroups(&slots, &config.slots);
+        if wrenn_vmm::cgroup::bases().is_none() {
+            tracing::warn!("no usable cgroups on this host: VMMs run without CPU and memory caps");
+        }
         Ok(Manager {
+            slots: SlotPool::new(config.slots.clone(), slots),
             config,
             capsules: Mutex::new(capsules),
-            slots: Mutex::new(slots),
+            templates,
         })
     }
 
-    fn take_slot(&self) -> Result<u32> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let n = self
-            .config
-            .slots
-            .clone()
-            .find(|n| !slots.contains(n))
-            .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
-        slots.insert(n);
-        Ok(n)
+    /// Whether a capsule restores from a snapshot in template folder `dir`.
+    fn template_in_use(&self, dir: &Path) -> bool {
+        let images = self.config.images_dir.clone();
+        self.list().iter().any(|r| {
+            r.snapshot_dir
+                .clone()
+                .unwrap_or_else(|| images.join(&r.template))
+                .starts_with(dir)
+        })
     }
 
-    fn free_slot(&self, n: u32) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&n);
+    /// Refuses a create that would take more memory than the host has: running capsules'
+    /// RAM plus their VMMs' overhead, plus the new one, plus a reserve for the host.
+    fn check_capacity(&self, memory_mib: u32) -> Result<()> {
+        let list = self.list();
+        if list.len() >= self.config.max_capsules {
+            return Err(AgentError::ResourceExhausted(format!(
+                "this host already runs {} capsules (its limit)",
+                list.len()
+            )));
+        }
+        let committed: u64 = list
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    CapsuleState::Running | CapsuleState::Starting | CapsuleState::Pending
+                )
+            })
+            .map(|r| u64::from(r.memory_mib) + capsule::VMM_OVERHEAD_MIB)
+            .sum();
+        let total = host_memory_bytes() >> 20;
+        let wanted = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
+        if committed + wanted + HOST_RESERVE_MIB > total {
+            return Err(AgentError::ResourceExhausted(format!(
+                "not enough memory on this host: {wanted} MiB asked, {} MiB free of {total} MiB",
+                total.saturating_sub(committed + HOST_RESERVE_MIB)
+            )));
+        }
+        Ok(())
     }
 
     fn handle(&self, id: &str) -> Result<Handle> {
@@ -149,31 +206,32 @@ impl Manager {
             .ok_or_else(|| AgentError::NotFound(format!("capsule {id} not found")))
     }
 
-    /// Creates a capsule from a template's snapshot.
+    /// Creates a capsule from a template's snapshot (of the asked shape, made on first use).
     pub async fn create(&self, spec: CreateSpec) -> Result<CapsuleRecord> {
         if !images::valid_name(&spec.template) {
             return Err(AgentError::BadTemplateName(spec.template));
         }
-        {
-            let n = self
-                .capsules
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len();
-            if n >= self.config.max_capsules {
-                return Err(AgentError::ResourceExhausted(format!(
-                    "this host already runs {n} capsules (its limit)"
-                )));
-            }
-        }
+        validate_shape(&spec)?;
+        let own = self.templates.info(&spec.template)?;
+        let memory = if spec.memory_mib == 0 {
+            own.memory_mib
+        } else {
+            spec.memory_mib
+        };
+        self.check_capacity(memory)?;
+        let resolved = self
+            .templates
+            .resolve(&spec.template, spec.vcpus, spec.memory_mib, &self.slots)
+            .await?;
+        // Checked again: the shape may have taken a while to make.
+        self.check_capacity(resolved.spec.memory_mib)?;
         let id = Id::new(IdKind::Capsule).to_string();
-        let slot = self.take_slot()?;
+        let slot = self.slots.take()?;
         let dir = self.config.data_dir.join("capsules").join(&id);
-        let template_dir = self.config.images_dir.join(&spec.template);
         let made = capsule::create(
             id.clone(),
             dir,
-            template_dir,
+            resolved,
             slot,
             spec,
             self.config.qemu.clone(),
@@ -189,7 +247,7 @@ impl Manager {
                 Ok(rec)
             }
             Err(e) => {
-                self.free_slot(slot);
+                self.slots.free(slot);
                 Err(e)
             }
         }
@@ -334,37 +392,50 @@ impl Manager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        self.free_slot(slot);
+        self.slots.free(slot);
         Ok(())
+    }
+
+    /// Makes template `name` from capsule `id` (paused first if it runs; it stays paused).
+    pub async fn snapshot(&self, id: &str, name: &str, overwrite: bool) -> Result<TemplateInfo> {
+        let h = self.handle(id)?;
+        self.templates.dir(name)?;
+        let others: Vec<CapsuleRecord> = self.list().into_iter().filter(|r| r.id != id).collect();
+        let images = self.config.images_dir.clone();
+        let in_use = Box::new(move |dir: &Path| {
+            others.iter().any(|r| {
+                r.snapshot_dir
+                    .clone()
+                    .unwrap_or_else(|| images.join(&r.template))
+                    .starts_with(dir)
+            })
+        });
+        h.snapshot(name.into(), overwrite, self.templates.clone(), in_use)
+            .await
+    }
+
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        self.templates.list()
+    }
+
+    /// Deletes a snapshot template no capsule uses.
+    pub fn delete_template(&self, name: &str) -> Result<()> {
+        self.templates.delete(name, |d| self.template_in_use(d))
     }
 
     /// What this host is and how full it is.
     pub fn host_info(&self) -> wrenn_proto::agent::v1::HostInfoResponse {
         let (accel, reason) = wrenn_vmm::accel::detect();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_kib: u64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         let disk = nix::sys::statvfs::statvfs(&self.config.data_dir)
             .map(|s| s.blocks() * s.fragment_size())
             .unwrap_or(0);
-        let templates = std::fs::read_dir(&self.config.images_dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().join("snapshot/vm.json").is_file())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let templates = self.templates.list().into_iter().map(|t| t.name).collect();
         wrenn_proto::agent::v1::HostInfoResponse {
             arch: std::env::consts::ARCH.into(),
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            memory_bytes: mem_kib * 1024,
+            memory_bytes: host_memory_bytes(),
             disk_bytes: disk,
             accel: accel.as_str().into(),
             accel_reason: reason,
@@ -383,4 +454,39 @@ impl Manager {
             rec.access_token,
         ))
     }
+}
+
+fn host_memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The shapes a capsule may ask for (0 everywhere: the template's).
+fn validate_shape(spec: &CreateSpec) -> Result<()> {
+    let bad = |m: String| Err(AgentError::InvalidArgument(m));
+    if spec.vcpus > 32 {
+        return bad(format!("vcpus must be 1..=32, not {}", spec.vcpus));
+    }
+    if spec.memory_mib != 0 && !(128..=65_536).contains(&spec.memory_mib) {
+        return bad(format!(
+            "memory_mib must be 128..=65536, not {}",
+            spec.memory_mib
+        ));
+    }
+    if !spec.memory_mib.is_multiple_of(2) {
+        return bad(format!("memory_mib must be even, not {}", spec.memory_mib));
+    }
+    if spec.disk_mib > 1 << 20 {
+        return bad(format!(
+            "disk_mib must be at most 1 TiB, not {}",
+            spec.disk_mib
+        ));
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use crate::error::{AgentError, Result};
 
 /// Highest slot index (a /31 per slot in 10.200.0.0/16).
 pub const MAX_SLOT: u32 = 32_766;
-const NETNS_PREFIX: &str = "wrenn-";
+pub const NETNS_PREFIX: &str = "wrenn-";
 const VETH_PREFIX: &str = "wn-";
 /// The TAP device inside every slot's netns.
 pub const TAP: &str = "tap0";
@@ -289,6 +289,45 @@ impl Slot {
     }
 }
 
+/// The slots an agent hands out: its range, minus those in use.
+#[derive(Debug)]
+pub struct SlotPool {
+    range: std::ops::RangeInclusive<u32>,
+    used: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl SlotPool {
+    pub fn new(range: std::ops::RangeInclusive<u32>, used: impl IntoIterator<Item = u32>) -> Self {
+        SlotPool {
+            range,
+            used: std::sync::Mutex::new(used.into_iter().collect()),
+        }
+    }
+
+    pub fn range(&self) -> &std::ops::RangeInclusive<u32> {
+        &self.range
+    }
+
+    /// The lowest free slot, now taken.
+    pub fn take(&self) -> Result<u32> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self
+            .range
+            .clone()
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
+        used.insert(n);
+        Ok(n)
+    }
+
+    pub fn free(&self, n: u32) {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
+    }
+}
+
 /// Slot indexes whose netns or host veth exist.
 pub async fn existing_slots() -> Result<Vec<u32>> {
     let mut found = std::collections::BTreeSet::new();
@@ -344,6 +383,16 @@ pub async fn cleanup_orphans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_hands_out_each_slot_once() {
+        let pool = SlotPool::new(5..=7, [6]);
+        assert_eq!(pool.take().unwrap(), 5);
+        assert_eq!(pool.take().unwrap(), 7);
+        assert!(matches!(pool.take(), Err(AgentError::ResourceExhausted(_))));
+        pool.free(5);
+        assert_eq!(pool.take().unwrap(), 5);
+    }
 
     #[test]
     fn slot_addresses() {

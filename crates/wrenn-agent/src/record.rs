@@ -15,6 +15,13 @@ use crate::error::{AgentError, Result};
 pub struct CapsuleRecord {
     pub id: String,
     pub template: String,
+    /// The template folder whose snapshot the capsule restores (a base template's shape, or
+    /// a snapshot template); missing in records of older agents: the template's own.
+    #[serde(default)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Disk size.
+    #[serde(default)]
+    pub disk_mib: u32,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub slot: u32,
@@ -89,6 +96,8 @@ mod tests {
         let rec = CapsuleRecord {
             id: "cl-x".into(),
             template: "minimal".into(),
+            snapshot_dir: Some("/var/lib/wrenn/images/minimal".into()),
+            disk_mib: 2048,
             vcpus: 1,
             memory_mib: 256,
             slot: 3,

@@ -20,6 +20,11 @@ use wrenn_proto::{
         StartBackgroundRequest, StartBackgroundResponse, TimeoutAction, WriteFileRequest,
         WriteFileStreamRequest,
     },
+    agent::v1::{
+        watch_dir_event, DeleteTemplateRequest, DeleteTemplateResponse, FsEventType,
+        ListTemplatesRequest, ListTemplatesResponse, SnapshotCapsuleRequest, Template,
+        TemplateKind, WatchDirEvent, WatchDirRequest,
+    },
     filesystem, process,
 };
 use wrenn_types::{CapsuleState, Id, IdKind};
@@ -87,6 +92,7 @@ impl From<AgentError> for Status {
                 Status::invalid_argument(msg)
             }
             AgentError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            AgentError::AlreadyExists(_) => Status::already_exists(msg),
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             AgentError::Envd(_) => Status::unavailable(msg),
             AgentError::ImageBuild { .. }
@@ -135,6 +141,34 @@ fn to_pb(rec: CapsuleRecord) -> Capsule {
         error: rec.error.unwrap_or_default(),
         timeout_secs: rec.timeout_secs,
         on_timeout: pb_action(rec.on_timeout) as i32,
+        disk_mib: rec.disk_mib,
+    }
+}
+
+fn template_pb(t: crate::templates::TemplateInfo) -> Template {
+    Template {
+        name: t.name,
+        kind: match t.kind {
+            crate::templates::TemplateKind::Base => TemplateKind::Base,
+            crate::templates::TemplateKind::Snapshot => TemplateKind::Snapshot,
+        } as i32,
+        vcpus: t.vcpus,
+        memory_mib: t.memory_mib,
+        disk_bytes: t.disk_bytes,
+        size_bytes: t.size_bytes,
+        created_at_unix: t.created_at_unix,
+        base: t.base.unwrap_or_default(),
+    }
+}
+
+fn fs_event_type(kind: &str) -> FsEventType {
+    match kind {
+        "EVENT_TYPE_CREATE" => FsEventType::Create,
+        "EVENT_TYPE_WRITE" => FsEventType::Write,
+        "EVENT_TYPE_REMOVE" => FsEventType::Remove,
+        "EVENT_TYPE_RENAME" => FsEventType::Rename,
+        "EVENT_TYPE_CHMOD" => FsEventType::Chmod,
+        _ => FsEventType::Unspecified,
     }
 }
 
@@ -173,6 +207,9 @@ impl Agent for AgentService {
             .manager
             .create(CreateSpec {
                 template: r.template,
+                vcpus: r.vcpus,
+                memory_mib: r.memory_mib,
+                disk_mib: r.disk_mib,
                 env_vars: r.env_vars,
                 metadata: r.metadata,
                 egress: r.egress,
@@ -633,6 +670,75 @@ impl Agent for AgentService {
             )
             .await?;
         Ok(Response::new(entry(moved.entry.unwrap_or_default())))
+    }
+
+    type WatchDirStream = ReceiverStream<Result<WatchDirEvent, Status>>;
+
+    async fn watch_dir(
+        &self,
+        req: Request<WatchDirRequest>,
+    ) -> Result<Response<Self::WatchDirStream>, Status> {
+        let r = req.into_inner();
+        let mut events = self
+            .envd(&r.capsule_id)?
+            .watch_dir(&r.path, r.recursive, user_of(&r.user))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let msg = ev.map_err(Status::from).map(|ev| {
+                    let event = match ev {
+                        envd_client::WatchEvent::Started => {
+                            watch_dir_event::Event::Started(watch_dir_event::Started {})
+                        }
+                        envd_client::WatchEvent::Changed { name, kind } => {
+                            watch_dir_event::Event::Fs(watch_dir_event::FsEvent {
+                                name,
+                                r#type: fs_event_type(&kind) as i32,
+                            })
+                        }
+                    };
+                    WatchDirEvent { event: Some(event) }
+                });
+                // Dropping `events` when the client goes away ends the watch in envd.
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn snapshot_capsule(
+        &self,
+        req: Request<SnapshotCapsuleRequest>,
+    ) -> Result<Response<Template>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let made = self.manager.snapshot(&id, &r.name, r.overwrite).await?;
+        Ok(Response::new(template_pb(made)))
+    }
+
+    async fn list_templates(
+        &self,
+        _req: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
+        Ok(Response::new(ListTemplatesResponse {
+            templates: self
+                .manager
+                .templates()
+                .into_iter()
+                .map(template_pb)
+                .collect(),
+        }))
+    }
+
+    async fn delete_template(
+        &self,
+        req: Request<DeleteTemplateRequest>,
+    ) -> Result<Response<DeleteTemplateResponse>, Status> {
+        self.manager.delete_template(&req.into_inner().name)?;
+        Ok(Response::new(DeleteTemplateResponse {}))
     }
 
     async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {

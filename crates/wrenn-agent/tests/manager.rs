@@ -35,8 +35,7 @@ fn spec(env: &[(&str, &str)]) -> CreateSpec {
             .collect(),
         metadata: HashMap::new(),
         egress: false,
-        timeout_secs: 0,
-        on_timeout: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -59,6 +59,8 @@ pub struct VmConfig {
     pub accel: Accel,
     /// The QEMU binary (`qemu-system-x86_64` from `PATH` by default).
     pub qemu: PathBuf,
+    /// The groups the VMM runs in (CPU and memory caps); `None` runs it uncapped.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 impl VmConfig {

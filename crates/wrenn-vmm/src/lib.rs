@@ -6,6 +6,7 @@
 //! the process exits, RAM stays in the memory file), `stop`.
 
 pub mod accel;
+pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -298,24 +298,35 @@ impl QemuVm {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        if let Net::Tap { netns, .. } = &c.net {
-            let ns = std::fs::File::open(Path::new("/run/netns").join(netns))
-                .map_err(|e| VmmError::io(format!("opening netns {netns}"), e))?;
-            let fd = ns.as_raw_fd();
-            // SAFETY: setns is async-signal-safe; `ns` stays open until after spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
+        // Opened here, used in the child between fork and exec, closed after the spawn.
+        let ns = match &c.net {
+            Net::Tap { netns, .. } => Some(
+                std::fs::File::open(Path::new("/run/netns").join(netns))
+                    .map_err(|e| VmmError::io(format!("opening netns {netns}"), e))?,
+            ),
+            _ => None,
+        };
+        let procs = match &c.cgroup {
+            Some(g) => g.open_procs()?,
+            None => Vec::new(),
+        };
+        let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
+        let procs_fds = crate::cgroup::raw(&procs);
+        // SAFETY: only async-signal-safe calls (write(2), setns(2)) on descriptors that stay
+        // open until after the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::cgroup::join_from_child(&procs_fds)?;
+                if let Some(fd) = ns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn();
-            drop(ns);
-            return self.supervise(child).await;
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn();
+        drop((ns, procs));
         self.supervise(child).await
     }
 
@@ -394,6 +405,18 @@ impl QemuVm {
         self.process
             .as_mut()
             .ok_or(VmmError::State { action, state })
+    }
+
+    /// Grows the running VM's disk to `bytes` (the guest sees the new size at once; growing
+    /// its filesystem is the guest's business).
+    pub async fn grow_disk(&mut self, bytes: u64) -> Result<()> {
+        self.qmp(
+            "grow the disk of",
+            "block_resize",
+            Some(serde_json::json!({ "device": "root", "size": bytes })),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn qmp(

@@ -107,6 +107,7 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
             net: boot.net.clone(),
             accel: boot.accel,
             qemu: boot.qemu.clone(),
+            cgroup: None,
         })?;
         vm.boot().await?;
         let ready = vm.wait_ready(boot.envd, boot.ready_timeout).await;
@@ -176,6 +177,7 @@ pub fn capsule_config(
         net,
         accel,
         qemu,
+        cgroup: None,
     })
 }
 
@@ -189,21 +191,24 @@ pub fn prepare_capsule(
 ) -> Result<VmConfig> {
     let config = capsule_config(snap, capsule_dir, net, qemu)?;
     files::copy_sparse(&snap.memory(), &config.memory_path())?;
-    create_overlay(&snap.disk(), &config.disk)?;
+    create_overlay(&snap.disk(), &config.disk, None)?;
     Ok(config)
 }
 
-/// `qemu-img create -f qcow2 -b BASE -F raw OVERLAY`.
-pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+/// `qemu-img create -f qcow2 -b BASE -F raw OVERLAY [SIZE]`: a copy-on-write disk over `base`,
+/// as large as `base` or `size` bytes.
+pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> Result<()> {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| VmmError::Spawn {
-            program: "qemu-img".into(),
-            source: e,
-        })?;
+        .arg(overlay);
+    if let Some(size) = size {
+        cmd.arg(size.to_string());
+    }
+    let out = cmd.output().map_err(|e| VmmError::Spawn {
+        program: "qemu-img".into(),
+        source: e,
+    })?;
     if !out.status.success() {
         return Err(VmmError::Config(format!(
             "qemu-img create failed: {}",
