@@ -20,6 +20,12 @@ pub enum AgentError {
     ResourceExhausted(String),
     #[error("network: {0}")]
     Network(String),
+    /// Certificates, keys and TLS settings (the agent's PKI).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Serving or reaching the gRPC service (listen sockets, connections).
+    #[error("{0}")]
+    Transport(String),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error("{context}: {source}")]

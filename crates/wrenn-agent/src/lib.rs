@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod netslot;
 pub mod record;
 pub mod service;
+pub mod tls;
 
 pub use error::{AgentError, Result};

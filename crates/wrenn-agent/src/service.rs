@@ -92,6 +92,8 @@ impl From<AgentError> for Status {
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)
             | AgentError::Vmm(_)
+            | AgentError::Tls(_)
+            | AgentError::Transport(_)
             | AgentError::Io { .. } => {
                 tracing::error!(error = %msg, "agent request failed");
                 Status::internal(msg)
