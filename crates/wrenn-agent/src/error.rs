@@ -45,4 +45,19 @@ impl AgentError {
     }
 }
 
+/// `e` and its sources, `: `-separated (tonic's transport errors say little on their own).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -99,13 +99,18 @@ async fn main() -> anyhow::Result<()> {
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut stopping = stop_rx.clone();
-            let server = wrenn_agent::service::serve(listener, manager, async move {
-                tokio::select! {
-                    _ = int.recv() => tracing::warn!("SIGINT: stopping (capsules keep running)"),
-                    _ = term.recv() => tracing::warn!("SIGTERM: stopping (capsules keep running)"),
-                }
-                let _ = stop_tx.send(true);
-            });
+            let server = wrenn_agent::service::serve(
+                wrenn_agent::service::Listen::Tcp(listener),
+                None,
+                manager,
+                async move {
+                    tokio::select! {
+                        _ = int.recv() => tracing::warn!("SIGINT: stopping (capsules keep running)"),
+                        _ = term.recv() => tracing::warn!("SIGTERM: stopping (capsules keep running)"),
+                    }
+                    let _ = stop_tx.send(true);
+                },
+            );
             // Clients that keep connections open get a few seconds, not forever.
             tokio::select! {
                 r = server => r.context("serving")?,
