@@ -22,6 +22,12 @@ pub enum AgentError {
     ResourceExhausted(String),
     #[error("network: {0}")]
     Network(String),
+    /// Certificates, keys and TLS settings (the agent's PKI).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Serving or reaching the gRPC service (listen sockets, connections).
+    #[error("{0}")]
+    Transport(String),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error("{context}: {source}")]
@@ -39,6 +45,21 @@ impl AgentError {
             source,
         }
     }
+}
+
+/// `e` and its sources, `: `-separated (tonic's transport errors say little on their own).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -29,8 +29,13 @@ use wrenn_proto::{
 };
 use wrenn_types::{CapsuleState, Id, IdKind};
 
+pub use crate::listen::Listen;
 use crate::{
-    capsule::CreateSpec, envd_client, error::AgentError, manager::Manager, netslot::SlotAddrs,
+    capsule::CreateSpec,
+    envd_client,
+    error::{chain, AgentError},
+    manager::Manager,
+    netslot::SlotAddrs,
     record::CapsuleRecord,
 };
 
@@ -98,6 +103,8 @@ impl From<AgentError> for Status {
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)
             | AgentError::Vmm(_)
+            | AgentError::Tls(_)
+            | AgentError::Transport(_)
             | AgentError::Io { .. } => {
                 tracing::error!(error = %msg, "agent request failed");
                 Status::internal(msg)
@@ -778,20 +785,48 @@ impl AgentService {
     }
 }
 
-/// Serves the agent on `listener` until `shutdown` resolves.
+/// Serves the agent on `listen` until `shutdown` resolves: TCP (with `TCP_NODELAY`, and TLS
+/// when `tls` is given) or a Unix socket (whose file is removed when serving ends). TLS over a
+/// Unix socket is refused: the socket file is 0600, so only its owner can connect anyway.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listen: Listen,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     manager: Arc<Manager>,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(AgentService::new(manager))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+) -> crate::Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        if let Listen::Unix(sock) = &listen {
+            return Err(AgentError::InvalidArgument(format!(
+                "TLS over the Unix socket {} is not supported: the socket is 0600, so only its \
+                 owner can connect",
+                sock.path().display()
+            )));
+        }
+        builder = builder.tls_config(tls).map_err(|e| {
+            AgentError::Tls(format!("the server's TLS configuration: {}", chain(&e)))
+        })?;
+    }
+    let router = builder.add_service(AgentService::new(manager));
+    let served = match listen {
+        Listen::Tcp(listener) => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Listen::Unix(sock) => {
+            let (listener, _file) = sock.into_parts();
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+    };
+    served.map_err(|e| AgentError::Transport(format!("serving gRPC: {}", chain(&e))))
 }
 
 fn tag_selector(tag: String) -> process::ProcessSelector {

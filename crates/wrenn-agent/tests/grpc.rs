@@ -6,7 +6,8 @@ use std::{path::PathBuf, sync::Arc};
 use tonic::Code;
 use wrenn_agent::{
     manager::{AgentConfig, Manager},
-    service,
+    service::{self, Listen},
+    AgentError,
 };
 use wrenn_proto::agent::v1::{
     agent_client::AgentClient, CapsuleRef, CapsuleState, CreateCapsuleRequest, ExecRequest,
@@ -24,7 +25,7 @@ struct TestAgent {
     client: AgentClient<tonic::transport::Channel>,
     manager: Arc<Manager>,
     stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<Result<(), AgentError>>,
     data: tempfile::TempDir,
 }
 
@@ -45,9 +46,14 @@ impl TestAgent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(service::serve(listener, manager.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(service::serve(
+            Listen::Tcp(listener),
+            None,
+            manager.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         let client = AgentClient::connect(format!("http://{addr}"))
             .await
             .unwrap();

@@ -1,10 +1,14 @@
-//! `wrenn`: so far `wrenn agent` and `wrenn template build`. The server and the CLI verbs
-//! arrive with their issues.
+//! `wrenn`: so far `wrenn agent`, `wrenn agent-cert` and `wrenn template build`. The server and
+//! the CLI verbs arrive with their issues.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wrenn_agent::{
+    listen::{Listen, ListenAddr},
+    tls,
+};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Wrenn: secure sandboxes (capsules) for AI")]
@@ -17,9 +21,13 @@ struct Cli {
 enum Command {
     /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
     Agent {
-        /// Address of the gRPC service.
+        /// Address of the gRPC service: `host:port` or `unix:/path/to.sock` (a 0600 socket).
         #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
-        listen: std::net::SocketAddr,
+        listen: ListenAddr,
+        /// Serve mutual TLS with `DIR/ca.pem`, `DIR/agent.pem` and `DIR/agent.key`: clients
+        /// need a certificate from that CA (`wrenn agent-cert` makes them). TCP only.
+        #[arg(long, env = "WRENN_AGENT_TLS_DIR", value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
         /// Where capsules live (`capsules/<id>/`).
         #[arg(long, env = "WRENN_DIR", default_value = "/var/lib/wrenn")]
         data_dir: PathBuf,
@@ -29,6 +37,21 @@ enum Command {
         /// Most capsules this host runs at once.
         #[arg(long, default_value_t = 64)]
         max_capsules: usize,
+    },
+    /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
+    /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
+    /// `client.key`) from it. Existing agent and client certificates are replaced.
+    AgentCert {
+        /// The PKI folder (created 0700; keys are 0600).
+        #[arg(long, env = "WRENN_AGENT_TLS_DIR", value_name = "DIR")]
+        dir: PathBuf,
+        /// A DNS name or IP address of the agent (repeat for more). Default: localhost,
+        /// 127.0.0.1 and this host's name.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// The common name of the client certificate.
+        #[arg(long, default_value = "wrenn-control-plane")]
+        client_name: String,
     },
     /// Guest templates.
     Template {
@@ -70,10 +93,25 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Agent {
             listen,
+            tls_dir,
             data_dir,
             images,
             max_capsules,
         } => {
+            let tls = match &tls_dir {
+                Some(_) if matches!(listen, ListenAddr::Unix(_)) => anyhow::bail!(
+                    "--tls-dir with a Unix socket: TLS is for TCP; the socket is 0600, so only \
+                     its owner can connect"
+                ),
+                Some(dir) => Some(tls::load_server_tls(dir).with_context(|| {
+                    format!(
+                        "loading the agent's TLS from {} (make it with `wrenn agent-cert --dir {}`)",
+                        dir.display(),
+                        dir.display()
+                    )
+                })?),
+                None => None,
+            };
             let (accel, why) = wrenn_vmm::accel::detect();
             tracing::warn!(accel = accel.as_str(), reason = %why, "VM accelerator");
             let manager = std::sync::Arc::new(
@@ -89,17 +127,28 @@ async fn main() -> anyhow::Result<()> {
             );
             manager.spawn_reaper();
             manager.spawn_sampler();
-            let listener = tokio::net::TcpListener::bind(listen)
+            let listener = Listen::bind(&listen)
                 .await
-                .with_context(|| format!("binding {listen}"))?;
-            println!("wrenn agent listening on {}", listener.local_addr()?);
+                .with_context(|| format!("listening on {listen}"))?;
+            let bound = listener.local_addr()?;
+            if let (Listen::Tcp(l), None) = (&listener, &tls) {
+                if !l.local_addr()?.ip().is_loopback() {
+                    tracing::warn!(
+                        %bound,
+                        "serving without TLS on a non-loopback address: whoever reaches it \
+                         controls this host's capsules (use --tls-dir)"
+                    );
+                }
+            }
+            tracing::info!(%bound, tls = tls.is_some(), "agent listening");
+            println!("wrenn agent listening on {bound}");
             let mut int =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut stopping = stop_rx.clone();
-            let server = wrenn_agent::service::serve(listener, manager, async move {
+            let server = wrenn_agent::service::serve(listener, tls, manager, async move {
                 tokio::select! {
                     _ = int.recv() => tracing::warn!("SIGINT: stopping (capsules keep running)"),
                     _ = term.recv() => tracing::warn!("SIGTERM: stopping (capsules keep running)"),
@@ -115,6 +164,32 @@ async fn main() -> anyhow::Result<()> {
                 } => {}
             }
             tracing::warn!("agent stopped");
+        }
+        Command::AgentCert {
+            dir,
+            names,
+            client_name,
+        } => {
+            let names = if names.is_empty() {
+                tls::default_server_names()
+            } else {
+                names
+            };
+            let pki = tls::Pki::load_or_create(&dir)
+                .with_context(|| format!("the CA in {}", dir.display()))?;
+            let agent = pki
+                .issue_server(&names)
+                .context("issuing the agent's certificate")?;
+            agent.write(&dir, tls::AGENT_STEM)?;
+            let client = pki
+                .issue_client(&client_name)
+                .context("issuing the client certificate")?;
+            client.write(&dir, tls::CLIENT_STEM)?;
+            println!(
+                "{}: ca.pem, agent.pem/.key (names: {}), client.pem/.key (CN {client_name})",
+                dir.display(),
+                names.join(", ")
+            );
         }
         Command::Template {
             command:
