@@ -440,11 +440,11 @@ fn watch_events_of((flags, msg): (u8, Value)) -> Vec<Result<WatchEvent>> {
             None => Vec::new(),
         };
     }
-    let ev = &msg["event"];
-    if ev.get("start").is_some() {
+    // The response's `event` is a oneof: its fields sit at the top level in JSON.
+    if msg.get("start").is_some() {
         return vec![Ok(WatchEvent::Started)];
     }
-    match ev.get("filesystem") {
+    match msg.get("filesystem") {
         Some(fs) => vec![Ok(WatchEvent::Changed {
             name: fs["name"].as_str().unwrap_or("").to_string(),
             kind: fs["type"].as_str().unwrap_or("").to_string(),
@@ -496,7 +496,8 @@ async fn http_error(resp: reqwest::Response) -> AgentError {
     let message = v["message"].as_str().unwrap_or("").to_string();
     match status.as_u16() {
         404 => AgentError::NotFound(message),
-        400 | 401 | 403 => AgentError::InvalidArgument(message),
+        400 | 401 => AgentError::InvalidArgument(message),
+        403 => AgentError::PermissionDenied(message),
         507 => AgentError::ResourceExhausted(message),
         _ => AgentError::Envd(format!("{status}: {message}")),
     }
@@ -512,9 +513,8 @@ fn classify(err: &Value) -> AgentError {
     let code = err["code"].as_str().unwrap_or("unknown");
     let message = err["message"].as_str().unwrap_or("").to_string();
     match code {
-        "invalid_argument" | "unauthenticated" | "permission_denied" => {
-            AgentError::InvalidArgument(message)
-        }
+        "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
+        "permission_denied" => AgentError::PermissionDenied(message),
         "not_found" => AgentError::NotFound(message),
         "already_exists" | "failed_precondition" => AgentError::FailedPrecondition(message),
         "resource_exhausted" => AgentError::ResourceExhausted(message),

@@ -19,6 +19,8 @@ pub enum AgentError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("network: {0}")]
     Network(String),

@@ -212,7 +212,9 @@ impl Manager {
             return Err(AgentError::BadTemplateName(spec.template));
         }
         validate_shape(&spec)?;
-        let own = self.templates.info(&spec.template)?;
+        let own = self
+            .templates
+            .check(&spec.template, spec.vcpus, spec.memory_mib)?;
         let memory = if spec.memory_mib == 0 {
             own.memory_mib
         } else {

@@ -98,6 +98,7 @@ impl From<AgentError> for Status {
             }
             AgentError::FailedPrecondition(_) => Status::failed_precondition(msg),
             AgentError::AlreadyExists(_) => Status::already_exists(msg),
+            AgentError::PermissionDenied(_) => Status::permission_denied(msg),
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             AgentError::Envd(_) => Status::unavailable(msg),
             AgentError::ImageBuild { .. }

@@ -213,6 +213,22 @@ impl Templates {
         names.iter().filter_map(|n| self.info(n).ok()).collect()
     }
 
+    /// Whether template `name` can give a capsule of `vcpus` and `memory_mib` (0: its own),
+    /// checked without making anything: the template's shape and memory size.
+    pub fn check(&self, name: &str, vcpus: u32, memory_mib: u32) -> Result<TemplateInfo> {
+        let info = self.info(name)?;
+        let differs = (vcpus != 0 && vcpus != info.vcpus)
+            || (memory_mib != 0 && memory_mib != info.memory_mib);
+        if info.kind == TemplateKind::Snapshot && differs {
+            return Err(AgentError::InvalidArgument(format!(
+                "template {name} is a snapshot of a {}-vCPU, {} MiB capsule; its capsules have \
+                 that shape",
+                info.vcpus, info.memory_mib
+            )));
+        }
+        Ok(info)
+    }
+
     /// The snapshot a capsule of `name` with `vcpus` and `memory_mib` (0: the template's own)
     /// restores. A base template's snapshot of a new shape is made here, in a slot from `pool`.
     pub async fn resolve(
