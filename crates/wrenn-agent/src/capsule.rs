@@ -445,21 +445,29 @@ pub async fn create(
         cpus: shape.vcpus,
         memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
     };
-    let built = Cgroup::create(&slot.addrs.netns, limits)
-        .and_then(|cgroup| {
-            let mut config = snapshot::prepare_capsule(
-                &snap,
-                &dir,
-                Net::Tap {
-                    netns: slot.addrs.netns.clone(),
-                    tap: netslot::TAP.into(),
-                },
-                qemu,
-            )?;
-            config.cgroup = cgroup;
-            Ok(config)
-        })
-        .and_then(QemuVm::new);
+    // The memory copy and `qemu-img` block: off the async workers.
+    let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let cgroup = Cgroup::create(&netns, limits)?;
+        let mut config = snapshot::prepare_capsule(
+            &snap_c,
+            &dir_c,
+            Net::Tap {
+                netns,
+                tap: netslot::TAP.into(),
+            },
+            qemu,
+        )?;
+        config.cgroup = cgroup;
+        QemuVm::new(config)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(wrenn_vmm::VmmError::io(
+            "preparing the capsule",
+            std::io::Error::other(e),
+        ))
+    });
     let vm = match built {
         Ok(vm) => vm,
         Err(e) => {

@@ -516,7 +516,8 @@ fn classify(err: &Value) -> AgentError {
         "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
         "permission_denied" => AgentError::PermissionDenied(message),
         "not_found" => AgentError::NotFound(message),
-        "already_exists" | "failed_precondition" => AgentError::FailedPrecondition(message),
+        "already_exists" => AgentError::AlreadyExists(message),
+        "failed_precondition" => AgentError::FailedPrecondition(message),
         "resource_exhausted" => AgentError::ResourceExhausted(message),
         _ => AgentError::Envd(format!("{code}: {message}")),
     }

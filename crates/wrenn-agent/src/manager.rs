@@ -283,6 +283,25 @@ impl Manager {
         Ok(h.record())
     }
 
+    /// Pauses every running capsule (their state goes to disk; they resume later, also after
+    /// a restart). Returns how many were paused; failures are logged.
+    pub async fn pause_all(&self) -> usize {
+        let running: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.state == CapsuleState::Running)
+            .map(|r| r.id)
+            .collect();
+        let mut paused = 0;
+        for id in running {
+            match self.pause(&id).await {
+                Ok(_) => paused += 1,
+                Err(e) => tracing::warn!(%id, error = %e, "pausing at shutdown"),
+            }
+        }
+        paused
+    }
+
     /// Marks a capsule active (resets its timeout).
     pub fn ping(&self, id: &str) -> Result<()> {
         let h = self.handle(id)?;

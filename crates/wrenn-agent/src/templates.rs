@@ -369,7 +369,20 @@ impl Templates {
         let work = self
             .images_dir
             .join(format!(".new-{name}-{}", random_suffix()));
-        let made = self.fill(&work, name, &source).await;
+        std::fs::create_dir_all(&work)
+            .map_err(|e| AgentError::io("creating the template folder", e))?;
+        // Held while the folder fills: `clean_leftovers` skips folders someone is filling.
+        let lock = std::fs::File::open(&work)
+            .map_err(|e| AgentError::io("opening the template folder", e))
+            .and_then(|f| {
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+                    |(_, e)| AgentError::io("locking the template folder", std::io::Error::from(e)),
+                )
+            });
+        let made = match lock {
+            Ok(_held) => self.fill(&work, name, &source).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&work);
             return Err(e);
@@ -467,6 +480,16 @@ impl Templates {
         for e in dir.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if n.starts_with(".new-") || n.starts_with(".old-") {
+                let busy = std::fs::File::open(e.path())
+                    .ok()
+                    .map(|f| {
+                        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                            .is_err()
+                    })
+                    .unwrap_or(false);
+                if busy {
+                    continue; // another agent is making it right now
+                }
                 tracing::info!(dir = %e.path().display(), "removing a half-made template");
                 let _ = std::fs::remove_dir_all(e.path());
             }

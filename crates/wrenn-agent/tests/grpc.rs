@@ -493,7 +493,7 @@ async fn grpc_processes_and_files() {
         .into_inner();
     assert_eq!(d.r#type, FileType::Directory as i32);
     let again = client.make_dir(f("/home/user/dir/sub")).await.unwrap_err();
-    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(again.code(), Code::AlreadyExists);
     let moved = client
         .r#move(MoveRequest {
             capsule_id: c.id.clone(),
@@ -790,10 +790,29 @@ async fn shapes_disks_and_cgroup_limits() {
 
     // The same shape again restores the kept snapshot (one shape folder).
     let d = client
-        .create_capsule(create(2, 384, 0))
+        .create_capsule(CreateCapsuleRequest {
+            egress: true,
+            ..create(2, 384, 0)
+        })
         .await
         .unwrap()
         .into_inner();
+    // With egress, the guest resolves names through the host's (non-loopback) name servers.
+    let host_servers: Vec<String> = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| {
+            a.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .collect();
+    if !host_servers.is_empty() {
+        let (out, _) = bash(client, &d.id, "grep ^nameserver /etc/resolv.conf").await;
+        let guest: Vec<&str> = out.lines().map(|l| l[10..].trim()).collect();
+        assert_eq!(guest, host_servers);
+    }
     let shapes = std::fs::read_dir(images_dir().join("minimal/shapes"))
         .unwrap()
         .flatten()

@@ -166,6 +166,15 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
         .filter(|n| range.contains(n))
         .collect();
     assert!(slots.is_empty(), "network slots left: {slots:?}");
+    let groups: Vec<String> = wrenn_vmm::cgroup::existing()
+        .into_iter()
+        .filter(|g| {
+            g.strip_prefix("wrenn-")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| range.contains(&n))
+        })
+        .collect();
+    assert!(groups.is_empty(), "VMM cgroups left: {groups:?}");
     assert_eq!(
         wrenn_vmm::qemu::processes_under(data.path()).len(),
         0,

@@ -14,6 +14,7 @@ pub enum IdKind {
     Build,
     Channel,
     Audit,
+    Template,
 }
 
 impl IdKind {
@@ -27,6 +28,7 @@ impl IdKind {
             IdKind::Build => "bld-",
             IdKind::Channel => "ch-",
             IdKind::Audit => "log-",
+            IdKind::Template => "tpl-",
         }
     }
 }
@@ -107,6 +109,7 @@ fn kind_name(kind: IdKind) -> &'static str {
         IdKind::Build => "build",
         IdKind::Channel => "channel",
         IdKind::Audit => "audit log",
+        IdKind::Template => "template",
     }
 }
 

@@ -1,7 +1,9 @@
-//! `wrenn`: so far `wrenn agent`, `wrenn agent-cert` and `wrenn template build`. The server and
-//! the CLI verbs arrive with their issues.
+//! `wrenn`: `wrenn up` (single node), `wrenn agent`, `wrenn agent-cert` and `wrenn template
+//! build`. The CLI verbs arrive with their issue.
 
 use std::path::PathBuf;
+
+mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -19,6 +21,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a single-node Wrenn: the control plane (REST API) and a host agent in one process.
+    Up {
+        /// Where Wrenn keeps everything (database, capsules, images, the admin API key).
+        #[arg(long, env = "WRENN_DIR", default_value = "/var/lib/wrenn")]
+        data_dir: PathBuf,
+        /// Address of the REST API.
+        #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// Where guest images live (default: DATA_DIR/images).
+        #[arg(long, env = "WRENN_IMAGES")]
+        images: Option<PathBuf>,
+        /// The static envd binary, to build missing guest images on first start.
+        #[arg(long, env = "WRENN_ENVD")]
+        envd: Option<PathBuf>,
+        /// PostgreSQL instead of the embedded SQLite (`postgres://…`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Templates to build on first start.
+        #[arg(
+            long,
+            env = "WRENN_TEMPLATES",
+            default_value = "minimal,python",
+            value_delimiter = ','
+        )]
+        templates: Vec<String>,
+        /// Most capsules this host runs at once.
+        #[arg(long, default_value_t = 64)]
+        max_capsules: usize,
+        /// The network slots the built-in agent owns, `FIRST-LAST`.
+        #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
+        slots: std::ops::RangeInclusive<u32>,
+    },
     /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
     Agent {
         /// Address of the gRPC service: `host:port` or `unix:/path/to.sock` (a 0600 socket).
@@ -37,6 +71,10 @@ enum Command {
         /// Most capsules this host runs at once.
         #[arg(long, default_value_t = 64)]
         max_capsules: usize,
+        /// The network slots this agent owns and cleans up, `FIRST-LAST` (one agent per host
+        /// normally owns them all).
+        #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
+        slots: std::ops::RangeInclusive<u32>,
     },
     /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
     /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
@@ -91,12 +129,35 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Up {
+            data_dir,
+            listen,
+            images,
+            envd,
+            database_url,
+            templates,
+            max_capsules,
+            slots,
+        } => {
+            up::run(up::Up {
+                data_dir,
+                listen,
+                images,
+                envd,
+                database_url,
+                templates,
+                max_capsules,
+                slots,
+            })
+            .await?
+        }
         Command::Agent {
             listen,
             tls_dir,
             data_dir,
             images,
             max_capsules,
+            slots,
         } => {
             let tls = match &tls_dir {
                 Some(_) if matches!(listen, ListenAddr::Unix(_)) => anyhow::bail!(
@@ -120,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
                     images_dir: images,
                     qemu: wrenn_vmm::qemu::default_qemu(),
                     max_capsules,
-                    slots: wrenn_agent::manager::DEFAULT_SLOTS,
+                    slots,
                 })
                 .await
                 .context("starting the agent")?,
@@ -164,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
                 } => {}
             }
             tracing::warn!("agent stopped");
+            // Exit without running destructors: they would kill the capsules' VMMs, which
+            // keep running and are re-adopted by the next agent.
+            std::process::exit(0);
         }
         Command::AgentCert {
             dir,
@@ -224,4 +288,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_slots(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 1-16000"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{x:?} is not a slot number"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    let all = wrenn_agent::manager::DEFAULT_SLOTS;
+    if a == 0 || a > b || b > *all.end() {
+        return Err(format!(
+            "slots must satisfy 1 <= FIRST <= LAST <= {}, not {a}-{b}",
+            all.end()
+        ));
+    }
+    Ok(a..=b)
 }

@@ -21,7 +21,14 @@ fn images_dir() -> PathBuf {
 
 fn start_agent(data: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-        .args(["agent", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--slots",
+            "1200-1299",
+            "--data-dir",
+        ])
         .arg(data)
         .arg("--images")
         .arg(images_dir())
@@ -94,7 +101,7 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     // Things nobody owns: a folder without a record and a network slot.
     std::fs::create_dir_all(data.path().join("capsules/cl-orphan")).unwrap();
     assert!(Command::new("ip")
-        .args(["netns", "add", "wrenn-777"])
+        .args(["netns", "add", "wrenn-1277"])
         .status()
         .unwrap()
         .success());
@@ -110,7 +117,7 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     assert_eq!(state_of(&a.id), Some(CapsuleState::Running as i32));
     assert_eq!(state_of(&b.id), Some(CapsuleState::Paused as i32));
     assert!(!data.path().join("capsules/cl-orphan").exists());
-    assert!(!netns_exists("wrenn-777"));
+    assert!(!netns_exists("wrenn-1277"));
 
     assert_eq!(
         sh(

@@ -1,0 +1,152 @@
+//! `wrenn up`: a single-node Wrenn in one process: the host agent on a local Unix socket and
+//! the control plane over it, with an embedded SQLite database in the data folder.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use wrenn_agent::{
+    client::{self, AgentEndpoint},
+    listen::{Listen, ListenAddr},
+    manager::{AgentConfig, Manager},
+};
+
+pub struct Up {
+    pub data_dir: PathBuf,
+    pub listen: std::net::SocketAddr,
+    pub images: Option<PathBuf>,
+    pub envd: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub templates: Vec<String>,
+    pub max_capsules: usize,
+    pub slots: std::ops::RangeInclusive<u32>,
+}
+
+/// Builds the templates that have no ready snapshot yet (first start), with progress.
+async fn ensure_images(up: &Up, images: &std::path::Path) -> anyhow::Result<()> {
+    let (accel, why) = wrenn_vmm::accel::detect();
+    for name in &up.templates {
+        let snap = wrenn_vmm::snapshot::Snapshot {
+            template_dir: images.join(name),
+        };
+        if snap.spec().is_some() {
+            continue;
+        }
+        let envd = up.envd.clone().context(
+            "building the guest images needs the static envd binary: pass --envd or set \
+             WRENN_ENVD (`make up` does)",
+        )?;
+        println!("building template {name} ({}: {why})", accel.as_str());
+        let req = wrenn_agent::images::BuildRequest {
+            template: name.clone(),
+            images_dir: images.to_path_buf(),
+            envd: envd.canonicalize().context("the envd binary")?,
+            vcpus: 1,
+            memory_mib: 256,
+            accel,
+            qemu: wrenn_vmm::qemu::default_qemu(),
+        };
+        wrenn_agent::images::build(&req, |p| println!("  {}", p.line))
+            .await
+            .with_context(|| format!("building template {name}"))?;
+    }
+    Ok(())
+}
+
+pub async fn run(up: Up) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&up.data_dir)
+        .with_context(|| format!("creating {}", up.data_dir.display()))?;
+    let images = up
+        .images
+        .clone()
+        .unwrap_or_else(|| up.data_dir.join("images"));
+    ensure_images(&up, &images).await?;
+
+    // The agent, on a socket only this user can open.
+    let manager = Arc::new(
+        Manager::start(AgentConfig {
+            data_dir: up.data_dir.clone(),
+            images_dir: images,
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: up.max_capsules,
+            slots: up.slots.clone(),
+        })
+        .await
+        .context("starting the agent")?,
+    );
+    manager.spawn_reaper();
+    manager.spawn_sampler();
+    let socket = up.data_dir.join("agent.sock");
+    let listener = Listen::bind(&ListenAddr::Unix(socket.clone()))
+        .await
+        .context("binding the agent socket")?;
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_server = tokio::spawn(wrenn_agent::service::serve(
+        listener,
+        None,
+        manager.clone(),
+        async move {
+            let _ = agent_stopped.await;
+        },
+    ));
+    let agent = client::connect(&AgentEndpoint::Unix(socket), None)
+        .await
+        .context("connecting to the agent")?;
+
+    // The control plane.
+    let url = up.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            up.data_dir.join("wrenn.db").display()
+        )
+    });
+    let db = wrenn_server::db::Db::open(&url)
+        .await
+        .context("opening the database")?;
+    let key_file = up.data_dir.join("admin-api-key");
+    let new_key = wrenn_server::bootstrap(&db, &key_file)
+        .await
+        .context("creating the admin team and key")?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let state = wrenn_server::AppState { db, agent, events };
+    let reconcile = state.clone();
+    wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
+    let listener = tokio::net::TcpListener::bind(up.listen)
+        .await
+        .with_context(|| format!("binding {}", up.listen))?;
+    let addr = listener.local_addr()?;
+    println!("Wrenn is up at http://{addr}");
+    match new_key {
+        Some(key) => println!(
+            "admin API key (shown once; also in {}): {key}",
+            key_file.display()
+        ),
+        None => println!("admin API key: in {}", key_file.display()),
+    }
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stop_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let server = wrenn_server::serve(listener, state, async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        println!("stopping: pausing running capsules (they resume after the next start)");
+        let _ = stop_tx.send(true);
+    });
+    // Streams (SSE, downloads) get a few seconds to finish, not forever.
+    tokio::select! {
+        r = server => r.context("serving")?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } => {}
+    }
+    let paused = manager.pause_all().await;
+    if let Err(e) = wrenn_server::reconcile(&reconcile).await {
+        tracing::warn!(error = %e, "recording the paused capsules");
+    }
+    let _ = stop_agent.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(3), agent_server).await;
+    println!("stopped ({paused} capsules paused)");
+    Ok(())
+}
