@@ -573,7 +573,10 @@ async fn bench(
     r.samples = n;
     // What the CPU alone allows: n creates' CPU (as one alone used) spread over every CPU.
     let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let alone_cpu = percentile(&cr.single_cpu, 50.0);
+    let alone_cpu = percentile(
+        &cr.single_cpu.iter().map(CreateCpu::own).collect::<Vec<_>>(),
+        50.0,
+    );
     let floor_ms = n as f64 * alone_cpu / cpus * 1000.0;
     r.note = format!(
         "{}CPU-bound floor {:.1}x on {cpus} CPUs",
@@ -598,19 +601,28 @@ async fn bench(
         cr.makespan_ms,
         cr.destroy_ms
     ));
+    // The single create whose own CPU is the median, for the breakdown.
+    let mut alone = cr.single_cpu.clone();
+    alone.sort_by(|a, b| a.own().total_cmp(&b.own()));
+    let a = alone[alone.len() / 2];
+    let b = cr.burst_cpu;
+    let per = n as f64;
     notes.push(format!(
-        "creates, host CPU (whole machine, all processes, so other load counts too): \
-         {alone_cpu:.2} s per create alone ({:.2} s of it in its QEMU, {:.2} s in this process), \
-         {:.2} s for the {n} at once ({:.2} s per create; QEMU {:.2} s each, this process {:.2} s \
-         in all); at the CPU of one alone, {n} creates need at least {floor_ms:.0} ms on {cpus} \
-         CPUs = {:.1}x one alone",
-        percentile(&cr.single_cpu_qemu, 50.0),
-        percentile(&cr.single_cpu_this, 50.0),
-        cr.burst_cpu,
-        cr.burst_cpu / n as f64,
-        cr.burst_cpu_qemu.iter().sum::<f64>() / n as f64,
-        cr.burst_cpu_this,
-        floor_ms / single
+        "creates, CPU (QEMU + agent process + its helper processes such as ip/nft/qemu-img): one \
+         alone {:.2} s (QEMU {:.2}, agent {:.2}, helpers {:.2}); at once {:.2} s per create (QEMU \
+         {:.2}, agent {:.2}, helpers {:.2}); the floor above = {n} x one alone / {cpus} CPUs = \
+         {floor_ms:.0} ms; whole machine busy (other load included): {:.2} s during one alone, \
+         {:.2} s during the {n}",
+        a.own(),
+        a.qemu,
+        a.agent,
+        a.helpers,
+        b.own() / per,
+        b.qemu / per,
+        b.agent / per,
+        b.helpers / per,
+        a.machine,
+        b.machine
     ));
     extra.insert(
         "create_samples_ms".into(),
@@ -618,9 +630,10 @@ async fn bench(
     );
     extra.insert(
         "create_cpu_s".into(),
-        json!({"alone": cr.single_cpu, "alone_this_process": cr.single_cpu_this,
-               "alone_qemu": cr.single_cpu_qemu, "burst": cr.burst_cpu,
-               "burst_this_process": cr.burst_cpu_this, "burst_qemu": cr.burst_cpu_qemu}),
+        json!({
+            "alone": cr.single_cpu.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+            "burst": cr.burst_cpu.to_json(),
+        }),
     );
     Ok(Outcome { rows, notes, extra })
 }
@@ -1107,15 +1120,75 @@ struct Creates {
     together: Vec<f64>,
     makespan_ms: f64,
     destroy_ms: f64,
-    /// Host CPU seconds (whole machine, every process) per create alone, and for the burst.
-    single_cpu: Vec<f64>,
-    burst_cpu: f64,
-    /// The same, of this process only (the agent and the bench's client).
-    single_cpu_this: Vec<f64>,
-    burst_cpu_this: f64,
-    /// CPU seconds each capsule's QEMU had used when its create returned.
-    single_cpu_qemu: Vec<f64>,
-    burst_cpu_qemu: Vec<f64>,
+    /// CPU seconds of each create alone, and of the burst (all its creates together).
+    single_cpu: Vec<CreateCpu>,
+    burst_cpu: CreateCpu,
+}
+
+/// CPU seconds a create used, by who used them.
+#[derive(Debug, Clone, Copy, Default)]
+struct CreateCpu {
+    /// The capsule's QEMU, up to the moment its create returned.
+    qemu: f64,
+    /// This process: the agent (and the bench's gRPC client).
+    agent: f64,
+    /// The agent's helper processes once reaped (`ip`, `nft`, `qemu-img`, ...).
+    helpers: f64,
+    /// The whole machine, every process: other load on the host counts here too.
+    machine: f64,
+}
+
+impl CreateCpu {
+    /// What the create itself used (QEMU, agent, helpers), without the host's other load.
+    fn own(&self) -> f64 {
+        self.qemu + self.agent + self.helpers
+    }
+
+    fn to_json(self) -> Value {
+        json!({"qemu": self.qemu, "agent": self.agent, "helpers": self.helpers,
+               "machine": self.machine})
+    }
+}
+
+/// CPU counters of this process, its reaped children and the machine, read together.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    this: f64,
+    children: f64,
+    machine: f64,
+}
+
+impl CpuMark {
+    fn now() -> CpuMark {
+        CpuMark {
+            this: proc_cpu_secs(std::process::id()),
+            children: children_cpu_secs(),
+            machine: machine_busy_secs(),
+        }
+    }
+
+    /// The CPU used since `self`, plus `qemu` seconds of QEMU.
+    fn since(self, qemu: f64) -> CreateCpu {
+        let now = CpuMark::now();
+        CreateCpu {
+            qemu,
+            agent: now.this - self.this,
+            helpers: now.children - self.children,
+            machine: now.machine - self.machine,
+        }
+    }
+}
+
+/// user + system CPU seconds of this process's children that have been waited for.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage(2) writes into the rusage we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// The CPU seconds a capsule's QEMU has used so far (0 if it has none).
@@ -1133,20 +1206,15 @@ async fn creates(
     s: &Settings,
 ) -> Result<Creates> {
     let mut single = Vec::with_capacity(s.single_creates);
-    let mut single_cpu_qemu = Vec::with_capacity(s.single_creates);
     let mut single_cpu = Vec::with_capacity(s.single_creates);
-    let mut single_cpu_this = Vec::with_capacity(s.single_creates);
-    let me = std::process::id();
     for i in 0..s.single_creates {
-        let (busy, this) = (machine_busy_secs(), proc_cpu_secs(me));
+        let mark = CpuMark::now();
         let t = Instant::now();
         let id = create(client, &s.template)
             .await
             .with_context(|| format!("create alone #{i}"))?;
         single.push(ms(t.elapsed()));
-        single_cpu.push(machine_busy_secs() - busy);
-        single_cpu_this.push(proc_cpu_secs(me) - this);
-        single_cpu_qemu.push(qemu_cpu_secs(manager, &id));
+        single_cpu.push(mark.since(qemu_cpu_secs(manager, &id)));
         destroy(client, &id).await?;
     }
 
@@ -1168,18 +1236,18 @@ async fn creates(
             (i, took, qemu, r)
         });
     }
-    let (busy, this) = (machine_busy_secs(), proc_cpu_secs(me));
+    let mark = CpuMark::now();
     gate.wait().await;
     let burst = Instant::now();
     let mut together = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
-    let mut burst_cpu_qemu = Vec::with_capacity(n);
+    let mut burst_qemu = 0.0;
     let mut errors = Vec::new();
     while let Some(done) = set.join_next().await {
         match done {
             Ok((_, took, qemu, Ok(id))) => {
                 together.push(ms(took));
-                burst_cpu_qemu.push(qemu);
+                burst_qemu += qemu;
                 ids.push(id);
             }
             Ok((i, _, _, Err(e))) => errors.push(format!("create #{i} of {n}: {e:#}")),
@@ -1187,8 +1255,7 @@ async fn creates(
         }
     }
     let makespan_ms = ms(burst.elapsed());
-    let burst_cpu = machine_busy_secs() - busy;
-    let burst_cpu_this = proc_cpu_secs(me) - this;
+    let burst_cpu = mark.since(burst_qemu);
     // Destroy whatever was made, failures or not (the agent's cleanup would otherwise).
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -1218,9 +1285,5 @@ async fn creates(
         destroy_ms,
         single_cpu,
         burst_cpu,
-        single_cpu_this,
-        burst_cpu_this,
-        single_cpu_qemu,
-        burst_cpu_qemu,
     })
 }
