@@ -9,6 +9,10 @@
 //!    SHA-256 of the download against the source) off the clock.
 //! 3. Concurrent creates: `CreateCapsule` alone a few times against 20 at once.
 //!
+//! Steps 2 and 3 also report the CPU they used (this process = the agent and the client, the
+//! capsule's QEMU, the agent's helper processes), and 3 the floor the host's CPUs alone put on
+//! the concurrent figure: on a small host without KVM, creates are CPU-bound in QEMU.
+//!
 //! The agent owns its own data directory (a tempdir under `--tmp-dir`) and its own network
 //! slots (`SLOTS`, never the default range). Whatever happens (errors, a panic, Ctrl-C) the
 //! agent is stopped, every capsule destroyed, and every slot and QEMU of that range and
