@@ -60,6 +60,7 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/wrenn-bench envd --envd $(CARGO_TARGET_DIR)/release/envd
 	$(MAKE) images
 	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES)
+	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
 
 fmt:
 	$(CARGO) fmt --all

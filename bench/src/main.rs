@@ -2,10 +2,11 @@
 //! the same run, because the machines they run on are noisy: read the ratios, not the
 //! absolute numbers, and never turn them into pass/fail assertions.
 //!
-//! Subcommands: `envd` (the guest agent against plain loopback baselines) and `vm` (microVMs
-//! through `wrenn-vmm` against raw QEMU). Later benches (`agent`, ...) become further
-//! subcommands.
+//! Subcommands: `envd` (the guest agent against plain loopback baselines), `vm` (microVMs
+//! through `wrenn-vmm` against raw QEMU) and `agent` (the host agent's gRPC against envd
+//! reached directly).
 
+mod agent;
 mod envd;
 mod http1;
 mod procs;
@@ -29,6 +30,9 @@ enum Command {
     Envd(envd::Args),
     /// Benchmark the VM layer: create from a snapshot, pause/resume, template build, idle PSS.
     Vm(vm::Args),
+    /// Benchmark the host agent: exec round trip and streamed files through its gRPC against
+    /// envd directly, concurrent creates against one alone.
+    Agent(agent::Args),
     /// The baseline loopback static file server (started by the benches themselves).
     #[command(hide = true)]
     StaticServer(static_server::Args),
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Envd(args) => envd::run(args),
         Command::Vm(args) => vm::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }
 }
