@@ -10,6 +10,7 @@ pub mod files;
 pub mod snapshots;
 pub mod state;
 pub mod time;
+pub mod ws;
 
 use std::{path::Path, time::Duration};
 
@@ -49,6 +50,12 @@ pub fn router(state: AppState) -> Router {
             delete(capsules::kill_process),
         )
         .route("/v1/capsules/{id}/metrics", get(capsules::metrics))
+        .route("/v1/capsules/{id}/exec/stream", get(ws::exec_stream))
+        .route(
+            "/v1/capsules/{id}/processes/{pid}/stream",
+            get(ws::connect_process),
+        )
+        .route("/v1/capsules/{id}/pty", get(ws::pty))
         .route("/v1/capsules/{id}/files/read", post(files::read))
         .route("/v1/capsules/{id}/files/stream/read", post(files::read))
         .route(

@@ -1,0 +1,336 @@
+//! WebSockets: a streamed exec, reattaching to a process, and terminals (PTY), as the SDK's
+//! `commands.stream`, `commands.connect` and `capsule.pty` speak them. Events are JSON text
+//! frames; terminal bytes travel as binary frames both ways.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        Path, State,
+    },
+    response::Response,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tonic::Streaming;
+use wrenn_proto::agent::v1::{
+    connect_process_request, exec_event, kill_process_request, ConnectProcessRequest, ExecEvent,
+    ExecRequest, KillProcessRequest, PtyAttachRequest, PtyInputRequest, PtyResizeRequest,
+};
+use wrenn_types::{Id, IdKind};
+
+use crate::{
+    capsules::running,
+    db::Caller,
+    error::{ApiError, Result},
+    state::AppState,
+};
+
+/// Agent events as the SDK's stream events (text frames).
+fn event_json(ev: exec_event::Event) -> Option<serde_json::Value> {
+    Some(match ev {
+        exec_event::Event::Start(s) => json!({ "type": "start", "pid": s.pid }),
+        exec_event::Event::Stdout(b) => {
+            json!({ "type": "stdout", "data": String::from_utf8_lossy(&b) })
+        }
+        exec_event::Event::Stderr(b) | exec_event::Event::Pty(b) => {
+            json!({ "type": "stderr", "data": String::from_utf8_lossy(&b) })
+        }
+        exec_event::Event::End(e) => json!({ "type": "exit", "exit_code": e.exit_code }),
+    })
+}
+
+async fn send_json(ws: &mut WebSocket, v: serde_json::Value) -> bool {
+    ws.send(Message::Text(v.to_string().into())).await.is_ok()
+}
+
+/// Forwards a process's events until it ends or the client goes; answers the client's pings.
+async fn pump(mut ws: WebSocket, mut events: Streaming<ExecEvent>) {
+    loop {
+        tokio::select! {
+            ev = events.message() => match ev {
+                Ok(Some(ExecEvent { event: Some(ev) })) => {
+                    let end = matches!(ev, exec_event::Event::End(_));
+                    if let Some(v) = event_json(ev) {
+                        if !send_json(&mut ws, v).await {
+                            return;
+                        }
+                    }
+                    if end {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(s) => {
+                    let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message() })).await;
+                    break;
+                }
+            },
+            msg = ws.recv() => match msg {
+                // The process keeps running when the client goes.
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {} // pings are answered by the socket itself
+            },
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+#[derive(Debug, Deserialize)]
+struct StartFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    envs: HashMap<String, String>,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    cols: u32,
+    #[serde(default)]
+    rows: u32,
+}
+
+/// The client's first text frame.
+async fn first_frame(ws: &mut WebSocket) -> Option<StartFrame> {
+    while let Some(Ok(msg)) = ws.recv().await {
+        match msg {
+            Message::Text(t) => {
+                return match serde_json::from_str::<StartFrame>(&t) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        let err = json!({ "type": "error", "data": format!("bad first message: {e}"), "fatal": true });
+                        let _ = send_json(ws, err).await;
+                        None
+                    }
+                };
+            }
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `GET /v1/capsules/{id}/exec/stream`.
+pub async fn exec_stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let c = running(&state, &caller, &id).await?;
+    Ok(upgrade.on_upgrade(move |mut ws| async move {
+        let Some(start) = first_frame(&mut ws).await else {
+            return;
+        };
+        if start.kind != "start" || start.cmd.is_empty() {
+            let _ = send_json(&mut ws, json!({ "type": "error", "data": "the first message must be {\"type\":\"start\",\"cmd\":…}" })).await;
+            return;
+        }
+        let _ = state.db.touch_capsule(&c.id).await;
+        let events = state
+            .agent()
+            .exec_stream(ExecRequest {
+                capsule_id: c.id.clone(),
+                cmd: start.cmd,
+                args: start.args,
+                env: start.envs,
+                cwd: start.cwd,
+                user: String::new(),
+                timeout_ms: 0,
+            })
+            .await;
+        match events {
+            Ok(r) => pump(ws, r.into_inner()).await,
+            Err(s) => {
+                let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message() })).await;
+            }
+        }
+    }))
+}
+
+/// `GET /v1/capsules/{id}/processes/{pid}/stream`: what the process writes from now on (and
+/// what it wrote recently), then its exit.
+pub async fn connect_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let c = running(&state, &caller, &id).await?;
+    let selector = match pid.parse::<u32>() {
+        Ok(pid) => connect_process_request::Selector::Pid(pid),
+        Err(_) => connect_process_request::Selector::Tag(pid),
+    };
+    let events = state
+        .agent()
+        .connect_process(ConnectProcessRequest {
+            capsule_id: c.id,
+            selector: Some(selector),
+        })
+        .await?
+        .into_inner();
+    Ok(upgrade.on_upgrade(move |ws| pump(ws, events)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ControlFrame {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    cols: u32,
+    #[serde(default)]
+    rows: u32,
+}
+
+/// `GET /v1/capsules/{id}/pty`: start a terminal (`start`) or reattach to one (`connect` by
+/// tag). Binary frames carry input and output; `resize`, `kill` and `pong` are JSON.
+pub async fn pty(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let c = running(&state, &caller, &id).await?;
+    Ok(upgrade.on_upgrade(move |ws| async move {
+        if let Err(e) = terminal(ws, state, c.id).await {
+            tracing::debug!(error = %e, "terminal session ended with an error");
+        }
+    }))
+}
+
+async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result<()> {
+    let Some(first) = first_frame(&mut ws).await else {
+        return Ok(());
+    };
+    let fatal = |m: String| json!({ "type": "error", "data": m, "fatal": true });
+    let (tag, req) = match first.kind.as_str() {
+        "start" => {
+            let tag = format!("pty-{}", &Id::new(IdKind::Build).to_string()[4..12]);
+            let cmd = if first.cmd.is_empty() {
+                "/bin/bash".to_string()
+            } else {
+                first.cmd
+            };
+            let req = PtyAttachRequest {
+                capsule_id: capsule.clone(),
+                tag: tag.clone(),
+                cmd,
+                args: first.args,
+                env: first.envs,
+                cwd: first.cwd,
+                user: String::new(),
+                cols: if first.cols == 0 { 80 } else { first.cols },
+                rows: if first.rows == 0 { 24 } else { first.rows },
+            };
+            (tag, req)
+        }
+        "connect" if !first.tag.is_empty() => {
+            let req = PtyAttachRequest {
+                capsule_id: capsule.clone(),
+                tag: first.tag.clone(),
+                ..Default::default()
+            };
+            (first.tag, req)
+        }
+        other => {
+            let _ = send_json(
+                &mut ws,
+                fatal(format!("unexpected first message type {other:?}")),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let mut agent = state.agent();
+    let mut events = match agent.pty_attach(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let _ = send_json(&mut ws, fatal(s.message().to_string())).await;
+            return Ok(());
+        }
+    };
+    let mut ping = tokio::time::interval(std::time::Duration::from_secs(20));
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            ev = events.message() => match ev {
+                Ok(Some(ExecEvent { event: Some(ev) })) => match ev {
+                    exec_event::Event::Start(s) => {
+                        if !send_json(&mut ws, json!({ "type": "started", "tag": tag, "pid": s.pid })).await {
+                            return Ok(());
+                        }
+                    }
+                    exec_event::Event::Pty(b) | exec_event::Event::Stdout(b) | exec_event::Event::Stderr(b) => {
+                        if ws.send(Message::Binary(b.into())).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    exec_event::Event::End(e) => {
+                        let _ = send_json(&mut ws, json!({ "type": "exit", "exit_code": e.exit_code })).await;
+                        break;
+                    }
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(s) => {
+                    let _ = send_json(&mut ws, fatal(s.message().to_string())).await;
+                    break;
+                }
+            },
+            msg = ws.recv() => match msg {
+                // The terminal keeps running when the client goes (reattach by tag).
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(Message::Binary(data))) => {
+                    agent.pty_input(PtyInputRequest {
+                        capsule_id: capsule.clone(),
+                        tag: tag.clone(),
+                        data: data.to_vec(),
+                    }).await.map_err(ApiError::from)?;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(ctl) = serde_json::from_str::<ControlFrame>(&t) else {
+                        let _ = send_json(&mut ws, json!({ "type": "error", "data": "bad control message", "fatal": false })).await;
+                        continue;
+                    };
+                    match ctl.kind.as_str() {
+                        "resize" => {
+                            if let Err(s) = agent.pty_resize(PtyResizeRequest {
+                                capsule_id: capsule.clone(),
+                                tag: tag.clone(),
+                                cols: ctl.cols,
+                                rows: ctl.rows,
+                            }).await {
+                                let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message(), "fatal": false })).await;
+                            }
+                        }
+                        "kill" => {
+                            let _ = agent.kill_process(KillProcessRequest {
+                                capsule_id: capsule.clone(),
+                                selector: Some(kill_process_request::Selector::Tag(tag.clone())),
+                                signal: "SIGKILL".into(),
+                            }).await;
+                        }
+                        _ => {} // pong and anything else
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if !send_json(&mut ws, json!({ "type": "ping" })).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    Ok(())
+}
