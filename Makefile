@@ -9,11 +9,19 @@ export WRENN_IMAGES ?= $(WRENN_CACHE)/images
 TEMPLATES ?= minimal python
 CARGO ?= cargo
 ENVD_LISTEN ?= 127.0.0.1:49983
+WRENN_DIR ?= /var/lib/wrenn
+WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up test deps lint unit e2b bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b bench envd envd-static images fmt clean-cache
 
-## up: build and run what exists so far (envd on $(ENVD_LISTEN); the control plane arrives later)
-up: deps envd
+## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
+up: deps
+	@bin=$$(scripts/build-envd-static.sh | tail -1) && \
+	$(CARGO) build --release --locked -p wrenn && \
+	WRENN_ENVD=$$bin $(CARGO_TARGET_DIR)/release/wrenn up --data-dir $(WRENN_DIR) --listen $(WRENN_LISTEN)
+
+## envd-run: envd alone on $(ENVD_LISTEN) (for the e2b SDK in debug mode)
+envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
 ## test: format check, clippy -D warnings, every Rust test, then the published e2b SDK against envd

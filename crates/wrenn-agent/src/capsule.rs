@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Memory a VMM may use beyond its guest's RAM (QEMU itself, its translation cache under TCG).
-pub const VMM_OVERHEAD_MIB: u64 = 256;
+pub const VMM_OVERHEAD_MIB: u64 = 128;
 
 /// What a create needs.
 #[derive(Debug, Clone, Default)]
