@@ -3,14 +3,15 @@
 //! absolute numbers, and never turn them into pass/fail assertions.
 //!
 //! Subcommands: `envd` (the guest agent against plain loopback baselines), `vm` (microVMs
-//! through `wrenn-vmm` against raw QEMU) and `agent` (the host agent's gRPC against envd
-//! reached directly).
+//! through `wrenn-vmm` against raw QEMU), `agent` (the host agent's gRPC against envd
+//! reached directly) and `server` (the REST API against the agent reached directly).
 
 mod agent;
 mod envd;
 mod http1;
 mod procs;
 mod report;
+mod server;
 mod static_server;
 mod vm;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Benchmark the host agent: exec round trip and streamed files through its gRPC against
     /// envd directly, concurrent creates against one alone.
     Agent(agent::Args),
+    /// Benchmark the control plane: REST calls of a real `wrenn up` against its agent reached
+    /// directly, and a burst of concurrent creates.
+    Server(server::Args),
     /// The baseline loopback static file server (started by the benches themselves).
     #[command(hide = true)]
     StaticServer(static_server::Args),
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Envd(args) => envd::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Server(args) => server::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }
 }

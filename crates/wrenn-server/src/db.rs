@@ -158,16 +158,24 @@ impl Db {
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; a single connection avoids `database is locked`.
             .max_connections(if sqlite { 1 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL with NORMAL sync never corrupts the file; it syncs at checkpoints.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
-        if sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-            sqlx::query("PRAGMA foreign_keys = ON")
-                .execute(&pool)
-                .await?;
-        }
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -252,11 +260,17 @@ impl Db {
             return Ok(None);
         };
         let id: String = r.try_get("id")?;
-        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(&id)
-            .execute(&self.pool)
-            .await?;
+        // Recorded at most once a minute: no write on every request.
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 \
+             AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(now)
+        .bind(&id)
+        .bind(now - 60_000)
+        .execute(&self.pool)
+        .await?;
         Ok(Some(Caller {
             team_id: r.try_get("team_id")?,
             actor_type: "api_key",
@@ -357,12 +371,18 @@ impl Db {
         Ok(())
     }
 
+    /// Records activity (at most once a second per capsule).
     pub async fn touch_capsule(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE capsules SET last_active_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE capsules SET last_active_at = $1 WHERE id = $2 \
+             AND (last_active_at IS NULL OR last_active_at < $3)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(now - 1_000)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
