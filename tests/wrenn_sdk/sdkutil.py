@@ -64,6 +64,14 @@ def guest_pids_running(capsule, needle: str) -> int:
     return int(r.stdout.strip())
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\r")
+
+
+def _plain(text: str) -> str:
+    """Terminal output without CSI/OSC escape sequences and carriage returns."""
+    return _ESCAPES.sub("", text)
+
+
 class PtyReader:
     """Iterates a `PtySession` on a thread and collects what it yields.
 
@@ -128,8 +136,11 @@ class PtyReader:
         return ",".join(kinds[-30:])
 
     def wait_for(self, pattern: str, timeout: float = 15.0) -> "re.Match":
+        """Waits until the output, without terminal escapes and CRs, matches ``pattern``."""
         rx = re.compile(pattern)
-        return self._wait(lambda: rx.search(self._text_locked()), timeout, f"output {pattern!r}")
+        return self._wait(
+            lambda: rx.search(_plain(self._text_locked())), timeout, f"output {pattern!r}"
+        )
 
     def wait_event(self, kind: str, timeout: float = 15.0):
         def check():
