@@ -43,10 +43,31 @@ def test_create_with_empty_body_uses_minimal(server, client):
         client.capsules.destroy(info.id)
 
 
-@pytest.mark.deadline(300)
-def test_create_with_vcpus_and_memory(new_capsule):
-    # A new shape may need a fresh boot on the server the first time: longer deadline.
-    cap = new_capsule(vcpus=2, memory_mb=1024)
+@pytest.mark.deadline(450)
+def test_create_with_vcpus_and_memory(server):
+    # The first capsule of a new shape may take a fresh boot on the server (TCG: slow), so
+    # this create gets a longer client timeout than the SDK's 30 s default, and waits
+    # for `running` up to 4 minutes.
+    with WrennClient(timeout=180) as slow:
+        made = slow.capsules.create(template="minimal", vcpus=2, memory_mb=1024)
+        try:
+            assert (made.vcpus, made.memory_mb) == (2, 1024)
+            sdkutil.wait_until(
+                lambda: slow.capsules.get(made.id).status == Status.running,
+                timeout=240,
+                interval=0.5,
+                what=f"{made.id} to be running",
+            )
+            cap = Capsule.connect(made.id)
+            try:
+                _check_shape(cap)
+            finally:
+                sdkutil.close_capsule_client(cap)
+        finally:
+            Capsule.destroy(made.id, wait=True)
+
+
+def _check_shape(cap):
     info = cap.get_info()
     assert (info.vcpus, info.memory_mb) == (2, 1024)
     r = cap.commands.run("nproc; sed -n 's/^MemTotal: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo")
