@@ -54,8 +54,8 @@ def test_run_envs_and_cwd(mod_capsule):
 
 
 def test_run_cwd_relative_file(mod_capsule):
-    mod_capsule.files.write("/srv/wrenn-cwd/here.txt", "in cwd\n")
-    r = mod_capsule.commands.run("cat here.txt", cwd="/srv/wrenn-cwd")
+    mod_capsule.files.write("/var/tmp/wrenn-cwd/here.txt", "in cwd\n")
+    r = mod_capsule.commands.run("cat here.txt", cwd="/var/tmp/wrenn-cwd")
     assert (r.exit_code, r.stdout) == (0, "in cwd\n")
 
 

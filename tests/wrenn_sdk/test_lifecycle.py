@@ -108,7 +108,7 @@ def test_ping(mod_capsule):
 
 @pytest.mark.deadline(180)
 def test_pause_resume_keeps_files_and_processes(capsule):
-    capsule.files.write("/root/before-pause.txt", "still here\n")
+    capsule.files.write("/var/tmp/before-pause.txt", "still here\n")
     bg = capsule.commands.run("sleep 600", background=True, tag="survives-pause")
 
     paused = capsule.pause(wait=True)
@@ -120,7 +120,7 @@ def test_pause_resume_keeps_files_and_processes(capsule):
     resumed = capsule.resume(wait=True)
     assert resumed.status == Status.running
     assert capsule.get_info().status == Status.running
-    assert capsule.files.read("/root/before-pause.txt") == "still here\n"
+    assert capsule.files.read("/var/tmp/before-pause.txt") == "still here\n"
     assert bg.pid in {p.pid for p in capsule.commands.list()}
     r = capsule.commands.run("echo after-resume")
     assert (r.exit_code, r.stdout) == (0, "after-resume\n")

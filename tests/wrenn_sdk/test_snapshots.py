@@ -13,7 +13,7 @@ import sdkutil
 # Snapshotting copies a VM's memory and disk; under TCG that takes a while.
 pytestmark = pytest.mark.deadline(300)
 
-MARKER = "/root/snapshot-marker.txt"
+MARKER = "/var/tmp/snapshot-marker.txt"  # writable whichever user runs commands
 
 
 def _ensure_running(cap: Capsule):
