@@ -88,15 +88,15 @@ class _EventPump:
             gen.close()
             self.q.put(None)
 
-    def next(self, timeout: float):
+    def next(self, timeout: float, what: str = "event"):
         try:
-            item = self.q.get(timeout=timeout)
+            item = self.q.get(timeout=max(timeout, 0.001))
         except queue.Empty:
-            pytest.fail(f"no event within {timeout}s")
+            pytest.fail(f"no {what} within {timeout:.0f}s")
         if isinstance(item, Exception):
             raise item
         if item is None:
-            pytest.fail("the event stream ended")
+            pytest.fail(f"the event stream ended before {what}")
         return item
 
     def wait_for(self, pred, timeout: float, what: str):
@@ -105,11 +105,15 @@ class _EventPump:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                pytest.fail(f"no {what} within {timeout}s; saw {seen}")
-            ev = self.next(left)
+                break
+            try:
+                ev = self.next(left, what)
+            except pytest.fail.Exception as e:
+                pytest.fail(f"{e}; events seen meanwhile: {seen}")
             seen.append(ev.event.value if ev.event else None)
             if pred(ev):
                 return ev
+        pytest.fail(f"no {what} within {timeout:.0f}s; events seen meanwhile: {seen}")
 
 
 def _about(ev, cid):
