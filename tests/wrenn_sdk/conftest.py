@@ -5,8 +5,9 @@ The suite starts one single-node server per session:
     $WRENN_BIN up --data-dir <fresh dir under /var/tmp> --listen 127.0.0.1:<free port>
 
 with ``WRENN_IMAGES`` passed through (default ``/var/tmp/wrenn/images``, where the guest
-images are built) and ``WRENN_AGENT_SLOTS=2000-2099``, so that it never touches the
-network slots of other tests' agents. ``WRENN_BIN`` defaults to
+images are built), ``WRENN_AGENT_SLOTS=2000-2099``, so that it never touches the
+network slots of other tests' agents, and ``WRENN_TEMPLATES=minimal`` unless set. It gets
+no ``WRENN_DIR``, ``WRENN_LISTEN`` or ``DATABASE_URL`` (the embedded database in the data dir). ``WRENN_BIN`` defaults to
 ``$CARGO_TARGET_DIR/debug/wrenn`` (``CARGO_TARGET_DIR`` defaults to
 ``/var/tmp/wrenn/target``). Its stdout and stderr go to ``<data-dir>/server.log``.
 
@@ -179,8 +180,10 @@ def _start_server() -> Server:
     env = dict(os.environ)
     env["WRENN_IMAGES"] = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
     env["WRENN_AGENT_SLOTS"] = AGENT_SLOTS
-    # Not ours to pass on: the server decides where things live from --data-dir.
-    for name in ("WRENN_DIR", "WRENN_API_KEY", "WRENN_BASE_URL"):
+    # The suite needs only `minimal`: do not make the server build other templates.
+    env.setdefault("WRENN_TEMPLATES", "minimal")
+    # Not ours to pass on: everything lives in the fresh data dir (embedded database too).
+    for name in ("WRENN_DIR", "WRENN_LISTEN", "DATABASE_URL", "WRENN_API_KEY", "WRENN_BASE_URL"):
         env.pop(name, None)
 
     with open(log_path, "ab", buffering=0) as log:
