@@ -5,6 +5,7 @@ SHELL := /bin/bash
 WRENN_CACHE ?= /var/tmp/wrenn
 export CARGO_TARGET_DIR ?= $(WRENN_CACHE)/target
 VENV_E2B := $(WRENN_CACHE)/venv-e2b
+VENV_WRENN := $(WRENN_CACHE)/venv-wrenn
 export WRENN_IMAGES ?= $(WRENN_CACHE)/images
 TEMPLATES ?= minimal python
 CARGO ?= cargo
@@ -12,7 +13,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b sdk bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
 up: deps
@@ -49,6 +50,18 @@ $(VENV_E2B)/.installed: tests/e2b/requirements.txt
 e2b: envd $(VENV_E2B)/.installed
 	$(VENV_E2B)/bin/pip install --quiet --upgrade e2b
 	ENVD_BIN=$(CARGO_TARGET_DIR)/debug/envd $(VENV_E2B)/bin/python -m pytest tests/e2b -q -p no:cacheprovider
+
+# The wrenn SDK needs Python >= 3.13 (Debian 12 ships 3.11): scripts/find-python313.sh finds one.
+$(VENV_WRENN)/.installed: tests/wrenn_sdk/requirements.txt scripts/find-python313.sh
+	@py=$$(scripts/find-python313.sh) && rm -rf $(VENV_WRENN) && $$py -m venv $(VENV_WRENN)
+	$(VENV_WRENN)/bin/pip install --quiet --upgrade pip
+	$(VENV_WRENN)/bin/pip install --quiet -r tests/wrenn_sdk/requirements.txt
+	touch $@
+
+## sdk: the published wrenn Python SDK (0.3.0, unchanged) against `wrenn up`
+sdk: images $(VENV_WRENN)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
 
 ## envd-static: the static binary that goes into guest images (musl when the target is installed)
 envd-static:
