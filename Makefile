@@ -25,8 +25,8 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, every Rust test, then the published e2b SDK against envd
-test: deps lint unit e2b
+## test: format check, clippy -D warnings, every Rust test, the published e2b SDK against envd, the published wrenn SDK against wrenn up
+test: deps lint unit e2b sdk
 
 deps:
 	@scripts/install-deps.sh

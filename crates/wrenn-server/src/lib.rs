@@ -10,6 +10,7 @@ pub mod files;
 pub mod snapshots;
 pub mod state;
 pub mod time;
+pub mod usage;
 pub mod ws;
 
 use std::{path::Path, time::Duration};
@@ -36,6 +37,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/capsules", post(capsules::create).get(capsules::list))
+        .route("/v1/capsules/stats", get(usage::stats))
+        .route("/v1/capsules/usage", get(usage::usage))
         .route(
             "/v1/capsules/{id}",
             get(capsules::get).delete(capsules::destroy),
@@ -137,9 +140,19 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Every `every`, compares the database with what the agent reports and fixes drift: a
+/// Samples usage every 10 s, and every `every` compares the database with what the agent reports and fixes drift: a
 /// capsule the agent paused (timeout) or lost is never shown as running.
 pub fn spawn_reconciler(state: AppState, every: Duration) {
+    let sampling = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(db::USAGE_SAMPLE_SECS as u64));
+        loop {
+            tick.tick().await;
+            if let Err(e) = usage::sample(&sampling).await {
+                tracing::warn!(error = %e, "sampling usage");
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
