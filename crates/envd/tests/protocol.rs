@@ -156,9 +156,9 @@ async fn bad_requests_get_errors_and_envd_keeps_serving() {
         "resource_exhausted"
     );
 
-    // Compression that was not negotiated.
-    let resp = envd
-        .client
+    // Compression that was not negotiated. (A fresh connection: envd may close the one that
+    // carried the oversized body without reading it.)
+    let resp = reqwest::Client::new()
         .post(envd.url("/process.Process/List"))
         .header("content-type", "application/json")
         .header("content-encoding", "br")
@@ -168,7 +168,8 @@ async fn bad_requests_get_errors_and_envd_keeps_serving() {
         .unwrap();
     assert_eq!(resp.status(), 501);
 
-    // Still serving.
+    // Still serving (once the pool has seen envd close the oversized request's connection).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let run = envd.run("echo alive", json!({}), &[]).await;
     assert_eq!(run.stdout_str(), "alive\n");
 }

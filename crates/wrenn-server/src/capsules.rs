@@ -105,6 +105,8 @@ pub struct CreateBody {
     envs: Option<HashMap<String, String>>,
     /// Internet access (default on).
     egress: Option<bool>,
+    /// Its ports are open to anyone through the proxy (default: API key or access token).
+    public: Option<bool>,
 }
 
 pub async fn create(
@@ -179,6 +181,12 @@ pub async fn create(
             .await;
         return Err(e);
     }
+    let public = b.public.unwrap_or(false);
+    let (token, token_hash) = crate::proxy::new_token();
+    state
+        .db
+        .set_capsule_access(&row.id, public, &token_hash)
+        .await?;
     let _ = state
         .db
         .audit(
@@ -194,7 +202,11 @@ pub async fn create(
         &state,
         Event::capsule(&caller, "capsule.create", &row.id, body.clone()),
     );
-    Ok((StatusCode::CREATED, Json(body)))
+    // The proxy's access token is shown once, here.
+    let mut shown = body;
+    shown["public"] = json!(public);
+    shown["access_token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(shown)))
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {

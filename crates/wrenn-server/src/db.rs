@@ -542,6 +542,39 @@ impl Db {
             })
             .collect()
     }
+
+    /// Who may reach a capsule's ports: whether it is public, and its access token's hash.
+    pub async fn set_capsule_access(&self, id: &str, public: bool, token_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE capsules SET public = $1, access_token_hash = $2 WHERE id = $3")
+            .bind(i64::from(public))
+            .bind(token_hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn capsule_access(&self, id: &str) -> Result<(bool, Option<String>)> {
+        let r = sqlx::query("SELECT public, access_token_hash FROM capsules WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
+        let public: i64 = r.try_get("public")?;
+        Ok((public != 0, r.try_get("access_token_hash")?))
+    }
+
+    /// A capsule whatever its team (the proxy checks access itself).
+    pub async fn capsule_any(&self, id: &str) -> Result<CapsuleRow> {
+        let r = sqlx::query(&format!(
+            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
+        capsule_of(&r)
+    }
 }
 
 /// How often usage is sampled.

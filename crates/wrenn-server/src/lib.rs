@@ -7,6 +7,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod proxy;
 pub mod snapshots;
 pub mod state;
 pub mod time;
@@ -81,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            proxy::route,
+        ))
         .with_state(state)
 }
 

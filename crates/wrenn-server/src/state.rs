@@ -19,6 +19,10 @@ pub struct AppState {
     pub agent: AgentClient<Channel>,
     /// Lifecycle events, for `/v1/events/stream`.
     pub events: broadcast::Sender<Event>,
+    /// The port proxy's domain: `{port}-{capsule id}.{domain}`.
+    pub domain: String,
+    /// The port proxy's HTTP client.
+    pub http: reqwest::Client,
 }
 
 impl AppState {

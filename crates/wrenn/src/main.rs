@@ -52,6 +52,10 @@ enum Command {
         /// The network slots the built-in agent owns, `FIRST-LAST`.
         #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
         slots: std::ops::RangeInclusive<u32>,
+        /// The port proxy's domain: `{port}-{capsule id}.{domain}` reaches a capsule's port
+        /// (`*.localhost` resolves to this machine in browsers and curl).
+        #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
+        domain: String,
     },
     /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
     Agent {
@@ -138,8 +142,10 @@ async fn main() -> anyhow::Result<()> {
             templates,
             max_capsules,
             slots,
+            domain,
         } => {
             up::run(up::Up {
+                domain,
                 data_dir,
                 listen,
                 images,

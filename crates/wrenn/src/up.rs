@@ -19,6 +19,8 @@ pub struct Up {
     pub templates: Vec<String>,
     pub max_capsules: usize,
     pub slots: std::ops::RangeInclusive<u32>,
+    /// The port proxy's domain.
+    pub domain: String,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -107,7 +109,17 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
         .await
         .context("creating the admin team and key")?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    let state = wrenn_server::AppState { db, agent, events };
+    let state = wrenn_server::AppState {
+        db,
+        agent,
+        events,
+        domain: up.domain.clone(),
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("the proxy's HTTP client")?,
+    };
     let reconcile = state.clone();
     wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(up.listen)

@@ -1,0 +1,324 @@
+//! A real `wrenn up` (control plane + agent + microVMs) driven over HTTP: the port proxy (HTTP
+//! and an upgraded connection to a server inside a capsule), its access rules, and bad input.
+//! Needs root, QEMU and the `python` image (`make images`).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+struct Up {
+    child: Child,
+    addr: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+            .args(["up", "--listen", "127.0.0.1:0", "--slots", "2400-2449"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--images")
+            .arg(images_dir())
+            .env("WRENN_TEMPLATES", "minimal,python")
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("wrenn up exited").unwrap();
+            if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let key = std::fs::read_to_string(dir.path().join("admin-api-key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Up {
+            child,
+            addr,
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny server for the guest: `GET` answers `hello`, an `Upgrade` request gets `101` and
+/// then an echo of every byte.
+const GUEST_SERVER: &str = r#"
+import socket, threading
+def serve(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    if b"upgrade:" in data.lower():
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            c.sendall(chunk)
+    else:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_proxy_and_its_access_rules() {
+    let up = Up::start();
+    let http = reqwest::Client::new();
+    let key = up.key.clone();
+    let api =
+        |m: reqwest::Method, path: &str| http.request(m, up.url(path)).header("x-api-key", &key);
+
+    // Bad input gets typed errors.
+    let bad = api(reqwest::Method::POST, "/v1/capsules")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let unknown = api(reqwest::Method::POST, "/v1/capsules")
+        .json(&json!({ "template": "python", "surprise": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    let no_key = http.get(up.url("/v1/capsules")).send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+
+    let create = |public: bool| {
+        api(reqwest::Method::POST, "/v1/capsules")
+            .json(&json!({ "template": "python", "public": public }))
+            .send()
+    };
+    let c: Value = create(false).await.unwrap().json().await.unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    let token = c["access_token"].as_str().unwrap().to_string();
+    assert_eq!(c["status"], "running");
+    // The token is shown once.
+    let again: Value = api(reqwest::Method::GET, &format!("/v1/capsules/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(again.get("access_token").is_none());
+
+    let started = api(reqwest::Method::POST, &format!("/v1/capsules/{id}/exec"))
+        .json(&json!({
+            "cmd": "/usr/bin/python3",
+            "args": ["-c", GUEST_SERVER],
+            "background": true,
+            "tag": "web",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let host = format!("8080-{id}.wrenn.localhost");
+    // Wait for the guest's server through the proxy (with the API key).
+    let mut ok = false;
+    for _ in 0..100 {
+        let r = http
+            .get(up.url("/index.html"))
+            .header("host", &host)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.text().await.unwrap(), "hello");
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "the guest's server answered through the proxy");
+
+    // Access: nothing, a wrong token → 404 (existence is not revealed); the token, the
+    // `wrenn_token` query and the headers route → 200.
+    let get = |h: &[(&str, &str)], path: &str| {
+        let mut r = http.get(up.url(path)).header("host", &host);
+        for (k, v) in h {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    assert_eq!(get(&[], "/").await.unwrap().status(), 404);
+    assert_eq!(
+        get(&[("x-wrenn-access-token", "nope")], "/")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(&[("x-wrenn-access-token", &token)], "/")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&[], &format!("/?wrenn_token={token}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let by_headers = http
+        .get(up.url("/"))
+        .header("x-wrenn-capsule", &id)
+        .header("x-wrenn-port", "8080")
+        .header("x-wrenn-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_headers.text().await.unwrap(), "hello");
+    // A port nothing listens on: a clear gateway error.
+    let closed = http
+        .get(up.url("/"))
+        .header("host", format!("9999-{id}.wrenn.localhost"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 502);
+
+    // An upgraded connection: raw bytes both ways after 101.
+    let addr = up.addr.clone();
+    let (host2, token2) = (host.clone(), token.clone());
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {host2}\r\nX-Wrenn-Access-Token: {token2}\r\n\
+             Connection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping-through-the-tunnel").unwrap();
+        let mut got = [0u8; 23];
+        s.read_exact(&mut got).unwrap();
+        got.to_vec()
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, b"ping-through-the-tunnel");
+
+    // A public capsule needs nothing.
+    let p: Value = create(true).await.unwrap().json().await.unwrap();
+    let pid = p["id"].as_str().unwrap().to_string();
+    api(reqwest::Method::POST, &format!("/v1/capsules/{pid}/exec"))
+        .json(
+            &json!({ "cmd": "/usr/bin/python3", "args": ["-c", GUEST_SERVER], "background": true }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let phost = format!("8080-{pid}.wrenn.localhost");
+    let mut public_ok = false;
+    for _ in 0..100 {
+        let r = http
+            .get(up.url("/"))
+            .header("host", &phost)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            public_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(public_ok);
+
+    // Paused: the proxy says so; destroyed: gone.
+    api(reqwest::Method::POST, &format!("/v1/capsules/{id}/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&[("x-wrenn-access-token", &token)], "/")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    for c in [&id, &pid] {
+        let r = api(reqwest::Method::DELETE, &format!("/v1/capsules/{c}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(
+        get(&[("x-wrenn-access-token", &token)], "/")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
