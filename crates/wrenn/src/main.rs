@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+mod control;
 mod up;
 
 use anyhow::Context;
@@ -54,6 +55,28 @@ enum Command {
         slots: std::ops::RangeInclusive<u32>,
         /// The port proxy's domain: `{port}-{capsule id}.{domain}` reaches a capsule's port
         /// (`*.localhost` resolves to this machine in browsers and curl).
+        #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
+        domain: String,
+    },
+    /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
+    Server {
+        /// Where the server keeps its database, admin key and PKI.
+        #[arg(long, env = "WRENN_DIR", default_value = "/var/lib/wrenn")]
+        data_dir: PathBuf,
+        /// Address of the REST API.
+        #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// The host agent: `host:port` or `https://host:port` (mTLS), or `unix:/path`.
+        #[arg(long, env = "WRENN_AGENT")]
+        agent: String,
+        /// The PKI folder (default DATA_DIR/pki): its CA is made on first start, with this
+        /// server's client certificate; issue the agent's with `wrenn agent-cert --dir`.
+        #[arg(long, env = "WRENN_PKI_DIR")]
+        pki_dir: Option<PathBuf>,
+        /// PostgreSQL instead of the embedded SQLite (`postgres://…`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// The port proxy's domain.
         #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
         domain: String,
     },
@@ -133,6 +156,52 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Server {
+            data_dir,
+            listen,
+            agent,
+            pki_dir,
+            database_url,
+            domain,
+        } => {
+            let endpoint: wrenn_agent::client::AgentEndpoint = agent.parse().context("--agent")?;
+            let tls = match &endpoint {
+                wrenn_agent::client::AgentEndpoint::Unix(_)
+                | wrenn_agent::client::AgentEndpoint::Http(_) => None,
+                wrenn_agent::client::AgentEndpoint::Https(host)
+                | wrenn_agent::client::AgentEndpoint::HostPort(host) => {
+                    let dir = pki_dir.unwrap_or_else(|| data_dir.join("pki"));
+                    let pki = tls::Pki::load_or_create(&dir).context("the server's PKI")?;
+                    if tls::Identity::load(&dir, tls::CLIENT_STEM).is_err() {
+                        pki.issue_client("wrenn-control-plane")?
+                            .write(&dir, tls::CLIENT_STEM)?;
+                        println!(
+                            "made the PKI in {}: issue the agent's certificate with \
+                             `wrenn agent-cert --dir {}` and copy it to the agent",
+                            dir.display(),
+                            dir.display()
+                        );
+                    }
+                    let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                    Some(tls::load_client_tls(&dir, name.trim_matches(['[', ']']))?)
+                }
+            };
+            let client = wrenn_agent::client::connect(&endpoint, tls)
+                .await
+                .with_context(|| format!("connecting to the agent at {endpoint}"))?;
+            let started = control::start(
+                &control::ControlPlane {
+                    data_dir,
+                    listen,
+                    database_url,
+                    domain,
+                },
+                client,
+            )
+            .await?;
+            control::serve_until_signal(started, "stopping (capsules stay with their agent)")
+                .await?;
+        }
         Command::Up {
             data_dir,
             listen,

@@ -95,64 +95,22 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
         .context("connecting to the agent")?;
 
     // The control plane.
-    let url = up.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            up.data_dir.join("wrenn.db").display()
-        )
-    });
-    let db = wrenn_server::db::Db::open(&url)
-        .await
-        .context("opening the database")?;
-    let key_file = up.data_dir.join("admin-api-key");
-    let new_key = wrenn_server::bootstrap(&db, &key_file)
-        .await
-        .context("creating the admin team and key")?;
-    let (events, _) = tokio::sync::broadcast::channel(1024);
-    let state = wrenn_server::AppState {
-        db,
+    let started = crate::control::start(
+        &crate::control::ControlPlane {
+            data_dir: up.data_dir.clone(),
+            listen: up.listen,
+            database_url: up.database_url.clone(),
+            domain: up.domain.clone(),
+        },
         agent,
-        events,
-        domain: up.domain.clone(),
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("the proxy's HTTP client")?,
-    };
-    let reconcile = state.clone();
-    wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
-    let listener = tokio::net::TcpListener::bind(up.listen)
-        .await
-        .with_context(|| format!("binding {}", up.listen))?;
-    let addr = listener.local_addr()?;
-    println!("Wrenn is up at http://{addr}");
-    match new_key {
-        Some(key) => println!(
-            "admin API key (shown once; also in {}): {key}",
-            key_file.display()
-        ),
-        None => println!("admin API key: in {}", key_file.display()),
-    }
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (stop_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let server = wrenn_server::serve(listener, state, async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        println!("stopping: pausing running capsules (they resume after the next start)");
-        let _ = stop_tx.send(true);
-    });
-    // Streams (SSE, downloads) get a few seconds to finish, not forever.
-    tokio::select! {
-        r = server => r.context("serving")?,
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        } => {}
-    }
+    )
+    .await?;
+    let reconcile = started.state.clone();
+    crate::control::serve_until_signal(
+        started,
+        "stopping: pausing running capsules (they resume after the next start)",
+    )
+    .await?;
     let paused = manager.pause_all().await;
     if let Err(e) = wrenn_server::reconcile(&reconcile).await {
         tracing::warn!(error = %e, "recording the paused capsules");

@@ -1,0 +1,90 @@
+//! The control plane's start and stop, shared by `wrenn up` (agent in-process, over a Unix
+//! socket) and `wrenn server` (agent elsewhere, over mTLS).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use tonic::transport::Channel;
+use wrenn_proto::agent::v1::agent_client::AgentClient;
+
+pub struct ControlPlane {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub domain: String,
+}
+
+/// A started control plane, not yet serving.
+pub struct Started {
+    pub state: wrenn_server::AppState,
+    pub listener: tokio::net::TcpListener,
+}
+
+/// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
+/// team and key on first start, starts the reconciler, binds the API, and says where it is.
+pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Result<Started> {
+    std::fs::create_dir_all(&cp.data_dir)
+        .with_context(|| format!("creating {}", cp.data_dir.display()))?;
+    let url = cp.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            cp.data_dir.join("wrenn.db").display()
+        )
+    });
+    let db = wrenn_server::db::Db::open(&url)
+        .await
+        .context("opening the database")?;
+    let key_file = cp.data_dir.join("admin-api-key");
+    let new_key = wrenn_server::bootstrap(&db, &key_file)
+        .await
+        .context("creating the admin team and key")?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let state = wrenn_server::AppState {
+        db,
+        agent,
+        events,
+        domain: cp.domain.clone(),
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("the proxy's HTTP client")?,
+    };
+    wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
+    let listener = tokio::net::TcpListener::bind(cp.listen)
+        .await
+        .with_context(|| format!("binding {}", cp.listen))?;
+    println!("Wrenn is up at http://{}", listener.local_addr()?);
+    match new_key {
+        Some(key) => println!(
+            "admin API key (shown once; also in {}): {key}",
+            key_file.display()
+        ),
+        None => println!("admin API key: in {}", key_file.display()),
+    }
+    Ok(Started { state, listener })
+}
+
+/// Serves until SIGINT or SIGTERM; open streams get a few seconds, not forever.
+pub async fn serve_until_signal(started: Started, on_stop: &str) -> anyhow::Result<()> {
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stop_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let message = on_stop.to_string();
+    let server = wrenn_server::serve(started.listener, started.state, async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        println!("{message}");
+        let _ = stop_tx.send(true);
+    });
+    tokio::select! {
+        r = server => r.context("serving")?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } => {}
+    }
+    Ok(())
+}
