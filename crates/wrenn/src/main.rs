@@ -1,8 +1,10 @@
 //! `wrenn`: `wrenn up` (single node), `wrenn agent`, `wrenn agent-cert` and `wrenn template
-//! build`. The CLI verbs arrive with their issue.
+//! build`; the API's verbs (`wrenn capsule …`, `wrenn snapshot create`, `wrenn template
+//! list|delete`) are in [`cli`].
 
 use std::path::PathBuf;
 
+mod cli;
 mod control;
 mod up;
 
@@ -118,6 +120,10 @@ enum Command {
         #[arg(long, default_value = "wrenn-control-plane")]
         client_name: String,
     },
+    /// Capsules: create, list, get, exec, shell, cp, pause, resume, destroy.
+    Capsule(cli::CapsuleArgs),
+    /// Snapshots: templates made from capsules.
+    Snapshot(cli::SnapshotArgs),
     /// Guest templates.
     Template {
         #[command(subcommand)]
@@ -144,6 +150,12 @@ enum TemplateCommand {
         #[arg(long, default_value_t = 256)]
         memory_mib: u32,
     },
+    /// List the templates capsules can be created from (through the API).
+    #[command(visible_alias = "ls")]
+    List(cli::TemplateListArgs),
+    /// Delete a snapshot template (through the API).
+    #[command(visible_alias = "rm")]
+    Delete(cli::TemplateDeleteArgs),
 }
 
 #[tokio::main]
@@ -202,6 +214,15 @@ async fn main() -> anyhow::Result<()> {
             control::serve_until_signal(started, "stopping (capsules stay with their agent)")
                 .await?;
         }
+        // The API's verbs print their own errors and exit with their own codes.
+        Command::Capsule(args) => std::process::exit(cli::capsule(args).await),
+        Command::Snapshot(args) => std::process::exit(cli::snapshot(args).await),
+        Command::Template {
+            command: TemplateCommand::List(args),
+        } => std::process::exit(cli::template_list(args).await),
+        Command::Template {
+            command: TemplateCommand::Delete(args),
+        } => std::process::exit(cli::template_delete(args).await),
         Command::Up {
             data_dir,
             listen,
