@@ -18,6 +18,12 @@ use wrenn_client::{Client, PtyEvent, PtyStart};
 
 use super::CliError;
 
+/// How long the terminal must be quiet before the end of piped input is sent as Ctrl-D.
+const EOF_QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often Ctrl-D is sent again while the session goes on after the end of input.
+const EOF_AGAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The terminal's settings before raw mode, for the panic hook.
 static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 
@@ -136,9 +142,22 @@ pub async fn run(client: &Client, id: &str, tag: Option<&str>) -> Result<i32, Cl
         }
     };
 
+    let reattach = |tag: &str| {
+        if tag.is_empty() {
+            String::new()
+        } else {
+            format!("; reattach with `wrenn capsule shell {id} --tag {tag}`")
+        }
+    };
+    let detached = |tag: &str| note(&format!("detached{}", reattach(tag)));
     let _ = writer.resize(cols, rows).await;
     let mut input = stdin_reader();
     let mut input_open = true;
+    // Without a TTY, the end of input is Ctrl-D, sent once the terminal has been quiet for a
+    // moment (a shell that has not set up its line editor yet would drop it) and again while
+    // the session goes on: the shell exits when it next reads input, as it would at a terminal.
+    let mut eof_at: Option<tokio::time::Instant> = None;
+    let mut last_input = None;
     let mut winch = signal(SignalKind::window_change())
         .map_err(|e| CliError::new("io_error", e.to_string()))?;
     let mut int =
@@ -153,6 +172,9 @@ pub async fn run(client: &Client, id: &str, tag: Option<&str>) -> Result<i32, Cl
         tokio::select! {
             ev = reader.next() => match ev {
                 Some(Ok(PtyEvent::Output(bytes))) => {
+                    if let Some(at) = eof_at.as_mut() {
+                        *at = tokio::time::Instant::now() + EOF_QUIET;
+                    }
                     if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
                         break Err(CliError::new("io_error", "writing to stdout failed"));
                     }
@@ -165,31 +187,34 @@ pub async fn run(client: &Client, id: &str, tag: Option<&str>) -> Result<i32, Cl
                 Some(Ok(PtyEvent::Error { message, fatal: false })) => note(&message),
                 Some(Err(e)) => break Err(e.into()),
                 None => {
-                    let how = if tag.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; reattach with `wrenn capsule shell {id} --tag {tag}`")
-                    };
                     break Err(CliError::new(
                         "stream_error",
-                        format!("the connection closed before the shell ended{how}"),
+                        format!("the connection closed before the shell ended{}", reattach(&tag)),
                     ));
                 }
             },
             chunk = input.recv(), if input_open => match chunk {
                 Some(Some(bytes)) => {
+                    last_input = bytes.last().copied();
                     if writer.write(bytes).await.is_err() {
                         input_open = false;
                     }
                 }
-                // End of input: Ctrl-D, as a terminal would send it.
                 Some(None) | None => {
                     input_open = false;
                     if !tty {
-                        let _ = writer.write(vec![4u8]).await;
+                        // The last line ends with the input, as it does at a terminal.
+                        if !matches!(last_input, None | Some(b'\n' | b'\r')) {
+                            let _ = writer.write(vec![b'\n']).await;
+                        }
+                        eof_at = Some(tokio::time::Instant::now() + EOF_QUIET);
                     }
                 }
             },
+            _ = tokio::time::sleep_until(eof_at.unwrap_or_else(tokio::time::Instant::now)), if eof_at.is_some() => {
+                let _ = writer.write(vec![4u8]).await;
+                eof_at = Some(tokio::time::Instant::now() + EOF_AGAIN);
+            }
             _ = winch.recv() => {
                 if let Some((c, r)) = terminal_size() {
                     let _ = writer.resize(c, r).await;
@@ -199,8 +224,15 @@ pub async fn run(client: &Client, id: &str, tag: Option<&str>) -> Result<i32, Cl
             _ = int.recv() => {
                 let _ = writer.write(vec![3u8]).await;
             }
-            _ = term.recv() => break Ok(128 + 15),
-            _ = hup.recv() => break Ok(128 + 1),
+            // Leaves the terminal running in the capsule.
+            _ = term.recv() => {
+                detached(&tag);
+                break Ok(128 + 15);
+            }
+            _ = hup.recv() => {
+                detached(&tag);
+                break Ok(128 + 1);
+            }
         }
     };
     let _ = stdout.flush().await;
