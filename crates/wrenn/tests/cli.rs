@@ -226,6 +226,104 @@ fn random_file(path: &Path, len: usize) -> Vec<u8> {
     data
 }
 
+/// wrenn-client against the same server: processes, streamed exec, files, metrics, a PTY.
+async fn client_calls(server: &Server, id: &str) {
+    use wrenn_client::{Client, Exec, FileType, PtyEvent, PtyStart, StreamEvent};
+    let client = Client::new(&server.url, &server.key).unwrap();
+    client.ping_capsule(id).await.unwrap();
+    assert!(client
+        .get_capsule("cl-nope")
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // Background processes: start, list, kill by tag.
+    let bg = client
+        .exec_background(id, &Exec::shell("sleep 300").tag("sleeper"))
+        .await
+        .unwrap();
+    assert!(bg.pid > 0);
+    assert_eq!(bg.tag, "sleeper");
+    let procs = client.list_processes(id).await.unwrap();
+    assert!(procs.iter().any(|p| p.tag == "sleeper"), "{procs:?}");
+    client.kill_process(id, "sleeper").await.unwrap();
+
+    // A streamed exec, event by event.
+    let mut stream = client
+        .exec_stream(id, &Exec::shell("echo a; echo b >&2; exit 2"))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        events.push(ev.unwrap());
+    }
+    assert!(
+        matches!(events.first(), Some(StreamEvent::Start { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&StreamEvent::Stdout("a\n".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&StreamEvent::Stderr("b\n".into())),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&StreamEvent::Exit { exit_code: 2 }));
+
+    // Files.
+    let dir = client.make_dir(id, "/tmp/api/sub").await.unwrap();
+    assert_eq!(dir.kind, FileType::Directory);
+    client
+        .write_file_bytes(id, "/tmp/api/f.txt", &b"contents"[..])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.read_file_bytes(id, "/tmp/api/f.txt").await.unwrap(),
+        b"contents"
+    );
+    let mut names: Vec<String> = client
+        .list_files(id, "/tmp/api", 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["f.txt", "sub"]);
+    client.remove_file(id, "/tmp/api").await.unwrap();
+    let gone = client.list_files(id, "/tmp/api", 1).await.unwrap_err();
+    assert!(gone.is_not_found(), "{gone:?}");
+
+    let m = client.metrics(id, Some("5m")).await.unwrap();
+    assert_eq!(m.sandbox_id, id);
+
+    // A PTY running a command to its end.
+    let mut pty = client
+        .pty_start(
+            id,
+            &PtyStart {
+                cmd: Some("/bin/sh".into()),
+                args: vec!["-c".into(), "echo pty-$((2*3)); exit 6".into()],
+                ..PtyStart::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(pty.tag.starts_with("pty-"), "{}", pty.tag);
+    let mut output = Vec::new();
+    let code = loop {
+        match pty.next().await {
+            Some(Ok(PtyEvent::Output(b))) => output.extend_from_slice(&b),
+            Some(Ok(PtyEvent::Exit { exit_code })) => break exit_code,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 6);
+    assert!(String::from_utf8_lossy(&output).contains("pty-6"));
+}
+
 #[test]
 fn cli_drives_a_real_wrenn_up() {
     let mut server = Server::start();
@@ -267,6 +365,11 @@ fn cli_drives_a_real_wrenn_up() {
         .iter()
         .any(|c| c["id"] == id.as_str()));
     assert_eq!(server.json(&["capsule", "get", &id])["status"], "running");
+
+    // The client library's calls the verbs do not make.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client_calls(&server, &id));
 
     // Exec: streams to ours, the exit code is ours.
     let out = server.cli(&[
