@@ -30,6 +30,19 @@ fn agent_name(team_id: &str, name: &str) -> String {
     format!("t{tail}.{name}")
 }
 
+/// An agent error about a team's template, in the team's words (hosts know it by another
+/// name).
+fn user_facing(s: tonic::Status, name: &str) -> ApiError {
+    match s.code() {
+        tonic::Code::FailedPrecondition => ApiError::InvalidState(format!(
+            "template {name} is in use by capsules (or the capsule cannot be snapshotted now): \
+             destroy them first"
+        )),
+        tonic::Code::AlreadyExists => ApiError::Conflict(format!("template {name} already exists")),
+        _ => s.into(),
+    }
+}
+
 fn template_json(t: &TemplateRow) -> Value {
     json!({
         "name": t.name,
@@ -105,7 +118,8 @@ pub async fn create(
             name: agent_name(&caller.team_id, &name),
             overwrite: q.overwrite,
         })
-        .await?
+        .await
+        .map_err(|s| user_facing(s, &name))?
         .into_inner();
     // The source is paused now.
     state
@@ -218,7 +232,7 @@ pub async fn delete(
     {
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::NotFound => {}
-        Err(s) => return Err(s.into()),
+        Err(s) => return Err(user_facing(s, &name)),
     }
     state.db.delete_template(&caller.team_id, &name).await?;
     let _ = state
