@@ -462,8 +462,8 @@ async fn capsules_and_templates_are_scoped_by_team(s: Store) {
         code(db.capsule(&b.id, &ca.id).await.unwrap_err()),
         "not_found"
     );
-    assert_eq!(db.capsules(&a.id).await.unwrap(), [ca.clone()]);
-    assert_eq!(db.capsules(&b.id).await.unwrap(), [cb.clone()]);
+    assert_eq!(db.capsules(&a.id).await.unwrap(), std::slice::from_ref(&ca));
+    assert_eq!(db.capsules(&b.id).await.unwrap(), std::slice::from_ref(&cb));
     // Stopped capsules leave the list but stay readable by their team.
     db.set_capsule_status(&ca.id, "stopped", None, false)
         .await
