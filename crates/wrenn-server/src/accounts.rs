@@ -142,7 +142,7 @@ pub async fn caller_for_user(state: &AppState, user: &User, team: Option<&str>) 
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller> {
     let team = header(headers, "x-team-id");
     match credential(headers)? {
-        Credential::ApiKey(key) => authenticate_token(state, key, team).await,
+        Credential::ApiKey(key) => caller_for_key(state, key, team).await,
         Credential::UserToken(token) => {
             let user = user_from_token(state, token).await?;
             caller_for_user(state, &user, team).await
@@ -150,24 +150,30 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
     }
 }
 
-/// The caller a bare credential stands for (an API key, or a user token acting in `team` or
-/// their first team): for transports without headers, such as a WebSocket's first frame.
+/// The caller a bare credential stands for (an API key `wrn_…`, or a user token acting in
+/// `team` or their first team): for transports without headers, such as a WebSocket's first
+/// frame.
 pub async fn authenticate_token(
     state: &AppState,
     token: &str,
     team: Option<&str>,
 ) -> Result<Caller> {
-    if !token.starts_with("wrn_") {
+    if token.starts_with("wrn_") {
+        caller_for_key(state, token, team).await
+    } else {
         let user = user_from_token(state, token).await?;
-        return caller_for_user(state, &user, team).await;
+        caller_for_user(state, &user, team).await
     }
+}
+
+/// An API key's caller; it acts only in its own team.
+async fn caller_for_key(state: &AppState, key: &str, team: Option<&str>) -> Result<Caller> {
     let caller = state
         .db
-        .authenticate_key(token)
+        .authenticate_key(key)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
     match team {
-        // A key acts only in its own team.
         Some(t) if t != caller.team_id => Err(team_not_found(t)),
         _ => Ok(caller),
     }

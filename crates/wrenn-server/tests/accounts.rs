@@ -262,6 +262,11 @@ async fn signup_login_and_user_tokens() {
         let (st, b) = s.call(Method::GET, "/v1/api-keys", who, None).await;
         assert_eq!(error_code(st, &b), (401, "unauthorized"));
     }
+    // A user token is not an API key.
+    let (st, b) = s
+        .call(Method::GET, "/v1/api-keys", As::Key(&token), None)
+        .await;
+    assert_eq!(error_code(st, &b), (401, "unauthorized"));
     let mut tampered = token.clone();
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
