@@ -25,7 +25,7 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, every Rust test, the published e2b SDK against envd, the published wrenn SDK against wrenn up
+## test: format check, clippy -D warnings, every Rust test (storage on SQLite and PostgreSQL), the published e2b SDK against envd, the published wrenn SDK against wrenn up
 test: deps lint unit e2b sdk
 
 deps:
@@ -35,8 +35,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+## unit: every Rust test; the storage tests run on SQLite and on a private PostgreSQL that
+## scripts/install-postgres.sh installs and starts (or on WRENN_TEST_DATABASE_URL when set)
 unit: images
-	$(CARGO) test --workspace --locked
+	url="$${WRENN_TEST_DATABASE_URL:-$$(scripts/install-postgres.sh)}" && \
+	WRENN_TEST_DATABASE_URL="$$url" $(CARGO) test --workspace --locked
 
 envd:
 	$(CARGO) build -p envd --locked

@@ -2,10 +2,13 @@
 //! sqlx's `Any` driver with portable SQL (text ids, BIGINT Unix milliseconds) and one set of
 //! migrations. Every query of a team's resources is scoped by `team_id`.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use sha2::{Digest, Sha256};
-use sqlx::{any::AnyPoolOptions, AnyPool, Row};
+use sqlx::{any::AnyPoolOptions, AnyConnection, AnyPool, Row};
 use wrenn_types::{Id, IdKind};
 
 use crate::error::{ApiError, Result};
@@ -37,6 +40,7 @@ pub fn hash_key(plaintext: &str) -> String {
 pub struct Team {
     pub id: String,
     pub name: String,
+    pub created_at: i64,
 }
 
 /// Who made a request.
@@ -55,6 +59,8 @@ pub struct ApiKeyRow {
     pub team_id: String,
     pub name: String,
     pub prefix: String,
+    /// The user or API key that made it (`None` for the bootstrap key).
+    pub created_by: Option<String>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
 }
@@ -109,6 +115,8 @@ pub struct AuditRow {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Secrets never change once made, so each is read from the database once.
+    secrets: Arc<Mutex<HashMap<String, String>>>,
 }
 
 fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
@@ -180,39 +188,46 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| ApiError::Internal(format!("migrating the database: {e}")))?;
-        Ok(Db { pool })
+        let db = Db {
+            pool,
+            secrets: Arc::default(),
+        };
+        // The user-token signing key exists from the first start on.
+        db.secret(JWT_SECRET).await?;
+        Ok(db)
     }
 
-    /// A secret kept in the database (made on first use): e.g. the JWT signing key.
+    /// A secret kept in the database (made on first use, then kept): e.g. the JWT signing
+    /// key. Concurrent first uses (several control planes on one PostgreSQL) agree on one.
     pub async fn secret(&self, name: &str) -> Result<String> {
-        if let Some(r) = sqlx::query("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-        {
-            return Ok(r.try_get("value")?);
+        if let Some(v) = self.cached_secret(name) {
+            return Ok(v);
         }
-        let value = random_hex(32);
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(random_hex(32))
+        .execute(&self.pool)
+        .await?;
+        let r = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)
-            .bind(&value)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
+        let value: String = r.try_get("value")?;
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.insert(name.to_string(), value.clone());
+        }
         Ok(value)
     }
 
+    fn cached_secret(&self, name: &str) -> Option<String> {
+        self.secrets.lock().ok()?.get(name).cloned()
+    }
+
     pub async fn create_team(&self, name: &str) -> Result<Team> {
-        let id = Id::new(IdKind::Team).to_string();
-        sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(&id)
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(Team {
-            id,
-            name: name.into(),
-        })
+        let mut conn = self.pool.acquire().await?;
+        insert_team(&mut conn, name).await
     }
 
     pub async fn team_count(&self) -> Result<i64> {
@@ -225,29 +240,8 @@ impl Db {
     /// Makes an API key for `team_id`; returns its row and the plaintext (`wrn_` + 32 hex),
     /// which is never stored.
     pub async fn create_api_key(&self, team_id: &str, name: &str) -> Result<(ApiKeyRow, String)> {
-        let plaintext = format!("wrn_{}", random_hex(16));
-        let row = ApiKeyRow {
-            id: Id::new(IdKind::ApiKey).to_string(),
-            team_id: team_id.into(),
-            name: name.into(),
-            prefix: plaintext[..8].into(),
-            created_at: now_ms(),
-            last_used_at: None,
-        };
-        sqlx::query(
-            "INSERT INTO api_keys (id, team_id, created_by, name, prefix, key_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&row.id)
-        .bind(&row.team_id)
-        .bind(None::<String>)
-        .bind(&row.name)
-        .bind(&row.prefix)
-        .bind(hash_key(&plaintext))
-        .bind(row.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok((row, plaintext))
+        let mut conn = self.pool.acquire().await?;
+        insert_api_key(&mut conn, team_id, name, None).await
     }
 
     /// The caller a plaintext API key stands for, if it is a live key.
@@ -439,7 +433,7 @@ impl Db {
         Ok(())
     }
 
-    /// Records a mutating action.
+    /// Records a mutating action in the caller's team's log (in the order they happen).
     pub async fn audit(
         &self,
         caller: &Caller,
@@ -448,31 +442,35 @@ impl Db {
         outcome: &str,
         detail: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, team_id, actor_type, actor_id, action, resource_type, \
-             resource_id, outcome, detail, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(Id::new(IdKind::Audit).to_string())
-        .bind(&caller.team_id)
-        .bind(caller.actor_type)
-        .bind(&caller.actor_id)
-        .bind(action)
-        .bind(resource.0)
-        .bind(resource.1)
-        .bind(outcome)
-        .bind(detail)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let entry = AuditEntry {
+            caller,
+            action,
+            resource,
+            outcome,
+            detail,
+        };
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            lock_team(&mut tx, &caller.team_id).await?;
+            match insert_audit(&mut tx, &entry).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                // A log of a team the teams table does not hold is not locked: a concurrent
+                // writer may have taken the same sequence number. Try again.
+                Err(ApiError::Db(e)) if is_unique_violation(&e) && attempt < 5 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A team's audit log, newest first.
     pub async fn audit_log(&self, team_id: &str, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
             "SELECT id, actor_type, actor_id, action, resource_type, resource_id, outcome, detail, \
-             created_at FROM audit_log WHERE team_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+             created_at FROM audit_log WHERE team_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(team_id)
         .bind(limit)
@@ -579,3 +577,598 @@ impl Db {
 
 /// How often usage is sampled.
 pub const USAGE_SAMPLE_SECS: i64 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// Accounts: users, teams, memberships, API keys. Every change to a team's accounts takes the
+// acting `Caller` (its `team_id` is the team changed) and writes its audit row in the same
+// transaction, so no change is ever unaudited.
+
+/// The name of the user-token signing key in `settings`.
+pub const JWT_SECRET: &str = "jwt";
+
+/// A member's rights in a team, lowest first (so `Ord` compares rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    /// Lower-case.
+    pub email: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A team as one of its members sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub team: Team,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+/// A team's member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user: User,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+/// One audit row to write.
+struct AuditEntry<'a> {
+    caller: &'a Caller,
+    action: &'a str,
+    resource: (&'a str, &'a str),
+    outcome: &'a str,
+    detail: &'a str,
+}
+
+/// Whether `e` is a unique-constraint violation (SQLite or PostgreSQL).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+fn role_of(r: &sqlx::any::AnyRow) -> Result<Role> {
+    let role: String = r.try_get("role")?;
+    Role::parse(&role).ok_or_else(|| ApiError::Internal(format!("unknown role {role:?} stored")))
+}
+
+fn user_of(r: &sqlx::any::AnyRow) -> Result<User> {
+    Ok(User {
+        id: r.try_get("user_id")?,
+        email: r.try_get("email")?,
+        name: r.try_get("user_name")?,
+        created_at: r.try_get("user_created_at")?,
+    })
+}
+
+const USER_COLUMNS: &str =
+    "u.id AS user_id, u.email, u.name AS user_name, u.created_at AS user_created_at";
+
+/// Takes the team's row lock until the transaction ends (PostgreSQL; SQLite has one writer
+/// anyway), so checks and changes of one team's members and log never interleave. Whether the
+/// team exists.
+async fn lock_team(conn: &mut AnyConnection, team_id: &str) -> Result<bool> {
+    let done = sqlx::query("UPDATE teams SET name = name WHERE id = $1")
+        .bind(team_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Appends to a team's log with the next sequence number (call with the team locked).
+async fn insert_audit(conn: &mut AnyConnection, e: &AuditEntry<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, team_id, actor_type, actor_id, action, resource_type, \
+         resource_id, outcome, detail, created_at, seq) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE(MAX(seq), 0) + 1 \
+         FROM audit_log WHERE team_id = $11",
+    )
+    .bind(Id::new(IdKind::Audit).to_string())
+    .bind(&e.caller.team_id)
+    .bind(e.caller.actor_type)
+    .bind(&e.caller.actor_id)
+    .bind(e.action)
+    .bind(e.resource.0)
+    .bind(e.resource.1)
+    .bind(e.outcome)
+    .bind(e.detail)
+    .bind(now_ms())
+    .bind(&e.caller.team_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_team(conn: &mut AnyConnection, name: &str) -> Result<Team> {
+    let team = Team {
+        id: Id::new(IdKind::Team).to_string(),
+        name: name.into(),
+        created_at: now_ms(),
+    };
+    sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&team.id)
+        .bind(&team.name)
+        .bind(team.created_at)
+        .execute(conn)
+        .await?;
+    Ok(team)
+}
+
+async fn insert_membership(
+    conn: &mut AnyConnection,
+    team_id: &str,
+    user_id: &str,
+    role: Role,
+) -> Result<i64> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(team_id)
+    .bind(user_id)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(now)
+}
+
+/// Makes an API key; returns its row and the plaintext (`wrn_` + 32 hex), which is never
+/// stored: only its SHA-256 and its first 8 characters (to tell keys apart).
+async fn insert_api_key(
+    conn: &mut AnyConnection,
+    team_id: &str,
+    name: &str,
+    created_by: Option<&str>,
+) -> Result<(ApiKeyRow, String)> {
+    let plaintext = format!("wrn_{}", random_hex(16));
+    let row = ApiKeyRow {
+        id: Id::new(IdKind::ApiKey).to_string(),
+        team_id: team_id.into(),
+        name: name.into(),
+        prefix: plaintext[..8].into(),
+        created_by: created_by.map(str::to_string),
+        created_at: now_ms(),
+        last_used_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, team_id, created_by, name, prefix, key_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&row.id)
+    .bind(&row.team_id)
+    .bind(&row.created_by)
+    .bind(&row.name)
+    .bind(&row.prefix)
+    .bind(hash_key(&plaintext))
+    .bind(row.created_at)
+    .execute(conn)
+    .await?;
+    Ok((row, plaintext))
+}
+
+/// A member's current role, read under the team lock.
+async fn role_in(conn: &mut AnyConnection, team_id: &str, user_id: &str) -> Result<Option<Role>> {
+    sqlx::query("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
+        .bind(team_id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(role_of)
+        .transpose()
+}
+
+impl Db {
+    /// Signs a user up: the user, a personal team they own, and the audit row, all or nothing.
+    /// A taken email is `conflict`.
+    pub async fn create_user_with_team(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        team_name: &str,
+    ) -> Result<(User, Team)> {
+        let user = User {
+            id: Id::new(IdKind::User).to_string(),
+            email: email.into(),
+            name: name.into(),
+            created_at: now_ms(),
+        };
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(password_hash)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(ApiError::Conflict(
+                    "an account with this email already exists".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let team = insert_team(&mut tx, team_name).await?;
+        insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        let caller = Caller::user(&team.id, &user);
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: &caller,
+                action: "user.signup",
+                resource: ("user", &user.id),
+                outcome: "success",
+                detail: "",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((user, team))
+    }
+
+    /// A user and their password hash, by (lower-case) email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<(User, String)>> {
+        let r = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.email = $1"
+        ))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| Ok((user_of(&r)?, r.try_get("password_hash")?)))
+            .transpose()
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>> {
+        let r = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.as_ref().map(user_of).transpose()
+    }
+
+    /// The teams a user belongs to, in the order they joined (the personal team first).
+    pub async fn memberships(&self, user_id: &str) -> Result<Vec<Membership>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.name, t.created_at, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN teams t ON t.id = m.team_id \
+             WHERE m.user_id = $1 ORDER BY m.created_at, t.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Membership {
+                    team: Team {
+                        id: r.try_get("id")?,
+                        name: r.try_get("name")?,
+                        created_at: r.try_get("created_at")?,
+                    },
+                    role: role_of(r)?,
+                    joined_at: r.try_get("joined_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A user's role in a team, `None` when not a member (or no such team).
+    pub async fn role(&self, team_id: &str, user_id: &str) -> Result<Option<Role>> {
+        let mut conn = self.pool.acquire().await?;
+        role_in(&mut conn, team_id, user_id).await
+    }
+
+    /// A new team owned by `user` (audited in the new team's log).
+    pub async fn create_owned_team(&self, user: &User, name: &str) -> Result<Membership> {
+        let mut tx = self.pool.begin().await?;
+        let team = insert_team(&mut tx, name).await?;
+        let joined_at = insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        let caller = Caller::user(&team.id, user);
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: &caller,
+                action: "team.create",
+                resource: ("team", &team.id),
+                outcome: "success",
+                detail: name,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Membership {
+            team,
+            role: Role::Owner,
+            joined_at,
+        })
+    }
+
+    /// A team's members, in the order they joined.
+    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = $1 ORDER BY m.created_at, u.email"
+        ))
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Member {
+                    user: user_of(r)?,
+                    role: role_of(r)?,
+                    joined_at: r.try_get("joined_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One member of a team, `None` when the user is not in it.
+    pub async fn member(&self, team_id: &str, user_id: &str) -> Result<Option<Member>> {
+        let r = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = $1 AND m.user_id = $2"
+        ))
+        .bind(team_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(Member {
+                user: user_of(&r)?,
+                role: role_of(&r)?,
+                joined_at: r.try_get("joined_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Adds `user_id` to `by`'s team as `role`; `conflict` when already a member.
+    pub async fn add_member(&self, by: &Caller, user_id: &str, role: Role) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_team(&mut tx, &by.team_id).await? {
+            return Err(ApiError::NotFound(format!("team {} not found", by.team_id)));
+        }
+        if role_in(&mut tx, &by.team_id, user_id).await?.is_some() {
+            return Err(ApiError::Conflict(
+                "this user is already a member of the team".into(),
+            ));
+        }
+        insert_membership(&mut tx, &by.team_id, user_id, role).await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.add",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}", role.as_str()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes a member's role from `from` (what the caller's permission check saw) to `to`.
+    /// `not_found` when not a member; `conflict` when the role changed meanwhile or when this
+    /// would leave the team without an owner.
+    pub async fn set_member_role(
+        &self,
+        by: &Caller,
+        user_id: &str,
+        from: Role,
+        to: Role,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &by.team_id).await?;
+        match role_in(&mut tx, &by.team_id, user_id).await? {
+            None => return Err(member_not_found(user_id)),
+            Some(now) if now != from => return Err(role_changed()),
+            Some(_) => {}
+        }
+        if from == Role::Owner && to != Role::Owner && owners(&mut tx, &by.team_id).await? <= 1 {
+            return Err(ApiError::Conflict(
+                "the team's last owner cannot step down; make another member owner first".into(),
+            ));
+        }
+        sqlx::query("UPDATE memberships SET role = $1 WHERE team_id = $2 AND user_id = $3")
+            .bind(to.as_str())
+            .bind(&by.team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.role",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}->{}", from.as_str(), to.as_str()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a member whose role is `from` (what the permission check saw). Owners are never
+    /// removed (demote first), so a team always keeps an owner.
+    pub async fn remove_member(&self, by: &Caller, user_id: &str, from: Role) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &by.team_id).await?;
+        match role_in(&mut tx, &by.team_id, user_id).await? {
+            None => return Err(member_not_found(user_id)),
+            Some(Role::Owner) => {
+                return Err(ApiError::Conflict(
+                    "an owner cannot be removed; change their role first".into(),
+                ))
+            }
+            Some(now) if now != from => return Err(role_changed()),
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
+            .bind(&by.team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.remove",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}", from.as_str()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A team's API keys (never their hashes), newest first.
+    pub async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKeyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, team_id, name, prefix, created_by, created_at, last_used_at \
+             FROM api_keys WHERE team_id = $1 ORDER BY created_at DESC, id",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyRow {
+                    id: r.try_get("id")?,
+                    team_id: r.try_get("team_id")?,
+                    name: r.try_get("name")?,
+                    prefix: r.try_get("prefix")?,
+                    created_by: r.try_get("created_by")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes an API key of `by`'s team (audited); returns the row and the plaintext.
+    pub async fn create_api_key_as(&self, by: &Caller, name: &str) -> Result<(ApiKeyRow, String)> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_team(&mut tx, &by.team_id).await? {
+            return Err(ApiError::NotFound(format!("team {} not found", by.team_id)));
+        }
+        let made = insert_api_key(&mut tx, &by.team_id, name, Some(&by.actor_id)).await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "api_key.create",
+                resource: ("api_key", &made.0.id),
+                outcome: "success",
+                detail: name,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Deletes an API key of `by`'s team (audited); `not_found` for any other key.
+    pub async fn delete_api_key(&self, by: &Caller, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &by.team_id).await?;
+        let done = sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2")
+            .bind(&by.team_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!("API key {id} not found")));
+        }
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "api_key.delete",
+                resource: ("api_key", id),
+                outcome: "success",
+                detail: "",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn owners(conn: &mut AnyConnection, team_id: &str) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships WHERE team_id = $1 AND role = $2")
+        .bind(team_id)
+        .bind(Role::Owner.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(r.try_get("n")?)
+}
+
+fn member_not_found(user_id: &str) -> ApiError {
+    ApiError::NotFound(format!("user {user_id} is not a member of this team"))
+}
+
+fn role_changed() -> ApiError {
+    ApiError::Conflict("the member's role changed meanwhile; try again".into())
+}
+
+impl Caller {
+    /// A signed-in user acting in `team_id`.
+    pub fn user(team_id: &str, user: &User) -> Caller {
+        Caller {
+            team_id: team_id.into(),
+            actor_type: "user",
+            actor_id: user.id.clone(),
+            actor_name: user.name.clone(),
+        }
+    }
+
+    /// The user's id when the caller is a signed-in user (not an API key).
+    pub fn user_id(&self) -> Option<&str> {
+        (self.actor_type == "user").then_some(self.actor_id.as_str())
+    }
+}

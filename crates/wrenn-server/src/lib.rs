@@ -2,6 +2,7 @@
 //! [`files`], [`snapshots`], [`events`]), API-key auth scoped to a team ([`state`]), storage
 //! ([`db`]), and a reconciler that keeps the database in step with the host agent.
 
+pub mod accounts;
 pub mod capsules;
 pub mod db;
 pub mod error;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshots/{name}", delete(snapshots::delete))
         .route("/v1/events/stream", get(events::stream))
         .route("/v1/audit", get(audit))
+        .merge(accounts::account_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(

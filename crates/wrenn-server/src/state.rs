@@ -31,35 +31,13 @@ impl AppState {
     }
 }
 
-/// A request's caller, from `X-API-Key` or `Authorization: Bearer wrn_…`.
+/// A request's caller: an API key (`X-API-Key` or `Authorization: Bearer wrn_…`) or a
+/// signed-in user (`Authorization: Bearer <token>`, in `X-Team-Id` or their first team); see
+/// [`crate::accounts::authenticate`].
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        };
-        let key = header("x-api-key").or_else(|| {
-            header("authorization").and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .map(str::trim)
-            })
-        });
-        let Some(key) = key else {
-            return Err(ApiError::Unauthorized(
-                "an API key is required (X-API-Key or Authorization: Bearer)".into(),
-            ));
-        };
-        state
-            .db
-            .authenticate_key(key)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
+        crate::accounts::authenticate(state, &parts.headers).await
     }
 }

@@ -1,0 +1,738 @@
+//! Accounts: sign-up and log-in (argon2id passwords, 24 h HS256 user tokens), teams and their
+//! members with roles, API keys, and who a request comes from ([`authenticate`]).
+//!
+//! Credentials. `X-API-Key: wrn_…` or `Authorization: Bearer wrn_…` is an API key: it acts
+//! in its own team. `Authorization: Bearer <token>` (from sign-up or log-in) is a signed-in
+//! user: they act in the team named by `X-Team-Id` (they must be a member; otherwise the team
+//! is `not_found`, so other teams' existence never leaks) or else in their first team (the
+//! personal one made at sign-up). Roles are read from the database on every request, never
+//! from the token, so a role change or a removal takes effect at once.
+//!
+//! Rights. Roles rank owner > admin > member.
+//! * Teams and members (`/v1/teams…`) need a signed-in user; API keys get `forbidden` (a key
+//!   must never be able to give anyone access to a team). Any member reads the member list;
+//!   admins and owners add members (as admin or member) and remove or promote plain members;
+//!   only owners change an admin's or owner's role or make owners. Owners are never removed
+//!   (demote first), and the last owner cannot be demoted. Anyone but an owner may leave.
+//! * API keys (`/v1/api-keys`): any member or key of the team lists them (never the secret or
+//!   its hash); creating and deleting needs an admin or owner, or an API key of the team (keys
+//!   are team-level credentials: the key `wrenn up` prints must be able to make more). A
+//!   key's plaintext is shown once; the database holds only its SHA-256.
+//! * Every change is written to the team's audit log in the same transaction.
+//!
+//! Not found and forbidden: a team, member or key outside the caller's reach is `not_found`;
+//! `forbidden` only ever answers members of the team about their own team.
+
+pub mod jwt;
+pub mod password;
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    http::{request::Parts, HeaderMap, StatusCode},
+    routing::{delete, get, patch, post},
+    Json, Router,
+};
+use serde::{de::DeserializeOwned, Deserialize};
+use serde_json::{json, Value};
+use wrenn_types::{Id, IdKind};
+
+use crate::{
+    db::{now_ms, ApiKeyRow, Caller, Member, Membership, Role, Team, User, JWT_SECRET},
+    error::{ApiError, Result},
+    state::AppState,
+    time::rfc3339,
+};
+
+/// The account routes (merged into [`crate::router`]).
+pub fn account_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/teams", get(list_teams).post(create_team))
+        .route("/v1/teams/{id}/members", get(list_members).post(add_member))
+        .route(
+            "/v1/teams/{id}/members/{user_id}",
+            patch(set_member_role).delete(remove_member),
+        )
+        .route("/v1/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/v1/api-keys/{id}", delete(delete_api_key))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who is calling.
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted (hashing cost stays bounded).
+pub const MAX_PASSWORD_CHARS: usize = 256;
+/// Longest user, team or key name.
+const MAX_NAME_CHARS: usize = 100;
+
+enum Credential<'a> {
+    ApiKey(&'a str),
+    UserToken(&'a str),
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>> {
+    if let Some(key) = header(headers, "x-api-key") {
+        return Ok(Credential::ApiKey(key));
+    }
+    let bearer = header(headers, "authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match bearer {
+        Some(k) if k.starts_with("wrn_") => Ok(Credential::ApiKey(k)),
+        Some(t) if !t.is_empty() => Ok(Credential::UserToken(t)),
+        _ => Err(ApiError::Unauthorized(
+            "credentials are required: X-API-Key: wrn_…, or Authorization: Bearer with an API \
+             key or a user token from /v1/auth/login"
+                .into(),
+        )),
+    }
+}
+
+fn team_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("team {id} not found"))
+}
+
+/// The user a user token stands for.
+pub async fn user_from_token(state: &AppState, token: &str) -> Result<User> {
+    let invalid = || ApiError::Unauthorized("invalid or expired token".into());
+    let key = state.db.secret(JWT_SECRET).await?;
+    let claims = jwt::verify(key.as_bytes(), token, now_ms() / 1000).map_err(|_| invalid())?;
+    state.db.user(&claims.sub).await?.ok_or_else(invalid)
+}
+
+/// `user` acting in `team` (must be a member), or else in their first team.
+pub async fn caller_for_user(state: &AppState, user: &User, team: Option<&str>) -> Result<Caller> {
+    let team_id = match team {
+        Some(t) => {
+            state
+                .db
+                .role(t, &user.id)
+                .await?
+                .ok_or_else(|| team_not_found(t))?;
+            t.to_string()
+        }
+        None => state
+            .db
+            .memberships(&user.id)
+            .await?
+            .into_iter()
+            .next()
+            .map(|m| m.team.id)
+            .ok_or_else(|| {
+                ApiError::Forbidden("you are not a member of any team; create one first".into())
+            })?,
+    };
+    Ok(Caller::user(&team_id, user))
+}
+
+/// The caller of a request with these headers: an API key (in its team) or a signed-in user
+/// (in `X-Team-Id` or their first team). `unauthorized` without valid credentials.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller> {
+    let team = header(headers, "x-team-id");
+    match credential(headers)? {
+        Credential::ApiKey(key) => caller_for_key(state, key, team).await,
+        Credential::UserToken(token) => {
+            let user = user_from_token(state, token).await?;
+            caller_for_user(state, &user, team).await
+        }
+    }
+}
+
+/// The caller a bare credential stands for (an API key `wrn_…`, or a user token acting in
+/// `team` or their first team): for transports without headers, such as a WebSocket's first
+/// frame.
+pub async fn authenticate_token(
+    state: &AppState,
+    token: &str,
+    team: Option<&str>,
+) -> Result<Caller> {
+    if token.starts_with("wrn_") {
+        caller_for_key(state, token, team).await
+    } else {
+        let user = user_from_token(state, token).await?;
+        caller_for_user(state, &user, team).await
+    }
+}
+
+/// An API key's caller; it acts only in its own team.
+async fn caller_for_key(state: &AppState, key: &str, team: Option<&str>) -> Result<Caller> {
+    let caller = state
+        .db
+        .authenticate_key(key)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+    match team {
+        Some(t) if t != caller.team_id => Err(team_not_found(t)),
+        _ => Ok(caller),
+    }
+}
+
+/// A signed-in user (user token only; API keys are `forbidden`).
+pub struct SignedIn(pub User);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match credential(&parts.headers)? {
+            Credential::UserToken(token) => Ok(SignedIn(user_from_token(state, token).await?)),
+            Credential::ApiKey(key) => {
+                // A bad key is still `unauthorized`; a good one is the wrong kind of credential.
+                state
+                    .db
+                    .authenticate_key(key)
+                    .await?
+                    .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+                Err(ApiError::Forbidden(
+                    "teams and members are managed by signed-in users, not API keys".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(JsonBody(v))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation and JSON.
+
+/// An email address, trimmed and lower-cased, or `invalid_request`.
+pub fn normalize_email(raw: &str) -> Result<String> {
+    let email = raw.trim().to_lowercase();
+    let bad = || ApiError::InvalidRequest(format!("{raw:?} is not a valid email address"));
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    let labels_ok = domain.split('.').count() >= 2 && domain.split('.').all(|l| !l.is_empty());
+    let chars_ok = email
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '<' | '>' | ',' | ';'));
+    if local.is_empty()
+        || local.len() > 64
+        || email.len() > 254
+        || domain.contains('@')
+        || !labels_ok
+        || !chars_ok
+    {
+        return Err(bad());
+    }
+    Ok(email)
+}
+
+fn check_password(password: &str) -> Result<()> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(ApiError::InvalidRequest(format!(
+            "the password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    if n > MAX_PASSWORD_CHARS {
+        return Err(ApiError::InvalidRequest(format!(
+            "the password must have at most {MAX_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A display name: trimmed, 1..=100 characters, no control characters.
+fn clean_name(raw: &str, what: &str) -> Result<String> {
+    let name = raw.trim();
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "{what} must have 1 to {MAX_NAME_CHARS} characters and no control characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+fn user_json(u: &User) -> Value {
+    json!({
+        "id": u.id,
+        "email": u.email,
+        "name": u.name,
+        "created_at": rfc3339(u.created_at),
+    })
+}
+
+fn team_json(t: &Team, role: Role) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "created_at": rfc3339(t.created_at),
+        "role": role.as_str(),
+    })
+}
+
+fn membership_json(m: &Membership) -> Value {
+    let mut v = team_json(&m.team, m.role);
+    v["joined_at"] = json!(rfc3339(m.joined_at));
+    v
+}
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "user_id": m.user.id,
+        "email": m.user.email,
+        "name": m.user.name,
+        "role": m.role.as_str(),
+        "joined_at": rfc3339(m.joined_at),
+    })
+}
+
+fn api_key_json(k: &ApiKeyRow) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "created_by": k.created_by,
+        "created_at": rfc3339(k.created_at),
+        "last_used_at": k.last_used_at.map(rfc3339),
+    })
+}
+
+/// A fresh token for `user` as `{token, token_type, expires_at}` fields.
+async fn token_fields(state: &AppState, user: &User) -> Result<serde_json::Map<String, Value>> {
+    let key = state.db.secret(JWT_SECRET).await?;
+    let (token, claims) = jwt::issue(key.as_bytes(), &user.id, now_ms() / 1000);
+    let mut m = serde_json::Map::new();
+    m.insert("token".into(), json!(token));
+    m.insert("token_type".into(), json!("Bearer"));
+    m.insert("expires_at".into(), json!(rfc3339(claims.exp * 1000)));
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign-up and log-in.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupBody {
+    email: String,
+    password: String,
+    name: Option<String>,
+}
+
+/// `POST /v1/auth/signup` → 201 `{user, team, token, token_type, expires_at}`.
+async fn signup(
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<SignupBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let email = normalize_email(&b.email)?;
+    check_password(&b.password)?;
+    let name = match &b.name {
+        Some(n) => clean_name(n, "name")?,
+        None => email.split('@').next().unwrap_or("user").to_string(),
+    };
+    // Cheap early answer; the unique index decides races.
+    if state.db.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::Conflict(
+            "an account with this email already exists".into(),
+        ));
+    }
+    let hash = password::hash(b.password).await?;
+    let (user, team) = state
+        .db
+        .create_user_with_team(&email, &name, &hash, &format!("{name}'s team"))
+        .await?;
+    let mut body = token_fields(&state, &user).await?;
+    body.insert("user".into(), user_json(&user));
+    body.insert("team".into(), team_json(&team, Role::Owner));
+    Ok((StatusCode::CREATED, Json(Value::Object(body))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/auth/login` → `{user, token, token_type, expires_at}`. Unknown email and wrong
+/// password get the same answer after the same work (a dummy hash is checked).
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<LoginBody>,
+) -> Result<Json<Value>> {
+    let refused = || ApiError::Unauthorized("invalid email or password".into());
+    if b.password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(refused());
+    }
+    let found = state
+        .db
+        .user_by_email(&b.email.trim().to_lowercase())
+        .await?;
+    let (user, stored) = match found {
+        Some((u, h)) => (Some(u), Some(h)),
+        None => (None, None),
+    };
+    if !password::verify(b.password, stored).await? {
+        return Err(refused());
+    }
+    let user = user.ok_or_else(refused)?;
+    let mut body = token_fields(&state, &user).await?;
+    body.insert("user".into(), user_json(&user));
+    Ok(Json(Value::Object(body)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Teams and members.
+
+/// `user` acting in team `team_id` with their role; `not_found` unless a member.
+async fn acting_in(state: &AppState, user: &User, team_id: &str) -> Result<(Caller, Role)> {
+    let role = state
+        .db
+        .role(team_id, &user.id)
+        .await?
+        .ok_or_else(|| team_not_found(team_id))?;
+    Ok((Caller::user(team_id, user), role))
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::Forbidden(format!("your role in this team does not allow {what}"))
+}
+
+/// Whether an actor with role `actor` may change a member whose role is `from` to `to`
+/// (`None`: remove them). `is_self`: the member is the actor. The last-owner rule is the
+/// database's ([`crate::db::Db::set_member_role`]), checked atomically with the change.
+pub fn may_change_member(actor: Role, is_self: bool, from: Role, to: Option<Role>) -> Result<()> {
+    match to {
+        None if from == Role::Owner => {
+            if actor == Role::Owner {
+                Err(ApiError::Conflict(
+                    "an owner cannot be removed; change their role first".into(),
+                ))
+            } else {
+                Err(forbidden("removing an owner"))
+            }
+        }
+        // Leaving a team.
+        None if is_self => Ok(()),
+        None if actor == Role::Owner || (actor == Role::Admin && from == Role::Member) => Ok(()),
+        None => Err(forbidden("removing this member")),
+        Some(to) if from == Role::Owner || to == Role::Owner => {
+            if actor == Role::Owner {
+                Ok(())
+            } else {
+                Err(forbidden("changing ownership"))
+            }
+        }
+        Some(_) if actor == Role::Owner => Ok(()),
+        // Admins promote plain members, and may step down themselves.
+        Some(_) if actor == Role::Admin && (from == Role::Member || is_self) => Ok(()),
+        Some(_) => Err(forbidden("changing this member's role")),
+    }
+}
+
+/// `GET /v1/teams`: the caller's teams with their role, in the order they joined.
+async fn list_teams(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+) -> Result<Json<Value>> {
+    let teams = state.db.memberships(&user.id).await?;
+    Ok(Json(Value::Array(
+        teams.iter().map(membership_json).collect(),
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamBody {
+    name: String,
+}
+
+/// `POST /v1/teams {name}` → 201: a team the caller owns.
+async fn create_team(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    JsonBody(b): JsonBody<TeamBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let name = clean_name(&b.name, "name")?;
+    let m = state.db.create_owned_team(&user, &name).await?;
+    Ok((StatusCode::CREATED, Json(membership_json(&m))))
+}
+
+/// `GET /v1/teams/{id}/members`: any member.
+async fn list_members(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(team_id): Path<String>,
+) -> Result<Json<Value>> {
+    acting_in(&state, &user, &team_id).await?;
+    let members = state.db.members(&team_id).await?;
+    Ok(Json(Value::Array(
+        members.iter().map(member_json).collect(),
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    email: String,
+    role: Option<String>,
+}
+
+/// `POST /v1/teams/{id}/members {email, role?}` → 201 member: admins and owners; `role` is
+/// `admin` or `member` (default).
+async fn add_member(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(team_id): Path<String>,
+    JsonBody(b): JsonBody<AddMemberBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let (caller, actor) = acting_in(&state, &user, &team_id).await?;
+    if actor < Role::Admin {
+        return Err(forbidden("adding members"));
+    }
+    let role = match b.role.as_deref().unwrap_or("member") {
+        "member" => Role::Member,
+        "admin" => Role::Admin,
+        other => {
+            return Err(ApiError::InvalidRequest(format!(
+                "role must be admin or member, not {other:?} (owners are made by an owner \
+                 changing a member's role)"
+            )))
+        }
+    };
+    let email = normalize_email(&b.email)?;
+    let (added, _) = state
+        .db
+        .user_by_email(&email)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no user has the email {email}")))?;
+    state.db.add_member(&caller, &added.id, role).await?;
+    let m = state
+        .db
+        .member(&team_id, &added.id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("the new member vanished".into()))?;
+    Ok((StatusCode::CREATED, Json(member_json(&m))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    role: String,
+}
+
+/// `PATCH /v1/teams/{id}/members/{user_id} {role}` → the member.
+async fn set_member_role(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((team_id, member_id)): Path<(String, String)>,
+    JsonBody(b): JsonBody<RoleBody>,
+) -> Result<Json<Value>> {
+    let (caller, actor) = acting_in(&state, &user, &team_id).await?;
+    let to = Role::parse(&b.role).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "role must be owner, admin or member, not {:?}",
+            b.role
+        ))
+    })?;
+    let target = state
+        .db
+        .member(&team_id, &member_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {member_id} is not a member")))?;
+    may_change_member(actor, member_id == user.id, target.role, Some(to))?;
+    if target.role != to {
+        state
+            .db
+            .set_member_role(&caller, &member_id, target.role, to)
+            .await?;
+    }
+    let m = state
+        .db
+        .member(&team_id, &member_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {member_id} is not a member")))?;
+    Ok(Json(member_json(&m)))
+}
+
+/// `DELETE /v1/teams/{id}/members/{user_id}` → 204.
+async fn remove_member(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((team_id, member_id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let (caller, actor) = acting_in(&state, &user, &team_id).await?;
+    let target = state
+        .db
+        .member(&team_id, &member_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {member_id} is not a member")))?;
+    may_change_member(actor, member_id == user.id, target.role, None)?;
+    state
+        .db
+        .remove_member(&caller, &member_id, target.role)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys.
+
+/// Keys are managed by the team's API keys and by its admins and owners.
+async fn require_key_manager(state: &AppState, caller: &Caller) -> Result<()> {
+    let Some(user_id) = caller.user_id() else {
+        return Ok(()); // an API key of this team
+    };
+    match state.db.role(&caller.team_id, user_id).await? {
+        Some(r) if r >= Role::Admin => Ok(()),
+        Some(_) => Err(forbidden("managing API keys")),
+        None => Err(team_not_found(&caller.team_id)),
+    }
+}
+
+/// `GET /v1/api-keys`: the team's keys, newest first (never a secret).
+async fn list_api_keys(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
+    let keys = state.db.api_keys(&caller.team_id).await?;
+    Ok(Json(Value::Array(keys.iter().map(api_key_json).collect())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyBody {
+    name: Option<String>,
+}
+
+/// `POST /v1/api-keys {name?}` → 201 with `key`, the plaintext, shown this once.
+async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(b): JsonBody<ApiKeyBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    require_key_manager(&state, &caller).await?;
+    let name = match &b.name {
+        Some(n) => clean_name(n, "name")?,
+        None => "unnamed".to_string(),
+    };
+    let (row, plaintext) = state.db.create_api_key_as(&caller, &name).await?;
+    let mut body = api_key_json(&row);
+    body["key"] = json!(plaintext);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `DELETE /v1/api-keys/{id}` → 204; another team's key (or none) is `not_found`.
+async fn delete_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let id = Id::parse(IdKind::ApiKey, &id)
+        .map_err(|_| ApiError::NotFound(format!("API key {id} not found")))?
+        .to_string();
+    require_key_manager(&state, &caller).await?;
+    state.db.delete_api_key(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Role::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "ada@@example.com",
+            "ada@exa@mple.com",
+            "a da@example.com",
+            "ada@example..com",
+            "ada@.example.com",
+            "<ada>@example.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(65));
+        assert!(normalize_email(&long).is_err());
+    }
+
+    #[test]
+    fn passwords_and_names() {
+        assert!(check_password("1234567").is_err());
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password("ééééééé").is_err()); // characters, not bytes
+        assert!(check_password(&"x".repeat(MAX_PASSWORD_CHARS + 1)).is_err());
+        assert_eq!(clean_name("  Ada ", "name").unwrap(), "Ada");
+        assert!(clean_name("   ", "name").is_err());
+        assert!(clean_name("a\nb", "name").is_err());
+        assert!(clean_name(&"n".repeat(101), "name").is_err());
+    }
+
+    fn code(r: Result<()>) -> &'static str {
+        match r {
+            Ok(()) => "ok",
+            Err(e) => e.status_and_code().1,
+        }
+    }
+
+    #[test]
+    fn member_rights_table() {
+        // (actor, self?, from, to (None = remove), answer)
+        let table = [
+            // Members change nobody, but may leave.
+            (Member, false, Member, Some(Admin), "forbidden"),
+            (Member, true, Member, Some(Admin), "forbidden"),
+            (Member, false, Member, None, "forbidden"),
+            (Member, true, Member, None, "ok"),
+            (Member, false, Owner, None, "forbidden"),
+            // Admins manage plain members, never admins or owners.
+            (Admin, false, Member, Some(Admin), "ok"),
+            (Admin, false, Member, Some(Member), "ok"),
+            (Admin, false, Member, Some(Owner), "forbidden"),
+            (Admin, false, Admin, Some(Member), "forbidden"),
+            (Admin, true, Admin, Some(Member), "ok"),
+            (Admin, true, Admin, Some(Owner), "forbidden"),
+            (Admin, false, Owner, Some(Member), "forbidden"),
+            (Admin, false, Member, None, "ok"),
+            (Admin, false, Admin, None, "forbidden"),
+            (Admin, true, Admin, None, "ok"),
+            (Admin, false, Owner, None, "forbidden"),
+            // Owners do anything but remove an owner (demote first).
+            (Owner, false, Member, Some(Owner), "ok"),
+            (Owner, false, Admin, Some(Member), "ok"),
+            (Owner, false, Owner, Some(Admin), "ok"),
+            (Owner, true, Owner, Some(Member), "ok"),
+            (Owner, false, Admin, None, "ok"),
+            (Owner, false, Owner, None, "conflict"),
+            (Owner, true, Owner, None, "conflict"),
+        ];
+        for (actor, is_self, from, to, want) in table {
+            assert_eq!(
+                code(may_change_member(actor, is_self, from, to)),
+                want,
+                "{actor:?} self={is_self} {from:?} -> {to:?}"
+            );
+        }
+    }
+}
