@@ -119,16 +119,34 @@ async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json<Val
     Ok(Json(json!({ "entries": entries })))
 }
 
-/// On first start: a team and an admin API key, the key written to `key_file` (0600).
+/// The admin account `wrenn up` makes on first start.
+pub const ADMIN_EMAIL: &str = "admin@localhost";
+
+/// On first start: an admin user (`admin@localhost`, a random password written to
+/// `password_file`), their team, and an API key of that team written to `key_file` (both 0600).
 /// Later starts reuse them. Returns the key when it was just made.
-pub async fn bootstrap(db: &db::Db, key_file: &Path) -> Result<Option<String>> {
+pub async fn bootstrap(
+    db: &db::Db,
+    key_file: &Path,
+    password_file: &Path,
+) -> Result<Option<String>> {
     if db.team_count().await? > 0 && key_file.is_file() {
         return Ok(None);
     }
-    let team = db.create_team("default").await?;
+    let mut b = [0u8; 18];
+    let _ = getrandom::fill(&mut b);
+    let password = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let hash = accounts::password::hash(password.clone()).await?;
+    let (_, team) = db
+        .create_user_with_team(ADMIN_EMAIL, "Admin", &hash, "default")
+        .await?;
     let (_, key) = db.create_api_key(&team.id, "admin").await?;
-    write_private(key_file, &format!("{key}\n"))
-        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", key_file.display())))?;
+    let write = |path: &Path, text: String| {
+        write_private(path, &text)
+            .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+    };
+    write(password_file, format!("{password}\n"))?;
+    write(key_file, format!("{key}\n"))?;
     Ok(Some(key))
 }
 

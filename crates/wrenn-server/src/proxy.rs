@@ -131,6 +131,14 @@ const HOP_BY_HOP: &[&str] = &[
     "x-wrenn-access-token",
 ];
 
+/// A Wrenn API key in `Authorization`: it was for the proxy, never for the capsule's code.
+fn is_wrenn_credential(name: &header::HeaderName, value: &HeaderValue) -> bool {
+    name == header::AUTHORIZATION
+        && value
+            .to_str()
+            .is_ok_and(|v| v.trim_start().starts_with("Bearer wrn_"))
+}
+
 async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Response> {
     let id = crate::capsules::capsule_id(&t.capsule)?;
     let c = state.db.capsule_any(&id).await?;
@@ -175,7 +183,7 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         .http
         .request(req.method().clone(), format!("http://{upstream}{path}"));
     for (name, value) in req.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) && !is_wrenn_credential(name, value) {
             out = out.header(name, value);
         }
     }
@@ -209,7 +217,9 @@ async fn tunnel(
         .map_err(|e| ApiError::Agent(format!("connecting to {upstream}: {e}")))?;
     let mut head = format!("{} {path} HTTP/1.1\r\nHost: {upstream}\r\n", req.method());
     for (name, value) in req.headers() {
-        if matches!(name.as_str(), "host" | "x-api-key" | "x-wrenn-access-token") {
+        if matches!(name.as_str(), "host" | "x-api-key" | "x-wrenn-access-token")
+            || is_wrenn_credential(name, value)
+        {
             continue;
         }
         if let Ok(v) = value.to_str() {

@@ -35,9 +35,10 @@ pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Re
         .await
         .context("opening the database")?;
     let key_file = cp.data_dir.join("admin-api-key");
-    let new_key = wrenn_server::bootstrap(&db, &key_file)
+    let password_file = cp.data_dir.join("admin-password");
+    let new_key = wrenn_server::bootstrap(&db, &key_file, &password_file)
         .await
-        .context("creating the admin team and key")?;
+        .context("creating the admin user, team and key")?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let state = wrenn_server::AppState {
         db,
@@ -62,6 +63,11 @@ pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Re
         ),
         None => println!("admin API key: in {}", key_file.display()),
     }
+    println!(
+        "admin login: {} (password in {})",
+        wrenn_server::ADMIN_EMAIL,
+        password_file.display()
+    );
     Ok(Started { state, listener })
 }
 

@@ -98,7 +98,8 @@ def serve(c):
                 break
             c.sendall(chunk)
     else:
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        body = data if data.startswith(b"GET /headers") else b"hello"
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
     c.close()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -226,6 +227,31 @@ async fn port_proxy_and_its_access_rules() {
         .await
         .unwrap();
     assert_eq!(by_headers.text().await.unwrap(), "hello");
+    // The credentials that opened the proxy never reach the capsule's code.
+    let seen = http
+        .get(up.url("/headers"))
+        .header("host", &host)
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase();
+    assert!(seen.contains("x-custom: kept"), "{seen}");
+    assert!(
+        !seen.contains(&key.to_lowercase()) && !seen.contains("authorization"),
+        "{seen}"
+    );
+    let seen = get(&[("x-wrenn-access-token", &token)], "/headers")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!seen.contains(&token), "{seen}");
     // A port nothing listens on: a clear gateway error.
     let closed = http
         .get(up.url("/"))
