@@ -34,7 +34,7 @@ pub struct Args {
     /// Exec round trips per side [default: 200; quick 30].
     #[arg(long)]
     exec_runs: Option<usize>,
-    /// Create → first exec rounds per side [default: 8; quick 3].
+    /// Create → first exec rounds per side [default: 20; quick 3].
     #[arg(long)]
     create_runs: Option<usize>,
     /// Creates at once [default: 50; quick 8].
@@ -203,7 +203,7 @@ fn row(id: &'static str, label: &str, rest: f64, direct: f64, samples: usize) ->
 
 pub fn run(args: Args) -> Result<()> {
     let exec_runs = args.exec_runs.unwrap_or(if args.quick { 30 } else { 200 });
-    let create_runs = args.create_runs.unwrap_or(if args.quick { 3 } else { 8 });
+    let create_runs = args.create_runs.unwrap_or(if args.quick { 3 } else { 20 });
     let concurrent = args.concurrent.unwrap_or(if args.quick { 8 } else { 50 });
     let server = Server::start(&args)?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -270,6 +270,8 @@ pub fn run(args: Args) -> Result<()> {
                     let c = agent
                         .create_capsule(CreateCapsuleRequest {
                             template: "minimal".into(),
+                            // What the REST API asks for by default.
+                            egress: true,
                             ..Default::default()
                         })
                         .await?
