@@ -25,10 +25,11 @@ struct Up {
 }
 
 impl Up {
-    fn start() -> Up {
+    /// A `wrenn up` owning network slots `slots` (tests run in parallel: each its own range).
+    fn start(slots: &str) -> Up {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", "2400-2449"])
+            .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--images")
@@ -39,18 +40,7 @@ impl Up {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("wrenn up exited").unwrap();
-            if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let key = std::fs::read_to_string(dir.path().join("admin-api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let (addr, key) = ready(&mut child, dir.path());
         Up {
             child,
             addr,
@@ -62,6 +52,24 @@ impl Up {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// Waits for a control plane's "up" line; returns its address and the admin key it wrote.
+fn ready(child: &mut Child, data_dir: &std::path::Path) -> (String, String) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
+            break url.trim().to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    let key = std::fs::read_to_string(data_dir.join("admin-api-key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (addr, key)
 }
 
 impl Drop for Up {
@@ -112,7 +120,7 @@ while True:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn port_proxy_and_its_access_rules() {
-    let up = Up::start();
+    let up = Up::start("2400-2419");
     let http = reqwest::Client::new();
     let key = up.key.clone();
     let api =
@@ -136,6 +144,37 @@ async fn port_proxy_and_its_access_rules() {
     assert_eq!(unknown.status(), 400);
     let no_key = http.get(up.url("/v1/capsules")).send().await.unwrap();
     assert_eq!(no_key.status(), 401);
+    let wrong_type = api(reqwest::Method::POST, "/v1/capsules")
+        .json(&json!({ "vcpus": "two" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 400);
+    // On a connection of its own: the server may close it without reading the rest.
+    let huge = reqwest::Client::new()
+        .post(up.url("/v1/capsules"))
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(format!("{{\"template\":\"{}\"}}", "x".repeat(2 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let body: Value = huge.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+    let nowhere = api(reqwest::Method::GET, "/v1/nowhere")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status(), 404);
+    let listed: Value = api(reqwest::Method::GET, "/v1/capsules")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([]), "refused creates leave nothing");
 
     let create = |public: bool| {
         api(reqwest::Method::POST, "/v1/capsules")
@@ -399,18 +438,7 @@ async fn server_and_agent_apart_over_mtls() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("wrenn server exited").unwrap();
-        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let key = std::fs::read_to_string(dir.path().join("server/admin-api-key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (addr, key) = ready(&mut server, &dir.path().join("server"));
     let http = reqwest::Client::new();
     let c: Value = http
         .post(format!("http://{addr}/v1/capsules"))
@@ -481,7 +509,7 @@ async fn server_and_agent_apart_over_mtls() {
 /// files, processes, terminals, port, snapshot and audit log is `not_found`; names are per team.
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_cannot_see_each_other() {
-    let up = Up::start();
+    let up = Up::start("2420-2439");
     let http = reqwest::Client::new();
     let url = |p: &str| up.url(p);
     let key_a = up.key.clone();
