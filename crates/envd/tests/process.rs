@@ -406,17 +406,33 @@ async fn pty_input_resize_and_ctrl_d() {
     let mut sent_eof = false;
     let mut end = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, call.next()).await {
+    // A Ctrl-D typed while bash is still between commands (the terminal in canonical mode)
+    // can be lost when readline switches modes: it is typed again after a quiet second.
+    let ctrl_d = || {
+        envd.unary(
+            "/process.Process/SendInput",
+            json!({"process": {"pid": pid}, "input": {"pty": b64(b"\x04")}}),
+        )
+    };
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(1), call.next()).await;
+        let m = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(_) if tokio::time::Instant::now() >= deadline => break,
+            Err(_) => {
+                if sent_eof {
+                    ctrl_d().await;
+                }
+                continue;
+            }
+        };
         if let Some(s) = m["event"]["data"]["pty"].as_str() {
             out.extend(unb64(s));
             let text = String::from_utf8_lossy(&out);
             if !sent_eof && text.contains("43 132") && text.contains("/dev/pts/") {
                 sent_eof = true;
-                envd.unary(
-                    "/process.Process/SendInput",
-                    json!({"process": {"pid": pid}, "input": {"pty": b64(b"\x04")}}),
-                )
-                .await;
+                ctrl_d().await;
             }
         }
         assert!(
