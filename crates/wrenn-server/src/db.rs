@@ -586,8 +586,12 @@ pub const USAGE_SAMPLE_SECS: i64 = 10;
 /// The name of the user-token signing key in `settings`.
 pub const JWT_SECRET: &str = "jwt";
 
-/// A member's rights in a team, lowest first (so `Ord` compares rank).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A member's rights in a team: owner > admin > member.
+// Declared lowest first, so `Ord` compares rank.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Member,
     Admin,
