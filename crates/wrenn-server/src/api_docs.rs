@@ -19,7 +19,7 @@ use utoipa::{
 use crate::{
     accounts, audit, capsules,
     error::{self, ErrorBody},
-    events, files, snapshots, usage, ws,
+    events, files, metrics, snapshots, usage, ws,
 };
 
 // Reusable error answers (`#/components/responses/…`), each `{"error":{"code","message"}}`.
@@ -81,6 +81,7 @@ impl Modify for SecuritySchemes {
         crate::health,
         openapi_json,
         docs,
+        metrics::scrape,
         capsules::create,
         capsules::list,
         usage::stats,
@@ -150,7 +151,7 @@ impl Modify for SecuritySchemes {
         (name = "teams", description = "Teams and their members (signed-in users only)"),
         (name = "api-keys", description = "The team's API keys"),
         (name = "audit", description = "The team's audit log"),
-        (name = "service", description = "The server itself: health and this document"),
+        (name = "service", description = "The server itself: health, this document, metrics"),
     )
 )]
 pub struct ApiDoc;

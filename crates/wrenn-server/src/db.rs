@@ -332,6 +332,18 @@ impl Db {
         rows.iter().map(capsule_of).collect()
     }
 
+    /// How many capsules (of every team) have each status, by status name.
+    pub async fn capsule_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM capsules GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// Sets a capsule's status (and error); `started` also stamps `started_at`.
     pub async fn set_capsule_status(
         &self,

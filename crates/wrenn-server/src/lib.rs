@@ -1,7 +1,8 @@
 //! wrenn-server: the control plane. The REST API the published `wrenn` SDK uses ([`capsules`],
 //! [`files`], [`snapshots`], [`events`]), API-key auth scoped to a team ([`state`]), storage
 //! ([`db`]), and a reconciler that keeps the database in step with the host agent. The API
-//! describes itself ([`api_docs`]: `/openapi.json`, `/docs`).
+//! describes itself ([`api_docs`]: `/openapi.json`, `/docs`) and is measured ([`metrics`]:
+//! `/metrics`).
 
 pub mod accounts;
 pub mod api_docs;
@@ -11,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshots;
 pub mod state;
@@ -74,6 +76,7 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/health", health),
         route(M::GET, "/openapi.json", api_docs::openapi_json),
         route(M::GET, "/docs", api_docs::docs),
+        route(M::GET, "/metrics", metrics::scrape),
         route(M::POST, "/v1/capsules", capsules::create),
         route(M::GET, "/v1/capsules", capsules::list),
         route(M::GET, "/v1/capsules/stats", usage::stats),
@@ -124,7 +127,7 @@ pub fn routes() -> Vec<Route> {
     all
 }
 
-/// The API: every route of [`routes`], behind the port proxy.
+/// The API: every route of [`routes`], behind the port proxy, measured by [`metrics`].
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for r in routes() {
@@ -134,6 +137,11 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // Inside the proxy: proxied requests are the capsules' traffic, not the API's.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             proxy::route,
