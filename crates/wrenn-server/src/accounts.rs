@@ -28,34 +28,46 @@ pub mod password;
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Path, Request, State},
-    http::{request::Parts, HeaderMap, StatusCode},
-    routing::{delete, get, patch, post},
-    Json, Router,
+    http::{request::Parts, HeaderMap, Method, StatusCode},
+    Json,
 };
-use serde::{de::DeserializeOwned, Deserialize};
-use serde_json::{json, Value};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use utoipa::ToSchema;
 use wrenn_types::{Id, IdKind};
 
 use crate::{
-    db::{now_ms, ApiKeyRow, Caller, Member, Membership, Role, Team, User, JWT_SECRET},
-    error::{ApiError, Result},
+    api_docs::{BadRequest, Internal, Unauthorized},
+    db::{self, now_ms, ApiKeyRow, Caller, Role, JWT_SECRET},
+    error::{ApiError, ErrorBody, Result},
+    route,
     state::AppState,
     time::rfc3339,
+    Route,
 };
 
-/// The account routes (merged into [`crate::router`]).
-pub fn account_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/signup", post(signup))
-        .route("/v1/auth/login", post(login))
-        .route("/v1/teams", get(list_teams).post(create_team))
-        .route("/v1/teams/{id}/members", get(list_members).post(add_member))
-        .route(
+/// The account routes (part of [`crate::routes`]).
+pub fn account_routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/auth/signup", signup),
+        route(Method::POST, "/v1/auth/login", login),
+        route(Method::GET, "/v1/teams", list_teams),
+        route(Method::POST, "/v1/teams", create_team),
+        route(Method::GET, "/v1/teams/{id}/members", list_members),
+        route(Method::POST, "/v1/teams/{id}/members", add_member),
+        route(
+            Method::PATCH,
             "/v1/teams/{id}/members/{user_id}",
-            patch(set_member_role).delete(remove_member),
-        )
-        .route("/v1/api-keys", get(list_api_keys).post(create_api_key))
-        .route("/v1/api-keys/{id}", delete(delete_api_key))
+            set_member_role,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/teams/{id}/members/{user_id}",
+            remove_member,
+        ),
+        route(Method::GET, "/v1/api-keys", list_api_keys),
+        route(Method::POST, "/v1/api-keys", create_api_key),
+        route(Method::DELETE, "/v1/api-keys/{id}", delete_api_key),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -105,7 +117,7 @@ fn team_not_found(id: &str) -> ApiError {
 }
 
 /// The user a user token stands for.
-pub async fn user_from_token(state: &AppState, token: &str) -> Result<User> {
+pub async fn user_from_token(state: &AppState, token: &str) -> Result<db::User> {
     let invalid = || ApiError::Unauthorized("invalid or expired token".into());
     let key = state.db.secret(JWT_SECRET).await?;
     let claims = jwt::verify(key.as_bytes(), token, now_ms() / 1000).map_err(|_| invalid())?;
@@ -113,7 +125,11 @@ pub async fn user_from_token(state: &AppState, token: &str) -> Result<User> {
 }
 
 /// `user` acting in `team` (must be a member), or else in their first team.
-pub async fn caller_for_user(state: &AppState, user: &User, team: Option<&str>) -> Result<Caller> {
+pub async fn caller_for_user(
+    state: &AppState,
+    user: &db::User,
+    team: Option<&str>,
+) -> Result<Caller> {
     let team_id = match team {
         Some(t) => {
             state
@@ -180,7 +196,7 @@ async fn caller_for_key(state: &AppState, key: &str, team: Option<&str>) -> Resu
 }
 
 /// A signed-in user (user token only; API keys are `forbidden`).
-pub struct SignedIn(pub User);
+pub struct SignedIn(pub db::User);
 
 impl FromRequestParts<AppState> for SignedIn {
     type Rejection = ApiError;
@@ -266,78 +282,211 @@ fn clean_name(raw: &str, what: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
-fn user_json(u: &User) -> Value {
-    json!({
-        "id": u.id,
-        "email": u.email,
-        "name": u.name,
-        "created_at": rfc3339(u.created_at),
-    })
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct User {
+    #[schema(example = "usr-0123456789abcdefghijklmno")]
+    pub id: String,
+    /// Lower-case.
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
 }
 
-fn team_json(t: &Team, role: Role) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "created_at": rfc3339(t.created_at),
-        "role": role.as_str(),
-    })
+impl From<&db::User> for User {
+    fn from(u: &db::User) -> User {
+        User {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            created_at: rfc3339(u.created_at),
+        }
+    }
 }
 
-fn membership_json(m: &Membership) -> Value {
-    let mut v = team_json(&m.team, m.role);
-    v["joined_at"] = json!(rfc3339(m.joined_at));
-    v
+/// A team, with the caller's role in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Team {
+    #[schema(example = "team-0123456789abcdefghijklmno")]
+    pub id: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    pub role: Role,
 }
 
-fn member_json(m: &Member) -> Value {
-    json!({
-        "user_id": m.user.id,
-        "email": m.user.email,
-        "name": m.user.name,
-        "role": m.role.as_str(),
-        "joined_at": rfc3339(m.joined_at),
-    })
+impl Team {
+    fn new(t: &db::Team, role: Role) -> Team {
+        Team {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            created_at: rfc3339(t.created_at),
+            role,
+        }
+    }
 }
 
-fn api_key_json(k: &ApiKeyRow) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "prefix": k.prefix,
-        "created_by": k.created_by,
-        "created_at": rfc3339(k.created_at),
-        "last_used_at": k.last_used_at.map(rfc3339),
-    })
+/// A team the caller belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TeamMembership {
+    #[serde(flatten)]
+    pub team: Team,
+    /// When the caller joined it.
+    #[schema(format = DateTime)]
+    pub joined_at: String,
 }
 
-/// A fresh token for `user` as `{token, token_type, expires_at}` fields.
-async fn token_fields(state: &AppState, user: &User) -> Result<serde_json::Map<String, Value>> {
+impl From<&db::Membership> for TeamMembership {
+    fn from(m: &db::Membership) -> TeamMembership {
+        TeamMembership {
+            team: Team::new(&m.team, m.role),
+            joined_at: rfc3339(m.joined_at),
+        }
+    }
+}
+
+/// A team's member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Member {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    #[schema(format = DateTime)]
+    pub joined_at: String,
+}
+
+impl From<&db::Member> for Member {
+    fn from(m: &db::Member) -> Member {
+        Member {
+            user_id: m.user.id.clone(),
+            email: m.user.email.clone(),
+            name: m.user.name.clone(),
+            role: m.role,
+            joined_at: rfc3339(m.joined_at),
+        }
+    }
+}
+
+/// An API key (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApiKey {
+    #[schema(example = "key-0123456789abcdefghijklmno")]
+    pub id: String,
+    pub name: String,
+    /// The key's first characters, to recognise it.
+    #[schema(example = "wrn_1a2b")]
+    pub prefix: String,
+    /// The user or API key that made it (null for the key `wrenn up` makes).
+    #[schema(required = true)]
+    pub created_by: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime, required = true)]
+    pub last_used_at: Option<String>,
+}
+
+impl From<&ApiKeyRow> for ApiKey {
+    fn from(k: &ApiKeyRow) -> ApiKey {
+        ApiKey {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            prefix: k.prefix.clone(),
+            created_by: k.created_by.clone(),
+            created_at: rfc3339(k.created_at),
+            last_used_at: k.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+/// A new API key, with its secret (shown this once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+    /// The key itself (`wrn_` + 32 hex): use it as `X-API-Key`.
+    pub key: String,
+}
+
+/// A user token (HS256 JWT, valid 24 h), for `Authorization: Bearer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Token {
+    pub token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
+
+/// A new account: the user, their personal team and a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SignupResponse {
+    #[serde(flatten)]
+    pub token: Token,
+    pub user: User,
+    /// Their personal team (they own it).
+    pub team: Team,
+}
+
+/// A signed-in user and their token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct LoginResponse {
+    #[serde(flatten)]
+    pub token: Token,
+    pub user: User,
+}
+
+/// A fresh token for `user`.
+async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
     let key = state.db.secret(JWT_SECRET).await?;
     let (token, claims) = jwt::issue(key.as_bytes(), &user.id, now_ms() / 1000);
-    let mut m = serde_json::Map::new();
-    m.insert("token".into(), json!(token));
-    m.insert("token_type".into(), json!("Bearer"));
-    m.insert("expires_at".into(), json!(rfc3339(claims.exp * 1000)));
-    Ok(m)
+    Ok(Token {
+        token,
+        token_type: "Bearer".into(),
+        expires_at: rfc3339(claims.exp * 1000),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sign-up and log-in.
 
-#[derive(Debug, Deserialize)]
+/// A new account.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    /// A display name (default: the email's local part).
     name: Option<String>,
 }
 
-/// `POST /v1/auth/signup` → 201 `{user, team, token, token_type, expires_at}`.
-async fn signup(
+/// Sign up
+///
+/// A user, a personal team they own, and a token.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/signup",
+    operation_id = "signup",
+    tag = "auth",
+    security(()),
+    request_body = SignupBody,
+    responses(
+        (status = 201, description = "The account and a token", body = SignupResponse),
+        (status = 400, response = BadRequest),
+        (status = 409, description = "`conflict`: an account with this email exists", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn signup(
     State(state): State<AppState>,
     JsonBody(b): JsonBody<SignupBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<SignupResponse>)> {
     let email = normalize_email(&b.email)?;
     check_password(&b.password)?;
     let name = match &b.name {
@@ -355,25 +504,44 @@ async fn signup(
         .db
         .create_user_with_team(&email, &name, &hash, &format!("{name}'s team"))
         .await?;
-    let mut body = token_fields(&state, &user).await?;
-    body.insert("user".into(), user_json(&user));
-    body.insert("team".into(), team_json(&team, Role::Owner));
-    Ok((StatusCode::CREATED, Json(Value::Object(body))))
+    let body = SignupResponse {
+        token: new_token(&state, &user).await?,
+        user: User::from(&user),
+        team: Team::new(&team, Role::Owner),
+    };
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Credentials to log in with.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    #[schema(example = "ada@example.com")]
     email: String,
     password: String,
 }
 
-/// `POST /v1/auth/login` → `{user, token, token_type, expires_at}`. Unknown email and wrong
-/// password get the same answer after the same work (a dummy hash is checked).
-async fn login(
+/// Log in
+///
+/// A token for the user. An unknown email and a wrong password get the same answer.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    security(()),
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "The user and a token", body = LoginResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "`unauthorized`: invalid email or password", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn login(
     State(state): State<AppState>,
     JsonBody(b): JsonBody<LoginBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<LoginResponse>> {
     let refused = || ApiError::Unauthorized("invalid email or password".into());
     if b.password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(refused());
@@ -390,16 +558,17 @@ async fn login(
         return Err(refused());
     }
     let user = user.ok_or_else(refused)?;
-    let mut body = token_fields(&state, &user).await?;
-    body.insert("user".into(), user_json(&user));
-    Ok(Json(Value::Object(body)))
+    Ok(Json(LoginResponse {
+        token: new_token(&state, &user).await?,
+        user: User::from(&user),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Teams and members.
 
 /// `user` acting in team `team_id` with their role; `not_found` unless a member.
-async fn acting_in(state: &AppState, user: &User, team_id: &str) -> Result<(Caller, Role)> {
+async fn acting_in(state: &AppState, user: &db::User, team_id: &str) -> Result<(Caller, Role)> {
     let role = state
         .db
         .role(team_id, &user.id)
@@ -444,62 +613,133 @@ pub fn may_change_member(actor: Role, is_self: bool, from: Role, to: Option<Role
     }
 }
 
-/// `GET /v1/teams`: the caller's teams with their role, in the order they joined.
-async fn list_teams(
+/// List my teams
+///
+/// The signed-in user's teams with their role, in the order they joined.
+#[utoipa::path(
+    get,
+    path = "/v1/teams",
+    operation_id = "list_teams",
+    tag = "teams",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Their teams", body = Vec<TeamMembership>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_teams(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
-) -> Result<Json<Value>> {
+) -> Result<Json<Vec<TeamMembership>>> {
     let teams = state.db.memberships(&user.id).await?;
-    Ok(Json(Value::Array(
-        teams.iter().map(membership_json).collect(),
-    )))
+    Ok(Json(teams.iter().map(TeamMembership::from).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new team.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamBody {
+    /// 1 to 100 characters.
     name: String,
 }
 
-/// `POST /v1/teams {name}` → 201: a team the caller owns.
-async fn create_team(
+/// Create a team
+///
+/// A team the signed-in user owns.
+#[utoipa::path(
+    post,
+    path = "/v1/teams",
+    operation_id = "create_team",
+    tag = "teams",
+    security(("bearer" = [])),
+    request_body = TeamBody,
+    responses(
+        (status = 201, description = "The team", body = TeamMembership),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn create_team(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
     JsonBody(b): JsonBody<TeamBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<TeamMembership>)> {
     let name = clean_name(&b.name, "name")?;
     let m = state.db.create_owned_team(&user, &name).await?;
-    Ok((StatusCode::CREATED, Json(membership_json(&m))))
+    Ok((StatusCode::CREATED, Json(TeamMembership::from(&m))))
 }
 
-/// `GET /v1/teams/{id}/members`: any member.
-async fn list_members(
+/// List a team's members
+///
+/// Any member may.
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/members",
+    operation_id = "list_members",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    responses(
+        (status = 200, description = "Its members", body = Vec<Member>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_members(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
     Path(team_id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Vec<Member>>> {
     acting_in(&state, &user, &team_id).await?;
     let members = state.db.members(&team_id).await?;
-    Ok(Json(Value::Array(
-        members.iter().map(member_json).collect(),
-    )))
+    Ok(Json(members.iter().map(Member::from).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+/// A user to add to a team.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
+    /// An existing user's email.
+    #[schema(example = "grace@example.com")]
     email: String,
+    /// `admin` or `member` (default). Owners are made by an owner changing a role.
+    #[schema(example = "member")]
     role: Option<String>,
 }
 
-/// `POST /v1/teams/{id}/members {email, role?}` → 201 member: admins and owners; `role` is
-/// `admin` or `member` (default).
-async fn add_member(
+/// Add a member
+///
+/// Admins and owners add existing users as `member` or `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{id}/members",
+    operation_id = "add_member",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    request_body = AddMemberBody,
+    responses(
+        (status = 201, description = "The new member", body = Member),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's, or no user with that email", body = ErrorBody),
+        (status = 409, description = "`conflict`: already a member", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn add_member(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
     Path(team_id): Path<String>,
     JsonBody(b): JsonBody<AddMemberBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Member>)> {
     let (caller, actor) = acting_in(&state, &user, &team_id).await?;
     if actor < Role::Admin {
         return Err(forbidden("adding members"));
@@ -526,22 +766,48 @@ async fn add_member(
         .member(&team_id, &added.id)
         .await?
         .ok_or_else(|| ApiError::Internal("the new member vanished".into()))?;
-    Ok((StatusCode::CREATED, Json(member_json(&m))))
+    Ok((StatusCode::CREATED, Json(Member::from(&m))))
 }
 
-#[derive(Debug, Deserialize)]
+/// A member's new role.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleBody {
+    #[schema(value_type = Role)]
     role: String,
 }
 
-/// `PATCH /v1/teams/{id}/members/{user_id} {role}` → the member.
-async fn set_member_role(
+/// Change a member's role
+///
+/// Admins manage plain members; only owners touch admins and owners; the last owner cannot
+/// step down.
+#[utoipa::path(
+    patch,
+    path = "/v1/teams/{id}/members/{user_id}",
+    operation_id = "set_member_role",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Team id (`team-…`)"),
+        ("user_id" = String, Path, description = "The member's user id (`usr-…`)"),
+    ),
+    request_body = RoleBody,
+    responses(
+        (status = 200, description = "The member", body = Member),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's, or not a member", body = ErrorBody),
+        (status = 409, description = "`conflict`: the last owner, or the role changed meanwhile", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn set_member_role(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
     Path((team_id, member_id)): Path<(String, String)>,
     JsonBody(b): JsonBody<RoleBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Member>> {
     let (caller, actor) = acting_in(&state, &user, &team_id).await?;
     let to = Role::parse(&b.role).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
@@ -566,11 +832,32 @@ async fn set_member_role(
         .member(&team_id, &member_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {member_id} is not a member")))?;
-    Ok(Json(member_json(&m)))
+    Ok(Json(Member::from(&m)))
 }
 
-/// `DELETE /v1/teams/{id}/members/{user_id}` → 204.
-async fn remove_member(
+/// Remove a member
+///
+/// Or leave (anyone but an owner). Owners are never removed: demote them first.
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}/members/{user_id}",
+    operation_id = "remove_member",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Team id (`team-…`)"),
+        ("user_id" = String, Path, description = "The member's user id (`usr-…`)"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's, or not a member", body = ErrorBody),
+        (status = 409, description = "`conflict`: an owner (change their role first)", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn remove_member(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
     Path((team_id, member_id)): Path<(String, String)>,
@@ -604,37 +891,89 @@ async fn require_key_manager(state: &AppState, caller: &Caller) -> Result<()> {
     }
 }
 
-/// `GET /v1/api-keys`: the team's keys, newest first (never a secret).
-async fn list_api_keys(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
+/// List API keys
+///
+/// The team's keys, newest first (never a secret). Any member or key of the team may.
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    operation_id = "list_api_keys",
+    tag = "api-keys",
+    responses(
+        (status = 200, description = "The team's keys", body = Vec<ApiKey>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiKey>>> {
     let keys = state.db.api_keys(&caller.team_id).await?;
-    Ok(Json(Value::Array(keys.iter().map(api_key_json).collect())))
+    Ok(Json(keys.iter().map(ApiKey::from).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new API key.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyBody {
+    /// 1 to 100 characters (default `unnamed`).
     name: Option<String>,
 }
 
-/// `POST /v1/api-keys {name?}` → 201 with `key`, the plaintext, shown this once.
-async fn create_api_key(
+/// Create an API key
+///
+/// The team's admins and owners, and its API keys, may. The key is shown this once.
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    operation_id = "create_api_key",
+    tag = "api-keys",
+    request_body = ApiKeyBody,
+    responses(
+        (status = 201, description = "The key, with its secret", body = CreatedApiKey),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn create_api_key(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(b): JsonBody<ApiKeyBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<CreatedApiKey>)> {
     require_key_manager(&state, &caller).await?;
     let name = match &b.name {
         Some(n) => clean_name(n, "name")?,
         None => "unnamed".to_string(),
     };
     let (row, plaintext) = state.db.create_api_key_as(&caller, &name).await?;
-    let mut body = api_key_json(&row);
-    body["key"] = json!(plaintext);
+    let body = CreatedApiKey {
+        api_key: ApiKey::from(&row),
+        key: plaintext,
+    };
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// `DELETE /v1/api-keys/{id}` → 204; another team's key (or none) is `not_found`.
-async fn delete_api_key(
+/// Delete an API key
+///
+/// The team's admins and owners, and its API keys, may; it stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    operation_id = "delete_api_key",
+    tag = "api-keys",
+    params(("id" = String, Path, description = "API key id (`key-…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such key in the team", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn delete_api_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -694,6 +1033,109 @@ mod tests {
             Ok(()) => "ok",
             Err(e) => e.status_and_code().1,
         }
+    }
+
+    #[test]
+    fn account_shapes_are_unchanged() {
+        use serde_json::json;
+
+        use crate::assert_same_json;
+
+        let u = db::User {
+            id: "usr-1".into(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            created_at: 1_700_000_000_000,
+        };
+        let t = db::Team {
+            id: "team-1".into(),
+            name: "Ada's team".into(),
+            created_at: 1_700_000_000_500,
+        };
+        // Before: `user_json`, `team_json`, `membership_json`, `member_json`, `api_key_json`.
+        let old_user = json!({
+            "id": u.id, "email": u.email, "name": u.name, "created_at": rfc3339(u.created_at),
+        });
+        let old_team = |role: Role| {
+            json!({
+                "id": t.id, "name": t.name, "created_at": rfc3339(t.created_at),
+                "role": role.as_str(),
+            })
+        };
+        assert_same_json(&User::from(&u), old_user.clone());
+        assert_same_json(&Team::new(&t, Role::Owner), old_team(Role::Owner));
+        let m = db::Membership {
+            team: t.clone(),
+            role: Role::Admin,
+            joined_at: 1_700_000_001_000,
+        };
+        let mut old_membership = old_team(Role::Admin);
+        old_membership["joined_at"] = json!(rfc3339(m.joined_at));
+        assert_same_json(&TeamMembership::from(&m), old_membership);
+        let member = db::Member {
+            user: u.clone(),
+            role: Role::Member,
+            joined_at: 1_700_000_002_000,
+        };
+        assert_same_json(
+            &super::Member::from(&member),
+            json!({
+                "user_id": u.id, "email": u.email, "name": u.name, "role": "member",
+                "joined_at": rfc3339(member.joined_at),
+            }),
+        );
+        for (created_by, last_used_at) in [(None, None), (Some("usr-1"), Some(1_700_000_003_000))] {
+            let k = ApiKeyRow {
+                id: "key-1".into(),
+                team_id: t.id.clone(),
+                name: "ci".into(),
+                prefix: "wrn_1a2b".into(),
+                created_by: created_by.map(str::to_string),
+                created_at: 1_700_000_000_000,
+                last_used_at,
+            };
+            let old_key = json!({
+                "id": k.id, "name": k.name, "prefix": k.prefix, "created_by": k.created_by,
+                "created_at": rfc3339(k.created_at), "last_used_at": k.last_used_at.map(rfc3339),
+            });
+            assert_same_json(&ApiKey::from(&k), old_key.clone());
+            let mut old_created = old_key;
+            old_created["key"] = json!("wrn_secret");
+            assert_same_json(
+                &CreatedApiKey {
+                    api_key: ApiKey::from(&k),
+                    key: "wrn_secret".into(),
+                },
+                old_created,
+            );
+        }
+        let token = Token {
+            token: "a.b.c".into(),
+            token_type: "Bearer".into(),
+            expires_at: rfc3339(1_700_086_400_000),
+        };
+        // Before: `token_fields` plus `user` (and `team` at sign-up).
+        let old_login = json!({
+            "token": "a.b.c", "token_type": "Bearer", "expires_at": rfc3339(1_700_086_400_000),
+            "user": old_user,
+        });
+        assert_same_json(
+            &LoginResponse {
+                token: token.clone(),
+                user: User::from(&u),
+            },
+            old_login.clone(),
+        );
+        let mut old_signup = old_login;
+        old_signup["team"] = old_team(Role::Owner);
+        assert_same_json(
+            &SignupResponse {
+                token,
+                user: User::from(&u),
+                team: Team::new(&t, Role::Owner),
+            },
+            old_signup,
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `/v1/capsules`: lifecycle, exec, processes, metrics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::{
     extract::{Path, Query, State},
@@ -9,8 +9,8 @@ use axum::{
     Json,
 };
 use base64::Engine;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::{
     kill_process_request, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, ExecRequest,
     GetMetricsRequest, KillProcessRequest, StartBackgroundRequest,
@@ -18,8 +18,9 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use crate::{
+    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     db::{now_ms, Caller, CapsuleRow},
-    error::{ApiError, Result},
+    error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
     state::AppState,
     time::rfc3339,
@@ -37,23 +38,78 @@ pub fn status_name(state: i32) -> &'static str {
     }
 }
 
+/// A capsule's status (the SDK's enum has more values; this server uses these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CapsuleStatus {
+    Pending,
+    Starting,
+    Running,
+    Paused,
+    /// Destroyed (its calls answer `not_found`).
+    Stopped,
+    /// Failed; `error` says why.
+    Error,
+}
+
 /// A capsule as the API shows it.
-pub fn capsule_json(c: &CapsuleRow) -> Value {
-    json!({
-        "id": c.id,
-        "status": c.status,
-        "template": c.template,
-        "vcpus": c.vcpus,
-        "memory_mb": c.memory_mb,
-        "timeout_sec": c.timeout_sec,
-        "disk_size_mb": c.disk_size_mb,
-        "metadata": c.metadata,
-        "error": c.error,
-        "created_at": rfc3339(c.created_at),
-        "started_at": c.started_at.map(rfc3339),
-        "last_active_at": c.last_active_at.map(rfc3339),
-        "last_updated": rfc3339(c.updated_at),
-    })
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Capsule {
+    #[schema(example = "cl-0123456789abcdefghijklmno")]
+    pub id: String,
+    #[schema(value_type = CapsuleStatus)]
+    pub status: String,
+    #[schema(example = "minimal")]
+    pub template: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    /// Idle seconds before the capsule is paused (0: never).
+    pub timeout_sec: i64,
+    pub disk_size_mb: i64,
+    pub metadata: BTreeMap<String, String>,
+    /// Why the capsule failed (status `error`), else null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime, required = true)]
+    pub started_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
+    pub last_active_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_updated: String,
+}
+
+impl From<&CapsuleRow> for Capsule {
+    fn from(c: &CapsuleRow) -> Capsule {
+        Capsule {
+            id: c.id.clone(),
+            status: c.status.clone(),
+            template: c.template.clone(),
+            vcpus: c.vcpus,
+            memory_mb: c.memory_mb,
+            timeout_sec: c.timeout_sec,
+            disk_size_mb: c.disk_size_mb,
+            metadata: c.metadata.clone().into_iter().collect(),
+            error: c.error.clone(),
+            created_at: rfc3339(c.created_at),
+            started_at: c.started_at.map(rfc3339),
+            last_active_at: c.last_active_at.map(rfc3339),
+            last_updated: rfc3339(c.updated_at),
+        }
+    }
+}
+
+/// The answer to a create: the capsule, and how to reach its ports (shown this once).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CreatedCapsule {
+    #[serde(flatten)]
+    pub capsule: Capsule,
+    /// Its ports are open to anyone through the proxy.
+    pub public: bool,
+    /// Opens the capsule's ports through the proxy (`X-Wrenn-Access-Token` or
+    /// `?wrenn_token=`). Shown only here; stored hashed.
+    pub access_token: String,
 }
 
 /// A capsule id from a path, or `not_found` (a malformed id names no capsule).
@@ -93,15 +149,25 @@ pub fn safe_name(name: &str, max: usize) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new capsule; every field is optional.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub struct CreateCapsuleBody {
+    /// A platform template or one of the team's snapshots (default `minimal`).
+    #[schema(example = "minimal")]
     template: Option<String>,
+    /// 1..=32 (default: the template's). Ignored for snapshot templates.
+    #[schema(minimum = 1, maximum = 32)]
     vcpus: Option<u32>,
+    /// 128..=65536 (default: the template's). Ignored for snapshot templates.
+    #[schema(minimum = 128, maximum = 65536)]
     memory_mb: Option<u32>,
+    /// Idle seconds before the capsule is paused (default: never).
     timeout_sec: Option<u32>,
+    /// Disk size; larger than the template's grows the disk.
     disk_size_mb: Option<u32>,
     metadata: Option<HashMap<String, String>>,
+    /// Environment variables for every command.
     envs: Option<HashMap<String, String>>,
     /// Internet access (default on).
     egress: Option<bool>,
@@ -109,11 +175,30 @@ pub struct CreateBody {
     public: Option<bool>,
 }
 
+/// Create a capsule
+///
+/// Restores a microVM from the template's snapshot; it is `running` when this answers.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules",
+    operation_id = "create_capsule",
+    tag = "capsules",
+    request_body = CreateCapsuleBody,
+    responses(
+        (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: std::result::Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse> {
+    body: std::result::Result<Json<CreateCapsuleBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedCapsule>)> {
     let Json(b) = body?;
     let template = b.template.unwrap_or_else(|| "minimal".into());
     if !safe_name(&template, 64) {
@@ -197,29 +282,59 @@ pub async fn create(
             "",
         )
         .await;
-    let body = capsule_json(&row);
+    let body = Capsule::from(&row);
     publish(
         &state,
         Event::capsule(&caller, "capsule.create", &row.id, body.clone()),
     );
     // The proxy's access token is shown once, here.
-    let mut shown = body;
-    shown["public"] = json!(public);
-    shown["access_token"] = json!(token);
+    let shown = CreatedCapsule {
+        capsule: body,
+        public,
+        access_token: token,
+    };
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
+/// List capsules
+///
+/// The team's capsules that are not destroyed, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules",
+    operation_id = "list_capsules",
+    tag = "capsules",
+    responses(
+        (status = 200, description = "The team's live capsules", body = Vec<Capsule>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Capsule>>> {
     let rows = state.db.capsules(&caller.team_id).await?;
-    Ok(Json(Value::Array(rows.iter().map(capsule_json).collect())))
+    Ok(Json(rows.iter().map(Capsule::from).collect()))
 }
 
+/// Get a capsule
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}",
+    operation_id = "get_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule, or it was destroyed", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
-    Ok(Json(capsule_json(&live(&state, &caller, &id).await?)))
+) -> Result<Json<Capsule>> {
+    Ok(Json(Capsule::from(&live(&state, &caller, &id).await?)))
 }
 
 /// Applies what the agent says about a capsule to its row.
@@ -236,11 +351,30 @@ async fn record_state(
         .await
 }
 
+/// Pause a capsule
+///
+/// Its memory, files and processes are kept; resume continues where it stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/pause",
+    operation_id = "pause_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule, now paused", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it cannot be paused now", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Capsule>> {
     let c = live(&state, &caller, &id).await?;
     let pb = state
         .agent()
@@ -253,7 +387,7 @@ pub async fn pause(
         .db
         .audit(&caller, "capsule.pause", ("capsule", &c.id), "success", "")
         .await;
-    let body = capsule_json(&row);
+    let body = Capsule::from(&row);
     publish(
         &state,
         Event::capsule(&caller, "capsule.pause", &c.id, body.clone()),
@@ -261,11 +395,28 @@ pub async fn pause(
     Ok(Json(body))
 }
 
+/// Resume a capsule
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/resume",
+    operation_id = "resume_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule, running again", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it cannot be resumed now", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Capsule>> {
     let c = live(&state, &caller, &id).await?;
     let pb = state
         .agent()
@@ -278,7 +429,7 @@ pub async fn resume(
         .db
         .audit(&caller, "capsule.resume", ("capsule", &c.id), "success", "")
         .await;
-    let body = capsule_json(&row);
+    let body = Capsule::from(&row);
     publish(
         &state,
         Event::capsule(&caller, "capsule.resume", &c.id, body.clone()),
@@ -286,6 +437,24 @@ pub async fn resume(
     Ok(Json(body))
 }
 
+/// Destroy a capsule
+///
+/// Its VM and everything in it are gone; the capsule is `stopped` and answers `not_found`.
+#[utoipa::path(
+    delete,
+    path = "/v1/capsules/{id}",
+    operation_id = "destroy_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 204, description = "Destroyed"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule, or already destroyed", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn destroy(
     State(state): State<AppState>,
     caller: Caller,
@@ -320,11 +489,30 @@ pub async fn destroy(
     row.status = "stopped".into();
     publish(
         &state,
-        Event::capsule(&caller, "capsule.destroy", &row.id, capsule_json(&row)),
+        Event::capsule(&caller, "capsule.destroy", &row.id, Capsule::from(&row)),
     );
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Keep a capsule alive
+///
+/// Counts as activity, so its idle timeout starts again.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/ping",
+    operation_id = "ping_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 204, description = "Pinged"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
@@ -336,24 +524,92 @@ pub async fn ping(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// A command to run in the capsule.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
+    /// The program (not a shell line: use `/bin/sh` with `["-c", line]`).
+    #[schema(example = "/bin/sh")]
     cmd: String,
     #[serde(default)]
+    #[schema(example = json!(["-c", "echo hello"]))]
     args: Vec<String>,
+    /// Start it in the background and answer at once (202) with its pid and tag.
     #[serde(default)]
     background: bool,
+    /// Foreground only: kill it after this many seconds (default 60).
     timeout_sec: Option<u32>,
     envs: Option<HashMap<String, String>>,
     cwd: Option<String>,
+    /// Background only: a name to find the process by (default `proc-…`).
     tag: Option<String>,
+    /// The user to run as (default: the template's).
     user: Option<String>,
+}
+
+/// How `stdout` and `stderr` are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum OutputEncoding {
+    /// Both are the output as text.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The output is not UTF-8: both are base64.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// A foreground command's result (a non-zero exit is not an error).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub encoding: OutputEncoding,
+    /// Set when the process was killed (signal or timeout), else null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    /// The capsule's id.
+    pub sandbox_id: String,
+    pub cmd: String,
+}
+
+/// A background command, started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BackgroundProcess {
+    pub pid: u32,
+    pub tag: String,
+    /// The capsule's id.
+    pub sandbox_id: String,
+    pub cmd: String,
 }
 
 /// Foreground commands without a timeout get this one.
 const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
 
+/// Run a command
+///
+/// Foreground (default): runs to completion and answers with its output. Background: starts it
+/// and answers at once; see the processes routes.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/exec",
+    operation_id = "exec",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
+        (status = 202, description = "Background: the command started", body = BackgroundProcess),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
@@ -384,8 +640,12 @@ pub async fn exec(
             })
             .await?
             .into_inner();
-        let body =
-            json!({ "pid": started.pid, "tag": started.tag, "sandbox_id": c.id, "cmd": b.cmd });
+        let body = BackgroundProcess {
+            pid: started.pid,
+            tag: started.tag,
+            sandbox_id: c.id,
+            cmd: b.cmd,
+        };
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let timeout = b.timeout_sec.unwrap_or(DEFAULT_EXEC_TIMEOUT_SECS);
@@ -403,44 +663,109 @@ pub async fn exec(
         .into_inner();
     let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).ok();
     let (stdout, stderr, encoding) = match (text(&out.stdout), text(&out.stderr)) {
-        (Some(o), Some(e)) => (o, e, "utf-8"),
+        (Some(o), Some(e)) => (o, e, OutputEncoding::Utf8),
         _ => {
             let b64 = base64::engine::general_purpose::STANDARD;
-            (b64.encode(&out.stdout), b64.encode(&out.stderr), "base64")
+            (
+                b64.encode(&out.stdout),
+                b64.encode(&out.stderr),
+                OutputEncoding::Base64,
+            )
         }
     };
-    let body = json!({
-        "stdout": stdout,
-        "stderr": stderr,
-        "exit_code": out.exit_code,
-        "duration_ms": out.duration_ms,
-        "encoding": encoding,
-        "error": (!out.error.is_empty()).then_some(out.error),
-        "sandbox_id": c.id,
-        "cmd": b.cmd,
-    });
+    let body = ExecResult {
+        stdout,
+        stderr,
+        exit_code: out.exit_code,
+        duration_ms: out.duration_ms,
+        encoding,
+        error: (!out.error.is_empty()).then_some(out.error),
+        sandbox_id: c.id,
+        cmd: b.cmd,
+    };
     Ok(Json(body).into_response())
 }
 
+/// A process running in a capsule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tag: String,
+    pub cmd: String,
+    pub args: Vec<String>,
+}
+
+/// A capsule's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// List processes
+///
+/// The capsule's running processes (those started through the API and envd).
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/processes",
+    operation_id = "list_processes",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "Its processes", body = ProcessList),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn processes(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<ProcessList>> {
     let c = running(&state, &caller, &id).await?;
     let list = state
         .agent()
         .list_processes(CapsuleRef { id: c.id })
         .await?
         .into_inner();
-    let processes: Vec<Value> = list
+    let processes = list
         .processes
         .into_iter()
-        .map(|p| json!({ "pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": p.args }))
+        .map(|p| ProcessInfo {
+            pid: p.pid,
+            tag: p.tag,
+            cmd: p.cmd,
+            args: p.args,
+        })
         .collect();
-    Ok(Json(json!({ "processes": processes })))
+    Ok(Json(ProcessList { processes }))
 }
 
+/// Kill a process
+///
+/// SIGKILL to the process (and its group), by pid or by tag.
+#[utoipa::path(
+    delete,
+    path = "/v1/capsules/{id}/processes/{pid}",
+    operation_id = "kill_process",
+    tag = "commands",
+    params(
+        ("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        ("pid" = String, Path, description = "A pid, or a process's tag"),
+    ),
+    responses(
+        (status = 204, description = "Killed"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn kill_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -462,17 +787,81 @@ pub async fn kill_process(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// The ranges of a capsule's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum MetricsRange {
+    #[serde(rename = "5m")]
+    M5,
+    #[serde(rename = "10m")]
+    M10,
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "2h")]
+    H2,
+    #[serde(rename = "6h")]
+    H6,
+    #[serde(rename = "12h")]
+    H12,
+    #[serde(rename = "24h")]
+    H24,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
+    /// How far back (default `10m`).
+    #[param(value_type = Option<MetricsRange>)]
     range: Option<String>,
 }
 
+/// One sample of a capsule's use.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct MetricPoint {
+    /// Unix seconds.
+    pub timestamp_unix: i64,
+    /// CPU use of its VM, in percent of one CPU.
+    pub cpu_pct: f64,
+    pub mem_bytes: u64,
+    /// Disk space its VM has allocated.
+    pub disk_bytes: u64,
+}
+
+/// A capsule's samples over a range.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CapsuleMetrics {
+    /// The capsule's id.
+    pub sandbox_id: String,
+    #[schema(value_type = MetricsRange)]
+    pub range: String,
+    /// Oldest first.
+    pub points: Vec<MetricPoint>,
+}
+
+/// A capsule's metrics
+///
+/// CPU, memory and disk samples of its VM over a range (finer for shorter ranges).
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/metrics",
+    operation_id = "capsule_metrics",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
+    responses(
+        (status = 200, description = "Its samples", body = CapsuleMetrics),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     query: std::result::Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>> {
+) -> Result<Json<CapsuleMetrics>> {
     let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "10m".into());
     let secs = match range.as_str() {
@@ -502,18 +891,169 @@ pub async fn metrics(
         Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
         Err(s) => return Err(s.into()),
     };
-    let points: Vec<Value> = points
-        .into_iter()
-        .map(|p| {
-            json!({
-                "timestamp_unix": p.unix,
-                "cpu_pct": p.cpu_pct,
-                "mem_bytes": p.mem_bytes,
-                "disk_bytes": p.disk_bytes,
-            })
+    let points = points.into_iter().map(MetricPoint::from).collect();
+    Ok(Json(CapsuleMetrics {
+        sandbox_id: c.id,
+        range,
+        points,
+    }))
+}
+
+impl From<wrenn_proto::agent::v1::MetricPoint> for MetricPoint {
+    fn from(p: wrenn_proto::agent::v1::MetricPoint) -> MetricPoint {
+        MetricPoint {
+            timestamp_unix: p.unix,
+            // As the API always showed it (an f32 widened to f64).
+            cpu_pct: f64::from(p.cpu_pct),
+            mem_bytes: p.mem_bytes,
+            disk_bytes: p.disk_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::assert_same_json;
+
+    fn row(error: Option<&str>) -> CapsuleRow {
+        CapsuleRow {
+            id: "cl-0123456789abcdefghijklmno".into(),
+            team_id: "team-x".into(),
+            template: "python".into(),
+            status: "running".into(),
+            vcpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 4096,
+            timeout_sec: 300,
+            metadata: [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into(),
+            error: error.map(str::to_string),
+            created_at: 1_700_000_000_123,
+            started_at: Some(1_700_000_001_000),
+            last_active_at: None,
+            updated_at: 1_700_000_002_000,
+        }
+    }
+
+    /// The shape before the types (`capsule_json`).
+    fn old(c: &CapsuleRow) -> serde_json::Value {
+        json!({
+            "id": c.id,
+            "status": c.status,
+            "template": c.template,
+            "vcpus": c.vcpus,
+            "memory_mb": c.memory_mb,
+            "timeout_sec": c.timeout_sec,
+            "disk_size_mb": c.disk_size_mb,
+            "metadata": c.metadata,
+            "error": c.error,
+            "created_at": rfc3339(c.created_at),
+            "started_at": c.started_at.map(rfc3339),
+            "last_active_at": c.last_active_at.map(rfc3339),
+            "last_updated": rfc3339(c.updated_at),
         })
-        .collect();
-    Ok(Json(
-        json!({ "sandbox_id": c.id, "range": range, "points": points }),
-    ))
+    }
+
+    #[test]
+    fn capsule_shapes_are_unchanged() {
+        for r in [row(None), row(Some("the host no longer has this capsule"))] {
+            assert_same_json(&Capsule::from(&r), old(&r));
+            let created = CreatedCapsule {
+                capsule: Capsule::from(&r),
+                public: false,
+                access_token: "0f".repeat(16),
+            };
+            let mut want = old(&r);
+            want["public"] = json!(false);
+            want["access_token"] = json!("0f".repeat(16));
+            assert_same_json(&created, want);
+        }
+        // Nulls stay nulls.
+        let v = serde_json::to_value(Capsule::from(&row(None))).unwrap();
+        assert!(v["error"].is_null() && v["last_active_at"].is_null());
+        assert_eq!(v["last_updated"], "2023-11-14T22:13:22Z");
+    }
+
+    #[test]
+    fn exec_and_process_shapes_are_unchanged() {
+        let done = ExecResult {
+            stdout: "hi\n".into(),
+            stderr: String::new(),
+            exit_code: -1,
+            duration_ms: 12,
+            encoding: OutputEncoding::Utf8,
+            error: None,
+            sandbox_id: "cl-x".into(),
+            cmd: "/bin/sh".into(),
+        };
+        assert_same_json(
+            &done,
+            json!({
+                "stdout": "hi\n", "stderr": "", "exit_code": -1, "duration_ms": 12u64,
+                "encoding": "utf-8", "error": None::<String>, "sandbox_id": "cl-x", "cmd": "/bin/sh",
+            }),
+        );
+        let killed = ExecResult {
+            encoding: OutputEncoding::Base64,
+            error: Some("deadline exceeded".into()),
+            ..done
+        };
+        let v = serde_json::to_value(&killed).unwrap();
+        assert_eq!(
+            (&v["encoding"], &v["error"]),
+            (&json!("base64"), &json!("deadline exceeded"))
+        );
+        let started = BackgroundProcess {
+            pid: 42,
+            tag: "proc-1".into(),
+            sandbox_id: "cl-x".into(),
+            cmd: "sleep".into(),
+        };
+        assert_same_json(
+            &started,
+            json!({ "pid": 42u32, "tag": "proc-1", "sandbox_id": "cl-x", "cmd": "sleep" }),
+        );
+        let list = ProcessList {
+            processes: vec![ProcessInfo {
+                pid: 7,
+                tag: "t".into(),
+                cmd: "sleep".into(),
+                args: vec!["9".into()],
+            }],
+        };
+        let processes = vec![json!({ "pid": 7u32, "tag": "t", "cmd": "sleep", "args": ["9"] })];
+        assert_same_json(&list, json!({ "processes": processes }));
+        assert_same_json(
+            &ProcessList { processes: vec![] },
+            json!({ "processes": [] }),
+        );
+    }
+
+    #[test]
+    fn metrics_shape_is_unchanged() {
+        let p = wrenn_proto::agent::v1::MetricPoint {
+            unix: 1_700_000_000,
+            cpu_pct: 12.3,
+            mem_bytes: 1 << 30,
+            disk_bytes: 5,
+        };
+        // Before: `json!` of the f32, which widens it to f64 (12.300000190734863).
+        let old_point = json!({
+            "timestamp_unix": p.unix,
+            "cpu_pct": p.cpu_pct,
+            "mem_bytes": p.mem_bytes,
+            "disk_bytes": p.disk_bytes,
+        });
+        let m = CapsuleMetrics {
+            sandbox_id: "cl-x".into(),
+            range: "10m".into(),
+            points: vec![MetricPoint::from(p)],
+        };
+        assert_same_json(
+            &m,
+            json!({ "sandbox_id": "cl-x", "range": "10m", "points": [old_point] }),
+        );
+    }
 }

@@ -332,6 +332,18 @@ impl Db {
         rows.iter().map(capsule_of).collect()
     }
 
+    /// How many capsules (of every team) have each status, by status name.
+    pub async fn capsule_status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM capsules GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// Sets a capsule's status (and error); `started` also stamps `started_at`.
     pub async fn set_capsule_status(
         &self,
@@ -586,8 +598,12 @@ pub const USAGE_SAMPLE_SECS: i64 = 10;
 /// The name of the user-token signing key in `settings`.
 pub const JWT_SECRET: &str = "jwt";
 
-/// A member's rights in a team, lowest first (so `Ord` compares rank).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A member's rights in a team: owner > admin > member.
+// Declared lowest first, so `Ord` compares rank.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Member,
     Admin,

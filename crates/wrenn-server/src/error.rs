@@ -5,6 +5,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,21 +40,125 @@ pub enum ApiError {
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-impl ApiError {
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+/// The `error.code` of an error answer; clients pick their exception by it. With its status:
+/// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
+/// `invalid_state` and `conflict` 409, `too_large` 413, `internal_error` 500, `agent_error`
+/// 502, `host_unavailable` 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed or invalid request.
+    InvalidRequest,
+    /// 401: missing or invalid credentials.
+    Unauthorized,
+    /// 403: the caller's role (or kind of credential) does not allow it.
+    Forbidden,
+    /// 404: no such resource within the caller's reach, or no such route.
+    NotFound,
+    /// 409: the resource is in the wrong state (e.g. the capsule is not running).
+    InvalidState,
+    /// 409: the resource already exists.
+    Conflict,
+    /// 413: the request body is too large.
+    TooLarge,
+    /// 503: no host can take the request (capacity, or no agent).
+    HostUnavailable,
+    /// 502: the host agent failed.
+    AgentError,
+    /// 500: the server failed.
+    InternalError,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidState,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::HostUnavailable,
+        ErrorCode::AgentError,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::HostUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_unavailable"),
-            ApiError::Agent(_) => (StatusCode::BAD_GATEWAY, "agent_error"),
-            ApiError::Db(_) | ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-            }
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::HostUnavailable => "host_unavailable",
+            ErrorCode::AgentError => "agent_error",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
+            ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Every error answer: `{"error":{"code","message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "capsule cl-0123456789abcdefghijklmno not found"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// For people; never parse it (the code says what happened).
+    pub message: String,
+}
+
+impl ApiError {
+    /// The error's code, by variant.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::InvalidState(_) => ErrorCode::InvalidState,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
+            ApiError::Agent(_) => ErrorCode::AgentError,
+            ApiError::Db(_) | ApiError::Internal(_) => ErrorCode::InternalError,
+        }
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let code = self.code();
+        (code.status(), code.as_str())
+    }
+
+    /// The answer's body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
         }
     }
 }
@@ -105,7 +211,30 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(%code, error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, axum::Json(body)).into_response()
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn error_body_is_the_documented_shape() {
+        let e = ApiError::InvalidState("capsule cl-x is paused, not running".into());
+        assert_eq!(e.status_and_code(), (StatusCode::CONFLICT, "invalid_state"));
+        let text = serde_json::to_string(&e.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "error": { "code": "invalid_state", "message": "capsule cl-x is paused, not running" } })
+        );
     }
 }

@@ -8,28 +8,108 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
+use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{
     write_file_stream_request::{Part, Start},
-    FileEntry, FileRequest, FileType, ListDirRequest, WriteFileStreamRequest,
+    FileRequest, FileType, ListDirRequest, WriteFileStreamRequest,
 };
 
 use crate::{
+    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     capsules::running,
     db::Caller,
-    error::{ApiError, Result},
+    error::{ApiError, ErrorBody, Result},
     state::AppState,
 };
 
 type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-#[derive(Debug, Deserialize)]
+/// A path in the capsule.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathBody {
+    /// Absolute, or relative to the user's home.
+    #[schema(example = "/home/user/data.csv")]
     path: String,
+    /// `list` only: 1 (default) lists the children, 2 adds grandchildren, … (at most 10).
+    #[schema(minimum = 1, maximum = 10)]
     depth: Option<u32>,
+}
+
+/// An upload: `path` first, then `file`.
+#[derive(Debug, ToSchema)]
+pub struct UploadForm {
+    /// Where to write (parents are created; an existing file is replaced).
+    pub path: String,
+    /// The bytes.
+    #[schema(value_type = String, content_media_type = "application/octet-stream")]
+    pub file: Vec<u8>,
+}
+
+/// The kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    File,
+    Directory,
+    Symlink,
+}
+
+/// A file or directory in a capsule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub size: i64,
+    /// Unix mode bits.
+    pub mode: u32,
+    /// As `ls -l` shows them, e.g. `-rw-r--r--`.
+    pub permissions: String,
+    pub owner: String,
+    pub group: String,
+    /// Unix seconds.
+    pub modified_at: i64,
+    /// A symlink's target, else null.
+    #[schema(required = true)]
+    pub symlink_target: Option<String>,
+}
+
+impl From<wrenn_proto::agent::v1::FileEntry> for FileEntry {
+    fn from(e: wrenn_proto::agent::v1::FileEntry) -> FileEntry {
+        let kind = match FileType::try_from(e.r#type).unwrap_or(FileType::Unspecified) {
+            FileType::Directory => EntryType::Directory,
+            FileType::Symlink => EntryType::Symlink,
+            _ => EntryType::File,
+        };
+        FileEntry {
+            name: e.name,
+            path: e.path,
+            kind,
+            size: e.size,
+            mode: e.mode,
+            permissions: e.permissions,
+            owner: e.owner,
+            group: e.group,
+            modified_at: e.modified_unix,
+            symlink_target: (!e.symlink_target.is_empty()).then_some(e.symlink_target),
+        }
+    }
+}
+
+/// A directory's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FileList {
+    pub entries: Vec<FileEntry>,
+}
+
+/// The directory `mkdir` made (or found).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MadeDir {
+    pub entry: FileEntry,
 }
 
 fn check_path(p: &str) -> Result<()> {
@@ -41,27 +121,27 @@ fn check_path(p: &str) -> Result<()> {
     Ok(())
 }
 
-fn entry_json(e: FileEntry) -> Value {
-    let kind = match FileType::try_from(e.r#type).unwrap_or(FileType::Unspecified) {
-        FileType::Directory => "directory",
-        FileType::Symlink => "symlink",
-        _ => "file",
-    };
-    json!({
-        "name": e.name,
-        "path": e.path,
-        "type": kind,
-        "size": e.size,
-        "mode": e.mode,
-        "permissions": e.permissions,
-        "owner": e.owner,
-        "group": e.group,
-        "modified_at": e.modified_unix,
-        "symlink_target": (!e.symlink_target.is_empty()).then_some(e.symlink_target),
-    })
-}
-
-/// `files/read` and `files/stream/read`: the file's bytes, streamed as the agent sends them.
+/// Read a file
+///
+/// The file's bytes, streamed as they come (`files/read` and `files/stream/read` are the same).
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/read",
+    operation_id = "read_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = PathBody,
+    responses(
+        (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,8 +177,59 @@ pub async fn read(
         .into_response())
 }
 
-/// `files/write` and `files/stream/write`: multipart with `path` first, then `file`, streamed
-/// into the capsule as it arrives.
+/// Read a file, streamed
+///
+/// The same as `files/read` (the SDK's `download_stream` calls this one).
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/stream/read",
+    operation_id = "read_file_stream",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = PathBody,
+    responses(
+        (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn stream_read(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    body: JsonBody<PathBody>,
+) -> Result<Response> {
+    read(state, caller, id, body).await
+}
+
+/// Write a file
+///
+/// Multipart with `path` first, then `file`, streamed into the capsule as it arrives (no size
+/// limit; chunked or with a length). Parents are created; an existing file is replaced only when
+/// the upload completes. `files/write` and `files/stream/write` are the same.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/write",
+    operation_id = "write_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 204, description = "Written"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn write(
     State(state): State<AppState>,
     caller: Caller,
@@ -172,12 +303,61 @@ pub async fn write(
     ))
 }
 
+/// Write a file, streamed
+///
+/// The same as `files/write` (the SDK's `upload_stream` calls this one, chunked).
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/stream/write",
+    operation_id = "write_file_stream",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 204, description = "Written"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn stream_write(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    form: Multipart,
+) -> Result<StatusCode> {
+    write(state, caller, id, form).await
+}
+
+/// List a directory
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/list",
+    operation_id = "list_files",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = PathBody,
+    responses(
+        (status = 200, description = "Its entries", body = FileList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or directory", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody<PathBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<FileList>> {
     let Json(b) = body?;
     check_path(&b.path)?;
     let depth = b.depth.unwrap_or(1);
@@ -195,16 +375,37 @@ pub async fn list(
         })
         .await?
         .into_inner();
-    let entries: Vec<Value> = listed.entries.into_iter().map(entry_json).collect();
-    Ok(Json(json!({ "entries": entries })))
+    let entries = listed.entries.into_iter().map(FileEntry::from).collect();
+    Ok(Json(FileList { entries }))
 }
 
+/// Make a directory
+///
+/// Parents are created too.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/mkdir",
+    operation_id = "make_dir",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = PathBody,
+    responses(
+        (status = 200, description = "The directory", body = MadeDir),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running; `conflict`: the path exists", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn mkdir(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: JsonBody<PathBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<MadeDir>> {
     let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
@@ -217,9 +418,32 @@ pub async fn mkdir(
         })
         .await?
         .into_inner();
-    Ok(Json(json!({ "entry": entry_json(entry) })))
+    Ok(Json(MadeDir {
+        entry: FileEntry::from(entry),
+    }))
 }
 
+/// Remove a file or directory
+///
+/// Directories are removed with everything in them.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/files/remove",
+    operation_id = "remove_file",
+    tag = "files",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = PathBody,
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or path", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -238,4 +462,73 @@ pub async fn remove(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use wrenn_proto::agent::v1::FileEntry as PbEntry;
+
+    use super::*;
+    use crate::assert_same_json;
+
+    fn entry(kind: FileType, target: &str) -> PbEntry {
+        PbEntry {
+            name: "a.txt".into(),
+            path: "/home/user/a.txt".into(),
+            r#type: kind as i32,
+            size: 3,
+            mode: 0o644,
+            permissions: "-rw-r--r--".into(),
+            owner: "user".into(),
+            group: "user".into(),
+            modified_unix: 1_700_000_000,
+            symlink_target: target.into(),
+        }
+    }
+
+    /// The shape before the types (`entry_json`).
+    fn old(e: PbEntry) -> serde_json::Value {
+        let kind = match FileType::try_from(e.r#type).unwrap_or(FileType::Unspecified) {
+            FileType::Directory => "directory",
+            FileType::Symlink => "symlink",
+            _ => "file",
+        };
+        json!({
+            "name": e.name,
+            "path": e.path,
+            "type": kind,
+            "size": e.size,
+            "mode": e.mode,
+            "permissions": e.permissions,
+            "owner": e.owner,
+            "group": e.group,
+            "modified_at": e.modified_unix,
+            "symlink_target": (!e.symlink_target.is_empty()).then_some(e.symlink_target),
+        })
+    }
+
+    #[test]
+    fn entry_shapes_are_unchanged() {
+        for e in [
+            entry(FileType::File, ""),
+            entry(FileType::Directory, ""),
+            entry(FileType::Symlink, "/etc/hosts"),
+            entry(FileType::Unspecified, ""),
+        ] {
+            assert_same_json(&FileEntry::from(e.clone()), old(e.clone()));
+            assert_same_json(
+                &FileList {
+                    entries: vec![FileEntry::from(e.clone())],
+                },
+                json!({ "entries": [old(e.clone())] }),
+            );
+            assert_same_json(
+                &MadeDir {
+                    entry: FileEntry::from(e.clone()),
+                },
+                json!({ "entry": old(e) }),
+            );
+        }
+    }
 }

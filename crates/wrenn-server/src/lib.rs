@@ -1,13 +1,18 @@
 //! wrenn-server: the control plane. The REST API the published `wrenn` SDK uses ([`capsules`],
 //! [`files`], [`snapshots`], [`events`]), API-key auth scoped to a team ([`state`]), storage
-//! ([`db`]), and a reconciler that keeps the database in step with the host agent.
+//! ([`db`]), and a reconciler that keeps the database in step with the host agent. The API
+//! describes itself ([`api_docs`]: `/openapi.json`, `/docs`) and is measured ([`metrics`]:
+//! `/metrics`).
 
 pub mod accounts;
+pub mod api_docs;
+pub mod audit;
 pub mod capsules;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshots;
 pub mod state;
@@ -18,72 +23,125 @@ pub mod ws;
 use std::{path::Path, time::Duration};
 
 use axum::{
-    extract::{DefaultBodyLimit, State},
-    routing::{delete, get, post},
+    extract::DefaultBodyLimit,
+    handler::Handler,
+    http::Method,
+    routing::{MethodFilter, MethodRouter},
     Json, Router,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use wrenn_proto::agent::v1::ListCapsulesRequest;
 
 pub use error::{ApiError, Result};
 pub use state::AppState;
 
-use crate::db::Caller;
-
 /// Largest JSON body (file contents go through the streamed multipart routes).
 const MAX_JSON_BODY: usize = 1 << 20;
 
-/// Every route.
-pub fn router(state: AppState) -> Router {
-    let unlimited = DefaultBodyLimit::disable();
-    Router::new()
-        .route("/health", get(health))
-        .route("/v1/capsules", post(capsules::create).get(capsules::list))
-        .route("/v1/capsules/stats", get(usage::stats))
-        .route("/v1/capsules/usage", get(usage::usage))
-        .route(
-            "/v1/capsules/{id}",
-            get(capsules::get).delete(capsules::destroy),
-        )
-        .route("/v1/capsules/{id}/pause", post(capsules::pause))
-        .route("/v1/capsules/{id}/resume", post(capsules::resume))
-        .route("/v1/capsules/{id}/ping", post(capsules::ping))
-        .route("/v1/capsules/{id}/exec", post(capsules::exec))
-        .route("/v1/capsules/{id}/processes", get(capsules::processes))
-        .route(
+/// One route: a method, a path template and its handler. [`router`] serves exactly the routes
+/// of [`routes`], and a test checks that `/openapi.json` documents exactly these too.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// `handler` for `method` on `path`.
+pub fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("the route table's methods");
+    Route {
+        method,
+        path,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+impl Route {
+    /// Without the JSON body limit (streamed uploads).
+    fn unlimited(mut self) -> Route {
+        self.handler = self.handler.layer(DefaultBodyLimit::disable());
+        self
+    }
+}
+
+/// Every route of the API.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    let mut all = vec![
+        route(M::GET, "/health", health),
+        route(M::GET, "/openapi.json", api_docs::openapi_json),
+        route(M::GET, "/docs", api_docs::docs),
+        route(M::GET, "/metrics", metrics::scrape),
+        route(M::POST, "/v1/capsules", capsules::create),
+        route(M::GET, "/v1/capsules", capsules::list),
+        route(M::GET, "/v1/capsules/stats", usage::stats),
+        route(M::GET, "/v1/capsules/usage", usage::usage),
+        route(M::GET, "/v1/capsules/{id}", capsules::get),
+        route(M::DELETE, "/v1/capsules/{id}", capsules::destroy),
+        route(M::POST, "/v1/capsules/{id}/pause", capsules::pause),
+        route(M::POST, "/v1/capsules/{id}/resume", capsules::resume),
+        route(M::POST, "/v1/capsules/{id}/ping", capsules::ping),
+        route(M::GET, "/v1/capsules/{id}/metrics", capsules::metrics),
+        route(M::POST, "/v1/capsules/{id}/exec", capsules::exec),
+        route(M::GET, "/v1/capsules/{id}/exec/stream", ws::exec_stream),
+        route(M::GET, "/v1/capsules/{id}/processes", capsules::processes),
+        route(
+            M::DELETE,
             "/v1/capsules/{id}/processes/{pid}",
-            delete(capsules::kill_process),
-        )
-        .route("/v1/capsules/{id}/metrics", get(capsules::metrics))
-        .route("/v1/capsules/{id}/exec/stream", get(ws::exec_stream))
-        .route(
+            capsules::kill_process,
+        ),
+        route(
+            M::GET,
             "/v1/capsules/{id}/processes/{pid}/stream",
-            get(ws::connect_process),
-        )
-        .route("/v1/capsules/{id}/pty", get(ws::pty))
-        .route("/v1/capsules/{id}/files/read", post(files::read))
-        .route("/v1/capsules/{id}/files/stream/read", post(files::read))
-        .route(
-            "/v1/capsules/{id}/files/write",
-            post(files::write).layer(unlimited),
-        )
-        .route(
+            ws::connect_process,
+        ),
+        route(M::GET, "/v1/capsules/{id}/pty", ws::pty),
+        route(M::POST, "/v1/capsules/{id}/files/read", files::read),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/files/stream/read",
+            files::stream_read,
+        ),
+        route(M::POST, "/v1/capsules/{id}/files/write", files::write).unlimited(),
+        route(
+            M::POST,
             "/v1/capsules/{id}/files/stream/write",
-            post(files::write).layer(unlimited),
+            files::stream_write,
         )
-        .route("/v1/capsules/{id}/files/list", post(files::list))
-        .route("/v1/capsules/{id}/files/mkdir", post(files::mkdir))
-        .route("/v1/capsules/{id}/files/remove", post(files::remove))
-        .route(
-            "/v1/snapshots",
-            post(snapshots::create).get(snapshots::list),
-        )
-        .route("/v1/snapshots/{name}", delete(snapshots::delete))
-        .route("/v1/events/stream", get(events::stream))
-        .route("/v1/audit", get(audit))
-        .merge(accounts::account_routes())
+        .unlimited(),
+        route(M::POST, "/v1/capsules/{id}/files/list", files::list),
+        route(M::POST, "/v1/capsules/{id}/files/mkdir", files::mkdir),
+        route(M::POST, "/v1/capsules/{id}/files/remove", files::remove),
+        route(M::POST, "/v1/snapshots", snapshots::create),
+        route(M::GET, "/v1/snapshots", snapshots::list),
+        route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
+        route(M::GET, "/v1/events/stream", events::stream),
+        route(M::GET, "/v1/audit", audit::audit),
+    ];
+    all.extend(accounts::account_routes());
+    all
+}
+
+/// The API: every route of [`routes`], behind the port proxy, measured by [`metrics`].
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for r in routes() {
+        // Two methods on one path merge into one method router.
+        router = router.route(r.path, r.handler);
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // Inside the proxy: proxied requests are the capsules' traffic, not the API's.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             proxy::route,
@@ -91,32 +149,36 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// The server is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The server's version.
+    #[schema(example = "0.1.0")]
+    pub version: String,
+}
+
+/// Health
+///
+/// Answers while the server runs (no credentials, no database).
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "Up", body = Health))
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
-}
-
-/// `GET /v1/audit`: the caller's team's audit log, newest first.
-async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
-    let rows = state.db.audit_log(&caller.team_id, 500).await?;
-    let entries: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "actor": { "type": r.actor_type, "id": r.actor_id },
-                "action": r.action,
-                "resource": { "type": r.resource_type, "id": r.resource_id },
-                "outcome": r.outcome,
-                "detail": r.detail,
-                "created_at": time::rfc3339(r.created_at),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "entries": entries })))
 }
 
 /// The admin account `wrenn up` makes on first start.
@@ -238,7 +300,7 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                     },
                     metadata: Default::default(),
                     error,
-                    sandbox: Some(capsules::capsule_json(&updated)),
+                    sandbox: Some(capsules::Capsule::from(&updated)),
                     timestamp: time::rfc3339(db::now_ms()),
                 },
             );
@@ -256,4 +318,14 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// For the shape tests: `new` must serialize (as the API writes it, to text) to exactly the
+/// JSON the handlers built with `json!` before they had types (`old`).
+#[cfg(test)]
+pub(crate) fn assert_same_json(new: &impl Serialize, old: serde_json::Value) {
+    let written = serde_json::to_string(new).unwrap();
+    let new: serde_json::Value = serde_json::from_str(&written).unwrap();
+    let old: serde_json::Value = serde_json::from_str(&old.to_string()).unwrap();
+    assert_eq!(new, old, "\nnew: {new:#}\nold: {old:#}");
 }

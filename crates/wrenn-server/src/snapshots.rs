@@ -5,17 +5,20 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::{
     DeleteTemplateRequest, ListTemplatesRequest, SnapshotCapsuleRequest, TemplateKind,
 };
 use wrenn_types::{Id, IdKind};
 
 use crate::{
+    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     capsules::{live, safe_name},
     db::{now_ms, Caller, TemplateRow},
-    error::{ApiError, Result},
+    error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
     state::AppState,
     time::rfc3339,
@@ -43,18 +46,68 @@ fn user_facing(s: tonic::Status, name: &str) -> ApiError {
     }
 }
 
-fn template_json(t: &TemplateRow) -> Value {
-    json!({
-        "name": t.name,
-        "type": "snapshot",
-        "vcpus": t.vcpus,
-        "memory_mb": t.memory_mb,
-        "size_bytes": t.size_bytes,
-        "created_at": rfc3339(t.created_at),
-        "platform": false,
-        "protected": false,
-        "metadata": t.metadata,
-    })
+/// Where a template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateType {
+    /// A platform template, built from the image recipe.
+    Base,
+    /// A team's snapshot of a capsule.
+    Snapshot,
+}
+
+/// A template capsules are created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Template {
+    #[schema(example = "my-env")]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: TemplateType,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    /// Bytes it takes on the host's disk.
+    pub size_bytes: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// A platform template (shared by every team).
+    pub platform: bool,
+    /// Cannot be deleted through the API.
+    pub protected: bool,
+    /// A snapshot's source capsule's metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl From<&TemplateRow> for Template {
+    fn from(t: &TemplateRow) -> Template {
+        Template {
+            name: t.name.clone(),
+            kind: TemplateType::Snapshot,
+            vcpus: t.vcpus,
+            memory_mb: t.memory_mb,
+            size_bytes: t.size_bytes,
+            created_at: rfc3339(t.created_at),
+            platform: false,
+            protected: false,
+            metadata: t.metadata.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<&wrenn_proto::agent::v1::Template> for Template {
+    /// A platform template, as its host reports it.
+    fn from(t: &wrenn_proto::agent::v1::Template) -> Template {
+        Template {
+            name: t.name.clone(),
+            kind: TemplateType::Base,
+            vcpus: t.vcpus.into(),
+            memory_mb: t.memory_mib.into(),
+            size_bytes: i64::try_from(t.size_bytes).unwrap_or(i64::MAX),
+            created_at: rfc3339(t.created_at_unix * 1000),
+            platform: true,
+            protected: true,
+            metadata: BTreeMap::new(),
+        }
+    }
 }
 
 /// The platform's base templates (as the host reports them).
@@ -70,25 +123,54 @@ async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::
         .collect())
 }
 
-#[derive(Debug, Deserialize)]
+/// A snapshot to take.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub struct CreateSnapshotBody {
+    /// The capsule to snapshot (it is left paused).
+    #[schema(example = "cl-0123456789abcdefghijklmno")]
     sandbox_id: String,
+    /// `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most 48 characters (default `template-…`).
+    #[schema(example = "my-env")]
     name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateQuery {
+    /// Replace the team's template of that name.
     #[serde(default)]
     overwrite: bool,
 }
 
+/// Snapshot a capsule
+///
+/// A team template from a capsule's memory, disk and processes; capsules created from it start
+/// where the capsule was. The capsule is left paused.
+#[utoipa::path(
+    post,
+    path = "/v1/snapshots",
+    operation_id = "create_snapshot",
+    tag = "snapshots",
+    params(CreateQuery),
+    request_body = CreateSnapshotBody,
+    responses(
+        (status = 201, description = "The template", body = Template),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     query: std::result::Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
-    body: std::result::Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<Value>)> {
+    body: std::result::Result<Json<CreateSnapshotBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Template>)> {
     let Query(q) = query?;
     let Json(b) = body?;
     let name = b
@@ -156,20 +238,41 @@ pub async fn create(
         &state,
         Event::template(&caller, "template.snapshot.create", &name),
     );
-    Ok((StatusCode::CREATED, Json(template_json(&row))))
+    Ok((StatusCode::CREATED, Json(Template::from(&row))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this kind (default: both).
     #[serde(rename = "type")]
+    #[param(value_type = Option<TemplateType>)]
     kind: Option<String>,
 }
 
+/// List templates
+///
+/// The team's snapshots, then the platform's base templates.
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots",
+    operation_id = "list_templates",
+    tag = "snapshots",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The templates", body = Vec<Template>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Vec<Template>>> {
     let Query(q) = query?;
     let (base, snapshot) = match q.kind.as_deref() {
         None => (true, true),
@@ -189,27 +292,35 @@ pub async fn list(
                 .templates(&caller.team_id)
                 .await?
                 .iter()
-                .map(template_json),
+                .map(Template::from),
         );
     }
     if base {
-        for t in base_templates(&state).await? {
-            out.push(json!({
-                "name": t.name,
-                "type": "base",
-                "vcpus": t.vcpus,
-                "memory_mb": t.memory_mib,
-                "size_bytes": t.size_bytes,
-                "created_at": rfc3339(t.created_at_unix * 1000),
-                "platform": true,
-                "protected": true,
-                "metadata": {},
-            }));
-        }
+        out.extend(base_templates(&state).await?.iter().map(Template::from));
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
+/// Delete a template
+///
+/// One of the team's snapshots; platform templates cannot be deleted.
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshots/{name}",
+    operation_id = "delete_template",
+    tag = "snapshots",
+    params(("name" = String, Path, description = "The template's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a platform template", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: capsules still use it", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -250,4 +361,64 @@ pub async fn delete(
         Event::template(&caller, "template.snapshot.delete", &name),
     );
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::assert_same_json;
+
+    #[test]
+    fn template_shapes_are_unchanged() {
+        let t = TemplateRow {
+            id: "tpl-x".into(),
+            team_id: "team-x".into(),
+            name: "my-env".into(),
+            agent_name: "tx.my-env".into(),
+            vcpus: 2,
+            memory_mb: 512,
+            size_bytes: 123_456,
+            source_capsule: "cl-x".into(),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            created_at: 1_700_000_000_000,
+        };
+        // Before: `template_json`.
+        let old = json!({
+            "name": t.name,
+            "type": "snapshot",
+            "vcpus": t.vcpus,
+            "memory_mb": t.memory_mb,
+            "size_bytes": t.size_bytes,
+            "created_at": rfc3339(t.created_at),
+            "platform": false,
+            "protected": false,
+            "metadata": t.metadata,
+        });
+        assert_same_json(&Template::from(&t), old);
+        let b = wrenn_proto::agent::v1::Template {
+            name: "minimal".into(),
+            kind: TemplateKind::Base as i32,
+            vcpus: 1,
+            memory_mib: 256,
+            disk_bytes: 1 << 30,
+            size_bytes: 99,
+            created_at_unix: 1_700_000_000,
+            base: String::new(),
+        };
+        // Before: the list's `json!` for base templates.
+        let old = json!({
+            "name": b.name,
+            "type": "base",
+            "vcpus": b.vcpus,
+            "memory_mb": b.memory_mib,
+            "size_bytes": b.size_bytes,
+            "created_at": rfc3339(b.created_at_unix * 1000),
+            "platform": true,
+            "protected": true,
+            "metadata": {},
+        });
+        assert_same_json(&Template::from(&b), old);
+    }
 }

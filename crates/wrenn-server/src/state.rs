@@ -1,5 +1,7 @@
 //! What every request handler shares, and who is calling.
 
+use std::sync::Arc;
+
 use axum::{extract::FromRequestParts, http::request::Parts};
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
@@ -9,6 +11,7 @@ use crate::{
     db::{Caller, Db},
     error::ApiError,
     events::Event,
+    metrics::Metrics,
 };
 
 /// The control plane's shared state.
@@ -23,6 +26,8 @@ pub struct AppState {
     pub domain: String,
     /// The port proxy's HTTP client.
     pub http: reqwest::Client,
+    /// The API's request counters and durations, for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

@@ -8,10 +8,11 @@ use axum::{
     extract::{Query, State},
     Json,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
+    api_docs::{BadRequest, Internal, Unauthorized},
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
     error::{ApiError, Result},
     state::AppState,
@@ -40,16 +41,87 @@ pub async fn sample(state: &AppState) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+/// The ranges of team statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum StatsRange {
+    #[serde(rename = "5m")]
+    M5,
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "6h")]
+    H6,
+    #[serde(rename = "24h")]
+    H24,
+    #[serde(rename = "30d")]
+    D30,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
+    /// How far back (default `1h`).
+    #[param(value_type = Option<StatsRange>)]
     range: Option<String>,
 }
 
+/// What the team runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CurrentUse {
+    pub running_count: i64,
+    pub vcpus_reserved: i64,
+    pub memory_mb_reserved: i64,
+}
+
+/// The most the team ran at once over the range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PeakUse {
+    pub running_count: i64,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+}
+
+/// The range in buckets: the largest value of each bucket (all arrays are as long as `labels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct UseSeries {
+    /// Each bucket's start (RFC 3339).
+    pub labels: Vec<String>,
+    pub running: Vec<i64>,
+    pub vcpus: Vec<i64>,
+    pub memory_mb: Vec<i64>,
+}
+
+/// The team's capsule statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CapsuleStats {
+    #[schema(value_type = StatsRange)]
+    pub range: String,
+    pub current: CurrentUse,
+    pub peaks: PeakUse,
+    pub series: UseSeries,
+}
+
+/// Team statistics
+///
+/// Running capsules, vCPUs and memory now, their peaks and a time series over the range
+/// (sampled every 10 s).
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/stats",
+    operation_id = "capsule_stats",
+    tag = "capsules",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The statistics", body = CapsuleStats),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
     query: std::result::Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>> {
+) -> Result<Json<CapsuleStats>> {
     let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     // (span, bucket) in seconds.
@@ -94,23 +166,58 @@ pub async fn stats(
         peak_m = peak_m.max(m);
     }
     let labels: Vec<String> = buckets.keys().map(|k| rfc3339(k * 1000)).collect();
-    Ok(Json(json!({
-        "range": range,
-        "current": { "running_count": running, "vcpus_reserved": vcpus, "memory_mb_reserved": memory },
-        "peaks": { "running_count": peak_r, "vcpus": peak_v, "memory_mb": peak_m },
-        "series": {
-            "labels": labels,
-            "running": buckets.values().map(|b| b.0).collect::<Vec<_>>(),
-            "vcpus": buckets.values().map(|b| b.1).collect::<Vec<_>>(),
-            "memory_mb": buckets.values().map(|b| b.2).collect::<Vec<_>>(),
+    Ok(Json(CapsuleStats {
+        range,
+        current: CurrentUse {
+            running_count: running,
+            vcpus_reserved: vcpus,
+            memory_mb_reserved: memory,
         },
-    })))
+        peaks: PeakUse {
+            running_count: peak_r,
+            vcpus: peak_v,
+            memory_mb: peak_m,
+        },
+        series: UseSeries {
+            labels,
+            running: buckets.values().map(|b| b.0).collect(),
+            vcpus: buckets.values().map(|b| b.1).collect(),
+            memory_mb: buckets.values().map(|b| b.2).collect(),
+        },
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// First day, `YYYY-MM-DD` (default: 29 days before `to`).
+    #[param(format = Date)]
     from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (default: today, UTC).
+    #[param(format = Date)]
     to: Option<String>,
+}
+
+/// One day's use.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct UsagePoint {
+    #[schema(format = Date)]
+    pub date: String,
+    /// vCPU-minutes reserved by running capsules.
+    pub cpu_minutes: f64,
+    /// MiB-minutes of memory reserved by running capsules.
+    pub ram_mb_minutes: f64,
+}
+
+/// The team's use per day.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Usage {
+    #[schema(format = Date)]
+    pub from: String,
+    #[schema(format = Date)]
+    pub to: String,
+    /// Every day from `from` to `to`.
+    pub points: Vec<UsagePoint>,
 }
 
 fn parse_date(s: &str) -> Result<time::Date> {
@@ -125,11 +232,27 @@ fn date_of(ms: i64) -> time::Date {
         .unwrap_or(time::Date::MIN)
 }
 
+/// Team usage
+///
+/// CPU and memory minutes per day (UTC), at most a year.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/usage",
+    operation_id = "capsule_usage",
+    tag = "capsules",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The usage", body = Usage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,
     query: std::result::Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Usage>> {
     let Query(q) = query?;
     let today = date_of(now_ms());
     let to =
@@ -163,11 +286,90 @@ pub async fn usage(
             day.1 += memory as f64 * minutes;
         }
     }
-    let points: Vec<Value> = days
+    let points = days
         .iter()
-        .map(|(d, (cpu, ram))| json!({ "date": d.to_string(), "cpu_minutes": cpu, "ram_mb_minutes": ram }))
+        .map(|(d, (cpu, ram))| UsagePoint {
+            date: d.to_string(),
+            cpu_minutes: *cpu,
+            ram_mb_minutes: *ram,
+        })
         .collect();
-    Ok(Json(
-        json!({ "from": from.to_string(), "to": to.to_string(), "points": points }),
-    ))
+    Ok(Json(Usage {
+        from: from.to_string(),
+        to: to.to_string(),
+        points,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::assert_same_json;
+
+    #[test]
+    fn stats_and_usage_shapes_are_unchanged() {
+        let stats = CapsuleStats {
+            range: "1h".into(),
+            current: CurrentUse {
+                running_count: 1,
+                vcpus_reserved: 2,
+                memory_mb_reserved: 512,
+            },
+            peaks: PeakUse {
+                running_count: 3,
+                vcpus: 4,
+                memory_mb: 1024,
+            },
+            series: UseSeries {
+                labels: vec!["2023-11-14T22:13:00Z".into()],
+                running: vec![1],
+                vcpus: vec![2],
+                memory_mb: vec![512],
+            },
+        };
+        assert_same_json(
+            &stats,
+            json!({
+                "range": "1h",
+                "current": { "running_count": 1, "vcpus_reserved": 2, "memory_mb_reserved": 512 },
+                "peaks": { "running_count": 3, "vcpus": 4, "memory_mb": 1024 },
+                "series": {
+                    "labels": ["2023-11-14T22:13:00Z"],
+                    "running": [1],
+                    "vcpus": [2],
+                    "memory_mb": [512],
+                },
+            }),
+        );
+        let usage = Usage {
+            from: "2026-01-01".into(),
+            to: "2026-01-02".into(),
+            points: vec![
+                UsagePoint {
+                    date: "2026-01-01".into(),
+                    cpu_minutes: 0.0,
+                    ram_mb_minutes: 0.0,
+                },
+                UsagePoint {
+                    date: "2026-01-02".into(),
+                    cpu_minutes: 1.0 / 3.0,
+                    ram_mb_minutes: 85.5,
+                },
+            ],
+        };
+        let points = vec![
+            json!({ "date": "2026-01-01", "cpu_minutes": 0.0, "ram_mb_minutes": 0.0 }),
+            json!({ "date": "2026-01-02", "cpu_minutes": 1.0 / 3.0, "ram_mb_minutes": 85.5 }),
+        ];
+        assert_same_json(
+            &usage,
+            json!({ "from": "2026-01-01", "to": "2026-01-02", "points": points }),
+        );
+        // Floats stay floats (`0.0`, not `0`).
+        assert!(serde_json::to_string(&usage)
+            .unwrap()
+            .contains("\"cpu_minutes\":0.0"));
+    }
 }

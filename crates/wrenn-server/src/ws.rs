@@ -21,9 +21,10 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use crate::{
+    api_docs::{AgentFailed, HostUnavailable, Internal, Unauthorized},
     capsules::running,
     db::Caller,
-    error::{ApiError, Result},
+    error::{ApiError, ErrorBody, Result},
     state::AppState,
 };
 
@@ -119,7 +120,34 @@ async fn first_frame(ws: &mut WebSocket) -> Option<StartFrame> {
     None
 }
 
-/// `GET /v1/capsules/{id}/exec/stream`.
+/// Run a command, streamed (WebSocket)
+///
+/// A WebSocket (`GET` with `Upgrade: websocket`; same credentials as every call). Frames are
+/// JSON text.
+///
+/// Client → server, once: `{"type":"start","cmd":"/bin/sh","args":["-c","…"],"envs":{…},"cwd":"…"}`
+/// (`args`, `envs`, `cwd` optional).
+///
+/// Server → client, as the process runs:
+/// `{"type":"start","pid":N}`, `{"type":"stdout","data":"…"}`, `{"type":"stderr","data":"…"}`
+/// (text, invalid UTF-8 replaced), then `{"type":"exit","exit_code":N}` and a close. A failure is
+/// `{"type":"error","data":"…"}` (a bad first frame adds `"fatal":true`) and ends the stream.
+/// The process keeps running if the client goes.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/exec/stream",
+    operation_id = "exec_stream",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn exec_stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -157,8 +185,33 @@ pub async fn exec_stream(
     }))
 }
 
-/// `GET /v1/capsules/{id}/processes/{pid}/stream`: what the process writes from now on (and
-/// what it wrote recently), then its exit.
+/// Attach to a process (WebSocket)
+///
+/// A WebSocket to a running process (by pid or tag): what it writes from now on (and what it
+/// wrote recently), then its exit. The client sends nothing. Server → client, JSON text frames
+/// as for `exec/stream`: `{"type":"start","pid":N}`, `{"type":"stdout","data":"…"}`,
+/// `{"type":"stderr","data":"…"}`, `{"type":"exit","exit_code":N}`, or
+/// `{"type":"error","data":"…"}`. The process keeps running if the client goes.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/processes/{pid}/stream",
+    operation_id = "connect_process",
+    tag = "commands",
+    params(
+        ("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        ("pid" = String, Path, description = "A pid, or a process's tag"),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
 pub async fn connect_process(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,8 +244,37 @@ struct ControlFrame {
     rows: u32,
 }
 
-/// `GET /v1/capsules/{id}/pty`: start a terminal (`start`) or reattach to one (`connect` by
-/// tag). Binary frames carry input and output; `resize`, `kill` and `pong` are JSON.
+/// Open a terminal (WebSocket)
+///
+/// A WebSocket to a terminal (PTY) in the capsule. Binary frames carry the terminal's bytes
+/// both ways (client → server: keystrokes; server → client: screen output). Control frames are
+/// JSON text.
+///
+/// Client → server, first: `{"type":"start","cmd":"/bin/bash","args":[…],"envs":{…},"cwd":"…",
+/// "cols":80,"rows":24}` (all but `type` optional; 0 means the default) or
+/// `{"type":"connect","tag":"pty-…"}` to reattach (the screen so far is replayed). Then:
+/// `{"type":"resize","cols":C,"rows":R}`, `{"type":"kill"}`, and `{"type":"pong"}` after each
+/// ping.
+///
+/// Server → client: `{"type":"started","tag":"pty-…","pid":N}`, binary output,
+/// `{"type":"ping"}` every 20 s, `{"type":"exit","exit_code":N}` at the end, and
+/// `{"type":"error","data":"…","fatal":bool}` (fatal ends the session). The terminal keeps
+/// running when the client goes: reattach with its tag.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/pty",
+    operation_id = "pty",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn pty(
     State(state): State<AppState>,
     caller: Caller,

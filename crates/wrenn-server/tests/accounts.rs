@@ -57,6 +57,7 @@ async fn start() -> Server {
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
+        metrics: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

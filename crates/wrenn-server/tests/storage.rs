@@ -141,6 +141,7 @@ on_both_databases!(
     users_teams_memberships_and_roles,
     api_keys_store_only_the_hash,
     capsules_and_templates_are_scoped_by_team,
+    capsules_are_counted_by_status,
     audit_log_keeps_order_per_team,
     secrets_persist,
 );
@@ -506,6 +507,35 @@ async fn capsules_and_templates_are_scoped_by_team(s: Store) {
         "tb.snap"
     );
     assert_eq!(db.templates(&b.id).await.unwrap().len(), 2);
+}
+
+/// `/metrics` counts capsules of every team by status.
+async fn capsules_are_counted_by_status(s: Store) {
+    let db = &s.db;
+    assert!(db.capsule_status_counts().await.unwrap().is_empty());
+    let a = db.create_team("a").await.unwrap();
+    let b = db.create_team("b").await.unwrap();
+    for (team, id, status) in [
+        (&a.id, "cl-aaaaaaaaaaaaaaaaaaaaaaaa1", "running"),
+        (&a.id, "cl-aaaaaaaaaaaaaaaaaaaaaaaa2", "paused"),
+        (&b.id, "cl-bbbbbbbbbbbbbbbbbbbbbbbb1", "running"),
+        (&b.id, "cl-bbbbbbbbbbbbbbbbbbbbbbbb2", "stopped"),
+    ] {
+        db.insert_capsule(&CapsuleRow {
+            status: status.into(),
+            ..capsule(team, id)
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        db.capsule_status_counts().await.unwrap(),
+        [
+            ("paused".to_string(), 1),
+            ("running".to_string(), 2),
+            ("stopped".to_string(), 1)
+        ]
+    );
 }
 
 async fn audit_log_keeps_order_per_team(s: Store) {

@@ -50,6 +50,7 @@ pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Re
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("the proxy's HTTP client")?,
+        metrics: Default::default(),
     };
     wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(cp.listen)
