@@ -883,7 +883,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT t.id, t.name, t.created_at, m.role, m.created_at AS joined_at \
              FROM memberships m JOIN teams t ON t.id = m.team_id \
-             WHERE m.user_id = $1 ORDER BY m.created_at, t.id",
+             WHERE m.user_id = $1 ORDER BY m.created_at, CASE WHEN m.role = 'owner' THEN 0 ELSE 1 END, t.id",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
