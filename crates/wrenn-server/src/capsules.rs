@@ -351,6 +351,23 @@ async fn record_state(
         .await
 }
 
+/// After a lifecycle `action` on capsule `id`: its audit row and event, and its JSON.
+async fn recorded(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<Json<Capsule>> {
+    let row = state.db.capsule(&caller.team_id, id).await?;
+    let _ = state
+        .db
+        .audit(caller, action, ("capsule", id), "success", "")
+        .await;
+    let body = Capsule::from(&row);
+    publish(state, Event::capsule(caller, action, id, body.clone()));
+    Ok(Json(body))
+}
+
 /// Pause a capsule
 ///
 /// Its memory, files and processes are kept; resume continues where it stopped.
@@ -382,17 +399,7 @@ pub async fn pause(
         .await?
         .into_inner();
     record_state(&state, &c.id, &pb, false).await?;
-    let row = state.db.capsule(&caller.team_id, &c.id).await?;
-    let _ = state
-        .db
-        .audit(&caller, "capsule.pause", ("capsule", &c.id), "success", "")
-        .await;
-    let body = Capsule::from(&row);
-    publish(
-        &state,
-        Event::capsule(&caller, "capsule.pause", &c.id, body.clone()),
-    );
-    Ok(Json(body))
+    recorded(&state, &caller, &c.id, "capsule.pause").await
 }
 
 /// Resume a capsule
@@ -424,17 +431,7 @@ pub async fn resume(
         .await?
         .into_inner();
     record_state(&state, &c.id, &pb, true).await?;
-    let row = state.db.capsule(&caller.team_id, &c.id).await?;
-    let _ = state
-        .db
-        .audit(&caller, "capsule.resume", ("capsule", &c.id), "success", "")
-        .await;
-    let body = Capsule::from(&row);
-    publish(
-        &state,
-        Event::capsule(&caller, "capsule.resume", &c.id, body.clone()),
-    );
-    Ok(Json(body))
+    recorded(&state, &caller, &c.id, "capsule.resume").await
 }
 
 /// Destroy a capsule
