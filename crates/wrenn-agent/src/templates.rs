@@ -215,18 +215,23 @@ impl Templates {
 
     /// Whether template `name` can give a capsule of `vcpus` and `memory_mib` (0: its own),
     /// checked without making anything: the template's shape and memory size.
-    pub fn check(&self, name: &str, vcpus: u32, memory_mib: u32) -> Result<TemplateInfo> {
-        let info = self.info(name)?;
-        let differs = (vcpus != 0 && vcpus != info.vcpus)
-            || (memory_mib != 0 && memory_mib != info.memory_mib);
-        if info.kind == TemplateKind::Snapshot && differs {
+    pub fn check(&self, name: &str, vcpus: u32, memory_mib: u32) -> Result<SnapshotSpec> {
+        // Cheap: the snapshot's vm.json and template.json, no walk of the template's files.
+        let spec = Snapshot {
+            template_dir: self.dir(name)?,
+        }
+        .spec()
+        .ok_or_else(|| AgentError::NotFound(format!("template {name} not found")))?;
+        let differs = (vcpus != 0 && vcpus != spec.vcpus)
+            || (memory_mib != 0 && memory_mib != spec.memory_mib);
+        if differs && self.meta(name).is_some() {
             return Err(AgentError::InvalidArgument(format!(
                 "template {name} is a snapshot of a {}-vCPU, {} MiB capsule; its capsules have \
                  that shape",
-                info.vcpus, info.memory_mib
+                spec.vcpus, spec.memory_mib
             )));
         }
-        Ok(info)
+        Ok(spec)
     }
 
     /// The snapshot a capsule of `name` with `vcpus` and `memory_mib` (0: the template's own)
@@ -238,34 +243,25 @@ impl Templates {
         memory_mib: u32,
         pool: &SlotPool,
     ) -> Result<Resolved> {
+        // Refuses another shape for a snapshot template (it keeps its source's shape).
+        let spec = self.check(name, vcpus, memory_mib)?;
         let dir = self.dir(name)?;
         let own = Snapshot {
             template_dir: dir.clone(),
         };
-        let spec = own
-            .spec()
-            .ok_or_else(|| AgentError::NotFound(format!("template {name} not found")))?;
         let vcpus = if vcpus == 0 { spec.vcpus } else { vcpus };
         let memory_mib = if memory_mib == 0 {
             spec.memory_mib
         } else {
             memory_mib
         };
-        let meta = self.meta(name);
         if vcpus == spec.vcpus && memory_mib == spec.memory_mib {
             return Ok(Resolved {
                 disk_bytes: file_len(&own.disk()),
                 snapshot: own,
                 spec,
-                envd_token: meta.map(|m| m.envd_token),
+                envd_token: self.meta(name).map(|m| m.envd_token),
             });
-        }
-        if meta.is_some() {
-            return Err(AgentError::InvalidArgument(format!(
-                "template {name} is a snapshot of a {}-vCPU, {} MiB capsule; its capsules have \
-                 that shape (asked for {vcpus} vCPUs, {memory_mib} MiB)",
-                spec.vcpus, spec.memory_mib
-            )));
         }
         let shaped = self.shape(&dir, vcpus, memory_mib, pool).await?;
         let spec = shaped.spec().ok_or_else(|| {

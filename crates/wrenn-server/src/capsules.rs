@@ -257,21 +257,29 @@ pub async fn create(
         last_active_at: Some(now),
         updated_at: now,
     };
-    if let Err(e) = state.db.insert_capsule(&row).await {
-        // Never a capsule the database does not know.
+    let public = b.public.unwrap_or(false);
+    let (token, token_hash) = crate::proxy::new_token();
+    let recorded = async {
+        state.db.insert_capsule(&row).await?;
+        state
+            .db
+            .set_capsule_access(&row.id, public, &token_hash)
+            .await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Never a capsule the database does not know, nor a half-recorded one: undo both.
         let _ = agent
             .destroy_capsule(CapsuleRef {
                 id: made.id.clone(),
             })
             .await;
+        let _ = state
+            .db
+            .set_capsule_status(&row.id, "stopped", None, false)
+            .await;
         return Err(e);
     }
-    let public = b.public.unwrap_or(false);
-    let (token, token_hash) = crate::proxy::new_token();
-    state
-        .db
-        .set_capsule_access(&row.id, public, &token_hash)
-        .await?;
     let _ = state
         .db
         .audit(
