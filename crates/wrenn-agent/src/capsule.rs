@@ -157,10 +157,8 @@ fn envd_addr(slot: &Slot) -> SocketAddr {
     SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT)
 }
 
-fn new_token() -> String {
-    let mut b = [0u8; 24];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn new_token() -> Result<String> {
+    Ok(wrenn_types::secret::hex(24)?)
 }
 
 impl Capsule {
@@ -424,7 +422,7 @@ pub async fn create(
             .unwrap_or(0),
         env_vars: spec.env_vars,
         metadata: spec.metadata,
-        access_token: new_token(),
+        access_token: new_token()?,
         vmm_pid: None,
         error: None,
         timeout_secs: spec.timeout_secs,

@@ -32,6 +32,8 @@ pub enum AgentError {
     Transport(String),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
+    #[error(transparent)]
+    Random(#[from] wrenn_types::secret::RandomError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -106,6 +106,7 @@ impl From<AgentError> for Status {
             | AgentError::Vmm(_)
             | AgentError::Tls(_)
             | AgentError::Transport(_)
+            | AgentError::Random(_)
             | AgentError::Io { .. } => {
                 tracing::error!(error = %msg, "agent request failed");
                 Status::internal(msg)

@@ -113,10 +113,8 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn random_suffix() -> Result<String> {
+    Ok(wrenn_types::secret::hex(4)?)
 }
 
 /// Hard-links `src` (following symlinks) to `dst`, or copies it where links cannot be made.
@@ -364,7 +362,7 @@ impl Templates {
         }
         let work = self
             .images_dir
-            .join(format!(".new-{name}-{}", random_suffix()));
+            .join(format!(".new-{name}-{}", random_suffix()?));
         std::fs::create_dir_all(&work)
             .map_err(|e| AgentError::io("creating the template folder", e))?;
         // Held while the folder fills: `clean_leftovers` skips folders someone is filling.
@@ -386,7 +384,7 @@ impl Templates {
         if exists {
             let old = self
                 .images_dir
-                .join(format!(".old-{name}-{}", random_suffix()));
+                .join(format!(".old-{name}-{}", random_suffix()?));
             std::fs::rename(&dir, &old)
                 .map_err(|e| AgentError::io("moving the old template aside", e))?;
             let _ = std::fs::remove_dir_all(&old);
@@ -463,7 +461,7 @@ impl Templates {
         }
         let gone = self
             .images_dir
-            .join(format!(".old-{name}-{}", random_suffix()));
+            .join(format!(".old-{name}-{}", random_suffix()?));
         std::fs::rename(&dir, &gone).map_err(|e| AgentError::io("deleting the template", e))?;
         std::fs::remove_dir_all(&gone).map_err(|e| AgentError::io("deleting the template", e))
     }

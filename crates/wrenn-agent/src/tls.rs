@@ -411,7 +411,7 @@ fn valid_dns_name(name: &str) -> bool {
 }
 
 fn random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| tls_err(format!("random bytes: {e}")))
+    wrenn_types::secret::fill(buf).map_err(|e| tls_err(e.to_string()))
 }
 
 /// A random positive 127-bit serial number.

@@ -224,6 +224,8 @@ pub async fn create(
                 b.memory_mb.unwrap_or(0),
             ),
         };
+    // The proxy's access token, drawn before anything is made.
+    let (token, token_hash) = crate::proxy::new_token()?;
     let mut agent = state.agent();
     let made = agent
         .create_capsule(CreateCapsuleRequest {
@@ -258,12 +260,22 @@ pub async fn create(
         updated_at: now,
     };
     let public = b.public.unwrap_or(false);
-    let (token, token_hash) = crate::proxy::new_token();
     let recorded = async {
         state.db.insert_capsule(&row).await?;
         state
             .db
             .set_capsule_access(&row.id, public, &token_hash)
+            .await?;
+        // An action that happened is in the audit log, or it is undone.
+        state
+            .db
+            .audit(
+                &caller,
+                "capsule.create",
+                ("capsule", &row.id),
+                "success",
+                "",
+            )
             .await
     }
     .await;
@@ -280,16 +292,6 @@ pub async fn create(
             .await;
         return Err(e);
     }
-    let _ = state
-        .db
-        .audit(
-            &caller,
-            "capsule.create",
-            ("capsule", &row.id),
-            "success",
-            "",
-        )
-        .await;
     let body = Capsule::from(&row);
     publish(
         &state,
@@ -367,10 +369,11 @@ async fn recorded(
     action: &str,
 ) -> Result<Json<Capsule>> {
     let row = state.db.capsule(&caller.team_id, id).await?;
-    let _ = state
+    // The action happened: it is in the audit log, or the request fails.
+    state
         .db
         .audit(caller, action, ("capsule", id), "success", "")
-        .await;
+        .await?;
     let body = Capsule::from(&row);
     publish(state, Event::capsule(caller, action, id, body.clone()));
     Ok(Json(body))
@@ -480,7 +483,7 @@ pub async fn destroy(
         .db
         .set_capsule_status(&c.id, "stopped", None, false)
         .await?;
-    let _ = state
+    state
         .db
         .audit(
             &caller,
@@ -489,7 +492,7 @@ pub async fn destroy(
             "success",
             "",
         )
-        .await;
+        .await?;
     let mut row = c;
     row.status = "stopped".into();
     publish(

@@ -21,12 +21,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The stored form of an API key: its SHA-256 (keys are 128 random bits, so a fast hash is
 /// enough; the plaintext is shown once and never stored).
 pub fn hash_key(plaintext: &str) -> String {
@@ -207,7 +201,7 @@ impl Db {
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(random_hex(32))
+        .bind(wrenn_types::secret::hex(32)?)
         .execute(&self.pool)
         .await?;
         let r = sqlx::query("SELECT value FROM settings WHERE name = $1")
@@ -763,7 +757,7 @@ async fn insert_api_key(
     name: &str,
     created_by: Option<&str>,
 ) -> Result<(ApiKeyRow, String)> {
-    let plaintext = format!("wrn_{}", random_hex(16));
+    let plaintext = format!("wrn_{}", wrenn_types::secret::hex(16)?);
     let row = ApiKeyRow {
         id: Id::new(IdKind::ApiKey).to_string(),
         team_id: team_id.into(),

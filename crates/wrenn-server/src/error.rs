@@ -40,6 +40,12 @@ pub enum ApiError {
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+impl From<wrenn_types::secret::RandomError> for ApiError {
+    fn from(e: wrenn_types::secret::RandomError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
 /// `invalid_state` and `conflict` 409, `too_large` 413, `internal_error` 500, `agent_error`

@@ -196,7 +196,7 @@ pub async fn bootstrap(
         return Ok(None);
     }
     let mut b = [0u8; 18];
-    let _ = getrandom::fill(&mut b);
+    wrenn_types::secret::fill(&mut b)?;
     let password = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
     let hash = accounts::password::hash(password.clone()).await?;
     let (_, team) = db

@@ -53,12 +53,10 @@ pub fn target(headers: &HeaderMap, domain: &str) -> Option<Target> {
 }
 
 /// A fresh access token for a capsule's ports: the plaintext (given once) and its hash.
-pub fn new_token() -> (String, String) {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+pub fn new_token() -> crate::Result<(String, String)> {
+    let t = wrenn_types::secret::hex(16)?;
     let hash = hash_key(&t);
-    (t, hash)
+    Ok((t, hash))
 }
 
 /// Requests for a capsule's port go to the proxy; everything else to the API.

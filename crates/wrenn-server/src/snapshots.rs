@@ -224,7 +224,7 @@ pub async fn create(
         created_at: now_ms(),
     };
     state.db.insert_template(&row).await?;
-    let _ = state
+    state
         .db
         .audit(
             &caller,
@@ -233,7 +233,7 @@ pub async fn create(
             "success",
             &capsule.id,
         )
-        .await;
+        .await?;
     publish(
         &state,
         Event::template(&caller, "template.snapshot.create", &name),
@@ -346,7 +346,7 @@ pub async fn delete(
         Err(s) => return Err(user_facing(s, &name)),
     }
     state.db.delete_template(&caller.team_id, &name).await?;
-    let _ = state
+    state
         .db
         .audit(
             &caller,
@@ -355,7 +355,7 @@ pub async fn delete(
             "success",
             "",
         )
-        .await;
+        .await?;
     publish(
         &state,
         Event::template(&caller, "template.snapshot.delete", &name),

@@ -61,8 +61,9 @@ impl Id {
     /// A fresh random identifier of `kind`.
     pub fn new(kind: IdKind) -> Id {
         let mut bytes = [0u8; 16];
-        // The OS random source does not fail on Linux; fall back to the clock if it does.
-        if getrandom::fill(&mut bytes).is_err() {
+        // Ids name resources, they are not secrets: where the OS random source fails (it does
+        // not on Linux after boot), the clock still keeps them apart.
+        if crate::secret::fill(&mut bytes).is_err() {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())

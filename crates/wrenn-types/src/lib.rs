@@ -1,7 +1,8 @@
 //! wrenn-types: identifiers and the capsule state machine, shared by the agent, the server
-//! and clients. No I/O.
+//! and clients. No I/O but the OS random source ([`secret`]).
 
 pub mod id;
+pub mod secret;
 pub mod state;
 
 pub use id::{Id, IdError, IdKind};

@@ -285,15 +285,18 @@ impl Drop for TempFile {
     }
 }
 
-fn temp_name(dest: &Path) -> PathBuf {
+/// A fresh temporary name beside `dest`; two uploads to one path never share it, so a failed
+/// random source is an error rather than a fixed name.
+fn temp_name(dest: &Path) -> Result<PathBuf, EnvdError> {
     let mut r = [0u8; 6];
-    let _ = getrandom::fill(&mut r);
+    getrandom::fill(&mut r)
+        .map_err(|e| EnvdError::Internal(format!("the OS random source failed: {e}")))?;
     let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.wrenn-upload-{suffix}"))
+    Ok(dest.with_file_name(format!(".{name}.wrenn-upload-{suffix}")))
 }
 
 async fn write_file(
@@ -324,7 +327,7 @@ async fn write_file(
         None => paths::require(user, &parent, Access::Write)?,
     }
     let mut temp = TempFile {
-        path: temp_name(&dest),
+        path: temp_name(&dest)?,
         keep: false,
     };
     let mut file = tokio::fs::OpenOptions::new()

@@ -23,7 +23,7 @@ fn permits() -> &'static Semaphore {
 
 fn hash_now(password: &[u8]) -> Result<String> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| ApiError::Internal(format!("random salt: {e}")))?;
+    wrenn_types::secret::fill(&mut salt)?;
     let salt = SaltString::encode_b64(&salt)
         .map_err(|e| ApiError::Internal(format!("encoding the salt: {e}")))?;
     Argon2::default()
@@ -37,8 +37,12 @@ fn hash_now(password: &[u8]) -> Result<String> {
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
+        // Not a secret anyone holds: an unguessable password nobody has. If the random source
+        // fails, a fixed one does the same job (no login can match it: no user has this hash).
         let mut pw = [0u8; 32];
-        let _ = getrandom::fill(&mut pw);
+        if wrenn_types::secret::fill(&mut pw).is_err() {
+            pw = *b"wrenn: no user has this password";
+        }
         hash_now(&pw).unwrap_or_default()
     })
 }
