@@ -541,8 +541,7 @@ async fn sizeless_files_are_read_to_their_end() {
         assert!(!got.is_empty(), "{path}: read as empty");
         if path == "/proc/self/cmdline" {
             // envd's own command line, as the kernel shows it to envd.
-            let envd_cmdline =
-                std::fs::read(format!("/proc/{}/cmdline", envd.pid())).unwrap();
+            let envd_cmdline = std::fs::read(format!("/proc/{}/cmdline", envd.pid())).unwrap();
             assert_eq!(got.as_ref(), &envd_cmdline[..], "{path}");
             continue;
         }

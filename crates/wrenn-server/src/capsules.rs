@@ -92,7 +92,10 @@ impl From<&CapsuleRow> for Capsule {
             disk_size_mb: c.disk_size_mb,
             metadata: c.metadata.clone().into_iter().collect(),
             // The reason as the API may show it (no internal addresses).
-            error: c.error.as_deref().map(|e| crate::error::redact(e).into_owned()),
+            error: c
+                .error
+                .as_deref()
+                .map(|e| crate::error::redact(e).into_owned()),
             created_at: rfc3339(c.created_at),
             started_at: c.started_at.map(rfc3339),
             last_active_at: c.last_active_at.map(rfc3339),

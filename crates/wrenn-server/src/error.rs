@@ -219,7 +219,10 @@ fn url_at(b: &[u8], i: usize) -> Option<usize> {
     if i > 0 && b[i - 1].is_ascii_alphanumeric() {
         return None;
     }
-    let scheme = b[i..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    let scheme = b[i..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .count();
     if scheme == 0 || !b[i + scheme..].starts_with(b"://") {
         return None;
     }
@@ -254,7 +257,9 @@ fn ipv4_at(b: &[u8], i: usize) -> Option<usize> {
             j += 1;
         }
     }
-    if b.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)) {
+    if b.get(j).is_some_and(|c| {
+        c.is_ascii_alphanumeric() || *c == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+    }) {
         return None; // part of a longer token (a version, a name)
     }
     if b.get(j) == Some(&b':') {
@@ -374,8 +379,7 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     let mut out = err.into_response();
     // Headers that still mean something (`Retry-After`, `WWW-Authenticate`, …).
     for (name, value) in &parts.headers {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH
-        {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());
         }
     }
@@ -448,8 +452,14 @@ mod tests {
             with(C::ResourceExhausted, Some(reason::INSUFFICIENT_STORAGE)),
             ErrorCode::InsufficientStorage
         );
-        assert_eq!(with(C::ResourceExhausted, Some(reason::TOO_LARGE)), ErrorCode::TooLarge);
-        assert_eq!(with(C::Unavailable, Some(reason::CAPSULE)), ErrorCode::AgentError);
+        assert_eq!(
+            with(C::ResourceExhausted, Some(reason::TOO_LARGE)),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            with(C::Unavailable, Some(reason::CAPSULE)),
+            ErrorCode::AgentError
+        );
         // Without a reason: the host (capacity) or the agent (unreachable).
         assert_eq!(with(C::ResourceExhausted, None), ErrorCode::HostUnavailable);
         assert_eq!(with(C::Unavailable, None), ErrorCode::HostUnavailable);

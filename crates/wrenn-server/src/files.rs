@@ -17,7 +17,9 @@ use wrenn_proto::agent::v1::{
 };
 
 use crate::{
-    api_docs::{AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized},
+    api_docs::{
+        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
+    },
     capsules::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},

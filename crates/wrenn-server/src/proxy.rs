@@ -122,7 +122,11 @@ fn query_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
@@ -367,7 +371,9 @@ async fn tunnel(
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         if buf.len() > 16 * 1024 || conn.read(&mut byte).await.unwrap_or(0) == 0 {
-            return Err(ApiError::Agent(format!("{what} did not answer the upgrade")));
+            return Err(ApiError::Agent(format!(
+                "{what} did not answer the upgrade"
+            )));
         }
         buf.push(byte[0]);
     }
@@ -440,7 +446,11 @@ mod tests {
             // Host names are case-insensitive.
             format!("8080-{}.WRENN.LocalHost:8000", id.to_uppercase()),
         ] {
-            assert_eq!(routed(&[("host", &host)]).unwrap(), Some(t.clone()), "{host}");
+            assert_eq!(
+                routed(&[("host", &host)]).unwrap(),
+                Some(t.clone()),
+                "{host}"
+            );
         }
         assert_eq!(
             routed(&[
@@ -523,8 +533,16 @@ mod tests {
             ("/a", Some("wrenn_token=abc"), "/a"),
             ("/a", Some("x=1&wrenn_token=abc&y=%20+2"), "/a?x=1&y=%20+2"),
             ("/a", Some("wrenn_token=abc&wrenn_token=def"), "/a"),
-            ("/a", Some("wrenn%5Ftoken=abc&keep=wrenn_token"), "/a?keep=wrenn_token"),
-            ("/a", Some("wrenn_tokens=1&a&&b="), "/a?wrenn_tokens=1&a&&b="),
+            (
+                "/a",
+                Some("wrenn%5Ftoken=abc&keep=wrenn_token"),
+                "/a?keep=wrenn_token",
+            ),
+            (
+                "/a",
+                Some("wrenn_tokens=1&a&&b="),
+                "/a?wrenn_tokens=1&a&&b=",
+            ),
         ];
         for (path, query, want) in cases {
             assert_eq!(forwarded_path(path, query), want, "{path}?{query:?}");

@@ -215,7 +215,10 @@ mod tests {
     fn env_sizes() {
         envs("envs", &map(&[("A", "x".repeat(MAX_ENV_VALUE))])).unwrap();
         let m = refused(envs("envs", &map(&[("A", "x".repeat(1 << 20))])));
-        assert!(m.contains("1048576 bytes") && m.contains("at most 32768"), "{m}");
+        assert!(
+            m.contains("1048576 bytes") && m.contains("at most 32768"),
+            "{m}"
+        );
         let m = refused(envs("envs", &map(&[("A", "a\0b".into())])));
         assert!(m.contains("NUL"), "{m}");
         let long = "N".repeat(MAX_ENV_NAME + 1);
@@ -250,7 +253,10 @@ mod tests {
         metadata(&map(&[("owner", "me".into())])).unwrap();
         metadata(&HashMap::new()).unwrap();
         refused(metadata(&map(&[("", "v".into())])));
-        refused(metadata(&map(&[(&"k".repeat(MAX_METADATA_KEY + 1), "v".into())])));
+        refused(metadata(&map(&[(
+            &"k".repeat(MAX_METADATA_KEY + 1),
+            "v".into(),
+        )])));
         refused(metadata(&map(&[("k", "v".repeat(MAX_METADATA_VALUE + 1))])));
         let many: HashMap<String, String> = (0..=MAX_METADATA_KEYS)
             .map(|i| (format!("k{i}"), String::new()))

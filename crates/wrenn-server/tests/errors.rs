@@ -136,11 +136,7 @@ async fn bad_envs_and_metadata_are_refused_before_anything_is_made() {
         json!({ "": "v" }),
         json!({ "k".repeat(129): "v" }),
         json!({ "k": "v".repeat(1025) }),
-        Value::Object(
-            (0..65)
-                .map(|i| (format!("k{i}"), json!("v")))
-                .collect(),
-        ),
+        Value::Object((0..65).map(|i| (format!("k{i}"), json!("v"))).collect()),
         Value::Object(
             (0..17)
                 .map(|i| (format!("k{i}"), json!("v".repeat(1000))))
@@ -323,7 +319,10 @@ async fn internal_addresses_are_never_shown() {
         .text()
         .await
         .unwrap();
-    assert!(!listed.contains("169.254") && !listed.contains("10.200"), "{listed}");
+    assert!(
+        !listed.contains("169.254") && !listed.contains("10.200"),
+        "{listed}"
+    );
 }
 
 #[tokio::test]
@@ -335,7 +334,9 @@ async fn the_proxy_refuses_hosts_it_cannot_use() {
             .header("host", host)
             .send()
     };
-    for port in ["0", "65536", "99999", "080", "+80", "-1", "http", "8o80", ""] {
+    for port in [
+        "0", "65536", "99999", "080", "+80", "-1", "http", "8o80", "",
+    ] {
         let m = error(
             get(format!("{port}-{RUNNING}.wrenn.test")).await.unwrap(),
             StatusCode::BAD_REQUEST,
@@ -369,7 +370,12 @@ async fn the_proxy_refuses_hosts_it_cannot_use() {
         format!("8080-{}.WRENN.TEST", RUNNING.to_uppercase()),
         format!("8080-{RUNNING}.Wrenn.Test:8000"),
     ] {
-        let m = error(get(host.clone()).await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+        let m = error(
+            get(host.clone()).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
         assert!(m.contains(RUNNING), "{host}: {m}");
     }
     // The API's own host names still reach the API.

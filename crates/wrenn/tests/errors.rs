@@ -246,15 +246,17 @@ async fn client_errors_full_disks_and_the_proxy() {
     assert!(m.contains("9999"), "{m}");
 
     // A full disk: uploads are 507, not a host problem.
-    let fill = "fs=$(stat -f -c %S /); fallocate -l $(( $(stat -f -c %f /) * fs )) /fill0 || true; \
+    let fill =
+        "fs=$(stat -f -c %S /); fallocate -l $(( $(stat -f -c %f /) * fs )) /fill0 || true; \
                 i=1; for s in 1048576 65536 4096; do while fallocate -l $s /fill$i 2>/dev/null; \
                 do i=$((i+1)); done; done; stat -f -c %f /";
-    let out: Value = exec(json!({ "cmd": "/bin/sh", "args": ["-c", fill], "user": "root", "timeout_sec": 120 }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let out: Value =
+        exec(json!({ "cmd": "/bin/sh", "args": ["-c", fill], "user": "root", "timeout_sec": 120 }))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(out["exit_code"], 0, "{out}");
     let upload = api(Method::POST, &format!("/v1/capsules/{id}/files/write"))
         .multipart(
@@ -276,12 +278,13 @@ async fn client_errors_full_disks_and_the_proxy() {
     .await;
     assert!(m.contains("no space"), "{m}");
     // The capsule is fine otherwise; freeing space lets uploads through again.
-    let out: Value = exec(json!({ "cmd": "/bin/sh", "args": ["-c", "rm -f /fill*"], "user": "root" }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let out: Value =
+        exec(json!({ "cmd": "/bin/sh", "args": ["-c", "rm -f /fill*"], "user": "root" }))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(out["exit_code"], 0, "{out}");
     let upload = api(Method::POST, &format!("/v1/capsules/{id}/files/write"))
         .multipart(
