@@ -302,7 +302,8 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                         name: "reconciler".into(),
                     },
                     metadata: Default::default(),
-                    error,
+                    // As clients may see it (the database keeps the whole reason).
+                    error: error.map(|e| error::redact(&e).into_owned()),
                     sandbox: Some(capsules::Capsule::from(&updated)),
                     timestamp: time::rfc3339(db::now_ms()),
                 },

@@ -167,7 +167,7 @@ fn known_length(file: &tokio::fs::File, meta: &std::fs::Metadata) -> Option<u64>
         fs::CGROUP2_SUPER_MAGIC,
         fs::BPF_FS_MAGIC,
     ];
-    (!sizeless.contains(&kind)).then(|| meta.len())
+    (!sizeless.contains(&kind)).then_some(meta.len())
 }
 
 pub async fn upload(
