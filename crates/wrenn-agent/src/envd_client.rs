@@ -550,3 +550,47 @@ pub fn wrenn_time_now() -> String {
     .to_rfc3339()
     .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// envd's Connect codes by meaning: its `resource_exhausted` is the capsule's, never the
+    /// host's; unknown codes are envd failing.
+    #[test]
+    fn connect_errors_classify_by_code() {
+        let c = |code: &str| classify(&json!({ "code": code, "message": "m" }));
+        assert!(matches!(
+            c("invalid_argument"),
+            AgentError::InvalidArgument(_)
+        ));
+        assert!(matches!(c("not_found"), AgentError::NotFound(_)));
+        assert!(matches!(
+            c("resource_exhausted"),
+            AgentError::CapsuleLimit(_)
+        ));
+        assert!(matches!(c("internal"), AgentError::Envd(_)));
+        assert!(matches!(c("unknown_code"), AgentError::Envd(_)));
+    }
+
+    /// A failed request to envd never names envd's address.
+    #[tokio::test]
+    async fn send_errors_do_not_name_envd() {
+        // A port on loopback that nothing listens on.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let envd = EnvdClient::new(addr, Some("t".into()));
+        let err = envd
+            .read_file_stream("/etc/hostname", None)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::Envd(_)), "{text}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("http://"),
+            "{text}"
+        );
+        assert!(text.starts_with("envd: GET /files: "), "{text}");
+    }
+}

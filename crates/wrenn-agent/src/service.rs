@@ -895,3 +895,55 @@ fn forward_events(
     });
     ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why(s: &Status) -> Option<&str> {
+        s.metadata().get(reason::KEY).and_then(|v| v.to_str().ok())
+    }
+
+    /// The capsule's troubles carry a reason, so the control plane does not take them for the
+    /// host's; the host's own (capacity) carry none.
+    #[test]
+    fn capsule_errors_carry_their_reason() {
+        let cases = [
+            (
+                AgentError::NoSpace("writing /x".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::CapsuleLimit("the inotify watch limit is reached".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::TooLarge("bigger than 16 MiB".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::TOO_LARGE),
+            ),
+            (
+                AgentError::Envd("POST /files: connection refused".into()),
+                tonic::Code::Unavailable,
+                Some(reason::CAPSULE),
+            ),
+            (
+                AgentError::ResourceExhausted("no free network slot".into()),
+                tonic::Code::ResourceExhausted,
+                None,
+            ),
+            (
+                AgentError::InvalidArgument("invalid environment variable".into()),
+                tonic::Code::InvalidArgument,
+                None,
+            ),
+        ];
+        for (err, code, want) in cases {
+            let what = err.to_string();
+            let s = Status::from(err);
+            assert_eq!((s.code(), why(&s)), (code, want), "{what}");
+        }
+    }
+}
