@@ -101,6 +101,7 @@ impl From<AgentError> for Status {
             AgentError::PermissionDenied(_) => Status::permission_denied(msg),
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             AgentError::Envd(_) => Status::unavailable(msg),
+            AgentError::Prerequisites(_) => Status::failed_precondition(msg),
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)
             | AgentError::Vmm(_)

@@ -19,7 +19,7 @@ use utoipa::{
 use crate::{
     accounts, audit, capsules,
     error::{self, ErrorBody},
-    events, files, metrics, snapshots, usage, ws,
+    events, files, metrics, quotas, snapshots, usage, ws,
 };
 
 // Reusable error answers (`#/components/responses/…`), each `{"error":{"code","message"}}`.
@@ -43,6 +43,11 @@ pub struct AgentFailed(pub ErrorBody);
 /// `host_unavailable`: no host can take the request (capacity, or the agent is unreachable).
 #[derive(ToResponse)]
 pub struct HostUnavailable(pub ErrorBody);
+
+/// `quota_exceeded`: the team's quota would be exceeded (the message names the quota, its
+/// limit and the team's use).
+#[derive(ToResponse)]
+pub struct QuotaExceeded(pub ErrorBody);
 
 /// The credentials the API takes.
 struct SecuritySchemes;
@@ -110,6 +115,8 @@ impl Modify for SecuritySchemes {
         snapshots::delete,
         events::stream,
         audit::audit,
+        quotas::get,
+        quotas::set,
         accounts::signup,
         accounts::login,
         accounts::list_teams,
@@ -133,7 +140,7 @@ impl Modify for SecuritySchemes {
             events::EventKind,
             crate::db::Role,
         ),
-        responses(BadRequest, Unauthorized, Internal, AgentFailed, HostUnavailable)
+        responses(BadRequest, Unauthorized, Internal, AgentFailed, HostUnavailable, QuotaExceeded)
     ),
     modifiers(&SecuritySchemes),
     security(("api_key" = []), ("bearer" = [])),

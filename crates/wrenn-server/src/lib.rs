@@ -14,6 +14,8 @@ pub mod events;
 pub mod files;
 pub mod metrics;
 pub mod proxy;
+pub mod quotas;
+pub mod restart;
 pub mod snapshots;
 pub mod state;
 pub mod time;
@@ -122,6 +124,8 @@ pub fn routes() -> Vec<Route> {
         route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
         route(M::GET, "/v1/events/stream", events::stream),
         route(M::GET, "/v1/audit", audit::audit),
+        route(M::GET, "/v1/teams/{id}/quotas", quotas::get),
+        route(M::PUT, "/v1/teams/{id}/quotas", quotas::set),
     ];
     all.extend(accounts::account_routes());
     all
