@@ -92,11 +92,11 @@ pub fn missing(needs: &Needs) -> Vec<String> {
             let buildable = envd.as_deref().is_some_and(Path::is_file);
             if !absent.is_empty() && !buildable {
                 let why = match envd {
-                    Some(e) => format!("the envd binary {} does not exist", e.display()),
-                    None => "no envd binary to build them (--envd or WRENN_ENVD)".into(),
+                    Some(e) => format!("the envd binary {} to build them", e.display()),
+                    None => "an envd binary to build them (--envd or WRENN_ENVD)".into(),
                 };
                 out.push(format!(
-                    "template{} {} in {} ({why})",
+                    "template{} {} in {}, or {why}",
                     if absent.len() == 1 { "" } else { "s" },
                     absent.join(", "),
                     needs.images_dir.display()
@@ -128,9 +128,15 @@ pub fn check(needs: &Needs) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    let programs = missing.iter().any(|m| !m.contains("template"));
     Err(AgentError::Prerequisites(format!(
-        "missing: {} (scripts/install-deps.sh installs the programs)",
-        missing.join("; ")
+        "cannot start, missing: {}{}",
+        missing.join("; "),
+        if programs {
+            " (scripts/install-deps.sh installs what this host needs)"
+        } else {
+            ""
+        }
     )))
 }
 
@@ -152,7 +158,10 @@ mod tests {
         let tool = exe(b.path(), "tool");
         std::fs::write(a.path().join("plain"), "not executable").unwrap();
         let path = std::env::join_paths([a.path(), b.path()]).unwrap();
-        assert_eq!(find_program(Path::new("tool"), Some(&path)), Some(tool.clone()));
+        assert_eq!(
+            find_program(Path::new("tool"), Some(&path)),
+            Some(tool.clone())
+        );
         assert_eq!(find_program(Path::new("plain"), Some(&path)), None);
         assert_eq!(find_program(Path::new("absent"), Some(&path)), None);
         assert_eq!(find_program(Path::new("tool"), None), None);
@@ -187,7 +196,10 @@ mod tests {
             .iter()
             .any(|l| l.starts_with("a built template")));
         let err = check(&any).unwrap_err().to_string();
-        assert!(err.starts_with("missing: /nonexistent/qemu (QEMU)"), "{err}");
+        assert!(
+            err.starts_with("cannot start, missing: /nonexistent/qemu (QEMU)"),
+            "{err}"
+        );
         assert!(!err.contains('\n'));
     }
 }

@@ -560,7 +560,13 @@ pub async fn set(
     let detail = serde_json::to_string(&limits).unwrap_or_default();
     state
         .db
-        .audit(&caller, "team.quotas.set", ("team", &team_id), "success", &detail)
+        .audit(
+            &caller,
+            "team.quotas.set",
+            ("team", &team_id),
+            "success",
+            &detail,
+        )
         .await?;
     Ok(Json(team_quotas(&state.db, &team_id).await?))
 }

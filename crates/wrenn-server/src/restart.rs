@@ -110,12 +110,7 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
             match status_name(pb.state) {
                 "running" => return Ok(Outcome::Skipped("already running".into())),
                 "error" => {}
-                other => {
-                    return Ok(Outcome::Skipped(format!(
-                        "{other}: {}",
-                        status.message()
-                    )))
-                }
+                other => return Ok(Outcome::Skipped(format!("{other}: {}", status.message()))),
             }
             let why = if pb.error.is_empty() {
                 status.message().to_string()
@@ -131,12 +126,8 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
                 .audit(&caller, "capsule.resume", ("capsule", id), "error", &why)
                 .await?;
             let row = state.db.capsule(&row.team_id, id).await?;
-            let mut event = Event::capsule(
-                &caller,
-                "capsule.state.changed",
-                id,
-                Capsule::from(&row),
-            );
+            let mut event =
+                Event::capsule(&caller, "capsule.state.changed", id, Capsule::from(&row));
             event.outcome = "error".into();
             event.error = Some(why.clone());
             publish(state, event);

@@ -205,17 +205,38 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
         .await;
     assert_eq!(st, StatusCode::OK);
     let (st, b) = s
-        .call(Method::GET, &path, As::UserIn(&bob.token, &alice.team), None)
+        .call(
+            Method::GET,
+            &path,
+            As::UserIn(&bob.token, &alice.team),
+            None,
+        )
         .await;
-    assert_eq!((st, &b["error"]["code"]), (StatusCode::FORBIDDEN, &json!("forbidden")));
+    assert_eq!(
+        (st, &b["error"]["code"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden"))
+    );
     let (st, _) = s.call(Method::GET, &path, As::Key(&alice_key), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, b) = s
-        .call(Method::GET, &path, As::UserIn(&carol.token, &carol.team), None)
+        .call(
+            Method::GET,
+            &path,
+            As::UserIn(&carol.token, &carol.team),
+            None,
+        )
         .await;
-    assert_eq!((st, &b["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
+    assert_eq!(
+        (st, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
     let (st, _) = s
-        .call(Method::GET, "/v1/teams/team-nosuchteam/quotas", As::Key(&s.admin_key), None)
+        .call(
+            Method::GET,
+            "/v1/teams/team-nosuchteam/quotas",
+            As::Key(&s.admin_key),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
@@ -268,7 +289,9 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
         .await;
     assert_eq!(q["limits"]["capsules"], 2);
     // The change is in the acting (platform) team's audit log.
-    let (_, log) = s.call(Method::GET, "/v1/audit", As::Key(&s.admin_key), None).await;
+    let (_, log) = s
+        .call(Method::GET, "/v1/audit", As::Key(&s.admin_key), None)
+        .await;
     let sets = log["entries"]
         .as_array()
         .unwrap()
@@ -301,9 +324,7 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
         json!({ "capsules": 2, "vcpus": 2, "memory_mb": 1024, "disk_mb": 8000, "snapshots": 0 })
     );
 
-    let create = |vcpus: u32, memory_mb: u32, disk: u32| {
-        json!({ "template": "minimal", "vcpus": vcpus, "memory_mb": memory_mb, "disk_size_mb": disk })
-    };
+    let create = |vcpus: u32, memory_mb: u32, disk: u32| json!({ "template": "minimal", "vcpus": vcpus, "memory_mb": memory_mb, "disk_size_mb": disk });
     // Two capsules is the limit.
     let r = s
         .call(Method::POST, "/v1/capsules", me, Some(create(1, 128, 100)))
@@ -322,40 +343,63 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
         .await;
     assert_eq!(st, StatusCode::OK);
     let r = s
-        .call(Method::POST, "/v1/capsules", me, Some(create(3, 1024, 2000)))
+        .call(
+            Method::POST,
+            "/v1/capsules",
+            me,
+            Some(create(3, 1024, 2000)),
+        )
         .await;
     assert_eq!(
         refused(&r),
         "quota vcpus exceeded: the team's limit is 4, it uses 2, this request needs 3 more"
     );
     let r = s
-        .call(Method::POST, "/v1/capsules", me, Some(create(2, 1026, 2000)))
+        .call(
+            Method::POST,
+            "/v1/capsules",
+            me,
+            Some(create(2, 1026, 2000)),
+        )
         .await;
-    assert!(refused(&r).starts_with("quota memory_mb exceeded: the team's limit is 2048, it uses 1024"));
+    assert!(
+        refused(&r).starts_with("quota memory_mb exceeded: the team's limit is 2048, it uses 1024")
+    );
     let r = s
-        .call(Method::POST, "/v1/capsules", me, Some(create(2, 1024, 2001)))
+        .call(
+            Method::POST,
+            "/v1/capsules",
+            me,
+            Some(create(2, 1024, 2001)),
+        )
         .await;
-    assert!(refused(&r).starts_with("quota disk_mb exceeded: the team's limit is 10000, it uses 8000"));
+    assert!(
+        refused(&r).starts_with("quota disk_mb exceeded: the team's limit is 10000, it uses 8000")
+    );
     // Exactly at every limit: allowed, so the host is asked (and here it is unreachable).
     // A failed create holds nothing afterwards: the same create gets as far again.
     for _ in 0..2 {
         let (st, b) = s
-            .call(Method::POST, "/v1/capsules", me, Some(create(2, 1024, 2000)))
+            .call(
+                Method::POST,
+                "/v1/capsules",
+                me,
+                Some(create(2, 1024, 2000)),
+            )
             .await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{b}");
         assert_eq!(b["error"]["code"], "host_unavailable");
     }
 
     // Resume: the paused capsule's vCPUs and memory count again.
-    let paused = s
-        .db
-        .capsules(&alice.team)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.status == "paused")
-        .unwrap()
-        .id;
+    let paused =
+        s.db.capsules(&alice.team)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.status == "paused")
+            .unwrap()
+            .id;
     let resume = format!("/v1/capsules/{paused}/resume");
     let (st, _) = s.call(Method::POST, &resume, me, None).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "within the quota");
@@ -425,7 +469,11 @@ async fn concurrent_reservations_never_exceed(db: Db) {
     for r in held {
         r.release().await;
     }
-    quotas::reserve(&db, &team.id, one).await.unwrap().release().await;
+    quotas::reserve(&db, &team.id, one)
+        .await
+        .unwrap()
+        .release()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

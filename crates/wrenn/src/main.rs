@@ -277,11 +277,11 @@ async fn main() -> anyhow::Result<()> {
                 })?),
                 None => None,
             };
-            wrenn_agent::prereq::check(&wrenn_agent::prereq::Needs {
+            require(&wrenn_agent::prereq::Needs {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 images_dir: images.clone(),
                 templates: wrenn_agent::prereq::TemplateNeed::Any,
-            })?;
+            });
             let (accel, why) = wrenn_vmm::accel::detect();
             tracing::warn!(accel = accel.as_str(), reason = %why, "VM accelerator");
             let manager = std::sync::Arc::new(
@@ -397,6 +397,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exits with one line (`error: cannot start, missing: …`) and code 1 unless the host has
+/// everything `needs` lists.
+pub(crate) fn require(needs: &wrenn_agent::prereq::Needs) {
+    if let Err(e) = wrenn_agent::prereq::check(needs) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn parse_slots(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {

@@ -97,14 +97,14 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| up.data_dir.join("images"));
     // Refuse to start (one line naming all that is missing) rather than fail a first request.
-    wrenn_agent::prereq::check(&wrenn_agent::prereq::Needs {
+    crate::require(&wrenn_agent::prereq::Needs {
         qemu: wrenn_vmm::qemu::default_qemu(),
         images_dir: images.clone(),
         templates: wrenn_agent::prereq::TemplateNeed::Named {
             names: up.templates.clone(),
             envd: up.envd.clone(),
         },
-    })?;
+    });
     std::fs::create_dir_all(&up.data_dir)
         .with_context(|| format!("creating {}", up.data_dir.display()))?;
     ensure_images(&up, &images).await?;

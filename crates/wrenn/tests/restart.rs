@@ -115,7 +115,11 @@ fn up_without_qemu_img_refuses_to_start() {
     let (code, stderr) = refused(cmd, port);
     assert_ne!(code, 0);
     let line = error_line(&stderr);
-    assert!(line.contains("missing: qemu-img"), "{line}");
+    assert_eq!(
+        line,
+        "error: cannot start, missing: qemu-img (scripts/install-deps.sh installs what this \
+         host needs)"
+    );
     for present in ["qemu-system-x86_64", "nft", " ip", "template"] {
         assert!(!line.contains(present), "{present} is there: {line}");
     }
@@ -138,7 +142,10 @@ fn agent_without_qemu_img_refuses_to_start() {
     let (code, stderr) = refused(cmd, port);
     assert_ne!(code, 0);
     let line = error_line(&stderr);
-    assert!(line.contains("missing: qemu-img"), "{line}");
+    assert!(
+        line.starts_with("error: cannot start, missing: qemu-img"),
+        "{line}"
+    );
     assert!(!line.contains("template"), "{line}");
 }
 
@@ -262,6 +269,17 @@ impl Up {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.try_call(method, path, body).await;
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
         let mut req = reqwest::Client::new()
             .request(method, format!("http://{}{path}", self.addr))
             .header("x-api-key", &self.key);
@@ -270,9 +288,32 @@ impl Up {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The admin's team (through a log-in as the admin user).
+    async fn admin_team(&self, data: &Path) -> String {
+        let http = reqwest::Client::new();
+        let password = std::fs::read_to_string(data.join("admin-password")).unwrap();
+        let login: Value = http
+            .post(format!("http://{}/v1/auth/login", self.addr))
+            .json(&json!({ "email": "admin@localhost", "password": password.trim() }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let teams: Value = http
+            .get(format!("http://{}/v1/teams", self.addr))
+            .bearer_auth(login["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        teams[0]["id"].as_str().unwrap().to_string()
     }
 
     async fn sh(&self, id: &str, script: &str) -> String {
@@ -346,10 +387,51 @@ async fn capsules_paused_by_shutdown_resume_after_the_next_start() {
     )
     .await;
 
+    // Quotas on a real host: a fourth capsule and a snapshot beyond the team's limits are
+    // refused before anything is made.
+    let quotas = format!("/v1/teams/{}/quotas", up.admin_team(data.path()).await);
+    up.call(
+        reqwest::Method::PUT,
+        &quotas,
+        Some(json!({ "capsules": 3, "snapshots": 0 })),
+    )
+    .await;
+    let (st, b) = up
+        .try_call(
+            reqwest::Method::POST,
+            "/v1/capsules",
+            Some(json!({ "template": "minimal" })),
+        )
+        .await;
+    assert_eq!(st, 429, "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "quota capsules exceeded: the team's limit is 3, it uses 3, this request needs 1 more"
+    );
+    let (st, b) = up
+        .try_call(
+            reqwest::Method::POST,
+            "/v1/snapshots",
+            Some(json!({ "sandbox_id": damaged, "name": "over" })),
+        )
+        .await;
+    assert_eq!(st, 429, "{b}");
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("quota snapshots exceeded: the team's limit is 0"));
+    assert_eq!(up.status(&damaged).await["status"], "running", "untouched");
+    let q = up
+        .call(reqwest::Method::PUT, &quotas, Some(json!({})))
+        .await;
+    assert_eq!(q["usage"]["capsules"], 3);
+    assert_eq!(q["usage"]["vcpus"], 2, "two run, one is paused");
+
     let lines = up.stop();
     assert!(
-        lines.iter().any(|l| l
-            == "stopping: pausing running capsules (they resume after the next start)"),
+        lines
+            .iter()
+            .any(|l| l == "stopping: pausing running capsules (they resume after the next start)"),
         "{lines:?}"
     );
     assert!(
@@ -399,8 +481,9 @@ async fn capsules_paused_by_shutdown_resume_after_the_next_start() {
     );
     let all = up.lines.all();
     assert!(
-        all.iter()
-            .any(|l| l.starts_with(&format!("  {damaged} could not resume, it is in error now: "))),
+        all.iter().any(|l| l.starts_with(&format!(
+            "  {damaged} could not resume, it is in error now: "
+        ))),
         "{all:?}"
     );
 
