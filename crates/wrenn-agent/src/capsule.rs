@@ -46,6 +46,8 @@ pub struct CreateSpec {
 /// Operations a capsule task performs.
 pub enum Op {
     Pause(oneshot::Sender<Result<()>>),
+    /// A pause by the host's shutdown: recorded with the pause, so the next start resumes it.
+    PauseForRestart(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
     Destroy(oneshot::Sender<Result<()>>),
     /// Pauses the capsule (if it runs) and makes a template of it; it stays paused.
@@ -96,6 +98,10 @@ impl Handle {
     }
     pub async fn resume(&self) -> Result<()> {
         self.call(Op::Resume).await
+    }
+    /// Pauses for the host's shutdown: `resume_after_restart` is set in the same record write.
+    pub async fn pause_for_restart(&self) -> Result<()> {
+        self.call(Op::PauseForRestart).await
     }
     pub async fn destroy(&self) -> Result<()> {
         self.call(Op::Destroy).await
@@ -259,7 +265,7 @@ impl Capsule {
         Ok(())
     }
 
-    async fn pause(&mut self) -> Result<()> {
+    async fn pause(&mut self, for_restart: bool) -> Result<()> {
         if self.state() != CapsuleState::Running {
             return Err(AgentError::FailedPrecondition(format!(
                 "capsule is {}, not running",
@@ -274,6 +280,11 @@ impl Capsule {
             }
             return Err(e.into());
         }
+        // Saved with the state by `transition`: a shutdown's pause is never lost.
+        self.info
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume_after_restart = for_restart;
         self.transition(Transition::Pause)
     }
 
@@ -293,6 +304,10 @@ impl Capsule {
             self.fail(format!("resuming failed: {e}")).await;
             return Err(e);
         }
+        self.info
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume_after_restart = false;
         self.transition(Transition::Resume)
     }
 
@@ -311,7 +326,7 @@ impl Capsule {
         in_use: &(dyn Fn(&std::path::Path) -> bool + Send + Sync),
     ) -> Result<TemplateInfo> {
         match self.state() {
-            CapsuleState::Running => self.pause().await?,
+            CapsuleState::Running => self.pause(false).await?,
             CapsuleState::Paused => {}
             state => {
                 return Err(AgentError::FailedPrecondition(format!(
@@ -356,6 +371,7 @@ impl Capsule {
             .unwrap_or(CapsuleState::Error);
         rec.error = Some(why);
         rec.vmm_pid = None;
+        rec.resume_after_restart = false;
         let _ = record::save(&self.dir, &rec);
     }
 
@@ -427,6 +443,7 @@ pub async fn create(
         error: None,
         timeout_secs: spec.timeout_secs,
         on_timeout: spec.on_timeout,
+        resume_after_restart: false,
     };
     if let Err(e) = record::save(&dir, &rec) {
         let _ = std::fs::remove_dir_all(&dir);
@@ -605,7 +622,10 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
         };
         match op {
             Op::Pause(reply) => {
-                let _ = reply.send(capsule.pause().await);
+                let _ = reply.send(capsule.pause(false).await);
+            }
+            Op::PauseForRestart(reply) => {
+                let _ = reply.send(capsule.pause(true).await);
             }
             Op::Resume(reply) => {
                 let _ = reply.send(capsule.resume().await);
@@ -647,7 +667,7 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     .unwrap_or_default();
                 let err = || AgentError::FailedPrecondition(format!("capsule is in error: {why}"));
                 match other {
-                    Op::Pause(r) | Op::Resume(r) => {
+                    Op::Pause(r) | Op::PauseForRestart(r) | Op::Resume(r) => {
                         let _ = r.send(Err(err()));
                     }
                     Op::Snapshot { reply, .. } => {

@@ -32,6 +32,9 @@ pub enum AgentError {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// What the host lacks to start (programs, devices, templates), as one line.
+    #[error("{0}")]
+    Prerequisites(String),
     #[error("network: {0}")]
     Network(String),
     /// Certificates, keys and TLS settings (the agent's PKI).

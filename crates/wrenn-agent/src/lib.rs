@@ -12,6 +12,7 @@ pub mod listen;
 pub mod manager;
 pub mod metrics;
 pub mod netslot;
+pub mod prereq;
 pub mod record;
 pub mod service;
 pub mod templates;

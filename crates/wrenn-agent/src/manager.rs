@@ -283,8 +283,9 @@ impl Manager {
         Ok(h.record())
     }
 
-    /// Pauses every running capsule (their state goes to disk; they resume later, also after
-    /// a restart). Returns how many were paused; failures are logged.
+    /// Pauses every running capsule for the host's shutdown: their state goes to disk, and
+    /// their records say the shutdown paused them ([`Manager::paused_for_restart`] lists them
+    /// at the next start). Returns how many were paused; failures are logged.
     pub async fn pause_all(&self) -> usize {
         let running: Vec<String> = self
             .list()
@@ -294,12 +295,28 @@ impl Manager {
             .collect();
         let mut paused = 0;
         for id in running {
-            match self.pause(&id).await {
-                Ok(_) => paused += 1,
+            let done = match self.handle(&id) {
+                Ok(h) => h.pause_for_restart().await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => paused += 1,
                 Err(e) => tracing::warn!(%id, error = %e, "pausing at shutdown"),
             }
         }
         paused
+    }
+
+    /// The capsules the last shutdown paused and nothing has resumed since (oldest first):
+    /// those to resume after a start. A capsule its user paused is never among them.
+    pub fn paused_for_restart(&self) -> Vec<String> {
+        let mut v: Vec<CapsuleRecord> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.state == CapsuleState::Paused && r.resume_after_restart)
+            .collect();
+        v.sort_by_key(|r| r.created_at_unix);
+        v.into_iter().map(|r| r.id).collect()
     }
 
     /// Marks a capsule active (resets its timeout).

@@ -44,6 +44,10 @@ pub struct CapsuleRecord {
     pub timeout_secs: u32,
     #[serde(default)]
     pub on_timeout: TimeoutAction,
+    /// Paused by the host's shutdown (`wrenn up`'s Ctrl-C), not by its user or its timeout:
+    /// the next start resumes it. Cleared by any resume.
+    #[serde(default)]
+    pub resume_after_restart: bool,
 }
 
 /// What the reaper does with an idle capsule.
@@ -111,6 +115,7 @@ mod tests {
             error: None,
             timeout_secs: 30,
             on_timeout: TimeoutAction::Destroy,
+            resume_after_restart: true,
         };
         save(dir.path(), &rec).unwrap();
         assert_eq!(load(dir.path()).unwrap(), rec);

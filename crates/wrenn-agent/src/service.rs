@@ -127,6 +127,7 @@ impl From<AgentError> for Status {
                 with_reason(Status::resource_exhausted(msg), reason::TOO_LARGE)
             }
             AgentError::Envd(_) => with_reason(Status::unavailable(msg), reason::CAPSULE),
+            AgentError::Prerequisites(_) => Status::failed_precondition(msg),
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)
             | AgentError::Vmm(_)

@@ -19,7 +19,7 @@ use utoipa::{
 use crate::{
     accounts, audit, capsules,
     error::{self, ErrorBody},
-    events, files, metrics, snapshots, usage, ws,
+    events, files, metrics, quotas, snapshots, usage, ws,
 };
 
 // Reusable error answers (`#/components/responses/…`), each `{"error":{"code","message"}}`.
@@ -47,6 +47,11 @@ pub struct HostUnavailable(pub ErrorBody);
 /// `insufficient_storage`: the capsule's disk is full (or another limit inside it was reached).
 #[derive(ToResponse)]
 pub struct InsufficientStorage(pub ErrorBody);
+
+/// `quota_exceeded`: the team's quota would be exceeded (the message names the quota, its
+/// limit and the team's use).
+#[derive(ToResponse)]
+pub struct QuotaExceeded(pub ErrorBody);
 
 /// The credentials the API takes.
 struct SecuritySchemes;
@@ -114,6 +119,8 @@ impl Modify for SecuritySchemes {
         snapshots::delete,
         events::stream,
         audit::audit,
+        quotas::get,
+        quotas::set,
         accounts::signup,
         accounts::login,
         accounts::list_teams,
@@ -143,7 +150,8 @@ impl Modify for SecuritySchemes {
             Internal,
             AgentFailed,
             HostUnavailable,
-            InsufficientStorage
+            InsufficientStorage,
+            QuotaExceeded
         )
     ),
     modifiers(&SecuritySchemes),

@@ -193,6 +193,7 @@ pub struct CreateCapsuleBody {
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 429, response = crate::api_docs::QuotaExceeded),
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
@@ -235,6 +236,16 @@ pub async fn create(
                 b.memory_mb.unwrap_or(0),
             ),
         };
+    // Held against the team's quotas (checked and reserved at once) until the row exists.
+    let held = crate::quotas::reserve_create(
+        &state,
+        &caller.team_id,
+        &agent_template,
+        vcpus,
+        memory,
+        b.disk_size_mb.unwrap_or(0),
+    )
+    .await?;
     // The proxy's access token, drawn before anything is made.
     let (token, token_hash) = crate::proxy::new_token()?;
     let mut agent = state.agent();
@@ -251,8 +262,9 @@ pub async fn create(
             disk_mib: b.disk_size_mb.unwrap_or(0),
         })
         .await
-        .map_err(ApiError::from)?
-        .into_inner();
+        .map_err(ApiError::from);
+    let (made, held) = held.keep_if_ok(made).await?;
+    let made = made.into_inner();
     let now = now_ms();
     let row = CapsuleRow {
         id: made.id.clone(),
@@ -303,6 +315,7 @@ pub async fn create(
             .await;
         return Err(e);
     }
+    held.release().await;
     let body = Capsule::from(&row);
     publish(
         &state,
@@ -436,6 +449,7 @@ pub async fn pause(
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: it cannot be resumed now", body = ErrorBody),
+        (status = 429, response = crate::api_docs::QuotaExceeded),
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
@@ -447,12 +461,16 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<Capsule>> {
     let c = live(&state, &caller, &id).await?;
+    let held = crate::quotas::reserve_resume(&state, &c).await?;
     let pb = state
         .agent()
         .resume_capsule(CapsuleRef { id: c.id.clone() })
-        .await?
-        .into_inner();
+        .await
+        .map_err(ApiError::from);
+    let (pb, held) = held.keep_if_ok(pb).await?;
+    let pb = pb.into_inner();
     record_state(&state, &c.id, &pb, true).await?;
+    held.release().await;
     recorded(&state, &caller, &c.id, "capsule.resume").await
 }
 

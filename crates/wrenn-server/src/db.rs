@@ -191,6 +191,11 @@ impl Db {
         Ok(db)
     }
 
+    /// The pool, for modules with their own tables (quotas).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// A secret kept in the database (made on first use, then kept): e.g. the JWT signing
     /// key. Concurrent first uses (several control planes on one PostgreSQL) agree on one.
     pub async fn secret(&self, name: &str) -> Result<String> {
@@ -683,7 +688,7 @@ const USER_COLUMNS: &str =
 /// Takes the team's row lock until the transaction ends (PostgreSQL; SQLite has one writer
 /// anyway), so checks and changes of one team's members and log never interleave. Whether the
 /// team exists.
-async fn lock_team(conn: &mut AnyConnection, team_id: &str) -> Result<bool> {
+pub(crate) async fn lock_team(conn: &mut AnyConnection, team_id: &str) -> Result<bool> {
     let done = sqlx::query("UPDATE teams SET name = name WHERE id = $1")
         .bind(team_id)
         .execute(conn)

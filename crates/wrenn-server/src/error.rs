@@ -26,6 +26,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A team's quota would be exceeded (the message names the quota, its limit and use).
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// No host can take the request (capacity, or no agent).
     #[error("{0}")]
     HostUnavailable(String),
@@ -51,8 +54,8 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
-/// `invalid_state` and `conflict` 409, `too_large` 413, `internal_error` 500, `agent_error`
-/// 502, `host_unavailable` 503, `insufficient_storage` 507.
+/// `invalid_state` and `conflict` 409, `too_large` 413, `quota_exceeded` 429,
+/// `internal_error` 500, `agent_error` 502, `host_unavailable` 503, `insufficient_storage` 507.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -70,6 +73,8 @@ pub enum ErrorCode {
     Conflict,
     /// 413: the request body is too large.
     TooLarge,
+    /// 429: the team's quota (capsules, vCPUs, memory, disk or snapshots) would be exceeded.
+    QuotaExceeded,
     /// 503: no host can take the request (capacity, or no agent).
     HostUnavailable,
     /// 507: the capsule's disk is full (or another limit inside it was reached).
@@ -90,6 +95,7 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::Conflict,
         ErrorCode::TooLarge,
+        ErrorCode::QuotaExceeded,
         ErrorCode::HostUnavailable,
         ErrorCode::InsufficientStorage,
         ErrorCode::AgentError,
@@ -105,6 +111,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::AgentError => "agent_error",
@@ -121,6 +128,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
@@ -155,6 +163,7 @@ impl ApiError {
             ApiError::InvalidState(_) => ErrorCode::InvalidState,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
             ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             ApiError::Agent(_) => ErrorCode::AgentError,

@@ -14,6 +14,8 @@ pub mod events;
 pub mod files;
 pub mod metrics;
 pub mod proxy;
+pub mod quotas;
+pub mod restart;
 pub mod snapshots;
 pub mod state;
 pub mod time;
@@ -32,7 +34,7 @@ use axum::{
 };
 use serde::Serialize;
 use utoipa::ToSchema;
-use wrenn_proto::agent::v1::ListCapsulesRequest;
+use wrenn_proto::agent::v1::{CapsuleRef, ListCapsulesRequest};
 
 pub use error::{ApiError, Result};
 pub use state::AppState;
@@ -123,6 +125,8 @@ pub fn routes() -> Vec<Route> {
         route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
         route(M::GET, "/v1/events/stream", events::stream),
         route(M::GET, "/v1/audit", audit::audit),
+        route(M::GET, "/v1/teams/{id}/quotas", quotas::get),
+        route(M::PUT, "/v1/teams/{id}/quotas", quotas::set),
     ];
     all.extend(accounts::account_routes());
     all
@@ -267,6 +271,26 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
         .collect();
     for row in state.db.live_capsules().await? {
         let (status, error) = match on_host.get(&row.id) {
+            // The list may be older than the row (a resume or pause that finished since, on
+            // the host and then in the row): what the host says now decides.
+            Some(c) if capsules::status_name(c.state) != row.status => {
+                let now = state
+                    .agent()
+                    .get_capsule(CapsuleRef { id: row.id.clone() })
+                    .await;
+                match now {
+                    Ok(c) => {
+                        let c = c.into_inner();
+                        (
+                            capsules::status_name(c.state),
+                            (!c.error.is_empty()).then(|| c.error.clone()),
+                        )
+                    }
+                    // Destroyed meanwhile, or lost: the next pass sees which.
+                    Err(e) if e.code() == tonic::Code::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Some(c) => (
                 capsules::status_name(c.state),
                 (!c.error.is_empty()).then(|| c.error.clone()),

@@ -160,6 +160,7 @@ pub struct CreateQuery {
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
+        (status = 429, response = crate::api_docs::QuotaExceeded),
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
@@ -193,6 +194,7 @@ pub async fn create(
             "template {name} already exists (use overwrite)"
         )));
     }
+    let held = crate::quotas::reserve_snapshot(&state, &caller.team_id, existing.is_none()).await?;
     let made = state
         .agent()
         .snapshot_capsule(SnapshotCapsuleRequest {
@@ -201,8 +203,9 @@ pub async fn create(
             overwrite: q.overwrite,
         })
         .await
-        .map_err(|s| user_facing(s, &name))?
-        .into_inner();
+        .map_err(|s| user_facing(s, &name));
+    let (made, held) = held.keep_if_ok(made).await?;
+    let made = made.into_inner();
     // The source is paused now.
     state
         .db
@@ -224,6 +227,7 @@ pub async fn create(
         created_at: now_ms(),
     };
     state.db.insert_template(&row).await?;
+    held.release().await;
     state
         .db
         .audit(

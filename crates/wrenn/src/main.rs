@@ -59,6 +59,8 @@ enum Command {
         /// (`*.localhost` resolves to this machine in browsers and curl).
         #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
         domain: String,
+        #[command(flatten)]
+        quotas: control::QuotaArgs,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -81,6 +83,8 @@ enum Command {
         /// The port proxy's domain.
         #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
         domain: String,
+        #[command(flatten)]
+        quotas: control::QuotaArgs,
     },
     /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
     Agent {
@@ -175,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             pki_dir,
             database_url,
             domain,
+            quotas,
         } => {
             let endpoint: wrenn_agent::client::AgentEndpoint = agent.parse().context("--agent")?;
             let tls = match &endpoint {
@@ -207,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
                     listen,
                     database_url,
                     domain,
+                    quotas: quotas.limits(),
                 },
                 client,
             )
@@ -233,9 +239,11 @@ async fn main() -> anyhow::Result<()> {
             max_capsules,
             slots,
             domain,
+            quotas,
         } => {
             up::run(up::Up {
                 domain,
+                quotas: quotas.limits(),
                 data_dir,
                 listen,
                 images,
@@ -269,6 +277,11 @@ async fn main() -> anyhow::Result<()> {
                 })?),
                 None => None,
             };
+            require(&wrenn_agent::prereq::Needs {
+                qemu: wrenn_vmm::qemu::default_qemu(),
+                images_dir: images.clone(),
+                templates: wrenn_agent::prereq::TemplateNeed::Any,
+            });
             let (accel, why) = wrenn_vmm::accel::detect();
             tracing::warn!(accel = accel.as_str(), reason = %why, "VM accelerator");
             let manager = std::sync::Arc::new(
@@ -384,6 +397,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exits with one line (`error: cannot start, missing: …`) and code 1 unless the host has
+/// everything `needs` lists.
+pub(crate) fn require(needs: &wrenn_agent::prereq::Needs) {
+    if let Err(e) = wrenn_agent::prereq::check(needs) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn parse_slots(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {

@@ -21,6 +21,8 @@ pub struct Up {
     pub slots: std::ops::RangeInclusive<u32>,
     /// The port proxy's domain.
     pub domain: String,
+    /// The platform's default per-team quotas.
+    pub quotas: wrenn_server::quotas::Limits,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -54,13 +56,57 @@ async fn ensure_images(up: &Up, images: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Resumes capsules `ids` (paused by the last shutdown) one by one, printing each step.
+fn resume_in_background(
+    state: wrenn_server::AppState,
+    ids: Vec<String>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use wrenn_server::restart::Outcome;
+    if ids.is_empty() {
+        return None;
+    }
+    println!(
+        "resuming {} capsule{} paused at the last shutdown (in the background)",
+        ids.len(),
+        if ids.len() == 1 { "" } else { "s" }
+    );
+    Some(tokio::spawn(async move {
+        let done = wrenn_server::restart::resume_paused(&state, &ids, |p| {
+            let (id, n, of) = (&p.id, p.n, p.of);
+            match &p.outcome {
+                None => println!("  resuming {id} ({n}/{of})"),
+                Some(Outcome::Resumed) => println!("  resumed {id} ({n}/{of})"),
+                Some(Outcome::Failed(why)) => {
+                    println!("  {id} could not resume, it is in error now: {why} ({n}/{of})")
+                }
+                Some(Outcome::Skipped(why)) => println!("  {id} left as is: {why} ({n}/{of})"),
+            }
+        })
+        .await;
+        let resumed = done.iter().filter(|(_, o)| *o == Outcome::Resumed).count();
+        println!(
+            "resumed {resumed} of {} capsules paused at the last shutdown",
+            done.len()
+        );
+    }))
+}
+
 pub async fn run(up: Up) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&up.data_dir)
-        .with_context(|| format!("creating {}", up.data_dir.display()))?;
     let images = up
         .images
         .clone()
         .unwrap_or_else(|| up.data_dir.join("images"));
+    // Refuse to start (one line naming all that is missing) rather than fail a first request.
+    crate::require(&wrenn_agent::prereq::Needs {
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        images_dir: images.clone(),
+        templates: wrenn_agent::prereq::TemplateNeed::Named {
+            names: up.templates.clone(),
+            envd: up.envd.clone(),
+        },
+    });
+    std::fs::create_dir_all(&up.data_dir)
+        .with_context(|| format!("creating {}", up.data_dir.display()))?;
     ensure_images(&up, &images).await?;
 
     // The agent, on a socket only this user can open.
@@ -101,16 +147,22 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             listen: up.listen,
             database_url: up.database_url.clone(),
             domain: up.domain.clone(),
+            quotas: up.quotas,
         },
         agent,
     )
     .await?;
     let reconcile = started.state.clone();
+    // What the last shutdown paused resumes now, in the background: the API is up at once.
+    let resuming = resume_in_background(started.state.clone(), manager.paused_for_restart());
     crate::control::serve_until_signal(
         started,
         "stopping: pausing running capsules (they resume after the next start)",
     )
     .await?;
+    if let Some(task) = resuming {
+        task.abort();
+    }
     let paused = manager.pause_all().await;
     if let Err(e) = wrenn_server::reconcile(&reconcile).await {
         tracing::warn!(error = %e, "recording the paused capsules");
