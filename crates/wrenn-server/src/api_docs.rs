@@ -131,6 +131,7 @@ impl Modify for SecuritySchemes {
             usage::StatsRange,
             snapshots::TemplateType,
             events::EventKind,
+            events::Event,
             crate::db::Role,
         ),
         responses(BadRequest, Unauthorized, Internal, AgentFailed, HostUnavailable)
