@@ -457,7 +457,8 @@ async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
-    #[schema(example = "ada@example.com")]
+    /// An address with a dotted domain (trimmed and lower-cased).
+    #[schema(example = "ada@example.com", max_length = 254, pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$")]
     email: String,
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
@@ -709,7 +710,7 @@ pub async fn list_members(
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
     /// An existing user's email.
-    #[schema(example = "grace@example.com")]
+    #[schema(example = "grace@example.com", max_length = 254, pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$")]
     email: String,
     /// `admin` or `member` (default). Owners are made by an owner changing a role.
     #[schema(example = "member")]
