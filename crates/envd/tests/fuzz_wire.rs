@@ -77,9 +77,14 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
 
 /// A refusal: 4xx with envd's JSON error body.
 fn check_refusal(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert!((400..500).contains(&status), "status {status}: {}", String::from_utf8_lossy(body));
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {}", String::from_utf8_lossy(body))))?;
+    prop_assert!(
+        (400..500).contains(&status),
+        "status {status}: {}",
+        String::from_utf8_lossy(body)
+    );
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        TestCaseError::fail(format!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    })?;
     prop_assert_eq!(v["code"].as_u64(), Some(u64::from(status)));
     prop_assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
     Ok(())
@@ -106,14 +111,19 @@ async fn multipart_uploads_write_exactly_their_parts() {
                     }
                 })
                 .collect();
-            prop_assume!(parts.iter().all(|(_, _, c)| !contains(c, format!("--{b}").as_bytes())));
+            prop_assume!(parts
+                .iter()
+                .all(|(_, _, c)| !contains(c, format!("--{b}").as_bytes())));
             prop_assume!(parts.iter().any(|(_, f, _)| f.is_some()));
             let body = multipart(&b, &parts, true);
             let (status, text) = handle.block_on(async {
                 let r = envd
                     .client
                     .post(envd.url("/files"))
-                    .header("content-type", format!("multipart/form-data; boundary=\"{b}\""))
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary=\"{b}\""),
+                    )
                     .body(body)
                     .send()
                     .await
@@ -151,8 +161,12 @@ enum Mangle {
 fn mangle() -> impl Strategy<Value = Mangle> {
     prop_oneof![
         any::<prop::sample::Index>().prop_map(Mangle::Truncate),
-        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8).prop_map(Mangle::Flip),
-        (any::<prop::sample::Index>(), proptest::collection::vec(any::<u8>(), 1..64))
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
+            .prop_map(Mangle::Flip),
+        (
+            any::<prop::sample::Index>(),
+            proptest::collection::vec(any::<u8>(), 1..64)
+        )
             .prop_map(|(i, b)| Mangle::Insert(i, b)),
         Just(Mangle::Unclosed),
         prop_oneof![
@@ -228,7 +242,11 @@ async fn mangled_multipart_is_refused_cleanly() {
     // envd is still up.
     let health = envd.client.get(envd.url("/health")).send().await.unwrap();
     assert!(health.status().is_success());
-    println!("mangled multipart: {} cases, {} refused", n.get(), refused.get());
+    println!(
+        "mangled multipart: {} cases, {} refused",
+        n.get(),
+        refused.get()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,10 +257,16 @@ async fn connect_streams_of_any_bytes_end_in_an_error() {
     // Frames: well-formed envelopes of any payload, or raw bytes.
     let stream = prop_oneof![
         proptest::collection::vec(
-            (prop_oneof![Just(0u8), Just(2u8), any::<u8>()], proptest::collection::vec(any::<u8>(), 0..200)),
+            (
+                prop_oneof![Just(0u8), Just(2u8), any::<u8>()],
+                proptest::collection::vec(any::<u8>(), 0..200)
+            ),
             0..4
         )
-        .prop_map(|frames| frames.iter().flat_map(|(f, p)| envelope(*f, p)).collect::<Vec<u8>>()),
+        .prop_map(|frames| frames
+            .iter()
+            .flat_map(|(f, p)| envelope(*f, p))
+            .collect::<Vec<u8>>()),
         proptest::collection::vec(any::<u8>(), 0..400),
     ];
     let codec = prop_oneof![Just("json"), Just("proto")];
@@ -284,7 +308,10 @@ async fn connect_streams_of_any_bytes_end_in_an_error() {
             let end: Value = serde_json::from_slice(&last).unwrap();
             let code = end["error"]["code"].as_str().unwrap_or("");
             prop_assert!(
-                matches!(code, "invalid_argument" | "not_found" | "unimplemented" | "resource_exhausted"),
+                matches!(
+                    code,
+                    "invalid_argument" | "not_found" | "unimplemented" | "resource_exhausted"
+                ),
                 "{end}"
             );
             Ok(())

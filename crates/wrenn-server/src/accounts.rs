@@ -458,14 +458,22 @@ async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
     /// An address with a dotted domain (trimmed and lower-cased).
-    #[schema(example = "ada@example.com", max_length = 254, pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$")]
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$"
+    )]
     email: String,
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
     password: String,
     /// A display name (default: the email's local part): 1 to 100 characters, not all
     /// spaces, no control characters.
-    #[schema(min_length = 1, max_length = 100, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
 }
 
@@ -645,7 +653,11 @@ pub async fn list_teams(
 #[serde(deny_unknown_fields)]
 pub struct TeamBody {
     /// 1 to 100 characters, not all spaces, no control characters.
-    #[schema(min_length = 1, max_length = 100, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 
@@ -710,7 +722,11 @@ pub async fn list_members(
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
     /// An existing user's email.
-    #[schema(example = "grace@example.com", max_length = 254, pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$")]
+    #[schema(
+        example = "grace@example.com",
+        max_length = 254,
+        pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$"
+    )]
     email: String,
     /// `admin` or `member` (default). Owners are made by an owner changing a role.
     #[schema(example = "member")]
@@ -922,7 +938,11 @@ pub async fn list_api_keys(
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyBody {
     /// 1 to 100 characters, not all spaces, no control characters (default `unnamed`).
-    #[schema(min_length = 1, max_length = 100, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
 }
 

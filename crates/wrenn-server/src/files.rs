@@ -31,7 +31,11 @@ type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRe
 #[serde(deny_unknown_fields)]
 pub struct PathBody {
     /// Absolute, or relative to the user's home; not empty, no NUL.
-    #[schema(example = "/home/user/data.csv", min_length = 1, pattern = r"^[^\x00]+$")]
+    #[schema(
+        example = "/home/user/data.csv",
+        min_length = 1,
+        pattern = r"^[^\x00]+$"
+    )]
     path: String,
     /// `list` only: 1 (default) lists the children, 2 adds grandchildren, … (at most 10).
     #[schema(minimum = 1, maximum = 10)]

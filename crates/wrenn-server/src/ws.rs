@@ -300,7 +300,10 @@ struct ControlFrame {
 /// What a terminal's client asks for in a text frame after the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Control {
-    Resize { cols: u32, rows: u32 },
+    Resize {
+        cols: u32,
+        rows: u32,
+    },
     Kill,
     /// `pong` and any other type: ignored.
     Other,
@@ -477,7 +480,8 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             ".{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 6, |inner| {
@@ -500,9 +504,25 @@ mod tests {
     }
 
     /// A well-formed first frame, and the fields it carries.
-    fn start_frame() -> impl Strategy<Value = (Value, String, String, Vec<String>, HashMap<String, String>, String, u32, u32, String)> {
+    fn start_frame() -> impl Strategy<
+        Value = (
+            Value,
+            String,
+            String,
+            Vec<String>,
+            HashMap<String, String>,
+            String,
+            u32,
+            u32,
+            String,
+        ),
+    > {
         (
-            prop_oneof![Just("start".to_string()), Just("connect".to_string()), ".{0,8}"],
+            prop_oneof![
+                Just("start".to_string()),
+                Just("connect".to_string()),
+                ".{0,8}"
+            ],
             ".{0,16}",
             proptest::collection::vec(".{0,8}", 0..5),
             proptest::collection::hash_map("[A-Za-z_][A-Za-z0-9_]{0,8}", ".{0,8}", 0..4),
