@@ -503,20 +503,21 @@ mod tests {
         })
     }
 
+    /// The fields of a generated first frame.
+    #[derive(Debug, Clone)]
+    struct Fields {
+        kind: String,
+        cmd: String,
+        args: Vec<String>,
+        envs: HashMap<String, String>,
+        cwd: String,
+        cols: u32,
+        rows: u32,
+        tag: String,
+    }
+
     /// A well-formed first frame, and the fields it carries.
-    fn start_frame() -> impl Strategy<
-        Value = (
-            Value,
-            String,
-            String,
-            Vec<String>,
-            HashMap<String, String>,
-            String,
-            u32,
-            u32,
-            String,
-        ),
-    > {
+    fn start_frame() -> impl Strategy<Value = (Value, Fields)> {
         (
             prop_oneof![
                 Just("start".to_string()),
@@ -536,7 +537,17 @@ mod tests {
                     "type": kind, "cmd": cmd, "args": args, "envs": envs, "cwd": cwd,
                     "cols": cols, "rows": rows, "tag": tag,
                 });
-                (v, kind, cmd, args, envs, cwd, cols, rows, tag)
+                let f = Fields {
+                    kind,
+                    cmd,
+                    args,
+                    envs,
+                    cwd,
+                    cols,
+                    rows,
+                    tag,
+                };
+                (v, f)
             })
     }
 
@@ -582,7 +593,7 @@ mod tests {
 
         #[test]
         fn exec_frames_carry_their_fields(
-            (v, kind, cmd, args, envs, cwd, _cols, _rows, _tag) in start_frame()
+            (v, Fields { kind, cmd, args, envs, cwd, .. }) in start_frame()
         ) {
             let f = parse_first(&v.to_string()).expect("a well-formed frame parses");
             match exec_request("cl-abc", f) {
@@ -604,7 +615,7 @@ mod tests {
 
         #[test]
         fn pty_frames_carry_their_fields(
-            (v, kind, cmd, args, envs, cwd, cols, rows, tag) in start_frame()
+            (v, Fields { kind, cmd, args, envs, cwd, cols, rows, tag }) in start_frame()
         ) {
             let f = parse_first(&v.to_string()).expect("a well-formed frame parses");
             match (kind.as_str(), pty_request("cl-abc", f, || "pty-new".into())) {
