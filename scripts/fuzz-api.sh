@@ -71,8 +71,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Its own images folder, hard links of the built templates: the team snapshots and vCPU/memory
+# shapes the run makes land there and go with it, never in the shared $WRENN_IMAGES.
+mkdir -p "$dir/images"
+for t in "$WRENN_IMAGES"/*/; do
+  cp -al "$t" "$dir/images/"
+done
 "$WRENN_BIN" up --listen 127.0.0.1:0 --slots "$FUZZ_SLOTS" --data-dir "$dir/data" \
-  --images "$WRENN_IMAGES" --max-capsules "$FUZZ_MAX_CAPSULES" >"$out" 2>&1 &
+  --images "$dir/images" --max-capsules "$FUZZ_MAX_CAPSULES" >"$out" 2>&1 &
 pid=$!
 for _ in $(seq 1 240); do
   base=$(sed -n 's/^Wrenn is up at \(http:\/\/[^ ]*\).*/\1/p' "$out" | head -1)
