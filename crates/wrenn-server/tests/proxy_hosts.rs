@@ -6,9 +6,26 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use wrenn_server::proxy::{target, Target};
 
-/// Where the proxy sends a request: `Some` a capsule's port, `None` the API (or a refusal).
+/// Where the proxy sends a request: `Some` a capsule's port, `None` the API or a refusal
+/// (whether `target` answers an `Option` or a `Result` of one).
 fn routed(headers: &HeaderMap, domain: &str) -> Option<Target> {
-    target(headers, domain)
+    target(headers, domain).routed()
+}
+
+trait Routed {
+    fn routed(self) -> Option<Target>;
+}
+
+impl Routed for Option<Target> {
+    fn routed(self) -> Option<Target> {
+        self
+    }
+}
+
+impl<E> Routed for Result<Option<Target>, E> {
+    fn routed(self) -> Option<Target> {
+        self.ok().flatten()
+    }
 }
 
 fn host(h: &str) -> HeaderMap {
