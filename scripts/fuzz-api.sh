@@ -77,8 +77,16 @@ mkdir -p "$dir/images"
 for t in "$WRENN_IMAGES"/*/; do
   cp -al "$t" "$dir/images/"
 done
-"$WRENN_BIN" up --listen 127.0.0.1:0 --slots "$FUZZ_SLOTS" --data-dir "$dir/data" \
-  --images "$dir/images" --max-capsules "$FUZZ_MAX_CAPSULES" >"$out" 2>&1 &
+# Without the descriptors this script inherited (e.g. a `flock` lock file): a VM that outlived
+# the run must not hold them.
+(
+  for fd in /proc/self/fd/*; do
+    n=${fd##*/}
+    [ "$n" -gt 2 ] && eval "exec $n>&-" 2>/dev/null
+  done
+  exec "$WRENN_BIN" up --listen 127.0.0.1:0 --slots "$FUZZ_SLOTS" --data-dir "$dir/data" \
+    --images "$dir/images" --max-capsules "$FUZZ_MAX_CAPSULES"
+) >"$out" 2>&1 &
 pid=$!
 for _ in $(seq 1 240); do
   base=$(sed -n 's/^Wrenn is up at \(http:\/\/[^ ]*\).*/\1/p' "$out" | head -1)
