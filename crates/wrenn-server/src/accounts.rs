@@ -460,8 +460,9 @@ pub struct SignupBody {
     /// An address with a dotted domain (trimmed and lower-cased).
     #[schema(
         example = "ada@example.com",
-        max_length = 254,
-        pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$"
+        format = Email,
+        min_length = 3,
+        max_length = 254
     )]
     email: String,
     /// 8 to 256 characters.
@@ -724,8 +725,9 @@ pub struct AddMemberBody {
     /// An existing user's email.
     #[schema(
         example = "grace@example.com",
-        max_length = 254,
-        pattern = "^\\s*[^@\\s<>,;\\x00-\\x1f\\x7f-\\x9f]{1,64}@[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@\\s<>,;.\\x00-\\x1f\\x7f-\\x9f]+)+\\s*$"
+        format = Email,
+        min_length = 3,
+        max_length = 254
     )]
     email: String,
     /// `admin` or `member` (default). Owners are made by an owner changing a role.
