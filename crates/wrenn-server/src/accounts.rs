@@ -731,7 +731,7 @@ pub struct AddMemberBody {
     )]
     email: String,
     /// `admin` or `member` (default). Owners are made by an owner changing a role.
-    #[schema(example = "member")]
+    #[schema(example = "member", pattern = "^(admin|member)$")]
     role: Option<String>,
 }
 
