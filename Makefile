@@ -6,6 +6,13 @@ WRENN_CACHE ?= /var/tmp/wrenn
 export CARGO_TARGET_DIR ?= $(WRENN_CACHE)/target
 VENV_E2B := $(WRENN_CACHE)/venv-e2b
 VENV_WRENN := $(WRENN_CACHE)/venv-wrenn
+VENV_FUZZ := $(WRENN_CACHE)/venv-fuzz
+# API fuzzing: cases per operation and phase, and the time budget (make test; make soak: more)
+FUZZ_CASES ?= 25
+FUZZ_SECONDS ?= 150
+SOAK_FUZZ_CASES ?= 200
+SOAK_FUZZ_SECONDS ?= 900
+SOAK_PROPTEST_CASES ?= 20000
 export WRENN_IMAGES ?= $(WRENN_CACHE)/images
 TEMPLATES ?= minimal python
 CARGO ?= cargo
@@ -13,7 +20,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b sdk bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b sdk fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
 up: deps
@@ -25,8 +32,8 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, every Rust test (storage on SQLite and PostgreSQL), the published e2b SDK against envd, the published wrenn SDK against wrenn up
-test: deps lint unit e2b sdk
+## test: format check, clippy -D warnings, every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up, the API fuzzed from its OpenAPI document
+test: deps lint unit e2b sdk fuzz-api
 
 deps:
 	@scripts/install-deps.sh
@@ -65,6 +72,33 @@ $(VENV_WRENN)/.installed: tests/wrenn_sdk/requirements.txt scripts/find-python31
 sdk: images $(VENV_WRENN)/.installed
 	$(CARGO) build -p wrenn --locked
 	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
+
+$(VENV_FUZZ)/.installed: tests/fuzz/requirements.txt
+	python3 -m venv $(VENV_FUZZ)
+	$(VENV_FUZZ)/bin/pip install --quiet --upgrade pip
+	$(VENV_FUZZ)/bin/pip install --quiet -r tests/fuzz/requirements.txt
+	touch $@
+
+## fuzz-api: schemathesis (pinned) against a real `wrenn up` from its own /openapi.json: no 5xx,
+## every answer as documented; $(FUZZ_CASES) cases per operation, at most $(FUZZ_SECONDS) s
+fuzz-api: images $(VENV_FUZZ)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn FUZZ_VENV=$(VENV_FUZZ) \
+	  scripts/fuzz-api.sh $(FUZZ_CASES) $(FUZZ_SECONDS)
+
+## fuzz-parsers: the parsers' property tests (proptest) with PROPTEST_CASES cases (default 256)
+fuzz-parsers:
+	CARGO="$(CARGO)" scripts/fuzz-parsers.sh $${PROPTEST_CASES:-256}
+
+## fuzz-soak: the long fuzzing (make soak): the API with capsule creation and more cases, the
+## parsers with $(SOAK_PROPTEST_CASES) cases per property
+fuzz-soak: images $(VENV_FUZZ)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn FUZZ_VENV=$(VENV_FUZZ) CARGO="$(CARGO)" \
+	  scripts/fuzz-soak.sh $(SOAK_FUZZ_CASES) $(SOAK_FUZZ_SECONDS) $(SOAK_PROPTEST_CASES)
+
+## soak: the long reliability runs (fuzzing here; load and churn join it)
+soak: fuzz-soak
 
 ## envd-static: the static binary that goes into guest images (musl when the target is installed)
 envd-static:

@@ -23,7 +23,8 @@ pub fn resolve(raw: &str, user: &User) -> Result<PathBuf> {
     let joined = if raw.is_empty() || raw == "~" {
         user.home.clone()
     } else if let Some(rest) = raw.strip_prefix("~/") {
-        user.home.join(rest)
+        // `~//etc` is under the home like `~/etc` (joining `/etc` would replace the home).
+        user.home.join(rest.trim_start_matches('/'))
     } else if raw.starts_with('~') {
         return Err(EnvdError::InvalidArgument(format!(
             "path {raw:?}: only ~ and ~/ are expanded"
@@ -178,11 +179,71 @@ mod tests {
             ("rel/x", "/home/user/rel/x"),
             ("/tmp/../etc/./x", "/etc/x"),
             ("/..", "/"),
+            ("~//etc", "/home/user/etc"),
         ];
         for (raw, want) in cases {
             assert_eq!(resolve(raw, &u).unwrap(), PathBuf::from(want), "{raw}");
         }
         assert!(resolve("~root/x", &u).is_err());
         assert!(resolve("/a\0b", &u).is_err());
+    }
+
+    /// A path made of `/`, `.`, `..`, `~` and a few names: what path handling gets wrong.
+    fn tricky_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("~".to_string()),
+                Just("//".to_string()),
+                "[a-z~. ]{1,4}",
+                ".{1,3}",
+            ],
+            0..10,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        /// Any path resolves to an absolute, folded path (no `.` or `..`, no empty part), or is
+        /// refused for a reason; resolving the result again changes nothing.
+        #[test]
+        fn resolved_paths_are_absolute_and_folded(raw in proptest::prop_oneof![tricky_path(), ".{0,40}"]) {
+            let u = user();
+            match resolve(&raw, &u) {
+                Ok(p) => {
+                    proptest::prop_assert!(p.is_absolute(), "{raw:?} -> {p:?}");
+                    for c in p.components() {
+                        proptest::prop_assert!(
+                            matches!(c, Component::RootDir | Component::Normal(_)),
+                            "{raw:?} -> {p:?}"
+                        );
+                    }
+                    let again = resolve(p.to_str().unwrap(), &u).unwrap();
+                    proptest::prop_assert_eq!(&again, &p);
+                    proptest::prop_assert_eq!(normalize(&p), p.clone());
+                    // Paths that are not absolute and climb nowhere stay under the home.
+                    if !raw.starts_with('/') && !raw.contains("..") {
+                        proptest::prop_assert!(p.starts_with(&u.home), "{raw:?} -> {p:?}");
+                    }
+                }
+                Err(EnvdError::InvalidArgument(_)) => proptest::prop_assert!(
+                    raw.contains('\0') || (raw.starts_with('~') && raw != "~" && !raw.starts_with("~/")),
+                    "{raw:?} refused"
+                ),
+                Err(e) => proptest::prop_assert!(false, "{raw:?}: unexpected {e:?}"),
+            }
+        }
+
+        /// `..` never climbs above `/`.
+        #[test]
+        fn parent_dirs_stop_at_root(ups in 0usize..12, names in proptest::collection::vec("[a-z]{1,3}", 0..5)) {
+            let raw = format!("/{}{}", names.join("/"), "/..".repeat(ups));
+            let p = resolve(&raw, &user()).unwrap();
+            let kept = names.len().saturating_sub(ups);
+            proptest::prop_assert_eq!(p, std::iter::once("/".to_string()).chain(names.into_iter().take(kept)).collect::<PathBuf>());
+        }
     }
 }

@@ -457,12 +457,24 @@ async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
-    #[schema(example = "ada@example.com")]
+    /// An address with a dotted domain (trimmed and lower-cased).
+    #[schema(
+        example = "ada@example.com",
+        format = Email,
+        min_length = 3,
+        max_length = 254
+    )]
     email: String,
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
     password: String,
-    /// A display name (default: the email's local part).
+    /// A display name (default: the email's local part): 1 to 100 characters, not all
+    /// spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
 }
 
@@ -641,7 +653,12 @@ pub async fn list_teams(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamBody {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters, not all spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 
@@ -706,10 +723,15 @@ pub async fn list_members(
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
     /// An existing user's email.
-    #[schema(example = "grace@example.com")]
+    #[schema(
+        example = "grace@example.com",
+        format = Email,
+        min_length = 3,
+        max_length = 254
+    )]
     email: String,
     /// `admin` or `member` (default). Owners are made by an owner changing a role.
-    #[schema(example = "member")]
+    #[schema(example = "member", pattern = "^(admin|member)$")]
     role: Option<String>,
 }
 
@@ -917,7 +939,12 @@ pub async fn list_api_keys(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyBody {
-    /// 1 to 100 characters (default `unnamed`).
+    /// 1 to 100 characters, not all spaces, no control characters (default `unnamed`).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
 }
 

@@ -142,6 +142,7 @@ impl Modify for SecuritySchemes {
             usage::StatsRange,
             snapshots::TemplateType,
             events::EventKind,
+            events::Event,
             crate::db::Role,
         ),
         responses(

@@ -167,8 +167,10 @@ pub struct CreateCapsuleBody {
     #[schema(minimum = 128, maximum = 65536)]
     memory_mb: Option<u32>,
     /// Idle seconds before the capsule is paused (default: never).
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
     timeout_sec: Option<u32>,
     /// Disk size; larger than the template's grows the disk.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
     disk_size_mb: Option<u32>,
     metadata: Option<HashMap<String, String>>,
     /// Environment variables for every command.
@@ -575,6 +577,7 @@ pub struct ExecBody {
     #[serde(default)]
     background: bool,
     /// Foreground only: kill it after this many seconds (default 60).
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
     timeout_sec: Option<u32>,
     envs: Option<HashMap<String, String>>,
     cwd: Option<String>,

@@ -84,6 +84,16 @@ pub struct Event {
     pub timestamp: String,
 }
 
+/// One server-sent event as it travels on `text/event-stream` (the schema of each event of the
+/// stream, as OpenAPI reads it): its `data` is an [`Event`] as JSON (`#/components/schemas/Event`).
+/// Keep-alive comments (`:`) come between events.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventFrame {
+    /// An `Event`, as JSON.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
 impl Event {
     /// A successful `event` by `caller` on a capsule (with its JSON).
     pub fn capsule(caller: &Caller, event: &str, id: &str, capsule: Capsule) -> Event {
@@ -148,7 +158,7 @@ pub fn publish(state: &AppState, event: Event) {
     operation_id = "stream_events",
     tag = "events",
     responses(
-        (status = 200, description = "An endless stream of events", body = Event, content_type = "text/event-stream"),
+        (status = 200, description = "An endless stream of events; each one's `data` is an `Event` as JSON", body = EventFrame, content_type = "text/event-stream"),
         (status = 401, response = Unauthorized),
         (status = 500, response = Internal),
     )

@@ -32,18 +32,36 @@ type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRe
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathBody {
-    /// Absolute, or relative to the user's home.
-    #[schema(example = "/home/user/data.csv")]
+    /// Absolute, or relative to the user's home; not empty, no NUL.
+    #[schema(
+        example = "/home/user/data.csv",
+        min_length = 1,
+        pattern = r"^[^\x00]+$"
+    )]
     path: String,
     /// `list` only: 1 (default) lists the children, 2 adds grandchildren, … (at most 10).
     #[schema(minimum = 1, maximum = 10)]
+    #[serde(default, deserialize_with = "depth")]
     depth: Option<u32>,
+}
+
+/// `depth`: 1..=10 wherever it is given, as any JSON number with that value (`2` or `2.0`:
+/// JSON Schema's `integer` is a number without a fractional part).
+fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(f) if f.fract() == 0.0 && (1.0..=10.0).contains(&f) => Ok(Some(f as u32)),
+        Some(f) => Err(serde::de::Error::custom(format!(
+            "depth must be an integer from 1 to 10, not {f}"
+        ))),
+    }
 }
 
 /// An upload: `path` first, then `file`.
 #[derive(Debug, ToSchema)]
 pub struct UploadForm {
-    /// Where to write (parents are created; an existing file is replaced).
+    /// Where to write (parents are created; an existing file is replaced); not empty, no NUL.
+    #[schema(min_length = 1, pattern = r"^[^\x00]+$")]
     pub path: String,
     /// The bytes.
     #[schema(value_type = String, content_media_type = "application/octet-stream")]

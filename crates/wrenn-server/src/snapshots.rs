@@ -131,7 +131,7 @@ pub struct CreateSnapshotBody {
     #[schema(example = "cl-0123456789abcdefghijklmno")]
     sandbox_id: String,
     /// `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most 48 characters (default `template-…`).
-    #[schema(example = "my-env")]
+    #[schema(example = "my-env", pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,47}$")]
     name: Option<String>,
 }
 

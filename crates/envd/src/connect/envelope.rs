@@ -134,7 +134,76 @@ mod tests {
         assert!(matches!(d.next_frame(), Err(EnvdError::InvalidArgument(_))));
     }
 
+    /// A stream of frames: data messages, maybe an end-of-stream last.
+    fn frames() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+        (
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        )
+            .prop_map(|(data, end)| {
+                let mut v: Vec<(u8, Vec<u8>)> = data.into_iter().map(|p| (0, p)).collect();
+                v.extend(end.map(|p| (FLAG_END_STREAM, p)));
+                v
+            })
+    }
+
     proptest! {
+        /// Encoded frames, delivered in any chunks, decode to exactly themselves.
+        #[test]
+        fn frames_round_trip_in_any_chunks(frames in frames(), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+            let wire: Vec<u8> = frames.iter().flat_map(|(f, p)| encode(*f, p).to_vec()).collect();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.push(0);
+            points.push(wire.len());
+            points.sort_unstable();
+            let mut d = Decoder::new(300);
+            let mut got = Vec::new();
+            for w in points.windows(2) {
+                d.push(&wire[w[0]..w[1]]);
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push((f.flags, f.payload.to_vec()));
+                }
+            }
+            prop_assert_eq!(d.pending(), 0);
+            prop_assert_eq!(got, frames);
+        }
+
+        /// A stream cut short yields the whole frames before the cut, then waits for more.
+        #[test]
+        fn truncated_streams_wait(frames in frames(), cut in any::<prop::sample::Index>()) {
+            let wire: Vec<u8> = frames.iter().flat_map(|(f, p)| encode(*f, p).to_vec()).collect();
+            let cut = cut.index(wire.len() + 1);
+            let mut d = Decoder::new(300);
+            d.push(&wire[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push((f.flags, f.payload.to_vec()));
+            }
+            // Exactly the frames that end at or before the cut.
+            let mut end = 0;
+            let whole: Vec<_> = frames
+                .iter()
+                .take_while(|(_, p)| {
+                    end += HEADER_LEN + p.len();
+                    end <= cut
+                })
+                .cloned()
+                .collect();
+            let used: usize = whole.iter().map(|(_, p)| HEADER_LEN + p.len()).sum();
+            prop_assert_eq!(d.pending(), cut - used);
+            prop_assert_eq!(got, whole);
+        }
+
+        /// A header that claims more than the limit is refused before its bytes arrive.
+        #[test]
+        fn oversize_is_refused_from_the_header(len in 65u32.., flags in prop_oneof![Just(0u8), Just(FLAG_END_STREAM)]) {
+            let mut d = Decoder::new(64);
+            let mut head = vec![flags];
+            head.extend_from_slice(&len.to_be_bytes());
+            d.push(&head);
+            prop_assert!(matches!(d.next_frame(), Err(EnvdError::ResourceExhausted(_))));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..256) {
             let mut d = Decoder::new(max);

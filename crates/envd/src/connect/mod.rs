@@ -480,6 +480,55 @@ mod tests {
             let _ = Codec::Proto.decode::<filesystem::EntryInfo>(&data);
         }
 
+        /// What envd encodes it decodes back, in both codecs (the SDK's messages).
+        #[test]
+        fn start_requests_round_trip(
+            cmd in ".{0,16}",
+            args in proptest::collection::vec(".{0,8}", 0..4),
+            envs in proptest::collection::hash_map(".{1,8}", ".{0,8}", 0..4),
+            cwd in proptest::option::of(".{0,12}"),
+            tag in proptest::option::of(".{0,8}"),
+            stdin in proptest::option::of(any::<bool>()),
+            size in proptest::option::of((any::<u32>(), any::<u32>())),
+        ) {
+            let req = process::StartRequest {
+                process: Some(process::ProcessConfig { cmd, args, envs, cwd }),
+                pty: size.map(|(rows, cols)| process::Pty { size: Some(process::pty::Size { rows, cols }) }),
+                tag,
+                stdin,
+            };
+            for codec in [Codec::Json, Codec::Proto] {
+                let bytes = codec.encode(&req).unwrap();
+                let back: process::StartRequest = codec.decode(&bytes).unwrap();
+                prop_assert_eq!(&back, &req);
+            }
+        }
+
+        #[test]
+        fn directory_listings_round_trip(
+            entries in proptest::collection::vec((".{0,12}", ".{0,24}", any::<i64>(), any::<u32>(), any::<i64>(), 0i32..1_000_000_000), 0..6),
+        ) {
+            let resp = filesystem::ListDirResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|(name, path, size, mode, secs, nanos)| filesystem::EntryInfo {
+                        name,
+                        path,
+                        size,
+                        mode,
+                        // RFC 3339 covers years 1..=9999.
+                        modified_time: Some(wrenn_proto::wkt::Timestamp { seconds: secs.rem_euclid(253_402_300_799), nanos }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            for codec in [Codec::Json, Codec::Proto] {
+                let bytes = codec.encode(&resp).unwrap();
+                let back: filesystem::ListDirResponse = codec.decode(&bytes).unwrap();
+                prop_assert_eq!(&back, &resp);
+            }
+        }
+
         #[test]
         fn json_shaped_input_never_panics(s in r#"\{("[a-zA-Z_]{1,12}":(-?[0-9]{1,20}|"[^"\\]{0,8}"|\{\}|\[\]|true|null),?){0,4}\}"#) {
             let _ = Codec::Json.decode::<process::StartRequest>(s.as_bytes());
