@@ -1,4 +1,4 @@
-# Wrenn. `make up` runs it, `make test` proves it, `make bench` measures it.
+# Wrenn. `make up` runs it, `make test` proves it, `make bench` measures it, `make soak` holds it.
 # Slow caches live outside the clone so reruns are fast; everything works from nothing too.
 
 SHELL := /bin/bash
@@ -13,7 +13,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b sdk bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b sdk bench soak envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
 up: deps
@@ -86,6 +86,11 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
+
+## soak: the long reliability runs (load held 5 min, churn with VMM kills 10 min; SOAK_* vars
+## in scripts/soak.sh make them shorter), figures written into docs/reliability.md
+soak: images
+	CARGO="$(CARGO)" scripts/soak.sh
 
 fmt:
 	$(CARGO) fmt --all
