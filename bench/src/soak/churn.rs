@@ -185,10 +185,11 @@ impl Shared {
                 c.write_file_bytes(&cap.id, &file.path, data)
                     .await
                     .with_context(|| format!("writing {}", file.path))?;
-                let mut k = self.counts();
-                k.writes += 1;
-                k.bytes_written += len;
-                drop(k);
+                {
+                    let mut k = self.counts();
+                    k.writes += 1;
+                    k.bytes_written += len;
+                }
                 if cap.files.len() >= MAX_FILES {
                     let i = rng.below(cap.files.len() as u64) as usize;
                     let old = cap.files.swap_remove(i);

@@ -535,7 +535,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
         progress.abort();
         // Streams that began before the deadline ran to their end: the held time is to the
         // last end, from the end of the ramp.
-        let secs = (began.elapsed() - ramp).as_secs_f64();
+        let secs = began.elapsed().saturating_sub(ramp).as_secs_f64();
         for id in &ids {
             if let Err(e) = client.destroy_capsule(id).await {
                 stats.error(format!("destroying {id}: {e}"));
@@ -554,6 +554,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
     if leaks_after_stop.clean() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let samples = std::mem::take(&mut *stats.samples());
     Ok(LoadReport {
         secs,
         capsules: args.capsules,
@@ -569,7 +570,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
         streams_peak: stats.streams_peak.load(Relaxed),
         ptys_peak: stats.ptys_peak.load(Relaxed),
         errors: stats.errors.load(Relaxed),
-        samples: std::mem::take(&mut *stats.samples()),
+        samples,
         leaks,
         leaks_after_stop,
         machine: machine_line(),

@@ -105,7 +105,6 @@ pub struct Up {
     pub base: String,
     pub key: String,
     pub dir: PathBuf,
-    pub log: PathBuf,
 }
 
 pub struct UpConfig<'a> {
@@ -160,7 +159,6 @@ impl Up {
             base,
             key,
             dir,
-            log,
         })
     }
 
