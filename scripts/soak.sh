@@ -7,7 +7,7 @@
 # STEPS. Durations and sizes come from the environment (defaults: the issue's figures):
 #   SOAK_LOAD_SECS=300 SOAK_CAPSULES=10 SOAK_STREAMS=200 SOAK_PTYS=50
 #   SOAK_CHURN_SECS=600 SOAK_CAPACITY=6 SOAK_KILL_EVERY=20 SOAK_SLOTS=3700-3999
-#   SOAK_DOC=docs/reliability.md SOAK_STEPS="load churn"
+#   SOAK_DOC=docs/reliability.md SOAK_STEPS="load churn" SOAK_PROFILE=release
 # A short run: SOAK_LOAD_SECS=30 SOAK_CAPSULES=2 SOAK_STREAMS=20 SOAK_PTYS=4 SOAK_CHURN_SECS=60 scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +18,18 @@ cd "$(dirname "$0")/.."
 : "${SOAK_LOAD_SECS:=300}" "${SOAK_CAPSULES:=10}" "${SOAK_STREAMS:=200}" "${SOAK_PTYS:=50}"
 : "${SOAK_CHURN_SECS:=600}" "${SOAK_CAPACITY:=6}" "${SOAK_KILL_EVERY:=20}"
 : "${SOAK_SLOTS:=3700-3999}" "${SOAK_DOC:=docs/reliability.md}"
-: "${SOAK_STEPS:=load churn}"
+: "${SOAK_STEPS:=load churn}" "${SOAK_PROFILE:=release}"
 export CARGO_TARGET_DIR WRENN_IMAGES
 
-bin=$CARGO_TARGET_DIR/release
+bin=$CARGO_TARGET_DIR/$SOAK_PROFILE
+[ "$SOAK_PROFILE" = debug ] && bin=$CARGO_TARGET_DIR/debug
 
 build() {
-    "$CARGO" build --release --locked -p wrenn -p wrenn-bench
+    if [ "$SOAK_PROFILE" = debug ]; then
+        "$CARGO" build --locked -p wrenn -p wrenn-bench
+    else
+        "$CARGO" build --locked --profile "$SOAK_PROFILE" -p wrenn -p wrenn-bench
+    fi
 }
 
 soak() { # the wrenn-bench soak phase $1, with the common arguments

@@ -268,8 +268,11 @@ impl Shared {
                 Ok(clone) => {
                     let checked = self.check_all(&clone, &cap.files).await;
                     self.counts().snapshot_capsules += 1;
-                    self.end(&clone, checked.map_err(|e| e.context("the snapshot's capsule")))
-                        .await;
+                    self.end(
+                        &clone,
+                        checked.map_err(|e| e.context("the snapshot's capsule")),
+                    )
+                    .await;
                 }
                 Err(e) => self.error(format!("a capsule from snapshot {name}: {e:#}")),
             }
@@ -306,7 +309,9 @@ impl Shared {
             let mut k = self.counts();
             match last {
                 None => k.killed_error += 1,
-                Some(s) => k.killed_other.push(format!("{id}: {s} {SETTLE:?} after the kill")),
+                Some(s) => k
+                    .killed_other
+                    .push(format!("{id}: {s} {SETTLE:?} after the kill")),
             }
         }
         match self.client.destroy_capsule(id).await {
@@ -317,7 +322,10 @@ impl Shared {
                     k.killed_destroyed += 1;
                 }
             }
-            Err(e) => self.error(format!("destroying {id}{}: {e}", if killed { " (killed)" } else { "" })),
+            Err(e) => self.error(format!(
+                "destroying {id}{}: {e}",
+                if killed { " (killed)" } else { "" }
+            )),
         }
     }
 }
@@ -413,6 +421,7 @@ async fn killer(sh: Arc<Shared>, data: PathBuf, mean: Duration, seed: u64) {
 
 pub struct ChurnReport {
     secs: f64,
+    churn_secs: u64,
     capacity: usize,
     kill_every_secs: u64,
     seed: u64,
@@ -480,7 +489,10 @@ impl ChurnReport {
             ),
             ("errors".into(), self.error_count.to_string()),
             ("left after destroy".into(), self.leaks.line()),
-            ("left after `wrenn up` stopped".into(), self.leaks_after_stop.line()),
+            (
+                "left after `wrenn up` stopped".into(),
+                self.leaks_after_stop.line(),
+            ),
         ]
     }
 
@@ -509,8 +521,8 @@ impl ChurnReport {
             "| Churn at capacity ({} capsules): create / exec / write / pause / resume / \
              snapshot / destroy, random `kill -9` of VMMs | {:.0} s; {} creates, {} execs, {} \
              writes, {} pauses + resumes, {} snapshots, {} destroys; {} VMMs killed | {} \
-             errors; killed → `error` {}/{}, destroyed {}/{}; {} survivors' files intact, {} \
-             differed; leaks: {} (QEMU, netns, veths/TAPs, cgroups, folders, rows) |",
+             errors; killed → `error` {}/{}, destroyed {}/{}; {} files of the surviving \
+             capsules intact, {} differed in the run; leaks: {} (QEMU, netns, veths/TAPs, cgroups, folders, rows) |",
             self.capacity,
             self.secs,
             k.creates,
@@ -537,11 +549,11 @@ impl ChurnReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Run {} on {}: `wrenn-bench soak --phase churn --churn-secs {:.0} --capacity {} \
+            "Run {} on {}: `wrenn-bench soak --phase churn --churn-secs {} --capacity {} \
              --kill-every-secs {} --seed {}` — **{}**.",
             self.date,
             self.machine,
-            self.secs,
+            self.churn_secs,
             self.capacity,
             self.kill_every_secs,
             self.seed,
@@ -600,7 +612,9 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Chu
     let capacity = args.capacity.max(1);
     let dir = args.work_dir.join(format!("wrenn-soak-churn-{stamp}"));
     let log = args.work_dir.join(format!("wrenn-soak-churn-{stamp}.log"));
-    let images = args.work_dir.join(format!("wrenn-soak-churn-{stamp}-images"));
+    let images = args
+        .work_dir
+        .join(format!("wrenn-soak-churn-{stamp}-images"));
     private_images(&args.images, &args.template, &images)?;
     let mut up = Up::start(
         &UpConfig {
@@ -702,6 +716,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Chu
     let counts = std::mem::take(&mut *sh.counts());
     Ok(ChurnReport {
         secs,
+        churn_secs: args.churn_secs,
         capacity,
         kill_every_secs: args.kill_every_secs,
         seed,
@@ -724,7 +739,13 @@ mod tests {
         let cmd = "qemu-system-x86_64 -name x -drive file=/var/tmp/wrenn-soak-churn-1/capsules/\
                    cl-abc123/disk.qcow2,if=virtio";
         assert_eq!(capsule_of(cmd, data).as_deref(), Some("cl-abc123"));
-        assert_eq!(capsule_of("qemu-system-x86_64 -drive file=/other/capsules/cl-x/d", data), None);
+        assert_eq!(
+            capsule_of(
+                "qemu-system-x86_64 -drive file=/other/capsules/cl-x/d",
+                data
+            ),
+            None
+        );
     }
 
     #[test]

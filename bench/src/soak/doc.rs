@@ -102,14 +102,18 @@ mod tests {
 
     #[test]
     fn a_block_is_replaced_in_place_and_the_rest_kept() {
-        let old = "# T\n\n<!-- soak:load:begin -->\nold\n<!-- soak:load:end -->\n\n## Other\nkeep\n";
+        let old =
+            "# T\n\n<!-- soak:load:begin -->\nold\n<!-- soak:load:end -->\n\n## Other\nkeep\n";
         let new = replace_block(old, "load", "new figures\n");
         assert_eq!(
             new,
             "# T\n\n<!-- soak:load:begin -->\nnew figures\n<!-- soak:load:end -->\n\n## Other\nkeep\n"
         );
         // Idempotent shape: a second update replaces the first.
-        assert_eq!(replace_block(&new, "load", "again"), new.replace("new figures", "again"));
+        assert_eq!(
+            replace_block(&new, "load", "again"),
+            new.replace("new figures", "again")
+        );
     }
 
     #[test]
@@ -126,7 +130,10 @@ mod tests {
     #[test]
     fn a_missing_block_is_appended() {
         let new = replace_block("# T\n", "churn", "x");
-        assert_eq!(new, "# T\n\n<!-- soak:churn:begin -->\nx\n<!-- soak:churn:end -->\n");
+        assert_eq!(
+            new,
+            "# T\n\n<!-- soak:churn:begin -->\nx\n<!-- soak:churn:end -->\n"
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Leaks {
     pub templates: usize,
     /// What could not be counted (then the count is not trusted).
     pub notes: Vec<String>,
+    /// Whether the database and the agent were counted too (not after `wrenn up` stopped).
+    pub db: bool,
 }
 
 impl Leaks {
@@ -49,18 +51,19 @@ impl Leaks {
 
     pub fn line(&self) -> String {
         let mut s = format!(
-            "{} QEMU, {} netns, {} veths, {} cgroups, {} capsule folders, {} rows not stopped \
-             ({} of them not on the agent), {} capsules on the agent, {} snapshot templates",
-            self.qemu,
-            self.netns,
-            self.veths,
-            self.cgroups,
-            self.capsule_dirs,
-            self.rows_not_stopped,
-            self.rows_not_on_agent,
-            self.agent_capsules,
-            self.templates
+            "{} QEMU, {} netns, {} veths, {} cgroups, {} capsule folders",
+            self.qemu, self.netns, self.veths, self.cgroups, self.capsule_dirs,
         );
+        if self.db {
+            let _ = write!(
+                s,
+                ", {} rows not stopped ({} of them not on the agent), {} capsules on the agent",
+                self.rows_not_stopped, self.rows_not_on_agent, self.agent_capsules
+            );
+        }
+        if self.db || self.templates > 0 {
+            let _ = write!(s, ", {} snapshot templates", self.templates);
+        }
         for n in &self.notes {
             let _ = write!(s, "; could not count: {n}");
         }
@@ -125,7 +128,10 @@ pub fn host(data: &Path, slots: &RangeInclusive<u32>, leaks: &mut Leaks) {
 
 /// Everything, while `up` still runs: the host's leftovers and the database against the agent.
 pub async fn count(up: &Up, slots: &RangeInclusive<u32>) -> Leaks {
-    let mut leaks = Leaks::default();
+    let mut leaks = Leaks {
+        db: true,
+        ..Leaks::default()
+    };
     host(&up.dir, slots, &mut leaks);
     let on_agent: Option<BTreeSet<String>> = match up.agent().await {
         Ok(mut agent) => match agent.list_capsules(ListCapsulesRequest {}).await {
@@ -165,6 +171,20 @@ pub async fn count(up: &Up, slots: &RangeInclusive<u32>) -> Leaks {
         Err(e) => leaks.notes.push(format!("a client: {e}")),
     }
     leaks
+}
+
+/// Whether the counters see what a run holds: with `n` capsules running, `n` of each (or why
+/// not). Checked once per run, so a count of 0 at the end means something.
+pub fn sees(seen: &Leaks, n: usize) -> Option<String> {
+    let ok = seen.qemu == n
+        && seen.netns == n
+        && seen.veths == n
+        && seen.capsule_dirs == n
+        && seen.agent_capsules == n
+        && seen.rows_not_stopped == n
+        && (seen.cgroups == n || wrenn_vmm::cgroup::bases().is_none())
+        && seen.notes.is_empty();
+    (!ok).then(|| format!("with {n} capsules running the counters saw {}", seen.line()))
 }
 
 #[cfg(test)]

@@ -74,6 +74,11 @@ fn open(count: &AtomicUsize, peak: &AtomicUsize) {
 
 pub struct LoadReport {
     secs: f64,
+    load_secs: u64,
+    /// The counters' check with the capsules running (`leaks::sees`): `None` when they saw
+    /// every capsule's parts.
+    blind: Option<String>,
+    seen: leaks::Leaks,
     capsules: usize,
     streams: usize,
     ptys: usize,
@@ -96,7 +101,10 @@ pub struct LoadReport {
 
 impl LoadReport {
     pub fn held(&self) -> bool {
-        self.errors == 0 && self.leaks.clean() && self.leaks_after_stop.clean()
+        self.errors == 0
+            && self.blind.is_none()
+            && self.leaks.clean()
+            && self.leaks_after_stop.clean()
     }
 
     fn figures(&self) -> Vec<(String, String)> {
@@ -158,8 +166,18 @@ impl LoadReport {
                 ),
             ),
             ("errors".into(), self.errors.to_string()),
+            (
+                format!("counted with the {} capsules running", self.capsules),
+                match &self.blind {
+                    None => format!("{} (the counters see them)", self.seen.line()),
+                    Some(why) => format!("COUNTERS BLIND: {why}"),
+                },
+            ),
             ("left after destroy".into(), self.leaks.line()),
-            ("left after `wrenn up` stopped".into(), self.leaks_after_stop.line()),
+            (
+                "left after `wrenn up` stopped".into(),
+                self.leaks_after_stop.line(),
+            ),
         ]
     }
 
@@ -185,7 +203,7 @@ impl LoadReport {
         let _ = writeln!(
             out,
             "| Load held: {} exec streams + {} terminals across {} capsules of one `wrenn up` | \
-             {:.0} s; {} execs ({:.2}/s), {} terminal round trips ({:.1}/s), {:.1} MB of \
+             {:.0} s held; {} execs ({:.2}/s), {} terminal round trips ({:.1}/s), {:.1} MB of \
              output | {} errors; exec start p50 {:.0} ms / p99 {:.0} ms; round trip p50 {:.0} \
              ms / p99 {:.0} ms; leaks after: {} |",
             self.streams,
@@ -212,11 +230,11 @@ impl LoadReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Run {} on {}: `wrenn-bench soak --phase load --load-secs {:.0} --capsules {} \
+            "Run {} on {}: `wrenn-bench soak --phase load --load-secs {} --capsules {} \
              --streams {} --ptys {} --stream-lines {} --pty-interval-ms {}` — **{}**.",
             self.date,
             self.machine,
-            self.secs,
+            self.load_secs,
             self.capsules,
             self.streams,
             self.ptys,
@@ -228,7 +246,9 @@ impl LoadReport {
             out,
             "Each exec stream is `sh -c` printing one ~80-byte line a second for {} s, checked \
              line by line and restarted when it ends; each terminal runs `cat` (echo off) and \
-             types a numbered line every {} ms, read back whole.",
+             types a numbered line every {} ms, read back whole. They start over a ramp of up \
+             to 10 s; \"held\" runs from the end of the ramp to the end of the last stream \
+             (streams running at the deadline finish), and the rates are over that time.",
             self.stream_lines, self.pty_interval_ms
         );
         let _ = writeln!(out);
@@ -250,9 +270,8 @@ async fn one_stream(
     lines: u32,
     stats: &Stats,
 ) -> Result<()> {
-    let script = format!(
-        "i=0; while [ $i -lt {lines} ]; do echo {tag}-$i-{PAD}; i=$((i+1)); sleep 1; done"
-    );
+    let script =
+        format!("i=0; while [ $i -lt {lines} ]; do echo {tag}-$i-{PAD}; i=$((i+1)); sleep 1; done");
     let t = Instant::now();
     let mut stream = client
         .exec_stream(capsule, &Exec::shell(script))
@@ -460,7 +479,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
     );
     let client = up.client()?;
     let stats = Arc::new(Stats::default());
-    let (secs, leaks) = rt.block_on(async {
+    let (secs, seen, leaks) = rt.block_on(async {
         // The capsules, two at a time (a burst of restores on two cores only queues).
         let mut ids = Vec::new();
         for pair in (0..args.capsules).collect::<Vec<_>>().chunks(2) {
@@ -482,6 +501,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
             }
         }
         eprintln!("soak load: {} capsules running", ids.len());
+        let seen = leaks::count(&up, &args.slots).await;
         // Streams and terminals start spread over a ramp, then hold until the deadline.
         let ramp = Duration::from_secs(10.min(args.load_secs / 4).max(1));
         let began = Instant::now();
@@ -541,7 +561,7 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
                 stats.error(format!("destroying {id}: {e}"));
             }
         }
-        anyhow::Ok((secs, leaks::count(&up, &args.slots).await))
+        anyhow::Ok((secs, seen, leaks::count(&up, &args.slots).await))
     })?;
     let stopped = up.stop();
     let mut leaks_after_stop = leaks::Leaks::default();
@@ -557,6 +577,9 @@ pub fn run(args: &Args, rt: &tokio::runtime::Runtime, stamp: &str) -> Result<Loa
     let samples = std::mem::take(&mut *stats.samples());
     Ok(LoadReport {
         secs,
+        load_secs: args.load_secs,
+        blind: leaks::sees(&seen, args.capsules),
+        seen,
         capsules: args.capsules,
         streams: args.streams,
         ptys: args.ptys,

@@ -143,7 +143,10 @@ impl Up {
         let base = loop {
             let Some(line) = lines.next() else {
                 let _ = child.wait();
-                bail!("wrenn up exited before it was ready (its log: {})", log.display());
+                bail!(
+                    "wrenn up exited before it was ready (its log: {})",
+                    log.display()
+                );
             };
             if let Some(url) = line?.strip_prefix("Wrenn is up at ") {
                 break url.trim().trim_end_matches('/').to_string();
@@ -266,7 +269,10 @@ pub fn machine_line() -> String {
         })
         .map(|kib| kib as f64 / 1024.0 / 1024.0)
         .unwrap_or(0.0);
-    format!("{cores} cores, {mem_gib:.0} GiB RAM, QEMU {}", accel.as_str())
+    format!(
+        "{cores} cores, {mem_gib:.0} GiB RAM, QEMU {}",
+        accel.as_str()
+    )
 }
 
 pub fn run(args: Args) -> Result<()> {
