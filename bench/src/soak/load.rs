@@ -246,7 +246,7 @@ impl LoadReport {
             out,
             "Each exec stream is `bash -c` printing one ~80-byte line a second for {} s (the \
              second waited by a `read -t 1` on a FIFO it holds, so no process is forked per \
-             line: under TCG forks are what a guest runs out of first), checked \
+             line), checked \
              line by line and restarted when it ends; each terminal runs `cat` (echo off) and \
              types a numbered line every {} ms, read back whole. They start over a ramp of up \
              to 10 s; \"held\" runs from the end of the ramp to the end of the last stream \
