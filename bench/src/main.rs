@@ -5,6 +5,8 @@
 //! Subcommands: `envd` (the guest agent against plain loopback baselines), `vm` (microVMs
 //! through `wrenn-vmm` against raw QEMU), `agent` (the host agent's gRPC against envd
 //! reached directly) and `server` (the REST API against the agent reached directly).
+//! `soak` is not a benchmark but the long reliability runs of `make soak` (no baselines: its
+//! figures are held or not).
 
 mod agent;
 mod envd;
@@ -12,6 +14,7 @@ mod http1;
 mod procs;
 mod report;
 mod server;
+mod soak;
 mod static_server;
 mod vm;
 
@@ -37,6 +40,9 @@ enum Command {
     /// Benchmark the control plane: REST calls of a real `wrenn up` against its agent reached
     /// directly, and a burst of concurrent creates.
     Server(server::Args),
+    /// The long reliability runs (`make soak`): load held on exec streams and terminals, then
+    /// churn at capacity with VMMs killed; counts leaks and writes docs/reliability.md.
+    Soak(soak::Args),
     /// The baseline loopback static file server (started by the benches themselves).
     #[command(hide = true)]
     StaticServer(static_server::Args),
@@ -48,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Server(args) => server::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }
 }
