@@ -88,9 +88,26 @@ fn entry(e: filesystem::EntryInfo) -> FileEntry {
     }
 }
 
+/// The metadata key and value by which a `resource_exhausted` says "the disk is full" (the
+/// control plane answers 507 for it).
+pub const REASON_KEY: &str = "wrenn-reason";
+pub const REASON_NO_SPACE: &str = "insufficient-storage";
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
         let msg = e.to_string();
+        if e.is_no_space() {
+            tracing::warn!(error = %msg, "the host's disk is full");
+            let mut s = Status::resource_exhausted(match e {
+                AgentError::InsufficientStorage(_) => msg,
+                _ => format!("the host is out of disk space: {msg}"),
+            });
+            s.metadata_mut().insert(
+                REASON_KEY,
+                tonic::metadata::MetadataValue::from_static(REASON_NO_SPACE),
+            );
+            return s;
+        }
         match e {
             AgentError::NotFound(_) | AgentError::UnknownTemplate(_) => Status::not_found(msg),
             AgentError::InvalidArgument(_) | AgentError::BadTemplateName(_) => {
@@ -99,7 +116,9 @@ impl From<AgentError> for Status {
             AgentError::FailedPrecondition(_) => Status::failed_precondition(msg),
             AgentError::AlreadyExists(_) => Status::already_exists(msg),
             AgentError::PermissionDenied(_) => Status::permission_denied(msg),
-            AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            AgentError::ResourceExhausted(_) | AgentError::InsufficientStorage(_) => {
+                Status::resource_exhausted(msg)
+            }
             AgentError::Envd(_) => Status::unavailable(msg),
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The host agent failed.
     #[error("host agent: {0}")]
     Agent(String),
+    /// A disk is full: the host's (capsule files) or the server's (its database).
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("{0}")]
@@ -49,7 +52,7 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
 /// `invalid_state` and `conflict` 409, `too_large` 413, `internal_error` 500, `agent_error`
-/// 502, `host_unavailable` 503.
+/// 502, `host_unavailable` and `unavailable` 503, `insufficient_storage` 507.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -73,11 +76,15 @@ pub enum ErrorCode {
     AgentError,
     /// 500: the server failed.
     InternalError,
+    /// 503: the server's database cannot be reached right now; retry.
+    Unavailable,
+    /// 507: no disk space left for the request (the host's or the server's disk is full).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -88,6 +95,8 @@ impl ErrorCode {
         ErrorCode::HostUnavailable,
         ErrorCode::AgentError,
         ErrorCode::InternalError,
+        ErrorCode::Unavailable,
+        ErrorCode::InsufficientStorage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +111,8 @@ impl ErrorCode {
             ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::AgentError => "agent_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -114,7 +125,8 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HostUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,6 +161,9 @@ impl ApiError {
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
             ApiError::Agent(_) => ErrorCode::AgentError,
+            ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+            ApiError::Db(e) if db_unreachable(e) => ErrorCode::Unavailable,
+            ApiError::Db(e) if db_full(e) => ErrorCode::InsufficientStorage,
             ApiError::Db(_) | ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -169,10 +184,45 @@ impl ApiError {
     }
 }
 
+/// The database cannot be reached now (down, restarting, or every connection busy past the
+/// pool's wait): worth a retry, unlike a failed query.
+fn db_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's class 57 (operator intervention: shutting down, starting up) and
+        // class 08 (connection exceptions).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// The database's disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's `53100 disk_full`).
+fn db_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c == "13" || c == "53100"),
+        _ => false,
+    }
+}
+
 /// Errors of the host agent, by gRPC code.
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> ApiError {
         let m = s.message().to_string();
+        // The agent marks a full disk in the metadata (gRPC has no code for it).
+        if s.metadata()
+            .get(wrenn_agent::service::REASON_KEY)
+            .is_some_and(|v| v == wrenn_agent::service::REASON_NO_SPACE)
+        {
+            return ApiError::InsufficientStorage(m);
+        }
         match s.code() {
             tonic::Code::NotFound => ApiError::NotFound(m),
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ApiError::InvalidRequest(m),

@@ -67,6 +67,29 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Allocates every block of `path` (its holes become allocated zeros; its data is kept), so
+/// later writes into it never meet a full disk. `ENOSPC` when the disk cannot hold it.
+pub fn allocate(path: &Path) -> Result<()> {
+    let ctx = || format!("allocating {}", path.display());
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| VmmError::io(ctx(), e))?;
+    let len = f.metadata().map_err(|e| VmmError::io(ctx(), e))?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate(2) on an open descriptor; mode 0 only allocates, never changes data.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+        let err = io::Error::last_os_error();
+        // A filesystem without fallocate keeps the file sparse, as before.
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(VmmError::io(ctx(), err));
+        }
+    }
+    Ok(())
+}
+
 /// Turns every all-zero 4 KiB page of `path` into a hole, so copies and restores of a guest
 /// memory file never touch memory the guest had freed (guests boot with `init_on_free=1`).
 /// Returns the bytes still allocated.
