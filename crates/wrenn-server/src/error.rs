@@ -223,6 +223,11 @@ impl From<tonic::Status> for ApiError {
         {
             return ApiError::InsufficientStorage(m);
         }
+        // The call never got an answer (the connection broke: the agent died mid-call):
+        // the host is unavailable, not failing.
+        if s.code() == tonic::Code::Unknown && std::error::Error::source(&s).is_some() {
+            return ApiError::HostUnavailable(format!("the host agent is unreachable: {m}"));
+        }
         match s.code() {
             tonic::Code::NotFound => ApiError::NotFound(m),
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ApiError::InvalidRequest(m),
