@@ -207,7 +207,7 @@ impl Manager {
         let Ok(st) = nix::sys::statvfs::statvfs(&self.config.data_dir) else {
             return Ok(()); // the create itself reports what is wrong with the folder
         };
-        let free_mib = (st.blocks_available() as u64 * st.fragment_size() as u64) >> 20;
+        let free_mib = (st.blocks_available() * st.fragment_size()) >> 20;
         let wanted = u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB;
         if free_mib < wanted {
             return Err(AgentError::InsufficientStorage(format!(

@@ -70,8 +70,7 @@ impl Modify for ServerFaults {
             .into_iter()
             .flatten()
             {
-                for (status, name) in [("503", "HostUnavailable"), ("507", "InsufficientStorage")]
-                {
+                for (status, name) in [("503", "HostUnavailable"), ("507", "InsufficientStorage")] {
                     op.responses
                         .responses
                         .entry(status.to_string())

@@ -205,9 +205,7 @@ fn db_unreachable(e: &sqlx::Error) -> bool {
 /// The database's disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's `53100 disk_full`).
 fn db_full(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c == "13" || c == "53100"),
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c == "13" || c == "53100"),
         _ => false,
     }
 }

@@ -19,7 +19,7 @@ use std::{
 use serde_json::{json, Value};
 
 /// The tests boot VMs on a small machine: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A request that takes longer than this has hung (the bound every request must meet, with
 /// success or a clear error).
@@ -251,10 +251,15 @@ impl SmallFs {
             .set_len(mib << 20)
             .unwrap();
         // No blocks reserved for root: the test (root) fills it for good.
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image));
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
-        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount));
         SmallFs { mount, _dir: dir }
     }
 }
@@ -305,7 +310,7 @@ fn fill(path: &Path) -> u64 {
 ///    once there is space.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_disk_full_under_the_data_dir() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let fs = SmallFs::new(1536);
     let data = fs.mount.join("wrenn");
     let (mut up, api) = start_up(&data, "3600-3619", None);
@@ -350,7 +355,10 @@ async fn host_disk_full_under_the_data_dir() {
         sum,
         "the capsule's file"
     );
-    assert_eq!(api.sh(&a, "pgrep -x sleep >/dev/null && echo yes").await, "yes\n");
+    assert_eq!(
+        api.sh(&a, "pgrep -x sleep >/dev/null && echo yes").await,
+        "yes\n"
+    );
 
     // Space returns: creates work again, and the capsule is still fine.
     std::fs::remove_file(&filler).unwrap();
@@ -384,7 +392,7 @@ async fn host_disk_full_under_the_data_dir() {
 ///    delete its file and carry on.
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_that_fills_its_disk() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     // A filesystem of its own, so the host's free space is measured without other writers.
     let fs = SmallFs::new(4096);
     let data = fs.mount.join("wrenn");
@@ -413,7 +421,10 @@ async fn guest_that_fills_its_disk() {
     assert!(stdout.contains("No space left on device"), "{stdout}");
     assert!(!stdout.contains("exit=0"), "{stdout}");
     let guest_avail_kib: u64 = stdout.lines().last().unwrap().trim().parse().unwrap();
-    assert!(guest_avail_kib < 64 << 10, "the guest's disk is full: {stdout}");
+    assert!(
+        guest_avail_kib < 64 << 10,
+        "the guest's disk is full: {stdout}"
+    );
     let written: u64 = api
         .sh(&full, "stat -c %s /home/user/big")
         .await
@@ -626,7 +637,17 @@ impl Postgres {
         let data = self.data.to_str().unwrap();
         let log = self.data.join("server.log");
         run(self
-            .as_postgres(&["pg_ctl", "-D", data, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"])
+            .as_postgres(&[
+                "pg_ctl",
+                "-D",
+                data,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
             .stdout(Stdio::null()));
     }
 
@@ -673,7 +694,7 @@ fn judge(tally: &Tally, phase: u8, expect_code: &str) -> (usize, usize, usize, u
 ///    503; the control plane reconnects by itself and requests succeed again.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restart_under_load() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let pg = Postgres::new();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let (mut up, api) = start_up(dir.path(), "3640-3659", Some(&pg.url()));
@@ -684,16 +705,22 @@ async fn postgres_restart_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (api2, id2) = (api.clone(), id.clone());
-    let workers = load(4, phase.clone(), stop.clone(), tally.clone(), move |w, n| {
-        let (api, id) = (api2.clone(), id2.clone());
-        async move {
-            match (w + n as usize) % 3 {
-                0 => api.get("/v1/capsules").await,
-                1 => api.get(&format!("/v1/capsules/{id}")).await,
-                _ => api.exec(&id, "cat /home/user/mark").await,
+    let workers = load(
+        4,
+        phase.clone(),
+        stop.clone(),
+        tally.clone(),
+        move |w, n| {
+            let (api, id) = (api2.clone(), id2.clone());
+            async move {
+                match (w + n as usize) % 3 {
+                    0 => api.get("/v1/capsules").await,
+                    1 => api.get(&format!("/v1/capsules/{id}")).await,
+                    _ => api.exec(&id, "cat /home/user/mark").await,
+                }
             }
-        }
-    });
+        },
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Down (connections cut), a few seconds without a database, then up again.
@@ -743,12 +770,15 @@ async fn postgres_restart_under_load() {
         w.await.unwrap();
     }
 
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     let before = judge(&tally, 0, "unavailable");
     let during = judge(&tally, 1, "unavailable");
     let after = judge(&tally, 2, "unavailable");
     assert_eq!(before.0, before.1, "all succeed before the restart");
-    assert!(during.2 > 0, "requests were refused while the database was down");
+    assert!(
+        during.2 > 0,
+        "requests were refused while the database was down"
+    );
     assert!(after.0 > 0);
     assert_eq!(after.0, after.1, "all succeed after the restart");
     assert_eq!(api.sh(&id, "cat /home/user/mark").await, "kept\n");
@@ -765,7 +795,10 @@ async fn postgres_restart_under_load() {
             ("during_503", during.2.to_string()),
             ("slowest_503_ms", during.3.to_string()),
             ("outage_ms", outage.as_millis().to_string()),
-            ("reconnect_after_start_ms", recovered.as_millis().to_string()),
+            (
+                "reconnect_after_start_ms",
+                recovered.as_millis().to_string(),
+            ),
             ("after_ok", format!("{}/{}", after.1, after.0)),
             ("hung", "0".into()),
         ],
@@ -796,7 +829,7 @@ fn start_agent(data: &Path, port: u16) -> Proc {
 ///    and succeed again once it is back (its capsules re-adopted).
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_kill_9_under_load() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -821,28 +854,37 @@ async fn agent_kill_9_under_load() {
     let (addr, key) = ready(server.child(), &server_dir);
     let api = Api::new(addr, key);
     let id = api.capsule().await;
-    api.sh(&id, "echo kept > /home/user/mark; (sleep 100000 >/dev/null 2>&1 &)")
-        .await;
+    api.sh(
+        &id,
+        "echo kept > /home/user/mark; (sleep 100000 >/dev/null 2>&1 &)",
+    )
+    .await;
 
     let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (api2, id2) = (api.clone(), id.clone());
-    let workers = load(4, phase.clone(), stop.clone(), tally.clone(), move |w, n| {
-        let (api, id) = (api2.clone(), id2.clone());
-        async move {
-            if (w + n as usize) % 2 == 0 {
-                api.exec(&id, "cat /home/user/mark").await
-            } else {
-                api.call(
-                    reqwest::Method::POST,
-                    &format!("/v1/capsules/{id}/ping"),
-                    None,
-                )
-                .await
+    let workers = load(
+        4,
+        phase.clone(),
+        stop.clone(),
+        tally.clone(),
+        move |w, n| {
+            let (api, id) = (api2.clone(), id2.clone());
+            async move {
+                if (w + n as usize).is_multiple_of(2) {
+                    api.exec(&id, "cat /home/user/mark").await
+                } else {
+                    api.call(
+                        reqwest::Method::POST,
+                        &format!("/v1/capsules/{id}/ping"),
+                        None,
+                    )
+                    .await
+                }
             }
-        }
-    });
+        },
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     phase.store(1, Ordering::SeqCst);
@@ -865,18 +907,24 @@ async fn agent_kill_9_under_load() {
         w.await.unwrap();
     }
 
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     let before = judge(&tally, 0, "host_unavailable");
     let during = judge(&tally, 1, "host_unavailable");
     let after = judge(&tally, 2, "host_unavailable");
     assert_eq!(before.0, before.1, "all succeed before the kill");
-    assert!(during.2 > 0, "requests were refused while the agent was away");
+    assert!(
+        during.2 > 0,
+        "requests were refused while the agent was away"
+    );
     assert!(after.0 > 0);
     assert_eq!(after.0, after.1, "all succeed after the agent is back");
     // Re-adopted: its file and its process are there, and it is still managed.
     assert_eq!(
-        api.sh(&id, "cat /home/user/mark; pgrep -x sleep >/dev/null && echo proc")
-            .await,
+        api.sh(
+            &id,
+            "cat /home/user/mark; pgrep -x sleep >/dev/null && echo proc"
+        )
+        .await,
         "kept\nproc\n"
     );
     let listed = api.get("/v1/capsules").await.unwrap();
@@ -897,7 +945,10 @@ async fn agent_kill_9_under_load() {
             ("during_ok", during.1.to_string()),
             ("slowest_503_ms", during.3.to_string()),
             ("agent_down_ms", down.as_millis().to_string()),
-            ("recovered_after_restart_ms", recovered.as_millis().to_string()),
+            (
+                "recovered_after_restart_ms",
+                recovered.as_millis().to_string(),
+            ),
             ("after_ok", format!("{}/{}", after.1, after.0)),
             ("hung", "0".into()),
         ],
@@ -907,7 +958,7 @@ async fn agent_kill_9_under_load() {
 /// 5. 100 pause/resume cycles through the REST API: the process and the file survive each.
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_100_cycles() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let (mut up, api) = start_up(dir.path(), "3680-3699", None);
     let id = api.capsule().await;
@@ -934,7 +985,10 @@ async fn pause_resume_100_cycles() {
             let got = api
                 .sh(
                     &id,
-                    &format!("sha256sum /home/user/data; kill -0 {} && echo alive", pid.trim()),
+                    &format!(
+                        "sha256sum /home/user/data; kill -0 {} && echo alive",
+                        pid.trim()
+                    ),
                 )
                 .await;
             assert_eq!(got, format!("{sum}alive\n"), "cycle {i}");
