@@ -75,6 +75,28 @@ impl Drop for Proc {
     }
 }
 
+/// Whatever a test leaves when it fails: the QEMUs under its data folder (they would keep
+/// the VM lock's descriptor, and the machine) and the network namespaces of its slots.
+struct Reap {
+    dir: PathBuf,
+    slots: std::ops::RangeInclusive<u32>,
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for (pid, _) in wrenn_vmm::qemu::processes_under(&self.dir) {
+            // SAFETY: kill(2) of a QEMU this test started (its command line names our folder).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for n in self.slots.clone() {
+            let ns = format!("wrenn-{n}");
+            if Path::new("/run/netns").join(&ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+    }
+}
+
 /// Waits for a control plane's "up" line; returns its address and the admin key it wrote.
 fn ready(child: &mut Child, data_dir: &Path) -> (String, String) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -313,6 +335,10 @@ async fn host_disk_full_under_the_data_dir() {
     let _serial = SERIAL.lock().await;
     let fs = SmallFs::new(1536);
     let data = fs.mount.join("wrenn");
+    let _reap = Reap {
+        dir: data.clone(),
+        slots: 3600..=3619,
+    };
     let (mut up, api) = start_up(&data, "3600-3619", None);
 
     let a = api.capsule().await;
@@ -369,6 +395,11 @@ async fn host_disk_full_under_the_data_dir() {
         assert_eq!(api.delete(id).await.status, 204);
     }
     up.stop();
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&_reap.dir).len(),
+        0,
+        "QEMUs left"
+    );
     // The database file is sound after all that.
     let check = run(Command::new("sqlite3")
         .arg(data.join("wrenn.db"))
@@ -396,6 +427,10 @@ async fn guest_that_fills_its_disk() {
     // A filesystem of its own, so the host's free space is measured without other writers.
     let fs = SmallFs::new(4096);
     let data = fs.mount.join("wrenn");
+    let _reap = Reap {
+        dir: data.clone(),
+        slots: 3620..=3639,
+    };
     let (mut up, api) = start_up(&data, "3620-3639", None);
     let full = api.capsule().await;
     let other = api.capsule().await;
@@ -466,6 +501,11 @@ async fn guest_that_fills_its_disk() {
         assert_eq!(api.delete(id).await.status, 204);
     }
     up.stop();
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&_reap.dir).len(),
+        0,
+        "QEMUs left"
+    );
     figure(
         "guest_disk_full",
         &[
@@ -697,6 +737,10 @@ async fn postgres_restart_under_load() {
     let _serial = SERIAL.lock().await;
     let pg = Postgres::new();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let _reap = Reap {
+        dir: dir.path().to_path_buf(),
+        slots: 3640..=3659,
+    };
     let (mut up, api) = start_up(dir.path(), "3640-3659", Some(&pg.url()));
     let id = api.capsule().await;
     api.sh(&id, "echo kept > /home/user/mark").await;
@@ -786,6 +830,11 @@ async fn postgres_restart_under_load() {
     assert_eq!(api.delete(&c).await.status, 204);
     assert_eq!(api.delete(&id).await.status, 204);
     up.stop();
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&_reap.dir).len(),
+        0,
+        "QEMUs left"
+    );
     figure(
         "postgres_restart",
         &[
@@ -837,6 +886,10 @@ async fn agent_kill_9_under_load() {
         .unwrap()
         .port();
     let agent_dir = dir.path().join("agent");
+    let _reap = Reap {
+        dir: agent_dir.clone(),
+        slots: 3660..=3679,
+    };
     let mut agent = start_agent(&agent_dir, port);
     let server_dir = dir.path().join("server");
     let mut server = Proc(Some(
@@ -936,6 +989,11 @@ async fn agent_kill_9_under_load() {
     }
     server.stop();
     agent.stop();
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&_reap.dir).len(),
+        0,
+        "QEMUs left"
+    );
     figure(
         "agent_kill_9",
         &[
@@ -960,6 +1018,10 @@ async fn agent_kill_9_under_load() {
 async fn pause_resume_100_cycles() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let _reap = Reap {
+        dir: dir.path().to_path_buf(),
+        slots: 3680..=3699,
+    };
     let (mut up, api) = start_up(dir.path(), "3680-3699", None);
     let id = api.capsule().await;
     let sum = api
@@ -997,6 +1059,11 @@ async fn pause_resume_100_cycles() {
     }
     assert_eq!(api.delete(&id).await.status, 204);
     up.stop();
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(&_reap.dir).len(),
+        0,
+        "QEMUs left"
+    );
     figure(
         "pause_resume",
         &[("cycles", cycles.to_string()), ("ok", ok.to_string())],
