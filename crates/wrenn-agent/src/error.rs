@@ -35,6 +35,9 @@ pub enum AgentError {
     /// What the host lacks to start (programs, devices, templates), as one line.
     #[error("{0}")]
     Prerequisites(String),
+    /// The host's disk under the data folder is full.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("network: {0}")]
     Network(String),
     /// Certificates, keys and TLS settings (the agent's PKI).
@@ -76,6 +79,25 @@ impl AgentError {
             context: context.into(),
             source,
         }
+    }
+}
+
+impl AgentError {
+    /// A full disk somewhere in the error or its sources (`ENOSPC`, `EDQUOT`), by errno.
+    pub fn is_no_space(&self) -> bool {
+        if matches!(self, AgentError::InsufficientStorage(_)) {
+            return true;
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        false
     }
 }
 

@@ -61,6 +61,9 @@ pub const DEFAULT_SLOTS: std::ops::RangeInclusive<u32> = 1..=16_000;
 
 /// Memory the host keeps for itself: creates that would leave less are refused.
 const HOST_RESERVE_MIB: u64 = 512;
+/// Free disk a create needs beyond the capsule's memory file: its disk overlay's first
+/// writes, its records and logs.
+const CREATE_DISK_MARGIN_MIB: u64 = 64;
 
 /// Removes the VMM groups of slots in `range` that no adopted capsule holds, killing what
 /// still runs in them.
@@ -197,6 +200,24 @@ impl Manager {
         Ok(())
     }
 
+    /// A capsule's memory file is allocated in full at create (so a full disk can never fault
+    /// a running guest's RAM): it and a margin for its disk overlay and records must fit in
+    /// the free space under the data folder.
+    fn check_disk(&self, memory_mib: u32) -> Result<()> {
+        let Ok(st) = nix::sys::statvfs::statvfs(&self.config.data_dir) else {
+            return Ok(()); // the create itself reports what is wrong with the folder
+        };
+        let free_mib = (st.blocks_available() * st.fragment_size()) >> 20;
+        let wanted = u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB;
+        if free_mib < wanted {
+            return Err(AgentError::InsufficientStorage(format!(
+                "the host is out of disk space: a capsule of {memory_mib} MiB needs {wanted} MiB, \
+                 {free_mib} MiB free"
+            )));
+        }
+        Ok(())
+    }
+
     fn handle(&self, id: &str) -> Result<Handle> {
         self.capsules
             .lock()
@@ -221,6 +242,7 @@ impl Manager {
             spec.memory_mib
         };
         self.check_capacity(memory)?;
+        self.check_disk(memory)?;
         let resolved = self
             .templates
             .resolve(&spec.template, spec.vcpus, spec.memory_mib, &self.slots)

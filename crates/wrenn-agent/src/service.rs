@@ -110,6 +110,17 @@ fn envd_broke(msg: String) -> Status {
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
         let msg = e.to_string();
+        if e.is_no_space() {
+            tracing::warn!(error = %msg, "the host's disk is full");
+            let msg = match e {
+                AgentError::InsufficientStorage(_) | AgentError::NoSpace(_) => msg,
+                _ => format!("the host is out of disk space: {msg}"),
+            };
+            return with_reason(
+                Status::resource_exhausted(msg),
+                reason::INSUFFICIENT_STORAGE,
+            );
+        }
         match e {
             AgentError::NotFound(_) | AgentError::UnknownTemplate(_) => Status::not_found(msg),
             AgentError::InvalidArgument(_) | AgentError::BadTemplateName(_) => {
@@ -119,7 +130,9 @@ impl From<AgentError> for Status {
             AgentError::AlreadyExists(_) => Status::already_exists(msg),
             AgentError::PermissionDenied(_) => Status::permission_denied(msg),
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            AgentError::NoSpace(_) | AgentError::CapsuleLimit(_) => with_reason(
+            AgentError::NoSpace(_)
+            | AgentError::CapsuleLimit(_)
+            | AgentError::InsufficientStorage(_) => with_reason(
                 Status::resource_exhausted(msg),
                 reason::INSUFFICIENT_STORAGE,
             ),

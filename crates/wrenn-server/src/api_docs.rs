@@ -40,11 +40,13 @@ pub struct Internal(pub ErrorBody);
 #[derive(ToResponse)]
 pub struct AgentFailed(pub ErrorBody);
 
-/// `host_unavailable`: no host can take the request (capacity, or the agent is unreachable).
+/// `host_unavailable`: no host can take the request (capacity, or the agent is unreachable);
+/// `unavailable`: the server's database cannot be reached right now (retry).
 #[derive(ToResponse)]
 pub struct HostUnavailable(pub ErrorBody);
 
-/// `insufficient_storage`: the capsule's disk is full (or another limit inside it was reached).
+/// `insufficient_storage`: a disk is full (the capsule's, the host's for capsule files, or the
+/// server's for its database).
 #[derive(ToResponse)]
 pub struct InsufficientStorage(pub ErrorBody);
 
@@ -52,6 +54,37 @@ pub struct InsufficientStorage(pub ErrorBody);
 /// limit and the team's use).
 #[derive(ToResponse)]
 pub struct QuotaExceeded(pub ErrorBody);
+
+/// Every `/v1/` operation may meet an unreachable database (503) or a full disk (507).
+struct ServerFaults;
+
+impl Modify for ServerFaults {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, RefOr};
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, name) in [("503", "HostUnavailable"), ("507", "InsufficientStorage")] {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+                }
+            }
+        }
+    }
+}
 
 /// The credentials the API takes.
 struct SecuritySchemes;
@@ -155,7 +188,7 @@ impl Modify for SecuritySchemes {
             QuotaExceeded
         )
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &ServerFaults),
     security(("api_key" = []), ("bearer" = [])),
     tags(
         (name = "capsules", description = "Capsules: create, inspect, pause, resume, destroy; \

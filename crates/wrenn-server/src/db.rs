@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use sha2::{Digest, Sha256};
@@ -160,6 +161,9 @@ impl Db {
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; a single connection avoids `database is locked`.
             .max_connections(if sqlite { 1 } else { 10 })
+            // A database server that is down or restarting answers `unavailable` (503) within
+            // seconds instead of holding requests for sqlx's default 30 s.
+            .acquire_timeout(Duration::from_secs(if sqlite { 30 } else { 5 }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

@@ -32,7 +32,7 @@ pub enum ApiError {
     /// No host can take the request (capacity, or no agent).
     #[error("{0}")]
     HostUnavailable(String),
-    /// The capsule's disk is full (or another limit inside it was reached).
+    /// A disk is full: the capsule's, the host's (capsule files) or the server's (its database).
     #[error("{0}")]
     InsufficientStorage(String),
     /// The host agent failed.
@@ -55,7 +55,8 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
 /// `invalid_state` and `conflict` 409, `too_large` 413, `quota_exceeded` 429,
-/// `internal_error` 500, `agent_error` 502, `host_unavailable` 503, `insufficient_storage` 507.
+/// `internal_error` 500, `agent_error` 502, `host_unavailable` and `unavailable` 503,
+/// `insufficient_storage` 507.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -77,17 +78,19 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// 503: no host can take the request (capacity, or no agent).
     HostUnavailable,
-    /// 507: the capsule's disk is full (or another limit inside it was reached).
-    InsufficientStorage,
     /// 502: the host agent failed, or the capsule did not answer it.
     AgentError,
     /// 500: the server failed.
     InternalError,
+    /// 503: the server's database cannot be reached right now; retry.
+    Unavailable,
+    /// 507: no disk space left for the request (the host's or the server's disk is full).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -100,6 +103,7 @@ impl ErrorCode {
         ErrorCode::InsufficientStorage,
         ErrorCode::AgentError,
         ErrorCode::InternalError,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::AgentError => "agent_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -129,7 +134,7 @@ impl ErrorCode {
             ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HostUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -167,6 +172,8 @@ impl ApiError {
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
             ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             ApiError::Agent(_) => ErrorCode::AgentError,
+            ApiError::Db(e) if db_unreachable(e) => ErrorCode::Unavailable,
+            ApiError::Db(e) if db_full(e) => ErrorCode::InsufficientStorage,
             ApiError::Db(_) | ApiError::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -278,6 +285,32 @@ fn ipv4_at(b: &[u8], i: usize) -> Option<usize> {
     Some(j)
 }
 
+/// The database cannot be reached now (down, restarting, or every connection busy past the
+/// pool's wait): worth a retry, unlike a failed query.
+fn db_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's class 57 (operator intervention: shutting down, starting up) and
+        // class 08 (connection exceptions).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// The database's disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's `53100 disk_full`).
+fn db_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c == "13" || c == "53100"),
+        _ => false,
+    }
+}
+
 /// Errors of the host agent, by gRPC code, and by its reason where the code cannot tell
 /// (`wrenn_agent::error::reason`): a capsule's full disk is `insufficient_storage`, a capsule
 /// whose envd fails is `agent_error`; only an unreachable agent or a host without capacity is
@@ -292,6 +325,11 @@ impl From<tonic::Status> for ApiError {
             Some(reason::TOO_LARGE) => return ApiError::TooLarge(m),
             Some(reason::CAPSULE) => return ApiError::Agent(m),
             _ => {}
+        }
+        // The call never got an answer (the connection broke: the agent died mid-call):
+        // the host is unavailable, not failing.
+        if s.code() == tonic::Code::Unknown && std::error::Error::source(&s).is_some() {
+            return ApiError::HostUnavailable(format!("the host agent is unreachable: {m}"));
         }
         match s.code() {
             tonic::Code::NotFound => ApiError::NotFound(m),

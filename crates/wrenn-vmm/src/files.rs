@@ -56,13 +56,64 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
                 )
             };
             if n < 0 {
-                return Err(VmmError::io(ctx(), io::Error::last_os_error()));
+                let err = io::Error::last_os_error();
+                // Across filesystems (the images folder on another disk than the data
+                // folder) some kernels refuse copy_file_range: copy through a buffer.
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                ) {
+                    copy_range(&from, &to, off_in as u64, end as u64)
+                        .map_err(|e| VmmError::io(ctx(), e))?;
+                    break;
+                }
+                return Err(VmmError::io(ctx(), err));
             }
             if n == 0 {
                 break;
             }
         }
         pos = end;
+    }
+    Ok(())
+}
+
+/// Copies bytes `start..end` of `from` to the same offsets of `to` with plain reads and writes.
+fn copy_range(from: &File, to: &File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = start;
+    while pos < end {
+        let want = buf.len().min((end - pos) as usize);
+        let n = from.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Allocates every block of `path` (its holes become allocated zeros; its data is kept), so
+/// later writes into it never meet a full disk. `ENOSPC` when the disk cannot hold it.
+pub fn allocate(path: &Path) -> Result<()> {
+    let ctx = || format!("allocating {}", path.display());
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| VmmError::io(ctx(), e))?;
+    let len = f.metadata().map_err(|e| VmmError::io(ctx(), e))?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate(2) on an open descriptor; mode 0 only allocates, never changes data.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+        let err = io::Error::last_os_error();
+        // A filesystem without fallocate keeps the file sparse, as before.
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(VmmError::io(ctx(), err));
+        }
     }
     Ok(())
 }
@@ -158,6 +209,41 @@ mod tests {
         let blocks = std::fs::metadata(&dst).unwrap().blocks();
         assert!(blocks < 1024, "copy is sparse ({blocks} blocks)");
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
+    }
+
+    /// The images folder and the data folder may be on different filesystems.
+    #[test]
+    fn sparse_copy_across_filesystems() {
+        let from = tempfile::tempdir_in("/dev/shm").unwrap();
+        let to = tempfile::tempdir_in("/var/tmp").unwrap();
+        let src = from.path().join("src");
+        let mut f = File::create(&src).unwrap();
+        f.write_all(&[7u8; 3 << 20]).unwrap();
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let dst = to.path().join("dst");
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+    }
+
+    #[test]
+    fn allocate_fills_holes_and_keeps_data() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let p = dir.path().join("mem");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(b"data").unwrap();
+        f.set_len(16 << 20).unwrap();
+        drop(f);
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&p).unwrap().blocks() < 1024);
+        allocate(&p).unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.len(), 16 << 20);
+        assert!(meta.blocks() * 512 >= 16 << 20, "{} blocks", meta.blocks());
+        let back = std::fs::read(&p).unwrap();
+        assert_eq!(&back[..4], b"data");
+        assert!(back[4..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -191,6 +191,10 @@ pub fn prepare_capsule(
 ) -> Result<VmConfig> {
     let config = capsule_config(snap, capsule_dir, net, qemu)?;
     files::copy_sparse(&snap.memory(), &config.memory_path())?;
+    // Guest RAM is a shared mapping of this file: a page the guest first touches when the
+    // disk is full would kill QEMU with SIGBUS. Allocated now, a full disk fails the create
+    // (ENOSPC) instead of a running guest.
+    files::allocate(&config.memory_path())?;
     create_overlay(&snap.disk(), &config.disk, None)?;
     Ok(config)
 }
