@@ -26,6 +26,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Too many requests of this kind (log-ins, password checks): try again after
+    /// `retry_after_secs` (sent as `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// No host can take the request (capacity, or no agent).
     #[error("{0}")]
     HostUnavailable(String),
@@ -48,7 +55,8 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
-/// `invalid_state` and `conflict` 409, `too_large` 413, `internal_error` 500, `agent_error`
+/// `invalid_state` and `conflict` 409, `too_large` 413, `rate_limited` 429 (with
+/// `Retry-After`), `internal_error` 500, `agent_error`
 /// 502, `host_unavailable` 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -67,6 +75,8 @@ pub enum ErrorCode {
     Conflict,
     /// 413: the request body is too large.
     TooLarge,
+    /// 429: too many requests of this kind; the `Retry-After` header says when to try again.
+    RateLimited,
     /// 503: no host can take the request (capacity, or no agent).
     HostUnavailable,
     /// 502: the host agent failed.
@@ -77,7 +87,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -85,6 +95,7 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::Conflict,
         ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
         ErrorCode::HostUnavailable,
         ErrorCode::AgentError,
         ErrorCode::InternalError,
@@ -99,6 +110,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::AgentError => "agent_error",
             ErrorCode::InternalError => "internal_error",
@@ -114,6 +126,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +160,7 @@ impl ApiError {
             ApiError::InvalidState(_) => ErrorCode::InvalidState,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
             ApiError::Agent(_) => ErrorCode::AgentError,
             ApiError::Db(_) | ApiError::Internal(_) => ErrorCode::InternalError,
@@ -217,7 +231,17 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(%code, error = %self, "request failed");
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        resp
     }
 }
 

@@ -163,7 +163,7 @@ async fn migrations_apply(s: Store) {
         .await
         .unwrap();
     let versions: Vec<i64> = rows.iter().map(|r| r.get("version")).collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert!(versions.starts_with(&[1, 2, 3, 4, 5]), "{versions:?}");
     for table in [
         "teams",
         "users",
@@ -173,6 +173,8 @@ async fn migrations_apply(s: Store) {
         "templates",
         "audit_log",
         "settings",
+        "user_sessions",
+        "invitations",
     ] {
         let r = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .fetch_one(&s.raw)
