@@ -407,8 +407,7 @@ pub fn check_password(password: &str, email: &str) -> Result<()> {
     }
     let lower = password.to_lowercase();
     let local = email.split('@').next().unwrap_or(email);
-    if lower == email || lower.contains(email) || (local.chars().count() >= 4 && lower == local)
-    {
+    if lower == email || lower.contains(email) || (local.chars().count() >= 4 && lower == local) {
         return Err(ApiError::InvalidRequest(
             "the password must not be the email address".into(),
         ));
@@ -1299,7 +1298,14 @@ mod tests {
         assert!(check_password("éèéèéèéè", e).is_ok());
         assert!(check_password(&"x".repeat(MAX_PASSWORD_CHARS + 1), e).is_err());
         // Common passwords, in any case, and one character repeated.
-        for common in ["password", "Password", "PASSWORD1", "12345678", "qwertyuiop", "aaaaaaaaaa"] {
+        for common in [
+            "password",
+            "Password",
+            "PASSWORD1",
+            "12345678",
+            "qwertyuiop",
+            "aaaaaaaaaa",
+        ] {
             assert!(check_password(common, e).is_err(), "{common}");
         }
         // Not the email, nor its name part.

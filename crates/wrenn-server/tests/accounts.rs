@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_server::{
-    accounts::SignupPolicy,
     accounts::jwt,
+    accounts::SignupPolicy,
     db::{now_ms, Db, JWT_SECRET},
     AppState,
 };
@@ -336,17 +336,11 @@ async fn expired_foreign_and_orphan_tokens_are_refused() {
     let ada = s.signup("ada@example.com").await;
     let key = s.db.secret(JWT_SECRET).await.unwrap();
     let now = now_ms() / 1000;
-    let sid = s
-        .db
-        .create_session(&ada.id, (now + jwt::LIFETIME_SECS) * 1000)
-        .await
-        .unwrap();
-    let (expired, _) = jwt::issue(
-        key.as_bytes(),
-        &ada.id,
-        &sid,
-        now - jwt::LIFETIME_SECS - 1,
-    );
+    let sid =
+        s.db.create_session(&ada.id, (now + jwt::LIFETIME_SECS) * 1000)
+            .await
+            .unwrap();
+    let (expired, _) = jwt::issue(key.as_bytes(), &ada.id, &sid, now - jwt::LIFETIME_SECS - 1);
     let (foreign, _) = jwt::issue(b"some other server's key", &ada.id, &sid, now);
     let (orphan, _) = jwt::issue(key.as_bytes(), "usr-0000000000000000000000000", &sid, now);
     // Signed by the server but with no session, or another user's session: refused.
@@ -1096,17 +1090,18 @@ async fn removed_members_keys_stop_working() {
         assert_eq!(st, StatusCode::CREATED, "{b}");
     }
     // The team's own key (no owner), Ada's, Bob's, a key Bob's key made, and Carol's.
-    let (_, team_key) = s
-        .db
-        .create_api_key(team, "team's own")
-        .await
-        .map(|(r, k)| (r.id, k))
-        .unwrap();
+    let (_, team_key) =
+        s.db.create_api_key(team, "team's own")
+            .await
+            .map(|(r, k)| (r.id, k))
+            .unwrap();
     let (_, ada_key) = s.new_key(As::User(&ada.token), "ada").await;
     let (bob_key_id, bob_key) = s.new_key(As::UserIn(&bob.token, team), "bob").await;
     let (chained_id, chained) = s.new_key(As::Key(&bob_key), "made by bob's key").await;
     let (_, carol_key) = s.new_key(As::UserIn(&carol.token, team), "carol").await;
-    let (_, from_team_key) = s.new_key(As::Key(&team_key), "made by the team's key").await;
+    let (_, from_team_key) = s
+        .new_key(As::Key(&team_key), "made by the team's key")
+        .await;
     // Ownership is shown.
     let (_, list) = s
         .call(Method::GET, "/v1/api-keys", As::User(&ada.token), None)
@@ -1132,11 +1127,20 @@ async fn removed_members_keys_stop_working() {
     let works = |key: String| {
         let s = &s;
         async move {
-            let (st, _) = s.call(Method::GET, "/v1/capsules", As::Key(&key), None).await;
+            let (st, _) = s
+                .call(Method::GET, "/v1/capsules", As::Key(&key), None)
+                .await;
             st
         }
     };
-    for k in [&team_key, &ada_key, &bob_key, &chained, &carol_key, &from_team_key] {
+    for k in [
+        &team_key,
+        &ada_key,
+        &bob_key,
+        &chained,
+        &carol_key,
+        &from_team_key,
+    ] {
         assert_eq!(works(k.clone()).await, StatusCode::OK);
     }
 
@@ -1151,7 +1155,9 @@ async fn removed_members_keys_stop_working() {
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     for k in [&bob_key, &chained] {
-        let (st, b) = s.call(Method::POST, "/v1/capsules", As::Key(k), Some(json!({}))).await;
+        let (st, b) = s
+            .call(Method::POST, "/v1/capsules", As::Key(k), Some(json!({})))
+            .await;
         assert_eq!(error_code(st, &b), (401, "unauthorized"));
     }
     for k in [&team_key, &ada_key, &carol_key, &from_team_key] {
@@ -1189,11 +1195,20 @@ async fn removed_members_keys_stop_working() {
         })
         .collect();
     assert_eq!(actions[0].0, "api_key.delete");
-    assert_eq!(actions[1], ("team.member.remove".to_string(), carol.id.clone()));
+    assert_eq!(
+        actions[1],
+        ("team.member.remove".to_string(), carol.id.clone())
+    );
     let bob_deletions: Vec<&str> = actions[2..4].iter().map(|a| a.1.as_str()).collect();
-    assert!(bob_deletions.contains(&bob_key_id.as_str()) && bob_deletions.contains(&chained_id.as_str()));
+    assert!(
+        bob_deletions.contains(&bob_key_id.as_str())
+            && bob_deletions.contains(&chained_id.as_str())
+    );
     assert!(actions[2..4].iter().all(|a| a.0 == "api_key.delete"));
-    assert_eq!(actions[4], ("team.member.remove".to_string(), bob.id.clone()));
+    assert_eq!(
+        actions[4],
+        ("team.member.remove".to_string(), bob.id.clone())
+    );
     // Bob, added back, does not get his old keys back.
     let (st, _) = s
         .call(
@@ -1276,11 +1291,10 @@ async fn signup_policies_and_invitations() {
     let hash = wrenn_server::accounts::password::hash("correct horse".into())
         .await
         .unwrap();
-    let (_, team) = s
-        .db
-        .create_user_with_team("ada@example.com", "Ada", &hash, "Ada's team")
-        .await
-        .unwrap();
+    let (_, team) =
+        s.db.create_user_with_team("ada@example.com", "Ada", &hash, "Ada's team")
+            .await
+            .unwrap();
     let ada = s.login("ada@example.com", "correct horse").await;
     let invite = |who: As<'static>, body: Value| {
         let path = format!("/v1/teams/{}/invitations", team.id);
@@ -1323,12 +1337,19 @@ async fn signup_policies_and_invitations() {
         assert_eq!(error_code(st, &b), (404, "not_found"));
     }
     // Expired invitations are refused.
-    let caller = wrenn_server::db::Caller::user(&team.id, &s.db.user_by_email("ada@example.com").await.unwrap().unwrap().0);
-    let (_, stale) = s
-        .db
-        .create_invitation(&caller, wrenn_server::db::Role::Member, now_ms() - 1)
-        .await
-        .unwrap();
+    let caller = wrenn_server::db::Caller::user(
+        &team.id,
+        &s.db
+            .user_by_email("ada@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+    );
+    let (_, stale) =
+        s.db.create_invitation(&caller, wrenn_server::db::Role::Member, now_ms() - 1)
+            .await
+            .unwrap();
     let (st, b) = s
         .call(
             Method::POST,
@@ -1393,7 +1414,9 @@ async fn signup_policies_and_invitations() {
     }
     // Outsiders do not see the team at all; API keys may not invite.
     let (_, key) = s.db.create_api_key(&team.id, "k").await.unwrap();
-    let (st, b) = s.call(Method::POST, &path, As::Key(&key), Some(json!({}))).await;
+    let (st, b) = s
+        .call(Method::POST, &path, As::Key(&key), Some(json!({})))
+        .await;
     assert_eq!(error_code(st, &b), (403, "forbidden"));
     let (st, b) = closed
         .call(Method::GET, "/v1/teams", As::Nobody, None)
@@ -1420,7 +1443,11 @@ async fn login_rate_limits() {
     for password in ["wrong horse", "correct horse"] {
         let r = login("Ada@Example.com", password).await.unwrap();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=300).contains(&wait), "{wait}");
         let b: Value = r.json().await.unwrap();
         assert_eq!(b["error"]["code"], "rate_limited", "{b}");
@@ -1432,7 +1459,9 @@ async fn login_rate_limits() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = login("someone.new@example.com", "whatever horse").await.unwrap();
+    let r = login("someone.new@example.com", "whatever horse")
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
 }
@@ -1474,7 +1503,11 @@ async fn logout_and_logout_everywhere() {
     for t in [&second, &third] {
         assert_eq!(ok(t.clone()).await, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(ok(bob.token.clone()).await, StatusCode::OK, "others' tokens live on");
+    assert_eq!(
+        ok(bob.token.clone()).await,
+        StatusCode::OK,
+        "others' tokens live on"
+    );
     // Logging in again works.
     assert_eq!(
         ok(s.login("ada@example.com", "correct horse").await).await,
@@ -1497,18 +1530,29 @@ async fn the_admin_key_is_protected_and_replaced() {
     use wrenn_server::{bootstrap, AdminKey};
     let s = start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key_file, pw_file) = (dir.path().join("admin-api-key"), dir.path().join("admin-password"));
+    let (key_file, pw_file) = (
+        dir.path().join("admin-api-key"),
+        dir.path().join("admin-password"),
+    );
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().trim().to_string();
     let AdminKey::Made(first) = bootstrap(&s.db, &key_file, &pw_file).await.unwrap() else {
         panic!("the first start makes the admin key");
     };
     assert_eq!(read(&key_file), first);
     for f in [&key_file, &pw_file] {
-        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
-    assert_eq!(bootstrap(&s.db, &key_file, &pw_file).await.unwrap(), AdminKey::Kept);
+    assert_eq!(
+        bootstrap(&s.db, &key_file, &pw_file).await.unwrap(),
+        AdminKey::Kept
+    );
     // Deleting it through the API is refused, with the way out in the message.
-    let (_, list) = s.call(Method::GET, "/v1/api-keys", As::Key(&first), None).await;
+    let (_, list) = s
+        .call(Method::GET, "/v1/api-keys", As::Key(&first), None)
+        .await;
     let id = list[0]["id"].as_str().unwrap().to_string();
     assert!(list[0]["created_by"].is_null() && list[0]["owner_id"].is_null());
     let admin = s.login(wrenn_server::ADMIN_EMAIL, &read(&pw_file)).await;
@@ -1517,12 +1561,23 @@ async fn the_admin_key_is_protected_and_replaced() {
             .call(Method::DELETE, &format!("/v1/api-keys/{id}"), who, None)
             .await;
         assert_eq!(error_code(st, &b), (409, "conflict"));
-        assert!(b["error"]["message"].as_str().unwrap().contains("admin-api-key"), "{b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("admin-api-key"),
+            "{b}"
+        );
     }
     // Other keys of the team are deleted as usual.
     let (other, _) = s.new_key(As::Key(&first), "other").await;
     let (st, _) = s
-        .call(Method::DELETE, &format!("/v1/api-keys/{other}"), As::Key(&first), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{other}"),
+            As::Key(&first),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     // A file whose key does not work (here: damaged) is replaced; the old key is deleted.
@@ -1531,22 +1586,35 @@ async fn the_admin_key_is_protected_and_replaced() {
         panic!("a key file that does not work is replaced");
     };
     assert_eq!(read(&key_file), second);
-    let (st, _) = s.call(Method::GET, "/v1/capsules", As::Key(&second), None).await;
+    let (st, _) = s
+        .call(Method::GET, "/v1/capsules", As::Key(&second), None)
+        .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = s.call(Method::GET, "/v1/capsules", As::Key(&first), None).await;
+    let (st, _) = s
+        .call(Method::GET, "/v1/capsules", As::Key(&first), None)
+        .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // A missing file too.
     std::fs::remove_file(&key_file).unwrap();
     let AdminKey::Replaced(third) = bootstrap(&s.db, &key_file, &pw_file).await.unwrap() else {
         panic!("a missing key file is replaced");
     };
-    let (st, _) = s.call(Method::GET, "/v1/capsules", As::Key(&third), None).await;
+    let (st, _) = s
+        .call(Method::GET, "/v1/capsules", As::Key(&third), None)
+        .await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = s.call(Method::GET, "/v1/capsules", As::Key(&second), None).await;
+    let (st, _) = s
+        .call(Method::GET, "/v1/capsules", As::Key(&second), None)
+        .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    assert_eq!(bootstrap(&s.db, &key_file, &pw_file).await.unwrap(), AdminKey::Kept);
+    assert_eq!(
+        bootstrap(&s.db, &key_file, &pw_file).await.unwrap(),
+        AdminKey::Kept
+    );
     // The replacements are in the team's audit log as the server's own doing.
-    let (_, log) = s.call(Method::GET, "/v1/audit", As::Key(&third), None).await;
+    let (_, log) = s
+        .call(Method::GET, "/v1/audit", As::Key(&third), None)
+        .await;
     let by_system = log["entries"]
         .as_array()
         .unwrap()

@@ -72,8 +72,7 @@ pub fn make_private(root: &Path) -> std::io::Result<Vec<Fixed>> {
 /// [`make_private`], printing a warning line for each path it fixed.
 pub fn check_and_fix(root: &Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    let fixed = make_private(root)
-        .with_context(|| format!("making {} private", root.display()))?;
+    let fixed = make_private(root).with_context(|| format!("making {} private", root.display()))?;
     for f in &fixed {
         println!(
             "warning: {} was readable by other users (mode {:04o}); made it private ({:04o})",
@@ -141,6 +140,8 @@ mod tests {
         assert_eq!(mode(&outside), 0o644, "a symlink's target is not touched");
         // Once fixed, nothing more to do.
         assert!(make_private(&root).unwrap().is_empty());
-        assert!(make_private(&tmp.path().join("missing")).unwrap().is_empty());
+        assert!(make_private(&tmp.path().join("missing"))
+            .unwrap()
+            .is_empty());
     }
 }

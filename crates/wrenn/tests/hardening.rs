@@ -169,7 +169,12 @@ async fn wrenn_dir_stays_private() {
         (dir.join("capsules"), 0o700),
         (dir.join("notes.txt"), 0o600),
     ] {
-        assert!(warned(&p), "no warning for {}: {:?}", p.display(), up.banner);
+        assert!(
+            warned(&p),
+            "no warning for {}: {:?}",
+            p.display(),
+            up.banner
+        );
         assert_eq!(mode(&p), now, "{}", p.display());
     }
     // What the server made is private from the start.
@@ -190,7 +195,10 @@ async fn wrenn_dir_stays_private() {
         .json()
         .await
         .unwrap();
-    let id = made["id"].as_str().unwrap_or_else(|| panic!("{made}")).to_string();
+    let id = made["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_string();
     let ran = api(reqwest::Method::POST, &format!("/v1/capsules/{id}/exec"))
         .json(&json!({ "cmd": "/bin/sh", "args": ["-c", "echo secret > /tmp/f && sync"] }))
         .send()
@@ -206,7 +214,11 @@ async fn wrenn_dir_stays_private() {
     assert_eq!(snap.status(), 201, "{}", snap.text().await.unwrap());
 
     let capsule_dir = dir.join("capsules").join(&id);
-    assert!(capsule_dir.is_dir(), "the capsule lives in {}", capsule_dir.display());
+    assert!(
+        capsule_dir.is_dir(),
+        "the capsule lives in {}",
+        capsule_dir.display()
+    );
     assert!(count_files(&capsule_dir) >= 2);
     assert_eq!(loose(&dir), vec![], "after a create and a snapshot");
 
@@ -246,7 +258,14 @@ fn rss(pid: u32) -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024)
+            .map(|v| {
+                v.trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+                    * 1024
+            })
             .unwrap()
     };
     (field("VmRSS:"), field("VmHWM:"))

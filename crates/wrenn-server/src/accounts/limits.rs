@@ -195,7 +195,9 @@ mod tests {
         assert!(l.check("b@x.org", Some(ip)).is_ok());
         l.failed("b@x.org", Some(ip));
         assert!(l.check("c@x.org", Some(ip)).is_err());
-        assert!(l.check("c@x.org", Some("192.0.2.2".parse().unwrap())).is_ok());
+        assert!(l
+            .check("c@x.org", Some("192.0.2.2".parse().unwrap()))
+            .is_ok());
         // Success clears the account, not the address.
         l.succeeded("a@x.org");
         assert!(l.check("a@x.org", None).is_ok());

@@ -255,7 +255,9 @@ mod tests {
         // A hash that asks for too much memory never matches (and allocates nothing).
         let greedy = "$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
                       AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        assert!(!super::verify("x".into(), Some(greedy.into())).await.unwrap());
+        assert!(!super::verify("x".into(), Some(greedy.into()))
+            .await
+            .unwrap());
     }
 
     /// Ours and the argon2 crate's own hashing agree both ways (the pool computes the same

@@ -314,12 +314,11 @@ impl Db {
 
     /// Whether `plaintext` is a live key of the team's own (no creator: the admin key).
     pub async fn is_bootstrap_key(&self, plaintext: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "SELECT 1 AS one FROM api_keys WHERE key_hash = $1 AND created_by IS NULL",
-        )
-        .bind(hash_key(plaintext))
-        .fetch_optional(&self.pool)
-        .await?;
+        let r =
+            sqlx::query("SELECT 1 AS one FROM api_keys WHERE key_hash = $1 AND created_by IS NULL")
+                .bind(hash_key(plaintext))
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(r.is_some())
     }
 
