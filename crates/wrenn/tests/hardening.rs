@@ -30,7 +30,11 @@ struct Up {
 
 impl Up {
     fn start(data_dir: &Path, slots: &str) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        // `WRENN_TEST_BIN`: another build to compare with (e.g. before a fix).
+        let bin = std::env::var_os("WRENN_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")));
+        let mut child = Command::new(bin)
             .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
             .arg("--data-dir")
             .arg(data_dir)
