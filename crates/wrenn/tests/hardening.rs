@@ -1,8 +1,9 @@
 //! A real `wrenn up`, probed the way an attacker on the same machine or on the network would:
 //! its files must be private (no group or other permission bits anywhere in `WRENN_DIR`, also
 //! when the folder existed before with looser modes), and failed log-ins must not make it
-//! grow. Needs root, QEMU and the `minimal` image; run under the VM lock (network slots
-//! 3000-3099).
+//! grow. `wrenn_dir_stays_private` needs root, QEMU and the `minimal` image; run it under the
+//! VM lock (network slots 3000-3019). `failed_logins_do_not_grow_memory` runs `wrenn server`
+//! alone (no agent, no VM).
 
 use std::{
     io::{BufRead, BufReader},
@@ -71,10 +72,6 @@ impl Up {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Stops it (SIGINT, as Ctrl-C) and waits.
@@ -277,14 +274,61 @@ fn rss(pid: u32) -> (u64, u64) {
 
 const MIB: u64 = 1 << 20;
 
+/// `wrenn server` (control plane alone, SQLite) in front of a stand-in agent address that
+/// accepts connections and never answers (no capsules are involved; this test needs no VM
+/// lock). Returns the child, its address, and the listener's thread keeping connections.
+fn server_alone(data_dir: &Path) -> (Child, String) {
+    let agent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent_addr = agent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in agent.incoming() {
+            held.push(c);
+        }
+    });
+    let bin = std::env::var_os("WRENN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")));
+    let mut child = Command::new(bin)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .arg("--agent")
+        .arg(format!("http://{agent_addr}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("wrenn server exited").unwrap();
+        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
 /// 1,000 failed log-ins, 32 at a time (all of them checked), then 1,000 more 128 at a time
 /// (beyond the hashing queue: refused at once), from 250 client addresses (so the
-/// per-address limit does not stop them first): the server's resident memory stays flat.
-/// Prints the figures.
+/// per-address limit does not stop them first), against a real `wrenn server` process: its
+/// resident memory stays flat. Prints the figures.
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_logins_do_not_grow_memory() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let up = Up::start(tmp.path(), "3020-3039");
+    let (mut child, addr) = server_alone(tmp.path());
+    let pid = child.id();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut child);
     // One client per loopback address (127.0.0.2 …), like many attackers.
     let clients: Vec<reqwest::Client> = (0..250u32)
         .map(|i| {
@@ -295,7 +339,7 @@ async fn failed_logins_do_not_grow_memory() {
                 .unwrap()
         })
         .collect();
-    let url = up.url("/v1/auth/login");
+    let url = format!("http://{addr}/v1/auth/login");
     let round = |first: usize, at_once: usize| {
         let clients = clients.clone();
         let url = url.clone();
@@ -335,11 +379,11 @@ async fn failed_logins_do_not_grow_memory() {
         .send()
         .await
         .unwrap();
-    let (before, _) = rss(up.pid());
+    let (before, _) = rss(pid);
     let first = round(0, 32).await;
-    let (after_first, peak_first) = rss(up.pid());
+    let (after_first, peak_first) = rss(pid);
     let second = round(1000, 128).await;
-    let (after_second, peak) = rss(up.pid());
+    let (after_second, peak) = rss(pid);
     println!(
         "failed log-ins: RSS before {:.1} MiB; after 1,000 {:.1} MiB (peak {:.1}); after \
          2,000 {:.1} MiB (peak {:.1}); answers {first:?} then {second:?}",
