@@ -76,7 +76,10 @@ impl Up {
 
     /// Stops it (SIGINT, as Ctrl-C) and waits.
     fn stop(&mut self) {
-        // SAFETY: kill(2) of our own child.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already stopped (and reaped: its pid is no longer ours)
+        }
+        // SAFETY: kill(2) of our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         for _ in 0..600 {
             if let Ok(Some(_)) = self.child.try_wait() {
