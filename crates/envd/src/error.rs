@@ -131,7 +131,9 @@ impl EnvdError {
                 | Some(libc::EINVAL)
                 | Some(libc::ENAMETOOLONG)
                 | Some(libc::ELOOP)
-                | Some(libc::EXDEV) => Code::InvalidArgument,
+                | Some(libc::EXDEV)
+                // The command's arguments and environment are too large to execute.
+                | Some(libc::E2BIG) => Code::InvalidArgument,
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
                     Code::ResourceExhausted
                 }
@@ -168,6 +170,7 @@ mod tests {
             (libc::ENOTDIR, Code::InvalidArgument),
             (libc::EIO, Code::Internal),
             (libc::ENOSPC, Code::ResourceExhausted),
+            (libc::E2BIG, Code::InvalidArgument),
         ];
         for (errno, code) in cases {
             let err = EnvdError::io("op", io::Error::from_raw_os_error(errno));

@@ -510,6 +510,84 @@ async fn full_disk_gives_507() {
     );
 }
 
+/// Files whose size says nothing of their content: /proc reports 0 bytes, /sys 4096. A
+/// download reads them to their end, with or without gzip, and never promises a length.
+#[tokio::test]
+async fn sizeless_files_are_read_to_their_end() {
+    let envd = Envd::start().await;
+    for path in [
+        "/proc/version",
+        "/proc/cpuinfo",
+        "/proc/self/cmdline",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/devices/system/cpu/online",
+    ] {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue; // not on this machine's kernel
+        };
+        let resp = envd
+            .client
+            .get(files_url(&envd, path, None))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(
+            resp.headers().get("content-length").is_none(),
+            "{path}: no length from a size of {}",
+            meta.len()
+        );
+        let got = resp.bytes().await.unwrap();
+        assert!(!got.is_empty(), "{path}: read as empty");
+        if path == "/proc/self/cmdline" {
+            // envd's own command line, as the kernel shows it to envd.
+            let envd_cmdline = std::fs::read(format!("/proc/{}/cmdline", envd.pid())).unwrap();
+            assert_eq!(got.as_ref(), &envd_cmdline[..], "{path}");
+            continue;
+        }
+        let want = std::fs::read(path).unwrap();
+        if path != "/proc/cpuinfo" {
+            assert_eq!(got.as_ref(), &want[..], "{path}");
+        } else {
+            // The MHz lines change between reads; the rest is the same.
+            let lines = |b: &[u8]| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .filter(|l| !l.starts_with("cpu MHz"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(lines(&got), lines(&want), "{path}");
+        }
+        let zipped = envd
+            .client
+            .get(files_url(&envd, path, None))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut out)
+            .unwrap();
+        assert!(!out.is_empty(), "{path} gzipped");
+    }
+    // An empty regular file is still 200 with nothing in it.
+    let dir = scratch();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let resp = envd
+        .client
+        .get(files_url(&envd, empty.to_str().unwrap(), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().is_empty());
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::error::{AgentError, Result};
+use crate::error::{chain, AgentError, Result};
 
 /// Output of a finished command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub struct EnvdClient {
 
 fn envd_error(context: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Envd(format!("{context}: {e}"))
+}
+
+/// A request to envd that failed on the way: why, without envd's URL (its address is internal
+/// and error messages travel to API clients).
+fn send_error(context: &str, e: reqwest::Error) -> AgentError {
+    AgentError::Envd(format!("{context}: {}", chain(&e.without_url())))
 }
 
 impl EnvdClient {
@@ -105,11 +111,9 @@ impl EnvdClient {
         if let Some(t) = previous_token {
             http = http.header("x-access-token", t);
         }
-        let resp = http.send().await.map_err(|e| envd_error("POST /init", e))?;
+        let resp = http.send().await.map_err(|e| send_error("POST /init", e))?;
         if !resp.status().is_success() {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(AgentError::Envd(format!("POST /init: {status}: {text}")));
+            return Err(http_error(resp).await);
         }
         Ok(())
     }
@@ -139,9 +143,9 @@ impl EnvdClient {
         let resp = Self::with_user(http, user)
             .send()
             .await
-            .map_err(|e| envd_error(procedure, e))?;
+            .map_err(|e| send_error(procedure, e))?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| envd_error(procedure, e))?;
+        let body: Value = resp.json().await.map_err(|e| send_error(procedure, e))?;
         if !status.is_success() {
             return Err(classify(&body));
         }
@@ -268,9 +272,14 @@ impl EnvdClient {
         if let Some(t) = timeout {
             http = http.header("connect-timeout-ms", t.as_millis().to_string());
         }
-        let mut resp = http.send().await.map_err(|e| envd_error(procedure, e))?;
+        let mut resp = http.send().await.map_err(|e| send_error(procedure, e))?;
         if !resp.status().is_success() {
-            return Err(AgentError::Envd(format!("{procedure}: {}", resp.status())));
+            // A Connect error before the stream (a unary-style JSON error), if envd sent one.
+            let status = resp.status();
+            return Err(match resp.json::<Value>().await {
+                Ok(err) if err.get("code").is_some_and(Value::is_string) => classify(&err),
+                _ => AgentError::Envd(format!("{procedure}: {status}")),
+            });
         }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -281,7 +290,7 @@ impl EnvdClient {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = tx.send(Err(envd_error("reading output", e))).await;
+                        let _ = tx.send(Err(send_error("reading output", e))).await;
                         return;
                     }
                 };
@@ -363,7 +372,7 @@ impl EnvdClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| envd_error("POST /files", e))?;
+            .map_err(|e| send_error("POST /files", e))?;
         if !resp.status().is_success() {
             return Err(http_error(resp).await);
         }
@@ -384,7 +393,7 @@ impl EnvdClient {
         if let Some(t) = &self.token {
             req = req.header("x-access-token", t);
         }
-        let resp = req.send().await.map_err(|e| envd_error("GET /files", e))?;
+        let resp = req.send().await.map_err(|e| send_error("GET /files", e))?;
         if !resp.status().is_success() {
             return Err(http_error(resp).await);
         }
@@ -498,7 +507,11 @@ async fn http_error(resp: reqwest::Response) -> AgentError {
         404 => AgentError::NotFound(message),
         400 | 401 => AgentError::InvalidArgument(message),
         403 => AgentError::PermissionDenied(message),
-        507 => AgentError::ResourceExhausted(message),
+        409 => AgentError::AlreadyExists(message),
+        412 => AgentError::FailedPrecondition(message),
+        413 => AgentError::TooLarge(message),
+        429 => AgentError::CapsuleLimit(message),
+        507 => AgentError::NoSpace(message),
         _ => AgentError::Envd(format!("{status}: {message}")),
     }
 }
@@ -518,7 +531,9 @@ fn classify(err: &Value) -> AgentError {
         "not_found" => AgentError::NotFound(message),
         "already_exists" => AgentError::AlreadyExists(message),
         "failed_precondition" => AgentError::FailedPrecondition(message),
-        "resource_exhausted" => AgentError::ResourceExhausted(message),
+        // A limit inside the capsule (its disk, inotify watches, a listing's size), never the
+        // host's capacity.
+        "resource_exhausted" => AgentError::CapsuleLimit(message),
         _ => AgentError::Envd(format!("{code}: {message}")),
     }
 }
@@ -534,4 +549,48 @@ pub fn wrenn_time_now() -> String {
     }
     .to_rfc3339()
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// envd's Connect codes by meaning: its `resource_exhausted` is the capsule's, never the
+    /// host's; unknown codes are envd failing.
+    #[test]
+    fn connect_errors_classify_by_code() {
+        let c = |code: &str| classify(&json!({ "code": code, "message": "m" }));
+        assert!(matches!(
+            c("invalid_argument"),
+            AgentError::InvalidArgument(_)
+        ));
+        assert!(matches!(c("not_found"), AgentError::NotFound(_)));
+        assert!(matches!(
+            c("resource_exhausted"),
+            AgentError::CapsuleLimit(_)
+        ));
+        assert!(matches!(c("internal"), AgentError::Envd(_)));
+        assert!(matches!(c("unknown_code"), AgentError::Envd(_)));
+    }
+
+    /// A failed request to envd never names envd's address.
+    #[tokio::test]
+    async fn send_errors_do_not_name_envd() {
+        // A port on loopback that nothing listens on.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let envd = EnvdClient::new(addr, Some("t".into()));
+        let err = envd
+            .read_file_stream("/etc/hostname", None)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::Envd(_)), "{text}");
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("http://"),
+            "{text}"
+        );
+        assert!(text.starts_with("envd: GET /files: "), "{text}");
+    }
 }

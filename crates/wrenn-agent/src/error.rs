@@ -8,8 +8,18 @@ pub enum AgentError {
     UnknownTemplate(String),
     #[error("building the image of template {template} failed: {reason}")]
     ImageBuild { template: String, reason: String },
+    /// The capsule's envd failed or could not be reached (the capsule's fault, not the host's).
     #[error("envd: {0}")]
     Envd(String),
+    /// The capsule's own disk is full (envd answered 507 / `ENOSPC`).
+    #[error("the capsule's disk is full: {0}")]
+    NoSpace(String),
+    /// A limit inside the capsule was reached (envd's `resource_exhausted`).
+    #[error("{0}")]
+    CapsuleLimit(String),
+    /// The request asks for more than one answer may carry.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -40,6 +50,21 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a gRPC error happened when its code alone cannot say: the metadata entry [`reason::KEY`]
+/// of the status. The control plane picks its answer by it (never by message text): a
+/// capsule's full disk is not a host out of capacity, and a capsule whose envd fails is not an
+/// unreachable host.
+pub mod reason {
+    /// The metadata key.
+    pub const KEY: &str = "wrenn-reason";
+    /// The capsule's disk is full, or another limit inside it was reached.
+    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
+    /// The request asks for more than one answer may carry.
+    pub const TOO_LARGE: &str = "too_large";
+    /// The capsule (its envd) failed or did not answer; the host is fine.
+    pub const CAPSULE: &str = "capsule";
 }
 
 impl AgentError {

@@ -33,7 +33,7 @@ pub use crate::listen::Listen;
 use crate::{
     capsule::CreateSpec,
     envd_client,
-    error::{chain, AgentError},
+    error::{chain, reason, AgentError},
     manager::Manager,
     netslot::SlotAddrs,
     record::CapsuleRecord,
@@ -88,6 +88,25 @@ fn entry(e: filesystem::EntryInfo) -> FileEntry {
     }
 }
 
+/// `status` with its [`reason`] in the metadata.
+fn with_reason(mut status: Status, why: &'static str) -> Status {
+    status.metadata_mut().insert(
+        reason::KEY,
+        tonic::metadata::MetadataValue::from_static(why),
+    );
+    status
+}
+
+/// A request for more than one answer may carry.
+fn too_large(msg: String) -> Status {
+    Status::from(AgentError::TooLarge(msg))
+}
+
+/// A capsule's envd stream broke off.
+fn envd_broke(msg: String) -> Status {
+    Status::from(AgentError::Envd(msg))
+}
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
         let msg = e.to_string();
@@ -100,7 +119,14 @@ impl From<AgentError> for Status {
             AgentError::AlreadyExists(_) => Status::already_exists(msg),
             AgentError::PermissionDenied(_) => Status::permission_denied(msg),
             AgentError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            AgentError::Envd(_) => Status::unavailable(msg),
+            AgentError::NoSpace(_) | AgentError::CapsuleLimit(_) => with_reason(
+                Status::resource_exhausted(msg),
+                reason::INSUFFICIENT_STORAGE,
+            ),
+            AgentError::TooLarge(_) => {
+                with_reason(Status::resource_exhausted(msg), reason::TOO_LARGE)
+            }
+            AgentError::Envd(_) => with_reason(Status::unavailable(msg), reason::CAPSULE),
             AgentError::ImageBuild { .. }
             | AgentError::Network(_)
             | AgentError::Vmm(_)
@@ -306,7 +332,7 @@ impl Agent for AgentService {
         let started = Instant::now();
         let out = self.manager.exec(&id, exec_request(&r)?).await?;
         if out.stdout.len() + out.stderr.len() > MAX_EXEC_OUTPUT {
-            return Err(Status::resource_exhausted(format!(
+            return Err(too_large(format!(
                 "the command wrote more than {MAX_EXEC_OUTPUT} bytes; use ExecStream"
             )));
         }
@@ -529,11 +555,11 @@ impl Agent for AgentService {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| Status::unavailable(format!("reading {}: {e}", r.path)))?
+            .map_err(|e| envd_broke(format!("reading {}: {}", r.path, e.without_url())))?
         {
             content.extend_from_slice(&chunk);
             if content.len() > MAX_WHOLE_FILE {
-                return Err(Status::resource_exhausted(format!(
+                return Err(too_large(format!(
                     "{} is larger than {MAX_WHOLE_FILE} bytes; use ReadFileStream",
                     r.path
                 )));
@@ -582,7 +608,7 @@ impl Agent for AgentService {
                     Ok(None) => break,
                     Err(e) => {
                         let _ = tx
-                            .send(Err(Status::unavailable(format!("reading: {e}"))))
+                            .send(Err(envd_broke(format!("reading: {}", e.without_url()))))
                             .await;
                         return;
                     }
@@ -868,4 +894,56 @@ fn forward_events(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why(s: &Status) -> Option<&str> {
+        s.metadata().get(reason::KEY).and_then(|v| v.to_str().ok())
+    }
+
+    /// The capsule's troubles carry a reason, so the control plane does not take them for the
+    /// host's; the host's own (capacity) carry none.
+    #[test]
+    fn capsule_errors_carry_their_reason() {
+        let cases = [
+            (
+                AgentError::NoSpace("writing /x".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::CapsuleLimit("the inotify watch limit is reached".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::TooLarge("bigger than 16 MiB".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::TOO_LARGE),
+            ),
+            (
+                AgentError::Envd("POST /files: connection refused".into()),
+                tonic::Code::Unavailable,
+                Some(reason::CAPSULE),
+            ),
+            (
+                AgentError::ResourceExhausted("no free network slot".into()),
+                tonic::Code::ResourceExhausted,
+                None,
+            ),
+            (
+                AgentError::InvalidArgument("invalid environment variable".into()),
+                tonic::Code::InvalidArgument,
+                None,
+            ),
+        ];
+        for (err, code, want) in cases {
+            let what = err.to_string();
+            let s = Status::from(err);
+            assert_eq!((s.code(), why(&s)), (code, want), "{what}");
+        }
+    }
 }

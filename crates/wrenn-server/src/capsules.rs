@@ -91,7 +91,11 @@ impl From<&CapsuleRow> for Capsule {
             timeout_sec: c.timeout_sec,
             disk_size_mb: c.disk_size_mb,
             metadata: c.metadata.clone().into_iter().collect(),
-            error: c.error.clone(),
+            // The reason as the API may show it (no internal addresses).
+            error: c
+                .error
+                .as_deref()
+                .map(|e| crate::error::redact(e).into_owned()),
             created_at: rfc3339(c.created_at),
             started_at: c.started_at.map(rfc3339),
             last_active_at: c.last_active_at.map(rfc3339),
@@ -213,6 +217,13 @@ pub async fn create(
         return Err(ApiError::InvalidRequest(
             "memory_mb must be 128..=65536".into(),
         ));
+    }
+    // Bounded before anything is made.
+    if let Some(envs) = &b.envs {
+        crate::validate::envs("envs", envs)?;
+    }
+    if let Some(metadata) = &b.metadata {
+        crate::validate::metadata(metadata)?;
     }
     // A team's snapshot template (its shape is fixed), else a platform template.
     let (agent_template, vcpus, memory) =
@@ -627,6 +638,10 @@ pub async fn exec(
     let Json(b) = body?;
     if b.cmd.trim().is_empty() {
         return Err(ApiError::InvalidRequest("cmd is empty".into()));
+    }
+    crate::validate::command(&b.cmd, &b.args, b.cwd.as_deref())?;
+    if let Some(envs) = &b.envs {
+        crate::validate::envs("envs", envs)?;
     }
     let c = running(&state, &caller, &id).await?;
     let mut agent = state.agent();

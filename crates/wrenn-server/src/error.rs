@@ -36,6 +36,9 @@ pub enum ApiError {
     /// No host can take the request (capacity, or no agent).
     #[error("{0}")]
     HostUnavailable(String),
+    /// The capsule's disk is full (or another limit inside it was reached).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The host agent failed.
     #[error("host agent: {0}")]
     Agent(String),
@@ -56,8 +59,8 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
 /// `invalid_state` and `conflict` 409, `too_large` 413, `rate_limited` 429 (with
-/// `Retry-After`), `internal_error` 500, `agent_error`
-/// 502, `host_unavailable` 503.
+/// `Retry-After`), `internal_error` 500, `agent_error` 502, `host_unavailable` 503,
+/// `insufficient_storage` 507.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -79,7 +82,9 @@ pub enum ErrorCode {
     RateLimited,
     /// 503: no host can take the request (capacity, or no agent).
     HostUnavailable,
-    /// 502: the host agent failed.
+    /// 507: the capsule's disk is full (or another limit inside it was reached).
+    InsufficientStorage,
+    /// 502: the host agent failed, or the capsule did not answer it.
     AgentError,
     /// 500: the server failed.
     InternalError,
@@ -87,7 +92,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -97,6 +102,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::HostUnavailable,
+        ErrorCode::InsufficientStorage,
         ErrorCode::AgentError,
         ErrorCode::InternalError,
     ];
@@ -112,6 +118,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HostUnavailable => "host_unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::AgentError => "agent_error",
             ErrorCode::InternalError => "internal_error",
         }
@@ -128,6 +135,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::HostUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -162,6 +170,7 @@ impl ApiError {
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
+            ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             ApiError::Agent(_) => ErrorCode::AgentError,
             ApiError::Db(_) | ApiError::Internal(_) => ErrorCode::InternalError,
         }
@@ -172,21 +181,123 @@ impl ApiError {
         (code.status(), code.as_str())
     }
 
-    /// The answer's body.
+    /// The answer's body. Its message never carries an internal address ([`redact`]).
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
-                message: self.to_string(),
+                message: self.public_message(),
             },
         }
     }
+
+    /// The message as clients may see it: [`redact`]ed.
+    pub fn public_message(&self) -> String {
+        redact(&self.to_string()).into_owned()
+    }
 }
 
-/// Errors of the host agent, by gRPC code.
+/// What stands for an address taken out of a message.
+const REDACTED: &str = "[internal address]";
+
+/// `msg` without addresses: URLs (`scheme://…`) and IPv4 addresses (with a port, if any) become
+/// `[internal address]`. Error messages from the host agent can name a capsule's slot
+/// (`10.200.x.x`), its guest (`169.254.0.21`) or envd's URL; those are the host's business
+/// and are logged, never shown.
+pub fn redact(msg: &str) -> std::borrow::Cow<'_, str> {
+    let b = msg.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let end = url_at(b, i).or_else(|| ipv4_at(b, i));
+        match end {
+            Some(end) => {
+                out.push_str(&msg[copied..i]);
+                out.push_str(REDACTED);
+                copied = end;
+                i = end;
+            }
+            None => i += msg[i..].chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(msg);
+    }
+    out.push_str(&msg[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The end of a URL starting at `i` (`letters://` up to a space, quote or bracket).
+fn url_at(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && b[i - 1].is_ascii_alphanumeric() {
+        return None;
+    }
+    let scheme = b[i..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .count();
+    if scheme == 0 || !b[i + scheme..].starts_with(b"://") {
+        return None;
+    }
+    let rest = i + scheme + 3;
+    let len = b[rest..]
+        .iter()
+        .take_while(|c| !c.is_ascii_whitespace() && !matches!(c, b'"' | b'\'' | b')' | b'>' | b']'))
+        .count();
+    Some(rest + len)
+}
+
+/// The end of an IPv4 address (and `:port`) starting at `i`, not inside a longer token.
+fn ipv4_at(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.') {
+        return None;
+    }
+    let mut j = i;
+    for part in 0..4 {
+        let digits = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 3 {
+            return None;
+        }
+        let n: u32 = std::str::from_utf8(&b[j..j + digits]).ok()?.parse().ok()?;
+        if n > 255 {
+            return None;
+        }
+        j += digits;
+        if part < 3 {
+            if b.get(j) != Some(&b'.') {
+                return None;
+            }
+            j += 1;
+        }
+    }
+    if b.get(j).is_some_and(|c| {
+        c.is_ascii_alphanumeric() || *c == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+    }) {
+        return None; // part of a longer token (a version, a name)
+    }
+    if b.get(j) == Some(&b':') {
+        let port = b[j + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        j += 1 + port;
+    }
+    Some(j)
+}
+
+/// Errors of the host agent, by gRPC code, and by its reason where the code cannot tell
+/// (`wrenn_agent::error::reason`): a capsule's full disk is `insufficient_storage`, a capsule
+/// whose envd fails is `agent_error`; only an unreachable agent or a host without capacity is
+/// `host_unavailable`.
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> ApiError {
+        use wrenn_agent::error::reason;
         let m = s.message().to_string();
+        let why = s.metadata().get(reason::KEY).and_then(|v| v.to_str().ok());
+        match why {
+            Some(reason::INSUFFICIENT_STORAGE) => return ApiError::InsufficientStorage(m),
+            Some(reason::TOO_LARGE) => return ApiError::TooLarge(m),
+            Some(reason::CAPSULE) => return ApiError::Agent(m),
+            _ => {}
+        }
         match s.code() {
             tonic::Code::NotFound => ApiError::NotFound(m),
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ApiError::InvalidRequest(m),
@@ -228,10 +339,12 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        let body = self.body();
+        if status.is_server_error() || body.error.message != self.to_string() {
+            // The whole message, addresses included, is for the log only.
             tracing::warn!(%code, error = %self, "request failed");
         }
-        let mut resp = (status, axum::Json(self.body())).into_response();
+        let mut resp = (status, axum::Json(body)).into_response();
         if let ApiError::RateLimited {
             retry_after_secs, ..
         } = self
@@ -245,6 +358,58 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A middleware that gives every error answer the documented shape: an answer with an error
+/// status whose body is not JSON (axum's own rejections: a multipart body without a boundary,
+/// a path segment that is not UTF-8, a refused WebSocket handshake, …) becomes
+/// `{"error":{"code","message"}}`, its text the message. `405` keeps its empty body and `Allow`.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || status == StatusCode::METHOD_NOT_ALLOWED
+    {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let err = match status {
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
+        StatusCode::FORBIDDEN => ApiError::Forbidden(message),
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
+        StatusCode::CONFLICT => ApiError::Conflict(message),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(message),
+        StatusCode::BAD_GATEWAY => ApiError::Agent(message),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::HostUnavailable(message),
+        StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(message),
+        s if s.is_client_error() => ApiError::InvalidRequest(message),
+        _ => ApiError::Internal(message),
+    };
+    let mut out = err.into_response();
+    // Headers that still mean something (`Retry-After`, `WWW-Authenticate`, …).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +419,80 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn internal_addresses_never_reach_a_message() {
+        let cases = [
+            (
+                "POST /files: error sending request for url (http://169.254.0.21:49983/files?path=%2Ftmp): connection refused",
+                "POST /files: error sending request for url ([internal address]): connection refused",
+            ),
+            (
+                "port 8080 of capsule cl-x: connecting to 10.200.0.7:8080: refused",
+                "port 8080 of capsule cl-x: connecting to [internal address]: refused",
+            ),
+            ("guest 169.254.0.21 died", "guest [internal address] died"),
+            ("at 10.200.3.4.", "at [internal address]."),
+            ("ws://10.0.0.1/x and https://a.b/c", "[internal address] and [internal address]"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(redact(raw), want, "{raw}");
+        }
+        // Not addresses: versions, names, numbers, paths.
+        for kept in [
+            "capsule cl-0123456789abcdefghijklmno not found",
+            "python 3.11.2 is not 1.2.3",
+            "file '/home/user/v1.2.3.4.5' does not exist",
+            "a1.2.3.4 and 256.1.1.1 and 1.2.3",
+            "mailto:x — no scheme slashes; é ü",
+            "",
+        ] {
+            assert!(
+                matches!(redact(kept), std::borrow::Cow::Borrowed(_)),
+                "{kept} -> {}",
+                redact(kept)
+            );
+        }
+        // In an answer's body, too.
+        let e = ApiError::Agent("envd: GET /files: http://169.254.0.21:49983/files".into());
+        assert!(!e.body().error.message.contains("169.254"));
+        assert!(e.to_string().contains("169.254"), "the log keeps it");
+    }
+
+    #[test]
+    fn agent_errors_map_by_code_and_reason() {
+        use wrenn_agent::error::reason;
+        let with = |code: tonic::Code, why: Option<&'static str>| {
+            let mut s = tonic::Status::new(code, "m");
+            if let Some(w) = why {
+                s.metadata_mut()
+                    .insert(reason::KEY, tonic::metadata::MetadataValue::from_static(w));
+            }
+            ApiError::from(s).code()
+        };
+        use tonic::Code as C;
+        assert_eq!(
+            with(C::ResourceExhausted, Some(reason::INSUFFICIENT_STORAGE)),
+            ErrorCode::InsufficientStorage
+        );
+        assert_eq!(
+            with(C::ResourceExhausted, Some(reason::TOO_LARGE)),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            with(C::Unavailable, Some(reason::CAPSULE)),
+            ErrorCode::AgentError
+        );
+        // Without a reason: the host (capacity) or the agent (unreachable).
+        assert_eq!(with(C::ResourceExhausted, None), ErrorCode::HostUnavailable);
+        assert_eq!(with(C::Unavailable, None), ErrorCode::HostUnavailable);
+        assert_eq!(with(C::InvalidArgument, None), ErrorCode::InvalidRequest);
+        assert_eq!(with(C::Internal, None), ErrorCode::AgentError);
+        assert_eq!(
+            ErrorCode::InsufficientStorage.status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
     }
 
     #[test]

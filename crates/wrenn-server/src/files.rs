@@ -17,7 +17,9 @@ use wrenn_proto::agent::v1::{
 };
 
 use crate::{
-    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    api_docs::{
+        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
+    },
     capsules::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
@@ -228,6 +230,7 @@ pub async fn stream_read(
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
+        (status = 507, response = InsufficientStorage),
     )
 )]
 pub async fn write(
@@ -322,6 +325,7 @@ pub async fn write(
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
+        (status = 507, response = InsufficientStorage),
     )
 )]
 pub async fn stream_write(
@@ -398,6 +402,7 @@ pub async fn list(
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
+        (status = 507, response = InsufficientStorage),
     )
 )]
 pub async fn mkdir(

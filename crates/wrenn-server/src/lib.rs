@@ -18,6 +18,7 @@ pub mod snapshots;
 pub mod state;
 pub mod time;
 pub mod usage;
+pub mod validate;
 pub mod ws;
 
 use std::{path::Path, time::Duration};
@@ -137,6 +138,8 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // Every error answer in the documented shape, axum's own rejections included.
+        .layer(axum::middleware::from_fn(error::json_errors))
         // Inside the proxy: proxied requests are the capsules' traffic, not the API's.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -327,7 +330,8 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                         name: "reconciler".into(),
                     },
                     metadata: Default::default(),
-                    error,
+                    // As clients may see it (the database keeps the whole reason).
+                    error: error.map(|e| error::redact(&e).into_owned()),
                     sandbox: Some(capsules::Capsule::from(&updated)),
                     timestamp: time::rfc3339(db::now_ms()),
                 },

@@ -26,30 +26,149 @@ pub struct Target {
     pub port: u16,
 }
 
-/// `{port}-{capsule id}.{domain}[:server port]`, or the two headers.
-pub fn target(headers: &HeaderMap, domain: &str) -> Option<Target> {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if let (Some(c), Some(p)) = (h("x-wrenn-capsule"), h("x-wrenn-port")) {
-        return Some(Target {
-            capsule: c.trim().to_string(),
-            port: p.trim().parse().ok()?,
-        });
-    }
-    let host = h("host")?;
-    // Without the server's own port, if any.
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
+/// Where a request goes: `Ok(None)` is the API; `Ok(Some(_))` a capsule's port, named by the
+/// Host `{port}-{capsule id}.{domain}[:server port]` (any case) or by the headers
+/// `X-Wrenn-Capsule` and `X-Wrenn-Port`. A request meant for a capsule that names it badly (a
+/// port that is not 1..=65535 in plain digits, one header without the other, more labels) is
+/// `invalid_request` from the proxy, never passed on to the API.
+pub fn target(headers: &HeaderMap, domain: &str) -> Result<Option<Target>> {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::InvalidRequest(format!("{n} is not visible ASCII")))
+            })
+            .transpose()
     };
-    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
-    let (port, capsule) = label.split_once('-')?;
-    if capsule.contains('.') {
-        return None;
+    match (h("x-wrenn-capsule")?, h("x-wrenn-port")?) {
+        (Some(c), Some(p)) => {
+            return Ok(Some(Target {
+                capsule: c.trim().to_ascii_lowercase(),
+                port: port(p.trim())?,
+            }))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "X-Wrenn-Capsule and X-Wrenn-Port go together".into(),
+            ))
+        }
     }
-    Some(Target {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+    else {
+        return Ok(None);
+    };
+    // Without the server's own port, if any, and a fully qualified name's last dot.
+    let host = match host.rsplit_once(':') {
+        Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => &host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let Some(label) = host
+        .strip_suffix(domain.as_str())
+        .and_then(|l| l.strip_suffix('.'))
+    else {
+        return Ok(None);
+    };
+    // A name under the domain without a dash is not a capsule's (the API may be served there).
+    let Some((p, capsule)) = label.split_once('-') else {
+        return Ok(None);
+    };
+    if capsule.is_empty() || capsule.contains('.') || p.contains('.') {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} is not a capsule's host name: use {{port}}-{{capsule id}}.{domain}",
+            shown(host)
+        )));
+    }
+    Ok(Some(Target {
         capsule: capsule.to_string(),
-        port: port.parse().ok()?,
+        port: port(p)?,
+    }))
+}
+
+/// At most 64 characters of `s`, quoted (a message never echoes a long header whole).
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    format!("{out:?}")
+}
+
+/// A port: 1..=65535 in plain digits, no sign, no leading zero.
+fn port(p: &str) -> Result<u16> {
+    let plain = !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && !p.starts_with('0');
+    match plain.then(|| p.parse::<u16>().ok()).flatten() {
+        Some(n) => Ok(n),
+        None => Err(ApiError::InvalidRequest(format!(
+            "invalid port {}: a port is 1..=65535, in digits, without a leading zero",
+            shown(p)
+        ))),
+    }
+}
+
+/// `%XX` and `+` decoded (for comparing query keys), or `None` when not valid UTF-8.
+fn query_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+            (b'+', ..) => out.push(b' '),
+            (c, ..) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The query parameter that carries the capsule's access token.
+const TOKEN_PARAM: &str = "wrenn_token";
+
+/// The token of `?wrenn_token=`, if any.
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (query_decode(k).as_deref() == Some(TOKEN_PARAM)).then(|| query_decode(v))?
     })
+}
+
+/// The path and query the capsule sees: `wrenn_token` (a Wrenn credential) taken out, every
+/// other parameter exactly as sent.
+pub fn forwarded_path(path: &str, query: Option<&str>) -> String {
+    let Some(q) = query else {
+        return path.to_string();
+    };
+    let is_token = |kv: &str| {
+        let k = kv.split_once('=').map_or(kv, |(k, _)| k);
+        query_decode(k).as_deref() == Some(TOKEN_PARAM)
+    };
+    if !q.split('&').any(is_token) {
+        return format!("{path}?{q}");
+    }
+    let kept: Vec<&str> = q.split('&').filter(|kv| !is_token(kv)).collect();
+    match kept.join("&") {
+        rest if rest.is_empty() => path.to_string(),
+        rest => format!("{path}?{rest}"),
+    }
 }
 
 /// A fresh access token for a capsule's ports: the plaintext (given once) and its hash.
@@ -62,11 +181,12 @@ pub fn new_token() -> crate::Result<(String, String)> {
 /// Requests for a capsule's port go to the proxy; everything else to the API.
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match target(req.headers(), &state.domain) {
-        Some(t) => match forward(&state, t, req).await {
+        Ok(Some(t)) => match forward(&state, t, req).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         },
-        None => next.run(req).await,
+        Ok(None) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -141,11 +261,7 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
     let id = crate::capsules::capsule_id(&t.capsule)?;
     let c = state.db.capsule_any(&id).await?;
     // The token may also come as `?wrenn_token=` (browsers cannot set headers on navigation).
-    let query_token = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("wrenn_token="))
-            .map(str::to_string)
-    });
+    let query_token = query_token(req.uri().query());
     if c.status == "stopped" || !allowed(state, &c, query_token.as_deref(), req.headers()).await? {
         // Never tell a stranger whether the capsule exists.
         return Err(ApiError::NotFound(format!("capsule {id} not found")));
@@ -164,18 +280,16 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         .address;
     let _ = state.db.touch_capsule(&id).await;
     let upstream = format!("{address}:{}", t.port);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Without `wrenn_token`: a Wrenn credential never reaches the capsule's code.
+    let path = forwarded_path(req.uri().path(), req.uri().query());
+    let what = format!("port {} of capsule {id}", t.port);
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(protocol) = upgrade {
-        return tunnel(upstream, path, protocol, req).await;
+        return tunnel(upstream, &what, path, protocol, req).await;
     }
     let mut out = state
         .http
@@ -190,7 +304,11 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("port {} of capsule {id}: {e}", t.port)))?;
+        .map_err(|e| {
+            // The capsule's address is the host's business: logged, not answered.
+            tracing::info!(%upstream, error = %e, "proxied request failed");
+            ApiError::Agent(format!("{what}: {}", causes(&e.without_url())))
+        })?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -202,17 +320,37 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// `e` and its sources, `: `-separated.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// A WebSocket (or other upgrade): the handshake goes to the capsule as is; once it answers
 /// `101`, bytes flow both ways untouched.
 async fn tunnel(
     upstream: String,
+    what: &str,
     path: String,
     protocol: String,
     mut req: Request,
 ) -> Result<Response> {
+    let failed = |doing: &str, e: &dyn std::fmt::Display| {
+        tracing::info!(%upstream, error = %e, "proxied upgrade failed: {doing}");
+        ApiError::Agent(format!("{what}: {doing}: {e}"))
+    };
     let mut conn = tokio::net::TcpStream::connect(&upstream)
         .await
-        .map_err(|e| ApiError::Agent(format!("connecting to {upstream}: {e}")))?;
+        .map_err(|e| failed("connecting", &e))?;
     let mut head = format!("{} {path} HTTP/1.1\r\nHost: {upstream}\r\n", req.method());
     for (name, value) in req.headers() {
         if matches!(name.as_str(), "host" | "x-api-key" | "x-wrenn-access-token")
@@ -227,14 +365,14 @@ async fn tunnel(
     head.push_str("\r\n");
     conn.write_all(head.as_bytes())
         .await
-        .map_err(|e| ApiError::Agent(format!("writing to {upstream}: {e}")))?;
+        .map_err(|e| failed("writing", &e))?;
     // The answer's head (bounded).
     let mut buf = Vec::with_capacity(1024);
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         if buf.len() > 16 * 1024 || conn.read(&mut byte).await.unwrap_or(0) == 0 {
             return Err(ApiError::Agent(format!(
-                "{upstream} did not answer the upgrade"
+                "{what} did not answer the upgrade"
             )));
         }
         buf.push(byte[0]);
@@ -290,6 +428,10 @@ mod tests {
         h
     }
 
+    fn routed(pairs: &[(&str, &str)]) -> Result<Option<Target>> {
+        target(&headers(pairs), "wrenn.localhost")
+    }
+
     #[test]
     fn targets_by_host_and_by_headers() {
         let id = "cl-0123456789abcdefghijklmno";
@@ -297,40 +439,119 @@ mod tests {
             capsule: id.into(),
             port: 8080,
         };
-        let host = format!("8080-{id}.wrenn.localhost:8000");
+        for host in [
+            format!("8080-{id}.wrenn.localhost:8000"),
+            format!("8080-{id}.wrenn.localhost"),
+            format!("8080-{id}.wrenn.localhost."),
+            // Host names are case-insensitive.
+            format!("8080-{}.WRENN.LocalHost:8000", id.to_uppercase()),
+        ] {
+            assert_eq!(
+                routed(&[("host", &host)]).unwrap(),
+                Some(t.clone()),
+                "{host}"
+            );
+        }
         assert_eq!(
-            target(&headers(&[("host", &host)]), "wrenn.localhost"),
-            Some(t.clone())
-        );
-        let host = format!("8080-{id}.wrenn.localhost");
-        assert_eq!(
-            target(&headers(&[("host", &host)]), "wrenn.localhost"),
+            routed(&[
+                ("x-wrenn-capsule", id),
+                ("x-wrenn-port", "8080"),
+                ("host", "127.0.0.1:8000")
+            ])
+            .unwrap(),
             Some(t.clone())
         );
         assert_eq!(
             target(
-                &headers(&[
-                    ("x-wrenn-capsule", id),
-                    ("x-wrenn-port", "8080"),
-                    ("host", "127.0.0.1:8000")
-                ]),
-                "wrenn.localhost"
-            ),
+                &headers(&[("host", &format!("8080-{id}.wrenn.localhost"))]),
+                "Wrenn.LOCALHOST"
+            )
+            .unwrap(),
             Some(t)
         );
+        // The API's own names.
         for host in [
             "127.0.0.1:8000",
             "wrenn.localhost",
-            "x-cl-1.wrenn.localhost",
+            "wrenn.localhost:8000",
+            "api.wrenn.localhost",
             "8080-cl-1.evil.com",
-            "99999-cl-1.wrenn.localhost",
-            "8080-a.b.wrenn.localhost",
+            "[::1]:8000",
         ] {
-            assert_eq!(
-                target(&headers(&[("host", host)]), "wrenn.localhost"),
-                None,
-                "{host}"
+            assert_eq!(routed(&[("host", host)]).unwrap(), None, "{host}");
+        }
+        assert_eq!(routed(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_capsule_hosts_are_refused_not_passed_to_the_api() {
+        for host in [
+            "99999-cl-1.wrenn.localhost",
+            "65536-cl-1.wrenn.localhost",
+            "0-cl-1.wrenn.localhost",
+            "00-cl-1.wrenn.localhost",
+            "080-cl-1.wrenn.localhost",
+            "+80-cl-1.wrenn.localhost",
+            "-cl-1.wrenn.localhost",
+            "x-cl-1.wrenn.localhost",
+            "8080-.wrenn.localhost",
+            "8080-a.b.wrenn.localhost",
+            "a.8080-cl-1.wrenn.localhost",
+            "123456789012345678901234567890-cl-1.wrenn.localhost",
+        ] {
+            match routed(&[("host", host)]) {
+                Err(ApiError::InvalidRequest(m)) => assert!(m.len() < 200, "{m}"),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            routed(&[("host", "65535-cl-1.wrenn.localhost")]).unwrap(),
+            Some(Target {
+                capsule: "cl-1".into(),
+                port: 65535
+            })
+        );
+        for pairs in [
+            &[("x-wrenn-capsule", "cl-1"), ("x-wrenn-port", "0")][..],
+            &[("x-wrenn-capsule", "cl-1"), ("x-wrenn-port", "http")],
+            &[("x-wrenn-capsule", "cl-1"), ("x-wrenn-port", "70000")],
+            &[("x-wrenn-capsule", "cl-1")],
+            &[("x-wrenn-port", "8080")],
+        ] {
+            assert!(
+                matches!(routed(pairs), Err(ApiError::InvalidRequest(_))),
+                "{pairs:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_token_parameter_stays_with_the_proxy() {
+        let cases = [
+            ("/", None, "/"),
+            ("/a", Some("x=1"), "/a?x=1"),
+            ("/a", Some("wrenn_token=abc"), "/a"),
+            ("/a", Some("x=1&wrenn_token=abc&y=%20+2"), "/a?x=1&y=%20+2"),
+            ("/a", Some("wrenn_token=abc&wrenn_token=def"), "/a"),
+            (
+                "/a",
+                Some("wrenn%5Ftoken=abc&keep=wrenn_token"),
+                "/a?keep=wrenn_token",
+            ),
+            (
+                "/a",
+                Some("wrenn_tokens=1&a&&b="),
+                "/a?wrenn_tokens=1&a&&b=",
+            ),
+        ];
+        for (path, query, want) in cases {
+            assert_eq!(forwarded_path(path, query), want, "{path}?{query:?}");
+        }
+        assert_eq!(
+            query_token(Some("x=1&wrenn_token=abc%31")).as_deref(),
+            Some("abc1")
+        );
+        assert_eq!(query_token(Some("x=1")), None);
+        assert_eq!(query_token(None), None);
     }
 }

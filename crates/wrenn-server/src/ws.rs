@@ -28,6 +28,17 @@ use crate::{
     state::AppState,
 };
 
+/// An agent error as a frame may carry it (no internal addresses).
+fn shown(s: &tonic::Status) -> String {
+    crate::error::redact(s.message()).into_owned()
+}
+
+/// The first frame's command and variables within bounds ([`crate::validate`]).
+fn check_start(f: &StartFrame) -> Result<()> {
+    crate::validate::command(&f.cmd, &f.args, Some(&f.cwd))?;
+    crate::validate::envs("envs", &f.envs)
+}
+
 /// Agent events as the SDK's stream events (text frames).
 fn event_json(ev: exec_event::Event) -> Option<serde_json::Value> {
     Some(match ev {
@@ -65,7 +76,7 @@ async fn pump(mut ws: WebSocket, mut events: Streaming<ExecEvent>) {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(s) => {
-                    let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message() })).await;
+                    let _ = send_json(&mut ws, json!({ "type": "error", "data": shown(&s) })).await;
                     break;
                 }
             },
@@ -141,7 +152,7 @@ async fn first_frame(ws: &mut WebSocket) -> Option<StartFrame> {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
-        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
@@ -163,6 +174,10 @@ pub async fn exec_stream(
             let _ = send_json(&mut ws, json!({ "type": "error", "data": "the first message must be {\"type\":\"start\",\"cmd\":…}" })).await;
             return;
         }
+        if let Err(e) = check_start(&start) {
+            let _ = send_json(&mut ws, json!({ "type": "error", "data": e.public_message(), "fatal": true })).await;
+            return;
+        }
         let _ = state.db.touch_capsule(&c.id).await;
         let events = state
             .agent()
@@ -179,7 +194,7 @@ pub async fn exec_stream(
         match events {
             Ok(r) => pump(ws, r.into_inner()).await,
             Err(s) => {
-                let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message() })).await;
+                let _ = send_json(&mut ws, json!({ "type": "error", "data": shown(&s) })).await;
             }
         }
     }))
@@ -203,7 +218,7 @@ pub async fn exec_stream(
     ),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
-        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
@@ -268,7 +283,7 @@ struct ControlFrame {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
-        (status = 400, description = "Not a WebSocket handshake (plain-text body)", content(("text/plain"))),
+        (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
@@ -296,6 +311,10 @@ async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result
     let fatal = |m: String| json!({ "type": "error", "data": m, "fatal": true });
     let (tag, req) = match first.kind.as_str() {
         "start" => {
+            if let Err(e) = check_start(&first) {
+                let _ = send_json(&mut ws, fatal(e.public_message())).await;
+                return Ok(());
+            }
             let tag = format!("pty-{}", &Id::new(IdKind::Build).to_string()[4..12]);
             let cmd = if first.cmd.is_empty() {
                 "/bin/bash".to_string()
@@ -336,7 +355,7 @@ async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result
     let mut events = match agent.pty_attach(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            let _ = send_json(&mut ws, fatal(s.message().to_string())).await;
+            let _ = send_json(&mut ws, fatal(shown(&s))).await;
             return Ok(());
         }
     };
@@ -364,7 +383,7 @@ async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(s) => {
-                    let _ = send_json(&mut ws, fatal(s.message().to_string())).await;
+                    let _ = send_json(&mut ws, fatal(shown(&s))).await;
                     break;
                 }
             },
@@ -391,7 +410,7 @@ async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result
                                 cols: ctl.cols,
                                 rows: ctl.rows,
                             }).await {
-                                let _ = send_json(&mut ws, json!({ "type": "error", "data": s.message(), "fatal": false })).await;
+                                let _ = send_json(&mut ws, json!({ "type": "error", "data": shown(&s), "fatal": false })).await;
                             }
                         }
                         "kill" => {

@@ -99,6 +99,10 @@ async fn serve_download(envd: &SharedEnvd, uri: &Uri, headers: &HeaderMap) -> Re
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| EnvdError::io(format!("opening {}", path.display()), e))?;
+    // The size, when it can be believed: files of /proc (size 0) and /sys (size 4096) are made
+    // as they are read, so those are streamed to their end without a length.
+    let length = known_length(&file, &meta);
+    let file = tokio::io::AsyncReadExt::take(file, length.unwrap_or(u64::MAX));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -138,10 +142,32 @@ async fn serve_download(envd: &SharedEnvd, uri: &Uri, headers: &HeaderMap) -> Re
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    } else if let Some(len) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     Ok(resp)
+}
+
+/// The file's length for `Content-Length`, or `None` when its size says nothing about what a
+/// read returns (an empty size; a pseudo filesystem: proc, sysfs, debugfs, tracefs,
+/// securityfs, cgroup, bpf): then it is read to its end.
+fn known_length(file: &tokio::fs::File, meta: &std::fs::Metadata) -> Option<u64> {
+    use nix::sys::statfs as fs;
+    if meta.len() == 0 {
+        return None;
+    }
+    let kind = fs::fstatfs(file).ok()?.filesystem_type();
+    let sizeless = [
+        fs::PROC_SUPER_MAGIC,
+        fs::SYSFS_MAGIC,
+        fs::DEBUGFS_MAGIC,
+        fs::TRACEFS_MAGIC,
+        fs::SECURITYFS_MAGIC,
+        fs::CGROUP_SUPER_MAGIC,
+        fs::CGROUP2_SUPER_MAGIC,
+        fs::BPF_FS_MAGIC,
+    ];
+    (!sizeless.contains(&kind)).then_some(meta.len())
 }
 
 pub async fn upload(
