@@ -279,8 +279,8 @@ const MIB: u64 = 1 << 20;
 
 /// `wrenn server` (control plane alone, SQLite) in front of a stand-in agent address that
 /// accepts connections and never answers (no capsules are involved; this test needs no VM
-/// lock). Returns the child, its address, and the listener's thread keeping connections.
-fn server_alone(data_dir: &Path) -> (Child, String) {
+/// lock). Returns the child, its address and what it printed before it was up.
+fn server_alone(data_dir: &Path) -> (Child, String, Vec<String>) {
     let agent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let agent_addr = agent.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -305,14 +305,62 @@ fn server_alone(data_dir: &Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
     let addr = loop {
         let line = lines.next().expect("wrenn server exited").unwrap();
         if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
             break url.trim().to_string();
         }
+        banner.push(line);
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr, banner)
+}
+
+/// `wrenn server` on a data folder that exists with loose modes: fixed, one warning per path;
+/// what it makes (the database with its -wal/-shm, the admin key and password) is private.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_fixes_loose_modes() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path().join("wrenn");
+    std::fs::create_dir_all(dir.join("pki")).unwrap();
+    std::fs::write(dir.join("pki/old.key"), "x").unwrap();
+    for (p, m) in [("", 0o755), ("pki", 0o750), ("pki/old.key", 0o644)] {
+        std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let (mut child, _, banner) = server_alone(&dir);
+    let result =
+        std::panic::catch_unwind(|| {
+            for (p, now) in [("", 0o700), ("pki", 0o700), ("pki/old.key", 0o600)] {
+                let path = if p.is_empty() {
+                    dir.clone()
+                } else {
+                    dir.join(p)
+                };
+                let name = path.display().to_string();
+                assert!(
+                    banner.iter().any(|l| l.starts_with("warning: ")
+                        && l.contains(&format!("{name} was readable"))),
+                    "no warning for {name}: {banner:?}"
+                );
+                assert_eq!(mode(&path), now, "{name}");
+            }
+            for f in [
+                "wrenn.db",
+                "wrenn.db-wal",
+                "wrenn.db-shm",
+                "admin-api-key",
+                "admin-password",
+            ] {
+                assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+            }
+            assert_eq!(loose(&dir), vec![]);
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }
 
 /// 1,000 failed log-ins, 32 at a time (all of them checked), then 1,000 more 128 at a time
@@ -322,7 +370,7 @@ fn server_alone(data_dir: &Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_logins_do_not_grow_memory() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let (mut child, addr) = server_alone(tmp.path());
+    let (mut child, addr, _) = server_alone(tmp.path());
     let pid = child.id();
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
