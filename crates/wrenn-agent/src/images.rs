@@ -124,7 +124,12 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
     let recipe = tempfile_dir()?;
     write_recipe(recipe.path())?;
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(recipe.path().join("build.sh"))
+    // With umask 022 whatever the caller's (Wrenn runs with 077): the guest's files keep their
+    // normal modes. The caller makes the output private.
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(recipe.path().join("build.sh"))
         .arg(&req.template)
         .arg(&req.images_dir)
         .arg(&req.envd)

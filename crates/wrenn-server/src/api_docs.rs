@@ -45,6 +45,11 @@ pub struct AgentFailed(pub ErrorBody);
 #[derive(ToResponse)]
 pub struct HostUnavailable(pub ErrorBody);
 
+/// `rate_limited`: too many requests of this kind (failed log-ins, password checks); the
+/// `Retry-After` header says how many seconds to wait.
+#[derive(ToResponse)]
+pub struct RateLimited(pub ErrorBody);
+
 /// `insufficient_storage`: a disk is full (the capsule's, the host's for capsule files, or the
 /// server's for its database).
 #[derive(ToResponse)]
@@ -102,7 +107,7 @@ impl Modify for SecuritySchemes {
         let mut bearer = Http::new(HttpAuthScheme::Bearer);
         bearer.description = Some(
             "`Authorization: Bearer` with an API key (`wrn_…`), or a user token from \
-             `/v1/auth/signup` or `/v1/auth/login` (24 h). A user acts in the team named by \
+             `/v1/auth/login` (24 h, or until logged out). A user acts in the team named by \
              `X-Team-Id` (they must be a member) or else in their first team."
                 .into(),
         );
@@ -156,6 +161,11 @@ impl Modify for SecuritySchemes {
         quotas::set,
         accounts::signup,
         accounts::login,
+        accounts::logout,
+        accounts::logout_all,
+        accounts::invitations::create_invitation,
+        accounts::invitations::list_invitations,
+        accounts::invitations::delete_invitation,
         accounts::list_teams,
         accounts::create_team,
         accounts::list_members,
@@ -185,7 +195,8 @@ impl Modify for SecuritySchemes {
             AgentFailed,
             HostUnavailable,
             InsufficientStorage,
-            QuotaExceeded
+            QuotaExceeded,
+            RateLimited
         )
     ),
     modifiers(&SecuritySchemes, &ServerFaults),
@@ -200,9 +211,14 @@ impl Modify for SecuritySchemes {
         (name = "snapshots", description = "Templates: the platform's, and the team's \
             snapshots of capsules"),
         (name = "events", description = "The team's lifecycle events, as server-sent events"),
-        (name = "auth", description = "Sign-up and log-in (user tokens)"),
-        (name = "teams", description = "Teams and their members (signed-in users only)"),
-        (name = "api-keys", description = "The team's API keys"),
+        (name = "auth", description = "Sign-up (by the server's policy: open, invite or \
+            closed), log-in (rate-limited per account and per address), log-out (user tokens are \
+            revocable)"),
+        (name = "teams", description = "Teams, their members and invitations (signed-in users \
+            only)"),
+        (name = "api-keys", description = "The team's API keys. A key belongs to the user who \
+            made it and is deleted when they leave the team; the server's admin key belongs to \
+            the team"),
         (name = "audit", description = "The team's audit log"),
         (name = "service", description = "The server itself: health, this document, metrics"),
     )

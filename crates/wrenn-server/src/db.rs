@@ -56,6 +56,10 @@ pub struct ApiKeyRow {
     pub prefix: String,
     /// The user or API key that made it (`None` for the bootstrap key).
     pub created_by: Option<String>,
+    /// The user whose membership the key lives with: the user who made it, or the owner of
+    /// the key that made it. `None`: the team's own key (the bootstrap key and keys it made),
+    /// which lives as long as the team.
+    pub owner_id: Option<String>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
 }
@@ -153,6 +157,9 @@ fn template_of(r: &sqlx::any::AnyRow) -> Result<TemplateRow> {
 const CAPSULE_COLUMNS: &str = "id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
      timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at";
 
+mod security;
+pub use security::{Invitation, BOOTSTRAP_ACTOR};
+
 impl Db {
     /// Opens (creating a SQLite file if needed) and migrates.
     pub async fn open(url: &str) -> Result<Db> {
@@ -244,15 +251,20 @@ impl Db {
     /// which is never stored.
     pub async fn create_api_key(&self, team_id: &str, name: &str) -> Result<(ApiKeyRow, String)> {
         let mut conn = self.pool.acquire().await?;
-        insert_api_key(&mut conn, team_id, name, None).await
+        insert_api_key(&mut conn, team_id, name, None, None).await
     }
 
-    /// The caller a plaintext API key stands for, if it is a live key.
+    /// The caller a plaintext API key stands for, if it is a live key: one whose owner (if it
+    /// has one) is still a member of the key's team.
     pub async fn authenticate_key(&self, plaintext: &str) -> Result<Option<Caller>> {
-        let Some(r) = sqlx::query("SELECT id, team_id, name FROM api_keys WHERE key_hash = $1")
-            .bind(hash_key(plaintext))
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(r) = sqlx::query(
+            "SELECT k.id, k.team_id, k.name FROM api_keys k WHERE k.key_hash = $1 \
+             AND (k.owner_id IS NULL OR EXISTS (SELECT 1 FROM memberships m \
+                  WHERE m.team_id = k.team_id AND m.user_id = k.owner_id))",
+        )
+        .bind(hash_key(plaintext))
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
@@ -765,6 +777,7 @@ async fn insert_api_key(
     team_id: &str,
     name: &str,
     created_by: Option<&str>,
+    owner_id: Option<&str>,
 ) -> Result<(ApiKeyRow, String)> {
     let plaintext = format!("wrn_{}", wrenn_types::secret::hex(16)?);
     let row = ApiKeyRow {
@@ -773,12 +786,13 @@ async fn insert_api_key(
         name: name.into(),
         prefix: plaintext[..8].into(),
         created_by: created_by.map(str::to_string),
+        owner_id: owner_id.map(str::to_string),
         created_at: now_ms(),
         last_used_at: None,
     };
     sqlx::query(
-        "INSERT INTO api_keys (id, team_id, created_by, name, prefix, key_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_keys (id, team_id, created_by, name, prefix, key_hash, created_at, \
+         owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&row.id)
     .bind(&row.team_id)
@@ -787,6 +801,7 @@ async fn insert_api_key(
     .bind(&row.prefix)
     .bind(hash_key(&plaintext))
     .bind(row.created_at)
+    .bind(&row.owner_id)
     .execute(conn)
     .await?;
     Ok((row, plaintext))
@@ -1080,6 +1095,31 @@ impl Db {
             },
         )
         .await?;
+        // Their API keys in this team die with their membership.
+        let keys = sqlx::query("SELECT id FROM api_keys WHERE team_id = $1 AND owner_id = $2")
+            .bind(&by.team_id)
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for k in &keys {
+            let id: String = k.try_get("id")?;
+            sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2")
+                .bind(&by.team_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            insert_audit(
+                &mut tx,
+                &AuditEntry {
+                    caller: by,
+                    action: "api_key.delete",
+                    resource: ("api_key", &id),
+                    outcome: "success",
+                    detail: &format!("its owner {user_id} left the team"),
+                },
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -1087,7 +1127,7 @@ impl Db {
     /// A team's API keys (never their hashes), newest first.
     pub async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKeyRow>> {
         let rows = sqlx::query(
-            "SELECT id, team_id, name, prefix, created_by, created_at, last_used_at \
+            "SELECT id, team_id, name, prefix, created_by, owner_id, created_at, last_used_at \
              FROM api_keys WHERE team_id = $1 ORDER BY created_at DESC, id",
         )
         .bind(team_id)
@@ -1101,6 +1141,7 @@ impl Db {
                     name: r.try_get("name")?,
                     prefix: r.try_get("prefix")?,
                     created_by: r.try_get("created_by")?,
+                    owner_id: r.try_get("owner_id")?,
                     created_at: r.try_get("created_at")?,
                     last_used_at: r.try_get("last_used_at")?,
                 })
@@ -1114,7 +1155,26 @@ impl Db {
         if !lock_team(&mut tx, &by.team_id).await? {
             return Err(ApiError::NotFound(format!("team {} not found", by.team_id)));
         }
-        let made = insert_api_key(&mut tx, &by.team_id, name, Some(&by.actor_id)).await?;
+        // A user's key is theirs; a key made by a key belongs to that key's owner.
+        let owner = match by.actor_type {
+            "user" => Some(by.actor_id.clone()),
+            "api_key" => sqlx::query("SELECT owner_id FROM api_keys WHERE id = $1")
+                .bind(&by.actor_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<Option<String>, _>("owner_id"))
+                .transpose()?
+                .flatten(),
+            _ => None,
+        };
+        let made = insert_api_key(
+            &mut tx,
+            &by.team_id,
+            name,
+            Some(&by.actor_id),
+            owner.as_deref(),
+        )
+        .await?;
         insert_audit(
             &mut tx,
             &AuditEntry {
@@ -1134,6 +1194,21 @@ impl Db {
     pub async fn delete_api_key(&self, by: &Caller, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         lock_team(&mut tx, &by.team_id).await?;
+        let found = sqlx::query("SELECT created_by FROM api_keys WHERE team_id = $1 AND id = $2")
+            .bind(&by.team_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(r) = found {
+            if r.try_get::<Option<String>, _>("created_by")?.is_none() {
+                return Err(ApiError::Conflict(format!(
+                    "API key {id} is the admin key the server made at its first start (in \
+                     WRENN_DIR/admin-api-key): it cannot be deleted through the API. To replace \
+                     it, delete that file and restart the server: it makes a new admin key and \
+                     deletes this one"
+                )));
+            }
+        }
         let done = sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2")
             .bind(&by.team_id)
             .bind(id)

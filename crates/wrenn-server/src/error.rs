@@ -29,6 +29,13 @@ pub enum ApiError {
     /// A team's quota would be exceeded (the message names the quota, its limit and use).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Too many requests of this kind (log-ins, password checks): try again after
+    /// `retry_after_secs` (sent as `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// No host can take the request (capacity, or no agent).
     #[error("{0}")]
     HostUnavailable(String),
@@ -54,8 +61,9 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
 
 /// The `error.code` of an error answer; clients pick their exception by it. With its status:
 /// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
-/// `invalid_state` and `conflict` 409, `too_large` 413, `quota_exceeded` 429,
-/// `internal_error` 500, `agent_error` 502, `host_unavailable` and `unavailable` 503,
+/// `invalid_state` and `conflict` 409, `too_large` 413, `quota_exceeded` and `rate_limited`
+/// 429 (the latter with `Retry-After`), `internal_error` 500, `agent_error` 502,
+/// `host_unavailable` and `unavailable` 503,
 /// `insufficient_storage` 507.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +84,8 @@ pub enum ErrorCode {
     TooLarge,
     /// 429: the team's quota (capsules, vCPUs, memory, disk or snapshots) would be exceeded.
     QuotaExceeded,
+    /// 429: too many requests of this kind; the `Retry-After` header says when to try again.
+    RateLimited,
     /// 503: no host can take the request (capacity, or no agent).
     HostUnavailable,
     /// 502: the host agent failed, or the capsule did not answer it.
@@ -90,7 +100,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -99,6 +109,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::TooLarge,
         ErrorCode::QuotaExceeded,
+        ErrorCode::RateLimited,
         ErrorCode::HostUnavailable,
         ErrorCode::InsufficientStorage,
         ErrorCode::AgentError,
@@ -116,6 +127,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::AgentError => "agent_error",
@@ -133,7 +145,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::QuotaExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::HostUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
@@ -169,6 +181,7 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::HostUnavailable(_) => ErrorCode::HostUnavailable,
             ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             ApiError::Agent(_) => ErrorCode::AgentError,
@@ -377,7 +390,17 @@ impl IntoResponse for ApiError {
             // The whole message, addresses included, is for the log only.
             tracing::warn!(%code, error = %self, "request failed");
         }
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        resp
     }
 }
 

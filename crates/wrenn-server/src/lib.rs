@@ -191,16 +191,48 @@ async fn not_found() -> ApiError {
 /// The admin account `wrenn up` makes on first start.
 pub const ADMIN_EMAIL: &str = "admin@localhost";
 
+/// What [`bootstrap`] did about the admin key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminKey {
+    /// The key in the file works: nothing to do.
+    Kept,
+    /// First start: the admin user, their team and this key were made.
+    Made(String),
+    /// The file was missing or its key no longer worked: this new key replaces it (and any
+    /// previous admin key of the team is deleted).
+    Replaced(String),
+}
+
 /// On first start: an admin user (`admin@localhost`, a random password written to
 /// `password_file`), their team, and an API key of that team written to `key_file` (both 0600).
-/// Later starts reuse them. Returns the key when it was just made.
-pub async fn bootstrap(
-    db: &db::Db,
-    key_file: &Path,
-    password_file: &Path,
-) -> Result<Option<String>> {
-    if db.team_count().await? > 0 && key_file.is_file() {
-        return Ok(None);
+/// Later starts keep them. The admin key (no creator) cannot be deleted through the API; when
+/// `key_file` is missing or its key no longer works, a new admin key replaces it (the team's
+/// previous admin key is deleted), so the operator always has a working key.
+pub async fn bootstrap(db: &db::Db, key_file: &Path, password_file: &Path) -> Result<AdminKey> {
+    let write = |path: &Path, text: String| {
+        write_private(path, &text)
+            .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+    };
+    if let Ok(text) = std::fs::read_to_string(key_file) {
+        if db.is_bootstrap_key(text.trim()).await? {
+            return Ok(AdminKey::Kept);
+        }
+    }
+    if let Some((admin, _)) = db.user_by_email(ADMIN_EMAIL).await? {
+        // The admin's own team: the first one they own.
+        let team = db
+            .memberships(&admin.id)
+            .await?
+            .into_iter()
+            .find(|m| m.role == db::Role::Owner)
+            .ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "{ADMIN_EMAIL} owns no team, so the admin key cannot be replaced"
+                ))
+            })?;
+        let (_, key) = db.replace_bootstrap_key(&team.team.id).await?;
+        write(key_file, format!("{key}\n"))?;
+        return Ok(AdminKey::Replaced(key));
     }
     let mut b = [0u8; 18];
     wrenn_types::secret::fill(&mut b)?;
@@ -210,13 +242,9 @@ pub async fn bootstrap(
         .create_user_with_team(ADMIN_EMAIL, "Admin", &hash, "default")
         .await?;
     let (_, key) = db.create_api_key(&team.id, "admin").await?;
-    let write = |path: &Path, text: String| {
-        write_private(path, &text)
-            .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
-    };
     write(password_file, format!("{password}\n"))?;
     write(key_file, format!("{key}\n"))?;
-    Ok(Some(key))
+    Ok(AdminKey::Made(key))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -343,9 +371,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer's address reaches the handlers (log-in limits per client address).
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// For the shape tests: `new` must serialize (as the API writes it, to text) to exactly the

@@ -28,6 +28,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// The API's request counters and durations, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The sign-up policy and the log-in limits.
+    pub accounts: Arc<crate::accounts::Accounts>,
 }
 
 impl AppState {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_server::{
+    accounts::SignupPolicy,
     db::{CapsuleRow, Db},
     AppState,
 };
@@ -38,10 +39,18 @@ async fn start() -> Server {
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
+        accounts: wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, wrenn_server::router(state)).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            wrenn_server::router(state)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
     Server {
         base,
         http: reqwest::Client::new(),

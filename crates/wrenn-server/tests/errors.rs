@@ -40,6 +40,9 @@ async fn start() -> Server {
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
+        accounts: wrenn_server::accounts::Accounts::new(
+            wrenn_server::accounts::SignupPolicy::Closed,
+        ),
     };
     let team = db.create_team("errors").await.unwrap();
     let (_, key) = db.create_api_key(&team.id, "k").await.unwrap();

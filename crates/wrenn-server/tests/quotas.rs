@@ -45,8 +45,10 @@ async fn start(defaults: Limits) -> Server {
         &dir.path().join("admin-password"),
     )
     .await
-    .unwrap()
     .unwrap();
+    let wrenn_server::AdminKey::Made(admin_key) = admin_key else {
+        panic!("a fresh database makes the admin key");
+    };
     quotas::set_defaults(&db, &defaults).await.unwrap();
     let agent = AgentClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
     let (events, _) = tokio::sync::broadcast::channel(16);
@@ -57,6 +59,7 @@ async fn start(defaults: Limits) -> Server {
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
+        accounts: wrenn_server::accounts::Accounts::new(wrenn_server::accounts::SignupPolicy::Open),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -110,11 +113,31 @@ impl Server {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let b: Value = resp.json().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let login: Value = self
+            .http
+            .post(format!("{}/v1/auth/login", self.base))
+            .json(&json!({ "email": email, "password": "correct horse" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"].as_str().unwrap().to_string();
+        let teams: Value = self
+            .http
+            .get(format!("{}/v1/teams", self.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         Account {
-            token: b["token"].as_str().unwrap().into(),
-            team: b["team"]["id"].as_str().unwrap().into(),
+            token,
+            team: teams[0]["id"].as_str().unwrap().into(),
         }
     }
 

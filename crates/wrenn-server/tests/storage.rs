@@ -184,6 +184,8 @@ async fn migrations_apply(s: Store) {
         "templates",
         "audit_log",
         "settings",
+        "user_sessions",
+        "invitations",
     ] {
         let r = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .fetch_one(&s.raw)

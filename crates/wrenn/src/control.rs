@@ -14,6 +14,8 @@ pub struct ControlPlane {
     pub domain: String,
     /// The platform's default per-team quotas.
     pub quotas: wrenn_server::quotas::Limits,
+    /// Who may sign up.
+    pub signup: wrenn_server::accounts::SignupPolicy,
 }
 
 /// The platform's default per-team quotas (teams may have overrides: `PUT
@@ -84,7 +86,7 @@ pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Re
         .context("opening the database")?;
     let key_file = cp.data_dir.join("admin-api-key");
     let password_file = cp.data_dir.join("admin-password");
-    let new_key = wrenn_server::bootstrap(&db, &key_file, &password_file)
+    let admin_key = wrenn_server::bootstrap(&db, &key_file, &password_file)
         .await
         .context("creating the admin user, team and key")?;
     wrenn_server::quotas::set_defaults(&db, &cp.quotas)
@@ -102,24 +104,31 @@ pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Re
             .build()
             .context("the proxy's HTTP client")?,
         metrics: Default::default(),
+        accounts: wrenn_server::accounts::Accounts::new(cp.signup),
     };
     wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(cp.listen)
         .await
         .with_context(|| format!("binding {}", cp.listen))?;
     println!("Wrenn is up at http://{}", listener.local_addr()?);
-    match new_key {
-        Some(key) => println!(
+    match admin_key {
+        wrenn_server::AdminKey::Made(key) => println!(
             "admin API key (shown once; also in {}): {key}",
             key_file.display()
         ),
-        None => println!("admin API key: in {}", key_file.display()),
+        wrenn_server::AdminKey::Replaced(key) => println!(
+            "admin API key: {} was missing or its key no longer worked; made a new admin key \
+             (the previous one is deleted; shown once, also in that file): {key}",
+            key_file.display()
+        ),
+        wrenn_server::AdminKey::Kept => println!("admin API key: in {}", key_file.display()),
     }
     println!(
         "admin login: {} (password in {})",
         wrenn_server::ADMIN_EMAIL,
         password_file.display()
     );
+    println!("sign-up: {} (--signup, WRENN_SIGNUP)", cp.signup.as_str());
     Ok(Started { state, listener })
 }
 

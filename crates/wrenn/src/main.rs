@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod cli;
 mod control;
+mod private;
 mod up;
 
 use anyhow::Context;
@@ -61,6 +62,10 @@ enum Command {
         domain: String,
         #[command(flatten)]
         quotas: control::QuotaArgs,
+        /// Who may sign up: `open` (anyone), `invite` (with a team's invitation) or `closed`
+        /// (nobody; `wrenn up` makes its own admin, who adds users).
+        #[arg(long, env = "WRENN_SIGNUP", default_value = "closed")]
+        signup: wrenn_server::accounts::SignupPolicy,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -85,6 +90,10 @@ enum Command {
         domain: String,
         #[command(flatten)]
         quotas: control::QuotaArgs,
+        /// Who may sign up: `open` (anyone), `invite` (only with an invitation a team's owner
+        /// or admin made: the default, so nobody joins unasked) or `closed` (nobody).
+        #[arg(long, env = "WRENN_SIGNUP", default_value = "invite")]
+        signup: wrenn_server::accounts::SignupPolicy,
     },
     /// Run the host agent: capsules on this host, served over gRPC (`agent.v1`).
     Agent {
@@ -171,7 +180,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Up { .. } | Command::Server { .. } | Command::Agent { .. }
+    ) {
+        // Whatever these make (database, keys, capsules, snapshots) is private.
+        private::set_umask();
+    }
+    match command {
         Command::Server {
             data_dir,
             listen,
@@ -180,7 +197,11 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             domain,
             quotas,
+            signup,
         } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            private::check_and_fix(&data_dir)?;
             let endpoint: wrenn_agent::client::AgentEndpoint = agent.parse().context("--agent")?;
             let tls = match &endpoint {
                 wrenn_agent::client::AgentEndpoint::Unix(_)
@@ -188,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
                 wrenn_agent::client::AgentEndpoint::Https(host)
                 | wrenn_agent::client::AgentEndpoint::HostPort(host) => {
                     let dir = pki_dir.unwrap_or_else(|| data_dir.join("pki"));
+                    if dir.exists() {
+                        private::check_and_fix(&dir)?;
+                    }
                     let pki = tls::Pki::load_or_create(&dir).context("the server's PKI")?;
                     if tls::Identity::load(&dir, tls::CLIENT_STEM).is_err() {
                         pki.issue_client("wrenn-control-plane")?
@@ -200,6 +224,9 @@ async fn main() -> anyhow::Result<()> {
                         );
                     }
                     let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                    // Certificates are written 0644 by their maker; the PKI folder is ours.
+                    private::make_private(&dir)
+                        .with_context(|| format!("making {} private", dir.display()))?;
                     Some(tls::load_client_tls(&dir, name.trim_matches(['[', ']']))?)
                 }
             };
@@ -213,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
                     database_url,
                     domain,
                     quotas: quotas.limits(),
+                    signup,
                 },
                 client,
             )
@@ -240,10 +268,12 @@ async fn main() -> anyhow::Result<()> {
             slots,
             domain,
             quotas,
+            signup,
         } => {
             up::run(up::Up {
                 domain,
                 quotas: quotas.limits(),
+                signup,
                 data_dir,
                 listen,
                 images,
@@ -263,6 +293,9 @@ async fn main() -> anyhow::Result<()> {
             max_capsules,
             slots,
         } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            private::check_and_fix(&data_dir)?;
             let tls = match &tls_dir {
                 Some(_) if matches!(listen, ListenAddr::Unix(_)) => anyhow::bail!(
                     "--tls-dir with a Unix socket: TLS is for TCP; the socket is 0600, so only \

@@ -23,6 +23,8 @@ pub struct Up {
     pub domain: String,
     /// The platform's default per-team quotas.
     pub quotas: wrenn_server::quotas::Limits,
+    /// Who may sign up (default `closed`: `wrenn up` makes its own admin).
+    pub signup: wrenn_server::accounts::SignupPolicy,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -52,6 +54,9 @@ async fn ensure_images(up: &Up, images: &std::path::Path) -> anyhow::Result<()> 
         wrenn_agent::images::build(&req, |p| println!("  {}", p.line))
             .await
             .with_context(|| format!("building template {name}"))?;
+        // Built with umask 022 (the guest's files keep their modes); the output is ours.
+        crate::private::make_private(&images.join(name))
+            .with_context(|| format!("making template {name} private"))?;
     }
     Ok(())
 }
@@ -107,6 +112,8 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&up.data_dir)
         .with_context(|| format!("creating {}", up.data_dir.display()))?;
+    // Everything in the data folder is private: looser modes found are fixed, with a warning.
+    crate::private::check_and_fix(&up.data_dir)?;
     ensure_images(&up, &images).await?;
 
     // The agent, on a socket only this user can open.
@@ -148,6 +155,7 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             database_url: up.database_url.clone(),
             domain: up.domain.clone(),
             quotas: up.quotas,
+            signup: up.signup,
         },
         agent,
     )

@@ -35,6 +35,7 @@ impl Up {
             .arg("--images")
             .arg(images_dir())
             .env("WRENN_TEMPLATES", "minimal,python")
+            .env("WRENN_SIGNUP", "open")
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -514,8 +515,15 @@ async fn tenants_cannot_see_each_other() {
     let url = |p: &str| up.url(p);
     let key_a = up.key.clone();
     // Team B: a user who signs up, and a key of their team.
-    let signed: Value = http
+    let signup = http
         .post(url("/v1/auth/signup"))
+        .json(&json!({ "email": "b@example.com", "password": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), reqwest::StatusCode::ACCEPTED);
+    let signed: Value = http
+        .post(url("/v1/auth/login"))
         .json(&json!({ "email": "b@example.com", "password": "correct horse battery" }))
         .send()
         .await

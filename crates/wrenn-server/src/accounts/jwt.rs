@@ -29,6 +29,10 @@ pub struct Claims {
     /// Expires at (Unix seconds).
     pub exp: i64,
     pub iss: String,
+    /// The session the token belongs to: the token is valid while the session is (log out
+    /// ends it). Tokens without one are refused by the server.
+    #[serde(default)]
+    pub sid: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,13 +59,15 @@ fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
 }
 
-/// A token for `user_id`, valid from `now` (Unix seconds) for [`LIFETIME_SECS`].
-pub fn issue(key: &[u8], user_id: &str, now: i64) -> (String, Claims) {
+/// A token for `user_id` in session `sid`, valid from `now` (Unix seconds) for
+/// [`LIFETIME_SECS`].
+pub fn issue(key: &[u8], user_id: &str, sid: &str, now: i64) -> (String, Claims) {
     let claims = Claims {
         sub: user_id.into(),
         iat: now,
         exp: now + LIFETIME_SECS,
         iss: ISSUER.into(),
+        sid: sid.into(),
     };
     let header = Header {
         alg: "HS256".into(),
@@ -125,14 +131,14 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let (token, claims) = issue(KEY, "usr-x", NOW);
+        let (token, claims) = issue(KEY, "usr-x", "ses-1", NOW);
         assert_eq!(claims.exp, NOW + LIFETIME_SECS);
         assert_eq!(verify(KEY, &token, NOW + 10), Ok(claims));
     }
 
     #[test]
     fn expiry_is_exclusive() {
-        let (token, _) = issue(KEY, "usr-x", NOW);
+        let (token, _) = issue(KEY, "usr-x", "ses-1", NOW);
         assert!(verify(KEY, &token, NOW + LIFETIME_SECS - 1).is_ok());
         assert_eq!(
             verify(KEY, &token, NOW + LIFETIME_SECS),
@@ -142,7 +148,7 @@ mod tests {
 
     #[test]
     fn another_key_is_refused() {
-        let (token, _) = issue(KEY, "usr-x", NOW);
+        let (token, _) = issue(KEY, "usr-x", "ses-1", NOW);
         assert_eq!(
             verify(b"another key", &token, NOW),
             Err(JwtError::Signature)
@@ -151,7 +157,7 @@ mod tests {
 
     #[test]
     fn tampered_claims_are_refused() {
-        let (token, _) = issue(KEY, "usr-x", NOW);
+        let (token, _) = issue(KEY, "usr-x", "ses-1", NOW);
         let parts: Vec<&str> = token.split('.').collect();
         let forged = b64(br#"{"sub":"usr-admin","iat":0,"exp":9999999999,"iss":"wrenn"}"#);
         let t = format!("{}.{}.{}", parts[0], forged, parts[2]);
@@ -172,7 +178,7 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        let (token, _) = issue(KEY, "usr-x", NOW);
+        let (token, _) = issue(KEY, "usr-x", "ses-1", NOW);
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
         for t in [
             "",

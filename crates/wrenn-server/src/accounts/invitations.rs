@@ -1,0 +1,216 @@
+//! Invitations: a team's owners and admins invite people to sign up into the team (the
+//! `invite` sign-up policy needs one; `open` accepts one too). An invitation is a token
+//! (`wri_` + 32 hex, shown once, stored as its SHA-256), single use, with an expiry; signing up
+//! with it makes the account a member of the team with the invitation's role.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{acting_in, forbidden, JsonBody, SignedIn, SignupPolicy};
+use crate::{
+    api_docs::{BadRequest, Internal, Unauthorized},
+    db::{self, now_ms, Role},
+    error::{ApiError, ErrorBody, Result},
+    state::AppState,
+    time::rfc3339,
+};
+
+/// Default validity of an invitation (7 days).
+pub const DEFAULT_HOURS: i64 = 7 * 24;
+/// Longest validity (30 days).
+pub const MAX_HOURS: i64 = 30 * 24;
+
+/// An invitation (never its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Invitation {
+    #[schema(example = "inv-0123456789abcdef01234567")]
+    pub id: String,
+    pub team_id: String,
+    /// The role the new member gets.
+    pub role: Role,
+    /// The user who made it.
+    pub created_by: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// The user who signed up with it (null while unused).
+    #[schema(required = true)]
+    pub used_by: Option<String>,
+    #[schema(format = DateTime, required = true)]
+    pub used_at: Option<String>,
+}
+
+impl From<&db::Invitation> for Invitation {
+    fn from(i: &db::Invitation) -> Invitation {
+        Invitation {
+            id: i.id.clone(),
+            team_id: i.team_id.clone(),
+            role: i.role,
+            created_by: i.created_by.clone(),
+            created_at: rfc3339(i.created_at),
+            expires_at: rfc3339(i.expires_at),
+            used_by: i.used_by.clone(),
+            used_at: i.used_at.map(rfc3339),
+        }
+    }
+}
+
+/// A new invitation, with its token (shown this once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CreatedInvitation {
+    #[serde(flatten)]
+    pub invitation: Invitation,
+    /// The token to give the person invited: they pass it as `invitation` to
+    /// `POST /v1/auth/signup`. Single use.
+    #[schema(example = "wri_0123456789abcdef0123456789abcdef")]
+    pub token: String,
+}
+
+/// An invitation to make.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationBody {
+    /// `member` (default) or `admin`.
+    #[schema(example = "member")]
+    role: Option<String>,
+    /// How long it stays valid, in hours: 1 to 720 (default 168, a week).
+    #[schema(minimum = 1, maximum = 720)]
+    expires_in_hours: Option<i64>,
+}
+
+/// `user` managing `team_id`'s invitations: an admin or owner.
+async fn manager(state: &AppState, user: &db::User, team_id: &str) -> Result<db::Caller> {
+    let (caller, role) = acting_in(state, user, team_id).await?;
+    if role < Role::Admin {
+        return Err(forbidden("managing invitations"));
+    }
+    Ok(caller)
+}
+
+/// Invite someone
+///
+/// An invitation to sign up into the team (admins and owners; as `member` or `admin`). The
+/// token is shown this once; it works once, until it expires.
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{id}/invitations",
+    operation_id = "create_invitation",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    request_body = InvitationBody,
+    responses(
+        (status = 201, description = "The invitation, with its token", body = CreatedInvitation),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key, a plain member, or sign-up is closed on this server", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn create_invitation(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(team_id): Path<String>,
+    JsonBody(b): JsonBody<InvitationBody>,
+) -> Result<(StatusCode, Json<CreatedInvitation>)> {
+    let caller = manager(&state, &user, &team_id).await?;
+    if state.accounts.signup == SignupPolicy::Closed {
+        return Err(ApiError::Forbidden(
+            "sign-up is closed on this server, so invitations cannot be used; add existing \
+             users with POST /v1/teams/{id}/members"
+                .into(),
+        ));
+    }
+    let role = match b.role.as_deref().unwrap_or("member") {
+        "member" => Role::Member,
+        "admin" => Role::Admin,
+        other => {
+            return Err(ApiError::InvalidRequest(format!(
+                "role must be admin or member, not {other:?}"
+            )))
+        }
+    };
+    let hours = b.expires_in_hours.unwrap_or(DEFAULT_HOURS);
+    if !(1..=MAX_HOURS).contains(&hours) {
+        return Err(ApiError::InvalidRequest(format!(
+            "expires_in_hours must be 1 to {MAX_HOURS}, not {hours}"
+        )));
+    }
+    let (inv, token) = state
+        .db
+        .create_invitation(&caller, role, now_ms() + hours * 3_600_000)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedInvitation {
+            invitation: Invitation::from(&inv),
+            token,
+        }),
+    ))
+}
+
+/// List invitations
+///
+/// The team's invitations, newest first, used and expired ones too (admins and owners).
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/invitations",
+    operation_id = "list_invitations",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    responses(
+        (status = 200, description = "The invitations", body = Vec<Invitation>),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key or a plain member", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_invitations(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path(team_id): Path<String>,
+) -> Result<Json<Vec<Invitation>>> {
+    manager(&state, &user, &team_id).await?;
+    let all = state.db.invitations(&team_id).await?;
+    Ok(Json(all.iter().map(Invitation::from).collect()))
+}
+
+/// Withdraw an invitation
+///
+/// Its token stops working (admins and owners).
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}/invitations/{invitation_id}",
+    operation_id = "delete_invitation",
+    tag = "teams",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Team id (`team-…`)"),
+        ("invitation_id" = String, Path, description = "Invitation id (`inv-…`)"),
+    ),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: an API key or a plain member", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team among the user's, or no such invitation", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn delete_invitation(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    Path((team_id, id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let caller = manager(&state, &user, &team_id).await?;
+    state.db.delete_invitation(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
