@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod cli;
 mod control;
+mod shapes;
 mod up;
 
 use anyhow::Context;
@@ -59,6 +60,8 @@ enum Command {
         /// (`*.localhost` resolves to this machine in browsers and curl).
         #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
         domain: String,
+        #[command(flatten)]
+        shapes: shapes::ShapeArgs,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -104,6 +107,8 @@ enum Command {
         /// normally owns them all).
         #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
         slots: std::ops::RangeInclusive<u32>,
+        #[command(flatten)]
+        shapes: shapes::ShapeArgs,
     },
     /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
     /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
@@ -233,8 +238,10 @@ async fn main() -> anyhow::Result<()> {
             max_capsules,
             slots,
             domain,
+            shapes,
         } => {
             up::run(up::Up {
+                shapes: shapes.policy()?,
                 domain,
                 data_dir,
                 listen,
@@ -254,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             images,
             max_capsules,
             slots,
+            shapes,
         } => {
             let tls = match &tls_dir {
                 Some(_) if matches!(listen, ListenAddr::Unix(_)) => anyhow::bail!(
@@ -278,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
                     qemu: wrenn_vmm::qemu::default_qemu(),
                     max_capsules,
                     slots,
+                    shapes: shapes.policy()?,
                 })
                 .await
                 .context("starting the agent")?,

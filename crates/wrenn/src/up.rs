@@ -21,6 +21,8 @@ pub struct Up {
     pub slots: std::ops::RangeInclusive<u32>,
     /// The port proxy's domain.
     pub domain: String,
+    /// The machine shapes the built-in agent offers.
+    pub shapes: wrenn_agent::templates::ShapePolicy,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -71,6 +73,7 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             qemu: wrenn_vmm::qemu::default_qemu(),
             max_capsules: up.max_capsules,
             slots: up.slots.clone(),
+            shapes: up.shapes.clone(),
         })
         .await
         .context("starting the agent")?,
