@@ -142,7 +142,9 @@ impl ShapePolicy {
                 })
                 .collect::<Result<_>>()?;
             if v.is_empty() {
-                return Err(AgentError::InvalidArgument(format!("{what}: the list is empty")));
+                return Err(AgentError::InvalidArgument(format!(
+                    "{what}: the list is empty"
+                )));
             }
             Ok(v)
         };

@@ -211,7 +211,10 @@ async fn private_files_template_kinds_and_shapes() {
         })
         .await
         .unwrap();
-    let out = mgr.exec(&from_snapshot.id, sh("cat /root/s")).await.unwrap();
+    let out = mgr
+        .exec(&from_snapshot.id, sh("cat /root/s"))
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "secret\n");
     mgr.destroy(&from_snapshot.id).await.unwrap();
     mgr.destroy(&c.id).await.unwrap();
@@ -219,25 +222,17 @@ async fn private_files_template_kinds_and_shapes() {
     assert_eq!(mgr.list().len(), 0);
 
     // Shapes: only the configured set.
-    let odd = mgr
-        .create(CreateSpec {
-            vcpus: 3,
-            ..spec()
-        })
-        .await;
+    let odd = mgr.create(CreateSpec { vcpus: 3, ..spec() }).await;
     match odd {
         Err(AgentError::InvalidArgument(m)) => assert!(m.contains("not a shape"), "{m}"),
         other => panic!("3 vCPUs: {other:?}"),
     }
-    assert!(shape_dir(images.path(), "-3c-256m").is_none(), "nothing made");
+    assert!(
+        shape_dir(images.path(), "-3c-256m").is_none(),
+        "nothing made"
+    );
     // 2 vCPUs: a shape snapshot, private.
-    let two = mgr
-        .create(CreateSpec {
-            vcpus: 2,
-            ..spec()
-        })
-        .await
-        .unwrap();
+    let two = mgr.create(CreateSpec { vcpus: 2, ..spec() }).await.unwrap();
     let a = shape_dir(images.path(), "-2c-256m").expect("the 2-vCPU shape");
     assert_eq!(mode(&images.path().join("minimal/shapes")), 0o700);
     let files = assert_private(&a);
@@ -253,16 +248,13 @@ async fn private_files_template_kinds_and_shapes() {
         .await
         .unwrap();
     let b = shape_dir(images.path(), "-1c-512m").expect("the 512 MiB shape");
-    assert!(!a.exists(), "the least recently used unused shape is evicted");
+    assert!(
+        !a.exists(),
+        "the least recently used unused shape is evicted"
+    );
     // In use: never evicted, however old.
     set_used(&b, Duration::from_secs(3600));
-    let two = mgr
-        .create(CreateSpec {
-            vcpus: 2,
-            ..spec()
-        })
-        .await
-        .unwrap();
+    let two = mgr.create(CreateSpec { vcpus: 2, ..spec() }).await.unwrap();
     assert!(b.exists(), "a shape a capsule restores from stays");
     let out = mgr.exec(&big.id, sh("nproc")).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
@@ -311,13 +303,7 @@ async fn disk_admission_and_discard() {
 
     // Never: 1 TiB, and 4 GiB on a 3 GiB filesystem.
     for disk_mib in [1 << 20, 4096] {
-        match mgr
-            .create(CreateSpec {
-                disk_mib,
-                ..spec()
-            })
-            .await
-        {
+        match mgr.create(CreateSpec { disk_mib, ..spec() }).await {
             Err(AgentError::InvalidArgument(m)) => {
                 assert!(m.contains("can never fit"), "{m}")
             }
@@ -350,10 +336,7 @@ async fn disk_admission_and_discard() {
         written >= before + (80 << 20),
         "writing grew the overlay: {before} -> {written}; {text}"
     );
-    let out = mgr
-        .exec(&c.id, sh("rm /root/big && sync"))
-        .await
-        .unwrap();
+    let out = mgr.exec(&c.id, sh("rm /root/big && sync")).await.unwrap();
     assert_eq!(out.exit_code, 0);
     // The guest discards at its next journal commit; wait for it (not a speed assertion).
     let mut after = allocated(&disk);

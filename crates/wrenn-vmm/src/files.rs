@@ -79,9 +79,10 @@ pub fn private_tree(dir: &Path) -> Result<()> {
     if !meta.file_type().is_dir() {
         return Ok(());
     }
-    chmod(dir, PRIVATE_DIR).map_err(|e| VmmError::io(format!("making {} private", dir.display()), e))?;
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| VmmError::io(format!("listing {}", dir.display()), e))?;
+    chmod(dir, PRIVATE_DIR)
+        .map_err(|e| VmmError::io(format!("making {} private", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| VmmError::io(format!("listing {}", dir.display()), e))?;
     for e in entries.flatten() {
         let Ok(m) = std::fs::symlink_metadata(e.path()) else {
             continue;
@@ -89,10 +90,10 @@ pub fn private_tree(dir: &Path) -> Result<()> {
         let t = m.file_type();
         if t.is_dir() {
             private_tree(&e.path())?;
-        } else if (t.is_file() && m.nlink() == 1) || t.is_socket() {
-            if m.mode() & 0o777 != PRIVATE_FILE {
-                private_file(&e.path())?;
-            }
+        } else if ((t.is_file() && m.nlink() == 1) || t.is_socket())
+            && m.mode() & 0o777 != PRIVATE_FILE
+        {
+            private_file(&e.path())?;
         }
     }
     Ok(())
@@ -286,14 +287,17 @@ mod tests {
             .unwrap();
         std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::hard_link(&c, t.join("linked")).unwrap();
-        std::fs::set_permissions(t.join("linked"), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(t.join("linked"), std::fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink("sub/mem", t.join("ln")).unwrap();
         private_tree(&t).unwrap();
         assert_eq!(mode(&t), 0o700);
         assert_eq!(mode(&t.join("sub")), 0o700);
         assert_eq!(mode(&t.join("sub/mem")), 0o600);
-        assert_eq!(mode(&t.join("linked")), 0o644, "a file with other links is left alone");
+        assert_eq!(
+            mode(&t.join("linked")),
+            0o644,
+            "a file with other links is left alone"
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use wrenn_agent::templates::ShapePolicy;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ShapeArgs {
     /// vCPU counts capsules may ask for (comma-separated).
-    #[arg(long = "shape-vcpus", env = "WRENN_SHAPE_VCPUS", default_value = "1,2,4,8")]
+    #[arg(
+        long = "shape-vcpus",
+        env = "WRENN_SHAPE_VCPUS",
+        default_value = "1,2,4,8"
+    )]
     vcpus: String,
     /// Memory sizes capsules may ask for, MiB (comma-separated).
     #[arg(
@@ -19,7 +23,11 @@ pub struct ShapeArgs {
     )]
     memory: String,
     /// Most disk the snapshots of shapes take (MiB); unused ones beyond it are evicted.
-    #[arg(long = "shape-budget-mib", env = "WRENN_SHAPE_BUDGET_MIB", default_value_t = 4096)]
+    #[arg(
+        long = "shape-budget-mib",
+        env = "WRENN_SHAPE_BUDGET_MIB",
+        default_value_t = 4096
+    )]
     budget_mib: u64,
 }
 

@@ -723,7 +723,10 @@ async fn tenants_cannot_see_each_other() {
     .await
     .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
     assert_eq!(
         call(&key_b, M::DELETE, &format!("/v1/snapshots/{host_a}"), None)
             .await
@@ -792,7 +795,10 @@ async fn tenants_cannot_see_each_other() {
     .json()
     .await
     .unwrap();
-    let acid = ac["id"].as_str().expect("a capsule from A's env").to_string();
+    let acid = ac["id"]
+        .as_str()
+        .expect("a capsule from A's env")
+        .to_string();
     let out: Value = call(
         &key_a,
         M::POST,
@@ -872,7 +878,12 @@ async fn tenants_cannot_see_each_other() {
         );
     }
 
-    for (key, c) in [(&key_b, &bcid), (&key_b, &bid), (&key_a, &id), (&key_a, &acid)] {
+    for (key, c) in [
+        (&key_b, &bcid),
+        (&key_b, &bid),
+        (&key_a, &id),
+        (&key_a, &acid),
+    ] {
         call(key, M::DELETE, &format!("/v1/capsules/{c}"), None)
             .await
             .unwrap();
