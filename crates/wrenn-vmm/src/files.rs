@@ -153,13 +153,41 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
                 )
             };
             if n < 0 {
-                return Err(VmmError::io(ctx(), io::Error::last_os_error()));
+                let err = io::Error::last_os_error();
+                // Across filesystems (capsules on another disk than the images) older kernels
+                // refuse copy_file_range: copy the range by hand.
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) {
+                    copy_range(&from, &to, off_in as u64, (end - off_in) as u64)
+                        .map_err(|e| VmmError::io(ctx(), e))?;
+                    break;
+                }
+                return Err(VmmError::io(ctx(), err));
             }
             if n == 0 {
                 break;
             }
         }
         pos = end;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` from `from` to the same offset of `to` (read and write).
+fn copy_range(from: &File, to: &File, mut offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let end = offset + len;
+    while offset < end {
+        let want = buf.len().min((end - offset) as usize);
+        let n = from.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], offset)?;
+        offset += n as u64;
     }
     Ok(())
 }
