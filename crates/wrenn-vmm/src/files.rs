@@ -285,6 +285,24 @@ mod tests {
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
     }
 
+    #[test]
+    fn sparse_copy_across_filesystems() {
+        let src_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let Ok(dst_dir) = tempfile::tempdir_in("/dev/shm") else {
+            return; // no second filesystem here
+        };
+        let src = src_dir.path().join("src");
+        let mut f = File::create(&src).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(8 << 20)).unwrap();
+        f.write_all(&[7u8; 3 << 20]).unwrap();
+        drop(f);
+        let dst = dst_dir.path().join("dst");
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert_eq!(mode(&dst), 0o600);
+    }
+
     fn mode(p: &Path) -> u32 {
         use std::os::unix::fs::MetadataExt;
         std::fs::symlink_metadata(p).unwrap().mode() & 0o777
