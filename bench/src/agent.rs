@@ -311,6 +311,7 @@ impl TestAgent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules: max_capsules.max(24),
                 slots: SLOTS,
+                shapes: Default::default(),
             })
             .await
             .context("starting the agent")?,

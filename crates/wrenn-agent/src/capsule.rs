@@ -31,6 +31,9 @@ pub const VMM_OVERHEAD_MIB: u64 = 128;
 #[derive(Debug, Clone, Default)]
 pub struct CreateSpec {
     pub template: String,
+    /// What the caller resolved `template` to: a base template's name or a snapshot
+    /// template's host-side id. A template of the other kind is refused.
+    pub kind: crate::templates::TemplateKind,
     /// vCPUs and memory (0: the template's own).
     pub vcpus: u32,
     pub memory_mib: u32,
@@ -202,6 +205,32 @@ impl Capsule {
             )));
         }
         Ok(())
+    }
+
+    /// Has the guest's root filesystem discard what it frees (online discard), so space freed
+    /// in the guest is given back to the host: the disk is attached with `discard=unmap`, and
+    /// a discarded cluster of the qcow2 overlay is punched out of the host file. Templates'
+    /// snapshots were taken with the image's mount options, so it is set here, at create.
+    /// Best effort: a guest that cannot remount still runs (it only keeps its freed space).
+    async fn enable_discard(&self) {
+        let out = self
+            .envd
+            .exec(&ExecRequest {
+                cmd: "/bin/mount".into(),
+                args: vec!["-o".into(), "remount,discard".into(), "/".into()],
+                user: Some("root".into()),
+                timeout: Some(std::time::Duration::from_secs(30)),
+                ..ExecRequest::default()
+            })
+            .await;
+        match out {
+            Ok(o) if o.exit_code == 0 => {}
+            Ok(o) => tracing::warn!(
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "the guest could not turn on discard"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the guest could not turn on discard"),
+        }
     }
 
     /// Gives the guest the host's name servers (those it can reach: not loopback ones), so
@@ -419,7 +448,8 @@ pub async fn create(
             resolved.disk_bytes >> 20
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating the capsule folder", e))?;
+    // Memory, disk, device state, logs and the envd token: a 0700 folder of 0600 files.
+    wrenn_vmm::files::private_dir(&dir)?;
     let snap = resolved.snapshot.clone();
     let shape = resolved.spec.clone();
     let rec = CapsuleRecord {
@@ -517,6 +547,7 @@ pub async fn create(
             .access_token
             .clone();
         capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
+        capsule.enable_discard().await;
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;
         }

@@ -15,7 +15,7 @@ use crate::{
     images,
     netslot::{self, SlotPool},
     record::{self, CapsuleRecord},
-    templates::{TemplateInfo, Templates},
+    templates::{ShapePolicy, TemplateInfo, Templates},
 };
 
 fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
@@ -54,6 +54,9 @@ pub struct AgentConfig {
     /// The network slots this agent owns (and cleans up); one agent per host normally owns
     /// [`DEFAULT_SLOTS`].
     pub slots: std::ops::RangeInclusive<u32>,
+    /// The machine shapes offered besides each template's own, and the disk budget of their
+    /// snapshots.
+    pub shapes: ShapePolicy,
 }
 
 /// The slots of a host's agent; the top of the range is left to template builds.
@@ -64,6 +67,17 @@ const HOST_RESERVE_MIB: u64 = 512;
 /// Free disk a create needs beyond the capsule's memory file: its disk overlay's first
 /// writes, its records and logs.
 const CREATE_DISK_MARGIN_MIB: u64 = 64;
+
+/// Disk the host keeps free under the capsules folder: 5% of the filesystem, at most 2 GiB.
+fn disk_reserve(total: u64) -> u64 {
+    (total / 20).min(2 << 30)
+}
+
+/// Bytes a file takes on disk (0 when missing).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
 
 /// Removes the VMM groups of slots in `range` that no adopted capsule holds, killing what
 /// still runs in them.
@@ -103,14 +117,15 @@ impl Manager {
     /// nothing owns: other capsule folders, network slots and QEMU processes.
     pub async fn start(config: AgentConfig) -> Result<Manager> {
         let capsules_dir = config.data_dir.join("capsules");
-        std::fs::create_dir_all(&capsules_dir)
-            .map_err(|e| AgentError::io("creating the capsules folder", e))?;
+        wrenn_vmm::files::private_dir(&capsules_dir)?;
         netslot::ensure_host_rules().await?;
         let templates = Arc::new(Templates::new(
             config.images_dir.clone(),
             config.qemu.clone(),
+            config.shapes.clone(),
         ));
         templates.clean_leftovers();
+        templates.make_private();
         let mut capsules = HashMap::new();
         let mut slots = Vec::new();
         for entry in std::fs::read_dir(&capsules_dir)
@@ -118,6 +133,10 @@ impl Manager {
             .flatten()
         {
             let dir = entry.path();
+            // Folders an earlier version left 0755 with 0644 files: private before anything.
+            if let Err(e) = wrenn_vmm::files::private_tree(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "making a capsule folder private");
+            }
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
@@ -191,6 +210,13 @@ impl Manager {
             .sum();
         let total = host_memory_bytes() >> 20;
         let wanted = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
+        if wanted + HOST_RESERVE_MIB > total {
+            // Never, whatever else runs: the request's fault, not the host's state.
+            return Err(AgentError::InvalidArgument(format!(
+                "{memory_mib} MiB of memory can never fit on this host ({total} MiB in all, \
+                 {HOST_RESERVE_MIB} MiB kept for the host)"
+            )));
+        }
         if committed + wanted + HOST_RESERVE_MIB > total {
             return Err(AgentError::ResourceExhausted(format!(
                 "not enough memory on this host: {wanted} MiB asked, {} MiB free of {total} MiB",
@@ -200,19 +226,54 @@ impl Manager {
         Ok(())
     }
 
-    /// A capsule's memory file is allocated in full at create (so a full disk can never fault
-    /// a running guest's RAM): it and a margin for its disk overlay and records must fit in
-    /// the free space under the data folder.
-    fn check_disk(&self, memory_mib: u32) -> Result<()> {
-        let Ok(st) = nix::sys::statvfs::statvfs(&self.config.data_dir) else {
-            return Ok(()); // the create itself reports what is wrong with the folder
-        };
-        let free_mib = (st.blocks_available() * st.fragment_size()) >> 20;
-        let wanted = u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB;
-        if free_mib < wanted {
+    /// Refuses a create whose disk and memory file (allocated in full at create, so a full disk
+    /// can never fault a running guest's RAM) could not be written in full on the
+    /// filesystem that holds capsule folders (`statvfs` of it, so what anything else on the
+    /// host uses counts too). Every live capsule may still grow its overlay to its disk size
+    /// and its memory file to its RAM: that promised growth counts as used. A request larger
+    /// than the whole filesystem is `invalid_argument` (it can never fit); one that does not
+    /// fit now is `insufficient_storage` (507; it may fit once capsules go).
+    fn check_disk(&self, disk_bytes: u64, memory_mib: u32) -> Result<()> {
+        let dir = self.config.data_dir.join("capsules");
+        let st = nix::sys::statvfs::statvfs(&dir)
+            .map_err(|e| AgentError::io("reading the free disk space", std::io::Error::from(e)))?;
+        let total = st.blocks() * st.fragment_size();
+        let free = st.blocks_available() * st.fragment_size();
+        let reserve = disk_reserve(total);
+        let wanted = disk_bytes + ((u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB) << 20);
+        let mib = |b: u64| b >> 20;
+        if wanted + reserve > total {
+            return Err(AgentError::InvalidArgument(format!(
+                "a {} MiB disk (with {memory_mib} MiB of memory) can never fit on this host: \
+                 its capsule storage holds {} MiB in all",
+                mib(disk_bytes),
+                mib(total.saturating_sub(reserve))
+            )));
+        }
+        let promised: u64 = self
+            .list()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.state,
+                    CapsuleState::Running
+                        | CapsuleState::Paused
+                        | CapsuleState::Starting
+                        | CapsuleState::Pending
+                )
+            })
+            .map(|r| {
+                let d = dir.join(&r.id);
+                (u64::from(r.disk_mib) << 20).saturating_sub(allocated(&d.join("disk.qcow2")))
+                    + (u64::from(r.memory_mib) << 20).saturating_sub(allocated(&d.join("memory")))
+            })
+            .sum();
+        if promised + wanted + reserve > free {
             return Err(AgentError::InsufficientStorage(format!(
-                "the host is out of disk space: a capsule of {memory_mib} MiB needs {wanted} MiB, \
-                 {free_mib} MiB free"
+                "the host is out of disk space now: {} MiB asked, {} MiB free once running \
+                 capsules' disks and memory may fill; try again later or ask for a smaller disk",
+                mib(wanted),
+                mib(free.saturating_sub(promised + reserve))
             )));
         }
         Ok(())
@@ -233,6 +294,7 @@ impl Manager {
             return Err(AgentError::BadTemplateName(spec.template));
         }
         validate_shape(&spec)?;
+        self.templates.require(&spec.template, spec.kind)?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -242,13 +304,25 @@ impl Manager {
             spec.memory_mib
         };
         self.check_capacity(memory)?;
-        self.check_disk(memory)?;
+        let disk_bytes = match spec.disk_mib {
+            0 => self.templates.disk_bytes(&spec.template)?,
+            d => u64::from(d) << 20,
+        };
+        self.check_disk(disk_bytes, memory)?;
+        let in_use = |d: &Path| self.template_in_use(d);
         let resolved = self
             .templates
-            .resolve(&spec.template, spec.vcpus, spec.memory_mib, &self.slots)
+            .resolve(
+                &spec.template,
+                spec.vcpus,
+                spec.memory_mib,
+                &self.slots,
+                &in_use,
+            )
             .await?;
         // Checked again: the shape may have taken a while to make.
         self.check_capacity(resolved.spec.memory_mib)?;
+        self.check_disk(disk_bytes, resolved.spec.memory_mib)?;
         let id = Id::new(IdKind::Capsule).to_string();
         let slot = self.slots.take()?;
         let dir = self.config.data_dir.join("capsules").join(&id);

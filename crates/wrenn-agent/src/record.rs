@@ -78,6 +78,10 @@ pub fn save(dir: &Path, rec: &CapsuleRecord) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| AgentError::io("writing capsule.json", e))?;
+    // Explicitly: a leftover temp file keeps its mode through `open`.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| AgentError::io("writing capsule.json", e))?;
     f.write_all(&text)
         .and_then(|_| f.sync_all())
         .map_err(|e| AgentError::io("writing capsule.json", e))?;

@@ -256,6 +256,18 @@ impl Agent for AgentService {
             .manager
             .create(CreateSpec {
                 template: r.template,
+                kind: match TemplateKind::try_from(r.template_kind) {
+                    Ok(TemplateKind::Unspecified | TemplateKind::Base) => {
+                        crate::templates::TemplateKind::Base
+                    }
+                    Ok(TemplateKind::Snapshot) => crate::templates::TemplateKind::Snapshot,
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown template_kind {}",
+                            r.template_kind
+                        )))
+                    }
+                },
                 vcpus: r.vcpus,
                 memory_mib: r.memory_mib,
                 disk_mib: r.disk_mib,

@@ -28,9 +28,10 @@ const META: &str = "template.json";
 const SHAPES: &str = "shapes";
 
 /// Where a template came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateKind {
+    #[default]
     Base,
     Snapshot,
 }
@@ -95,6 +96,74 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Which machine shapes besides a template's own this host makes snapshots of, and how much
+/// disk those snapshots may take. Each new shape costs a VM boot and a kept snapshot (about
+/// the guest's booted memory plus device state), so shapes come from a fixed set, and the
+/// least recently used ones no capsule restores from are removed beyond the budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapePolicy {
+    /// vCPU counts offered (any of them with any of `memory_mib`).
+    pub vcpus: Vec<u32>,
+    /// Memory sizes offered, MiB.
+    pub memory_mib: Vec<u32>,
+    /// Most bytes all shape snapshots of this host may take before unused ones are evicted.
+    pub budget_bytes: u64,
+}
+
+/// Shape snapshots used within this long are never evicted (a create that resolved one may
+/// still be restoring from it).
+const SHAPE_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Default for ShapePolicy {
+    /// 1, 2, 4 or 8 vCPUs with 256 MiB to 8 GiB (powers of two): 24 shapes per template, at
+    /// most 4 GiB of shape snapshots kept.
+    fn default() -> ShapePolicy {
+        ShapePolicy {
+            vcpus: vec![1, 2, 4, 8],
+            memory_mib: vec![256, 512, 1024, 2048, 4096, 8192],
+            budget_bytes: 4 << 30,
+        }
+    }
+}
+
+impl ShapePolicy {
+    /// From the agent's options: comma-separated vCPU counts and memory sizes (MiB), and the
+    /// budget in MiB.
+    pub fn parse(vcpus: &str, memory_mib: &str, budget_mib: u64) -> Result<ShapePolicy> {
+        let list = |what: &str, s: &str| -> Result<Vec<u32>> {
+            let v: Vec<u32> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<u32>().map_err(|_| {
+                        AgentError::InvalidArgument(format!("{what}: {x:?} is not a number"))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            if v.is_empty() {
+                return Err(AgentError::InvalidArgument(format!(
+                    "{what}: the list is empty"
+                )));
+            }
+            Ok(v)
+        };
+        Ok(ShapePolicy {
+            vcpus: list("shape vCPUs", vcpus)?,
+            memory_mib: list("shape memory sizes", memory_mib)?,
+            budget_bytes: budget_mib << 20,
+        })
+    }
+
+    pub fn allows(&self, vcpus: u32, memory_mib: u32) -> bool {
+        self.vcpus.contains(&vcpus) && self.memory_mib.contains(&memory_mib)
+    }
+}
+
+fn join(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
 fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -106,6 +175,13 @@ fn allocated_bytes(path: &Path) -> u64 {
             .unwrap_or(0)
     } else {
         meta.blocks() * 512
+    }
+}
+
+/// Records that a shape snapshot was used now (its folder's modification time: the LRU key).
+fn mark_used(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -134,15 +210,17 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
 pub struct Templates {
     images_dir: PathBuf,
     qemu: PathBuf,
+    shapes: ShapePolicy,
     /// One lock per shape being made, so concurrent creates make it once.
     making: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Templates {
-    pub fn new(images_dir: PathBuf, qemu: PathBuf) -> Templates {
+    pub fn new(images_dir: PathBuf, qemu: PathBuf, shapes: ShapePolicy) -> Templates {
         Templates {
             images_dir,
             qemu,
+            shapes,
             making: Mutex::default(),
         }
     }
@@ -157,6 +235,34 @@ impl Templates {
             return Err(AgentError::BadTemplateName(name.into()));
         }
         Ok(self.images_dir.join(name))
+    }
+
+    /// Checks that `name` is a template of `kind` here: a real folder (never a symlink) directly
+    /// in the images folder, with `template.json` exactly when it is a snapshot template. A
+    /// template of the other kind is `not_found`, as a missing one: a create names a template
+    /// the control plane resolved for its caller, never whatever folder the name points at.
+    pub fn require(&self, name: &str, kind: TemplateKind) -> Result<PathBuf> {
+        let dir = self.dir(name)?;
+        let missing = || AgentError::NotFound(format!("template {name} not found"));
+        let is_dir = std::fs::symlink_metadata(&dir)
+            .map(|m| m.file_type().is_dir())
+            .unwrap_or(false);
+        if !is_dir {
+            return Err(missing());
+        }
+        let is_snapshot = std::fs::symlink_metadata(dir.join(META))
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(false);
+        let found = if is_snapshot {
+            TemplateKind::Snapshot
+        } else {
+            TemplateKind::Base
+        };
+        if found != kind {
+            tracing::warn!(template = name, asked = ?kind, is = ?found, "refused a template of another kind");
+            return Err(missing());
+        }
+        Ok(dir)
     }
 
     /// The snapshot template record of `name`, if it is one.
@@ -229,17 +335,49 @@ impl Templates {
                 spec.vcpus, spec.memory_mib
             )));
         }
+        let (v, m) = (
+            if vcpus == 0 { spec.vcpus } else { vcpus },
+            if memory_mib == 0 {
+                spec.memory_mib
+            } else {
+                memory_mib
+            },
+        );
+        if differs && (v, m) != (spec.vcpus, spec.memory_mib) && !self.shapes.allows(v, m) {
+            return Err(AgentError::InvalidArgument(format!(
+                "{v} vCPUs with {m} MiB is not a shape this host offers: vCPUs one of {}, \
+                 memory (MiB) one of {} (or template {name}'s own {} vCPUs with {} MiB)",
+                join(&self.shapes.vcpus),
+                join(&self.shapes.memory_mib),
+                spec.vcpus,
+                spec.memory_mib
+            )));
+        }
         Ok(spec)
     }
 
+    /// The disk size of template `name`'s capsules (its snapshot disk's), without making
+    /// anything.
+    pub fn disk_bytes(&self, name: &str) -> Result<u64> {
+        Ok(file_len(
+            &Snapshot {
+                template_dir: self.dir(name)?,
+            }
+            .disk(),
+        ))
+    }
+
     /// The snapshot a capsule of `name` with `vcpus` and `memory_mib` (0: the template's own)
-    /// restores. A base template's snapshot of a new shape is made here, in a slot from `pool`.
+    /// restores. A base template's snapshot of a new shape is made here, in a slot from `pool`;
+    /// shape snapshots beyond the budget that `in_use` says no capsule restores from are
+    /// evicted, least recently used first.
     pub async fn resolve(
         &self,
         name: &str,
         vcpus: u32,
         memory_mib: u32,
         pool: &SlotPool,
+        in_use: &(dyn Fn(&Path) -> bool + Send + Sync),
     ) -> Result<Resolved> {
         // Refuses another shape for a snapshot template (it keeps its source's shape).
         let spec = self.check(name, vcpus, memory_mib)?;
@@ -262,6 +400,7 @@ impl Templates {
             });
         }
         let shaped = self.shape(&dir, vcpus, memory_mib, pool).await?;
+        self.evict_shapes(&shaped.template_dir, in_use);
         let spec = shaped.spec().ok_or_else(|| {
             AgentError::FailedPrecondition(format!("the {vcpus}-vCPU snapshot of {name} is gone"))
         })?;
@@ -290,6 +429,7 @@ impl Templates {
             template_dir: shape_dir.clone(),
         };
         if snap.spec().is_some() {
+            mark_used(&shape_dir);
             return Ok(snap);
         }
         let lock = self
@@ -303,8 +443,8 @@ impl Templates {
         if snap.spec().is_some() {
             return Ok(snap);
         }
-        std::fs::create_dir_all(&shape_dir)
-            .map_err(|e| AgentError::io("creating a shape folder", e))?;
+        wrenn_vmm::files::private_dir(&dir.join(SHAPES))?;
+        wrenn_vmm::files::private_dir(&shape_dir)?;
         for f in ["vmlinuz", "initrd.img", "rootfs.img"] {
             let link = shape_dir.join(f);
             if std::fs::symlink_metadata(&link).is_err() {
@@ -329,6 +469,81 @@ impl Templates {
             let _ = std::fs::remove_dir_all(&shape_dir);
         }
         made
+    }
+
+    /// Every complete shape snapshot here: (folder, bytes on disk, last used).
+    pub fn shape_snapshots(&self) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let Ok(templates) = std::fs::read_dir(&self.images_dir) else {
+            return out;
+        };
+        for t in templates.flatten() {
+            let Ok(shapes) = std::fs::read_dir(t.path().join(SHAPES)) else {
+                continue;
+            };
+            for s in shapes.flatten() {
+                if s.file_name().to_string_lossy().starts_with('.') {
+                    continue; // a shape being evicted
+                }
+                let dir = s.path();
+                let complete = Snapshot {
+                    template_dir: dir.clone(),
+                }
+                .spec()
+                .is_some();
+                if !complete {
+                    continue;
+                }
+                let used = std::fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                out.push((dir.clone(), allocated_bytes(&dir), used));
+            }
+        }
+        out
+    }
+
+    /// Removes shape snapshots, least recently used first, until all of them fit the budget:
+    /// never `keep` (just resolved), one a capsule restores from, or one used in the last
+    /// two minutes.
+    pub fn evict_shapes(&self, keep: &Path, in_use: &(dyn Fn(&Path) -> bool + Send + Sync)) {
+        let mut all = self.shape_snapshots();
+        let mut total: u64 = all.iter().map(|s| s.1).sum();
+        if total <= self.shapes.budget_bytes {
+            return;
+        }
+        all.sort_by_key(|s| s.2);
+        let now = std::time::SystemTime::now();
+        for (dir, bytes, used) in all {
+            if total <= self.shapes.budget_bytes {
+                break;
+            }
+            let recent = now.duration_since(used).map_or(true, |d| d < SHAPE_GRACE);
+            if dir == keep || recent || in_use(&dir) {
+                continue;
+            }
+            // The making lock: nobody makes or is handed this shape while it goes.
+            let lock = self
+                .making
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(dir.clone())
+                .or_default()
+                .clone();
+            let Ok(_held) = lock.try_lock() else {
+                continue;
+            };
+            let Some(parent) = dir.parent() else { continue };
+            let gone = parent.join(format!(
+                ".old-{}",
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            if std::fs::rename(&dir, &gone).is_ok() {
+                let _ = std::fs::remove_dir_all(&gone);
+                total = total.saturating_sub(bytes);
+                tracing::info!(shape = %dir.display(), bytes, "evicted an unused shape snapshot");
+            }
+        }
     }
 
     /// Makes template `name` from a paused capsule's files. An existing snapshot template of
@@ -363,8 +578,8 @@ impl Templates {
         let work = self
             .images_dir
             .join(format!(".new-{name}-{}", random_suffix()?));
-        std::fs::create_dir_all(&work)
-            .map_err(|e| AgentError::io("creating the template folder", e))?;
+        // A team's memory, disk and envd token: a 0700 folder of 0600 files.
+        wrenn_vmm::files::private_dir(&work)?;
         // Held while the folder fills: `clean_leftovers` skips folders someone is filling.
         let lock = std::fs::File::open(&work)
             .map_err(|e| AgentError::io("opening the template folder", e))
@@ -398,8 +613,7 @@ impl Templates {
 
     async fn fill(&self, work: &Path, name: &str, source: &SnapshotSource) -> Result<()> {
         let snap_dir = work.join("snapshot");
-        std::fs::create_dir_all(&snap_dir)
-            .map_err(|e| AgentError::io("creating the template folder", e))?;
+        wrenn_vmm::files::private_dir(&snap_dir)?;
         for f in ["vmlinuz", "initrd.img"] {
             link_or_copy(&source.restored_from.join(f), &work.join(f))?;
         }
@@ -409,8 +623,8 @@ impl Templates {
             wrenn_vmm::files::copy_sparse(&memory, &mem_to)?;
             wrenn_vmm::files::punch_zero_pages(&mem_to)?;
             std::fs::copy(&state, &state_to)
-                .map(|_| ())
-                .map_err(|e| AgentError::io("copying the device state", e))
+                .map_err(|e| AgentError::io("copying the device state", e))?;
+            Ok(wrenn_vmm::files::private_file(&state_to)?)
         })
         .await
         .map_err(|e| AgentError::io("copying memory", std::io::Error::other(e)))??;
@@ -437,8 +651,9 @@ impl Templates {
         write_private(&work.join(META), &meta)?;
         let spec = serde_json::to_vec_pretty(&source.spec)
             .map_err(|e| AgentError::io("encoding vm.json", std::io::Error::other(e)))?;
-        std::fs::write(snap_dir.join("vm.json"), spec)
-            .map_err(|e| AgentError::io("writing vm.json", e))?;
+        wrenn_vmm::files::write_private(&snap_dir.join("vm.json"), &spec)?;
+        // The flattened disk (`qemu-img` made it 0644) and anything else: private.
+        wrenn_vmm::files::private_tree(work)?;
         tracing::info!(template = name, from = %source.capsule_id, "snapshot template made");
         Ok(())
     }
@@ -464,6 +679,33 @@ impl Templates {
             .join(format!(".old-{name}-{}", random_suffix()?));
         std::fs::rename(&dir, &gone).map_err(|e| AgentError::io("deleting the template", e))?;
         std::fs::remove_dir_all(&gone).map_err(|e| AgentError::io("deleting the template", e))
+    }
+
+    /// Makes what earlier versions left readable to others private: every snapshot template
+    /// folder, and the snapshot and shapes of every base template (0700 folders, 0600 files;
+    /// the recipe's kernel, initrd and root image stay as built). Failures are logged.
+    pub fn make_private(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.images_dir) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !images::valid_name(&name) {
+                continue;
+            }
+            let trees = if self.meta(&name).is_some() {
+                vec![e.path()]
+            } else {
+                vec![e.path().join("snapshot"), e.path().join(SHAPES)]
+            };
+            for t in trees {
+                if let Err(err) = wrenn_vmm::files::private_tree(&t) {
+                    tracing::warn!(dir = %t.display(), error = %err, "making a template private");
+                }
+            }
+        }
     }
 
     /// Removes what half-made or half-deleted templates left (after a crash).

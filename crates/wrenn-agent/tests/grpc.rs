@@ -39,6 +39,7 @@ impl TestAgent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules,
                 slots,
+                shapes: Default::default(),
             })
             .await
             .unwrap(),
@@ -735,13 +736,13 @@ async fn shapes_disks_and_cgroup_limits() {
         "a refused create leaves nothing"
     );
 
-    // 2 vCPUs, 384 MiB, 3 GiB of disk: a snapshot of that shape is made once, then restored.
+    // 2 vCPUs, 512 MiB (a shape of the default set), 3 GiB of disk: a snapshot of that shape is made once, then restored.
     let c = client
-        .create_capsule(create(2, 384, 3072))
+        .create_capsule(create(2, 512, 3072))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((c.vcpus, c.memory_mib, c.disk_mib), (2, 384, 3072));
+    assert_eq!((c.vcpus, c.memory_mib, c.disk_mib), (2, 512, 3072));
     let (out, code) = bash(
         client,
         &c.id,
@@ -752,7 +753,7 @@ async fn shapes_disks_and_cgroup_limits() {
     assert_eq!(code, 0, "{out}");
     let lines: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert_eq!(lines[0], 2, "{out}");
-    assert!((300..=384).contains(&lines[1]), "guest RAM {out}");
+    assert!((400..=512).contains(&lines[1]), "guest RAM {out}");
     assert!(
         (2900..=3072).contains(&lines[2]),
         "root filesystem size {out}"
@@ -775,7 +776,7 @@ async fn shapes_disks_and_cgroup_limits() {
         assert_eq!(limits.cpus, 2);
         assert_eq!(
             limits.memory_bytes,
-            (384 + wrenn_agent::capsule::VMM_OVERHEAD_MIB) << 20
+            (512 + wrenn_agent::capsule::VMM_OVERHEAD_MIB) << 20
         );
     }
     // Paused, the capsule keeps its shape and disk; resumed, its VMM rejoins its groups.
@@ -792,7 +793,7 @@ async fn shapes_disks_and_cgroup_limits() {
     let d = client
         .create_capsule(CreateCapsuleRequest {
             egress: true,
-            ..create(2, 384, 0)
+            ..create(2, 512, 0)
         })
         .await
         .unwrap()
@@ -816,7 +817,7 @@ async fn shapes_disks_and_cgroup_limits() {
     let shapes = std::fs::read_dir(images_dir().join("minimal/shapes"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with("-2c-384m"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-2c-512m"))
         .count();
     assert_eq!(shapes, 1);
     assert_eq!(d.disk_mib, 2048, "the template's disk by default");
@@ -945,6 +946,7 @@ async fn snapshot_templates_and_watch() {
     let d = client
         .create_capsule(CreateCapsuleRequest {
             template: name.clone(),
+            template_kind: TemplateKind::Snapshot as i32,
             ..Default::default()
         })
         .await
@@ -961,12 +963,22 @@ async fn snapshot_templates_and_watch() {
     let other_shape = client
         .create_capsule(CreateCapsuleRequest {
             template: name.clone(),
+            template_kind: TemplateKind::Snapshot as i32,
             vcpus: c.vcpus + 1,
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(other_shape.code(), Code::InvalidArgument);
+    // Only as the kind the control plane resolved: a snapshot template is no base template.
+    let as_base = client
+        .create_capsule(CreateCapsuleRequest {
+            template: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(as_base.code(), Code::NotFound);
 
     // Names: taken, in use, a base template, invalid.
     let taken = client

@@ -40,6 +40,7 @@ impl Agent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules: 1,
                 slots: 950..=951,
+                shapes: Default::default(),
             })
             .await
             .unwrap(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::{
     kill_process_request, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, ExecRequest,
-    GetMetricsRequest, KillProcessRequest, StartBackgroundRequest,
+    GetMetricsRequest, KillProcessRequest, StartBackgroundRequest, TemplateKind,
 };
 use wrenn_types::{Id, IdKind};
 
@@ -228,12 +228,15 @@ pub async fn create(
     if let Some(metadata) = &b.metadata {
         crate::validate::metadata(metadata)?;
     }
-    // A team's snapshot template (its shape is fixed), else a platform template.
-    let (agent_template, vcpus, memory) =
+    // A team's snapshot template (its shape is fixed; the host knows it by its row's id),
+    // else a platform template: the host refuses a name that is not a base template there, so
+    // no other team's template (by name or host-side id) is ever reached from here.
+    let (agent_template, kind, vcpus, memory) =
         match state.db.template(&caller.team_id, &template).await? {
-            Some(t) => (t.agent_name, 0, 0),
+            Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0),
             None => (
                 template.clone(),
+                TemplateKind::Base,
                 b.vcpus.unwrap_or(0),
                 b.memory_mb.unwrap_or(0),
             ),
@@ -254,6 +257,7 @@ pub async fn create(
     let made = agent
         .create_capsule(CreateCapsuleRequest {
             template: agent_template,
+            template_kind: kind as i32,
             env_vars: b.envs.unwrap_or_default(),
             metadata: b.metadata.clone().unwrap_or_default(),
             egress: b.egress.unwrap_or(true),
@@ -264,7 +268,11 @@ pub async fn create(
             disk_mib: b.disk_size_mb.unwrap_or(0),
         })
         .await
-        .map_err(ApiError::from);
+        .map_err(|s| match s.code() {
+            // In the caller's words: the host's name for a snapshot template is not theirs.
+            tonic::Code::NotFound => ApiError::NotFound(format!("template {template} not found")),
+            _ => ApiError::from(s),
+        });
     let (made, held) = held.keep_if_ok(made).await?;
     let made = made.into_inner();
     let now = now_ms();

@@ -27,11 +27,11 @@ use crate::{
 /// Longest snapshot name (it is stored on hosts team-qualified).
 const MAX_NAME: usize = 48;
 
-/// The name of a team's template on the hosts: team-qualified, so teams never collide.
-fn agent_name(team_id: &str, name: &str) -> String {
-    let tail = &team_id[team_id.len().saturating_sub(12)..];
-    format!("t{tail}.{name}")
-}
+// A team's template is known on the hosts by its row's random id (`tpl-…`), never by a name a
+// caller could derive (rows made before kept `t<team tail>.<name>`; the column says which).
+// Callers only ever name templates by their team's names: the host-side id never leaves the
+// control plane, and capsule creates ask the host for the kind they resolved (see
+// `capsules::create`).
 
 /// An agent error about a team's template, in the team's words (hosts know it by another
 /// name).
@@ -195,12 +195,19 @@ pub async fn create(
         )));
     }
     let held = crate::quotas::reserve_snapshot(&state, &caller.team_id, existing.is_none()).await?;
+    let id = Id::new(IdKind::Template).to_string();
+    // Overwriting keeps the host-side id (the host refuses to replace a template in use); a new
+    // template gets its own row's id.
+    let host_name = match &existing {
+        Some(t) => t.agent_name.clone(),
+        None => id.clone(),
+    };
     let made = state
         .agent()
         .snapshot_capsule(SnapshotCapsuleRequest {
             capsule_id: capsule.id.clone(),
-            name: agent_name(&caller.team_id, &name),
-            overwrite: q.overwrite,
+            name: host_name.clone(),
+            overwrite: existing.is_some(),
         })
         .await
         .map_err(|s| user_facing(s, &name));
@@ -215,10 +222,10 @@ pub async fn create(
         state.db.delete_template(&caller.team_id, &name).await?;
     }
     let row = TemplateRow {
-        id: Id::new(IdKind::Template).to_string(),
+        id,
         team_id: caller.team_id.clone(),
         name: name.clone(),
-        agent_name: agent_name(&caller.team_id, &name),
+        agent_name: host_name.clone(),
         vcpus: made.vcpus.into(),
         memory_mb: made.memory_mib.into(),
         size_bytes: made.size_bytes as i64,
@@ -226,7 +233,16 @@ pub async fn create(
         metadata: capsule.metadata.clone(),
         created_at: now_ms(),
     };
-    state.db.insert_template(&row).await?;
+    if let Err(e) = state.db.insert_template(&row).await {
+        // A concurrent create of the same name won: never leave a host template no row names.
+        if existing.is_none() {
+            let _ = state
+                .agent()
+                .delete_template(DeleteTemplateRequest { name: host_name })
+                .await;
+        }
+        return Err(e);
+    }
     held.release().await;
     state
         .db

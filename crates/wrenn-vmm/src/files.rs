@@ -10,15 +10,112 @@ use std::{
 
 use crate::error::{Result, VmmError};
 
+/// Mode of every folder that holds a VM's files (guest memory, disks, device state, logs).
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of every file in those folders.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+fn chmod(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Makes folder `path` (and missing parents) and sets it to 0700, also when it already
+/// existed: set explicitly, never left to the process umask.
+pub fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let ctx = || format!("creating {}", path.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(path)
+        .map_err(|e| VmmError::io(ctx(), e))?;
+    chmod(path, PRIVATE_DIR).map_err(|e| VmmError::io(ctx(), e))
+}
+
+/// Sets file `path` to 0600 (for files another program made: QEMU, `qemu-img`).
+pub fn private_file(path: &Path) -> Result<()> {
+    chmod(path, PRIVATE_FILE)
+        .map_err(|e| VmmError::io(format!("making {} private", path.display()), e))
+}
+
+/// Opens `path` for writing as a 0600 file (created if missing, mode set explicitly also when
+/// it existed); `truncate` empties it, else writes append.
+pub fn open_private(path: &Path, truncate: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ctx = || format!("opening {}", path.display());
+    let mut o = OpenOptions::new();
+    o.create(true).mode(PRIVATE_FILE);
+    if truncate {
+        o.write(true).truncate(true);
+    } else {
+        o.append(true);
+    }
+    let f = o.open(path).map_err(|e| VmmError::io(ctx(), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
+        .map_err(|e| VmmError::io(ctx(), e))?;
+    Ok(f)
+}
+
+/// Writes `data` to a 0600 file `path` (replacing what was there).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = open_private(path, true)?;
+    f.write_all(data)
+        .map_err(|e| VmmError::io(format!("writing {}", path.display()), e))
+}
+
+/// Makes a tree private: every folder 0700, every regular file and socket 0600. Symlinks are
+/// left alone, and so are files with other hard links (a template's kernel linked from its
+/// base: not ours to change, and not secret).
+pub fn private_tree(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(VmmError::io(format!("reading {}", dir.display()), e)),
+    };
+    if !meta.file_type().is_dir() {
+        return Ok(());
+    }
+    chmod(dir, PRIVATE_DIR)
+        .map_err(|e| VmmError::io(format!("making {} private", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| VmmError::io(format!("listing {}", dir.display()), e))?;
+    for e in entries.flatten() {
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let t = m.file_type();
+        if t.is_dir() {
+            private_tree(&e.path())?;
+        } else if ((t.is_file() && m.nlink() == 1) || t.is_socket())
+            && m.mode() & 0o777 != PRIVATE_FILE
+        {
+            private_file(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies `src` to a new file `dst`.
 pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
     let ctx = || format!("copying {} to {}", src.display(), dst.display());
     let from = File::open(src).map_err(|e| VmmError::io(ctx(), e))?;
-    let to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
-        .map_err(|e| VmmError::io(ctx(), e))?;
+    let to = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE)
+            .open(dst)
+            .map_err(|e| VmmError::io(ctx(), e))?;
+        // Guest memory and disks: 0600 whatever the umask.
+        to.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
+            .map_err(|e| VmmError::io(ctx(), e))?;
+        to
+    };
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source descriptor as its argument; both fds are open.
     if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) } == 0 {
@@ -61,7 +158,7 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
                 // folder) some kernels refuse copy_file_range: copy through a buffer.
                 if matches!(
                     err.raw_os_error(),
-                    Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
                 ) {
                     copy_range(&from, &to, off_in as u64, end as u64)
                         .map_err(|e| VmmError::io(ctx(), e))?;
@@ -211,22 +308,6 @@ mod tests {
         assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
     }
 
-    /// The images folder and the data folder may be on different filesystems.
-    #[test]
-    fn sparse_copy_across_filesystems() {
-        let from = tempfile::tempdir_in("/dev/shm").unwrap();
-        let to = tempfile::tempdir_in("/var/tmp").unwrap();
-        let src = from.path().join("src");
-        let mut f = File::create(&src).unwrap();
-        f.write_all(&[7u8; 3 << 20]).unwrap();
-        f.seek(SeekFrom::Start(32 << 20)).unwrap();
-        f.write_all(b"tail").unwrap();
-        drop(f);
-        let dst = to.path().join("dst");
-        copy_sparse(&src, &dst).unwrap();
-        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
-    }
-
     #[test]
     fn allocate_fills_holes_and_keeps_data() {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -244,6 +325,68 @@ mod tests {
         let back = std::fs::read(&p).unwrap();
         assert_eq!(&back[..4], b"data");
         assert!(back[4..].iter().all(|&b| b == 0));
+    }
+
+    /// The images folder and the data folder may be on different filesystems.
+    #[test]
+    fn sparse_copy_across_filesystems() {
+        let src_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let Ok(dst_dir) = tempfile::tempdir_in("/dev/shm") else {
+            return; // no second filesystem here
+        };
+        let src = src_dir.path().join("src");
+        let mut f = File::create(&src).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(8 << 20)).unwrap();
+        f.write_all(&[7u8; 3 << 20]).unwrap();
+        drop(f);
+        let dst = dst_dir.path().join("dst");
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert_eq!(mode(&dst), 0o600);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn private_helpers_set_modes_whatever_was_there() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let d = dir.path().join("a/b");
+        std::fs::create_dir_all(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700, "an existing folder is made private");
+        let f = d.join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_private(&f, false).unwrap();
+        assert_eq!(mode(&f), 0o600, "an existing file is made private");
+        let c = d.join("copy");
+        copy_sparse(&f, &c).unwrap();
+        assert_eq!(mode(&c), 0o600);
+        // A tree: folders 0700, files 0600, hard-linked files and symlinks untouched.
+        let t = dir.path().join("t");
+        std::fs::create_dir_all(t.join("sub")).unwrap();
+        std::fs::write(t.join("sub/mem"), b"m").unwrap();
+        std::fs::set_permissions(t.join("sub/mem"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::hard_link(&c, t.join("linked")).unwrap();
+        std::fs::set_permissions(t.join("linked"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink("sub/mem", t.join("ln")).unwrap();
+        private_tree(&t).unwrap();
+        assert_eq!(mode(&t), 0o700);
+        assert_eq!(mode(&t.join("sub")), 0o700);
+        assert_eq!(mode(&t.join("sub/mem")), 0o600);
+        assert_eq!(
+            mode(&t.join("linked")),
+            0o644,
+            "a file with other links is left alone"
+        );
     }
 
     #[test]

@@ -287,11 +287,16 @@ impl QemuVm {
         }
         let c = &self.config;
         let _ = std::fs::remove_file(c.qmp_path());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(c.qemu_log_path())
-            .map_err(|e| VmmError::io("opening qemu.log", e))?;
+        // Every file QEMU writes in the VM folder is 0600 before QEMU opens it (QEMU would
+        // create the memory file and the console log 0644): made here, explicitly.
+        let log = files::open_private(&c.qemu_log_path(), false)?;
+        drop(files::open_private(&c.console_path(), false)?);
+        if !c.memory_path().exists() {
+            // An empty file: QEMU sizes it.
+            drop(files::open_private(&c.memory_path(), true)?);
+        } else {
+            files::private_file(&c.memory_path())?;
+        }
         let mut cmd = Command::new(&c.qemu);
         cmd.args(self.args(incoming))
             .stdin(Stdio::null())
@@ -368,6 +373,8 @@ impl QemuVm {
                 return Err(e);
             }
         };
+        // QEMU made the socket; the folder is private already, the socket is too.
+        let _ = files::private_file(&qmp_path);
         tracing::debug!(pid, dir = %self.config.dir.display(), accel = self.config.accel.as_str(), "QEMU started");
         self.process = Some(Process {
             pid,
@@ -547,12 +554,8 @@ impl Vmm for QemuVm {
             });
         }
         self.ignore_shared().await?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(state)
-            .map_err(|e| VmmError::io(format!("creating {}", state.display()), e))?;
+        // Device state holds guest secrets too (registers, queues): 0600.
+        let file = files::open_private(state, true)?;
         self.pass_fd("wrenn-save", &file).await?;
         drop(file);
         self.qmp("save", "migrate", Some(json!({"uri": "fd:wrenn-save"})))

@@ -93,7 +93,8 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
     };
     let work = template_dir.join(".snapshot-new");
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| VmmError::io("creating the snapshot folder", e))?;
+    // Guest memory, disk and device state: a 0700 folder of 0600 files.
+    files::private_dir(&work)?;
     let result = async {
         files::copy_sparse(&template_dir.join("rootfs.img"), &work.join("disk.img"))?;
         let mut vm = QemuVm::new(VmConfig {
@@ -129,15 +130,14 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
             memory_mib: boot.memory_mib,
             accel: boot.accel.as_str().into(),
         };
-        std::fs::write(
-            work.join("vm.json"),
-            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
-        )
-        .map_err(|e| VmmError::io("writing vm.json", e))?;
+        files::write_private(
+            &work.join("vm.json"),
+            &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        )?;
         for f in ["qmp.sock", "console.log", "qemu.log"] {
             let _ = std::fs::remove_file(work.join(f));
         }
-        Ok(())
+        files::private_tree(&work)
     }
     .await;
     if let Err(e) = result {
@@ -190,6 +190,7 @@ pub fn prepare_capsule(
     qemu: PathBuf,
 ) -> Result<VmConfig> {
     let config = capsule_config(snap, capsule_dir, net, qemu)?;
+    files::private_dir(capsule_dir)?;
     files::copy_sparse(&snap.memory(), &config.memory_path())?;
     // Guest RAM is a shared mapping of this file: a page the guest first touches when the
     // disk is full would kill QEMU with SIGBUS. Allocated now, a full disk fails the create
@@ -219,5 +220,5 @@ pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> Result<
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    files::private_file(overlay)
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 mod cli;
 mod control;
 mod private;
+mod shapes;
 mod up;
 
 use anyhow::Context;
@@ -66,6 +67,8 @@ enum Command {
         /// (nobody; `wrenn up` makes its own admin, who adds users).
         #[arg(long, env = "WRENN_SIGNUP", default_value = "closed")]
         signup: wrenn_server::accounts::SignupPolicy,
+        #[command(flatten)]
+        shapes: shapes::ShapeArgs,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -117,6 +120,8 @@ enum Command {
         /// normally owns them all).
         #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
         slots: std::ops::RangeInclusive<u32>,
+        #[command(flatten)]
+        shapes: shapes::ShapeArgs,
     },
     /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
     /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
@@ -269,8 +274,10 @@ async fn main() -> anyhow::Result<()> {
             domain,
             quotas,
             signup,
+            shapes,
         } => {
             up::run(up::Up {
+                shapes: shapes.policy()?,
                 domain,
                 quotas: quotas.limits(),
                 signup,
@@ -292,6 +299,7 @@ async fn main() -> anyhow::Result<()> {
             images,
             max_capsules,
             slots,
+            shapes,
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -324,6 +332,7 @@ async fn main() -> anyhow::Result<()> {
                     qemu: wrenn_vmm::qemu::default_qemu(),
                     max_capsules,
                     slots,
+                    shapes: shapes.policy()?,
                 })
                 .await
                 .context("starting the agent")?,

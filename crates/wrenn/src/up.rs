@@ -25,6 +25,8 @@ pub struct Up {
     pub quotas: wrenn_server::quotas::Limits,
     /// Who may sign up (default `closed`: `wrenn up` makes its own admin).
     pub signup: wrenn_server::accounts::SignupPolicy,
+    /// The machine shapes the built-in agent offers.
+    pub shapes: wrenn_agent::templates::ShapePolicy,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -124,6 +126,7 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             qemu: wrenn_vmm::qemu::default_qemu(),
             max_capsules: up.max_capsules,
             slots: up.slots.clone(),
+            shapes: up.shapes.clone(),
         })
         .await
         .context("starting the agent")?,

@@ -308,23 +308,33 @@ fn free_bytes(path: &Path) -> u64 {
     s.blocks_available() * s.fragment_size()
 }
 
-/// Writes `path` until the filesystem is full; the bytes written.
+/// Allocates `path` until the filesystem is full (fallocate, largest pieces first, so a big
+/// filesystem fills at once); the bytes taken.
 fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut written = 0u64;
-    for chunk in [4usize << 20, 64 << 10, 4 << 10] {
-        let buf = vec![0x5au8; chunk];
-        loop {
-            match f.write(&buf) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(path).unwrap();
+    let mut taken = 0u64;
+    let mut piece = free_bytes(path.parent().unwrap()).max(4096);
+    while piece >= 4096 {
+        // SAFETY: fallocate(2) on our own open file, past its current end.
+        let rc = unsafe {
+            libc::fallocate(f.as_raw_fd(), 0, taken as libc::off_t, piece as libc::off_t)
+        };
+        if rc == 0 {
+            taken += piece;
+        } else {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC),
+                "filling {}: {e}",
+                path.display()
+            );
+            piece /= 2;
         }
     }
     let _ = f.sync_all();
-    written
+    taken
 }
 
 /// 1. The host's disk under the data folder fills up: creates fail with a clear error (no
@@ -333,7 +343,7 @@ fn fill(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_disk_full_under_the_data_dir() {
     let _serial = SERIAL.lock().await;
-    let fs = SmallFs::new(1536);
+    let fs = SmallFs::new(6144);
     let data = fs.mount.join("wrenn");
     let _reap = Reap {
         dir: data.clone(),
@@ -408,7 +418,7 @@ async fn host_disk_full_under_the_data_dir() {
     figure(
         "host_disk_full",
         &[
-            ("fs_mib", "1536".into()),
+            ("fs_mib", "6144".into()),
             ("filled_bytes", filled.to_string()),
             ("free_after_fill", free_after_fill.to_string()),
             ("creates_refused", refused.to_string()),
@@ -425,7 +435,7 @@ async fn host_disk_full_under_the_data_dir() {
 async fn guest_that_fills_its_disk() {
     let _serial = SERIAL.lock().await;
     // A filesystem of its own, so the host's free space is measured without other writers.
-    let fs = SmallFs::new(4096);
+    let fs = SmallFs::new(10240);
     let data = fs.mount.join("wrenn");
     let _reap = Reap {
         dir: data.clone(),

@@ -532,6 +532,7 @@ async fn tenants_cannot_see_each_other() {
         .await
         .unwrap();
     let jwt = signed["token"].as_str().expect("a token").to_string();
+    let team_b = signed["team"]["id"].as_str().expect("a team").to_string();
     let made: Value = http
         .post(url("/v1/api-keys"))
         .bearer_auth(&jwt)
@@ -702,6 +703,45 @@ async fn tenants_cannot_see_each_other() {
     .await
     .unwrap();
     assert_eq!(from_a.status(), 404);
+    // The host-side name of A's template (whatever it is: found on the host by its source
+    // capsule) is no name B may use: 404, never a capsule with A's files.
+    let host_a = host_name_of(&id);
+    for template in [host_a.clone(), format!("{host_a}/"), format!("../{host_a}")] {
+        let r = call(
+            &key_b,
+            M::POST,
+            "/v1/capsules",
+            Some(json!({ "template": template })),
+        )
+        .await
+        .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(
+            status == 404 || status == 400,
+            "{template}: {status} {text}"
+        );
+    }
+    let r = call(
+        &key_b,
+        M::POST,
+        "/v1/capsules",
+        Some(json!({ "template": host_a })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    assert_eq!(
+        call(&key_b, M::DELETE, &format!("/v1/snapshots/{host_a}"), None)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     assert_eq!(
         call(&key_b, M::DELETE, "/v1/snapshots/env", None)
             .await
@@ -716,15 +756,77 @@ async fn tenants_cannot_see_each_other() {
         .await
         .unwrap();
     let bid = b["id"].as_str().unwrap().to_string();
+    // The same name in another team, even with `overwrite`: B's own, A's untouched.
     let b_snap = call(
         &key_b,
         M::POST,
-        "/v1/snapshots",
+        "/v1/snapshots?overwrite=true",
         Some(json!({ "sandbox_id": bid, "name": "env" })),
     )
     .await
     .unwrap();
     assert_eq!(b_snap.status(), 201, "the same name in another team");
+    let host_b = host_name_of(&bid);
+    assert_ne!(host_a, host_b);
+    // The old host-side naming (`t` + the team id's last 12 characters + `.` + the name), as
+    // a folder on the host: A cannot reach B's template through it either.
+    let legacy = format!("t{}.env", &team_b[team_b.len() - 12..]);
+    let planted = images_dir().join(&legacy);
+    let copied = Command::new("cp")
+        .arg("-al")
+        .arg(images_dir().join(&host_b))
+        .arg(&planted)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    for template in [&legacy, &host_b] {
+        let r = call(
+            &key_a,
+            M::POST,
+            "/v1/capsules",
+            Some(json!({ "template": template })),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 404, "A with B's {template}");
+    }
+    std::fs::remove_dir_all(&planted).unwrap();
+    // A's template still gives A's files.
+    let ac: Value = call(
+        &key_a,
+        M::POST,
+        "/v1/capsules",
+        Some(json!({ "template": "env" })),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let acid = ac["id"]
+        .as_str()
+        .expect("a capsule from A's env")
+        .to_string();
+    let out: Value = call(
+        &key_a,
+        M::POST,
+        &format!("/v1/capsules/{acid}/exec"),
+        Some(json!({ "cmd": "cat", "args": ["/tmp/owner"] })),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(out["stdout"], "team-a\n");
+    let b_list: Value = call(&key_b, M::GET, "/v1/snapshots?type=snapshot", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b_list.as_array().map(Vec::len), Some(1), "{b_list}");
+    assert_eq!(b_list[0]["metadata"], json!({}), "{b_list}");
     // B's template is B's: a capsule from it has no A file.
     let bc: Value = call(
         &key_b,
@@ -767,15 +869,41 @@ async fn tenants_cannot_see_each_other() {
         .unwrap();
     assert!(!keys_b.to_string().contains("admin"), "{keys_b}");
 
-    for (key, c) in [(&key_b, &bcid), (&key_b, &bid), (&key_a, &id)] {
+    // Requests that can never fit this host are the request's fault (400), not the host's.
+    for (body, says) in [
+        (json!({ "disk_size_mb": 1 << 20 }), "can never fit"),
+        (json!({ "vcpus": 3 }), "not a shape"),
+    ] {
+        let r = call(&key_b, M::POST, "/v1/capsules", Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_request");
+        assert!(
+            e["error"]["message"].as_str().unwrap_or("").contains(says),
+            "{e}"
+        );
+    }
+
+    for (key, c) in [
+        (&key_b, &bcid),
+        (&key_b, &bid),
+        (&key_a, &id),
+        (&key_a, &acid),
+    ] {
         call(key, M::DELETE, &format!("/v1/capsules/{c}"), None)
             .await
             .unwrap();
     }
     for key in [&key_a, &key_b] {
-        call(key, M::DELETE, "/v1/snapshots/env", None)
+        let r = call(key, M::DELETE, "/v1/snapshots/env", None)
             .await
             .unwrap();
+        assert_eq!(r.status(), 204, "each team deletes its own template");
+    }
+    for host in [&host_a, &host_b] {
+        assert!(!images_dir().join(host).exists(), "{host} removed");
     }
 }
 
@@ -878,4 +1006,20 @@ async fn actions_are_audited_or_fail() {
     for want in ["capsule.create", "capsule.resume", "capsule.destroy"] {
         assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
     }
+}
+
+/// The folder on the host of the snapshot template made from capsule `id` (its
+/// `template.json` names the source capsule).
+fn host_name_of(id: &str) -> String {
+    std::fs::read_dir(images_dir())
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("template.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|m| m["from_capsule"] == id)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no template from {id} on the host"))
 }
