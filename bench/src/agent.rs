@@ -311,6 +311,8 @@ impl TestAgent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules: max_capsules.max(24),
                 slots: SLOTS,
+                dns_upstreams: Vec::new(),
+                egress_allow_private: Vec::new(),
             })
             .await
             .context("starting the agent")?,

@@ -54,6 +54,10 @@ pub struct AgentConfig {
     /// The network slots this agent owns (and cleans up); one agent per host normally owns
     /// [`DEFAULT_SLOTS`].
     pub slots: std::ops::RangeInclusive<u32>,
+    /// Name servers the slot resolvers forward to (empty: the host's `/etc/resolv.conf`).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Private IPv4 ranges capsules may reach (`--egress-allow-private`); by default none.
+    pub egress_allow_private: Vec<String>,
 }
 
 /// The slots of a host's agent; the top of the range is left to template builds.
@@ -92,6 +96,7 @@ pub struct Manager {
     capsules: Mutex<HashMap<String, Handle>>,
     slots: SlotPool,
     templates: Arc<Templates>,
+    upstreams: Arc<Vec<std::net::SocketAddr>>,
 }
 
 impl Manager {
@@ -102,7 +107,12 @@ impl Manager {
         let capsules_dir = config.data_dir.join("capsules");
         std::fs::create_dir_all(&capsules_dir)
             .map_err(|e| AgentError::io("creating the capsules folder", e))?;
-        netslot::ensure_host_rules().await?;
+        let allow_private = netslot::parse_private_allow(&config.egress_allow_private)?;
+        netslot::set_host_rules(&allow_private).await?;
+        let upstreams = Arc::new(crate::dns::upstreams(&config.dns_upstreams));
+        if upstreams.is_empty() {
+            tracing::warn!("no upstream name servers: capsules cannot resolve names");
+        }
         let templates = Arc::new(Templates::new(
             config.images_dir.clone(),
             config.qemu.clone(),
@@ -118,7 +128,13 @@ impl Manager {
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
-                    capsule::adopt(dir.clone(), &config.images_dir, config.qemu.clone()).await
+                    capsule::adopt(
+                        dir.clone(),
+                        &config.images_dir,
+                        config.qemu.clone(),
+                        upstreams.clone(),
+                    )
+                    .await
                 }
                 _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
             };
@@ -152,6 +168,7 @@ impl Manager {
             config,
             capsules: Mutex::new(capsules),
             templates,
+            upstreams,
         })
     }
 
@@ -212,6 +229,12 @@ impl Manager {
             return Err(AgentError::BadTemplateName(spec.template));
         }
         validate_shape(&spec)?;
+        let mut spec = spec;
+        spec.egress_policy = wrenn_types::egress::EgressPolicy::new(
+            &spec.egress_policy.allow,
+            &spec.egress_policy.deny,
+        )
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -237,6 +260,7 @@ impl Manager {
             slot,
             spec,
             self.config.qemu.clone(),
+            self.upstreams.clone(),
         )
         .await;
         match made {
@@ -274,6 +298,20 @@ impl Manager {
     pub async fn pause(&self, id: &str) -> Result<CapsuleRecord> {
         let h = self.handle(id)?;
         h.pause().await?;
+        Ok(h.record())
+    }
+
+    /// Changes a running or paused capsule's egress (validated here).
+    pub async fn set_network(
+        &self,
+        id: &str,
+        on: bool,
+        policy: &wrenn_types::egress::EgressPolicy,
+    ) -> Result<CapsuleRecord> {
+        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let h = self.handle(id)?;
+        h.set_network(netslot::Egress { on, policy }).await?;
         Ok(h.record())
     }
 

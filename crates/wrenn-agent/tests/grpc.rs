@@ -39,6 +39,8 @@ impl TestAgent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules,
                 slots,
+                dns_upstreams: Vec::new(),
+                egress_allow_private: Vec::new(),
             })
             .await
             .unwrap(),

@@ -48,6 +48,8 @@ async fn capsule_lifecycle_through_the_manager() {
         qemu: wrenn_vmm::qemu::default_qemu(),
         max_capsules: 3,
         slots: 200..=299,
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();
@@ -141,6 +143,8 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
             qemu: wrenn_vmm::qemu::default_qemu(),
             max_capsules: 20,
             slots: range.clone(),
+            dns_upstreams: Vec::new(),
+            egress_allow_private: Vec::new(),
         })
         .await
         .unwrap(),
@@ -200,6 +204,8 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
         qemu: wrenn_vmm::qemu::default_qemu(),
         max_capsules: 1,
         slots: 700..=799,
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();
@@ -246,6 +252,8 @@ async fn a_failed_resume_releases_everything() {
         qemu: wrenn_vmm::qemu::default_qemu(),
         max_capsules: 1,
         slots: 800..=899,
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();

@@ -40,6 +40,8 @@ impl Agent {
                 qemu: wrenn_vmm::qemu::default_qemu(),
                 max_capsules: 1,
                 slots: 950..=951,
+                dns_upstreams: Vec::new(),
+                egress_allow_private: Vec::new(),
             })
             .await
             .unwrap(),

@@ -59,6 +59,14 @@ enum Command {
         /// (`*.localhost` resolves to this machine in browsers and curl).
         #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
         domain: String,
+        /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
+        /// link-local, CGNAT and loopback are denied to every capsule).
+        #[arg(long, env = "WRENN_EGRESS_ALLOW_PRIVATE", value_delimiter = ',', value_name = "CIDR")]
+        egress_allow_private: Vec<String>,
+        /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
+        /// the host's /etc/resolv.conf).
+        #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
+        dns_upstream: Vec<std::net::SocketAddr>,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -104,6 +112,14 @@ enum Command {
         /// normally owns them all).
         #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
         slots: std::ops::RangeInclusive<u32>,
+        /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
+        /// link-local, CGNAT and loopback are denied to every capsule).
+        #[arg(long, env = "WRENN_EGRESS_ALLOW_PRIVATE", value_delimiter = ',', value_name = "CIDR")]
+        egress_allow_private: Vec<String>,
+        /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
+        /// the host's /etc/resolv.conf).
+        #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
+        dns_upstream: Vec<std::net::SocketAddr>,
     },
     /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
     /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
@@ -233,8 +249,12 @@ async fn main() -> anyhow::Result<()> {
             max_capsules,
             slots,
             domain,
+            egress_allow_private,
+            dns_upstream,
         } => {
             up::run(up::Up {
+                egress_allow_private,
+                dns_upstream,
                 domain,
                 data_dir,
                 listen,
@@ -254,6 +274,8 @@ async fn main() -> anyhow::Result<()> {
             images,
             max_capsules,
             slots,
+            egress_allow_private,
+            dns_upstream,
         } => {
             let tls = match &tls_dir {
                 Some(_) if matches!(listen, ListenAddr::Unix(_)) => anyhow::bail!(
@@ -278,6 +300,8 @@ async fn main() -> anyhow::Result<()> {
                     qemu: wrenn_vmm::qemu::default_qemu(),
                     max_capsules,
                     slots,
+                    dns_upstreams: dns_upstream,
+                    egress_allow_private,
                 })
                 .await
                 .context("starting the agent")?,
@@ -384,6 +408,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `IP` or `IP:PORT` (port 53 by default).
+fn parse_dns(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }
 
 fn parse_slots(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {

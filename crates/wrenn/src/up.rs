@@ -21,6 +21,10 @@ pub struct Up {
     pub slots: std::ops::RangeInclusive<u32>,
     /// The port proxy's domain.
     pub domain: String,
+    /// Private IPv4 ranges capsules may reach (`--egress-allow-private`).
+    pub egress_allow_private: Vec<String>,
+    /// The slot resolvers' upstream name servers (empty: the host's).
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -71,6 +75,8 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             qemu: wrenn_vmm::qemu::default_qemu(),
             max_capsules: up.max_capsules,
             slots: up.slots.clone(),
+            dns_upstreams: up.dns_upstream.clone(),
+            egress_allow_private: up.egress_allow_private.clone(),
         })
         .await
         .context("starting the agent")?,
