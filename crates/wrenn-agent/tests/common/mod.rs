@@ -20,6 +20,15 @@ pub fn sh(script: &str) {
     assert!(ok, "failed: {script}");
 }
 
+/// `ip ARGS`, for removals of what may already be gone (no output).
+fn quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// A namespace this test makes, holding a stand-in server; removed on drop.
 pub struct StandIn {
     pub ns: String,
@@ -32,10 +41,8 @@ impl StandIn {
     /// `outer` (both with `prefix`).
     pub fn net(ns: &str, outer: &str, inner: &str, prefix: u8) -> StandIn {
         let host_link = format!("{ns}-h");
-        let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        let _ = Command::new("ip")
-            .args(["link", "delete", &host_link])
-            .status();
+        quiet(&["netns", "delete", ns]);
+        quiet(&["link", "delete", &host_link]);
         sh(&format!(
             "ip netns add {ns} && ip link add {host_link} type veth peer name eth0 netns {ns} && \
              ip addr add {outer}/{prefix} dev {host_link} && ip link set {host_link} up && \
@@ -104,12 +111,8 @@ impl Drop for StandIn {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.ns])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "delete", &self.host_link])
-            .status();
+        quiet(&["netns", "delete", &self.ns]);
+        quiet(&["link", "delete", &self.host_link]);
     }
 }
 
