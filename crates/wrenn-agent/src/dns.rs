@@ -321,7 +321,24 @@ mod tests {
         a.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 6]);
         let cname_at = a.len();
         a.extend_from_slice(&[3, b'w', b'w', b'w', 0xc0, 16]);
-        a.extend_from_slice(&[0xc0, cname_at as u8, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 198, 51, 100, 7]);
+        a.extend_from_slice(&[
+            0xc0,
+            cname_at as u8,
+            0,
+            1,
+            0,
+            1,
+            0,
+            0,
+            1,
+            44,
+            0,
+            4,
+            198,
+            51,
+            100,
+            7,
+        ]);
         assert_eq!(answer_addrs(&a), [(Ipv4Addr::new(198, 51, 100, 7), 300)]);
         assert!(parse_question(&a).is_none(), "an answer is not a query");
 

@@ -261,10 +261,16 @@ fn egress_script(egress: &Egress, flush_answers: bool) -> String {
     let allow = v4(egress.policy.allow_rules());
     let deny = v4(egress.policy.deny_rules());
     if !allow.is_empty() {
-        s.push_str(&format!("add element ip wrenn allow {{ {} }}\n", allow.join(", ")));
+        s.push_str(&format!(
+            "add element ip wrenn allow {{ {} }}\n",
+            allow.join(", ")
+        ));
     }
     if !deny.is_empty() {
-        s.push_str(&format!("add element ip wrenn deny {{ {} }}\n", deny.join(", ")));
+        s.push_str(&format!(
+            "add element ip wrenn deny {{ {} }}\n",
+            deny.join(", ")
+        ));
     }
     let rule = |r: &str| format!("add rule ip wrenn egress {r}\n");
     s.push_str(&rule("ct state established,related accept"));
@@ -315,7 +321,11 @@ impl Slot {
     /// Creates slot `index` with egress on (no lists) or off, without a resolver (template
     /// builds). On failure nothing is left.
     pub async fn create(index: u32, egress: bool) -> Result<Slot> {
-        let egress = if egress { Egress::on() } else { Egress::default() };
+        let egress = if egress {
+            Egress::on()
+        } else {
+            Egress::default()
+        };
         Slot::create_with(index, egress, None).await
     }
 
@@ -369,8 +379,7 @@ impl Slot {
                 egress: Arc::new(RwLock::new(egress.clone())),
                 resolver: None,
             };
-            if let Err(e) = nft_in(Some(&slot.addrs.netns), &egress_script(&egress, false)).await
-            {
+            if let Err(e) = nft_in(Some(&slot.addrs.netns), &egress_script(&egress, false)).await {
                 tracing::warn!(netns = %slot.addrs.netns, error = %e, "rewriting an adopted slot's egress rules");
             }
             if let Some(up) = upstreams {
@@ -384,7 +393,10 @@ impl Slot {
 
     /// The slot's egress now.
     pub fn egress(&self) -> Egress {
-        self.egress.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.egress
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Changes the slot's egress at once (one nft transaction); addresses the resolver let in

@@ -21,10 +21,10 @@ use wrenn_proto::{
         WriteFileStreamRequest,
     },
     agent::v1::{
-        watch_dir_event, DeleteTemplateRequest, EgressPolicy as PbEgressPolicy,
-        SetCapsuleNetworkRequest, DeleteTemplateResponse, FsEventType,
-        ListTemplatesRequest, ListTemplatesResponse, SnapshotCapsuleRequest, Template,
-        TemplateKind, WatchDirEvent, WatchDirRequest,
+        watch_dir_event, DeleteTemplateRequest, DeleteTemplateResponse,
+        EgressPolicy as PbEgressPolicy, FsEventType, ListTemplatesRequest, ListTemplatesResponse,
+        SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template, TemplateKind, WatchDirEvent,
+        WatchDirRequest,
     },
     filesystem, process,
 };

@@ -95,7 +95,10 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
             ..Default::default()
         })
         .await;
-    assert!(matches!(bad, Err(AgentError::InvalidArgument(_))), "{bad:?}");
+    assert!(
+        matches!(bad, Err(AgentError::InvalidArgument(_))),
+        "{bad:?}"
+    );
     assert!(mgr.list().is_empty());
 
     let c = mgr
@@ -136,7 +139,10 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
             },
         )
         .await;
-    assert!(matches!(bad, Err(AgentError::InvalidArgument(_))), "{bad:?}");
+    assert!(
+        matches!(bad, Err(AgentError::InvalidArgument(_))),
+        "{bad:?}"
+    );
 
     // Kept across pause/resume.
     mgr.pause(&c.id).await.unwrap();
@@ -147,7 +153,10 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     mgr.set_network(&c.id, true, &changed.egress_policy)
         .await
         .unwrap();
-    assert_eq!(mgr.resume(&c.id).await.unwrap().state, CapsuleState::Running);
+    assert_eq!(
+        mgr.resume(&c.id).await.unwrap().state,
+        CapsuleState::Running
+    );
     assert_eq!(fetch(&mgr, &c.id, "other.test").await, "200");
     assert_eq!(fetch(&mgr, &c.id, "allowed.test").await, "fail");
 

@@ -39,7 +39,11 @@ struct TestCapsule {
 }
 
 async fn capsule(index: u32, egress: bool) -> TestCapsule {
-    let egress = if egress { Egress::on() } else { Egress::default() };
+    let egress = if egress {
+        Egress::on()
+    } else {
+        Egress::default()
+    };
     capsule_with(index, egress, None).await
 }
 
@@ -233,10 +237,23 @@ async fn private_ranges_need_the_operators_allowance() {
     // Sanity: the host itself reaches every stand-in.
     for ip in hosts.iter().chain(&["198.51.100.34"]) {
         let out = Command::new("curl")
-            .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", &url(ip)])
+            .args([
+                "-s",
+                "-m",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url(ip),
+            ])
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{ip} from the host");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{ip} from the host"
+        );
     }
     for ip in hosts {
         assert_eq!(fetch_from(&c, &url(ip)).await, "fail", "{ip} by default");
@@ -259,7 +276,11 @@ async fn private_ranges_need_the_operators_allowance() {
         ("100.64.77.2", "fail"),
         ("198.51.100.34", "200"),
     ] {
-        assert_eq!(fetch_from(&c, &url(ip)).await, want, "{ip} with some allowed");
+        assert_eq!(
+            fetch_from(&c, &url(ip)).await,
+            want,
+            "{ip} with some allowed"
+        );
     }
     // A capsule's own allow list cannot reach past the operator's denial.
     c.slot
@@ -331,8 +352,16 @@ async fn egress_lists_with_dns_aware_sets() {
         "deny beats allow"
     );
     assert_eq!(fetch_from(&c, &get("nosuch.test")).await, "unresolved");
-    assert_eq!(fetch_from(&c, &get("198.51.100.54")).await, "fail", "direct IP");
-    assert_eq!(fetch_from(&c, &get("198.51.100.58")).await, "200", "allowed CIDR");
+    assert_eq!(
+        fetch_from(&c, &get("198.51.100.54")).await,
+        "fail",
+        "direct IP"
+    );
+    assert_eq!(
+        fetch_from(&c, &get("198.51.100.58")).await,
+        "200",
+        "allowed CIDR"
+    );
 
     // Changed while running: now only other.test.
     c.slot

@@ -277,7 +277,11 @@ impl Client {
     }
 
     /// Changes a running or paused capsule's egress at once.
-    pub async fn set_capsule_network(&self, id: &str, patch: &NetworkPatch) -> Result<CapsuleNetwork> {
+    pub async fn set_capsule_network(
+        &self,
+        id: &str,
+        patch: &NetworkPatch,
+    ) -> Result<CapsuleNetwork> {
         self.call_json(Method::PATCH, &["v1", "capsules", id, "network"], patch)
             .await
     }

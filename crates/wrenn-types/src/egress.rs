@@ -90,7 +90,9 @@ impl Rule {
         let s = raw.trim();
         let bad = |why: &str| RuleError(format!("{raw:?} is not {why}"));
         if s.is_empty() {
-            return Err(RuleError("an empty entry is not a CIDR or a domain name".into()));
+            return Err(RuleError(
+                "an empty entry is not a CIDR or a domain name".into(),
+            ));
         }
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -217,9 +219,15 @@ mod tests {
             Rule::parse("10.1.2.3/8").unwrap(),
             Rule::V4(Ipv4Addr::new(10, 0, 0, 0), 8)
         );
-        assert_eq!(Rule::parse("203.0.113.7").unwrap().to_string(), "203.0.113.7/32");
+        assert_eq!(
+            Rule::parse("203.0.113.7").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
         assert_eq!(Rule::parse("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
-        assert_eq!(Rule::parse("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            Rule::parse("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         assert_eq!(
             Rule::parse("API.Example.COM.").unwrap(),
             Rule::Domain("api.example.com".into())
@@ -260,7 +268,11 @@ mod tests {
     #[test]
     fn policy_precedence() {
         let p = EgressPolicy::new(
-            &["example.com".into(), "198.51.100.0/24".into(), "example.com".into()],
+            &[
+                "example.com".into(),
+                "198.51.100.0/24".into(),
+                "example.com".into(),
+            ],
             &["bad.example.com".into()],
         )
         .unwrap();
@@ -272,7 +284,9 @@ mod tests {
         assert!(!p.allows_name("other.org"));
         assert_eq!(p.allow_domains(), ["example.com"]);
         assert!(!EgressPolicy::default().default_deny());
-        let too_many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("h{i}.example.com")).collect();
+        let too_many: Vec<String> = (0..=MAX_ENTRIES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
         assert!(EgressPolicy::new(&too_many, &[]).is_err());
         let e = EgressPolicy::new(&[], &["nope".into()]).unwrap_err();
         assert!(e.0.starts_with("deny: "), "{e}");

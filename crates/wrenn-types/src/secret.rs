@@ -27,7 +27,9 @@ mod tests {
         let a = hex(16).unwrap();
         let b = hex(16).unwrap();
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
         assert_ne!(a, "0".repeat(32));
     }

@@ -61,7 +61,12 @@ enum Command {
         domain: String,
         /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
         /// link-local, CGNAT and loopback are denied to every capsule).
-        #[arg(long, env = "WRENN_EGRESS_ALLOW_PRIVATE", value_delimiter = ',', value_name = "CIDR")]
+        #[arg(
+            long,
+            env = "WRENN_EGRESS_ALLOW_PRIVATE",
+            value_delimiter = ',',
+            value_name = "CIDR"
+        )]
         egress_allow_private: Vec<String>,
         /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
         /// the host's /etc/resolv.conf).
@@ -114,7 +119,12 @@ enum Command {
         slots: std::ops::RangeInclusive<u32>,
         /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
         /// link-local, CGNAT and loopback are denied to every capsule).
-        #[arg(long, env = "WRENN_EGRESS_ALLOW_PRIVATE", value_delimiter = ',', value_name = "CIDR")]
+        #[arg(
+            long,
+            env = "WRENN_EGRESS_ALLOW_PRIVATE",
+            value_delimiter = ',',
+            value_name = "CIDR"
+        )]
         egress_allow_private: Vec<String>,
         /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
         /// the host's /etc/resolv.conf).

@@ -96,7 +96,11 @@ impl Up {
             )
             .await;
         assert_eq!(status, 200, "{out}");
-        let text = out["stdout"].as_str().unwrap_or_default().trim().to_string();
+        let text = out["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let (code, exit) = text.rsplit_once(' ').unwrap_or(("", &text));
         match (code, exit) {
             (_, "6") => "unresolved".into(),
@@ -148,7 +152,10 @@ async fn egress_policy_over_the_api() {
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["code"], "invalid_request");
         assert!(
-            body["error"]["message"].as_str().unwrap().starts_with("allow: "),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("allow: "),
             "{body}"
         );
     }
@@ -201,14 +208,26 @@ async fn egress_policy_over_the_api() {
     assert_eq!(up.fetch(&id, "allowed.test").await, "fail");
 
     // Kept across pause/resume.
-    assert_eq!(up.call(M::POST, &format!("/v1/capsules/{id}/pause"), None).await.0, 200);
-    assert_eq!(up.call(M::POST, &format!("/v1/capsules/{id}/resume"), None).await.0, 200);
+    assert_eq!(
+        up.call(M::POST, &format!("/v1/capsules/{id}/pause"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        up.call(M::POST, &format!("/v1/capsules/{id}/resume"), None)
+            .await
+            .0,
+        200
+    );
     assert_eq!(up.call(M::GET, &net, None).await.1, changed);
     assert_eq!(up.fetch(&id, "other.test").await, "200");
     assert_eq!(up.fetch(&id, "allowed.test").await, "fail");
 
     // Off, then on again: the lists are kept; a deny beats the allow.
-    let (_, off) = up.call(M::PATCH, &net, Some(json!({ "egress": false }))).await;
+    let (_, off) = up
+        .call(M::PATCH, &net, Some(json!({ "egress": false })))
+        .await;
     assert_eq!(off["egress"], false);
     assert_eq!(up.fetch(&id, "other.test").await, "unresolved");
     let (_, on) = up
@@ -234,7 +253,14 @@ async fn egress_policy_over_the_api() {
         .count();
     assert_eq!(changes, 3, "{audit}");
 
-    assert_eq!(up.call(M::DELETE, &format!("/v1/capsules/{id}"), None).await.0, 204);
-    let (status, _) = up.call(M::PATCH, &net, Some(json!({ "egress": true }))).await;
+    assert_eq!(
+        up.call(M::DELETE, &format!("/v1/capsules/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    let (status, _) = up
+        .call(M::PATCH, &net, Some(json!({ "egress": true })))
+        .await;
     assert_eq!(status, 404);
 }

@@ -119,11 +119,9 @@ impl Drop for StandIn {
 /// Answers A queries on UDP `addr:53` inside `ns` from `names` (TTL 300), NXDOMAIN for the
 /// rest; runs until the process ends.
 pub async fn dns_server(ns: &str, addr: Ipv4Addr, names: HashMap<String, Ipv4Addr>) {
-    let sock = wrenn_agent::netslot::in_netns(ns, move || {
-        std::net::UdpSocket::bind((addr, 53))
-    })
-    .await
-    .expect("binding the stand-in DNS server");
+    let sock = wrenn_agent::netslot::in_netns(ns, move || std::net::UdpSocket::bind((addr, 53)))
+        .await
+        .expect("binding the stand-in DNS server");
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         loop {
