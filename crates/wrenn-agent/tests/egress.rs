@@ -160,14 +160,22 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     assert_eq!(fetch(&mgr, &c.id, "other.test").await, "200");
     assert_eq!(fetch(&mgr, &c.id, "allowed.test").await, "fail");
 
-    // Kept across an agent restart: the record says it, the new agent enforces it.
+    // Kept across an agent restart: the record says it, the new agent enforces it (its slot
+    // rules rewritten, its resolver restarted). In-process, dropping the manager stops the
+    // VMMs it started, so the capsule goes through the restart paused.
+    mgr.pause(&c.id).await.unwrap();
     let dir = data.path().join("capsules").join(&c.id);
     let rec = record::load(&dir).unwrap();
     assert!(rec.egress);
     assert_eq!(rec.egress_policy.allow, ["other.test"]);
     drop(mgr);
     let mgr = Manager::start(config(data.path(), dns)).await.unwrap();
-    assert_eq!(mgr.get(&c.id).unwrap().egress_policy.allow, ["other.test"]);
+    let adopted = mgr.get(&c.id).expect("the capsule was adopted");
+    assert_eq!(adopted.egress_policy.allow, ["other.test"]);
+    assert_eq!(
+        mgr.resume(&c.id).await.unwrap().state,
+        CapsuleState::Running
+    );
     assert_eq!(fetch(&mgr, &c.id, "other.test").await, "200");
     assert_eq!(fetch(&mgr, &c.id, "allowed.test").await, "fail");
     assert_eq!(fetch(&mgr, &c.id, "198.51.100.66").await, "fail");
