@@ -312,6 +312,8 @@ impl TestAgent {
                 max_capsules: max_capsules.max(24),
                 slots: SLOTS,
                 shapes: Default::default(),
+                dns_upstreams: Vec::new(),
+                egress_allow_private: Vec::new(),
             })
             .await
             .context("starting the agent")?,

@@ -19,7 +19,7 @@ use wrenn_vmm::{
 use crate::{
     envd_client::{EnvdClient, ExecOutput, ExecRequest, InitRequest},
     error::{AgentError, Result},
-    netslot::{self, Slot},
+    netslot::{self, Egress, Slot},
     record::{self, CapsuleRecord},
     templates::{Resolved, SnapshotSource, TemplateInfo, Templates},
 };
@@ -42,6 +42,7 @@ pub struct CreateSpec {
     pub env_vars: HashMap<String, String>,
     pub metadata: HashMap<String, String>,
     pub egress: bool,
+    pub egress_policy: wrenn_types::egress::EgressPolicy,
     pub timeout_secs: u32,
     pub on_timeout: crate::record::TimeoutAction,
 }
@@ -61,6 +62,8 @@ pub enum Op {
         in_use: Box<dyn Fn(&std::path::Path) -> bool + Send + Sync>,
         reply: oneshot::Sender<Result<TemplateInfo>>,
     },
+    /// Changes egress (running or paused) and records it.
+    SetNetwork(Egress, oneshot::Sender<Result<()>>),
 }
 
 /// The shared, read-only view of a capsule.
@@ -108,6 +111,9 @@ impl Handle {
     }
     pub async fn destroy(&self) -> Result<()> {
         self.call(Op::Destroy).await
+    }
+    pub async fn set_network(&self, egress: Egress) -> Result<()> {
+        self.call(|reply| Op::SetNetwork(egress, reply)).await
     }
     pub async fn snapshot(
         &self,
@@ -233,34 +239,38 @@ impl Capsule {
         }
     }
 
-    /// Gives the guest the host's name servers (those it can reach: not loopback ones), so
-    /// egress works by name. Best effort: a capsule without DNS still runs.
+    /// Points the guest's resolver at the slot resolver (the only name server it may use;
+    /// the same address in every slot, so snapshots keep it). Best effort: a capsule without
+    /// DNS still runs.
     async fn set_dns(&self) {
-        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let servers: Vec<&str> = host
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("nameserver"))
-            .map(str::trim)
-            .filter(|a| {
-                a.parse::<std::net::IpAddr>()
-                    .map(|ip| !ip.is_loopback() && !ip.is_unspecified())
-                    .unwrap_or(false)
-            })
-            .collect();
-        if servers.is_empty() {
-            return;
-        }
-        let text: String = servers
-            .iter()
-            .map(|s| format!("nameserver {s}\n"))
-            .collect();
+        let text = format!("nameserver {}\n", crate::dns::SLOT_RESOLVER);
         if let Err(e) = self
             .envd
             .write_file("/etc/resolv.conf", Some("root"), text.into())
             .await
         {
-            tracing::warn!(error = %e, "setting the guest's name servers");
+            tracing::warn!(error = %e, "setting the guest's name server");
         }
+    }
+
+    /// Whether the network may change now (the slot exists).
+    fn set_network_allowed(&self) -> Result<()> {
+        match self.state() {
+            CapsuleState::Running | CapsuleState::Paused => Ok(()),
+            state => Err(AgentError::FailedPrecondition(format!(
+                "capsule is {state}; only a running or paused capsule's network can change"
+            ))),
+        }
+    }
+
+    /// Changes the slot's egress rules and the record.
+    async fn set_network(&mut self, egress: Egress) -> Result<()> {
+        self.set_network_allowed()?;
+        self.slot.set_egress(egress.clone()).await?;
+        let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+        rec.egress = egress.on;
+        rec.egress_policy = egress.policy;
+        record::save(&self.dir, &rec)
     }
 
     async fn init_envd(&self, first: bool, snapshot_token: Option<&str>) -> Result<()> {
@@ -436,6 +446,7 @@ pub async fn create(
     slot_index: u32,
     spec: CreateSpec,
     qemu: PathBuf,
+    upstreams: Arc<Vec<SocketAddr>>,
 ) -> Result<Handle> {
     let disk_bytes = if spec.disk_mib == 0 {
         resolved.disk_bytes
@@ -461,6 +472,7 @@ pub async fn create(
         memory_mib: shape.memory_mib,
         slot: slot_index,
         egress: spec.egress,
+        egress_policy: spec.egress_policy.clone(),
         state: CapsuleState::Pending,
         created_at_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -479,7 +491,11 @@ pub async fn create(
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
-    let slot = match Slot::create(slot_index, spec.egress).await {
+    let egress = Egress {
+        on: spec.egress,
+        policy: spec.egress_policy.clone(),
+    };
+    let slot = match Slot::create_with(slot_index, egress, Some(upstreams)).await {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -551,9 +567,7 @@ pub async fn create(
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;
         }
-        if spec.egress {
-            capsule.set_dns().await;
-        }
+        capsule.set_dns().await;
         capsule.transition(Transition::Ready)
     }
     .await;
@@ -587,7 +601,12 @@ impl Handle {
 }
 
 /// Takes over a capsule a previous agent left running or paused.
-pub async fn adopt(dir: PathBuf, images_dir: &std::path::Path, qemu: PathBuf) -> Result<Handle> {
+pub async fn adopt(
+    dir: PathBuf,
+    images_dir: &std::path::Path,
+    qemu: PathBuf,
+    upstreams: Arc<Vec<SocketAddr>>,
+) -> Result<Handle> {
     let rec = record::load(&dir)?;
     let snap = snapshot::Snapshot {
         template_dir: rec
@@ -595,7 +614,11 @@ pub async fn adopt(dir: PathBuf, images_dir: &std::path::Path, qemu: PathBuf) ->
             .clone()
             .unwrap_or_else(|| images_dir.join(&rec.template)),
     };
-    let slot = Slot::adopt(rec.slot, rec.egress).await?;
+    let egress = Egress {
+        on: rec.egress,
+        policy: rec.egress_policy.clone(),
+    };
+    let slot = Slot::adopt(rec.slot, egress, Some(upstreams)).await?;
     let mut config = snapshot::capsule_config(
         &snap,
         &dir,
@@ -678,6 +701,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     .await;
                 let _ = reply.send(made);
             }
+            Op::SetNetwork(egress, reply) => {
+                let _ = reply.send(capsule.set_network(egress).await);
+            }
         }
     }
     // In error the capsule holds no VM and no slot; only destroy does anything now.
@@ -703,6 +729,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     }
                     Op::Snapshot { reply, .. } => {
                         let _ = reply.send(Err(err()));
+                    }
+                    Op::SetNetwork(_, r) => {
+                        let _ = r.send(Err(err()));
                     }
                     Op::Destroy(_) => {}
                 }

@@ -5,6 +5,7 @@
 
 pub mod capsule;
 pub mod client;
+pub mod dns;
 pub mod envd_client;
 pub mod error;
 pub mod images;

@@ -57,6 +57,10 @@ pub struct AgentConfig {
     /// The machine shapes offered besides each template's own, and the disk budget of their
     /// snapshots.
     pub shapes: ShapePolicy,
+    /// Name servers the slot resolvers forward to (empty: the host's `/etc/resolv.conf`).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Private IPv4 ranges capsules may reach (`--egress-allow-private`); by default none.
+    pub egress_allow_private: Vec<String>,
 }
 
 /// The slots of a host's agent; the top of the range is left to template builds.
@@ -109,6 +113,7 @@ pub struct Manager {
     capsules: Mutex<HashMap<String, Handle>>,
     slots: SlotPool,
     templates: Arc<Templates>,
+    upstreams: Arc<Vec<std::net::SocketAddr>>,
 }
 
 impl Manager {
@@ -118,7 +123,12 @@ impl Manager {
     pub async fn start(config: AgentConfig) -> Result<Manager> {
         let capsules_dir = config.data_dir.join("capsules");
         wrenn_vmm::files::private_dir(&capsules_dir)?;
-        netslot::ensure_host_rules().await?;
+        let allow_private = netslot::parse_private_allow(&config.egress_allow_private)?;
+        netslot::set_host_rules(&allow_private).await?;
+        let upstreams = Arc::new(crate::dns::upstreams(&config.dns_upstreams));
+        if upstreams.is_empty() {
+            tracing::warn!("no upstream name servers: capsules cannot resolve names");
+        }
         let templates = Arc::new(Templates::new(
             config.images_dir.clone(),
             config.qemu.clone(),
@@ -140,7 +150,13 @@ impl Manager {
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
-                    capsule::adopt(dir.clone(), &config.images_dir, config.qemu.clone()).await
+                    capsule::adopt(
+                        dir.clone(),
+                        &config.images_dir,
+                        config.qemu.clone(),
+                        upstreams.clone(),
+                    )
+                    .await
                 }
                 _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
             };
@@ -174,6 +190,7 @@ impl Manager {
             config,
             capsules: Mutex::new(capsules),
             templates,
+            upstreams,
         })
     }
 
@@ -295,6 +312,12 @@ impl Manager {
         }
         validate_shape(&spec)?;
         self.templates.require(&spec.template, spec.kind)?;
+        let mut spec = spec;
+        spec.egress_policy = wrenn_types::egress::EgressPolicy::new(
+            &spec.egress_policy.allow,
+            &spec.egress_policy.deny,
+        )
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -333,6 +356,7 @@ impl Manager {
             slot,
             spec,
             self.config.qemu.clone(),
+            self.upstreams.clone(),
         )
         .await;
         match made {
@@ -370,6 +394,20 @@ impl Manager {
     pub async fn pause(&self, id: &str) -> Result<CapsuleRecord> {
         let h = self.handle(id)?;
         h.pause().await?;
+        Ok(h.record())
+    }
+
+    /// Changes a running or paused capsule's egress (validated here).
+    pub async fn set_network(
+        &self,
+        id: &str,
+        on: bool,
+        policy: &wrenn_types::egress::EgressPolicy,
+    ) -> Result<CapsuleRecord> {
+        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let h = self.handle(id)?;
+        h.set_network(netslot::Egress { on, policy }).await?;
         Ok(h.record())
     }
 

@@ -6,18 +6,102 @@
 //! * TAP `tap0` in the netns, `169.254.0.22/30`; the guest is `169.254.0.21` in every slot, so
 //!   any snapshot restores into any slot;
 //! * nftables in the netns: DNAT of everything sent to the slot address to the guest, SNAT of
-//!   the guest's traffic to the slot address, the guest may not talk to the netns itself, and
-//!   with egress off it may open no connection at all;
+//!   the guest's traffic to the slot address, the guest may talk to the netns only to ask the
+//!   slot resolver (UDP `169.254.0.22:53`, [`crate::dns`]); its new connections go through
+//!   chain `egress`, rewritten whenever the capsule's egress changes: off — none; on — not to
+//!   set `deny` (its CIDRs), and with an allow list only to set `allow` (its CIDRs) or
+//!   `dns_allow` (addresses the resolver answered for its domain names, with timeouts);
 //! * nftables on the host (table `inet wrenn`, shared by all slots): traffic from any `wn-*`
-//!   may not reach the host's own addresses, other slots, or link-local (metadata) addresses;
+//!   may not reach the host's own addresses, other slots or loopback, nor (unless the
+//!   operator allowed them, [`set_host_rules`]) private, link-local or CGNAT ranges; no IPv6;
 //!   egress is masqueraded.
 //!
 //! Every step is recorded with its undo, so a failed setup leaves nothing behind, and
 //! [`cleanup_orphans`] removes whatever a crashed agent left.
 
-use std::{net::Ipv4Addr, process::Stdio};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Stdio,
+    sync::{Arc, RwLock},
+};
 
-use crate::error::{AgentError, Result};
+use wrenn_types::egress::{EgressPolicy, Rule};
+
+use crate::{
+    dns,
+    error::{AgentError, Result},
+};
+
+/// Ranges a capsule never reaches unless the operator allows them: RFC 1918, link-local
+/// (metadata services), CGNAT, and "this network".
+pub const PRIVATE_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "0.0.0.0/8",
+];
+
+/// Ranges a capsule never reaches at all: other slots, loopback, multicast and reserved.
+const NEVER_RANGES: &str = "10.200.0.0/16, 127.0.0.0/8, 224.0.0.0/4, 240.0.0.0/4";
+
+/// A capsule's egress: on or off, and its lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    pub on: bool,
+    pub policy: EgressPolicy,
+}
+
+impl Egress {
+    pub fn on() -> Egress {
+        Egress {
+            on: true,
+            policy: EgressPolicy::default(),
+        }
+    }
+}
+
+/// Parses the operator's `--egress-allow-private` list: IPv4 CIDRs (capsules have no IPv6).
+pub fn parse_private_allow(list: &[String]) -> Result<Vec<String>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match Rule::parse(s) {
+            Ok(r @ Rule::V4(..)) => Ok(r.to_string()),
+            Ok(Rule::V6(..)) => Err(AgentError::InvalidArgument(format!(
+                "{s:?}: capsules have no IPv6 egress; only IPv4 ranges can be allowed"
+            ))),
+            Ok(Rule::Domain(_)) | Err(_) => Err(AgentError::InvalidArgument(format!(
+                "{s:?} is not an IPv4 CIDR"
+            ))),
+        })
+        .collect()
+}
+
+/// Runs `f` on a thread inside network namespace `netns` (sockets it makes stay there).
+pub async fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/run/netns/{netns}");
+    let what = format!("entering netns {netns}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = || -> std::io::Result<T> {
+            let ns = std::fs::File::open(&path)?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this short-lived thread only, with a valid netns fd.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            f()
+        };
+        let _ = tx.send(run());
+    });
+    rx.await
+        .map_err(|_| AgentError::Network(format!("{what}: the thread died")))?
+        .map_err(|e| AgentError::io(what, e))
+}
 
 /// Highest slot index (a /31 per slot in 10.200.0.0/16).
 pub const MAX_SLOT: u32 = 32_766;
@@ -102,10 +186,34 @@ async fn nft_in(netns: Option<&str>, script: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// The host-wide rules every slot relies on; idempotent. Also turns on IPv4 forwarding.
+/// The host-wide rules every slot relies on, if no agent set them yet (template builds);
+/// also turns on IPv4 forwarding.
 pub async fn ensure_host_rules() -> Result<()> {
+    if run("nft", &["list", "table", "inet", "wrenn"], None)
+        .await
+        .is_ok()
+    {
+        return std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| AgentError::io("enabling IPv4 forwarding", e));
+    }
+    set_host_rules(&[]).await
+}
+
+/// (Re)writes the host-wide rules, with `allow_private` (IPv4 CIDRs, see
+/// [`parse_private_allow`]) the private ranges the operator lets capsules reach; also turns
+/// on IPv4 forwarding.
+pub async fn set_host_rules(allow_private: &[String]) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| AgentError::io("enabling IPv4 forwarding", e))?;
+    let allowed = if allow_private.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "    iifname \"{VETH_PREFIX}*\" ip daddr {{ {} }} accept\n",
+            allow_private.join(", ")
+        )
+    };
+    let private = PRIVATE_RANGES.join(", ");
     let script = format!(
         r#"table inet wrenn
 delete table inet wrenn
@@ -118,8 +226,9 @@ table inet wrenn {{
   chain forward {{
     type filter hook forward priority -10; policy accept;
     iifname "{VETH_PREFIX}*" oifname "{VETH_PREFIX}*" drop
-    iifname "{VETH_PREFIX}*" ip daddr {{ 169.254.0.0/16, 10.200.0.0/16, 127.0.0.0/8 }} drop
-    iifname "{VETH_PREFIX}*" ip6 daddr ::/0 drop
+    iifname "{VETH_PREFIX}*" ip daddr {{ {NEVER_RANGES} }} drop
+    iifname "{VETH_PREFIX}*" meta nfproto ipv6 drop
+{allowed}    iifname "{VETH_PREFIX}*" ip daddr {{ {private} }} drop
     iifname "{VETH_PREFIX}*" accept
     oifname "{VETH_PREFIX}*" ct state established,related accept
   }}
@@ -131,6 +240,65 @@ table inet wrenn {{
 "#
     );
     nft_in(None, &script).await
+}
+
+/// The script that makes the slot's `egress` chain and `allow`/`deny` sets say `egress`;
+/// `flush_answers` also forgets the addresses the resolver let in.
+fn egress_script(egress: &Egress, flush_answers: bool) -> String {
+    let mut s = String::from(
+        "flush chain ip wrenn egress\nflush set ip wrenn allow\nflush set ip wrenn deny\n",
+    );
+    if flush_answers {
+        s.push_str("flush set ip wrenn dns_allow\n");
+    }
+    let v4 = |rules: Vec<Rule>| -> Vec<String> {
+        rules
+            .into_iter()
+            .filter(|r| matches!(r, Rule::V4(..)))
+            .map(|r| r.to_string())
+            .collect()
+    };
+    let allow = v4(egress.policy.allow_rules());
+    let deny = v4(egress.policy.deny_rules());
+    if !allow.is_empty() {
+        s.push_str(&format!(
+            "add element ip wrenn allow {{ {} }}\n",
+            allow.join(", ")
+        ));
+    }
+    if !deny.is_empty() {
+        s.push_str(&format!(
+            "add element ip wrenn deny {{ {} }}\n",
+            deny.join(", ")
+        ));
+    }
+    let rule = |r: &str| format!("add rule ip wrenn egress {r}\n");
+    s.push_str(&rule("ct state established,related accept"));
+    if !egress.on {
+        s.push_str(&rule("drop"));
+        return s;
+    }
+    s.push_str(&rule("ip daddr @deny drop"));
+    if egress.policy.default_deny() {
+        s.push_str(&rule("ip daddr @allow accept"));
+        s.push_str(&rule("ip daddr @dns_allow accept"));
+        s.push_str(&rule("drop"));
+    }
+    s
+}
+
+/// Lets the slot in `netns` reach `addrs` (answered by its resolver) for their TTLs (seconds).
+pub async fn allow_answered(netns: &str, addrs: &[(Ipv4Addr, u32)]) -> Result<()> {
+    // add + delete + add in one transaction: a known address gets its new timeout.
+    let mut script = String::new();
+    for (a, ttl) in addrs {
+        script.push_str(&format!(
+            "add element ip wrenn dns_allow {{ {a} timeout {ttl}s }}\n\
+             delete element ip wrenn dns_allow {{ {a} }}\n\
+             add element ip wrenn dns_allow {{ {a} timeout {ttl}s }}\n"
+        ));
+    }
+    nft_in(Some(netns), &script).await
 }
 
 /// One undo step.
@@ -145,17 +313,46 @@ enum Undo {
 pub struct Slot {
     pub addrs: SlotAddrs,
     undo: Vec<Undo>,
+    egress: Arc<RwLock<Egress>>,
+    resolver: Option<dns::Resolver>,
 }
 
 impl Slot {
-    /// Creates slot `index` with egress on or off. On failure nothing is left.
+    /// Creates slot `index` with egress on (no lists) or off, without a resolver (template
+    /// builds). On failure nothing is left.
     pub async fn create(index: u32, egress: bool) -> Result<Slot> {
+        let egress = if egress {
+            Egress::on()
+        } else {
+            Egress::default()
+        };
+        Slot::create_with(index, egress, None).await
+    }
+
+    /// Creates slot `index` with `egress`, and its resolver forwarding to `upstreams` (None:
+    /// no resolver). On failure nothing is left.
+    pub async fn create_with(
+        index: u32,
+        egress: Egress,
+        upstreams: Option<Arc<Vec<SocketAddr>>>,
+    ) -> Result<Slot> {
         let addrs = SlotAddrs::new(index)?;
         let mut slot = Slot {
             addrs,
             undo: Vec::new(),
+            egress: Arc::new(RwLock::new(egress.clone())),
+            resolver: None,
         };
-        match slot.build(egress).await {
+        let built = async {
+            slot.build(&egress).await?;
+            if let Some(up) = upstreams {
+                slot.resolver =
+                    Some(dns::Resolver::start(&slot.addrs.netns, slot.egress.clone(), up).await?);
+            }
+            Ok(())
+        }
+        .await;
+        match built {
             Ok(()) => Ok(slot),
             Err(e) => {
                 slot.release().await;
@@ -164,22 +361,54 @@ impl Slot {
         }
     }
 
-    /// Takes over slot `index` left by a previous agent (re-creating it if it is gone).
-    pub async fn adopt(index: u32, egress: bool) -> Result<Slot> {
+    /// Takes over slot `index` left by a previous agent (re-creating it if it is gone): its
+    /// egress rules are written again and its resolver restarted.
+    pub async fn adopt(
+        index: u32,
+        egress: Egress,
+        upstreams: Option<Arc<Vec<SocketAddr>>>,
+    ) -> Result<Slot> {
         let addrs = SlotAddrs::new(index)?;
         if existing_slots().await?.contains(&index) {
-            return Ok(Slot {
+            let mut slot = Slot {
                 undo: vec![
                     Undo::DeleteNetns(addrs.netns.clone()),
                     Undo::DeleteLink(addrs.host_veth.clone()),
                 ],
                 addrs,
-            });
+                egress: Arc::new(RwLock::new(egress.clone())),
+                resolver: None,
+            };
+            if let Err(e) = nft_in(Some(&slot.addrs.netns), &egress_script(&egress, false)).await {
+                tracing::warn!(netns = %slot.addrs.netns, error = %e, "rewriting an adopted slot's egress rules");
+            }
+            if let Some(up) = upstreams {
+                slot.resolver =
+                    Some(dns::Resolver::start(&slot.addrs.netns, slot.egress.clone(), up).await?);
+            }
+            return Ok(slot);
         }
-        Slot::create(index, egress).await
+        Slot::create_with(index, egress, upstreams).await
     }
 
-    async fn build(&mut self, egress: bool) -> Result<()> {
+    /// The slot's egress now.
+    pub fn egress(&self) -> Egress {
+        self.egress
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes the slot's egress at once (one nft transaction); addresses the resolver let in
+    /// are forgotten when the allow list's domain names change.
+    pub async fn set_egress(&self, egress: Egress) -> Result<()> {
+        let flush = self.egress().policy.allow_domains() != egress.policy.allow_domains();
+        nft_in(Some(&self.addrs.netns), &egress_script(&egress, flush)).await?;
+        *self.egress.write().unwrap_or_else(|e| e.into_inner()) = egress;
+        Ok(())
+    }
+
+    async fn build(&mut self, egress: &Egress) -> Result<()> {
         let a = self.addrs.clone();
         let ns = a.netns.as_str();
         ip(&["netns", "add", ns]).await?;
@@ -243,13 +472,11 @@ impl Slot {
             None,
         )
         .await?;
-        let egress_rule = if egress {
-            ""
-        } else {
-            "    iifname \"tap0\" ct state new drop\n"
-        };
         let script = format!(
             r#"table ip wrenn {{
+  set allow {{ type ipv4_addr; flags interval; auto-merge; }}
+  set deny {{ type ipv4_addr; flags interval; auto-merge; }}
+  set dns_allow {{ type ipv4_addr; flags timeout; }}
   chain prerouting {{
     type nat hook prerouting priority -100; policy accept;
     iifname "{NS_VETH}" ip daddr {cap} dnat to 169.254.0.21
@@ -261,15 +488,21 @@ impl Slot {
   chain input {{
     type filter hook input priority 0; policy accept;
     iifname "{TAP}" ct state established,related accept
+    iifname "{TAP}" ip saddr 169.254.0.21 ip daddr {resolver} udp dport 53 accept
     iifname "{TAP}" drop
+  }}
+  chain egress {{
   }}
   chain forward {{
     type filter hook forward priority 0; policy accept;
     iifname "{TAP}" ip saddr != 169.254.0.21 drop
-{egress_rule}  }}
+    iifname "{TAP}" jump egress
+  }}
 }}
-"#,
-            cap = a.capsule_ip
+{egress}"#,
+            cap = a.capsule_ip,
+            resolver = dns::SLOT_RESOLVER,
+            egress = egress_script(egress, false),
         );
         nft_in(Some(ns), &script).await?;
         Ok(())
@@ -277,6 +510,7 @@ impl Slot {
 
     /// Removes everything the slot made, newest first; errors are logged, never fatal.
     pub async fn release(&mut self) {
+        self.resolver = None;
         while let Some(step) = self.undo.pop() {
             let result = match &step {
                 Undo::DeleteNetns(ns) => ip(&["netns", "delete", ns]).await,

@@ -26,6 +26,9 @@ pub struct CapsuleRecord {
     pub memory_mib: u32,
     pub slot: u32,
     pub egress: bool,
+    /// Egress allow/deny lists (none in records of older agents).
+    #[serde(default)]
+    pub egress_policy: wrenn_types::egress::EgressPolicy,
     pub state: CapsuleState,
     pub created_at_unix: i64,
     #[serde(default)]
@@ -110,6 +113,11 @@ mod tests {
             memory_mib: 256,
             slot: 3,
             egress: true,
+            egress_policy: wrenn_types::egress::EgressPolicy::new(
+                &["example.com".into()],
+                &["198.51.100.0/24".into()],
+            )
+            .unwrap(),
             state: CapsuleState::Running,
             created_at_unix: 1,
             env_vars: [("A".into(), "1".into())].into(),

@@ -21,9 +21,10 @@ use wrenn_proto::{
         WriteFileStreamRequest,
     },
     agent::v1::{
-        watch_dir_event, DeleteTemplateRequest, DeleteTemplateResponse, FsEventType,
-        ListTemplatesRequest, ListTemplatesResponse, SnapshotCapsuleRequest, Template,
-        TemplateKind, WatchDirEvent, WatchDirRequest,
+        watch_dir_event, DeleteTemplateRequest, DeleteTemplateResponse,
+        EgressPolicy as PbEgressPolicy, FsEventType, ListTemplatesRequest, ListTemplatesResponse,
+        SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template, TemplateKind, WatchDirEvent,
+        WatchDirRequest,
     },
     filesystem, process,
 };
@@ -191,6 +192,18 @@ fn to_pb(rec: CapsuleRecord) -> Capsule {
         timeout_secs: rec.timeout_secs,
         on_timeout: pb_action(rec.on_timeout) as i32,
         disk_mib: rec.disk_mib,
+        egress_policy: Some(PbEgressPolicy {
+            allow: rec.egress_policy.allow,
+            deny: rec.egress_policy.deny,
+        }),
+    }
+}
+
+fn policy_of(p: Option<PbEgressPolicy>) -> wrenn_types::egress::EgressPolicy {
+    let p = p.unwrap_or_default();
+    wrenn_types::egress::EgressPolicy {
+        allow: p.allow,
+        deny: p.deny,
     }
 }
 
@@ -274,6 +287,7 @@ impl Agent for AgentService {
                 env_vars: r.env_vars,
                 metadata: r.metadata,
                 egress: r.egress,
+                egress_policy: policy_of(r.egress_policy),
                 timeout_secs: r.timeout_secs,
                 on_timeout: match TimeoutAction::try_from(r.on_timeout) {
                     Ok(TimeoutAction::Destroy) => crate::record::TimeoutAction::Destroy,
@@ -321,6 +335,19 @@ impl Agent for AgentService {
         let id = capsule_id(&req.into_inner().id)?;
         self.manager.destroy(&id).await?;
         Ok(Response::new(DestroyCapsuleResponse {}))
+    }
+
+    async fn set_capsule_network(
+        &self,
+        req: Request<SetCapsuleNetworkRequest>,
+    ) -> Result<Response<Capsule>, Status> {
+        let r = req.into_inner();
+        let id = capsule_id(&r.capsule_id)?;
+        let rec = self
+            .manager
+            .set_network(&id, r.egress, &policy_of(r.egress_policy))
+            .await?;
+        Ok(Response::new(to_pb(rec)))
     }
 
     async fn get_metrics(

@@ -133,6 +133,8 @@ async fn private_files_template_kinds_and_shapes() {
             memory_mib: vec![256, 512],
             budget_bytes: 1,
         },
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();
@@ -297,6 +299,8 @@ async fn disk_admission_and_discard() {
         max_capsules: 4,
         slots: 3120..=3139,
         shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();

@@ -49,6 +49,8 @@ async fn capsule_lifecycle_through_the_manager() {
         max_capsules: 3,
         slots: 200..=299,
         shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();
@@ -143,6 +145,8 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
             max_capsules: 20,
             slots: range.clone(),
             shapes: Default::default(),
+            dns_upstreams: Vec::new(),
+            egress_allow_private: Vec::new(),
         })
         .await
         .unwrap(),
@@ -203,6 +207,8 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
         max_capsules: 1,
         slots: 700..=799,
         shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();
@@ -250,6 +256,8 @@ async fn a_failed_resume_releases_everything() {
         max_capsules: 1,
         slots: 800..=899,
         shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
     })
     .await
     .unwrap();

@@ -41,6 +41,8 @@ impl Agent {
                 max_capsules: 1,
                 slots: 950..=951,
                 shapes: Default::default(),
+                dns_upstreams: Vec::new(),
+                egress_allow_private: Vec::new(),
             })
             .await
             .unwrap(),

@@ -271,6 +271,21 @@ impl Client {
             .await
     }
 
+    pub async fn capsule_network(&self, id: &str) -> Result<CapsuleNetwork> {
+        self.call(Method::GET, &["v1", "capsules", id, "network"])
+            .await
+    }
+
+    /// Changes a running or paused capsule's egress at once.
+    pub async fn set_capsule_network(
+        &self,
+        id: &str,
+        patch: &NetworkPatch,
+    ) -> Result<CapsuleNetwork> {
+        self.call_json(Method::PATCH, &["v1", "capsules", id, "network"], patch)
+            .await
+    }
+
     pub async fn pause_capsule(&self, id: &str) -> Result<Capsule> {
         self.call(Method::POST, &["v1", "capsules", id, "pause"])
             .await

@@ -96,6 +96,31 @@ pub struct CreateCapsule {
     /// Internet access (the server's default is on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
+    /// CIDRs and domain names it may reach (empty: every public address).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<String>,
+    /// CIDRs and domain names it may not reach (beats `egress_allow`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<String>,
+}
+
+/// A capsule's egress (`/v1/capsules/{id}/network`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleNetwork {
+    pub egress: bool,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// A change to a capsule's egress: only the fields that are set change.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
 }
 
 /// A command to run in a capsule: `cmd` is executed directly with `args` (no shell; use

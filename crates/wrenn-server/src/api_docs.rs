@@ -138,6 +138,8 @@ impl Modify for SecuritySchemes {
         capsules::pause,
         capsules::resume,
         capsules::ping,
+        crate::network::get,
+        crate::network::set,
         capsules::metrics,
         capsules::exec,
         ws::exec_stream,

@@ -177,6 +177,12 @@ pub struct CreateCapsuleBody {
     envs: Option<HashMap<String, String>>,
     /// Internet access (default on).
     egress: Option<bool>,
+    /// CIDRs and domain names it may reach (default: every public address); see
+    /// `PATCH /v1/capsules/{id}/network`.
+    #[schema(example = json!(["example.com", "203.0.113.0/24"]))]
+    egress_allow: Option<Vec<String>>,
+    /// CIDRs and domain names it may not reach (beats `egress_allow`).
+    egress_deny: Option<Vec<String>>,
     /// Its ports are open to anyone through the proxy (default: API key or access token).
     public: Option<bool>,
 }
@@ -228,6 +234,11 @@ pub async fn create(
     if let Some(metadata) = &b.metadata {
         crate::validate::metadata(metadata)?;
     }
+    let egress = b.egress.unwrap_or(true);
+    let egress_policy = crate::network::policy(
+        b.egress_allow.as_deref().unwrap_or_default(),
+        b.egress_deny.as_deref().unwrap_or_default(),
+    )?;
     // A team's snapshot template (its shape is fixed; the host knows it by its row's id),
     // else a platform template: the host refuses a name that is not a base template there, so
     // no other team's template (by name or host-side id) is ever reached from here.
@@ -260,7 +271,8 @@ pub async fn create(
             template_kind: kind as i32,
             env_vars: b.envs.unwrap_or_default(),
             metadata: b.metadata.clone().unwrap_or_default(),
-            egress: b.egress.unwrap_or(true),
+            egress,
+            egress_policy: Some(crate::network::to_pb(&egress_policy)),
             timeout_secs: b.timeout_sec.unwrap_or(0),
             on_timeout: 0,
             vcpus,
@@ -298,6 +310,10 @@ pub async fn create(
         state
             .db
             .set_capsule_access(&row.id, public, &token_hash)
+            .await?;
+        state
+            .db
+            .set_capsule_network(&row.id, egress, &egress_policy)
             .await?;
         // An action that happened is in the audit log, or it is undone.
         state

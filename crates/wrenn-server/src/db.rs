@@ -569,6 +569,53 @@ impl Db {
     }
 
     /// Who may reach a capsule's ports: whether it is public, and its access token's hash.
+    /// Records a capsule's egress (on/off and its lists, JSON arrays).
+    pub async fn set_capsule_network(
+        &self,
+        id: &str,
+        egress: bool,
+        policy: &wrenn_types::egress::EgressPolicy,
+    ) -> Result<()> {
+        let json = |v: &Vec<String>| {
+            serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("encoding: {e}")))
+        };
+        sqlx::query(
+            "UPDATE capsules SET egress = $1, egress_allow = $2, egress_deny = $3 WHERE id = $4",
+        )
+        .bind(i64::from(egress))
+        .bind(json(&policy.allow)?)
+        .bind(json(&policy.deny)?)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A capsule's egress: on/off and its lists.
+    pub async fn capsule_network(
+        &self,
+        id: &str,
+    ) -> Result<(bool, wrenn_types::egress::EgressPolicy)> {
+        let r = sqlx::query("SELECT egress, egress_allow, egress_deny FROM capsules WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
+        let egress: i64 = r.try_get("egress")?;
+        let list = |col: &str| -> Result<Vec<String>> {
+            let text: String = r.try_get(col)?;
+            serde_json::from_str(&text)
+                .map_err(|e| ApiError::Internal(format!("capsule {id}'s {col}: {e}")))
+        };
+        Ok((
+            egress != 0,
+            wrenn_types::egress::EgressPolicy {
+                allow: list("egress_allow")?,
+                deny: list("egress_deny")?,
+            },
+        ))
+    }
+
     pub async fn set_capsule_access(&self, id: &str, public: bool, token_hash: &str) -> Result<()> {
         sqlx::query("UPDATE capsules SET public = $1, access_token_hash = $2 WHERE id = $3")
             .bind(i64::from(public))

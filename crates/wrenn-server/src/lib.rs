@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod metrics;
+pub mod network;
 pub mod proxy;
 pub mod quotas;
 pub mod restart;
@@ -89,6 +90,8 @@ pub fn routes() -> Vec<Route> {
         route(M::POST, "/v1/capsules/{id}/pause", capsules::pause),
         route(M::POST, "/v1/capsules/{id}/resume", capsules::resume),
         route(M::POST, "/v1/capsules/{id}/ping", capsules::ping),
+        route(M::GET, "/v1/capsules/{id}/network", network::get),
+        route(M::PATCH, "/v1/capsules/{id}/network", network::set),
         route(M::GET, "/v1/capsules/{id}/metrics", capsules::metrics),
         route(M::POST, "/v1/capsules/{id}/exec", capsules::exec),
         route(M::GET, "/v1/capsules/{id}/exec/stream", ws::exec_stream),

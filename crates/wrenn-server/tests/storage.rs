@@ -142,6 +142,7 @@ on_both_databases!(
     api_keys_store_only_the_hash,
     capsules_and_templates_are_scoped_by_team,
     capsules_are_counted_by_status,
+    capsule_network_round_trips,
     audit_log_keeps_order_per_team,
     secrets_persist,
 );
@@ -548,6 +549,32 @@ async fn capsules_are_counted_by_status(s: Store) {
             ("running".to_string(), 2),
             ("stopped".to_string(), 1)
         ]
+    );
+}
+
+async fn capsule_network_round_trips(s: Store) {
+    let db = &s.db;
+    let a = db.create_team("a").await.unwrap();
+    let id = "cl-aaaaaaaaaaaaaaaaaaaaaaaa1";
+    db.insert_capsule(&capsule(&a.id, id)).await.unwrap();
+    // A capsule made before per-capsule lists: egress on, no lists.
+    let (on, p) = db.capsule_network(id).await.unwrap();
+    assert!(on);
+    assert_eq!(p, wrenn_types::egress::EgressPolicy::default());
+    let p = wrenn_types::egress::EgressPolicy::new(
+        &["example.com".into(), "203.0.113.0/24".into()],
+        &["bad.example.com".into()],
+    )
+    .unwrap();
+    db.set_capsule_network(id, false, &p).await.unwrap();
+    assert_eq!(db.capsule_network(id).await.unwrap(), (false, p));
+    assert_eq!(
+        code(
+            db.capsule_network("cl-nonenonenonenonenonenone1")
+                .await
+                .unwrap_err()
+        ),
+        "not_found"
     );
 }
 

@@ -69,6 +69,19 @@ enum Command {
         signup: wrenn_server::accounts::SignupPolicy,
         #[command(flatten)]
         shapes: shapes::ShapeArgs,
+        /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
+        /// link-local, CGNAT and loopback are denied to every capsule).
+        #[arg(
+            long,
+            env = "WRENN_EGRESS_ALLOW_PRIVATE",
+            value_delimiter = ',',
+            value_name = "CIDR"
+        )]
+        egress_allow_private: Vec<String>,
+        /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
+        /// the host's /etc/resolv.conf).
+        #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
+        dns_upstream: Vec<std::net::SocketAddr>,
     },
     /// Run the control plane alone, in front of a host agent elsewhere (mTLS).
     Server {
@@ -122,6 +135,19 @@ enum Command {
         slots: std::ops::RangeInclusive<u32>,
         #[command(flatten)]
         shapes: shapes::ShapeArgs,
+        /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
+        /// link-local, CGNAT and loopback are denied to every capsule).
+        #[arg(
+            long,
+            env = "WRENN_EGRESS_ALLOW_PRIVATE",
+            value_delimiter = ',',
+            value_name = "CIDR"
+        )]
+        egress_allow_private: Vec<String>,
+        /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
+        /// the host's /etc/resolv.conf).
+        #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
+        dns_upstream: Vec<std::net::SocketAddr>,
     },
     /// Create the agent PKI's CA in `--dir` if missing, and issue the agent's server
     /// certificate (`agent.pem`/`agent.key`) and a client certificate (`client.pem`/
@@ -275,9 +301,13 @@ async fn main() -> anyhow::Result<()> {
             quotas,
             signup,
             shapes,
+            egress_allow_private,
+            dns_upstream,
         } => {
             up::run(up::Up {
                 shapes: shapes.policy()?,
+                egress_allow_private,
+                dns_upstream,
                 domain,
                 quotas: quotas.limits(),
                 signup,
@@ -300,6 +330,8 @@ async fn main() -> anyhow::Result<()> {
             max_capsules,
             slots,
             shapes,
+            egress_allow_private,
+            dns_upstream,
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -333,6 +365,8 @@ async fn main() -> anyhow::Result<()> {
                     max_capsules,
                     slots,
                     shapes: shapes.policy()?,
+                    dns_upstreams: dns_upstream,
+                    egress_allow_private,
                 })
                 .await
                 .context("starting the agent")?,
@@ -448,6 +482,17 @@ pub(crate) fn require(needs: &wrenn_agent::prereq::Needs) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// `IP` or `IP:PORT` (port 53 by default).
+fn parse_dns(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }
 
 fn parse_slots(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {

@@ -27,6 +27,10 @@ pub struct Up {
     pub signup: wrenn_server::accounts::SignupPolicy,
     /// The machine shapes the built-in agent offers.
     pub shapes: wrenn_agent::templates::ShapePolicy,
+    /// Private IPv4 ranges capsules may reach (`--egress-allow-private`).
+    pub egress_allow_private: Vec<String>,
+    /// The slot resolvers' upstream name servers (empty: the host's).
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// Builds the templates that have no ready snapshot yet (first start), with progress.
@@ -127,6 +131,8 @@ pub async fn run(up: Up) -> anyhow::Result<()> {
             max_capsules: up.max_capsules,
             slots: up.slots.clone(),
             shapes: up.shapes.clone(),
+            dns_upstreams: up.dns_upstream.clone(),
+            egress_allow_private: up.egress_allow_private.clone(),
         })
         .await
         .context("starting the agent")?,

@@ -584,6 +584,12 @@ async fn tenants_cannot_see_each_other() {
         (M::GET, format!("/v1/capsules/{id}/processes"), None),
         (M::DELETE, format!("/v1/capsules/{id}/processes/1"), None),
         (M::GET, format!("/v1/capsules/{id}/metrics"), None),
+        (M::GET, format!("/v1/capsules/{id}/network"), None),
+        (
+            M::PATCH,
+            format!("/v1/capsules/{id}/network"),
+            Some(json!({ "egress": false })),
+        ),
         (
             M::POST,
             format!("/v1/capsules/{id}/files/read"),

@@ -1,0 +1,181 @@
+//! `/v1/capsules/{id}/network`: a capsule's egress (on/off, allow and deny lists), read and
+//! changed while it runs or is paused.
+//!
+//! Entries are CIDRs (`10.0.0.0/8`, `203.0.113.7`) or domain names (`example.com` matches
+//! itself and its subdomains). Precedence: egress off allows nothing; deny beats allow; a
+//! non-empty allow list denies everything it does not name; private, link-local, CGNAT and
+//! loopback ranges stay denied unless the host's operator allowed them, whatever the lists
+//! say. Domain names are enforced through the capsule's resolver: the addresses it answers
+//! for an allowed name are reachable for the answer's TTL; a denied name is refused.
+
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wrenn_proto::agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest};
+use wrenn_types::egress::EgressPolicy;
+
+use crate::{
+    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    capsules::live,
+    db::Caller,
+    error::{ApiError, ErrorBody, Result},
+    state::AppState,
+};
+
+/// A capsule's egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CapsuleNetwork {
+    /// Outbound connections at all.
+    pub egress: bool,
+    /// CIDRs and domain names it may reach (empty: every public address).
+    #[schema(example = json!(["example.com", "203.0.113.0/24"]))]
+    pub allow: Vec<String>,
+    /// CIDRs and domain names it may not reach (beats `allow`).
+    #[schema(example = json!(["ads.example.com"]))]
+    pub deny: Vec<String>,
+}
+
+/// A change to a capsule's egress; absent fields keep their value, a list given replaces the
+/// old one.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPatch {
+    pub egress: Option<bool>,
+    #[schema(example = json!(["example.com"]))]
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+/// Validates and normalizes lists from a request (`400 invalid_request` naming the entry).
+pub fn policy(allow: &[String], deny: &[String]) -> Result<EgressPolicy> {
+    EgressPolicy::new(allow, deny).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+/// The policy as the agent takes it.
+pub fn to_pb(p: &EgressPolicy) -> PbEgressPolicy {
+    PbEgressPolicy {
+        allow: p.allow.clone(),
+        deny: p.deny.clone(),
+    }
+}
+
+/// Get a capsule's network
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/network",
+    operation_id = "get_capsule_network",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "Its egress", body = CapsuleNetwork),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CapsuleNetwork>> {
+    let c = live(&state, &caller, &id).await?;
+    let (egress, p) = state.db.capsule_network(&c.id).await?;
+    Ok(Json(CapsuleNetwork {
+        egress,
+        allow: p.allow,
+        deny: p.deny,
+    }))
+}
+
+/// Change a capsule's network
+///
+/// Takes effect at once for new connections of a running or paused capsule (and after a
+/// resume or a host restart). Entries are CIDRs or domain names; deny beats allow; a
+/// non-empty allow list denies the rest; private ranges stay denied unless the host's
+/// operator allowed them.
+#[utoipa::path(
+    patch,
+    path = "/v1/capsules/{id}/network",
+    operation_id = "set_capsule_network",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = NetworkPatch,
+    responses(
+        (status = 200, description = "Its egress now", body = CapsuleNetwork),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: not running or paused", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn set(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<NetworkPatch>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<CapsuleNetwork>> {
+    let Json(b) = body?;
+    let c = live(&state, &caller, &id).await?;
+    let (old_egress, old) = state.db.capsule_network(&c.id).await?;
+    let new = policy(
+        b.allow.as_deref().unwrap_or(&old.allow),
+        b.deny.as_deref().unwrap_or(&old.deny),
+    )?;
+    let egress = b.egress.unwrap_or(old_egress);
+    if !matches!(c.status.as_str(), "running" | "paused") {
+        return Err(ApiError::InvalidState(format!(
+            "capsule {} is {}; only a running or paused capsule's network can change",
+            c.id, c.status
+        )));
+    }
+    let mut agent = state.agent();
+    agent
+        .set_capsule_network(SetCapsuleNetworkRequest {
+            capsule_id: c.id.clone(),
+            egress,
+            egress_policy: Some(to_pb(&new)),
+        })
+        .await?;
+    let detail = format!(
+        "egress={egress} allow={} deny={}",
+        new.allow.join(","),
+        new.deny.join(",")
+    );
+    let recorded = async {
+        state.db.set_capsule_network(&c.id, egress, &new).await?;
+        state
+            .db
+            .audit(
+                &caller,
+                "capsule.network",
+                ("capsule", &c.id),
+                "success",
+                &detail,
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // What the database and the audit log do not say did not happen: put the old back.
+        let _ = state.db.set_capsule_network(&c.id, old_egress, &old).await;
+        let _ = agent
+            .set_capsule_network(SetCapsuleNetworkRequest {
+                capsule_id: c.id.clone(),
+                egress: old_egress,
+                egress_policy: Some(to_pb(&old)),
+            })
+            .await;
+        return Err(e);
+    }
+    Ok(Json(CapsuleNetwork {
+        egress,
+        allow: new.allow,
+        deny: new.deny,
+    }))
+}
