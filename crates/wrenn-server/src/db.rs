@@ -783,6 +783,39 @@ async fn insert_audit(conn: &mut AnyConnection, e: &AuditEntry<'_>) -> Result<()
     Ok(())
 }
 
+/// A new user; `conflict` when the email already has an account.
+async fn insert_user(
+    conn: &mut AnyConnection,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> Result<User> {
+    let user = User {
+        id: Id::new(IdKind::User).to_string(),
+        email: email.into(),
+        name: name.into(),
+        created_at: now_ms(),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, name, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&user.id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(password_hash)
+    .bind(user.created_at)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(user),
+        Err(e) if is_unique_violation(&e) => Err(ApiError::Conflict(
+            "an account with this email already exists".into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn insert_team(conn: &mut AnyConnection, name: &str) -> Result<Team> {
     let team = Team {
         id: Id::new(IdKind::Team).to_string(),
@@ -876,33 +909,8 @@ impl Db {
         password_hash: &str,
         team_name: &str,
     ) -> Result<(User, Team)> {
-        let user = User {
-            id: Id::new(IdKind::User).to_string(),
-            email: email.into(),
-            name: name.into(),
-            created_at: now_ms(),
-        };
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO users (id, email, name, password_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(password_hash)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(ApiError::Conflict(
-                    "an account with this email already exists".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let user = insert_user(&mut tx, email, name, password_hash).await?;
         let team = insert_team(&mut tx, team_name).await?;
         insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
         let caller = Caller::user(&team.id, &user);

@@ -2,11 +2,10 @@
 //! exists), invitations to sign up into a team, and the bootstrap admin key's replacement.
 
 use sqlx::Row;
-use wrenn_types::{Id, IdKind};
 
 use super::{
-    hash_key, insert_api_key, insert_audit, insert_membership, is_unique_violation, lock_team,
-    now_ms, role_of, ApiKeyRow, AuditEntry, Caller, Db, Role, Team, User,
+    hash_key, insert_api_key, insert_audit, insert_membership, insert_user, lock_team, now_ms,
+    role_of, ApiKeyRow, AuditEntry, Caller, Db, Role, Team, User,
 };
 use crate::error::{ApiError, Result};
 
@@ -227,33 +226,8 @@ impl Db {
         password_hash: &str,
         token: &str,
     ) -> Result<(User, Team, Role)> {
-        let user = User {
-            id: Id::new(IdKind::User).to_string(),
-            email: email.into(),
-            name: name.into(),
-            created_at: now_ms(),
-        };
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO users (id, email, name, password_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(password_hash)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(ApiError::Conflict(
-                    "an account with this email already exists".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let user = insert_user(&mut tx, email, name, password_hash).await?;
         let now = now_ms();
         let gone = || ApiError::NotFound("the invitation is not valid (used or expired)".into());
         let inv = sqlx::query(&format!(
