@@ -187,6 +187,11 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        if path.ends_with("/exec") {
+            // A command may run as long as its own timeout (600 s, e.g. a guest filling its
+            // disk under TCG on a loaded host); `HANG` bounds the control requests.
+            req = req.timeout(Duration::from_secs(660));
+        }
         let resp = req.send().await.map_err(|e| format!("{path}: {e:?}"))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| format!("{path}: {e:?}"))?;
