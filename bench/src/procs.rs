@@ -110,8 +110,15 @@ impl Target {
         // on (or fails writing to) a full or closed pipe.
         thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
+            // Warnings (a data folder's loose modes fixed) may come before it.
             let mut line = String::new();
-            let first = reader.read_line(&mut line).map(|_| line);
+            let first = loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(n) if n > 0 && line.starts_with("warning: ") => continue,
+                    r => break r.map(|_| line.clone()),
+                }
+            };
             let _ = tx.send(first);
             let _ = io::copy(&mut reader, &mut io::sink());
         });

@@ -369,6 +369,10 @@ impl EnvdClient {
             .post("/files")
             .query(&query)
             .header("content-type", "application/octet-stream")
+            // envd may answer before it has read the whole body (a full disk: 507) and then
+            // closes the connection; never return such a connection to the pool, where the next
+            // call would meet it closed.
+            .header("connection", "close")
             .body(body)
             .send()
             .await

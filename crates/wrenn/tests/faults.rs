@@ -886,10 +886,13 @@ fn start_agent(data: &Path, port: u16) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Warnings (a data folder's loose modes fixed) may come first.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    while line.is_empty() || line.starts_with("warning: ") {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
     assert!(line.contains("listening"), "{line}");
     Proc(Some(child))
 }

@@ -36,15 +36,20 @@ fn start_agent(data: &Path) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("wrenn agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    // Warnings (a data folder's loose modes fixed) may come first.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if line.starts_with("warning: ") {
+            continue;
+        }
+        break line
+            .trim()
+            .strip_prefix("wrenn agent listening on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .to_string();
+    };
     (child, format!("http://{addr}"))
 }
 
