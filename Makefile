@@ -46,7 +46,7 @@ lint:
 ## scripts/install-postgres.sh installs and starts (or on WRENN_TEST_DATABASE_URL when set)
 unit: images
 	url="$${WRENN_TEST_DATABASE_URL:-$$(scripts/install-postgres.sh)}" && \
-	WRENN_TEST_DATABASE_URL="$$url" $(CARGO) test --workspace --locked
+	WRENN_TEST_DATABASE_URL="$$url" $(CARGO) test --workspace --locked --no-fail-fast
 
 envd:
 	$(CARGO) build -p envd --locked
