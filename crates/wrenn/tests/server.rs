@@ -36,6 +36,8 @@ impl Up {
             .arg(images_dir())
             .env("WRENN_TEMPLATES", "minimal,python")
             .env("WRENN_SIGNUP", "open")
+            // The host's own limits are under test here, not the team's disk quota.
+            .env("WRENN_QUOTA_DISK_MB", "unlimited")
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
