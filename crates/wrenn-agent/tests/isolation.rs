@@ -317,7 +317,10 @@ async fn disk_admission_and_discard() {
     // One 2 GiB capsule fits; a second would not once the first fills its disk.
     let c = mgr.create(spec()).await.unwrap();
     match mgr.create(spec()).await {
-        Err(AgentError::ResourceExhausted(m)) => assert!(m.contains("not enough disk"), "{m}"),
+        // A host full now: 507 `insufficient_storage` through the API.
+        Err(AgentError::InsufficientStorage(m)) => {
+            assert!(m.contains("out of disk space"), "{m}")
+        }
         other => panic!("a second capsule: {other:?}"),
     }
     assert_eq!(mgr.list().len(), 1, "the refused create left nothing");
