@@ -144,8 +144,8 @@ if [ "${FUZZ_CREATE:-0}" = 1 ]; then
 fi
 
 # The figures: test cases sent and failures found, over every run.
-cases_run=$(grep -h -o '[0-9]* generated' "$report"/*.log | awk '{n+=$1} END {print n+0}')
-failures=$(grep -h -o 'generated, [0-9]* found' "$report"/*.log | awk '{n+=$2} END {print n+0}')
-ops=$(grep -h -o 'Tested: [0-9]*' "$report"/*.log | awk '{n+=$2} END {print n+0}')
+cases_run=$({ grep -h -o '[0-9]* generated' "$report"/*.log || true; } | awk '{n+=$1} END {print n+0}')
+failures=$({ grep -h -o 'generated, [0-9]* found' "$report"/*.log || true; } | awk '{n+=$2} END {print n+0}')
+ops=$({ grep -h -o 'Tested: [0-9]*' "$report"/*.log || true; } | awk '{n+=$2} END {print n+0}')
 echo "fuzz-api: operations=$ops cases=$cases_run failures=$failures (checks: ${FUZZ_CHECKS:-all})"
 exit "$status"
