@@ -4,6 +4,8 @@
 //! Needs root, nftables, QEMU and built images (`WRENN_IMAGES`, default
 //! `/var/tmp/wrenn/images`); uses network slots 2200–2299.
 
+mod common;
+
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -12,15 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::images_dir;
 use nix::{sys::signal, unistd::Pid};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wrenn");
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

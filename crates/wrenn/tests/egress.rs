@@ -5,69 +5,22 @@
 //! the `minimal` image.
 
 #[path = "../../wrenn-agent/tests/common/mod.rs"]
+mod agent_common;
 mod common;
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
-use common::StandIn;
+use agent_common::StandIn;
+use common::Up;
 use reqwest::Method as M;
 use serde_json::{json, Value};
 
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
-
-struct Up {
-    child: Child,
-    addr: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
 impl Up {
     fn start(slots: &str, dns: &str) -> Up {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
-            .args(["--dns-upstream", dns])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--images")
-            .arg(images_dir())
-            .env("WRENN_TEMPLATES", "minimal")
-            .env_remove("DATABASE_URL")
-            .env_remove("WRENN_EGRESS_ALLOW_PRIVATE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the server exited").unwrap();
-            if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let key = std::fs::read_to_string(dir.path().join("admin-api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Up {
-            child,
-            addr,
-            key,
-            _dir: dir,
-        }
+        Up::in_temp_dir(slots, "minimal", |cmd| {
+            cmd.args(["--dns-upstream", dns])
+                .env_remove("WRENN_EGRESS_ALLOW_PRIVATE");
+        })
     }
 
     async fn call(&self, m: M, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -110,21 +63,6 @@ impl Up {
     }
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn egress_policy_over_the_api() {
     let dns_ns = StandIn::net("eg-udns", "198.51.100.73", "198.51.100.74", 30);
@@ -135,7 +73,7 @@ async fn egress_policy_over_the_api() {
     .into_iter()
     .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
     .collect();
-    common::dns_server(&dns_ns.ns, Ipv4Addr::new(198, 51, 100, 74), names).await;
+    agent_common::dns_server(&dns_ns.ns, Ipv4Addr::new(198, 51, 100, 74), names).await;
     let _a = StandIn::start("eg-ua", "198.51.100.77", "198.51.100.78", 30, 8080);
     let _b = StandIn::start("eg-ub", "198.51.100.81", "198.51.100.82", 30, 8080);
     let up = Up::start("3220-3239", "198.51.100.74");

@@ -4,81 +4,17 @@
 //! takes any case of a host and refuses bad ports. Needs root, QEMU and the `python` image
 //! (`make images`); network slots 3400-3419.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
 
+use std::time::Duration;
+
+use common::Up;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
-
-struct Up {
-    child: Child,
-    addr: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
 impl Up {
     fn start(slots: &str) -> Up {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--images")
-            .arg(images_dir())
-            .env("WRENN_TEMPLATES", "minimal,python")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the server exited").unwrap();
-            if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let key = std::fs::read_to_string(dir.path().join("admin-api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Up {
-            child,
-            addr,
-            key,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Up::in_temp_dir(slots, "minimal,python", |_| {})
     }
 }
 

@@ -5,6 +5,8 @@
 //! Needs root (loop mounts, netns), QEMU, PostgreSQL's binaries and `make images`.
 //! Network slots 3600-3699.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
@@ -16,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{images_dir, ready};
 use serde_json::{json, Value};
 
 /// The tests boot VMs on a small machine: one at a time.
@@ -24,12 +27,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A request that takes longer than this has hung (the bound every request must meet, with
 /// success or a clear error).
 const HANG: Duration = Duration::from_secs(60);
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_wrenn")
@@ -56,16 +53,7 @@ impl Proc {
 
     fn stop(&mut self) {
         let Some(mut c) = self.0.take() else { return };
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        common::interrupt(&mut c, 300);
     }
 }
 
@@ -97,35 +85,9 @@ impl Drop for Reap {
     }
 }
 
-/// Waits for a control plane's "up" line; returns its address and the admin key it wrote.
-fn ready(child: &mut Child, data_dir: &Path) -> (String, String) {
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let key = std::fs::read_to_string(data_dir.join("admin-api-key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    (addr, key)
-}
-
 /// `wrenn up` in `data`, owning `slots`, on SQLite or `database_url`.
 fn start_up(data: &Path, slots: &str, database_url: Option<&str>) -> (Proc, Api) {
-    let mut cmd = Command::new(bin());
-    cmd.args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--images")
-        .arg(images_dir())
-        .env("WRENN_TEMPLATES", "minimal")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut cmd = common::up_command(bin(), slots, data, "minimal");
     if let Some(url) = database_url {
         cmd.arg("--database-url").arg(url);
     }

@@ -5,29 +5,16 @@
 //! VM lock (network slots 3000-3019). `failed_logins_do_not_grow_memory` runs `wrenn server`
 //! alone (no agent, no VM).
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
+use common::Up;
 use serde_json::{json, Value};
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
-
-struct Up {
-    child: Child,
-    addr: String,
-    key: String,
-    /// What it printed before it was up.
-    banner: Vec<String>,
-}
 
 impl Up {
     fn start(data_dir: &Path, slots: &str) -> Up {
@@ -35,66 +22,9 @@ impl Up {
         let bin = std::env::var_os("WRENN_TEST_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")));
-        let mut child = Command::new(bin)
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--images")
-            .arg(images_dir())
-            .env("WRENN_TEMPLATES", "minimal")
-            .env_remove("DATABASE_URL")
-            .env_remove("WRENN_SIGNUP")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        let addr = loop {
-            let line = lines.next().expect("wrenn up exited").unwrap();
-            if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-                break url.trim().to_string();
-            }
-            banner.push(line);
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let key = std::fs::read_to_string(data_dir.join("admin-api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Up {
-            child,
-            addr,
-            key,
-            banner,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops it (SIGINT, as Ctrl-C) and waits.
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return; // already stopped (and reaped: its pid is no longer ours)
-        }
-        // SAFETY: kill(2) of our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        for _ in 0..600 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.stop();
+        let mut cmd = common::up_command(bin, slots, data_dir, "minimal");
+        cmd.env_remove("WRENN_SIGNUP");
+        Up::spawn(cmd, data_dir, 600)
     }
 }
 
@@ -304,16 +234,7 @@ fn server_alone(data_dir: &Path) -> (Child, String, Vec<String>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let addr = loop {
-        let line = lines.next().expect("wrenn server exited").unwrap();
-        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-            break url.trim().to_string();
-        }
-        banner.push(line);
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (addr, banner) = common::wait_up(&mut child);
     (child, addr, banner)
 }
 

@@ -2,22 +2,19 @@
 //! and removes what nothing owns. Runs the real `wrenn agent` binary; needs root, nftables,
 //! QEMU and `make images`.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
+use common::images_dir;
 use wrenn_proto::agent::v1::{
     agent_client::AgentClient, CapsuleRef, CapsuleState, CreateCapsuleRequest, ExecRequest,
     ListCapsulesRequest,
 };
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
 
 fn start_agent(data: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))

@@ -5,6 +5,8 @@
 //! `error` with the reason. The restart test needs root, QEMU and the `minimal` image; it owns
 //! network slots 3300–3319 (the prerequisite tests make none).
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -13,15 +15,10 @@ use std::{
     time::Duration,
 };
 
+use common::images_dir;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wrenn");
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
 
 /// Where `program` is on this machine's `PATH` (plus the sbin folders).
 fn which(program: &str) -> PathBuf {
@@ -228,16 +225,7 @@ struct Up {
 
 impl Up {
     fn start(data: &Path) -> Up {
-        let mut child = Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", "3300-3319"])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--images")
-            .arg(images_dir())
-            .env("WRENN_TEMPLATES", "minimal")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+        let mut child = common::up_command(BIN, "3300-3319", data, "minimal")
             .spawn()
             .unwrap();
         let lines = Lines::follow(child.stdout.take().unwrap());
@@ -245,10 +233,7 @@ impl Up {
             .wait_for("Wrenn is up at http://")
             .trim_start_matches("Wrenn is up at http://")
             .to_string();
-        let key = std::fs::read_to_string(data.join("admin-api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let key = common::admin_key(data);
         Up {
             child,
             addr,

@@ -2,91 +2,25 @@
 //! and an upgraded connection to a server inside a capsule), its access rules, and bad input.
 //! Needs root, QEMU and the `python` image (`make images`).
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
+use common::{images_dir, ready, Up};
 use serde_json::{json, Value};
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
-
-struct Up {
-    child: Child,
-    addr: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
 
 impl Up {
     /// A `wrenn up` owning network slots `slots` (tests run in parallel: each its own range).
     fn start(slots: &str) -> Up {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("--images")
-            .arg(images_dir())
-            .env("WRENN_TEMPLATES", "minimal,python")
-            .env("WRENN_SIGNUP", "open")
+        Up::in_temp_dir(slots, "minimal,python", |cmd| {
+            cmd.env("WRENN_SIGNUP", "open");
             // The host's own limits are under test here, not the team's disk quota.
-            .env("WRENN_QUOTA_DISK_MB", "unlimited")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (addr, key) = ready(&mut child, dir.path());
-        Up {
-            child,
-            addr,
-            key,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-/// Waits for a control plane's "up" line; returns its address and the admin key it wrote.
-fn ready(child: &mut Child, data_dir: &std::path::Path) -> (String, String) {
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(url) = line.strip_prefix("Wrenn is up at http://") {
-            break url.trim().to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    let key = std::fs::read_to_string(data_dir.join("admin-api-key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    (addr, key)
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            cmd.env("WRENN_QUOTA_DISK_MB", "unlimited");
+        })
     }
 }
 
@@ -948,7 +882,7 @@ async fn actions_are_audited_or_fail() {
         .unwrap();
     let id = made["id"].as_str().expect("a capsule").to_string();
 
-    let db_url = format!("sqlite://{}", up._dir.path().join("wrenn.db").display());
+    let db_url = format!("sqlite://{}", up.data_dir.join("wrenn.db").display());
     let mut db = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
     sqlx::query(
         "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
@@ -982,7 +916,7 @@ async fn actions_are_audited_or_fail() {
         .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![id.as_str()], "the unaudited create was undone");
-    let folders = std::fs::read_dir(up._dir.path().join("capsules"))
+    let folders = std::fs::read_dir(up.data_dir.join("capsules"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("cl-"))

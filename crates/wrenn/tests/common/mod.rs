@@ -1,0 +1,162 @@
+//! What the integration tests of the `wrenn` binary share: where the guest images are, a
+//! `wrenn up` command line, waiting for its "up" line, its admin key, and stopping it with
+//! SIGINT (as Ctrl-C). Each test file uses the parts it needs (`mod common;`), hence the
+//! `dead_code` allowances.
+
+use std::{
+    ffi::OsStr,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// The line a control plane prints once it serves; the address follows it.
+const UP_LINE: &str = "Wrenn is up at http://";
+
+/// The built guest images: `WRENN_IMAGES`, or where `make images` puts them.
+#[allow(dead_code)]
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+/// `bin up` on a free loopback port owning network slots `slots`, with its data in `data_dir`,
+/// the images of [`images_dir`] and the templates `templates` (`WRENN_TEMPLATES`), on SQLite
+/// (no `DATABASE_URL`); stdout piped (for [`wait_up`]), stderr inherited. Add what a test
+/// needs before spawning it.
+#[allow(dead_code)]
+pub fn up_command(
+    bin: impl AsRef<OsStr>,
+    slots: &str,
+    data_dir: &Path,
+    templates: &str,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["up", "--listen", "127.0.0.1:0", "--slots", slots])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--images")
+        .arg(images_dir())
+        .env("WRENN_TEMPLATES", templates)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Waits for a control plane's "up" line on its (piped) stdout; returns its address and what
+/// it printed before. Keeps draining stdout afterwards so it never blocks on it.
+#[allow(dead_code)]
+pub fn wait_up(child: &mut Child) -> (String, Vec<String>) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("wrenn exited before it was up")
+            .unwrap();
+        if let Some(url) = line.strip_prefix(UP_LINE) {
+            break url.trim().to_string();
+        }
+        banner.push(line);
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (addr, banner)
+}
+
+/// The admin API key a control plane wrote in `data_dir`.
+#[allow(dead_code)]
+pub fn admin_key(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin-api-key"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Waits for a control plane's "up" line; returns its address and the admin key it wrote.
+#[allow(dead_code)]
+pub fn ready(child: &mut Child, data_dir: &Path) -> (String, String) {
+    let (addr, _) = wait_up(child);
+    (addr, admin_key(data_dir))
+}
+
+/// SIGINT (as Ctrl-C), then waits up to `tenths` × 100 ms for the end before SIGKILL.
+#[allow(dead_code)]
+pub fn interrupt(child: &mut Child, tenths: u32) {
+    // SAFETY: kill(2) of our own child, not yet reaped (the callers own it until here).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for _ in 0..tenths {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `wrenn up` (or `wrenn server`), stopped with SIGINT when dropped.
+#[allow(dead_code)]
+pub struct Up {
+    pub child: Child,
+    pub addr: String,
+    pub key: String,
+    /// Its data folder.
+    pub data_dir: PathBuf,
+    /// What it printed before it was up.
+    pub banner: Vec<String>,
+    /// How long a stop waits after SIGINT before SIGKILL, in tenths of a second.
+    patience: u32,
+    /// Its data folder, when it is one of its own (removed after the process is stopped).
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[allow(dead_code)]
+impl Up {
+    /// A `wrenn up` (this build) with a data folder of its own under `/var/tmp`, owning
+    /// network slots `slots`, with templates `templates`; `extra` adds to its command line.
+    pub fn in_temp_dir(slots: &str, templates: &str, extra: impl FnOnce(&mut Command)) -> Up {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut cmd = up_command(env!("CARGO_BIN_EXE_wrenn"), slots, dir.path(), templates);
+        extra(&mut cmd);
+        let mut up = Up::spawn(cmd, dir.path(), 300);
+        up._dir = Some(dir);
+        up
+    }
+
+    /// Spawns `cmd` (stdout piped) and waits until it is up; its admin key is read from
+    /// `data_dir`. A stop waits `patience` tenths of a second after SIGINT.
+    pub fn spawn(mut cmd: Command, data_dir: &Path, patience: u32) -> Up {
+        let mut child = cmd.spawn().unwrap();
+        let (addr, banner) = wait_up(&mut child);
+        Up {
+            child,
+            addr,
+            key: admin_key(data_dir),
+            data_dir: data_dir.to_path_buf(),
+            banner,
+            patience,
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops it (SIGINT, as Ctrl-C) and waits.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already stopped (and reaped: its pid is no longer ours)
+        }
+        interrupt(&mut self.child, self.patience);
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
