@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::sync::{mpsc, oneshot};
-use wrenn_types::{CapsuleState, Transition};
+use wrenn_types::{CapsuleStatus, Transition};
 use wrenn_vmm::{
     cgroup::{Cgroup, Limits},
     snapshot, Net, QemuVm, Vmm,
@@ -146,7 +146,7 @@ impl Handle {
     pub fn envd(&self) -> Result<EnvdClient> {
         self.touch();
         let state = self.record().state;
-        if state != CapsuleState::Running {
+        if state != CapsuleStatus::Running {
             return Err(AgentError::FailedPrecondition(format!(
                 "capsule is {state}, not running"
             )));
@@ -187,7 +187,7 @@ impl Capsule {
         record::save(&self.dir, &rec)
     }
 
-    fn state(&self) -> CapsuleState {
+    fn state(&self) -> CapsuleStatus {
         self.info.read().unwrap_or_else(|e| e.into_inner()).state
     }
 
@@ -256,7 +256,7 @@ impl Capsule {
     /// Whether the network may change now (the slot exists).
     fn set_network_allowed(&self) -> Result<()> {
         match self.state() {
-            CapsuleState::Running | CapsuleState::Paused => Ok(()),
+            CapsuleStatus::Running | CapsuleStatus::Paused => Ok(()),
             state => Err(AgentError::FailedPrecondition(format!(
                 "capsule is {state}; only a running or paused capsule's network can change"
             ))),
@@ -305,7 +305,7 @@ impl Capsule {
     }
 
     async fn pause(&mut self, for_restart: bool) -> Result<()> {
-        if self.state() != CapsuleState::Running {
+        if self.state() != CapsuleStatus::Running {
             return Err(AgentError::FailedPrecondition(format!(
                 "capsule is {}, not running",
                 self.state()
@@ -328,7 +328,7 @@ impl Capsule {
     }
 
     async fn resume(&mut self) -> Result<()> {
-        if self.state() != CapsuleState::Paused {
+        if self.state() != CapsuleStatus::Paused {
             return Err(AgentError::FailedPrecondition(format!(
                 "capsule is {}, not paused",
                 self.state()
@@ -365,8 +365,8 @@ impl Capsule {
         in_use: &(dyn Fn(&std::path::Path) -> bool + Send + Sync),
     ) -> Result<TemplateInfo> {
         match self.state() {
-            CapsuleState::Running => self.pause(false).await?,
-            CapsuleState::Paused => {}
+            CapsuleStatus::Running => self.pause(false).await?,
+            CapsuleStatus::Paused => {}
             state => {
                 return Err(AgentError::FailedPrecondition(format!(
                     "capsule is {state}; only running or paused capsules can be snapshotted"
@@ -407,7 +407,7 @@ impl Capsule {
         rec.state = rec
             .state
             .apply(Transition::Fail)
-            .unwrap_or(CapsuleState::Error);
+            .unwrap_or(CapsuleStatus::Error);
         rec.error = Some(why);
         rec.vmm_pid = None;
         rec.resume_after_restart = false;
@@ -421,7 +421,7 @@ impl Capsule {
             rec.state = rec
                 .state
                 .apply(Transition::Stop)
-                .unwrap_or(CapsuleState::Stopped);
+                .unwrap_or(CapsuleStatus::Stopped);
         }
         self.teardown().await;
     }
@@ -473,7 +473,7 @@ pub async fn create(
         slot: slot_index,
         egress: spec.egress,
         egress_policy: spec.egress_policy.clone(),
-        state: CapsuleState::Pending,
+        state: CapsuleStatus::Pending,
         created_at_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -630,8 +630,8 @@ pub async fn adopt(
     )?;
     config.cgroup = Cgroup::named(&slot.addrs.netns).filter(|g| g.dirs.iter().all(|d| d.is_dir()));
     let vm = match (rec.state, rec.vmm_pid) {
-        (CapsuleState::Running, Some(pid)) => QemuVm::adopt(config, pid).await?,
-        (CapsuleState::Paused, _) => QemuVm::saved(config)?,
+        (CapsuleStatus::Running, Some(pid)) => QemuVm::adopt(config, pid).await?,
+        (CapsuleStatus::Paused, _) => QemuVm::saved(config)?,
         (state, _) => {
             return Err(AgentError::FailedPrecondition(format!(
                 "a {state} capsule cannot be adopted"
@@ -655,7 +655,7 @@ pub async fn adopt(
 /// The capsule's task: one operation at a time, until destroyed. A VMM that dies turns the
 /// capsule to `error` and releases what it held.
 async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
-    while capsule.state() != CapsuleState::Error {
+    while capsule.state() != CapsuleStatus::Error {
         let death = capsule.vm.death_watch();
         let op = tokio::select! {
             op = rx.recv() => op,

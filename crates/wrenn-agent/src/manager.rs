@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use wrenn_types::{CapsuleState, Id, IdKind};
+use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 use crate::{
     capsule::{self, CreateSpec, Handle},
@@ -149,7 +149,7 @@ impl Manager {
             }
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
-                Some(r) if matches!(r.state, CapsuleState::Running | CapsuleState::Paused) => {
+                Some(r) if matches!(r.state, CapsuleStatus::Running | CapsuleStatus::Paused) => {
                     capsule::adopt(
                         dir.clone(),
                         &config.images_dir,
@@ -220,7 +220,7 @@ impl Manager {
             .filter(|r| {
                 matches!(
                     r.state,
-                    CapsuleState::Running | CapsuleState::Starting | CapsuleState::Pending
+                    CapsuleStatus::Running | CapsuleStatus::Starting | CapsuleStatus::Pending
                 )
             })
             .map(|r| u64::from(r.memory_mib) + capsule::VMM_OVERHEAD_MIB)
@@ -273,10 +273,10 @@ impl Manager {
             .filter(|r| {
                 matches!(
                     r.state,
-                    CapsuleState::Running
-                        | CapsuleState::Paused
-                        | CapsuleState::Starting
-                        | CapsuleState::Pending
+                    CapsuleStatus::Running
+                        | CapsuleStatus::Paused
+                        | CapsuleStatus::Starting
+                        | CapsuleStatus::Pending
                 )
             })
             .map(|r| {
@@ -424,7 +424,7 @@ impl Manager {
         let running: Vec<String> = self
             .list()
             .into_iter()
-            .filter(|r| r.state == CapsuleState::Running)
+            .filter(|r| r.state == CapsuleStatus::Running)
             .map(|r| r.id)
             .collect();
         let mut paused = 0;
@@ -447,7 +447,7 @@ impl Manager {
         let mut v: Vec<CapsuleRecord> = self
             .list()
             .into_iter()
-            .filter(|r| r.state == CapsuleState::Paused && r.resume_after_restart)
+            .filter(|r| r.state == CapsuleStatus::Paused && r.resume_after_restart)
             .collect();
         v.sort_by_key(|r| r.created_at_unix);
         v.into_iter().map(|r| r.id).collect()
@@ -456,7 +456,7 @@ impl Manager {
     /// Marks a capsule active (resets its timeout).
     pub fn ping(&self, id: &str) -> Result<()> {
         let h = self.handle(id)?;
-        if h.record().state != CapsuleState::Running {
+        if h.record().state != CapsuleStatus::Running {
             return Err(AgentError::FailedPrecondition(format!(
                 "capsule {id} is {}, not running",
                 h.record().state
@@ -482,7 +482,7 @@ impl Manager {
                     .values()
                     .filter_map(|h| {
                         let r = h.record();
-                        (r.state == CapsuleState::Running
+                        (r.state == CapsuleStatus::Running
                             && r.timeout_secs > 0
                             && h.idle_secs() >= i64::from(r.timeout_secs))
                         .then_some((r.id, r.on_timeout))
@@ -522,7 +522,7 @@ impl Manager {
                 drop(mgr);
                 for h in handles {
                     let r = h.record();
-                    let (Some(pid), CapsuleState::Running) = (r.vmm_pid, r.state) else {
+                    let (Some(pid), CapsuleStatus::Running) = (r.vmm_pid, r.state) else {
                         continue;
                     };
                     let disk = data_dir.join("capsules").join(&r.id).join("disk.qcow2");

@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use wrenn_types::CapsuleState;
+use wrenn_types::CapsuleStatus;
 
 use crate::error::{AgentError, Result};
 
@@ -29,7 +29,7 @@ pub struct CapsuleRecord {
     /// Egress allow/deny lists (none in records of older agents).
     #[serde(default)]
     pub egress_policy: wrenn_types::egress::EgressPolicy,
-    pub state: CapsuleState,
+    pub state: CapsuleStatus,
     pub created_at_unix: i64,
     #[serde(default)]
     pub env_vars: HashMap<String, String>,
@@ -118,7 +118,7 @@ mod tests {
                 &["198.51.100.0/24".into()],
             )
             .unwrap(),
-            state: CapsuleState::Running,
+            state: CapsuleStatus::Running,
             created_at_unix: 1,
             env_vars: [("A".into(), "1".into())].into(),
             metadata: HashMap::new(),

@@ -10,7 +10,7 @@ use wrenn_proto::{
         connect_process_request, exec_event,
         kill_process_request::Selector,
         write_file_stream_request::Part,
-        Capsule, CapsuleRef, CapsuleState as PbState, ConnectProcessRequest, CreateCapsuleRequest,
+        Capsule, CapsuleRef, CapsuleStatus as PbState, ConnectProcessRequest, CreateCapsuleRequest,
         DestroyCapsuleResponse, ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry,
         FileRequest, FileType, GetMetricsRequest, GetMetricsResponse, HostInfoRequest,
         HostInfoResponse, KillProcessRequest, KillProcessResponse, ListCapsulesRequest,
@@ -28,7 +28,7 @@ use wrenn_proto::{
     },
     filesystem, process,
 };
-use wrenn_types::{CapsuleState, Id, IdKind};
+use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 pub use crate::listen::Listen;
 use crate::{
@@ -156,14 +156,14 @@ impl From<AgentError> for Status {
     }
 }
 
-fn pb_state(s: CapsuleState) -> PbState {
+fn pb_state(s: CapsuleStatus) -> PbState {
     match s {
-        CapsuleState::Pending => PbState::Pending,
-        CapsuleState::Starting => PbState::Starting,
-        CapsuleState::Running => PbState::Running,
-        CapsuleState::Paused => PbState::Paused,
-        CapsuleState::Stopped => PbState::Stopped,
-        CapsuleState::Error => PbState::Error,
+        CapsuleStatus::Pending => PbState::Pending,
+        CapsuleStatus::Starting => PbState::Starting,
+        CapsuleStatus::Running => PbState::Running,
+        CapsuleStatus::Paused => PbState::Paused,
+        CapsuleStatus::Stopped => PbState::Stopped,
+        CapsuleStatus::Error => PbState::Error,
     }
 }
 

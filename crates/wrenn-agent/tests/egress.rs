@@ -18,7 +18,7 @@ use wrenn_agent::{
     manager::{AgentConfig, Manager},
     record, AgentError,
 };
-use wrenn_types::{egress::EgressPolicy, CapsuleState};
+use wrenn_types::{egress::EgressPolicy, CapsuleStatus};
 
 fn images_dir() -> PathBuf {
     std::env::var_os("WRENN_IMAGES")
@@ -156,7 +156,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
         .unwrap();
     assert_eq!(
         mgr.resume(&c.id).await.unwrap().state,
-        CapsuleState::Running
+        CapsuleStatus::Running
     );
     assert_eq!(fetch(&mgr, &c.id, "other.test").await, "200");
     assert_eq!(fetch(&mgr, &c.id, "allowed.test").await, "fail");
@@ -175,7 +175,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     assert_eq!(adopted.egress_policy.allow, ["other.test"]);
     assert_eq!(
         mgr.resume(&c.id).await.unwrap().state,
-        CapsuleState::Running
+        CapsuleStatus::Running
     );
     assert_eq!(fetch(&mgr, &c.id, "other.test").await, "200");
     assert_eq!(fetch(&mgr, &c.id, "allowed.test").await, "fail");

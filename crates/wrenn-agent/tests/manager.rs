@@ -10,7 +10,7 @@ use wrenn_agent::{
     manager::{AgentConfig, Manager},
     netslot, AgentError,
 };
-use wrenn_types::CapsuleState;
+use wrenn_types::CapsuleStatus;
 
 fn images_dir() -> PathBuf {
     std::env::var_os("WRENN_IMAGES")
@@ -59,7 +59,7 @@ async fn capsule_lifecycle_through_the_manager() {
         .create(spec(&[("GREETING", "hello")]))
         .await
         .expect("create");
-    assert_eq!(a.state, CapsuleState::Running);
+    assert_eq!(a.state, CapsuleStatus::Running);
     assert!(data
         .path()
         .join("capsules")
@@ -90,7 +90,7 @@ async fn capsule_lifecycle_through_the_manager() {
         .await
         .unwrap();
     let paused = mgr.pause(&a.id).await.unwrap();
-    assert_eq!(paused.state, CapsuleState::Paused);
+    assert_eq!(paused.state, CapsuleStatus::Paused);
     assert!(matches!(
         mgr.exec(&a.id, sh("true")).await,
         Err(AgentError::FailedPrecondition(_))
@@ -100,7 +100,7 @@ async fn capsule_lifecycle_through_the_manager() {
         Err(AgentError::FailedPrecondition(_))
     ));
     let resumed = mgr.resume(&a.id).await.unwrap();
-    assert_eq!(resumed.state, CapsuleState::Running);
+    assert_eq!(resumed.state, CapsuleStatus::Running);
     let out = mgr.exec(&a.id, sh("cat /home/user/f")).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
 
@@ -218,13 +218,13 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let mut rec = mgr.get(&c.id).unwrap();
     for _ in 0..50 {
-        if rec.state == CapsuleState::Error {
+        if rec.state == CapsuleStatus::Error {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         rec = mgr.get(&c.id).unwrap();
     }
-    assert_eq!(rec.state, CapsuleState::Error);
+    assert_eq!(rec.state, CapsuleStatus::Error);
     assert!(
         rec.error.as_deref().unwrap_or("").contains("exited"),
         "{:?}",
@@ -267,7 +267,7 @@ async fn a_failed_resume_releases_everything() {
     std::fs::write(dir.join("state"), b"damaged").unwrap();
     assert!(mgr.resume(&c.id).await.is_err());
     let rec = mgr.get(&c.id).unwrap();
-    assert_eq!(rec.state, CapsuleState::Error);
+    assert_eq!(rec.state, CapsuleStatus::Error);
     assert!(
         rec.error
             .as_deref()

@@ -52,7 +52,7 @@ pub enum EventKind {
     #[serde(rename = "capsule.destroy")]
     CapsuleDestroy,
     #[serde(rename = "capsule.state.changed")]
-    CapsuleStateChanged,
+    CapsuleStatusChanged,
     #[serde(rename = "template.snapshot.create")]
     TemplateSnapshotCreate,
     #[serde(rename = "template.snapshot.delete")]

@@ -4,7 +4,7 @@
 pub mod egress;
 pub mod id;
 pub mod secret;
-pub mod state;
+pub mod status;
 
 pub use id::{Id, IdError, IdKind};
-pub use state::{CapsuleState, Transition, TransitionError};
+pub use status::{CapsuleStatus, Transition, TransitionError};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Where a capsule is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CapsuleState {
+pub enum CapsuleStatus {
     Pending,
     Starting,
     Running,
@@ -31,27 +31,27 @@ pub enum Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a {from} capsule cannot {transition:?}")]
 pub struct TransitionError {
-    pub from: CapsuleState,
+    pub from: CapsuleStatus,
     pub transition: Transition,
 }
 
-impl std::fmt::Display for CapsuleState {
+impl std::fmt::Display for CapsuleStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CapsuleState::Pending => "pending",
-            CapsuleState::Starting => "starting",
-            CapsuleState::Running => "running",
-            CapsuleState::Paused => "paused",
-            CapsuleState::Stopped => "stopped",
-            CapsuleState::Error => "error",
+            CapsuleStatus::Pending => "pending",
+            CapsuleStatus::Starting => "starting",
+            CapsuleStatus::Running => "running",
+            CapsuleStatus::Paused => "paused",
+            CapsuleStatus::Stopped => "stopped",
+            CapsuleStatus::Error => "error",
         })
     }
 }
 
-impl CapsuleState {
+impl CapsuleStatus {
     /// The state after `t`, or why `t` is not allowed now.
-    pub fn apply(self, t: Transition) -> Result<CapsuleState, TransitionError> {
-        use CapsuleState::*;
+    pub fn apply(self, t: Transition) -> Result<CapsuleStatus, TransitionError> {
+        use CapsuleStatus::*;
         use Transition as T;
         let next = match (self, t) {
             (Pending, T::Start) => Some(Starting),
@@ -77,14 +77,14 @@ impl CapsuleState {
 
     /// Whether the capsule holds no resources any more.
     pub fn is_final(self) -> bool {
-        matches!(self, CapsuleState::Stopped)
+        matches!(self, CapsuleStatus::Stopped)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use CapsuleState::*;
+    use CapsuleStatus::*;
     use Transition as T;
 
     #[test]
