@@ -40,7 +40,7 @@ use wrenn_agent::{
 };
 use wrenn_proto::agent::v1::{
     agent_client::AgentClient, write_file_stream_request::Part, CapsuleRef,
-    CapsuleStatus as PbState, CreateCapsuleRequest, ExecRequest, FileRequest,
+    CapsuleState as PbState, CreateCapsuleRequest, ExecRequest, FileRequest,
     WriteFileStreamRequest,
 };
 use wrenn_vmm::snapshot::Snapshot;

@@ -10,7 +10,7 @@ use wrenn_proto::{
         connect_process_request, exec_event,
         kill_process_request::Selector,
         write_file_stream_request::Part,
-        Capsule, CapsuleRef, CapsuleStatus as PbState, ConnectProcessRequest, CreateCapsuleRequest,
+        Capsule, CapsuleRef, CapsuleState as PbState, ConnectProcessRequest, CreateCapsuleRequest,
         DestroyCapsuleResponse, ExecEvent, ExecRequest, ExecResponse, FileChunk, FileEntry,
         FileRequest, FileType, GetMetricsRequest, GetMetricsResponse, HostInfoRequest,
         HostInfoResponse, KillProcessRequest, KillProcessResponse, ListCapsulesRequest,

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::{
-    kill_process_request, CapsuleRef, CapsuleStatus as PbState, CreateCapsuleRequest, ExecRequest,
+    kill_process_request, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, ExecRequest,
     GetMetricsRequest, KillProcessRequest, StartBackgroundRequest, TemplateKind,
 };
 use wrenn_types::{Id, IdKind};
