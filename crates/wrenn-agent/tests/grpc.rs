@@ -10,7 +10,7 @@ use wrenn_agent::{
     AgentError,
 };
 use wrenn_proto::agent::v1::{
-    agent_client::AgentClient, CapsuleRef, CapsuleStatus, CreateCapsuleRequest, ExecRequest,
+    agent_client::AgentClient, CapsuleRef, CapsuleState, CreateCapsuleRequest, ExecRequest,
     HostInfoRequest, ListCapsulesRequest,
 };
 
@@ -108,7 +108,7 @@ async fn grpc_surface_and_error_codes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(c.state, CapsuleStatus::Running as i32);
+    assert_eq!(c.state, CapsuleState::Running as i32);
     assert_eq!(c.metadata["owner"], "test");
     assert!(c.id.starts_with("cl-"));
 
@@ -178,7 +178,7 @@ async fn grpc_surface_and_error_codes() {
 
     let r = |id: &str| CapsuleRef { id: id.to_string() };
     let p = client.pause_capsule(r(&c.id)).await.unwrap().into_inner();
-    assert_eq!(p.state, CapsuleStatus::Paused as i32);
+    assert_eq!(p.state, CapsuleState::Paused as i32);
     let err = client.pause_capsule(r(&c.id)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let err = client
@@ -191,7 +191,7 @@ async fn grpc_surface_and_error_codes() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let resumed = client.resume_capsule(r(&c.id)).await.unwrap().into_inner();
-    assert_eq!(resumed.state, CapsuleStatus::Running as i32);
+    assert_eq!(resumed.state, CapsuleState::Running as i32);
 
     // Bad requests get the right codes.
     let unknown = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
@@ -587,7 +587,7 @@ async fn idle_capsules_time_out_by_their_policy() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     let p = client.get_capsule(r(&pause.id)).await.unwrap().into_inner();
-    assert_eq!(p.state, CapsuleStatus::Paused as i32);
+    assert_eq!(p.state, CapsuleState::Paused as i32);
     let d = client.get_capsule(r(&destroy.id)).await.unwrap_err();
     assert_eq!(d.code(), Code::NotFound);
     let k = client
@@ -597,7 +597,7 @@ async fn idle_capsules_time_out_by_their_policy() {
         .into_inner();
     assert_eq!(
         k.state,
-        CapsuleStatus::Running as i32,
+        CapsuleState::Running as i32,
         "pings keep it alive"
     );
     assert_eq!(
@@ -960,7 +960,7 @@ async fn snapshot_templates_and_watch() {
     assert_eq!((t.base.as_str(), t.vcpus), ("minimal", c.vcpus));
     assert!(t.size_bytes > 0 && t.disk_bytes >= 2 << 30, "{t:?}");
     let source = client.get_capsule(r(&c.id)).await.unwrap().into_inner();
-    assert_eq!(source.state, CapsuleStatus::Paused as i32);
+    assert_eq!(source.state, CapsuleState::Paused as i32);
     let listed = client
         .list_templates(ListTemplatesRequest {})
         .await

@@ -12,7 +12,7 @@ use std::{
 
 use common::images_dir;
 use wrenn_proto::agent::v1::{
-    agent_client::AgentClient, CapsuleRef, CapsuleStatus, CreateCapsuleRequest, ExecRequest,
+    agent_client::AgentClient, CapsuleRef, CapsuleState, CreateCapsuleRequest, ExecRequest,
     ListCapsulesRequest,
 };
 
@@ -116,8 +116,8 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
         .unwrap()
         .into_inner();
     let state_of = |id: &str| list.capsules.iter().find(|c| c.id == id).map(|c| c.state);
-    assert_eq!(state_of(&a.id), Some(CapsuleStatus::Running as i32));
-    assert_eq!(state_of(&b.id), Some(CapsuleStatus::Paused as i32));
+    assert_eq!(state_of(&a.id), Some(CapsuleState::Running as i32));
+    assert_eq!(state_of(&b.id), Some(CapsuleState::Paused as i32));
     assert!(!data.path().join("capsules/cl-orphan").exists());
     assert!(!netns_exists("wrenn-1277"));
 
