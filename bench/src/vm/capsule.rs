@@ -1,0 +1,68 @@
+//! Capsules made through `wrenn-vmm` (the Wrenn side of every figure).
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use wrenn_vmm::{
+    qemu::default_qemu,
+    snapshot::{self, Snapshot},
+    Net, QemuVm, Vmm,
+};
+
+use super::host::{free_addr, mapping_pss_kib, rss_pss_kib};
+use super::READY;
+
+/// A capsule made through `wrenn-vmm`, running, with envd ready. Dropping it kills its QEMU
+/// (`QemuVm`'s own drop); its directory goes with the scratch dir.
+pub(super) struct Capsule {
+    pub(super) vm: QemuVm,
+    pub(super) envd: SocketAddr,
+    pub(super) dir: PathBuf,
+}
+
+/// How long a create took: the files step (memory copy and overlay) and all of it.
+pub(super) struct Phases {
+    pub(super) files: Duration,
+    pub(super) total: Duration,
+}
+
+impl Capsule {
+    pub(super) async fn create(snap: &Snapshot, dir: PathBuf) -> Result<(Capsule, Phases)> {
+        let envd = free_addr()?;
+        let t = Instant::now();
+        let config =
+            snapshot::prepare_capsule(snap, &dir, Net::UserForward { host: envd }, default_qemu())
+                .context("preparing the capsule")?;
+        let files = t.elapsed();
+        let mut vm = QemuVm::new(config)?;
+        vm.restore(&snap.state()).await.context("restoring")?;
+        vm.resume().await.context("resuming")?;
+        vm.wait_ready(envd, READY)
+            .await
+            .context("waiting for envd")?;
+        let total = t.elapsed();
+        Ok((Capsule { vm, envd, dir }, Phases { files, total }))
+    }
+
+    /// Stops the VM and deletes its directory.
+    pub(super) async fn destroy(mut self) -> Result<()> {
+        self.vm.stop().await?;
+        fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+
+    pub(super) fn rss_pss_kib(&self) -> Result<(u64, u64)> {
+        let pid = self.vm.pid().context("the capsule has no QEMU")?;
+        rss_pss_kib(pid)
+    }
+
+    /// The PSS of the guest RAM mapping (the capsule's memory file), in KiB.
+    pub(super) fn guest_ram_pss_kib(&self) -> Result<u64> {
+        let pid = self.vm.pid().context("the capsule has no QEMU")?;
+        mapping_pss_kib(pid, &self.vm.config().memory_path())
+    }
+}

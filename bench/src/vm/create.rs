@@ -1,0 +1,79 @@
+//! 1. Create from the template snapshot: `wrenn-vmm` against the raw restore, interleaved.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use wrenn_vmm::snapshot::{Snapshot, SnapshotSpec};
+
+use super::capsule::Capsule;
+use super::host::fresh_dir;
+use super::ms;
+use super::raw::raw_restore;
+
+#[derive(Default)]
+pub(super) struct Creates {
+    pub(super) wrenn_total: Vec<f64>,
+    pub(super) wrenn_files: Vec<f64>,
+    pub(super) raw_total: Vec<f64>,
+    pub(super) raw_files: Vec<f64>,
+}
+
+impl Creates {
+    pub(super) fn wrenn_rest(&self) -> Vec<f64> {
+        self.wrenn_total
+            .iter()
+            .zip(&self.wrenn_files)
+            .map(|(t, f)| t - f)
+            .collect()
+    }
+    pub(super) fn raw_rest(&self) -> Vec<f64> {
+        self.raw_total
+            .iter()
+            .zip(&self.raw_files)
+            .map(|(t, f)| t - f)
+            .collect()
+    }
+}
+
+pub(super) async fn creates(
+    snap: &Snapshot,
+    spec: &SnapshotSpec,
+    work: &Path,
+    runs: usize,
+) -> Result<Creates> {
+    let mut out = Creates::default();
+    for i in 0..=runs {
+        let warm_up = i == 0;
+        // Alternate which side goes first, so that neither always follows the other.
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for wrenn in order {
+            if wrenn {
+                let dir = fresh_dir(work, &format!("create-wrenn-{i:02}"))?;
+                let (capsule, t) = Capsule::create(snap, dir)
+                    .await
+                    .with_context(|| format!("wrenn create #{i}"))?;
+                capsule.destroy().await?;
+                if !warm_up {
+                    out.wrenn_total.push(ms(t.total));
+                    out.wrenn_files.push(ms(t.files));
+                }
+            } else {
+                let dir = fresh_dir(work, &format!("create-raw-{i:02}"))?;
+                let (snap, spec) = (snap.clone(), spec.clone());
+                let t = tokio::task::spawn_blocking(move || raw_restore(&snap, &spec, &dir))
+                    .await
+                    .context("the raw restore thread")?
+                    .with_context(|| format!("raw restore #{i}"))?;
+                if !warm_up {
+                    out.raw_total.push(ms(t.total));
+                    out.raw_files.push(ms(t.files));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

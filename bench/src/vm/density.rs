@@ -1,0 +1,77 @@
+//! 4. PSS of idle capsules: one alone, then many at once.
+
+use std::{fs, net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use wrenn_vmm::snapshot::Snapshot;
+
+use super::capsule::Capsule;
+use super::host::{fresh_dir, health_204, meminfo, qemu_under, wait_no_qemu_under};
+
+pub(super) struct Density {
+    pub(super) alone_pss_kib: u64,
+    pub(super) pss_kib: Vec<u64>,
+    /// The part of `pss_kib` that is the guest RAM mapping (the memory file).
+    pub(super) ram_pss_kib: Vec<u64>,
+    pub(super) rss_kib: Vec<u64>,
+    pub(super) mem_total_kib: u64,
+    pub(super) mem_available_kib: u64,
+    pub(super) healthy: usize,
+    pub(super) running: usize,
+    pub(super) left_after_stop: usize,
+}
+
+pub(super) async fn density(
+    snap: &Snapshot,
+    work: &Path,
+    n: usize,
+    idle: Duration,
+) -> Result<Density> {
+    let (mem_total_kib, mem_available_kib) = meminfo()?;
+    let group = fresh_dir(work, "idle")?;
+    let mut capsules = Vec::with_capacity(n);
+    let (first, _) = Capsule::create(snap, fresh_dir(&group, "c00")?)
+        .await
+        .context("idle capsule #0")?;
+    tokio::time::sleep(idle).await;
+    let (_, alone_pss_kib) = first.rss_pss_kib()?;
+    capsules.push(first);
+    for i in 1..n {
+        let (c, _) = Capsule::create(snap, fresh_dir(&group, &format!("c{i:02}"))?)
+            .await
+            .with_context(|| format!("idle capsule #{i}"))?;
+        capsules.push(c);
+    }
+    tokio::time::sleep(idle).await;
+    let mut pss_kib = Vec::with_capacity(n);
+    let mut rss_kib = Vec::with_capacity(n);
+    let mut ram_pss_kib = Vec::with_capacity(n);
+    for c in &capsules {
+        let (rss, pss) = c.rss_pss_kib()?;
+        rss_kib.push(rss);
+        pss_kib.push(pss);
+        ram_pss_kib.push(c.guest_ram_pss_kib()?);
+    }
+    let running = qemu_under(&group).len();
+    let addrs: Vec<SocketAddr> = capsules.iter().map(|c| c.envd).collect();
+    let healthy =
+        tokio::task::spawn_blocking(move || addrs.into_iter().filter(|a| health_204(*a)).count())
+            .await
+            .context("the health check thread")?;
+    for c in capsules {
+        c.destroy().await?;
+    }
+    let left_after_stop = wait_no_qemu_under(&group, Duration::from_secs(3)).len();
+    fs::remove_dir(&group).with_context(|| format!("removing {}", group.display()))?;
+    Ok(Density {
+        alone_pss_kib,
+        pss_kib,
+        ram_pss_kib,
+        rss_kib,
+        mem_total_kib,
+        mem_available_kib,
+        healthy,
+        running,
+        left_after_stop,
+    })
+}
