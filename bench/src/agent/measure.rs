@@ -1,0 +1,235 @@
+//! The measurements in order, turned into rows, notes and JSON extras.
+
+use std::{sync::Arc, thread, time::Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map};
+use tonic::transport::Channel;
+use wrenn_agent::{envd_client::EnvdClient, manager::Manager};
+use wrenn_proto::agent::v1::agent_client::AgentClient;
+
+use super::cpu::{Cpu, CreateCpu};
+use super::creates::creates;
+use super::exec::exec_round_trips;
+use super::transfer::transfers;
+use super::{
+    create, destroy, hex, ms, ms_list, row, Outcome, Settings, CONCURRENT_TARGET_RATIO,
+    EXEC_OVERHEAD_TARGET_MS, THROUGHPUT_TARGET, UPLOAD_CHUNK,
+};
+use crate::report::{percentile, Target as Goal};
+
+pub(super) async fn bench(
+    mut client: AgentClient<Channel>,
+    manager: Arc<Manager>,
+    s: Settings,
+) -> Result<Outcome> {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut extra = Map::new();
+
+    eprintln!("[0/3] a capsule for exec and files");
+    let t = Instant::now();
+    let id = create(&mut client, &s.template).await?;
+    notes.push(format!(
+        "the exec/files capsule was created in {:.0} ms (also warms the template's page cache)",
+        ms(t.elapsed())
+    ));
+    let (addr, token) = manager.envd_of(&id)?;
+    let envd = EnvdClient::new(addr, Some(token.clone()));
+
+    // ---- 1 ----
+    eprintln!(
+        "[1/3] exec round trip of `true`: {} per side (+{} warm-up), interleaved",
+        s.exec_runs, s.exec_warmup
+    );
+    let (agent_ms, direct_ms) = exec_round_trips(&mut client, &envd, &id, &s).await?;
+    for (rid, label, p) in [
+        ("exec_true_p50", "exec true p50", 50.0),
+        ("exec_true_p99", "exec true p99", 99.0),
+    ] {
+        let (a, d) = (percentile(&agent_ms, p), percentile(&direct_ms, p));
+        let mut r = row(rid, label, "ms", a, d);
+        r.samples = s.exec_runs;
+        r.note = format!("overhead {:+.2} ms", a - d);
+        r.extra.insert("overhead_ms".into(), json!(a - d));
+        if p < 99.0 {
+            r.target = Some(Goal {
+                text: format!("overhead <= {EXEC_OVERHEAD_TARGET_MS} ms"),
+                met: a - d <= EXEC_OVERHEAD_TARGET_MS,
+            });
+        }
+        rows.push(r);
+    }
+    extra.insert(
+        "exec_samples_ms".into(),
+        json!({"agent": agent_ms, "direct": direct_ms}),
+    );
+
+    // ---- 2 ----
+    eprintln!(
+        "[2/3] {} MiB streamed upload + download to {}: best of {} per side (+1 warm-up), interleaved",
+        s.file_mib(),
+        s.guest_file,
+        s.transfer_runs
+    );
+    let qemu_pid = manager
+        .get(&id)?
+        .vmm_pid
+        .context("the capsule has no QEMU pid")?;
+    let tr = transfers(&mut client, addr, &token, &id, qemu_pid, &s).await?;
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    for (rid, what, runs) in [
+        ("upload_mb_s", "upload", &tr.upload),
+        ("download_mb_s", "download", &tr.download),
+    ] {
+        let mut r = row(
+            rid,
+            &format!("{what} {} MiB", s.file_mib()),
+            "MB/s",
+            best(&runs[0]),
+            best(&runs[1]),
+        );
+        r.samples = s.transfer_runs;
+        r.note = format!("agent at {:.0} % of direct", r.ratio() * 100.0);
+        r.target = Some(Goal {
+            text: format!(">= {:.0} % of direct", THROUGHPUT_TARGET * 100.0),
+            met: r.ratio() >= THROUGHPUT_TARGET,
+        });
+        r.extra.insert("runs_agent".into(), json!(runs[0]));
+        r.extra.insert("runs_direct".into(), json!(runs[1]));
+        r.extra.insert("bytes".into(), json!(s.file_bytes));
+        rows.push(r);
+    }
+    notes.push(format!(
+        "transfers: {} bytes of pseudo-random data, sha256 {}; every upload's size and every \
+         download's size and sha256 checked (off the clock); gRPC upload in {} KiB messages",
+        s.file_bytes,
+        hex(&tr.sha256),
+        UPLOAD_CHUNK / 1024
+    ));
+    let mean = |v: &[Cpu]| {
+        let n = v.len().max(1) as f64;
+        (
+            v.iter().map(|c| c.this).sum::<f64>() / n,
+            v.iter().map(|c| c.qemu).sum::<f64>() / n,
+        )
+    };
+    let cpu_line = |what: &str, runs: &[Vec<Cpu>; 2]| {
+        let (a, d) = (mean(&runs[0]), mean(&runs[1]));
+        format!(
+            "{what}: agent path {:.2} s in this process + {:.2} s QEMU, direct {:.2} s + {:.2} s",
+            a.0, a.1, d.0, d.1
+        )
+    };
+    notes.push(format!(
+        "host CPU per transfer (mean; this process = bench client + agent): {}; {}",
+        cpu_line("upload", &tr.cpu_upload),
+        cpu_line("download", &tr.cpu_download)
+    ));
+    extra.insert(
+        "transfer_cpu_s".into(),
+        json!({
+            "upload_agent": tr.cpu_upload[0].iter().map(|c| [c.this, c.qemu]).collect::<Vec<_>>(),
+            "upload_direct": tr.cpu_upload[1].iter().map(|c| [c.this, c.qemu]).collect::<Vec<_>>(),
+            "download_agent": tr.cpu_download[0].iter().map(|c| [c.this, c.qemu]).collect::<Vec<_>>(),
+            "download_direct": tr.cpu_download[1].iter().map(|c| [c.this, c.qemu]).collect::<Vec<_>>(),
+        }),
+    );
+    destroy(&mut client, &id).await?;
+
+    // ---- 3 ----
+    eprintln!(
+        "[3/3] creates: {} alone one after the other, then {} at once",
+        s.single_creates, s.concurrent
+    );
+    let cr = creates(&mut client, &manager, &s).await?;
+    let single = percentile(&cr.single, 50.0);
+    let n = s.concurrent;
+    let (c50, c99) = (
+        percentile(&cr.together, 50.0),
+        percentile(&cr.together, 99.0),
+    );
+    let mut r = row(
+        "concurrent_create_p50",
+        &format!("{n} creates p50"),
+        "ms",
+        c50,
+        single,
+    );
+    r.samples = n;
+    r.note = format!("baseline = one create alone, p50 of {}", s.single_creates);
+    rows.push(r);
+    let mut r = row(
+        "concurrent_create_p99",
+        &format!("{n} creates p99"),
+        "ms",
+        c99,
+        single,
+    );
+    r.samples = n;
+    // What the CPU alone allows: n creates' CPU (as one alone used) spread over every CPU.
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let alone_cpu = percentile(
+        &cr.single_cpu.iter().map(CreateCpu::own).collect::<Vec<_>>(),
+        50.0,
+    );
+    let floor_ms = n as f64 * alone_cpu / cpus * 1000.0;
+    r.note = format!(
+        "{}CPU-bound floor {:.1}x on {cpus} CPUs",
+        if n < 100 {
+            format!("p99 of {n} = slowest; ")
+        } else {
+            String::new()
+        },
+        floor_ms / single
+    );
+    r.extra.insert("cpu_floor_ms".into(), json!(floor_ms));
+    r.target = Some(Goal {
+        text: format!("p99 <= {CONCURRENT_TARGET_RATIO}x alone"),
+        met: c99 <= CONCURRENT_TARGET_RATIO * single,
+    });
+    rows.push(r);
+    notes.push(format!(
+        "creates alone: {}; {n} at once: fastest {:.0} ms, all done after {:.0} ms; \
+         destroying the {n} (at once) took {:.0} ms",
+        ms_list(&cr.single),
+        cr.together.iter().copied().fold(f64::INFINITY, f64::min),
+        cr.makespan_ms,
+        cr.destroy_ms
+    ));
+    // The single create whose own CPU is the median, for the breakdown.
+    let mut alone = cr.single_cpu.clone();
+    alone.sort_by(|a, b| a.own().total_cmp(&b.own()));
+    let a = alone[alone.len() / 2];
+    let b = cr.burst_cpu;
+    let per = n as f64;
+    notes.push(format!(
+        "creates, CPU (QEMU + agent process + its helper processes such as ip/nft/qemu-img): one \
+         alone {:.2} s (QEMU {:.2}, agent {:.2}, helpers {:.2}); at once {:.2} s per create (QEMU \
+         {:.2}, agent {:.2}, helpers {:.2}); the floor above = {n} x one alone / {cpus} CPUs = \
+         {floor_ms:.0} ms; whole machine busy (other load included): {:.2} s during one alone, \
+         {:.2} s during the {n}",
+        a.own(),
+        a.qemu,
+        a.agent,
+        a.helpers,
+        b.own() / per,
+        b.qemu / per,
+        b.agent / per,
+        b.helpers / per,
+        a.machine,
+        b.machine
+    ));
+    extra.insert(
+        "create_samples_ms".into(),
+        json!({"alone": cr.single, "together": cr.together}),
+    );
+    extra.insert(
+        "create_cpu_s".into(),
+        json!({
+            "alone": cr.single_cpu.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+            "burst": cr.burst_cpu.to_json(),
+        }),
+    );
+    Ok(Outcome { rows, notes, extra })
+}
