@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-
 use super::shared::Counts;
 use crate::soak::leaks;
 

@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-
 use super::shared::{Cap, Shared};
 use crate::soak::Rng;
 
