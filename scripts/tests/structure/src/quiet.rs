@@ -1,0 +1,1 @@
+pub struct Quiet(pub crate::a::A);

@@ -1,0 +1,7 @@
+use super::{three::Three, *};
+
+pub struct One;
+
+pub fn three() -> Three {
+    Three
+}

@@ -1,0 +1,5 @@
+pub struct Three;
+
+pub fn two() -> super::two::Two {
+    super::two::Two
+}
