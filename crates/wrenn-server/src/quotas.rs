@@ -28,9 +28,9 @@ use wrenn_proto::agent::v1::ListTemplatesRequest;
 use wrenn_types::{Id, IdKind};
 
 use crate::{
-    api_docs::{BadRequest, Internal, Unauthorized},
     db::{now_ms, Caller, CapsuleRow, Db, Role},
     error::{ApiError, ErrorBody, Result},
+    responses::{BadRequest, Internal, Unauthorized},
     state::AppState,
 };
 

@@ -21,10 +21,10 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use crate::{
-    api_docs::{AgentFailed, HostUnavailable, Internal, Unauthorized},
-    capsules::running,
+    capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
+    responses::{AgentFailed, HostUnavailable, Internal, Unauthorized},
     state::AppState,
 };
 
