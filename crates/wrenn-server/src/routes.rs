@@ -83,7 +83,11 @@ pub fn routes() -> Vec<Route> {
             capsules::metrics::metrics,
         ),
         route(M::POST, "/v1/capsules/{id}/exec", capsules::exec::exec),
-        route(M::GET, "/v1/capsules/{id}/exec/stream", ws::exec_stream),
+        route(
+            M::GET,
+            "/v1/capsules/{id}/exec/stream",
+            ws::exec::exec_stream,
+        ),
         route(
             M::GET,
             "/v1/capsules/{id}/processes",
@@ -97,9 +101,9 @@ pub fn routes() -> Vec<Route> {
         route(
             M::GET,
             "/v1/capsules/{id}/processes/{pid}/stream",
-            ws::connect_process,
+            ws::exec::connect_process,
         ),
-        route(M::GET, "/v1/capsules/{id}/pty", ws::pty),
+        route(M::GET, "/v1/capsules/{id}/pty", ws::terminal::pty),
         route(M::POST, "/v1/capsules/{id}/files/read", files::read),
         route(
             M::POST,
@@ -121,8 +125,8 @@ pub fn routes() -> Vec<Route> {
         route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
         route(M::GET, "/v1/events/stream", events::stream),
         route(M::GET, "/v1/audit", audit::audit),
-        route(M::GET, "/v1/teams/{id}/quotas", quotas::get),
-        route(M::PUT, "/v1/teams/{id}/quotas", quotas::set),
+        route(M::GET, "/v1/teams/{id}/quotas", quotas::handlers::get),
+        route(M::PUT, "/v1/teams/{id}/quotas", quotas::handlers::set),
     ];
     all.extend(account_routes());
     all

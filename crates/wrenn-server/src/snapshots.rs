@@ -194,7 +194,9 @@ pub async fn create(
             "template {name} already exists (use overwrite)"
         )));
     }
-    let held = crate::quotas::reserve_snapshot(&state, &caller.team_id, existing.is_none()).await?;
+    let held =
+        crate::quotas::reserve::reserve_snapshot(&state, &caller.team_id, existing.is_none())
+            .await?;
     let id = Id::new(IdKind::Template).to_string();
     // Overwriting keeps the host-side id (the host refuses to replace a template in use); a new
     // template gets its own row's id.

@@ -116,7 +116,7 @@ pub async fn create(
             ),
         };
     // Held against the team's quotas (checked and reserved at once) until the row exists.
-    let held = crate::quotas::reserve_create(
+    let held = crate::quotas::reserve::reserve_create(
         &state,
         &caller.team_id,
         &agent_template,

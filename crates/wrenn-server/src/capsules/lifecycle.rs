@@ -150,7 +150,7 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<Capsule>> {
     let c = live(&state, &caller, &id).await?;
-    let held = crate::quotas::reserve_resume(&state, &c).await?;
+    let held = crate::quotas::reserve::reserve_resume(&state, &c).await?;
     let pb = state
         .agent()
         .resume_capsule(CapsuleRef { id: c.id.clone() })

@@ -1,9 +1,8 @@
 //! The teams' audit log.
 
-use sqlx::{AnyConnection, Row};
-use wrenn_types::{Id, IdKind};
+use sqlx::Row;
 
-use super::teams::lock_team;
+use super::tx::{insert_audit, lock_team, AuditEntry};
 use super::*;
 use crate::error::{ApiError, Result};
 
@@ -18,39 +17,6 @@ pub struct AuditRow {
     pub outcome: String,
     pub detail: String,
     pub created_at: i64,
-}
-
-/// One audit row to write.
-pub(super) struct AuditEntry<'a> {
-    pub(super) caller: &'a Caller,
-    pub(super) action: &'a str,
-    pub(super) resource: (&'a str, &'a str),
-    pub(super) outcome: &'a str,
-    pub(super) detail: &'a str,
-}
-
-/// Appends to a team's log with the next sequence number (call with the team locked).
-pub(super) async fn insert_audit(conn: &mut AnyConnection, e: &AuditEntry<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, team_id, actor_type, actor_id, action, resource_type, \
-         resource_id, outcome, detail, created_at, seq) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE(MAX(seq), 0) + 1 \
-         FROM audit_log WHERE team_id = $11",
-    )
-    .bind(Id::new(IdKind::Audit).to_string())
-    .bind(&e.caller.team_id)
-    .bind(e.caller.actor_type)
-    .bind(&e.caller.actor_id)
-    .bind(e.action)
-    .bind(e.resource.0)
-    .bind(e.resource.1)
-    .bind(e.outcome)
-    .bind(e.detail)
-    .bind(now_ms())
-    .bind(&e.caller.team_id)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 impl Db {

@@ -3,11 +3,8 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
+use super::tx::{insert_audit, lock_team, AuditEntry};
 use super::*;
-use super::{
-    audit::{insert_audit, AuditEntry},
-    teams::lock_team,
-};
 use crate::error::{ApiError, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

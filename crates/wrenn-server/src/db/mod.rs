@@ -19,6 +19,7 @@ mod keys;
 mod security;
 mod teams;
 mod templates;
+mod tx;
 mod usage;
 mod users;
 
@@ -26,9 +27,9 @@ pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
 pub use keys::ApiKeyRow;
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
-pub(crate) use teams::lock_team;
 pub use teams::{Member, Membership, Role, Team};
 pub use templates::TemplateRow;
+pub(crate) use tx::lock_team;
 pub use usage::USAGE_SAMPLE_SECS;
 pub use users::User;
 

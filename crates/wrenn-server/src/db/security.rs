@@ -4,11 +4,11 @@
 use sqlx::Row;
 
 use super::{
-    audit::{insert_audit, AuditEntry},
     hash_key,
     keys::insert_api_key,
     now_ms,
-    teams::{insert_membership, lock_team, role_of},
+    teams::{insert_membership, role_of},
+    tx::{insert_audit, lock_team, AuditEntry},
     users::insert_user,
     ApiKeyRow, Caller, Db, Role, Team, User,
 };

@@ -5,8 +5,8 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
-use super::audit::{insert_audit, AuditEntry};
-use super::users::{user_of, USER_COLUMNS};
+use super::tx::{insert_audit, lock_team, AuditEntry};
+use super::users::{insert_user, user_of, USER_COLUMNS};
 use super::*;
 use crate::error::{ApiError, Result};
 
@@ -67,17 +67,6 @@ pub struct Member {
 pub(super) fn role_of(r: &sqlx::any::AnyRow) -> Result<Role> {
     let role: String = r.try_get("role")?;
     Role::parse(&role).ok_or_else(|| ApiError::Internal(format!("unknown role {role:?} stored")))
-}
-
-/// Takes the team's row lock until the transaction ends (PostgreSQL; SQLite has one writer
-/// anyway), so checks and changes of one team's members and log never interleave. Whether the
-/// team exists.
-pub(crate) async fn lock_team(conn: &mut AnyConnection, team_id: &str) -> Result<bool> {
-    let done = sqlx::query("UPDATE teams SET name = name WHERE id = $1")
-        .bind(team_id)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 pub(super) async fn insert_team(conn: &mut AnyConnection, name: &str) -> Result<Team> {
@@ -148,6 +137,35 @@ pub(super) fn role_changed() -> ApiError {
 }
 
 impl Db {
+    /// Signs a user up: the user, a personal team they own, and the audit row, all or nothing.
+    /// A taken email is `conflict`.
+    pub async fn create_user_with_team(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        team_name: &str,
+    ) -> Result<(User, Team)> {
+        let mut tx = self.pool.begin().await?;
+        let user = insert_user(&mut tx, email, name, password_hash).await?;
+        let team = insert_team(&mut tx, team_name).await?;
+        insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        let caller = Caller::user(&team.id, &user);
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: &caller,
+                action: "user.signup",
+                resource: ("user", &user.id),
+                outcome: "success",
+                detail: "",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((user, team))
+    }
+
     pub async fn create_team(&self, name: &str) -> Result<Team> {
         let mut conn = self.pool.acquire().await?;
         insert_team(&mut conn, name).await

@@ -3,8 +3,6 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
-use super::audit::{insert_audit, AuditEntry};
-use super::teams::{insert_membership, insert_team};
 use super::*;
 use crate::error::{ApiError, Result};
 
@@ -63,35 +61,6 @@ pub(super) async fn insert_user(
 }
 
 impl Db {
-    /// Signs a user up: the user, a personal team they own, and the audit row, all or nothing.
-    /// A taken email is `conflict`.
-    pub async fn create_user_with_team(
-        &self,
-        email: &str,
-        name: &str,
-        password_hash: &str,
-        team_name: &str,
-    ) -> Result<(User, Team)> {
-        let mut tx = self.pool.begin().await?;
-        let user = insert_user(&mut tx, email, name, password_hash).await?;
-        let team = insert_team(&mut tx, team_name).await?;
-        insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
-        let caller = Caller::user(&team.id, &user);
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: &caller,
-                action: "user.signup",
-                resource: ("user", &user.id),
-                outcome: "success",
-                detail: "",
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((user, team))
-    }
-
     /// A user and their password hash, by (lower-case) email.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<(User, String)>> {
         let r = sqlx::query(&format!(
