@@ -23,4 +23,5 @@ forbid wrenn-server wrenn-agent wrenn-vmm
 forbid wrenn-agent wrenn-server
 forbid wrenn-vmm wrenn-server wrenn-agent
 forbid wrenn-rpc wrenn-server wrenn-agent wrenn-vmm
+forbid envd wrenn-server wrenn-agent wrenn-vmm
 exit $bad

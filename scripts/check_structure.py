@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
-"""The workspace's structure rules (run by scripts/check-structure.sh, part of `make lint`).
+"""The workspace's structure rules that read source files (run by scripts/check-structure.sh,
+after scripts/check-deps.sh's dependency rule; part of `make lint`).
 
-1. The dependency rule: the control plane never links the host agent or the VM layer, those
-   never link the control plane, and envd links none of them (`cargo tree -e normal`).
-2. No Rust source file over 600 lines, unless one of its first 5 lines states why:
+1. No Rust source file over 600 lines, unless one of its first 5 lines states why:
    `// Over 600 lines: <reason>`.
-3. No import circle between the modules of a crate: module files are the nodes; A -> B when A
+2. No import circle between the modules of a crate: module files are the nodes; A -> B when A
    names a `crate::`, `super::` or `self::` path that resolves into B (in `use` items and in
    qualified paths). A module and its own ancestors or descendants may refer to each other.
 
@@ -24,51 +23,7 @@ from collections import deque
 MAX_LINES = 600
 REASON = re.compile(r"^\s*//[/!]?\s*Over 600 lines:\s*\S")
 
-# (package, packages its normal dependency tree must not name)
-DEPENDENCY_RULE = [
-    ("wrenn-server", ["wrenn-agent", "wrenn-vmm"]),
-    ("wrenn-agent", ["wrenn-server"]),
-    ("wrenn-vmm", ["wrenn-server"]),
-    ("envd", ["wrenn-server", "wrenn-agent", "wrenn-vmm"]),
-    # the shared transport (skipped while the crate does not exist)
-    ("wrenn-rpc", ["wrenn-server", "wrenn-agent", "wrenn-vmm"]),
-]
-OPTIONAL = {"wrenn-rpc"}
-
-
-# ---- 1. the dependency rule ----
-
-def tree_names(text):
-    """Package names in `cargo tree --prefix none --format {p}` output."""
-    names = set()
-    for line in text.splitlines():
-        parts = line.split()
-        if parts:
-            names.add(parts[0])
-    return names
-
-
-def dependency_violations(root, packages):
-    out = []
-    for pkg, banned in DEPENDENCY_RULE:
-        if pkg in OPTIONAL and pkg not in packages:
-            continue
-        res = subprocess.run(
-            ["cargo", "tree", "--offline", "-p", pkg, "-e", "normal", "--prefix", "none",
-             "--format", "{p}"],
-            cwd=root, capture_output=True, text=True)
-        if res.returncode != 0:
-            out.append(f"dependency rule: `cargo tree -p {pkg}` failed: "
-                       f"{res.stderr.strip().splitlines()[-1:]}")
-            continue
-        names = tree_names(res.stdout)
-        for b in banned:
-            if b in names:
-                out.append(f"dependency rule: {pkg} depends on {b} (cargo tree -p {pkg} -e normal)")
-    return out
-
-
-# ---- 2. file length ----
+# ---- 1. file length ----
 
 def rust_files(root):
     res = subprocess.run(
@@ -95,7 +50,7 @@ def length_violation(path, rel):
             f"`// Over 600 lines: <reason>` in its first 5 lines)")
 
 
-# ---- 3. import circles ----
+# ---- 2. import circles ----
 
 def strip_code(text):
     """Removes comments, string and char literals (keeping line structure irrelevant)."""
@@ -460,7 +415,7 @@ def workspace_crates(meta):
 
 def check(root):
     meta = workspace_metadata(root)
-    problems = dependency_violations(root, {p["name"] for p in meta["packages"]})
+    problems = []
     for rel in rust_files(root):
         v = length_violation(os.path.join(root, rel), rel)
         if v:
@@ -504,14 +459,10 @@ def self_test(root):
         if length_violation(exact, "exact.rs"):
             failures.append("a file of exactly 600 lines is reported")
 
-    names = tree_names("wrenn-server v0.1.0 (/x)\naxum v0.8.4\nwrenn-agent v0.1.0 (/y)\n")
-    if "wrenn-agent" not in names or "wrenn-agent-x" in names:
-        failures.append(f"cargo tree output is misread: {names}")
-
     for f in failures:
         print("self-test: " + f)
     if not failures:
-        print("self-test: ok (circles found, parent/child and comments ignored, lengths, cargo tree)")
+        print("self-test: ok (circles found, parent/child and comments ignored, lengths)")
     return 1 if failures else 0
 
 
@@ -527,7 +478,7 @@ def main():
     if problems:
         print(f"{len(problems)} structure violation(s)", file=sys.stderr)
         sys.exit(1)
-    print("structure: ok (dependency rule, file lengths, no import circles)")
+    print("structure: ok (file lengths, no import circles)")
 
 
 if __name__ == "__main__":
