@@ -1,8 +1,14 @@
 //! wrenn-server: the control plane. The REST API the published `wrenn` SDK uses ([`capsules`],
-//! [`files`], [`snapshots`], [`events`]), API-key auth scoped to a team ([`state`]), storage
-//! ([`db`]), and a reconciler that keeps the database in step with the host agent. The API
-//! describes itself ([`api_docs`]: `/openapi.json`, `/docs`) and is measured ([`metrics`]:
-//! `/metrics`).
+//! [`files`], [`snapshots`], [`events`]), served by the route table ([`mod@routes`]); who is calling
+//! ([`accounts::auth`]: API keys and user tokens, scoped to a team); storage ([`db`], by
+//! table); and a reconciler that keeps the database in step with the host agent
+//! ([`mod@reconcile`]). The API describes itself ([`api_docs`]: `/openapi.json`, `/docs`; the
+//! documented error answers are [`responses`]) and is measured ([`metrics`], served by
+//! [`service`] at `/metrics`).
+//!
+//! Layering: [`state`] (what handlers share) imports only leaf modules (the database, the
+//! event type, the metrics registry, the account settings); handlers import `state`, never the
+//! other way round; [`api_docs`] and [`mod@routes`] import the handlers and nothing imports them.
 
 pub mod accounts;
 pub mod api_docs;
