@@ -20,9 +20,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{
-        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
-    },
+    responses::{CheckedOnHost, InsufficientStorage},
     state::AppState,
 };
 
@@ -153,13 +151,9 @@ fn check_path(p: &str) -> Result<()> {
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn read(
@@ -209,13 +203,9 @@ pub async fn read(
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn stream_read(
@@ -241,13 +231,9 @@ pub async fn stream_read(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -336,13 +322,9 @@ pub async fn write(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -365,13 +347,9 @@ pub async fn stream_write(
     request_body = PathBody,
     responses(
         (status = 200, description = "Its entries", body = FileList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule or directory", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn list(
@@ -413,13 +391,9 @@ pub async fn list(
     request_body = PathBody,
     responses(
         (status = 200, description = "The directory", body = MadeDir),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running; `conflict`: the path exists", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -458,13 +432,9 @@ pub async fn mkdir(
     request_body = PathBody,
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule or path", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn remove(

@@ -21,7 +21,7 @@ use crate::{
     capsules::lookup::live,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{Authed, CheckedOnHost},
     state::AppState,
 };
 
@@ -71,9 +71,8 @@ pub fn to_pb(p: &EgressPolicy) -> PbEgressPolicy {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its egress", body = CapsuleNetwork),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn get(
@@ -105,13 +104,9 @@ pub async fn get(
     request_body = NetworkPatch,
     responses(
         (status = 200, description = "Its egress now", body = CapsuleNetwork),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: not running or paused", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn set(

@@ -19,7 +19,7 @@ use crate::{
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{CheckedOnHost, OnHost},
     state::AppState,
     time::rfc3339,
 };
@@ -156,14 +156,10 @@ pub struct CreateQuery {
     request_body = CreateSnapshotBody,
     responses(
         (status = 201, description = "The template", body = Template),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn create(
@@ -283,11 +279,7 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "The templates", body = Vec<Template>),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost,
     )
 )]
 pub async fn list(
@@ -334,13 +326,10 @@ pub async fn list(
     params(("name" = String, Path, description = "The template's name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 403, description = "`forbidden`: a platform template", body = ErrorBody),
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
         (status = 409, description = "`invalid_state`: capsules still use it", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn delete(

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
     error::{ApiError, Result},
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::Checked,
     state::AppState,
     time::rfc3339,
 };
@@ -112,9 +112,7 @@ pub struct CapsuleStats {
     params(StatsQuery),
     responses(
         (status = 200, description = "The statistics", body = CapsuleStats),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Checked,
     )
 )]
 pub async fn stats(
@@ -243,9 +241,7 @@ fn date_of(ms: i64) -> time::Date {
     params(UsageQuery),
     responses(
         (status = 200, description = "The usage", body = Usage),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Checked,
     )
 )]
 pub async fn usage(

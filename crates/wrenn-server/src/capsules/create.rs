@@ -12,7 +12,7 @@ use crate::{
     db::{now_ms, Caller, CapsuleRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::CheckedOnHost,
     state::AppState,
 };
 
@@ -61,13 +61,9 @@ pub struct CreateCapsuleBody {
     request_body = CreateCapsuleBody,
     responses(
         (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn create(

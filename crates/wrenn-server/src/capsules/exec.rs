@@ -20,7 +20,7 @@ use super::lookup::running;
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{CheckedOnHost, OnHost},
     state::AppState,
 };
 
@@ -102,13 +102,9 @@ const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
     responses(
         (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
         (status = 202, description = "Background: the command started", body = BackgroundProcess),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn exec(
@@ -217,12 +213,9 @@ pub struct ProcessList {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its processes", body = ProcessList),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn processes(
@@ -263,12 +256,9 @@ pub async fn processes(
     ),
     responses(
         (status = 204, description = "Killed"),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn kill_process(

@@ -12,7 +12,7 @@ use super::lookup::live;
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::CheckedOnHost,
     state::AppState,
 };
 
@@ -77,12 +77,8 @@ pub struct CapsuleMetrics {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
     responses(
         (status = 200, description = "Its samples", body = CapsuleMetrics),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn metrics(

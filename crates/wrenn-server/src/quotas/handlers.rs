@@ -15,7 +15,7 @@ use super::{
 use crate::{
     db::{now_ms, Caller, Db, Role},
     error::{ApiError, ErrorBody, Result},
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::{Authed, Checked},
     state::AppState,
 };
 
@@ -101,10 +101,9 @@ async fn team_exists(db: &Db, team_id: &str) -> Result<bool> {
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: a member who is not an owner, or an API key of the team", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn get(
@@ -150,11 +149,9 @@ pub async fn get(
     request_body = Limits,
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: not a platform admin (a member of the team)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn set(

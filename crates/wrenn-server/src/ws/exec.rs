@@ -13,7 +13,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ErrorBody, Result},
-    responses::{AgentFailed, HostUnavailable, Internal, Unauthorized},
+    responses::{Authed, OnHost},
     state::AppState,
 };
 
@@ -39,10 +39,9 @@ use crate::{
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn exec_stream(
@@ -103,12 +102,9 @@ pub async fn exec_stream(
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn connect_process(

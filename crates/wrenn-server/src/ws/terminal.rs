@@ -20,7 +20,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{Internal, Unauthorized},
+    responses::Authed,
     state::AppState,
 };
 
@@ -127,10 +127,9 @@ pub(super) fn parse_control(text: &str) -> Control {
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn pty(
