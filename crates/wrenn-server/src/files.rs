@@ -20,7 +20,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{CheckedOnHost, InsufficientStorage},
+    responses::{CheckedOnHost, InsufficientStorage, NoCapsule, NotRunning},
     state::AppState,
 };
 
@@ -151,9 +151,8 @@ fn check_path(p: &str) -> Result<()> {
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        CheckedOnHost,
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn read(
@@ -203,9 +202,8 @@ pub async fn read(
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        CheckedOnHost,
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn stream_read(
@@ -231,9 +229,7 @@ pub async fn stream_read(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        CheckedOnHost, NoCapsule, NotRunning,
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -322,9 +318,7 @@ pub async fn write(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        CheckedOnHost, NoCapsule, NotRunning,
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -347,9 +341,8 @@ pub async fn stream_write(
     request_body = PathBody,
     responses(
         (status = 200, description = "Its entries", body = FileList),
-        CheckedOnHost,
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or directory", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -391,8 +384,7 @@ pub async fn list(
     request_body = PathBody,
     responses(
         (status = 200, description = "The directory", body = MadeDir),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: the capsule is not running; `conflict`: the path exists", body = ErrorBody),
         (status = 507, response = InsufficientStorage),
     )
@@ -432,9 +424,8 @@ pub async fn mkdir(
     request_body = PathBody,
     responses(
         (status = 204, description = "Removed"),
-        CheckedOnHost,
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or path", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn remove(

@@ -21,7 +21,7 @@ use crate::{
     capsules::lookup::live,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{Authed, CheckedOnHost},
+    responses::{Authed, CheckedOnHost, NoCapsule},
     state::AppState,
 };
 
@@ -71,8 +71,7 @@ pub fn to_pb(p: &EgressPolicy) -> PbEgressPolicy {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its egress", body = CapsuleNetwork),
-        Authed,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        Authed, NoCapsule,
     )
 )]
 pub async fn get(
@@ -104,8 +103,7 @@ pub async fn get(
     request_body = NetworkPatch,
     responses(
         (status = 200, description = "Its egress now", body = CapsuleNetwork),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: not running or paused", body = ErrorBody),
     )
 )]

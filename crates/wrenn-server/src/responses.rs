@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use utoipa::{
-    openapi::{Ref, RefOr, Response},
+    openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder},
     IntoResponses, ToResponse,
 };
 
@@ -96,3 +96,33 @@ error_set!(
     CheckedOnHost: "400" => BadRequest, "401" => Unauthorized, "500" => Internal,
         "502" => AgentFailed, "503" => HostUnavailable
 );
+
+/// An error answer described in place: `description`, with an [`ErrorBody`].
+fn described(status: &str, description: &str) -> BTreeMap<String, RefOr<Response>> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build();
+    BTreeMap::from([(status.to_string(), RefOr::T(response))])
+}
+
+/// `not_found`: the path's capsule is not the team's (or does not exist).
+pub struct NoCapsule;
+
+impl IntoResponses for NoCapsule {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        described("404", "`not_found`: no such capsule")
+    }
+}
+
+/// `invalid_state`: the operation needs a running capsule.
+pub struct NotRunning;
+
+impl IntoResponses for NotRunning {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        described("409", "`invalid_state`: the capsule is not running")
+    }
+}

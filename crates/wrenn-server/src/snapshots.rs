@@ -19,7 +19,7 @@ use crate::{
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{CheckedOnHost, OnHost},
+    responses::{CheckedOnHost, NoCapsule, OnHost},
     state::AppState,
     time::rfc3339,
 };
@@ -156,8 +156,7 @@ pub struct CreateQuery {
     request_body = CreateSnapshotBody,
     responses(
         (status = 201, description = "The template", body = Template),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
     )

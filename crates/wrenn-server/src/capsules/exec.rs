@@ -20,7 +20,7 @@ use super::lookup::running;
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{CheckedOnHost, OnHost},
+    responses::{CheckedOnHost, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -102,9 +102,7 @@ const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
     responses(
         (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
         (status = 202, description = "Background: the command started", body = BackgroundProcess),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        CheckedOnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn exec(
@@ -213,9 +211,7 @@ pub struct ProcessList {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its processes", body = ProcessList),
-        OnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        OnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn processes(
@@ -256,9 +252,8 @@ pub async fn processes(
     ),
     responses(
         (status = 204, description = "Killed"),
-        OnHost,
+        OnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn kill_process(

@@ -15,7 +15,7 @@ use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{Authed, OnHost},
+    responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -101,8 +101,7 @@ async fn recorded(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "The capsule, now paused", body = Capsule),
-        OnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        OnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: it cannot be paused now", body = ErrorBody),
     )
 )]
@@ -130,8 +129,7 @@ pub async fn pause(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "The capsule, running again", body = Capsule),
-        OnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        OnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: it cannot be resumed now", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
     )
@@ -220,9 +218,7 @@ pub async fn destroy(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 204, description = "Pinged"),
-        OnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        OnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn ping(

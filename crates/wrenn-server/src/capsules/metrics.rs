@@ -11,8 +11,8 @@ use wrenn_proto::agent::v1::GetMetricsRequest;
 use super::lookup::live;
 use crate::{
     db::Caller,
-    error::{ApiError, ErrorBody, Result},
-    responses::CheckedOnHost,
+    error::{ApiError, Result},
+    responses::{CheckedOnHost, NoCapsule},
     state::AppState,
 };
 
@@ -77,8 +77,7 @@ pub struct CapsuleMetrics {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
     responses(
         (status = 200, description = "Its samples", body = CapsuleMetrics),
-        CheckedOnHost,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
     )
 )]
 pub async fn metrics(

@@ -13,7 +13,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ErrorBody, Result},
-    responses::{Authed, OnHost},
+    responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -39,9 +39,7 @@ use crate::{
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        Authed,
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        Authed, NoCapsule, NotRunning,
     )
 )]
 pub async fn exec_stream(
@@ -102,9 +100,8 @@ pub async fn exec_stream(
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        OnHost,
+        OnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
     )
 )]
 pub async fn connect_process(
