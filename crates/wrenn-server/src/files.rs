@@ -16,6 +16,7 @@ use wrenn_proto::agent::v1::{
     FileRequest, FileType, ListDirRequest, WriteFileStreamRequest,
 };
 
+use crate::extract::JsonBody;
 use crate::{
     capsules::lookup::running,
     db::Caller,
@@ -23,8 +24,6 @@ use crate::{
     responses::{CheckedOnHost, InsufficientStorage, NoCapsule, NotRunning},
     state::AppState,
 };
-
-type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// A path in the capsule.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -159,9 +158,8 @@ pub async fn read(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Response> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let mut stream = state
@@ -349,9 +347,8 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Json<FileList>> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let depth = b.depth.unwrap_or(1);
     if !(1..=10).contains(&depth) {
@@ -393,9 +390,8 @@ pub async fn mkdir(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Json<MadeDir>> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let entry = state
@@ -432,9 +428,8 @@ pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<StatusCode> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     state

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest};
 use wrenn_types::egress::EgressPolicy;
 
+use crate::extract::JsonBody;
 use crate::{
     capsules::lookup::live,
     db::Caller,
@@ -111,9 +112,8 @@ pub async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<NetworkPatch>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<NetworkPatch>,
 ) -> Result<Json<CapsuleNetwork>> {
-    let Json(b) = body?;
     let c = live(&state, &caller, &id).await?;
     let (old_egress, old) = state.db.capsule_network(&c.id).await?;
     let new = policy(

@@ -1,7 +1,7 @@
 //! `/v1/snapshots`: templates made from capsules (per team), and the platform's base templates.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     Json,
 };
@@ -14,6 +14,7 @@ use wrenn_proto::agent::v1::{
 };
 use wrenn_types::{Id, IdKind};
 
+use crate::extract::{JsonBody, QueryParams};
 use crate::{
     capsules::{lookup::live, model::safe_name},
     db::{now_ms, Caller, TemplateRow},
@@ -164,11 +165,9 @@ pub struct CreateQuery {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
-    body: std::result::Result<Json<CreateSnapshotBody>, axum::extract::rejection::JsonRejection>,
+    QueryParams(q): QueryParams<CreateQuery>,
+    JsonBody(b): JsonBody<CreateSnapshotBody>,
 ) -> Result<(StatusCode, Json<Template>)> {
-    let Query(q) = query?;
-    let Json(b) = body?;
     let name = b
         .name
         .unwrap_or_else(|| format!("template-{}", &Id::new(IdKind::Template).to_string()[4..12]));
@@ -284,9 +283,8 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Vec<Template>>> {
-    let Query(q) = query?;
     let (base, snapshot) = match q.kind.as_deref() {
         None => (true, true),
         Some("base") => (true, false),

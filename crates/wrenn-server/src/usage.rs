@@ -4,13 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::{
-    extract::{Query, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::QueryParams;
 use crate::{
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
     error::{ApiError, Result},
@@ -118,9 +116,8 @@ pub struct CapsuleStats {
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<StatsQuery>,
 ) -> Result<Json<CapsuleStats>> {
-    let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     // (span, bucket) in seconds.
     let (span, bucket): (i64, i64) = match range.as_str() {
@@ -247,9 +244,8 @@ fn date_of(ms: i64) -> time::Date {
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Usage>> {
-    let Query(q) = query?;
     let today = date_of(now_ms());
     let to =
         q.to.as_deref()

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{CapsuleRef, CreateCapsuleRequest, TemplateKind};
 
 use super::model::*;
+use crate::extract::JsonBody;
 use crate::{
     db::{now_ms, Caller, CapsuleRow},
     error::{ApiError, ErrorBody, Result},
@@ -69,9 +70,8 @@ pub struct CreateCapsuleBody {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: std::result::Result<Json<CreateCapsuleBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<CreateCapsuleBody>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
-    let Json(b) = body?;
     let template = b.template.unwrap_or_else(|| "minimal".into());
     if !safe_name(&template, 64) {
         return Err(ApiError::InvalidRequest(format!(

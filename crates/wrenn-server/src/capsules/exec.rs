@@ -17,6 +17,7 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use super::lookup::running;
+use crate::extract::JsonBody;
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
@@ -109,9 +110,8 @@ pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<ExecBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<ExecBody>,
 ) -> Result<axum::response::Response> {
-    let Json(b) = body?;
     if b.cmd.trim().is_empty() {
         return Err(ApiError::InvalidRequest("cmd is empty".into()));
     }

@@ -1,7 +1,7 @@
 //! A capsule's resource metrics over a range.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     Json,
 };
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::GetMetricsRequest;
 
 use super::lookup::live;
+use crate::extract::QueryParams;
 use crate::{
     db::Caller,
     error::{ApiError, Result},
@@ -84,9 +85,8 @@ pub async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    query: std::result::Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<MetricsQuery>,
 ) -> Result<Json<CapsuleMetrics>> {
-    let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "10m".into());
     let secs = match range.as_str() {
         "5m" => 300,

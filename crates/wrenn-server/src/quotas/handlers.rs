@@ -12,6 +12,7 @@ use super::{
     reserve::{defaults, overrides, usage},
     *,
 };
+use crate::extract::JsonBody;
 use crate::{
     db::{now_ms, Caller, Db, Role},
     error::{ApiError, ErrorBody, Result},
@@ -158,7 +159,7 @@ pub async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(team_id): Path<String>,
-    body: std::result::Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
+    body: std::result::Result<JsonBody<Limits>, ApiError>,
 ) -> Result<Json<TeamQuotas>> {
     if !is_platform_admin(&state.db, &caller).await? {
         let member = caller.team_id == team_id
@@ -172,7 +173,7 @@ pub async fn set(
             not_found(&team_id)
         });
     }
-    let Json(limits) = body?;
+    let JsonBody(limits) = body?;
     limits.validate()?;
     if !team_exists(&state.db, &team_id).await? {
         return Err(not_found(&team_id));
