@@ -1,7 +1,5 @@
 //! The teams' audit log.
 
-use sqlx::Row;
-
 use super::tx::{insert_audit, lock_team, AuditEntry};
 use super::*;
 use crate::error::{ApiError, Result};
