@@ -27,12 +27,16 @@ fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
 }
 
 /// Kills QEMUs under `capsules_dir` that no adopted capsule owns.
-fn kill_stray_qemus(capsules_dir: &std::path::Path, adopted: &HashMap<String, Handle>) {
+fn kill_stray_qemus(
+    backend: wrenn_vmm::Backend,
+    capsules_dir: &std::path::Path,
+    adopted: &HashMap<String, Handle>,
+) {
     let owned: Vec<u32> = adopted
         .values()
         .filter_map(|h| h.record().vmm_pid)
         .collect();
-    for (pid, cmd) in wrenn_vmm::qemu::processes_under(capsules_dir) {
+    for (pid, cmd) in backend.processes_under(capsules_dir) {
         if !owned.contains(&pid) {
             tracing::info!(pid, %cmd, "killing a stray QEMU");
             // SAFETY: plain kill(2) of a QEMU started for a capsule folder nobody owns.
@@ -61,6 +65,14 @@ pub struct AgentConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Private IPv4 ranges capsules may reach (`--egress-allow-private`); by default none.
     pub egress_allow_private: Vec<String>,
+}
+
+impl AgentConfig {
+    /// The VM backend capsules run on: QEMU, whose binary is [`AgentConfig::qemu`] (the one
+    /// place a backend is chosen).
+    pub fn backend(&self) -> wrenn_vmm::Backend {
+        wrenn_vmm::Backend::Qemu
+    }
 }
 
 /// The slots of a host's agent; the top of the range is left to template builds.
@@ -153,6 +165,7 @@ impl Manager {
                     capsule::adopt(
                         dir.clone(),
                         &config.images_dir,
+                        config.backend(),
                         config.qemu.clone(),
                         upstreams.clone(),
                     )
@@ -180,7 +193,7 @@ impl Manager {
         if !removed.is_empty() {
             tracing::info!(?removed, "removed orphaned network slots");
         }
-        kill_stray_qemus(&capsules_dir, &capsules);
+        kill_stray_qemus(config.backend(), &capsules_dir, &capsules);
         cleanup_cgroups(&slots, &config.slots);
         if wrenn_vmm::cgroup::bases().is_none() {
             tracing::warn!("no usable cgroups on this host: VMMs run without CPU and memory caps");
@@ -355,6 +368,7 @@ impl Manager {
             resolved,
             slot,
             spec,
+            self.config.backend(),
             self.config.qemu.clone(),
             self.upstreams.clone(),
         )
