@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::error::{chain, AgentError, Result};
+use crate::error::{chain, AgentError, Refusal, Result};
 
 /// Output of a finished command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -508,16 +508,21 @@ async fn http_error(resp: reqwest::Response) -> AgentError {
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     let message = v["message"].as_str().unwrap_or("").to_string();
     match status.as_u16() {
-        404 => AgentError::NotFound(message),
-        400 | 401 => AgentError::InvalidArgument(message),
-        403 => AgentError::PermissionDenied(message),
-        409 => AgentError::AlreadyExists(message),
-        412 => AgentError::FailedPrecondition(message),
+        404 => refused(Refusal::NotFound, message),
+        400 | 401 => refused(Refusal::Invalid, message),
+        403 => refused(Refusal::PermissionDenied, message),
+        409 => refused(Refusal::AlreadyExists, message),
+        412 => refused(Refusal::FailedPrecondition, message),
         413 => AgentError::TooLarge(message),
         429 => AgentError::CapsuleLimit(message),
-        507 => AgentError::NoSpace(message),
+        507 => AgentError::CapsuleDiskFull(message),
         _ => AgentError::Envd(format!("{status}: {message}")),
     }
+}
+
+/// envd's refusal of a request, by kind.
+fn refused(refusal: Refusal, message: String) -> AgentError {
+    AgentError::Guest { refusal, message }
 }
 
 fn b64(s: &str) -> Result<Vec<u8>> {
@@ -530,11 +535,11 @@ fn classify(err: &Value) -> AgentError {
     let code = err["code"].as_str().unwrap_or("unknown");
     let message = err["message"].as_str().unwrap_or("").to_string();
     match code {
-        "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
-        "permission_denied" => AgentError::PermissionDenied(message),
-        "not_found" => AgentError::NotFound(message),
-        "already_exists" => AgentError::AlreadyExists(message),
-        "failed_precondition" => AgentError::FailedPrecondition(message),
+        "invalid_argument" | "unauthenticated" => refused(Refusal::Invalid, message),
+        "permission_denied" => refused(Refusal::PermissionDenied, message),
+        "not_found" => refused(Refusal::NotFound, message),
+        "already_exists" => refused(Refusal::AlreadyExists, message),
+        "failed_precondition" => refused(Refusal::FailedPrecondition, message),
         // A limit inside the capsule (its disk, inotify watches, a listing's size), never the
         // host's capacity.
         "resource_exhausted" => AgentError::CapsuleLimit(message),
@@ -566,9 +571,18 @@ mod tests {
         let c = |code: &str| classify(&json!({ "code": code, "message": "m" }));
         assert!(matches!(
             c("invalid_argument"),
-            AgentError::InvalidArgument(_)
+            AgentError::Guest {
+                refusal: Refusal::Invalid,
+                ..
+            }
         ));
-        assert!(matches!(c("not_found"), AgentError::NotFound(_)));
+        assert!(matches!(
+            c("not_found"),
+            AgentError::Guest {
+                refusal: Refusal::NotFound,
+                ..
+            }
+        ));
         assert!(matches!(
             c("resource_exhausted"),
             AgentError::CapsuleLimit(_)

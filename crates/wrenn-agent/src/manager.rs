@@ -125,7 +125,7 @@ pub struct Manager {
     capsules: Mutex<HashMap<String, Handle>>,
     slots: SlotPool,
     templates: Arc<Templates>,
-    upstreams: Arc<Vec<std::net::SocketAddr>>,
+    runtime: capsule::Runtime,
 }
 
 impl Manager {
@@ -141,6 +141,11 @@ impl Manager {
         if upstreams.is_empty() {
             tracing::warn!("no upstream name servers: capsules cannot resolve names");
         }
+        let runtime = capsule::Runtime {
+            backend: config.backend(),
+            program: config.qemu.clone(),
+            upstreams,
+        };
         let templates = Arc::new(Templates::new(
             config.images_dir.clone(),
             config.qemu.clone(),
@@ -162,16 +167,9 @@ impl Manager {
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleStatus::Running | CapsuleStatus::Paused) => {
-                    capsule::adopt(
-                        dir.clone(),
-                        &config.images_dir,
-                        config.backend(),
-                        config.qemu.clone(),
-                        upstreams.clone(),
-                    )
-                    .await
+                    capsule::adopt(dir.clone(), &config.images_dir, &runtime).await
                 }
-                _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
+                _ => Err(AgentError::NothingToAdopt),
             };
             match adopted {
                 Ok(handle) => {
@@ -203,7 +201,7 @@ impl Manager {
             config,
             capsules: Mutex::new(capsules),
             templates,
-            upstreams,
+            runtime,
         })
     }
 
@@ -223,10 +221,9 @@ impl Manager {
     fn check_capacity(&self, memory_mib: u32) -> Result<()> {
         let list = self.list();
         if list.len() >= self.config.max_capsules {
-            return Err(AgentError::ResourceExhausted(format!(
-                "this host already runs {} capsules (its limit)",
-                list.len()
-            )));
+            return Err(AgentError::CapsuleLimitReached {
+                running: list.len(),
+            });
         }
         let committed: u64 = list
             .iter()
@@ -242,16 +239,18 @@ impl Manager {
         let wanted = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
         if wanted + HOST_RESERVE_MIB > total {
             // Never, whatever else runs: the request's fault, not the host's state.
-            return Err(AgentError::InvalidArgument(format!(
-                "{memory_mib} MiB of memory can never fit on this host ({total} MiB in all, \
-                 {HOST_RESERVE_MIB} MiB kept for the host)"
-            )));
+            return Err(AgentError::MemoryNeverFits {
+                memory_mib,
+                total_mib: total,
+                reserve_mib: HOST_RESERVE_MIB,
+            });
         }
         if committed + wanted + HOST_RESERVE_MIB > total {
-            return Err(AgentError::ResourceExhausted(format!(
-                "not enough memory on this host: {wanted} MiB asked, {} MiB free of {total} MiB",
-                total.saturating_sub(committed + HOST_RESERVE_MIB)
-            )));
+            return Err(AgentError::MemoryFull {
+                wanted_mib: wanted,
+                free_mib: total.saturating_sub(committed + HOST_RESERVE_MIB),
+                total_mib: total,
+            });
         }
         Ok(())
     }
@@ -273,12 +272,11 @@ impl Manager {
         let wanted = disk_bytes + ((u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB) << 20);
         let mib = |b: u64| b >> 20;
         if wanted + reserve > total {
-            return Err(AgentError::InvalidArgument(format!(
-                "a {} MiB disk (with {memory_mib} MiB of memory) can never fit on this host: \
-                 its capsule storage holds {} MiB in all",
-                mib(disk_bytes),
-                mib(total.saturating_sub(reserve))
-            )));
+            return Err(AgentError::DiskNeverFits {
+                disk_mib: mib(disk_bytes),
+                memory_mib,
+                capacity_mib: mib(total.saturating_sub(reserve)),
+            });
         }
         let promised: u64 = self
             .list()
@@ -299,12 +297,10 @@ impl Manager {
             })
             .sum();
         if promised + wanted + reserve > free {
-            return Err(AgentError::InsufficientStorage(format!(
-                "the host is out of disk space now: {} MiB asked, {} MiB free once running \
-                 capsules' disks and memory may fill; try again later or ask for a smaller disk",
-                mib(wanted),
-                mib(free.saturating_sub(promised + reserve))
-            )));
+            return Err(AgentError::HostDiskFull {
+                wanted_mib: mib(wanted),
+                free_mib: mib(free.saturating_sub(promised + reserve)),
+            });
         }
         Ok(())
     }
@@ -315,7 +311,7 @@ impl Manager {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("capsule {id} not found")))
+            .ok_or_else(|| AgentError::CapsuleNotFound { id: id.into() })
     }
 
     /// Creates a capsule from a template's snapshot (of the asked shape, made on first use).
@@ -329,8 +325,7 @@ impl Manager {
         spec.egress_policy = wrenn_types::egress::EgressPolicy::new(
             &spec.egress_policy.allow,
             &spec.egress_policy.deny,
-        )
-        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        )?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -362,17 +357,7 @@ impl Manager {
         let id = Id::new(IdKind::Capsule).to_string();
         let slot = self.slots.take()?;
         let dir = self.config.data_dir.join("capsules").join(&id);
-        let made = capsule::create(
-            id.clone(),
-            dir,
-            resolved,
-            slot,
-            spec,
-            self.config.backend(),
-            self.config.qemu.clone(),
-            self.upstreams.clone(),
-        )
-        .await;
+        let made = capsule::create(id.clone(), dir, resolved, slot, spec, &self.runtime).await;
         match made {
             Ok(handle) => {
                 let rec = handle.record();
@@ -418,8 +403,7 @@ impl Manager {
         on: bool,
         policy: &wrenn_types::egress::EgressPolicy,
     ) -> Result<CapsuleRecord> {
-        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)
-            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)?;
         let h = self.handle(id)?;
         h.set_network(netslot::Egress { on, policy }).await?;
         Ok(h.record())
@@ -471,10 +455,10 @@ impl Manager {
     pub fn ping(&self, id: &str) -> Result<()> {
         let h = self.handle(id)?;
         if h.record().state != CapsuleStatus::Running {
-            return Err(AgentError::FailedPrecondition(format!(
-                "capsule {id} is {}, not running",
-                h.record().state
-            )));
+            return Err(AgentError::NotRunning {
+                id: Some(id.into()),
+                state: h.record().state,
+            });
         }
         h.touch();
         Ok(())
@@ -655,7 +639,7 @@ fn host_memory_bytes() -> u64 {
 
 /// The shapes a capsule may ask for (0 everywhere: the template's).
 fn validate_shape(spec: &CreateSpec) -> Result<()> {
-    let bad = |m: String| Err(AgentError::InvalidArgument(m));
+    let bad = |m: String| Err(AgentError::BadShape(m));
     if spec.vcpus > 32 {
         return bad(format!("vcpus must be 1..=32, not {}", spec.vcpus));
     }

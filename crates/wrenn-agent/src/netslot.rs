@@ -68,10 +68,10 @@ pub fn parse_private_allow(list: &[String]) -> Result<Vec<String>> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| match Rule::parse(s) {
             Ok(r @ Rule::V4(..)) => Ok(r.to_string()),
-            Ok(Rule::V6(..)) => Err(AgentError::InvalidArgument(format!(
+            Ok(Rule::V6(..)) => Err(AgentError::BadPrivateRange(format!(
                 "{s:?}: capsules have no IPv6 egress; only IPv4 ranges can be allowed"
             ))),
-            Ok(Rule::Domain(_)) | Err(_) => Err(AgentError::InvalidArgument(format!(
+            Ok(Rule::Domain(_)) | Err(_) => Err(AgentError::BadPrivateRange(format!(
                 "{s:?} is not an IPv4 CIDR"
             ))),
         })
@@ -549,7 +549,7 @@ impl SlotPool {
             .range
             .clone()
             .find(|n| !used.contains(n))
-            .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
+            .ok_or(AgentError::NoFreeSlot)?;
         used.insert(n);
         Ok(n)
     }
@@ -623,7 +623,7 @@ mod tests {
         let pool = SlotPool::new(5..=7, [6]);
         assert_eq!(pool.take().unwrap(), 5);
         assert_eq!(pool.take().unwrap(), 7);
-        assert!(matches!(pool.take(), Err(AgentError::ResourceExhausted(_))));
+        assert!(matches!(pool.take(), Err(AgentError::NoFreeSlot)));
         pool.free(5);
         assert_eq!(pool.take().unwrap(), 5);
     }

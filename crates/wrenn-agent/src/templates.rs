@@ -136,15 +136,17 @@ impl ShapePolicy {
                 .map(str::trim)
                 .filter(|x| !x.is_empty())
                 .map(|x| {
-                    x.parse::<u32>().map_err(|_| {
-                        AgentError::InvalidArgument(format!("{what}: {x:?} is not a number"))
+                    x.parse::<u32>().map_err(|_| AgentError::BadShapeOption {
+                        option: what.into(),
+                        why: format!("{x:?} is not a number"),
                     })
                 })
                 .collect::<Result<_>>()?;
             if v.is_empty() {
-                return Err(AgentError::InvalidArgument(format!(
-                    "{what}: the list is empty"
-                )));
+                return Err(AgentError::BadShapeOption {
+                    option: what.into(),
+                    why: "the list is empty".into(),
+                });
             }
             Ok(v)
         };
@@ -243,7 +245,7 @@ impl Templates {
     /// the control plane resolved for its caller, never whatever folder the name points at.
     pub fn require(&self, name: &str, kind: TemplateKind) -> Result<PathBuf> {
         let dir = self.dir(name)?;
-        let missing = || AgentError::NotFound(format!("template {name} not found"));
+        let missing = || AgentError::TemplateNotFound { name: name.into() };
         let is_dir = std::fs::symlink_metadata(&dir)
             .map(|m| m.file_type().is_dir())
             .unwrap_or(false);
@@ -279,7 +281,7 @@ impl Templates {
         };
         let spec = snap
             .spec()
-            .ok_or_else(|| AgentError::NotFound(format!("template {name} not found")))?;
+            .ok_or_else(|| AgentError::TemplateNotFound { name: name.into() })?;
         let meta = self.meta(name);
         let created = std::fs::metadata(snap.dir())
             .and_then(|m| m.modified())
@@ -325,15 +327,15 @@ impl Templates {
             template_dir: self.dir(name)?,
         }
         .spec()
-        .ok_or_else(|| AgentError::NotFound(format!("template {name} not found")))?;
+        .ok_or_else(|| AgentError::TemplateNotFound { name: name.into() })?;
         let differs = (vcpus != 0 && vcpus != spec.vcpus)
             || (memory_mib != 0 && memory_mib != spec.memory_mib);
         if differs && self.meta(name).is_some() {
-            return Err(AgentError::InvalidArgument(format!(
-                "template {name} is a snapshot of a {}-vCPU, {} MiB capsule; its capsules have \
-                 that shape",
-                spec.vcpus, spec.memory_mib
-            )));
+            return Err(AgentError::SnapshotShape {
+                name: name.into(),
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+            });
         }
         let (v, m) = (
             if vcpus == 0 { spec.vcpus } else { vcpus },
@@ -344,14 +346,15 @@ impl Templates {
             },
         );
         if differs && (v, m) != (spec.vcpus, spec.memory_mib) && !self.shapes.allows(v, m) {
-            return Err(AgentError::InvalidArgument(format!(
-                "{v} vCPUs with {m} MiB is not a shape this host offers: vCPUs one of {}, \
-                 memory (MiB) one of {} (or template {name}'s own {} vCPUs with {} MiB)",
-                join(&self.shapes.vcpus),
-                join(&self.shapes.memory_mib),
-                spec.vcpus,
-                spec.memory_mib
-            )));
+            return Err(AgentError::ShapeNotOffered {
+                name: name.into(),
+                vcpus: v,
+                memory_mib: m,
+                offered_vcpus: join(&self.shapes.vcpus),
+                offered_memory: join(&self.shapes.memory_mib),
+                own_vcpus: spec.vcpus,
+                own_memory_mib: spec.memory_mib,
+            });
         }
         Ok(spec)
     }
@@ -401,8 +404,9 @@ impl Templates {
         }
         let shaped = self.shape(&dir, vcpus, memory_mib, pool).await?;
         self.evict_shapes(&shaped.template_dir, in_use);
-        let spec = shaped.spec().ok_or_else(|| {
-            AgentError::FailedPrecondition(format!("the {vcpus}-vCPU snapshot of {name} is gone"))
+        let spec = shaped.spec().ok_or_else(|| AgentError::ShapeGone {
+            name: name.into(),
+            vcpus,
         })?;
         Ok(Resolved {
             disk_bytes: file_len(&shaped.disk()),
@@ -560,19 +564,16 @@ impl Templates {
         let exists = std::fs::symlink_metadata(&dir).is_ok();
         if exists {
             if self.meta(name).is_none() {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "{name} is a base template; it cannot be replaced by a snapshot"
-                )));
+                return Err(AgentError::BaseTemplate {
+                    name: name.into(),
+                    refusal: "it cannot be replaced by a snapshot",
+                });
             }
             if !overwrite {
-                return Err(AgentError::AlreadyExists(format!(
-                    "template {name} already exists"
-                )));
+                return Err(AgentError::TemplateExists { name: name.into() });
             }
             if in_use(&dir) {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "template {name} is in use by capsules; destroy them first"
-                )));
+                return Err(AgentError::TemplateInUse { name: name.into() });
             }
         }
         let work = self
@@ -637,10 +638,9 @@ impl Templates {
             .await
             .map_err(|e| AgentError::io("running qemu-img convert", e))?;
         if !out.status.success() {
-            return Err(AgentError::FailedPrecondition(format!(
-                "flattening the disk failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(AgentError::DiskFlatten {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         let meta = TemplateMeta {
             base: source.base.clone(),
@@ -662,17 +662,16 @@ impl Templates {
     pub fn delete(&self, name: &str, in_use: impl Fn(&Path) -> bool) -> Result<()> {
         let dir = self.dir(name)?;
         if !dir.exists() {
-            return Err(AgentError::NotFound(format!("template {name} not found")));
+            return Err(AgentError::TemplateNotFound { name: name.into() });
         }
         if self.meta(name).is_none() {
-            return Err(AgentError::FailedPrecondition(format!(
-                "{name} is a base template; base templates are not deleted through the API"
-            )));
+            return Err(AgentError::BaseTemplate {
+                name: name.into(),
+                refusal: "base templates are not deleted through the API",
+            });
         }
         if in_use(&dir) {
-            return Err(AgentError::FailedPrecondition(format!(
-                "template {name} is in use by capsules; destroy them first"
-            )));
+            return Err(AgentError::TemplateInUse { name: name.into() });
         }
         let gone = self
             .images_dir

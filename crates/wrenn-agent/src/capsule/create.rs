@@ -26,6 +26,17 @@ use crate::{
     templates::Resolved,
 };
 
+/// What every capsule of this host runs with.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The VM backend ([`crate::manager::AgentConfig::backend`]).
+    pub backend: Backend,
+    /// The backend's program (QEMU's binary).
+    pub program: PathBuf,
+    /// Name servers the slot resolvers forward to.
+    pub upstreams: Arc<Vec<SocketAddr>>,
+}
+
 /// Creates a capsule from the template snapshot in `template_dir`, inside `dir`, on `slot`.
 /// On any failure everything made so far is removed.
 pub async fn create(
@@ -34,9 +45,7 @@ pub async fn create(
     resolved: Resolved,
     slot_index: u32,
     spec: CreateSpec,
-    backend: Backend,
-    qemu: PathBuf,
-    upstreams: Arc<Vec<SocketAddr>>,
+    runtime: &Runtime,
 ) -> Result<Handle> {
     let disk_bytes = if spec.disk_mib == 0 {
         resolved.disk_bytes
@@ -44,10 +53,9 @@ pub async fn create(
         u64::from(spec.disk_mib) << 20
     };
     if disk_bytes < resolved.disk_bytes {
-        return Err(AgentError::InvalidArgument(format!(
-            "disk_mib must be at least the template's {} MiB",
-            resolved.disk_bytes >> 20
-        )));
+        return Err(AgentError::DiskBelowTemplate {
+            template_mib: resolved.disk_bytes >> 20,
+        });
     }
     // Memory, disk, device state, logs and the envd token: a 0700 folder of 0600 files.
     wrenn_vmm::files::private_dir(&dir)?;
@@ -85,7 +93,7 @@ pub async fn create(
         on: spec.egress,
         policy: spec.egress_policy.clone(),
     };
-    let slot = match Slot::create_with(slot_index, egress, Some(upstreams)).await {
+    let slot = match Slot::create_with(slot_index, egress, Some(runtime.upstreams.clone())).await {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -98,6 +106,7 @@ pub async fn create(
     };
     // The memory copy and `qemu-img` block: off the async workers.
     let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.clone());
+    let (backend, program) = (runtime.backend, runtime.program.clone());
     let built = tokio::task::spawn_blocking(move || {
         let cgroup = Cgroup::create(&netns, limits)?;
         let mut config = snapshot::prepare_capsule(
@@ -107,7 +116,7 @@ pub async fn create(
                 netns,
                 tap: netslot::TAP.into(),
             },
-            qemu,
+            program,
         )?;
         config.cgroup = cgroup;
         backend.create(config)
@@ -175,9 +184,7 @@ pub async fn create(
 pub async fn adopt(
     dir: PathBuf,
     images_dir: &std::path::Path,
-    backend: Backend,
-    qemu: PathBuf,
-    upstreams: Arc<Vec<SocketAddr>>,
+    runtime: &Runtime,
 ) -> Result<Handle> {
     let rec = record::load(&dir)?;
     let snap = snapshot::Snapshot {
@@ -190,7 +197,7 @@ pub async fn adopt(
         on: rec.egress,
         policy: rec.egress_policy.clone(),
     };
-    let slot = Slot::adopt(rec.slot, egress, Some(upstreams)).await?;
+    let slot = Slot::adopt(rec.slot, egress, Some(runtime.upstreams.clone())).await?;
     let mut config = snapshot::capsule_config(
         &snap,
         &dir,
@@ -198,17 +205,13 @@ pub async fn adopt(
             netns: slot.addrs.netns.clone(),
             tap: netslot::TAP.into(),
         },
-        qemu,
+        runtime.program.clone(),
     )?;
     config.cgroup = Cgroup::named(&slot.addrs.netns).filter(|g| g.dirs.iter().all(|d| d.is_dir()));
     let vm = match (rec.state, rec.vmm_pid) {
-        (CapsuleStatus::Running, Some(pid)) => backend.adopt(config, pid).await?,
-        (CapsuleStatus::Paused, _) => backend.saved(config)?,
-        (state, _) => {
-            return Err(AgentError::FailedPrecondition(format!(
-                "a {state} capsule cannot be adopted"
-            )))
-        }
+        (CapsuleStatus::Running, Some(pid)) => runtime.backend.adopt(config, pid).await?,
+        (CapsuleStatus::Paused, _) => runtime.backend.saved(config)?,
+        (state, _) => return Err(AgentError::NotAdoptable { state }),
     };
     let envd = EnvdClient::new(envd_addr(&slot), Some(rec.access_token.clone()));
     let info: Info = Arc::new(RwLock::new(rec));

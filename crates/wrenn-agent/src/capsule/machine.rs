@@ -35,10 +35,7 @@ pub(super) fn new_token() -> Result<String> {
 impl Capsule {
     pub(super) fn transition(&self, t: Transition) -> Result<()> {
         let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
-        rec.state = rec
-            .state
-            .apply(t)
-            .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+        rec.state = rec.state.apply(t)?;
         rec.vmm_pid = self.vm.pid();
         record::save(&self.dir, &rec)
     }
@@ -113,9 +110,10 @@ impl Capsule {
     pub(super) fn set_network_allowed(&self) -> Result<()> {
         match self.state() {
             CapsuleStatus::Running | CapsuleStatus::Paused => Ok(()),
-            state => Err(AgentError::FailedPrecondition(format!(
-                "capsule is {state}; only a running or paused capsule's network can change"
-            ))),
+            state => Err(AgentError::NotRunningOrPaused {
+                state,
+                rule: "only a running or paused capsule's network can change",
+            }),
         }
     }
 
@@ -162,10 +160,10 @@ impl Capsule {
 
     pub(super) async fn pause(&mut self, for_restart: bool) -> Result<()> {
         if self.state() != CapsuleStatus::Running {
-            return Err(AgentError::FailedPrecondition(format!(
-                "capsule is {}, not running",
-                self.state()
-            )));
+            return Err(AgentError::NotRunning {
+                id: None,
+                state: self.state(),
+            });
         }
         self.vm.pause().await?;
         if let Err(e) = self.vm.save(&self.dir.join("state")).await {
@@ -185,10 +183,9 @@ impl Capsule {
 
     pub(super) async fn resume(&mut self) -> Result<()> {
         if self.state() != CapsuleStatus::Paused {
-            return Err(AgentError::FailedPrecondition(format!(
-                "capsule is {}, not paused",
-                self.state()
-            )));
+            return Err(AgentError::NotPaused {
+                state: self.state(),
+            });
         }
         let resumed = async {
             self.start_vm(&self.dir.join("state")).await?;
@@ -224,9 +221,10 @@ impl Capsule {
             CapsuleStatus::Running => self.pause(false).await?,
             CapsuleStatus::Paused => {}
             state => {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "capsule is {state}; only running or paused capsules can be snapshotted"
-                )))
+                return Err(AgentError::NotRunningOrPaused {
+                    state,
+                    rule: "only running or paused capsules can be snapshotted",
+                })
             }
         }
         let rec = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use wrenn_types::CapsuleStatus;
 use wrenn_vmm::Vmm;
 
-pub use create::{adopt, create};
+pub use create::{adopt, create, Runtime};
 use machine::Capsule;
 
 use crate::{
@@ -98,9 +98,8 @@ impl Handle {
         self.tx
             .send(make(tx))
             .await
-            .map_err(|_| AgentError::NotFound(format!("capsule {id} is gone")))?;
-        rx.await
-            .map_err(|_| AgentError::NotFound(format!("capsule {id} is gone")))?
+            .map_err(|_| AgentError::CapsuleGone { id: id.clone() })?;
+        rx.await.map_err(|_| AgentError::CapsuleGone { id })?
     }
 
     pub async fn pause(&self) -> Result<()> {
@@ -151,9 +150,7 @@ impl Handle {
         self.touch();
         let state = self.record().state;
         if state != CapsuleStatus::Running {
-            return Err(AgentError::FailedPrecondition(format!(
-                "capsule is {state}, not running"
-            )));
+            return Err(AgentError::NotRunning { id: None, state });
         }
         Ok(self.envd.clone())
     }
@@ -252,7 +249,7 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     .error
                     .clone()
                     .unwrap_or_default();
-                let err = || AgentError::FailedPrecondition(format!("capsule is in error: {why}"));
+                let err = || AgentError::InError { why: why.clone() };
                 match other {
                     Op::Pause(r) | Op::PauseForRestart(r) | Op::Resume(r) => {
                         let _ = r.send(Err(err()));
