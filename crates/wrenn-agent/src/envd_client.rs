@@ -508,21 +508,16 @@ async fn http_error(resp: reqwest::Response) -> AgentError {
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     let message = v["message"].as_str().unwrap_or("").to_string();
     match status.as_u16() {
-        404 => refused(Refusal::NotFound, message),
-        400 | 401 => refused(Refusal::Invalid, message),
-        403 => refused(Refusal::PermissionDenied, message),
-        409 => refused(Refusal::AlreadyExists, message),
-        412 => refused(Refusal::FailedPrecondition, message),
+        404 => Refusal::NotFound.error(message),
+        400 | 401 => Refusal::Invalid.error(message),
+        403 => Refusal::PermissionDenied.error(message),
+        409 => Refusal::AlreadyExists.error(message),
+        412 => Refusal::FailedPrecondition.error(message),
         413 => AgentError::TooLarge(message),
         429 => AgentError::CapsuleLimit(message),
         507 => AgentError::CapsuleDiskFull(message),
         _ => AgentError::Envd(format!("{status}: {message}")),
     }
-}
-
-/// envd's refusal of a request, by kind.
-fn refused(refusal: Refusal, message: String) -> AgentError {
-    AgentError::Guest { refusal, message }
 }
 
 fn b64(s: &str) -> Result<Vec<u8>> {
@@ -535,11 +530,11 @@ fn classify(err: &Value) -> AgentError {
     let code = err["code"].as_str().unwrap_or("unknown");
     let message = err["message"].as_str().unwrap_or("").to_string();
     match code {
-        "invalid_argument" | "unauthenticated" => refused(Refusal::Invalid, message),
-        "permission_denied" => refused(Refusal::PermissionDenied, message),
-        "not_found" => refused(Refusal::NotFound, message),
-        "already_exists" => refused(Refusal::AlreadyExists, message),
-        "failed_precondition" => refused(Refusal::FailedPrecondition, message),
+        "invalid_argument" | "unauthenticated" => Refusal::Invalid.error(message),
+        "permission_denied" => Refusal::PermissionDenied.error(message),
+        "not_found" => Refusal::NotFound.error(message),
+        "already_exists" => Refusal::AlreadyExists.error(message),
+        "failed_precondition" => Refusal::FailedPrecondition.error(message),
         // A limit inside the capsule (its disk, inotify watches, a listing's size), never the
         // host's capacity.
         "resource_exhausted" => AgentError::CapsuleLimit(message),
@@ -569,20 +564,8 @@ mod tests {
     #[test]
     fn connect_errors_classify_by_code() {
         let c = |code: &str| classify(&json!({ "code": code, "message": "m" }));
-        assert!(matches!(
-            c("invalid_argument"),
-            AgentError::Guest {
-                refusal: Refusal::Invalid,
-                ..
-            }
-        ));
-        assert!(matches!(
-            c("not_found"),
-            AgentError::Guest {
-                refusal: Refusal::NotFound,
-                ..
-            }
-        ));
+        assert_eq!(c("invalid_argument").refusal(), Some(Refusal::Invalid));
+        assert_eq!(c("not_found").refusal(), Some(Refusal::NotFound));
         assert!(matches!(
             c("resource_exhausted"),
             AgentError::CapsuleLimit(_)

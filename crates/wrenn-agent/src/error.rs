@@ -207,6 +207,16 @@ pub enum Refusal {
     FailedPrecondition,
 }
 
+impl Refusal {
+    /// envd's refusal of this kind with its message.
+    pub fn error(self, message: String) -> AgentError {
+        AgentError::Guest {
+            refusal: self,
+            message,
+        }
+    }
+}
+
 /// Why a gRPC error happened when its code alone cannot say: the metadata entry [`reason::KEY`]
 /// of the status. The control plane picks its answer by it (never by message text): a
 /// capsule's full disk is not a host out of capacity, and a capsule whose envd fails is not an
@@ -232,6 +242,14 @@ impl AgentError {
 }
 
 impl AgentError {
+    /// How envd refused the request, if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            AgentError::Guest { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
+
     /// A full disk somewhere in the error or its sources (`ENOSPC`, `EDQUOT`), by errno.
     pub fn is_no_space(&self) -> bool {
         if matches!(self, AgentError::HostDiskFull { .. }) {
