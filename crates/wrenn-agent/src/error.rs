@@ -166,25 +166,9 @@ pub enum AgentError {
     // The host itself.
     #[error("network: {0}")]
     Network(String),
-    /// TLS asked for on a Unix socket (whose file is 0600 anyway).
-    #[error(
-        "TLS over the Unix socket {} is not supported: the socket is 0600, so only its owner \
-         can connect",
-        .path.display()
-    )]
-    TlsOverUnix { path: std::path::PathBuf },
-    /// A listen address that does not parse (the agent's transport).
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// A listen socket that cannot be used (the agent's transport).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Certificates, keys and TLS settings (the agent's PKI).
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// Serving or reaching the gRPC service (listen sockets, connections).
-    #[error("{0}")]
-    Transport(String),
+    /// Serving the gRPC service: listen addresses and sockets, TLS, connections.
+    #[error(transparent)]
+    Rpc(#[from] wrenn_rpc::RpcError),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error(transparent)]
@@ -217,20 +201,10 @@ impl Refusal {
     }
 }
 
-/// Why a gRPC error happened when its code alone cannot say: the metadata entry [`reason::KEY`]
-/// of the status. The control plane picks its answer by it (never by message text): a
-/// capsule's full disk is not a host out of capacity, and a capsule whose envd fails is not an
-/// unreachable host.
-pub mod reason {
-    /// The metadata key.
-    pub const KEY: &str = "wrenn-reason";
-    /// The capsule's disk is full, or another limit inside it was reached.
-    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
-    /// The request asks for more than one answer may carry.
-    pub const TOO_LARGE: &str = "too_large";
-    /// The capsule (its envd) failed or did not answer; the host is fine.
-    pub const CAPSULE: &str = "capsule";
-}
+/// `e` and its sources, `: `-separated.
+pub(crate) use wrenn_rpc::error::chain;
+/// Why a gRPC error happened when its code alone cannot say (the `wrenn-reason` metadata).
+pub use wrenn_rpc::reason;
 
 impl AgentError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -266,21 +240,6 @@ impl AgentError {
         }
         false
     }
-}
-
-/// `e` and its sources, `: `-separated (tonic's transport errors say little on their own).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.ends_with(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// `status` with its [`reason`] in the metadata.
@@ -329,8 +288,6 @@ impl From<AgentError> for tonic::Status {
             | E::BadPrivateRange(_)
             | E::MemoryNeverFits { .. }
             | E::DiskNeverFits { .. }
-            | E::TlsOverUnix { .. }
-            | E::InvalidArgument(_)
             | E::Guest {
                 refusal: Refusal::Invalid,
                 ..
@@ -347,7 +304,6 @@ impl From<AgentError> for tonic::Status {
             | E::NotAdoptable { .. }
             | E::NothingToAdopt
             | E::Prerequisites(_)
-            | E::FailedPrecondition(_)
             | E::Guest {
                 refusal: Refusal::FailedPrecondition,
                 ..
@@ -370,11 +326,14 @@ impl From<AgentError> for tonic::Status {
             ),
             E::TooLarge(_) => with_reason(Status::resource_exhausted(msg), reason::TOO_LARGE),
             E::Envd(_) => with_reason(Status::unavailable(msg), reason::CAPSULE),
+            E::Rpc(wrenn_rpc::RpcError::BadAddress(_) | wrenn_rpc::RpcError::BadSettings(_)) => {
+                Status::invalid_argument(msg)
+            }
+            E::Rpc(wrenn_rpc::RpcError::SocketTaken(_)) => Status::failed_precondition(msg),
             E::ImageBuild { .. }
             | E::Network(_)
             | E::Vmm(_)
-            | E::Tls(_)
-            | E::Transport(_)
+            | E::Rpc(_)
             | E::Random(_)
             | E::Io { .. } => {
                 tracing::error!(error = %msg, "agent request failed");

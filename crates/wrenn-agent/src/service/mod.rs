@@ -6,7 +6,6 @@
 mod files;
 mod lifecycle;
 mod processes;
-mod serve;
 mod templates;
 
 use std::sync::Arc;
@@ -32,10 +31,9 @@ use wrenn_proto::{
 };
 use wrenn_types::{Id, IdKind};
 
-pub use crate::listen::Listen;
 use crate::{envd_client, error::AgentError, manager::Manager};
 
-pub use serve::serve;
+pub use wrenn_rpc::listen::Listen;
 
 /// Most bytes of stdout plus stderr one unary `Exec` returns, and of a whole-file read/write.
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
@@ -286,4 +284,17 @@ impl Agent for AgentService {
     async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {
         files::remove(self, req).await
     }
+}
+
+/// Serves the agent on `listen` until `shutdown` resolves (see [`wrenn_rpc::serve`]: TCP with
+/// `TCP_NODELAY` and TLS when `tls` is given, or a Unix socket; TLS over a Unix socket is
+/// refused).
+pub async fn serve(
+    listen: Listen,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    manager: Arc<Manager>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> crate::Result<()> {
+    let routes = tonic::service::Routes::new(AgentService::new(manager));
+    Ok(wrenn_rpc::serve(listen, tls, routes, shutdown).await?)
 }
