@@ -22,6 +22,7 @@
 //! `rules` writes the nftables rules (host-wide and per slot), `pool` hands out slot indexes
 //! and finds and removes slots.
 
+pub mod dns;
 mod pool;
 mod rules;
 
@@ -33,10 +34,7 @@ use std::{
 
 use wrenn_types::egress::EgressPolicy;
 
-use crate::{
-    dns,
-    error::{AgentError, Result},
-};
+use crate::error::{AgentError, Result};
 
 pub use pool::{cleanup_orphans, existing_slots, free_build_slot, remove, SlotPool};
 use rules::egress_script;
