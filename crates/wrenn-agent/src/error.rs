@@ -393,4 +393,69 @@ mod tests {
             assert_eq!((s.code(), why(&s)), (code, want), "{what}");
         }
     }
+
+    /// The messages and codes by cause are the ones the String variants carried before (the
+    /// control plane shows them; tests and clients match on them).
+    #[test]
+    fn causes_keep_their_messages_and_codes() {
+        use tonic::Code;
+        let state = CapsuleStatus::Paused;
+        let cases = [
+            (
+                AgentError::NotRunning { id: None, state },
+                "capsule is paused, not running",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::NotRunning {
+                    id: Some("cl-1".into()),
+                    state,
+                },
+                "capsule cl-1 is paused, not running",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::CapsuleNotFound { id: "cl-1".into() },
+                "capsule cl-1 not found",
+                Code::NotFound,
+            ),
+            (
+                AgentError::TemplateNotFound { name: "t".into() },
+                "template t not found",
+                Code::NotFound,
+            ),
+            (
+                AgentError::SnapshotShape {
+                    name: "t".into(),
+                    vcpus: 2,
+                    memory_mib: 512,
+                },
+                "template t is a snapshot of a 2-vCPU, 512 MiB capsule; its capsules have that \
+                 shape",
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::BaseTemplate {
+                    name: "minimal".into(),
+                    refusal: "base templates are not deleted through the API",
+                },
+                "minimal is a base template; base templates are not deleted through the API",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::CapsuleLimitReached { running: 3 },
+                "this host already runs 3 capsules (its limit)",
+                Code::ResourceExhausted,
+            ),
+            (
+                Refusal::AlreadyExists.error("exists".into()),
+                "exists",
+                Code::AlreadyExists,
+            ),
+        ];
+        for (err, message, code) in cases {
+            let s = Status::from(err);
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
+    }
 }
