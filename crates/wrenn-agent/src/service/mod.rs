@@ -1,5 +1,5 @@
-//! The gRPC service `agent.v1.Agent` over the [`Manager`], one file per area: [`lifecycle`],
-//! [`processes`], [`files`], [`templates`]; [`serve`] serves it. The tonic trait impl here only
+//! The gRPC service `agent.v1.Agent` over the [`Manager`], one file per area: `lifecycle`,
+//! `processes`, `files`, `templates`; [`serve`] serves it. The tonic trait impl here only
 //! delegates. Errors become gRPC statuses through `From<AgentError> for Status` (in
 //! [`crate::error`]).
 
