@@ -4,7 +4,6 @@
 //! listeners and TLS.
 
 pub mod capsule;
-pub mod dns;
 pub mod envd_client;
 pub mod error;
 pub mod images;
@@ -15,5 +14,8 @@ pub mod prereq;
 pub mod record;
 pub mod service;
 pub mod templates;
+
+/// The slot resolver, a part of each network slot.
+pub use netslot::dns;
 
 pub use error::{AgentError, Result};
