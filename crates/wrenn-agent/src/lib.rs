@@ -13,7 +13,9 @@ pub mod metrics;
 pub mod netslot;
 pub mod prereq;
 pub mod record;
+pub mod run;
 pub mod service;
 pub mod templates;
 
 pub use error::{AgentError, Result};
+pub use run::{run, start};
