@@ -82,9 +82,8 @@ pub struct Started {
 /// user, team and key on first start, stores the default quotas and starts the reconciler.
 pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Started> {
     let step = |what: &str, e: ApiError| ApiError::Internal(format!("{what}: {e}"));
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ApiError::Internal(format!("creating {}: {e}", config.data_dir.display()))
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
     let url = config.database_url.clone().unwrap_or_else(|| {
         format!(
             "sqlite://{}?mode=rwc",
@@ -163,7 +162,9 @@ mod tests {
     fn debug_hides_the_database_password() {
         let config = Config {
             data_dir: "/var/lib/wrenn".into(),
-            database_url: Some("postgres://wrenn:s3cret@db.example:5432/wrenn?sslmode=require".into()),
+            database_url: Some(
+                "postgres://wrenn:s3cret@db.example:5432/wrenn?sslmode=require".into(),
+            ),
             domain: "wrenn.localhost".into(),
             quotas: Default::default(),
             signup: accounts::SignupPolicy::Invite,
