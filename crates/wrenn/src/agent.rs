@@ -39,6 +39,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     crate::require(&wrenn_agent::prereq::Needs {
         qemu: config.qemu.clone(),
         images_dir: config.images_dir.clone(),
+        path: std::env::var_os("PATH"),
         templates: wrenn_agent::prereq::TemplateNeed::Any,
     });
     let (accel, why) = wrenn_vmm::accel::detect();

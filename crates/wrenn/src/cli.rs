@@ -20,7 +20,7 @@ pub struct Conn {
     base_url: String,
     /// The API key (a local `wrenn up` writes one to DATA_DIR/admin-api-key).
     #[arg(long, global = true, env = "WRENN_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    api_key: Option<crate::args::Secret>,
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -28,7 +28,7 @@ pub struct Conn {
 
 impl Conn {
     fn client(&self) -> Result<Client, CliError> {
-        let key = self.api_key.clone().ok_or_else(|| {
+        let key = self.api_key.clone().map(|k| k.0).ok_or_else(|| {
             CliError::new(
                 "missing_api_key",
                 "no API key: set WRENN_API_KEY or pass --api-key",

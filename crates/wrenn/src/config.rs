@@ -206,3 +206,178 @@ fn split(arg: &Arg, v: &str) -> Vec<String> {
         None => vec![v.to_string()],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+    use crate::{args::AgentArgs, Cli, Command as Cmd};
+
+    /// `wrenn agent ARGS` with the file `toml` (when given, through `--config`) and the
+    /// variables `vars` (through `env`, not the process's).
+    fn agent(
+        toml: Option<&str>,
+        vars: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<AgentArgs, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv: Vec<OsString> = vec!["wrenn".into(), "agent".into()];
+        if let Some(text) = toml {
+            let file = dir.path().join("wrenn.toml");
+            std::fs::write(&file, text).unwrap();
+            argv.push("--config".into());
+            argv.push(file.into());
+        }
+        argv.extend(args.iter().map(OsString::from));
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cmd = layered(Cli::command(), &argv, &|k| vars.get(k).cloned())
+            .map_err(|e| e.replace(&dir.path().display().to_string(), "DIR"))?;
+        let matches = cmd.try_get_matches_from(&argv).map_err(|e| e.to_string())?;
+        match Cli::from_arg_matches(&matches)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Cmd::Agent(a) => Ok(a),
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let a = agent(None, &[], &[]).unwrap();
+        assert_eq!(a.host.slots, 1..=16000);
+        assert_eq!(a.host.max_capsules, 64);
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn the_file_overrides_the_defaults() {
+        let a = agent(
+            Some("slots = \"3-4\"\nmax_capsules = 8\nlisten = \"unix:/run/w.sock\"\ndns-upstream = [\"10.0.0.1\", \"10.0.0.2:5353\"]\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(a.host.slots, 3..=4);
+        assert_eq!(a.host.max_capsules, 8);
+        assert_eq!(a.listen.to_string(), "unix:/run/w.sock");
+        assert_eq!(a.host.dns_upstream.len(), 2);
+        assert_eq!(a.host.dns_upstream[1].to_string(), "10.0.0.2:5353");
+    }
+
+    #[test]
+    fn variables_override_the_file() {
+        let file = Some("slots = \"3-4\"\nmax-capsules = 8\n");
+        let a = agent(
+            file,
+            &[("WRENN_SLOTS", "5-6"), ("WRENN_MAX_CAPSULES", "9")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(a.host.slots, 5..=6);
+        assert_eq!(a.host.max_capsules, 9);
+        // A variable another flag owns keeps its meaning: WRENN_LISTEN is the REST API's.
+        let a = agent(file, &[("WRENN_LISTEN", "0.0.0.0:1")], &[]).unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn flags_override_variables_and_the_file() {
+        let a = agent(
+            Some("slots = \"3-4\"\n"),
+            &[("WRENN_SLOTS", "5-6")],
+            &["--slots", "7-8", "--max-capsules=2"],
+        )
+        .unwrap();
+        assert_eq!(a.host.slots, 7..=8);
+        assert_eq!(a.host.max_capsules, 2);
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_it() {
+        let e = agent(Some("slots = \n"), &[], &[]).unwrap_err();
+        assert!(
+            e.starts_with("configuration file DIR/wrenn.toml: line 1: not valid TOML"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = agent(Some("[slots]\nx = 1\n"), &[], &[]).unwrap_err();
+        assert!(e.contains("key `slots`: a table"), "{e}");
+        let e = agent(Some("slots = \"9-1\"\n"), &[], &[]).unwrap_err();
+        assert!(
+            e.contains("DIR/wrenn.toml: key `slots`: invalid value '9-1'"),
+            "{e}"
+        );
+        let e = agent(Some("max-capsules = [1, 2]\n"), &[], &[]).unwrap_err();
+        assert!(e.contains("key `max-capsules`: takes one value"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = agent(Some("slots = \"1-2\"\nquota-capsules = 3\n"), &[], &[]).unwrap_err();
+        assert!(
+            e.starts_with("configuration file DIR/wrenn.toml: unknown key `quota-capsules`"),
+            "{e}"
+        );
+        assert!(e.contains("max-capsules"), "lists the keys: {e}");
+        let e = agent(Some("config = \"x.toml\"\n"), &[], &[]).unwrap_err();
+        assert!(e.contains("unknown key `config`"), "{e}");
+    }
+
+    #[test]
+    fn the_data_folders_file_is_read_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<OsString> = ["wrenn", "agent", "--data-dir"]
+            .iter()
+            .map(OsString::from)
+            .chain([dir.path().as_os_str().to_owned()])
+            .collect();
+        let none = |_: &str| None;
+        assert_eq!(locate(&args[2..], &none), None);
+        std::fs::write(dir.path().join(FILE_NAME), "slots = \"2-3\"\n").unwrap();
+        assert_eq!(locate(&args[2..], &none), Some(dir.path().join(FILE_NAME)));
+        // --config wins over the data folder's file.
+        let with = [args[2..].to_vec(), vec!["--config=/x.toml".into()]].concat();
+        assert_eq!(locate(&with, &none), Some(PathBuf::from("/x.toml")));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let argv = [
+            "wrenn",
+            "up",
+            "--database-url",
+            "postgres://wrenn:hunter2@db/wrenn",
+        ];
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        let cmd = layered(Cli::command(), &argv, &|_| None).unwrap();
+        let cli = Cli::from_arg_matches(&cmd.try_get_matches_from(&argv).unwrap()).unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let key = ["wrenn", "capsule", "list", "--api-key", "wrn_topsecret"].map(OsString::from);
+        let listed = Cli::try_parse_from(&key).unwrap();
+        let shown = format!("{listed:?}");
+        assert!(
+            !shown.contains("topsecret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let Cmd::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        let config = up.control.server_config(
+            up.common.data_dir.clone(),
+            wrenn_server::accounts::SignupPolicy::Closed,
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("postgres://wrenn:<redacted>@db/wrenn"),
+            "{shown}"
+        );
+    }
+}

@@ -57,6 +57,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     crate::require(&wrenn_agent::prereq::Needs {
         qemu: agent_config.qemu.clone(),
         images_dir: agent_config.images_dir.clone(),
+        path: std::env::var_os("PATH"),
         templates: wrenn_agent::prereq::TemplateNeed::Named {
             names: args.templates.clone(),
             envd: args.envd.clone(),
