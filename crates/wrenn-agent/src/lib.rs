@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod netslot;
 pub mod prereq;
 pub mod record;
+pub mod run;
 pub mod service;
 pub mod templates;
 
@@ -19,3 +20,4 @@ pub mod templates;
 pub use netslot::dns;
 
 pub use error::{AgentError, Result};
+pub use run::{run, start};
