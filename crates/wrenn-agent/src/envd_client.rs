@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::error::{chain, AgentError, Result};
+use crate::error::{chain, AgentError, Refusal, Result};
 
 /// Output of a finished command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -508,14 +508,14 @@ async fn http_error(resp: reqwest::Response) -> AgentError {
     let v: Value = resp.json().await.unwrap_or(Value::Null);
     let message = v["message"].as_str().unwrap_or("").to_string();
     match status.as_u16() {
-        404 => AgentError::NotFound(message),
-        400 | 401 => AgentError::InvalidArgument(message),
-        403 => AgentError::PermissionDenied(message),
-        409 => AgentError::AlreadyExists(message),
-        412 => AgentError::FailedPrecondition(message),
+        404 => Refusal::NotFound.error(message),
+        400 | 401 => Refusal::Invalid.error(message),
+        403 => Refusal::PermissionDenied.error(message),
+        409 => Refusal::AlreadyExists.error(message),
+        412 => Refusal::FailedPrecondition.error(message),
         413 => AgentError::TooLarge(message),
         429 => AgentError::CapsuleLimit(message),
-        507 => AgentError::NoSpace(message),
+        507 => AgentError::CapsuleDiskFull(message),
         _ => AgentError::Envd(format!("{status}: {message}")),
     }
 }
@@ -530,11 +530,11 @@ fn classify(err: &Value) -> AgentError {
     let code = err["code"].as_str().unwrap_or("unknown");
     let message = err["message"].as_str().unwrap_or("").to_string();
     match code {
-        "invalid_argument" | "unauthenticated" => AgentError::InvalidArgument(message),
-        "permission_denied" => AgentError::PermissionDenied(message),
-        "not_found" => AgentError::NotFound(message),
-        "already_exists" => AgentError::AlreadyExists(message),
-        "failed_precondition" => AgentError::FailedPrecondition(message),
+        "invalid_argument" | "unauthenticated" => Refusal::Invalid.error(message),
+        "permission_denied" => Refusal::PermissionDenied.error(message),
+        "not_found" => Refusal::NotFound.error(message),
+        "already_exists" => Refusal::AlreadyExists.error(message),
+        "failed_precondition" => Refusal::FailedPrecondition.error(message),
         // A limit inside the capsule (its disk, inotify watches, a listing's size), never the
         // host's capacity.
         "resource_exhausted" => AgentError::CapsuleLimit(message),
@@ -564,11 +564,8 @@ mod tests {
     #[test]
     fn connect_errors_classify_by_code() {
         let c = |code: &str| classify(&json!({ "code": code, "message": "m" }));
-        assert!(matches!(
-            c("invalid_argument"),
-            AgentError::InvalidArgument(_)
-        ));
-        assert!(matches!(c("not_found"), AgentError::NotFound(_)));
+        assert_eq!(c("invalid_argument").refusal(), Some(Refusal::Invalid));
+        assert_eq!(c("not_found").refusal(), Some(Refusal::NotFound));
         assert!(matches!(
             c("resource_exhausted"),
             AgentError::CapsuleLimit(_)

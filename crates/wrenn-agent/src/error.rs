@@ -1,51 +1,174 @@
-//! The one error type of the host agent.
+//! The one error type of the host agent: variants named by cause; [`AgentError`]'s
+//! `From` impl for `tonic::Status` (in this file) is the one place they get gRPC codes.
+
+use wrenn_types::CapsuleStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    // Templates.
     #[error("invalid template name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9._-]{{0,63}}")]
     BadTemplateName(String),
+    /// No image recipe of that name (`wrenn template build`).
     #[error("unknown template {0:?}")]
     UnknownTemplate(String),
     #[error("building the image of template {template} failed: {reason}")]
     ImageBuild { template: String, reason: String },
+    /// No ready template of that name and kind.
+    #[error("template {name} not found")]
+    TemplateNotFound { name: String },
+    #[error("template {name} already exists")]
+    TemplateExists { name: String },
+    /// A capsule restores from the template (`snapshot_dir`).
+    #[error("template {name} is in use by capsules; destroy them first")]
+    TemplateInUse { name: String },
+    /// Base templates are neither replaced nor deleted through the API.
+    #[error("{name} is a base template; {refusal}")]
+    BaseTemplate { name: String, refusal: &'static str },
+    /// A snapshot template's capsules keep its source's shape.
+    #[error(
+        "template {name} is a snapshot of a {vcpus}-vCPU, {memory_mib} MiB capsule; its \
+         capsules have that shape"
+    )]
+    SnapshotShape {
+        name: String,
+        vcpus: u32,
+        memory_mib: u32,
+    },
+    /// A shape outside the host's [`crate::templates::ShapePolicy`].
+    #[error(
+        "{vcpus} vCPUs with {memory_mib} MiB is not a shape this host offers: vCPUs one of \
+         {offered_vcpus}, memory (MiB) one of {offered_memory} (or template {name}'s own \
+         {own_vcpus} vCPUs with {own_memory_mib} MiB)"
+    )]
+    ShapeNotOffered {
+        name: String,
+        vcpus: u32,
+        memory_mib: u32,
+        offered_vcpus: String,
+        offered_memory: String,
+        own_vcpus: u32,
+        own_memory_mib: u32,
+    },
+    /// A shape's snapshot was evicted between making and using it.
+    #[error("the {vcpus}-vCPU snapshot of {name} is gone")]
+    ShapeGone { name: String, vcpus: u32 },
+    /// The agent's shape options (`--shape-vcpus`, `--shape-memory`) do not parse.
+    #[error("{option}: {why}")]
+    BadShapeOption { option: String, why: String },
+    /// `qemu-img convert` of a snapshot template's disk failed.
+    #[error("flattening the disk failed: {stderr}")]
+    DiskFlatten { stderr: String },
+
+    // Capsules.
+    #[error("capsule {id} not found")]
+    CapsuleNotFound { id: String },
+    /// The capsule's task ended while asked something.
+    #[error("capsule {id} is gone")]
+    CapsuleGone { id: String },
+    #[error("capsule {}is {state}, not running", .id.as_ref().map(|i| format!("{i} ")).unwrap_or_default())]
+    NotRunning {
+        /// Named in the message where the caller names it.
+        id: Option<String>,
+        state: CapsuleStatus,
+    },
+    #[error("capsule is {state}, not paused")]
+    NotPaused { state: CapsuleStatus },
+    /// Only running or paused capsules may do `action` (a sentence saying so).
+    #[error("capsule is {state}; {rule}")]
+    NotRunningOrPaused {
+        state: CapsuleStatus,
+        rule: &'static str,
+    },
+    /// The capsule failed earlier (its VMM died, a resume failed): only destroy works.
+    #[error("capsule is in error: {why}")]
+    InError { why: String },
+    #[error(transparent)]
+    Transition(#[from] wrenn_types::TransitionError),
+    /// After an agent restart: only running (with a VMM) or paused capsules are taken over.
+    #[error("a {state} capsule cannot be adopted")]
+    NotAdoptable { state: CapsuleStatus },
+    /// A capsule folder with no record to adopt.
+    #[error("nothing to adopt")]
+    NothingToAdopt,
+    /// A create's vCPUs, memory or disk outside what any capsule may ask.
+    #[error("{0}")]
+    BadShape(String),
+    #[error("disk_mib must be at least the template's {template_mib} MiB")]
+    DiskBelowTemplate { template_mib: u64 },
+    /// An egress allow or deny list that does not parse.
+    #[error(transparent)]
+    BadEgress(#[from] wrenn_types::egress::RuleError),
+    /// An `--egress-allow-private` entry that is not an IPv4 CIDR.
+    #[error("{0}")]
+    BadPrivateRange(String),
+
+    // The host's capacity.
+    #[error("this host already runs {running} capsules (its limit)")]
+    CapsuleLimitReached { running: usize },
+    #[error(
+        "not enough memory on this host: {wanted_mib} MiB asked, {free_mib} MiB free of \
+         {total_mib} MiB"
+    )]
+    MemoryFull {
+        wanted_mib: u64,
+        free_mib: u64,
+        total_mib: u64,
+    },
+    #[error("no free network slot")]
+    NoFreeSlot,
+    /// More memory than the host has at all: the request's fault.
+    #[error(
+        "{memory_mib} MiB of memory can never fit on this host ({total_mib} MiB in all, \
+         {reserve_mib} MiB kept for the host)"
+    )]
+    MemoryNeverFits {
+        memory_mib: u32,
+        total_mib: u64,
+        reserve_mib: u64,
+    },
+    /// More disk than the capsule storage holds at all: the request's fault.
+    #[error(
+        "a {disk_mib} MiB disk (with {memory_mib} MiB of memory) can never fit on this host: \
+         its capsule storage holds {capacity_mib} MiB in all"
+    )]
+    DiskNeverFits {
+        disk_mib: u64,
+        memory_mib: u32,
+        capacity_mib: u64,
+    },
+    /// The host's disk under the data folder is full now.
+    #[error(
+        "the host is out of disk space now: {wanted_mib} MiB asked, {free_mib} MiB free once \
+         running capsules' disks and memory may fill; try again later or ask for a smaller disk"
+    )]
+    HostDiskFull { wanted_mib: u64, free_mib: u64 },
+    /// What the host lacks to start (programs, devices, templates), as one line.
+    #[error("{0}")]
+    Prerequisites(String),
+
+    // The capsule's envd.
     /// The capsule's envd failed or could not be reached (the capsule's fault, not the host's).
     #[error("envd: {0}")]
     Envd(String),
+    /// envd refused the request (a missing file, a bad argument, …): its answer, by kind.
+    #[error("{message}")]
+    Guest { refusal: Refusal, message: String },
     /// The capsule's own disk is full (envd answered 507 / `ENOSPC`).
     #[error("the capsule's disk is full: {0}")]
-    NoSpace(String),
+    CapsuleDiskFull(String),
     /// A limit inside the capsule was reached (envd's `resource_exhausted`).
     #[error("{0}")]
     CapsuleLimit(String),
     /// The request asks for more than one answer may carry.
     #[error("{0}")]
     TooLarge(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// What the host lacks to start (programs, devices, templates), as one line.
-    #[error("{0}")]
-    Prerequisites(String),
-    /// The host's disk under the data folder is full.
-    #[error("{0}")]
-    InsufficientStorage(String),
+
+    // The host itself.
     #[error("network: {0}")]
     Network(String),
-    /// Certificates, keys and TLS settings (the agent's PKI).
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// Serving or reaching the gRPC service (listen sockets, connections).
-    #[error("{0}")]
-    Transport(String),
+    /// Serving the gRPC service: listen addresses and sockets, TLS, connections.
+    #[error(transparent)]
+    Rpc(#[from] wrenn_rpc::RpcError),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error(transparent)]
@@ -56,6 +179,26 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// How envd refused a request (its HTTP status or Connect code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    Invalid,
+    PermissionDenied,
+    AlreadyExists,
+    FailedPrecondition,
+}
+
+impl Refusal {
+    /// envd's refusal of this kind with its message.
+    pub fn error(self, message: String) -> AgentError {
+        AgentError::Guest {
+            refusal: self,
+            message,
+        }
+    }
 }
 
 /// `e` and its sources, `: `-separated.
@@ -73,9 +216,17 @@ impl AgentError {
 }
 
 impl AgentError {
+    /// How envd refused the request, if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            AgentError::Guest { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
+
     /// A full disk somewhere in the error or its sources (`ENOSPC`, `EDQUOT`), by errno.
     pub fn is_no_space(&self) -> bool {
-        if matches!(self, AgentError::InsufficientStorage(_)) {
+        if matches!(self, AgentError::HostDiskFull { .. }) {
             return true;
         }
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
@@ -91,18 +242,220 @@ impl AgentError {
     }
 }
 
+/// `status` with its [`reason`] in the metadata.
+fn with_reason(mut status: tonic::Status, why: &'static str) -> tonic::Status {
+    status.metadata_mut().insert(
+        reason::KEY,
+        tonic::metadata::MetadataValue::from_static(why),
+    );
+    status
+}
+
+/// Every variant's gRPC code (and [`reason`] where the code cannot tell), in one place; the
+/// message is the error's text.
+impl From<AgentError> for tonic::Status {
+    fn from(e: AgentError) -> tonic::Status {
+        use tonic::Status;
+        use AgentError as E;
+        let msg = e.to_string();
+        if e.is_no_space() {
+            tracing::warn!(error = %msg, "the host's disk is full");
+            let msg = match e {
+                E::HostDiskFull { .. } | E::CapsuleDiskFull(_) => msg,
+                _ => format!("the host is out of disk space: {msg}"),
+            };
+            return with_reason(
+                Status::resource_exhausted(msg),
+                reason::INSUFFICIENT_STORAGE,
+            );
+        }
+        match e {
+            E::TemplateNotFound { .. }
+            | E::UnknownTemplate(_)
+            | E::CapsuleNotFound { .. }
+            | E::CapsuleGone { .. }
+            | E::Guest {
+                refusal: Refusal::NotFound,
+                ..
+            } => Status::not_found(msg),
+            E::BadTemplateName(_)
+            | E::SnapshotShape { .. }
+            | E::ShapeNotOffered { .. }
+            | E::BadShapeOption { .. }
+            | E::BadShape(_)
+            | E::DiskBelowTemplate { .. }
+            | E::BadEgress(_)
+            | E::BadPrivateRange(_)
+            | E::MemoryNeverFits { .. }
+            | E::DiskNeverFits { .. }
+            | E::Guest {
+                refusal: Refusal::Invalid,
+                ..
+            } => Status::invalid_argument(msg),
+            E::TemplateInUse { .. }
+            | E::BaseTemplate { .. }
+            | E::ShapeGone { .. }
+            | E::DiskFlatten { .. }
+            | E::NotRunning { .. }
+            | E::NotPaused { .. }
+            | E::NotRunningOrPaused { .. }
+            | E::InError { .. }
+            | E::Transition(_)
+            | E::NotAdoptable { .. }
+            | E::NothingToAdopt
+            | E::Prerequisites(_)
+            | E::Guest {
+                refusal: Refusal::FailedPrecondition,
+                ..
+            } => Status::failed_precondition(msg),
+            E::TemplateExists { .. }
+            | E::Guest {
+                refusal: Refusal::AlreadyExists,
+                ..
+            } => Status::already_exists(msg),
+            E::Guest {
+                refusal: Refusal::PermissionDenied,
+                ..
+            } => Status::permission_denied(msg),
+            E::CapsuleLimitReached { .. } | E::MemoryFull { .. } | E::NoFreeSlot => {
+                Status::resource_exhausted(msg)
+            }
+            E::CapsuleDiskFull(_) | E::CapsuleLimit(_) | E::HostDiskFull { .. } => with_reason(
+                Status::resource_exhausted(msg),
+                reason::INSUFFICIENT_STORAGE,
+            ),
+            E::TooLarge(_) => with_reason(Status::resource_exhausted(msg), reason::TOO_LARGE),
+            E::Envd(_) => with_reason(Status::unavailable(msg), reason::CAPSULE),
+            E::Rpc(wrenn_rpc::RpcError::BadAddress(_) | wrenn_rpc::RpcError::BadSettings(_)) => {
+                Status::invalid_argument(msg)
+            }
+            E::Rpc(wrenn_rpc::RpcError::SocketTaken(_)) => Status::failed_precondition(msg),
+            E::ImageBuild { .. }
+            | E::Network(_)
+            | E::Vmm(_)
+            | E::Rpc(_)
+            | E::Random(_)
+            | E::Io { .. } => {
+                tracing::error!(error = %msg, "agent request failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
-/// The transport's errors, by the same causes as before it was its own crate.
-impl From<wrenn_rpc::RpcError> for AgentError {
-    fn from(e: wrenn_rpc::RpcError) -> Self {
-        use wrenn_rpc::RpcError as R;
-        match e {
-            R::BadAddress(m) | R::BadSettings(m) => AgentError::InvalidArgument(m),
-            R::SocketTaken(m) => AgentError::FailedPrecondition(m),
-            R::Tls(m) => AgentError::Tls(m),
-            R::Transport(m) => AgentError::Transport(m),
-            R::Io { context, source } => AgentError::Io { context, source },
+#[cfg(test)]
+mod tests {
+    use tonic::Status;
+
+    use super::*;
+
+    fn why(s: &Status) -> Option<&str> {
+        s.metadata().get(reason::KEY).and_then(|v| v.to_str().ok())
+    }
+
+    /// The capsule's troubles carry a reason, so the control plane does not take them for the
+    /// host's; the host's own (capacity) carry none.
+    #[test]
+    fn capsule_errors_carry_their_reason() {
+        let cases = [
+            (
+                AgentError::CapsuleDiskFull("writing /x".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::CapsuleLimit("the inotify watch limit is reached".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::INSUFFICIENT_STORAGE),
+            ),
+            (
+                AgentError::TooLarge("bigger than 16 MiB".into()),
+                tonic::Code::ResourceExhausted,
+                Some(reason::TOO_LARGE),
+            ),
+            (
+                AgentError::Envd("POST /files: connection refused".into()),
+                tonic::Code::Unavailable,
+                Some(reason::CAPSULE),
+            ),
+            (AgentError::NoFreeSlot, tonic::Code::ResourceExhausted, None),
+            (
+                AgentError::BadShape("vcpus must be 1..=32, not 33".into()),
+                tonic::Code::InvalidArgument,
+                None,
+            ),
+        ];
+        for (err, code, want) in cases {
+            let what = err.to_string();
+            let s = Status::from(err);
+            assert_eq!((s.code(), why(&s)), (code, want), "{what}");
+        }
+    }
+
+    /// The messages and codes by cause are the ones the String variants carried before (the
+    /// control plane shows them; tests and clients match on them).
+    #[test]
+    fn causes_keep_their_messages_and_codes() {
+        use tonic::Code;
+        let state = CapsuleStatus::Paused;
+        let cases = [
+            (
+                AgentError::NotRunning { id: None, state },
+                "capsule is paused, not running",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::NotRunning {
+                    id: Some("cl-1".into()),
+                    state,
+                },
+                "capsule cl-1 is paused, not running",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::CapsuleNotFound { id: "cl-1".into() },
+                "capsule cl-1 not found",
+                Code::NotFound,
+            ),
+            (
+                AgentError::TemplateNotFound { name: "t".into() },
+                "template t not found",
+                Code::NotFound,
+            ),
+            (
+                AgentError::SnapshotShape {
+                    name: "t".into(),
+                    vcpus: 2,
+                    memory_mib: 512,
+                },
+                "template t is a snapshot of a 2-vCPU, 512 MiB capsule; its capsules have that \
+                 shape",
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::BaseTemplate {
+                    name: "minimal".into(),
+                    refusal: "base templates are not deleted through the API",
+                },
+                "minimal is a base template; base templates are not deleted through the API",
+                Code::FailedPrecondition,
+            ),
+            (
+                AgentError::CapsuleLimitReached { running: 3 },
+                "this host already runs 3 capsules (its limit)",
+                Code::ResourceExhausted,
+            ),
+            (
+                Refusal::AlreadyExists.error("exists".into()),
+                "exists",
+                Code::AlreadyExists,
+            ),
+        ];
+        for (err, message, code) in cases {
+            let s = Status::from(err);
+            assert_eq!((s.code(), s.message()), (code, message));
         }
     }
 }

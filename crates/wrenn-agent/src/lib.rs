@@ -4,7 +4,6 @@
 //! listeners and TLS.
 
 pub mod capsule;
-pub mod dns;
 pub mod envd_client;
 pub mod error;
 pub mod images;
@@ -13,7 +12,12 @@ pub mod metrics;
 pub mod netslot;
 pub mod prereq;
 pub mod record;
+pub mod run;
 pub mod service;
 pub mod templates;
 
+/// The slot resolver, a part of each network slot.
+pub use netslot::dns;
+
 pub use error::{AgentError, Result};
+pub use run::{run, start};

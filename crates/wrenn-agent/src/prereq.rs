@@ -30,6 +30,9 @@ pub struct Needs {
     pub qemu: PathBuf,
     pub images_dir: PathBuf,
     pub templates: TemplateNeed,
+    /// Where programs are looked up (`PATH`: the binary passes its own; libraries never read
+    /// the environment).
+    pub path: Option<std::ffi::OsString>,
 }
 
 /// The programs the agent runs besides QEMU.
@@ -66,7 +69,7 @@ fn ready(images_dir: &Path, name: &str) -> bool {
 
 /// Everything missing, each as a short phrase (empty: all there).
 pub fn missing(needs: &Needs) -> Vec<String> {
-    let path = std::env::var_os("PATH");
+    let path = needs.path.clone();
     let mut out = Vec::new();
     if find_program(&needs.qemu, path.as_deref()).is_none() {
         out.push(format!("{} (QEMU)", needs.qemu.display()));
@@ -179,6 +182,7 @@ mod tests {
                 names: vec!["minimal".into(), "python".into()],
                 envd,
             },
+            path: std::env::var_os("PATH"),
         };
         let m = missing(&needs(None));
         assert!(m[0].starts_with("/nonexistent/qemu"), "{m:?}");

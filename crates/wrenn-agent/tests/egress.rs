@@ -96,10 +96,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
             ..Default::default()
         })
         .await;
-    assert!(
-        matches!(bad, Err(AgentError::InvalidArgument(_))),
-        "{bad:?}"
-    );
+    assert!(matches!(bad, Err(AgentError::BadEgress(_))), "{bad:?}");
     assert!(mgr.list().is_empty());
 
     let c = mgr
@@ -140,10 +137,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
             },
         )
         .await;
-    assert!(
-        matches!(bad, Err(AgentError::InvalidArgument(_))),
-        "{bad:?}"
-    );
+    assert!(matches!(bad, Err(AgentError::BadEgress(_))), "{bad:?}");
 
     // Kept across pause/resume.
     mgr.pause(&c.id).await.unwrap();

@@ -171,7 +171,10 @@ async fn private_files_template_kinds_and_shapes() {
         ..spec()
     };
     assert!(
-        matches!(mgr.create(as_base).await, Err(AgentError::NotFound(_))),
+        matches!(
+            mgr.create(as_base).await,
+            Err(AgentError::TemplateNotFound { .. })
+        ),
         "a snapshot template given as a base template"
     );
     let as_snapshot = CreateSpec {
@@ -179,7 +182,10 @@ async fn private_files_template_kinds_and_shapes() {
         ..spec()
     };
     assert!(
-        matches!(mgr.create(as_snapshot).await, Err(AgentError::NotFound(_))),
+        matches!(
+            mgr.create(as_snapshot).await,
+            Err(AgentError::TemplateNotFound { .. })
+        ),
         "a base template given as a snapshot template"
     );
     std::os::unix::fs::symlink(images.path().join(name), images.path().join("alias")).unwrap();
@@ -191,7 +197,7 @@ async fn private_files_template_kinds_and_shapes() {
         };
         assert!(matches!(
             mgr.create(aliased).await,
-            Err(AgentError::NotFound(_))
+            Err(AgentError::TemplateNotFound { .. })
         ));
     }
     for tricky in ["../minimal", "minimal/../x", "/etc", ".new-x", ""] {
@@ -226,7 +232,10 @@ async fn private_files_template_kinds_and_shapes() {
     // Shapes: only the configured set.
     let odd = mgr.create(CreateSpec { vcpus: 3, ..spec() }).await;
     match odd {
-        Err(AgentError::InvalidArgument(m)) => assert!(m.contains("not a shape"), "{m}"),
+        Err(e @ AgentError::ShapeNotOffered { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("not a shape"), "{m}")
+        }
         other => panic!("3 vCPUs: {other:?}"),
     }
     assert!(
@@ -308,7 +317,8 @@ async fn disk_admission_and_discard() {
     // Never: 1 TiB, and 4 GiB on a 3 GiB filesystem.
     for disk_mib in [1 << 20, 4096] {
         match mgr.create(CreateSpec { disk_mib, ..spec() }).await {
-            Err(AgentError::InvalidArgument(m)) => {
+            Err(e @ AgentError::DiskNeverFits { .. }) => {
+                let m = e.to_string();
                 assert!(m.contains("can never fit"), "{m}")
             }
             other => panic!("{disk_mib} MiB: {other:?}"),
@@ -318,7 +328,8 @@ async fn disk_admission_and_discard() {
     let c = mgr.create(spec()).await.unwrap();
     match mgr.create(spec()).await {
         // A host full now: 507 `insufficient_storage` through the API.
-        Err(AgentError::InsufficientStorage(m)) => {
+        Err(e @ AgentError::HostDiskFull { .. }) => {
+            let m = e.to_string();
             assert!(m.contains("out of disk space"), "{m}")
         }
         other => panic!("a second capsule: {other:?}"),

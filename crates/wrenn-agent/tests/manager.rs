@@ -93,11 +93,11 @@ async fn capsule_lifecycle_through_the_manager() {
     assert_eq!(paused.state, CapsuleStatus::Paused);
     assert!(matches!(
         mgr.exec(&a.id, sh("true")).await,
-        Err(AgentError::FailedPrecondition(_))
+        Err(AgentError::NotRunning { .. })
     ));
     assert!(matches!(
         mgr.pause(&a.id).await,
-        Err(AgentError::FailedPrecondition(_))
+        Err(AgentError::NotRunning { .. })
     ));
     let resumed = mgr.resume(&a.id).await.unwrap();
     assert_eq!(resumed.state, CapsuleStatus::Running);
@@ -105,10 +105,13 @@ async fn capsule_lifecycle_through_the_manager() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
 
     // Bad requests.
-    assert!(matches!(mgr.get("cl-nope"), Err(AgentError::NotFound(_))));
+    assert!(matches!(
+        mgr.get("cl-nope"),
+        Err(AgentError::CapsuleNotFound { .. })
+    ));
     assert!(matches!(
         mgr.destroy("cl-nope").await,
-        Err(AgentError::NotFound(_))
+        Err(AgentError::CapsuleNotFound { .. })
     ));
     let mut bad = spec(&[]);
     bad.template = "../../etc".into();
@@ -120,7 +123,7 @@ async fn capsule_lifecycle_through_the_manager() {
     missing.template = "no-such-template".into();
     assert!(matches!(
         mgr.create(missing).await,
-        Err(AgentError::NotFound(_))
+        Err(AgentError::TemplateNotFound { .. })
     ));
     assert_eq!(mgr.list().len(), 1, "failed creates leave nothing");
 
@@ -237,7 +240,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     );
     assert!(matches!(
         mgr.exec(&c.id, sh("true")).await,
-        Err(AgentError::FailedPrecondition(_))
+        Err(AgentError::NotRunning { .. })
     ));
     mgr.destroy(&c.id).await.unwrap();
     assert!(!data.path().join("capsules").join(&c.id).exists());
@@ -287,7 +290,7 @@ async fn a_failed_resume_releases_everything() {
     );
     assert!(matches!(
         mgr.resume(&c.id).await,
-        Err(AgentError::FailedPrecondition(_))
+        Err(AgentError::InError { .. })
     ));
     mgr.destroy(&c.id).await.unwrap();
     assert!(!dir.exists());

@@ -4,7 +4,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), wrenn_client::ClientError> {
 //! use wrenn_client::{Client, CreateCapsule, Exec};
-//! let client = Client::from_env()?;
+//! // The base URL and the key come from the caller (the `wrenn` CLI reads `WRENN_BASE_URL`
+//! // and `WRENN_API_KEY`): the library never reads the environment.
+//! let client = Client::new(wrenn_client::DEFAULT_BASE_URL, "wrn_...")?;
 //! let capsule = client.create_capsule(&CreateCapsule::default()).await?;
 //! let out = client.exec(&capsule.id, &Exec::shell("uname -a")).await?;
 //! println!("{}", String::from_utf8_lossy(&out.stdout));
@@ -159,16 +161,6 @@ impl Client {
             base,
             api_key,
         })
-    }
-
-    /// A client from `WRENN_BASE_URL` (default [`DEFAULT_BASE_URL`]) and `WRENN_API_KEY`.
-    pub fn from_env() -> Result<Client> {
-        let base = std::env::var("WRENN_BASE_URL")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        let key = std::env::var("WRENN_API_KEY").map_err(|_| ClientError::MissingApiKey)?;
-        Client::new(&base, key)
     }
 
     /// The base URL requests are made under.

@@ -19,6 +19,7 @@ use wrenn_rpc::{
     listen::{Listen, ListenAddr, UnixSocket},
     pki::{self, Pki},
     tls::{self, Identity},
+    RpcError,
 };
 
 /// A real agent (manager without capsules + gRPC server) on `listen`.
@@ -158,7 +159,10 @@ async fn unix_socket_is_private_and_removed_on_shutdown() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(e, AgentError::InvalidArgument(_)), "{e:?}");
+    assert!(
+        matches!(e, AgentError::Rpc(RpcError::BadSettings(_))),
+        "{e:?}"
+    );
     assert!(!dir.path().join("other.sock").exists());
 
     agent.stop().await;

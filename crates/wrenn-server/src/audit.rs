@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use crate::{
     db::{AuditRow, Caller},
     error::Result,
-    responses::{Internal, Unauthorized},
+    responses::Authed,
     state::AppState,
     time::rfc3339,
 };
@@ -85,8 +85,7 @@ pub struct AuditLog {
     tag = "audit",
     responses(
         (status = 200, description = "The log", body = AuditLog),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Authed,
     )
 )]
 pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json<AuditLog>> {

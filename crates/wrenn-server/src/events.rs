@@ -13,12 +13,7 @@ pub mod event;
 
 pub use event::{Actor, Event, EventFrame, EventKind, Resource};
 
-use crate::{
-    db::Caller,
-    responses::{Internal, Unauthorized},
-    state::AppState,
-    time::rfc3339,
-};
+use crate::{db::Caller, responses::Authed, state::AppState, time::rfc3339};
 
 /// Publishes an event (nobody listening is fine).
 pub fn publish(state: &AppState, event: Event) {
@@ -39,8 +34,7 @@ pub fn publish(state: &AppState, event: Event) {
     tag = "events",
     responses(
         (status = 200, description = "An endless stream of events; each one's `data` is an `Event` as JSON", body = EventFrame, content_type = "text/event-stream"),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Authed,
     )
 )]
 pub async fn stream(

@@ -16,17 +16,14 @@ use wrenn_proto::agent::v1::{
     FileRequest, FileType, ListDirRequest, WriteFileStreamRequest,
 };
 
+use crate::extract::JsonBody;
 use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{
-        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
-    },
+    responses::{CheckedOnHost, InsufficientStorage, NoCapsule, NotRunning},
     state::AppState,
 };
-
-type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// A path in the capsule.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -153,22 +150,16 @@ fn check_path(p: &str) -> Result<()> {
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn read(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Response> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let mut stream = state
@@ -209,13 +200,8 @@ pub async fn read(
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or file", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn stream_read(
@@ -241,13 +227,7 @@ pub async fn stream_read(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost, NoCapsule, NotRunning,
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -336,13 +316,7 @@ pub async fn write(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost, NoCapsule, NotRunning,
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -365,22 +339,16 @@ pub async fn stream_write(
     request_body = PathBody,
     responses(
         (status = 200, description = "Its entries", body = FileList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or directory", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Json<FileList>> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let depth = b.depth.unwrap_or(1);
     if !(1..=10).contains(&depth) {
@@ -413,13 +381,8 @@ pub async fn list(
     request_body = PathBody,
     responses(
         (status = 200, description = "The directory", body = MadeDir),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: the capsule is not running; `conflict`: the path exists", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
         (status = 507, response = InsufficientStorage),
     )
 )]
@@ -427,9 +390,8 @@ pub async fn mkdir(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<Json<MadeDir>> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let entry = state
@@ -458,22 +420,16 @@ pub async fn mkdir(
     request_body = PathBody,
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or path", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: JsonBody<PathBody>,
+    JsonBody(b): JsonBody<PathBody>,
 ) -> Result<StatusCode> {
-    let Json(b) = body?;
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     state

@@ -17,11 +17,12 @@ use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest};
 use wrenn_types::egress::EgressPolicy;
 
+use crate::extract::JsonBody;
 use crate::{
     capsules::lookup::live,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{Authed, CheckedOnHost, NoCapsule},
     state::AppState,
 };
 
@@ -71,9 +72,7 @@ pub fn to_pb(p: &EgressPolicy) -> PbEgressPolicy {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its egress", body = CapsuleNetwork),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 500, response = Internal),
+        Authed, NoCapsule,
     )
 )]
 pub async fn get(
@@ -105,22 +104,16 @@ pub async fn get(
     request_body = NetworkPatch,
     responses(
         (status = 200, description = "Its egress now", body = CapsuleNetwork),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: not running or paused", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<NetworkPatch>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<NetworkPatch>,
 ) -> Result<Json<CapsuleNetwork>> {
-    let Json(b) = body?;
     let c = live(&state, &caller, &id).await?;
     let (old_egress, old) = state.db.capsule_network(&c.id).await?;
     let new = policy(

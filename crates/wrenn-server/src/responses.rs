@@ -2,7 +2,12 @@
 //! `{"error":{"code","message"}}`: the handlers' `#[utoipa::path]` blocks name them, and
 //! [`crate::api_docs`] registers them.
 
-use utoipa::ToResponse;
+use std::collections::BTreeMap;
+
+use utoipa::{
+    openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder},
+    IntoResponses, ToResponse,
+};
 
 use crate::error::ErrorBody;
 
@@ -43,3 +48,81 @@ pub struct InsufficientStorage(pub ErrorBody);
 /// limit and the team's use).
 #[derive(ToResponse)]
 pub struct QuotaExceeded(pub ErrorBody);
+
+// The error answers operations share, each set as one `responses(…)` item of a
+// `#[utoipa::path]` (beside the operation's own answers).
+
+/// `#/components/responses/{name}` at each status.
+fn refs(list: &[(&str, &str)]) -> BTreeMap<String, RefOr<Response>> {
+    list.iter()
+        .map(|(status, name)| {
+            (
+                status.to_string(),
+                RefOr::Ref(Ref::from_response_name(*name)),
+            )
+        })
+        .collect()
+}
+
+/// The answers of a set of statuses, by their documented response names.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident: $($status:literal => $response:ident),+) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                refs(&[$(($status, stringify!($response))),+])
+            }
+        }
+    };
+}
+
+error_set!(
+    /// Any operation that needs credentials: 401, 500.
+    Authed: "401" => Unauthorized, "500" => Internal
+);
+error_set!(
+    /// With a body or query to check: 400, 401, 500.
+    Checked: "400" => BadRequest, "401" => Unauthorized, "500" => Internal
+);
+error_set!(
+    /// Asks the host agent: 401, 500, 502, 503.
+    OnHost: "401" => Unauthorized, "500" => Internal, "502" => AgentFailed,
+        "503" => HostUnavailable
+);
+error_set!(
+    /// Checks a body or query, then asks the host agent: 400, 401, 500, 502, 503.
+    CheckedOnHost: "400" => BadRequest, "401" => Unauthorized, "500" => Internal,
+        "502" => AgentFailed, "503" => HostUnavailable
+);
+
+/// An error answer described in place: `description`, with an [`ErrorBody`].
+fn described(status: &str, description: &str) -> BTreeMap<String, RefOr<Response>> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build();
+    BTreeMap::from([(status.to_string(), RefOr::T(response))])
+}
+
+/// `not_found`: the path's capsule is not the team's (or does not exist).
+pub struct NoCapsule;
+
+impl IntoResponses for NoCapsule {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        described("404", "`not_found`: no such capsule")
+    }
+}
+
+/// `invalid_state`: the operation needs a running capsule.
+pub struct NotRunning;
+
+impl IntoResponses for NotRunning {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        described("409", "`invalid_state`: the capsule is not running")
+    }
+}

@@ -1,7 +1,7 @@
 //! `/v1/snapshots`: templates made from capsules (per team), and the platform's base templates.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     Json,
 };
@@ -14,12 +14,13 @@ use wrenn_proto::agent::v1::{
 };
 use wrenn_types::{Id, IdKind};
 
+use crate::extract::{JsonBody, QueryParams};
 use crate::{
     capsules::{lookup::live, model::safe_name},
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{CheckedOnHost, NoCapsule, OnHost},
     state::AppState,
     time::rfc3339,
 };
@@ -156,24 +157,17 @@ pub struct CreateQuery {
     request_body = CreateSnapshotBody,
     responses(
         (status = 201, description = "The template", body = Template),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        CheckedOnHost, NoCapsule,
         (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
-    body: std::result::Result<Json<CreateSnapshotBody>, axum::extract::rejection::JsonRejection>,
+    QueryParams(q): QueryParams<CreateQuery>,
+    JsonBody(b): JsonBody<CreateSnapshotBody>,
 ) -> Result<(StatusCode, Json<Template>)> {
-    let Query(q) = query?;
-    let Json(b) = body?;
     let name = b
         .name
         .unwrap_or_else(|| format!("template-{}", &Id::new(IdKind::Template).to_string()[4..12]));
@@ -283,19 +277,14 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "The templates", body = Vec<Template>),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Vec<Template>>> {
-    let Query(q) = query?;
     let (base, snapshot) = match q.kind.as_deref() {
         None => (true, true),
         Some("base") => (true, false),
@@ -334,13 +323,10 @@ pub async fn list(
     params(("name" = String, Path, description = "The template's name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 403, description = "`forbidden`: a platform template", body = ErrorBody),
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
         (status = 409, description = "`invalid_state`: capsules still use it", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn delete(

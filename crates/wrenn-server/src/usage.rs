@@ -4,17 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::{
-    extract::{Query, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::extract::QueryParams;
 use crate::{
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
     error::{ApiError, Result},
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::Checked,
     state::AppState,
     time::rfc3339,
 };
@@ -112,17 +110,14 @@ pub struct CapsuleStats {
     params(StatsQuery),
     responses(
         (status = 200, description = "The statistics", body = CapsuleStats),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Checked,
     )
 )]
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<StatsQuery>,
 ) -> Result<Json<CapsuleStats>> {
-    let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "1h".into());
     // (span, bucket) in seconds.
     let (span, bucket): (i64, i64) = match range.as_str() {
@@ -243,17 +238,14 @@ fn date_of(ms: i64) -> time::Date {
     params(UsageQuery),
     responses(
         (status = 200, description = "The usage", body = Usage),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Checked,
     )
 )]
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,
-    query: std::result::Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Usage>> {
-    let Query(q) = query?;
     let today = date_of(now_ms());
     let to =
         q.to.as_deref()

@@ -57,7 +57,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     pub net: Net,
     pub accel: Accel,
-    /// The QEMU binary (`qemu-system-x86_64` from `PATH` by default).
+    /// The VMM program: for [`crate::Backend::Qemu`], the QEMU binary (`qemu-system-x86_64`
+    /// from `PATH` by default).
     pub qemu: PathBuf,
     /// The groups the VMM runs in (CPU and memory caps); `None` runs it uncapped.
     pub cgroup: Option<crate::cgroup::Cgroup>,

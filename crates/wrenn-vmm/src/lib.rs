@@ -1,11 +1,14 @@
-//! wrenn-vmm: drive one microVM. The [`Vmm`] trait is what the host agent uses; [`QemuVm`] is
-//! the QEMU backend (KVM when it really accelerates, TCG otherwise; see [`accel`]).
+//! wrenn-vmm: drive one microVM. The [`Vmm`] trait is what the host agent uses; a [`Backend`]
+//! (chosen by configuration) makes the VMs: [`Backend::Qemu`] makes a [`QemuVm`] (KVM when it
+//! really accelerates, TCG otherwise; see [`accel`]). The agent holds a [`Vm`], whatever
+//! backend made it, and never names a backend's own type.
 //!
 //! Life of a VM: `boot` (cold, only for building a template snapshot) or `restore` (from a
 //! saved state plus its memory file), then `pause`/`resume`, `save` (device state to a file;
 //! the process exits, RAM stays in the memory file), `stop`.
 
 pub mod accel;
+pub mod backend;
 pub mod cgroup;
 pub mod config;
 pub mod error;
@@ -16,7 +19,10 @@ pub mod snapshot;
 
 use std::{future::Future, net::SocketAddr, path::Path, time::Duration};
 
+use tokio::sync::watch;
+
 pub use accel::Accel;
+pub use backend::{Backend, Vm};
 pub use config::{DiskFormat, Net, VmConfig};
 pub use error::{Result, VmmError};
 pub use qemu::QemuVm;
@@ -46,8 +52,8 @@ impl std::fmt::Display for VmStatus {
     }
 }
 
-/// One VM, whatever runs it. Every backend passes the same conformance suite
-/// (`tests/conformance.rs`).
+/// One VM, whatever runs it: what a backend implements. Every backend passes the same
+/// conformance suite (`tests/conformance.rs`).
 pub trait Vmm: Send {
     /// Cold-boots the guest.
     fn boot(&mut self) -> impl Future<Output = Result<()>> + Send;
@@ -69,4 +75,14 @@ pub trait Vmm: Send {
     /// Kills the VMM process, if any.
     fn stop(&mut self) -> impl Future<Output = Result<()>> + Send;
     fn status(&self) -> VmStatus;
+    /// The VM's configuration.
+    fn config(&self) -> &VmConfig;
+    /// The pid of the running VMM process, if any (kept in the capsule's record, for adoption).
+    fn pid(&self) -> Option<u32>;
+    /// A receiver that turns `Some(status)` when the VMM process exits (for supervisors);
+    /// `None` while no process runs.
+    fn death_watch(&self) -> Option<watch::Receiver<Option<String>>>;
+    /// Grows the running VM's disk to `bytes` (the guest sees the new size at once; growing
+    /// its filesystem is the guest's business).
+    fn grow_disk(&mut self, bytes: u64) -> impl Future<Output = Result<()>> + Send;
 }

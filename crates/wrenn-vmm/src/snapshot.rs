@@ -18,7 +18,7 @@ use crate::{
     accel::Accel,
     config::{DiskFormat, Net, VmConfig},
     error::{Result, VmmError},
-    files, QemuVm, Vmm,
+    files, Backend, Vmm,
 };
 
 /// Bumped whenever what goes into a snapshot changes (kernel arguments, devices): older
@@ -97,7 +97,7 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
     files::private_dir(&work)?;
     let result = async {
         files::copy_sparse(&template_dir.join("rootfs.img"), &work.join("disk.img"))?;
-        let mut vm = QemuVm::new(VmConfig {
+        let mut vm = Backend::default().create(VmConfig {
             dir: work.clone(),
             kernel: template_dir.join("vmlinuz"),
             initrd: template_dir.join("initrd.img"),

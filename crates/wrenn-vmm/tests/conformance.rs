@@ -1,5 +1,6 @@
-//! The conformance suite every `Vmm` backend must pass, run here against QEMU (TCG on these
-//! machines, KVM where it really accelerates). Needs root, QEMU and the `minimal` template
+//! The conformance suite every `Vmm` backend must pass, run against whatever the backend
+//! factory returns ([`Backend`]: `WRENN_VMM_BACKEND`, default QEMU: TCG on these machines, KVM
+//! where it really accelerates). Needs root, QEMU and the `minimal` template
 //! image (`make images` builds it into $WRENN_IMAGES, default /var/tmp/wrenn/images).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use wrenn_vmm::{
     snapshot::{self, Snapshot},
-    Net, QemuVm, VmStatus, Vmm, VmmError,
+    Backend, Net, Vm, VmStatus, Vmm, VmmError,
 };
 
 const READY: Duration = Duration::from_secs(120);
@@ -23,6 +24,13 @@ fn images_dir() -> PathBuf {
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The backend under test: `WRENN_VMM_BACKEND` (a backend's name), else the default.
+fn backend() -> Backend {
+    std::env::var("WRENN_VMM_BACKEND")
+        .map(|b| b.parse().expect("WRENN_VMM_BACKEND names a backend"))
+        .unwrap_or_default()
 }
 
 static SNAPSHOT: OnceCell<Snapshot> = OnceCell::const_new();
@@ -47,7 +55,7 @@ async fn template() -> &'static Snapshot {
 
 /// A capsule folder with its VM, restored and running, and the address of its envd.
 struct Capsule {
-    vm: QemuVm,
+    vm: Vm,
     envd: SocketAddr,
     _dir: tempfile::TempDir,
     path: PathBuf,
@@ -68,7 +76,7 @@ impl Capsule {
             wrenn_vmm::qemu::default_qemu(),
         )
         .unwrap();
-        let mut vm = QemuVm::new(config).unwrap();
+        let mut vm = backend().create(config).unwrap();
         vm.restore(&snap.state()).await.expect("restore");
         assert_eq!(vm.status(), VmStatus::Paused);
         vm.resume().await.unwrap();
@@ -191,7 +199,7 @@ async fn restore_exec_pause_resume_keeps_files_and_processes() {
     start_background(c.envd, "sleep 100000", "sleeper").await;
 
     c.pause().await;
-    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
+    assert_eq!(backend().processes_under(&c.path).len(), 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.resume().await;
 
@@ -228,7 +236,7 @@ async fn restore_exec_pause_resume_keeps_files_and_processes() {
         "guest clock {guest} vs host {host}"
     );
     c.vm.stop().await.unwrap();
-    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
+    assert_eq!(backend().processes_under(&c.path).len(), 0);
 }
 
 #[tokio::test]
@@ -253,7 +261,7 @@ async fn five_capsules_restore_concurrently() {
     }
     for mut c in capsules {
         c.vm.stop().await.unwrap();
-        assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
+        assert_eq!(backend().processes_under(&c.path).len(), 0);
     }
 }
 
@@ -290,7 +298,7 @@ async fn killed_qemu_is_reported_with_the_console() {
         other => panic!("expected Exited, got {other}"),
     }
     c.vm.stop().await.unwrap();
-    assert_eq!(wrenn_vmm::qemu::processes_under(&c.path).len(), 0);
+    assert_eq!(backend().processes_under(&c.path).len(), 0);
 }
 
 #[tokio::test]
@@ -302,11 +310,11 @@ async fn bad_configs_and_states_are_errors() {
             .unwrap();
     config.vcpus = 0;
     assert!(matches!(
-        QemuVm::new(config.clone()),
+        backend().create(config.clone()),
         Err(VmmError::Config(_))
     ));
     config.vcpus = 1;
-    let mut vm = QemuVm::new(config.clone()).unwrap();
+    let mut vm = backend().create(config.clone()).unwrap();
     assert!(matches!(vm.pause().await, Err(VmmError::State { .. })));
     assert!(matches!(vm.resume().await, Err(VmmError::State { .. })));
     // A corrupt state file fails the restore and leaves no QEMU behind.
@@ -314,9 +322,9 @@ async fn bad_configs_and_states_are_errors() {
     std::fs::write(&bad, b"not a migration stream").unwrap();
     assert!(vm.restore(&bad).await.is_err());
     assert!(vm.pid().is_none());
-    assert_eq!(wrenn_vmm::qemu::processes_under(dir.path()).len(), 0);
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
     // A missing QEMU binary is a spawn error.
     config.qemu = PathBuf::from("/nonexistent/qemu");
-    let mut vm = QemuVm::new(config).unwrap();
+    let mut vm = backend().create(config).unwrap();
     assert!(matches!(vm.boot().await, Err(VmmError::Spawn { .. })));
 }

@@ -4,13 +4,15 @@
 //! `exec` and `shell` exit with the command's code.
 
 mod cp;
+mod print;
 mod shell;
 
 use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
+use print::{capsule_details, capsule_table, template_table};
 use serde::Serialize;
-use wrenn_client::{Capsule, Client, ClientError, CreateCapsule, Exec, Template, TemplateKind};
+use wrenn_client::{Client, ClientError, CreateCapsule, Exec, TemplateKind};
 
 /// How to reach the API, and how to print. Accepted before or after the verb.
 #[derive(Debug, Args)]
@@ -20,7 +22,7 @@ pub struct Conn {
     base_url: String,
     /// The API key (a local `wrenn up` writes one to DATA_DIR/admin-api-key).
     #[arg(long, global = true, env = "WRENN_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    api_key: Option<crate::args::Secret>,
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -28,7 +30,7 @@ pub struct Conn {
 
 impl Conn {
     fn client(&self) -> Result<Client, CliError> {
-        let key = self.api_key.clone().ok_or_else(|| {
+        let key = self.api_key.clone().map(|k| k.0).ok_or_else(|| {
             CliError::new(
                 "missing_api_key",
                 "no API key: set WRENN_API_KEY or pass --api-key",
@@ -202,131 +204,6 @@ fn print_json(v: &impl Serialize) -> Result<(), CliError> {
         .map_err(|e| CliError::new("internal_error", e.to_string()))?;
     println!("{text}");
     Ok(())
-}
-
-/// Left-aligned columns, two spaces apart.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
-            if i + 1 == widths.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    let mut out = line(&mut headers.iter().copied());
-    for row in rows {
-        out.push('\n');
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
-    }
-    out
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
-/// `2026-05-02T10:00:00.123Z` → `2026-05-02 10:00:00`.
-fn when(ts: Option<&str>) -> String {
-    let Some(ts) = ts else { return "-".into() };
-    let short: String = ts.chars().take(19).collect();
-    short.replace('T', " ")
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-fn capsule_details(c: &Capsule) -> String {
-    let mut lines = vec![
-        ("id", c.id.clone()),
-        ("status", c.status.to_string()),
-        ("template", opt(c.template.as_deref())),
-        ("vcpus", opt(c.vcpus)),
-        ("memory", opt(c.memory_mb.map(|m| format!("{m} MiB")))),
-        ("disk", opt(c.disk_size_mb.map(|m| format!("{m} MiB")))),
-        (
-            "timeout",
-            opt(c.timeout_sec.map(|t| match t {
-                0 => "none".to_string(),
-                t => format!("{t} s idle"),
-            })),
-        ),
-        ("created", when(c.created_at.as_deref())),
-        ("started", when(c.started_at.as_deref())),
-        ("last active", when(c.last_active_at.as_deref())),
-    ];
-    if let Some(e) = &c.error {
-        lines.push(("error", e.clone()));
-    }
-    for (k, v) in c.metadata.iter().flatten() {
-        lines.push(("metadata", format!("{k}={v}")));
-    }
-    lines
-        .into_iter()
-        .map(|(k, v)| format!("{:<12} {v}", format!("{k}:")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn capsule_table(list: &[Capsule]) -> String {
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|c| {
-            vec![
-                c.id.clone(),
-                c.status.to_string(),
-                opt(c.template.as_deref()),
-                opt(c.vcpus),
-                opt(c.memory_mb.map(|m| format!("{m} MiB"))),
-                when(c.created_at.as_deref()),
-            ]
-        })
-        .collect();
-    table(
-        &["ID", "STATUS", "TEMPLATE", "VCPUS", "MEMORY", "CREATED"],
-        &rows,
-    )
-}
-
-fn template_table(list: &[Template]) -> String {
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|t| {
-            vec![
-                t.name.clone(),
-                t.kind.as_str().to_string(),
-                opt(t.vcpus),
-                opt(t.memory_mb.map(|m| format!("{m} MiB"))),
-                opt(t.size_bytes.map(human_bytes)),
-                when(t.created_at.as_deref()),
-            ]
-        })
-        .collect();
-    table(
-        &["NAME", "TYPE", "VCPUS", "MEMORY", "SIZE", "CREATED"],
-        &rows,
-    )
 }
 
 /// The exit code of a command's exit status (out of range: 255, as ssh does).
@@ -519,7 +396,10 @@ pub async fn template_delete(args: TemplateDeleteArgs) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        print::{human_bytes, table, when},
+        *,
+    };
 
     #[test]
     fn tables_align() {

@@ -1,157 +1,114 @@
-//! The control plane's start and stop, shared by `wrenn up` (agent in-process, over a Unix
-//! socket) and `wrenn server` (agent elsewhere, over mTLS).
+//! The control plane's start, shared by `wrenn up` (agent in-process, over a Unix socket) and
+//! `wrenn server` (agent elsewhere, over mTLS); `wrenn server` itself.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use wrenn_proto::agent::v1::agent_client::AgentClient;
+use wrenn_rpc::{client::AgentEndpoint, pki, tls};
+use wrenn_server::{accounts::SignupPolicy, AdminKey};
 
-pub struct ControlPlane {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub database_url: Option<String>,
-    pub domain: String,
-    /// The platform's default per-team quotas.
-    pub quotas: wrenn_server::quotas::Limits,
-    /// Who may sign up.
-    pub signup: wrenn_server::accounts::SignupPolicy,
-}
+use crate::args::ServerArgs;
 
-/// The platform's default per-team quotas (teams may have overrides: `PUT
-/// /v1/teams/{id}/quotas`). A number, or `unlimited`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct QuotaArgs {
-    /// Live capsules (pending, starting, running, paused) per team.
-    #[arg(long, env = "WRENN_QUOTA_CAPSULES", default_value = "64", value_parser = parse_quota)]
-    pub quota_capsules: Quota,
-    /// vCPUs of a team's running capsules.
-    #[arg(long, env = "WRENN_QUOTA_VCPUS", default_value = "64", value_parser = parse_quota)]
-    pub quota_vcpus: Quota,
-    /// Memory of a team's running capsules, MB.
-    #[arg(long, env = "WRENN_QUOTA_MEMORY_MB", default_value = "131072", value_parser = parse_quota)]
-    pub quota_memory_mb: Quota,
-    /// Disk of a team's running and paused capsules, MB.
-    #[arg(long, env = "WRENN_QUOTA_DISK_MB", default_value = "262144", value_parser = parse_quota)]
-    pub quota_disk_mb: Quota,
-    /// Snapshots (templates) per team.
-    #[arg(long, env = "WRENN_QUOTA_SNAPSHOTS", default_value = "100", value_parser = parse_quota)]
-    pub quota_snapshots: Quota,
-}
-
-/// A limit, or none.
-#[derive(Debug, Clone, Copy)]
-pub struct Quota(pub Option<i64>);
-
-fn parse_quota(s: &str) -> Result<Quota, String> {
-    if s.eq_ignore_ascii_case("unlimited") {
-        return Ok(Quota(None));
-    }
-    s.parse::<u32>()
-        .map(|n| Quota(Some(n.into())))
-        .map_err(|_| format!("{s:?}: expected a number (0..=4294967295) or `unlimited`"))
-}
-
-impl QuotaArgs {
-    pub fn limits(&self) -> wrenn_server::quotas::Limits {
-        wrenn_server::quotas::Limits {
-            capsules: self.quota_capsules.0,
-            vcpus: self.quota_vcpus.0,
-            memory_mb: self.quota_memory_mb.0,
-            disk_mb: self.quota_disk_mb.0,
-            snapshots: self.quota_snapshots.0,
-        }
-    }
-}
-
-/// A started control plane, not yet serving.
+/// A started control plane, bound, not yet serving.
 pub struct Started {
     pub state: wrenn_server::AppState,
     pub listener: tokio::net::TcpListener,
 }
 
-/// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
-/// team and key on first start, starts the reconciler, binds the API, and says where it is.
-pub async fn start(cp: &ControlPlane, agent: AgentClient<Channel>) -> anyhow::Result<Started> {
-    std::fs::create_dir_all(&cp.data_dir)
-        .with_context(|| format!("creating {}", cp.data_dir.display()))?;
-    let url = cp.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            cp.data_dir.join("wrenn.db").display()
-        )
-    });
-    let db = wrenn_server::db::Db::open(&url)
+/// Starts the control plane ([`wrenn_server::start`]), binds the API on `listen`, and says
+/// where it is and how the admin gets in.
+pub async fn start(
+    config: &wrenn_server::Config,
+    listen: SocketAddr,
+    agent: AgentClient<Channel>,
+) -> anyhow::Result<Started> {
+    let started = wrenn_server::start(config, agent).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .context("opening the database")?;
-    let key_file = cp.data_dir.join("admin-api-key");
-    let password_file = cp.data_dir.join("admin-password");
-    let admin_key = wrenn_server::bootstrap(&db, &key_file, &password_file)
-        .await
-        .context("creating the admin user, team and key")?;
-    wrenn_server::quotas::set_defaults(&db, &cp.quotas)
-        .await
-        .context("storing the default quotas")?;
-    let (events, _) = tokio::sync::broadcast::channel(1024);
-    let state = wrenn_server::AppState {
-        db,
-        agent,
-        events,
-        domain: cp.domain.clone(),
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("the proxy's HTTP client")?,
-        metrics: Default::default(),
-        accounts: wrenn_server::accounts::Accounts::new(cp.signup),
-    };
-    wrenn_server::spawn_reconciler(state.clone(), Duration::from_secs(2));
-    let listener = tokio::net::TcpListener::bind(cp.listen)
-        .await
-        .with_context(|| format!("binding {}", cp.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     println!("Wrenn is up at http://{}", listener.local_addr()?);
-    match admin_key {
-        wrenn_server::AdminKey::Made(key) => println!(
+    let key_file = config.key_file();
+    match started.admin_key {
+        AdminKey::Made(key) => println!(
             "admin API key (shown once; also in {}): {key}",
             key_file.display()
         ),
-        wrenn_server::AdminKey::Replaced(key) => println!(
+        AdminKey::Replaced(key) => println!(
             "admin API key: {} was missing or its key no longer worked; made a new admin key \
              (the previous one is deleted; shown once, also in that file): {key}",
             key_file.display()
         ),
-        wrenn_server::AdminKey::Kept => println!("admin API key: in {}", key_file.display()),
+        AdminKey::Kept => println!("admin API key: in {}", key_file.display()),
     }
     println!(
         "admin login: {} (password in {})",
         wrenn_server::ADMIN_EMAIL,
-        password_file.display()
+        config.password_file().display()
     );
-    println!("sign-up: {} (--signup, WRENN_SIGNUP)", cp.signup.as_str());
-    Ok(Started { state, listener })
+    println!(
+        "sign-up: {} (--signup, WRENN_SIGNUP)",
+        config.signup.as_str()
+    );
+    Ok(Started {
+        state: started.state,
+        listener,
+    })
 }
 
-/// Serves until SIGINT or SIGTERM; open streams get a few seconds, not forever.
-pub async fn serve_until_signal(started: Started, on_stop: &str) -> anyhow::Result<()> {
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (stop_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let message = on_stop.to_string();
-    let server = wrenn_server::serve(started.listener, started.state, async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+/// Serves until SIGINT or SIGTERM (printing `on_stop`); open streams get a few seconds.
+pub async fn serve(started: Started, on_stop: &'static str) -> anyhow::Result<()> {
+    let stop = crate::stop_signal(move |_| println!("{on_stop}"))?;
+    wrenn_server::run(started.state, started.listener, stop)
+        .await
+        .context("serving")
+}
+
+/// `wrenn server`: the control plane in front of the agent `--agent`.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = &args.common.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::private::check_and_fix(data_dir)?;
+    let endpoint: AgentEndpoint = args.agent.parse().context("--agent")?;
+    let tls = match &endpoint {
+        AgentEndpoint::Unix(_) | AgentEndpoint::Http(_) => None,
+        AgentEndpoint::Https(host) | AgentEndpoint::HostPort(host) => {
+            let dir = args.pki_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
+            Some(client_tls(&dir, host)?)
         }
-        println!("{message}");
-        let _ = stop_tx.send(true);
-    });
-    tokio::select! {
-        r = server => r.context("serving")?,
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        } => {}
+    };
+    let client = wrenn_rpc::connect(&endpoint, tls)
+        .await
+        .with_context(|| format!("connecting to the agent at {endpoint}"))?;
+    let config = args
+        .control
+        .server_config(data_dir.clone(), SignupPolicy::Invite);
+    let started = start(&config, args.control.listen, client).await?;
+    serve(started, "stopping (capsules stay with their agent)").await
+}
+
+/// The control plane's side of the PKI in `dir`: its CA (made on first start) and its client
+/// certificate, and the TLS to reach the agent at `host` (`name:port`).
+fn client_tls(dir: &Path, host: &str) -> anyhow::Result<ClientTlsConfig> {
+    if dir.exists() {
+        crate::private::check_and_fix(dir)?;
     }
-    Ok(())
+    let pki = pki::Pki::load_or_create(dir).context("the server's PKI")?;
+    if tls::Identity::load(dir, tls::CLIENT_STEM).is_err() {
+        pki.issue_client("wrenn-control-plane")?
+            .write(dir, tls::CLIENT_STEM)?;
+        println!(
+            "made the PKI in {}: issue the agent's certificate with \
+             `wrenn agent-cert --dir {}` and copy it to the agent",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    // Certificates are written 0644 by their maker; the PKI folder is ours.
+    crate::private::make_private(dir)
+        .with_context(|| format!("making {} private", dir.display()))?;
+    Ok(tls::load_client_tls(dir, name.trim_matches(['[', ']']))?)
 }

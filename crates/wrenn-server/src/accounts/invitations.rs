@@ -19,7 +19,7 @@ use crate::extract::JsonBody;
 use crate::{
     db::{self, now_ms, Role},
     error::{ApiError, ErrorBody, Result},
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::{Authed, Checked},
     state::AppState,
     time::rfc3339,
 };
@@ -111,11 +111,9 @@ async fn manager(state: &AppState, user: &db::User, team_id: &str) -> Result<db:
     request_body = InvitationBody,
     responses(
         (status = 201, description = "The invitation, with its token", body = CreatedInvitation),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: an API key, a plain member, or sign-up is closed on this server", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn create_invitation(
@@ -172,10 +170,9 @@ pub async fn create_invitation(
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses(
         (status = 200, description = "The invitations", body = Vec<Invitation>),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key or a plain member", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn list_invitations(
@@ -203,10 +200,9 @@ pub async fn list_invitations(
     ),
     responses(
         (status = 204, description = "Withdrawn"),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key or a plain member", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's, or no such invitation", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn delete_invitation(

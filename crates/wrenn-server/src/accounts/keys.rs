@@ -17,7 +17,7 @@ use crate::{
     db::{ApiKeyRow, Caller, Role},
     error::{ApiError, ErrorBody, Result},
     extract::JsonBody,
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::{Authed, Checked},
     state::AppState,
     time::rfc3339,
 };
@@ -93,8 +93,7 @@ async fn require_key_manager(state: &AppState, caller: &Caller) -> Result<()> {
     tag = "api-keys",
     responses(
         (status = 200, description = "The team's keys", body = Vec<ApiKey>),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Authed,
     )
 )]
 pub async fn list_api_keys(
@@ -131,10 +130,8 @@ pub struct ApiKeyBody {
     request_body = ApiKeyBody,
     responses(
         (status = 201, description = "The key, with its secret", body = CreatedApiKey),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn create_api_key(
@@ -168,11 +165,10 @@ pub async fn create_api_key(
     params(("id" = String, Path, description = "API key id (`key-…`)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
         (status = 404, description = "`not_found`: no such key in the team", body = ErrorBody),
         (status = 409, description = "`conflict`: the server's admin key (replace it by deleting its file and restarting the server)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn delete_api_key(

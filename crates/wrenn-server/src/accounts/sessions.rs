@@ -14,7 +14,7 @@ use crate::{
     db::{self, now_ms, JWT_SECRET},
     error::{ApiError, ErrorBody, Result},
     extract::JsonBody,
-    responses::{BadRequest, Internal, RateLimited, Unauthorized},
+    responses::{Authed, BadRequest, Internal, RateLimited},
     state::AppState,
     time::rfc3339,
 };
@@ -281,9 +281,8 @@ pub async fn login(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key (delete it instead)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn logout(State(state): State<AppState>, session: Session) -> Result<StatusCode> {
@@ -302,9 +301,8 @@ pub async fn logout(State(state): State<AppState>, session: Session) -> Result<S
     security(("bearer" = [])),
     responses(
         (status = 204, description = "All the user's tokens are revoked"),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key (delete it instead)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn logout_all(State(state): State<AppState>, session: Session) -> Result<StatusCode> {

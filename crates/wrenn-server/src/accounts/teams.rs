@@ -16,7 +16,7 @@ use crate::{
     db::{self, Role},
     error::{ApiError, ErrorBody, Result},
     extract::JsonBody,
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::{Authed, Checked},
     state::AppState,
     time::rfc3339,
 };
@@ -128,9 +128,8 @@ pub fn may_change_member(actor: Role, is_self: bool, from: Role, to: Option<Role
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Their teams", body = Vec<TeamMembership>),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn list_teams(
@@ -166,10 +165,8 @@ pub struct TeamBody {
     request_body = TeamBody,
     responses(
         (status = 201, description = "The team", body = TeamMembership),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn create_team(
@@ -194,10 +191,9 @@ pub async fn create_team(
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses(
         (status = 200, description = "Its members", body = Vec<Member>),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key (teams need a signed-in user)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn list_members(
@@ -240,12 +236,10 @@ pub struct AddMemberBody {
     request_body = AddMemberBody,
     responses(
         (status = 201, description = "The new member", body = Member),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's, or no user with that email", body = ErrorBody),
         (status = 409, description = "`conflict`: already a member", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn add_member(
@@ -308,12 +302,10 @@ pub struct RoleBody {
     request_body = RoleBody,
     responses(
         (status = 200, description = "The member", body = Member),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's, or not a member", body = ErrorBody),
         (status = 409, description = "`conflict`: the last owner, or the role changed meanwhile", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn set_member_role(
@@ -366,11 +358,10 @@ pub async fn set_member_role(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: an API key, or the user's role does not allow it", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team among the user's, or not a member", body = ErrorBody),
         (status = 409, description = "`conflict`: an owner (change their role first)", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn remove_member(

@@ -8,11 +8,12 @@ use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{CapsuleRef, CreateCapsuleRequest, TemplateKind};
 
 use super::model::*;
+use crate::extract::JsonBody;
 use crate::{
     db::{now_ms, Caller, CapsuleRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::CheckedOnHost,
     state::AppState,
 };
 
@@ -61,21 +62,16 @@ pub struct CreateCapsuleBody {
     request_body = CreateCapsuleBody,
     responses(
         (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        CheckedOnHost,
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: std::result::Result<Json<CreateCapsuleBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<CreateCapsuleBody>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
-    let Json(b) = body?;
     let template = b.template.unwrap_or_else(|| "minimal".into());
     if !safe_name(&template, 64) {
         return Err(ApiError::InvalidRequest(format!(

@@ -17,10 +17,11 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use super::lookup::running;
+use crate::extract::JsonBody;
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    responses::{CheckedOnHost, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -102,22 +103,15 @@ const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
     responses(
         (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
         (status = 202, description = "Background: the command started", body = BackgroundProcess),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<ExecBody>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<ExecBody>,
 ) -> Result<axum::response::Response> {
-    let Json(b) = body?;
     if b.cmd.trim().is_empty() {
         return Err(ApiError::InvalidRequest("cmd is empty".into()));
     }
@@ -217,12 +211,7 @@ pub struct ProcessList {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "Its processes", body = ProcessList),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        OnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn processes(
@@ -263,12 +252,8 @@ pub async fn processes(
     ),
     responses(
         (status = 204, description = "Killed"),
-        (status = 401, response = Unauthorized),
+        OnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn kill_process(

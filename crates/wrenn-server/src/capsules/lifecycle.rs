@@ -15,7 +15,7 @@ use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
-    responses::{AgentFailed, HostUnavailable, Internal, Unauthorized},
+    responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -29,8 +29,7 @@ use crate::{
     tag = "capsules",
     responses(
         (status = 200, description = "The team's live capsules", body = Vec<Capsule>),
-        (status = 401, response = Unauthorized),
-        (status = 500, response = Internal),
+        Authed,
     )
 )]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Capsule>>> {
@@ -47,9 +46,8 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "The capsule", body = Capsule),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 404, description = "`not_found`: no such capsule, or it was destroyed", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn get(
@@ -103,12 +101,8 @@ async fn recorded(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "The capsule, now paused", body = Capsule),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        OnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: it cannot be paused now", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn pause(
@@ -135,13 +129,9 @@ pub async fn pause(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 200, description = "The capsule, running again", body = Capsule),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        OnHost, NoCapsule,
         (status = 409, description = "`invalid_state`: it cannot be resumed now", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn resume(
@@ -174,11 +164,8 @@ pub async fn resume(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 204, description = "Destroyed"),
-        (status = 401, response = Unauthorized),
+        OnHost,
         (status = 404, description = "`not_found`: no such capsule, or already destroyed", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn destroy(
@@ -231,12 +218,7 @@ pub async fn destroy(
     params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
     responses(
         (status = 204, description = "Pinged"),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        OnHost, NoCapsule, NotRunning,
     )
 )]
 pub async fn ping(

@@ -1,7 +1,7 @@
 //! A capsule's resource metrics over a range.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     Json,
 };
 use serde::{Deserialize, Serialize};
@@ -9,10 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 use wrenn_proto::agent::v1::GetMetricsRequest;
 
 use super::lookup::live;
+use crate::extract::QueryParams;
 use crate::{
     db::Caller,
-    error::{ApiError, ErrorBody, Result},
-    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    error::{ApiError, Result},
+    responses::{CheckedOnHost, NoCapsule},
     state::AppState,
 };
 
@@ -77,21 +78,15 @@ pub struct CapsuleMetrics {
     params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
     responses(
         (status = 200, description = "Its samples", body = CapsuleMetrics),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
+        CheckedOnHost, NoCapsule,
     )
 )]
 pub async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    query: std::result::Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<MetricsQuery>,
 ) -> Result<Json<CapsuleMetrics>> {
-    let Query(q) = query?;
     let range = q.range.unwrap_or_else(|| "10m".into());
     let secs = match range.as_str() {
         "5m" => 300,

@@ -1,12 +1,10 @@
 //! The teams' audit log.
 
-use sqlx::Row;
-
 use super::tx::{insert_audit, lock_team, AuditEntry};
 use super::*;
 use crate::error::{ApiError, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRow {
     pub id: String,
     pub actor_type: String,
@@ -64,19 +62,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get("id")?,
-                    actor_type: r.try_get("actor_type")?,
-                    actor_id: r.try_get("actor_id")?,
-                    action: r.try_get("action")?,
-                    resource_type: r.try_get("resource_type")?,
-                    resource_id: r.try_get("resource_id")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
+            .map(|r| Ok(sqlx::FromRow::from_row(r)?))
             .collect()
     }
 }

@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::*;
 use crate::error::{ApiError, Result};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct CapsuleRow {
     pub id: String,
     pub team_id: String,
@@ -15,6 +15,7 @@ pub struct CapsuleRow {
     pub memory_mb: i64,
     pub disk_size_mb: i64,
     pub timeout_sec: i64,
+    #[sqlx(try_from = "MetadataText")]
     pub metadata: HashMap<String, String>,
     pub error: Option<String>,
     pub created_at: i64,
@@ -24,23 +25,7 @@ pub struct CapsuleRow {
 }
 
 pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
-    let metadata: String = r.try_get("metadata")?;
-    Ok(CapsuleRow {
-        id: r.try_get("id")?,
-        team_id: r.try_get("team_id")?,
-        template: r.try_get("template")?,
-        status: r.try_get("status")?,
-        vcpus: r.try_get("vcpus")?,
-        memory_mb: r.try_get("memory_mb")?,
-        disk_size_mb: r.try_get("disk_size_mb")?,
-        timeout_sec: r.try_get("timeout_sec")?,
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        error: r.try_get("error")?,
-        created_at: r.try_get("created_at")?,
-        started_at: r.try_get("started_at")?,
-        last_active_at: r.try_get("last_active_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
+    Ok(sqlx::FromRow::from_row(r)?)
 }
 
 pub(super) const CAPSULE_COLUMNS: &str =

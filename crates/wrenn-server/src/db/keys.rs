@@ -7,7 +7,7 @@ use super::tx::{insert_audit, lock_team, AuditEntry};
 use super::*;
 use crate::error::{ApiError, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: String,
     pub team_id: String,
@@ -112,18 +112,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(ApiKeyRow {
-                    id: r.try_get("id")?,
-                    team_id: r.try_get("team_id")?,
-                    name: r.try_get("name")?,
-                    prefix: r.try_get("prefix")?,
-                    created_by: r.try_get("created_by")?,
-                    owner_id: r.try_get("owner_id")?,
-                    created_at: r.try_get("created_at")?,
-                    last_used_at: r.try_get("last_used_at")?,
-                })
-            })
+            .map(|r| Ok(sqlx::FromRow::from_row(r)?))
             .collect()
     }
 

@@ -169,3 +169,29 @@ impl Caller {
         (self.actor_type == "user").then_some(self.actor_id.as_str())
     }
 }
+
+/// A `metadata` column: a JSON object as text, read into a map (malformed text reads as empty).
+/// Row structs take it with `#[sqlx(try_from = "MetadataText")]`.
+pub(crate) struct MetadataText(String);
+
+impl sqlx::Type<sqlx::Any> for MetadataText {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <String as sqlx::Type<sqlx::Any>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for MetadataText {
+    fn decode(
+        value: sqlx::any::AnyValueRef<'r>,
+    ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        Ok(MetadataText(<String as sqlx::Decode<sqlx::Any>>::decode(
+            value,
+        )?))
+    }
+}
+
+impl From<MetadataText> for HashMap<String, String> {
+    fn from(text: MetadataText) -> HashMap<String, String> {
+        serde_json::from_str(&text.0).unwrap_or_default()
+    }
+}

@@ -1,13 +1,13 @@
 //! Storage of account security: user sessions (a user token is valid while its session row
 //! exists), invitations to sign up into a team, and the bootstrap admin key's replacement.
 
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use super::{
     hash_key,
     keys::insert_api_key,
     now_ms,
-    teams::{insert_membership, role_of},
+    teams::insert_membership,
     tx::{insert_audit, lock_team, AuditEntry},
     users::insert_user,
     ApiKeyRow, Caller, Db, Role, Team, User,
@@ -18,10 +18,11 @@ use crate::error::{ApiError, Result};
 pub const BOOTSTRAP_ACTOR: &str = "bootstrap";
 
 /// An invitation to sign up into a team (never its token: only the token's SHA-256 is kept).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Invitation {
     pub id: String,
     pub team_id: String,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub created_by: String,
     pub created_at: i64,
@@ -31,16 +32,7 @@ pub struct Invitation {
 }
 
 fn invitation_of(r: &sqlx::any::AnyRow) -> Result<Invitation> {
-    Ok(Invitation {
-        id: r.try_get("id")?,
-        team_id: r.try_get("team_id")?,
-        role: role_of(r)?,
-        created_by: r.try_get("created_by")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        used_by: r.try_get("used_by")?,
-        used_at: r.try_get("used_at")?,
-    })
+    Ok(sqlx::FromRow::from_row(r)?)
 }
 
 const INVITATION_COLUMNS: &str =
@@ -279,11 +271,7 @@ impl Db {
             .bind(&inv.team_id)
             .fetch_one(&mut *tx)
             .await?;
-        let team = Team {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            created_at: r.try_get("created_at")?,
-        };
+        let team = Team::from_row(&r)?;
         tx.commit().await?;
         Ok((user, team, inv.role))
     }

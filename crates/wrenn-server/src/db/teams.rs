@@ -6,7 +6,9 @@ use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
 use super::tx::{insert_audit, lock_team, AuditEntry};
-use super::users::{insert_user, user_of, USER_COLUMNS};
+use super::users::{insert_user, USER_COLUMNS};
+use sqlx::FromRow;
+
 use super::*;
 use crate::error::{ApiError, Result};
 
@@ -20,6 +22,14 @@ pub enum Role {
     Member,
     Admin,
     Owner,
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Role, String> {
+        Role::parse(&s).ok_or_else(|| format!("unknown role {s:?} stored"))
+    }
 }
 
 impl Role {
@@ -41,7 +51,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Team {
     pub id: String,
     pub name: String,
@@ -49,17 +59,21 @@ pub struct Team {
 }
 
 /// A team as one of its members sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Membership {
+    #[sqlx(flatten)]
     pub team: Team,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub joined_at: i64,
 }
 
 /// A team's member.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Member {
+    #[sqlx(flatten)]
     pub user: User,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub joined_at: i64,
 }
@@ -188,19 +202,7 @@ impl Db {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Membership {
-                    team: Team {
-                        id: r.try_get("id")?,
-                        name: r.try_get("name")?,
-                        created_at: r.try_get("created_at")?,
-                    },
-                    role: role_of(r)?,
-                    joined_at: r.try_get("joined_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(Membership::from_row(r)?)).collect()
     }
 
     /// A user's role in a team, `None` when not a member (or no such team).
@@ -244,15 +246,7 @@ impl Db {
         .bind(team_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Member {
-                    user: user_of(r)?,
-                    role: role_of(r)?,
-                    joined_at: r.try_get("joined_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(Member::from_row(r)?)).collect()
     }
 
     /// One member of a team, `None` when the user is not in it.
@@ -266,14 +260,7 @@ impl Db {
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        r.map(|r| {
-            Ok(Member {
-                user: user_of(&r)?,
-                role: role_of(&r)?,
-                joined_at: r.try_get("joined_at")?,
-            })
-        })
-        .transpose()
+        r.map(|r| Ok(Member::from_row(&r)?)).transpose()
     }
 
     /// Adds `user_id` to `by`'s team as `role`; `conflict` when already a member.

@@ -1,11 +1,9 @@
 //! A team's snapshot templates.
 
-use sqlx::Row;
-
 use super::*;
 use crate::error::Result;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TemplateRow {
     pub id: String,
     pub team_id: String,
@@ -16,24 +14,13 @@ pub struct TemplateRow {
     pub memory_mb: i64,
     pub size_bytes: i64,
     pub source_capsule: String,
+    #[sqlx(try_from = "MetadataText")]
     pub metadata: HashMap<String, String>,
     pub created_at: i64,
 }
 
 pub(super) fn template_of(r: &sqlx::any::AnyRow) -> Result<TemplateRow> {
-    let metadata: String = r.try_get("metadata")?;
-    Ok(TemplateRow {
-        id: r.try_get("id")?,
-        team_id: r.try_get("team_id")?,
-        name: r.try_get("name")?,
-        agent_name: r.try_get("agent_name")?,
-        vcpus: r.try_get("vcpus")?,
-        memory_mb: r.try_get("memory_mb")?,
-        size_bytes: r.try_get("size_bytes")?,
-        source_capsule: r.try_get("source_capsule")?,
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        created_at: r.try_get("created_at")?,
-    })
+    Ok(sqlx::FromRow::from_row(r)?)
 }
 
 impl Db {

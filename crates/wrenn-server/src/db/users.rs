@@ -6,22 +6,21 @@ use wrenn_types::{Id, IdKind};
 use super::*;
 use crate::error::{ApiError, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from the columns of [`USER_COLUMNS`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
+    #[sqlx(rename = "user_id")]
     pub id: String,
     /// Lower-case.
     pub email: String,
+    #[sqlx(rename = "user_name")]
     pub name: String,
+    #[sqlx(rename = "user_created_at")]
     pub created_at: i64,
 }
 
 pub(super) fn user_of(r: &sqlx::any::AnyRow) -> Result<User> {
-    Ok(User {
-        id: r.try_get("user_id")?,
-        email: r.try_get("email")?,
-        name: r.try_get("user_name")?,
-        created_at: r.try_get("user_created_at")?,
-    })
+    Ok(sqlx::FromRow::from_row(r)?)
 }
 
 pub(super) const USER_COLUMNS: &str =

@@ -12,10 +12,11 @@ use super::{
     reserve::{defaults, overrides, usage},
     *,
 };
+use crate::extract::JsonBody;
 use crate::{
     db::{now_ms, Caller, Db, Role},
     error::{ApiError, ErrorBody, Result},
-    responses::{BadRequest, Internal, Unauthorized},
+    responses::{Authed, Checked},
     state::AppState,
 };
 
@@ -101,10 +102,9 @@ async fn team_exists(db: &Db, team_id: &str) -> Result<bool> {
     params(("id" = String, Path, description = "Team id (`team-…`)")),
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),
-        (status = 401, response = Unauthorized),
+        Authed,
         (status = 403, description = "`forbidden`: a member who is not an owner, or an API key of the team", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn get(
@@ -150,18 +150,16 @@ pub async fn get(
     request_body = Limits,
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
+        Checked,
         (status = 403, description = "`forbidden`: not a platform admin (a member of the team)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
-        (status = 500, response = Internal),
     )
 )]
 pub async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(team_id): Path<String>,
-    body: std::result::Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
+    body: std::result::Result<JsonBody<Limits>, ApiError>,
 ) -> Result<Json<TeamQuotas>> {
     if !is_platform_admin(&state.db, &caller).await? {
         let member = caller.team_id == team_id
@@ -175,7 +173,7 @@ pub async fn set(
             not_found(&team_id)
         });
     }
-    let Json(limits) = body?;
+    let JsonBody(limits) = body?;
     limits.validate()?;
     if !team_exists(&state.db, &team_id).await? {
         return Err(not_found(&team_id));

@@ -13,7 +13,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ErrorBody, Result},
-    responses::{AgentFailed, HostUnavailable, Internal, Unauthorized},
+    responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
 
@@ -39,10 +39,7 @@ use crate::{
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
+        Authed, NoCapsule, NotRunning,
     )
 )]
 pub async fn exec_stream(
@@ -103,12 +100,8 @@ pub async fn exec_stream(
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
+        OnHost, NotRunning,
         (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
-        (status = 502, response = AgentFailed),
-        (status = 503, response = HostUnavailable),
     )
 )]
 pub async fn connect_process(

@@ -20,7 +20,7 @@ use crate::{
     capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    responses::{Internal, Unauthorized},
+    responses::{Authed, NoCapsule, NotRunning},
     state::AppState,
 };
 
@@ -127,10 +127,7 @@ pub(super) fn parse_control(text: &str) -> Control {
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
-        (status = 401, response = Unauthorized),
-        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
-        (status = 500, response = Internal),
+        Authed, NoCapsule, NotRunning,
     )
 )]
 pub async fn pty(

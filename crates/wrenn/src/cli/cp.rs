@@ -110,7 +110,7 @@ pub async fn run(client: &Client, src: &str, dst: &str, json: bool) -> Result<()
     if json {
         print_json(&json!({ "source": from, "destination": to, "bytes": bytes }))?;
     } else if to != "-" {
-        println!("{from} -> {to} ({})", super::human_bytes(bytes));
+        println!("{from} -> {to} ({})", super::print::human_bytes(bytes));
     }
     Ok(())
 }

@@ -1,4 +1,11 @@
 //! The capsules of this host: ids, slots, folders, and the tasks that own them.
+//!
+//! `capacity` decides whether a create fits (memory, disk, shapes), `recovery` what a start
+//! takes over or removes, `tasks` the reaper and the sampler.
+
+mod capacity;
+mod recovery;
+mod tasks;
 
 use std::{
     collections::HashMap,
@@ -7,6 +14,9 @@ use std::{
 };
 
 use wrenn_types::{CapsuleStatus, Id, IdKind};
+
+use capacity::{host_memory_bytes, validate_shape};
+use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
 use crate::{
     capsule::{self, CreateSpec, Handle},
@@ -17,29 +27,6 @@ use crate::{
     record::{self, CapsuleRecord},
     templates::{ShapePolicy, TemplateInfo, Templates},
 };
-
-fn kill_if_qemu_of(pid: u32, dir: &std::path::Path) {
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if String::from_utf8_lossy(&cmd).contains(&dir.display().to_string()) {
-        // SAFETY: plain kill(2) of a QEMU that belongs to this capsule folder.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-}
-
-/// Kills QEMUs under `capsules_dir` that no adopted capsule owns.
-fn kill_stray_qemus(capsules_dir: &std::path::Path, adopted: &HashMap<String, Handle>) {
-    let owned: Vec<u32> = adopted
-        .values()
-        .filter_map(|h| h.record().vmm_pid)
-        .collect();
-    for (pid, cmd) in wrenn_vmm::qemu::processes_under(capsules_dir) {
-        if !owned.contains(&pid) {
-            tracing::info!(pid, %cmd, "killing a stray QEMU");
-            // SAFETY: plain kill(2) of a QEMU started for a capsule folder nobody owns.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
 
 /// Where the agent keeps things and what it runs.
 #[derive(Debug, Clone)]
@@ -63,49 +50,16 @@ pub struct AgentConfig {
     pub egress_allow_private: Vec<String>,
 }
 
-/// The slots of a host's agent; the top of the range is left to template builds.
-pub const DEFAULT_SLOTS: std::ops::RangeInclusive<u32> = 1..=16_000;
-
-/// Memory the host keeps for itself: creates that would leave less are refused.
-const HOST_RESERVE_MIB: u64 = 512;
-/// Free disk a create needs beyond the capsule's memory file: its disk overlay's first
-/// writes, its records and logs.
-const CREATE_DISK_MARGIN_MIB: u64 = 64;
-
-/// Disk the host keeps free under the capsules folder: 5% of the filesystem, at most 2 GiB.
-fn disk_reserve(total: u64) -> u64 {
-    (total / 20).min(2 << 30)
-}
-
-/// Bytes a file takes on disk (0 when missing).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-/// Removes the VMM groups of slots in `range` that no adopted capsule holds, killing what
-/// still runs in them.
-fn cleanup_cgroups(keep: &[u32], range: &std::ops::RangeInclusive<u32>) {
-    for name in wrenn_vmm::cgroup::existing() {
-        let Some(n) = name
-            .strip_prefix(netslot::NETNS_PREFIX)
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !range.contains(&n) || keep.contains(&n) {
-            continue;
-        }
-        if let Some(group) = wrenn_vmm::cgroup::Cgroup::named(&name) {
-            for pid in group.pids() {
-                // SAFETY: plain kill(2) of a process left in an orphaned VMM group.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-            tracing::info!(%name, "removing an orphaned VMM cgroup");
-            group.remove();
-        }
+impl AgentConfig {
+    /// The VM backend capsules run on: QEMU, whose binary is [`AgentConfig::qemu`] (the one
+    /// place a backend is chosen).
+    pub fn backend(&self) -> wrenn_vmm::Backend {
+        wrenn_vmm::Backend::Qemu
     }
 }
+
+/// The slots of a host's agent; the top of the range is left to template builds.
+pub const DEFAULT_SLOTS: std::ops::RangeInclusive<u32> = 1..=16_000;
 
 /// All capsules of this host.
 pub struct Manager {
@@ -113,7 +67,7 @@ pub struct Manager {
     capsules: Mutex<HashMap<String, Handle>>,
     slots: SlotPool,
     templates: Arc<Templates>,
-    upstreams: Arc<Vec<std::net::SocketAddr>>,
+    runtime: capsule::Runtime,
 }
 
 impl Manager {
@@ -129,6 +83,11 @@ impl Manager {
         if upstreams.is_empty() {
             tracing::warn!("no upstream name servers: capsules cannot resolve names");
         }
+        let runtime = capsule::Runtime {
+            backend: config.backend(),
+            program: config.qemu.clone(),
+            upstreams,
+        };
         let templates = Arc::new(Templates::new(
             config.images_dir.clone(),
             config.qemu.clone(),
@@ -150,15 +109,9 @@ impl Manager {
             let rec = record::load(&dir).ok();
             let adopted = match &rec {
                 Some(r) if matches!(r.state, CapsuleStatus::Running | CapsuleStatus::Paused) => {
-                    capsule::adopt(
-                        dir.clone(),
-                        &config.images_dir,
-                        config.qemu.clone(),
-                        upstreams.clone(),
-                    )
-                    .await
+                    capsule::adopt(dir.clone(), &config.images_dir, &runtime).await
                 }
-                _ => Err(AgentError::FailedPrecondition("nothing to adopt".into())),
+                _ => Err(AgentError::NothingToAdopt),
             };
             match adopted {
                 Ok(handle) => {
@@ -180,7 +133,7 @@ impl Manager {
         if !removed.is_empty() {
             tracing::info!(?removed, "removed orphaned network slots");
         }
-        kill_stray_qemus(&capsules_dir, &capsules);
+        kill_stray_qemus(config.backend(), &capsules_dir, &capsules);
         cleanup_cgroups(&slots, &config.slots);
         if wrenn_vmm::cgroup::bases().is_none() {
             tracing::warn!("no usable cgroups on this host: VMMs run without CPU and memory caps");
@@ -190,7 +143,7 @@ impl Manager {
             config,
             capsules: Mutex::new(capsules),
             templates,
-            upstreams,
+            runtime,
         })
     }
 
@@ -205,104 +158,13 @@ impl Manager {
         })
     }
 
-    /// Refuses a create that would take more memory than the host has: running capsules'
-    /// RAM plus their VMMs' overhead, plus the new one, plus a reserve for the host.
-    fn check_capacity(&self, memory_mib: u32) -> Result<()> {
-        let list = self.list();
-        if list.len() >= self.config.max_capsules {
-            return Err(AgentError::ResourceExhausted(format!(
-                "this host already runs {} capsules (its limit)",
-                list.len()
-            )));
-        }
-        let committed: u64 = list
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.state,
-                    CapsuleStatus::Running | CapsuleStatus::Starting | CapsuleStatus::Pending
-                )
-            })
-            .map(|r| u64::from(r.memory_mib) + capsule::VMM_OVERHEAD_MIB)
-            .sum();
-        let total = host_memory_bytes() >> 20;
-        let wanted = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
-        if wanted + HOST_RESERVE_MIB > total {
-            // Never, whatever else runs: the request's fault, not the host's state.
-            return Err(AgentError::InvalidArgument(format!(
-                "{memory_mib} MiB of memory can never fit on this host ({total} MiB in all, \
-                 {HOST_RESERVE_MIB} MiB kept for the host)"
-            )));
-        }
-        if committed + wanted + HOST_RESERVE_MIB > total {
-            return Err(AgentError::ResourceExhausted(format!(
-                "not enough memory on this host: {wanted} MiB asked, {} MiB free of {total} MiB",
-                total.saturating_sub(committed + HOST_RESERVE_MIB)
-            )));
-        }
-        Ok(())
-    }
-
-    /// Refuses a create whose disk and memory file (allocated in full at create, so a full disk
-    /// can never fault a running guest's RAM) could not be written in full on the
-    /// filesystem that holds capsule folders (`statvfs` of it, so what anything else on the
-    /// host uses counts too). Every live capsule may still grow its overlay to its disk size
-    /// and its memory file to its RAM: that promised growth counts as used. A request larger
-    /// than the whole filesystem is `invalid_argument` (it can never fit); one that does not
-    /// fit now is `insufficient_storage` (507; it may fit once capsules go).
-    fn check_disk(&self, disk_bytes: u64, memory_mib: u32) -> Result<()> {
-        let dir = self.config.data_dir.join("capsules");
-        let st = nix::sys::statvfs::statvfs(&dir)
-            .map_err(|e| AgentError::io("reading the free disk space", std::io::Error::from(e)))?;
-        let total = st.blocks() * st.fragment_size();
-        let free = st.blocks_available() * st.fragment_size();
-        let reserve = disk_reserve(total);
-        let wanted = disk_bytes + ((u64::from(memory_mib) + CREATE_DISK_MARGIN_MIB) << 20);
-        let mib = |b: u64| b >> 20;
-        if wanted + reserve > total {
-            return Err(AgentError::InvalidArgument(format!(
-                "a {} MiB disk (with {memory_mib} MiB of memory) can never fit on this host: \
-                 its capsule storage holds {} MiB in all",
-                mib(disk_bytes),
-                mib(total.saturating_sub(reserve))
-            )));
-        }
-        let promised: u64 = self
-            .list()
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r.state,
-                    CapsuleStatus::Running
-                        | CapsuleStatus::Paused
-                        | CapsuleStatus::Starting
-                        | CapsuleStatus::Pending
-                )
-            })
-            .map(|r| {
-                let d = dir.join(&r.id);
-                (u64::from(r.disk_mib) << 20).saturating_sub(allocated(&d.join("disk.qcow2")))
-                    + (u64::from(r.memory_mib) << 20).saturating_sub(allocated(&d.join("memory")))
-            })
-            .sum();
-        if promised + wanted + reserve > free {
-            return Err(AgentError::InsufficientStorage(format!(
-                "the host is out of disk space now: {} MiB asked, {} MiB free once running \
-                 capsules' disks and memory may fill; try again later or ask for a smaller disk",
-                mib(wanted),
-                mib(free.saturating_sub(promised + reserve))
-            )));
-        }
-        Ok(())
-    }
-
     fn handle(&self, id: &str) -> Result<Handle> {
         self.capsules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("capsule {id} not found")))
+            .ok_or_else(|| AgentError::CapsuleNotFound { id: id.into() })
     }
 
     /// Creates a capsule from a template's snapshot (of the asked shape, made on first use).
@@ -316,8 +178,7 @@ impl Manager {
         spec.egress_policy = wrenn_types::egress::EgressPolicy::new(
             &spec.egress_policy.allow,
             &spec.egress_policy.deny,
-        )
-        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        )?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -349,16 +210,7 @@ impl Manager {
         let id = Id::new(IdKind::Capsule).to_string();
         let slot = self.slots.take()?;
         let dir = self.config.data_dir.join("capsules").join(&id);
-        let made = capsule::create(
-            id.clone(),
-            dir,
-            resolved,
-            slot,
-            spec,
-            self.config.qemu.clone(),
-            self.upstreams.clone(),
-        )
-        .await;
+        let made = capsule::create(id.clone(), dir, resolved, slot, spec, &self.runtime).await;
         match made {
             Ok(handle) => {
                 let rec = handle.record();
@@ -404,8 +256,7 @@ impl Manager {
         on: bool,
         policy: &wrenn_types::egress::EgressPolicy,
     ) -> Result<CapsuleRecord> {
-        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)
-            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let policy = wrenn_types::egress::EgressPolicy::new(&policy.allow, &policy.deny)?;
         let h = self.handle(id)?;
         h.set_network(netslot::Egress { on, policy }).await?;
         Ok(h.record())
@@ -457,94 +308,13 @@ impl Manager {
     pub fn ping(&self, id: &str) -> Result<()> {
         let h = self.handle(id)?;
         if h.record().state != CapsuleStatus::Running {
-            return Err(AgentError::FailedPrecondition(format!(
-                "capsule {id} is {}, not running",
-                h.record().state
-            )));
+            return Err(AgentError::NotRunning {
+                id: Some(id.into()),
+                state: h.record().state,
+            });
         }
         h.touch();
         Ok(())
-    }
-
-    /// Starts the reaper: every second, running capsules idle for longer than their timeout
-    /// are paused or destroyed, as each asks.
-    pub fn spawn_reaper(self: &std::sync::Arc<Self>) {
-        let weak = std::sync::Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Some(mgr) = weak.upgrade() else { return };
-                let expired: Vec<(String, record::TimeoutAction)> = mgr
-                    .capsules
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .filter_map(|h| {
-                        let r = h.record();
-                        (r.state == CapsuleStatus::Running
-                            && r.timeout_secs > 0
-                            && h.idle_secs() >= i64::from(r.timeout_secs))
-                        .then_some((r.id, r.on_timeout))
-                    })
-                    .collect();
-                for (id, action) in expired {
-                    tracing::info!(%id, ?action, "capsule timed out");
-                    let result = match action {
-                        record::TimeoutAction::Pause => mgr.pause(&id).await.map(|_| ()),
-                        record::TimeoutAction::Destroy => mgr.destroy(&id).await,
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(%id, error = %e, "timeout action failed; destroying");
-                        let _ = mgr.destroy(&id).await;
-                    }
-                }
-            }
-        });
-    }
-
-    /// Starts the sampler: every second, each running capsule's VMM CPU, memory and disk use.
-    pub fn spawn_sampler(self: &std::sync::Arc<Self>) {
-        let weak = std::sync::Arc::downgrade(self);
-        let data_dir = self.config.data_dir.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Some(mgr) = weak.upgrade() else { return };
-                let handles: Vec<Handle> = mgr
-                    .capsules
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
-                drop(mgr);
-                for h in handles {
-                    let r = h.record();
-                    let (Some(pid), CapsuleStatus::Running) = (r.vmm_pid, r.state) else {
-                        continue;
-                    };
-                    let disk = data_dir.join("capsules").join(&r.id).join("disk.qcow2");
-                    let mut m = h.metrics.lock().unwrap_or_else(|e| e.into_inner());
-                    let (history, clock) = &mut *m;
-                    if let Some(p) = crate::metrics::sample(pid, r.vcpus, &disk, clock) {
-                        history.record(p);
-                    }
-                }
-            }
-        });
-    }
-
-    /// A capsule's resource use over the last `range_secs`.
-    pub fn metrics(&self, id: &str, range_secs: i64) -> Result<Vec<crate::metrics::Point>> {
-        let h = self.handle(id)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let m = h.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(m.0.range(range_secs, now))
     }
 
     /// The envd client of a running capsule.
@@ -626,39 +396,4 @@ impl Manager {
             rec.access_token,
         ))
     }
-}
-
-fn host_memory_bytes() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-/// The shapes a capsule may ask for (0 everywhere: the template's).
-fn validate_shape(spec: &CreateSpec) -> Result<()> {
-    let bad = |m: String| Err(AgentError::InvalidArgument(m));
-    if spec.vcpus > 32 {
-        return bad(format!("vcpus must be 1..=32, not {}", spec.vcpus));
-    }
-    if spec.memory_mib != 0 && !(128..=65_536).contains(&spec.memory_mib) {
-        return bad(format!(
-            "memory_mib must be 128..=65536, not {}",
-            spec.memory_mib
-        ));
-    }
-    if !spec.memory_mib.is_multiple_of(2) {
-        return bad(format!("memory_mib must be even, not {}", spec.memory_mib));
-    }
-    if spec.disk_mib > 1 << 20 {
-        return bad(format!(
-            "disk_mib must be at most 1 TiB, not {}",
-            spec.disk_mib
-        ));
-    }
-    Ok(())
 }

@@ -18,6 +18,13 @@
 //!
 //! Every step is recorded with its undo, so a failed setup leaves nothing behind, and
 //! [`cleanup_orphans`] removes whatever a crashed agent left.
+//!
+//! `rules` writes the nftables rules (host-wide and per slot), `pool` hands out slot indexes
+//! and finds and removes slots.
+
+pub mod dns;
+mod pool;
+mod rules;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -25,26 +32,15 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use wrenn_types::egress::{EgressPolicy, Rule};
+use wrenn_types::egress::EgressPolicy;
 
-use crate::{
-    dns,
-    error::{AgentError, Result},
+use crate::error::{AgentError, Result};
+
+pub use pool::{cleanup_orphans, existing_slots, free_build_slot, remove, SlotPool};
+use rules::egress_script;
+pub use rules::{
+    allow_answered, ensure_host_rules, parse_private_allow, set_host_rules, PRIVATE_RANGES,
 };
-
-/// Ranges a capsule never reaches unless the operator allows them: RFC 1918, link-local
-/// (metadata services), CGNAT, and "this network".
-pub const PRIVATE_RANGES: &[&str] = &[
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-    "100.64.0.0/10",
-    "0.0.0.0/8",
-];
-
-/// Ranges a capsule never reaches at all: other slots, loopback, multicast and reserved.
-const NEVER_RANGES: &str = "10.200.0.0/16, 127.0.0.0/8, 224.0.0.0/4, 240.0.0.0/4";
 
 /// A capsule's egress: on or off, and its lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,22 +56,6 @@ impl Egress {
             policy: EgressPolicy::default(),
         }
     }
-}
-
-/// Parses the operator's `--egress-allow-private` list: IPv4 CIDRs (capsules have no IPv6).
-pub fn parse_private_allow(list: &[String]) -> Result<Vec<String>> {
-    list.iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| match Rule::parse(s) {
-            Ok(r @ Rule::V4(..)) => Ok(r.to_string()),
-            Ok(Rule::V6(..)) => Err(AgentError::InvalidArgument(format!(
-                "{s:?}: capsules have no IPv6 egress; only IPv4 ranges can be allowed"
-            ))),
-            Ok(Rule::Domain(_)) | Err(_) => Err(AgentError::InvalidArgument(format!(
-                "{s:?} is not an IPv4 CIDR"
-            ))),
-        })
-        .collect()
 }
 
 /// Runs `f` on a thread inside network namespace `netns` (sockets it makes stay there).
@@ -184,121 +164,6 @@ async fn nft_in(netns: Option<&str>, script: &str) -> Result<()> {
         None => run("nft", &["-f", "-"], Some(script)).await,
     }
     .map(|_| ())
-}
-
-/// The host-wide rules every slot relies on, if no agent set them yet (template builds);
-/// also turns on IPv4 forwarding.
-pub async fn ensure_host_rules() -> Result<()> {
-    if run("nft", &["list", "table", "inet", "wrenn"], None)
-        .await
-        .is_ok()
-    {
-        return std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| AgentError::io("enabling IPv4 forwarding", e));
-    }
-    set_host_rules(&[]).await
-}
-
-/// (Re)writes the host-wide rules, with `allow_private` (IPv4 CIDRs, see
-/// [`parse_private_allow`]) the private ranges the operator lets capsules reach; also turns
-/// on IPv4 forwarding.
-pub async fn set_host_rules(allow_private: &[String]) -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| AgentError::io("enabling IPv4 forwarding", e))?;
-    let allowed = if allow_private.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "    iifname \"{VETH_PREFIX}*\" ip daddr {{ {} }} accept\n",
-            allow_private.join(", ")
-        )
-    };
-    let private = PRIVATE_RANGES.join(", ");
-    let script = format!(
-        r#"table inet wrenn
-delete table inet wrenn
-table inet wrenn {{
-  chain input {{
-    type filter hook input priority -10; policy accept;
-    iifname "{VETH_PREFIX}*" ct state established,related accept
-    iifname "{VETH_PREFIX}*" drop
-  }}
-  chain forward {{
-    type filter hook forward priority -10; policy accept;
-    iifname "{VETH_PREFIX}*" oifname "{VETH_PREFIX}*" drop
-    iifname "{VETH_PREFIX}*" ip daddr {{ {NEVER_RANGES} }} drop
-    iifname "{VETH_PREFIX}*" meta nfproto ipv6 drop
-{allowed}    iifname "{VETH_PREFIX}*" ip daddr {{ {private} }} drop
-    iifname "{VETH_PREFIX}*" accept
-    oifname "{VETH_PREFIX}*" ct state established,related accept
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority 100; policy accept;
-    ip saddr 10.200.0.0/16 oifname != "{VETH_PREFIX}*" masquerade
-  }}
-}}
-"#
-    );
-    nft_in(None, &script).await
-}
-
-/// The script that makes the slot's `egress` chain and `allow`/`deny` sets say `egress`;
-/// `flush_answers` also forgets the addresses the resolver let in.
-fn egress_script(egress: &Egress, flush_answers: bool) -> String {
-    let mut s = String::from(
-        "flush chain ip wrenn egress\nflush set ip wrenn allow\nflush set ip wrenn deny\n",
-    );
-    if flush_answers {
-        s.push_str("flush set ip wrenn dns_allow\n");
-    }
-    let v4 = |rules: Vec<Rule>| -> Vec<String> {
-        rules
-            .into_iter()
-            .filter(|r| matches!(r, Rule::V4(..)))
-            .map(|r| r.to_string())
-            .collect()
-    };
-    let allow = v4(egress.policy.allow_rules());
-    let deny = v4(egress.policy.deny_rules());
-    if !allow.is_empty() {
-        s.push_str(&format!(
-            "add element ip wrenn allow {{ {} }}\n",
-            allow.join(", ")
-        ));
-    }
-    if !deny.is_empty() {
-        s.push_str(&format!(
-            "add element ip wrenn deny {{ {} }}\n",
-            deny.join(", ")
-        ));
-    }
-    let rule = |r: &str| format!("add rule ip wrenn egress {r}\n");
-    s.push_str(&rule("ct state established,related accept"));
-    if !egress.on {
-        s.push_str(&rule("drop"));
-        return s;
-    }
-    s.push_str(&rule("ip daddr @deny drop"));
-    if egress.policy.default_deny() {
-        s.push_str(&rule("ip daddr @allow accept"));
-        s.push_str(&rule("ip daddr @dns_allow accept"));
-        s.push_str(&rule("drop"));
-    }
-    s
-}
-
-/// Lets the slot in `netns` reach `addrs` (answered by its resolver) for their TTLs (seconds).
-pub async fn allow_answered(netns: &str, addrs: &[(Ipv4Addr, u32)]) -> Result<()> {
-    // add + delete + add in one transaction: a known address gets its new timeout.
-    let mut script = String::new();
-    for (a, ttl) in addrs {
-        script.push_str(&format!(
-            "add element ip wrenn dns_allow {{ {a} timeout {ttl}s }}\n\
-             delete element ip wrenn dns_allow {{ {a} }}\n\
-             add element ip wrenn dns_allow {{ {a} timeout {ttl}s }}\n"
-        ));
-    }
-    nft_in(Some(netns), &script).await
 }
 
 /// One undo step.
@@ -523,97 +388,6 @@ impl Slot {
     }
 }
 
-/// The slots an agent hands out: its range, minus those in use.
-#[derive(Debug)]
-pub struct SlotPool {
-    range: std::ops::RangeInclusive<u32>,
-    used: std::sync::Mutex<std::collections::BTreeSet<u32>>,
-}
-
-impl SlotPool {
-    pub fn new(range: std::ops::RangeInclusive<u32>, used: impl IntoIterator<Item = u32>) -> Self {
-        SlotPool {
-            range,
-            used: std::sync::Mutex::new(used.into_iter().collect()),
-        }
-    }
-
-    pub fn range(&self) -> &std::ops::RangeInclusive<u32> {
-        &self.range
-    }
-
-    /// The lowest free slot, now taken.
-    pub fn take(&self) -> Result<u32> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let n = self
-            .range
-            .clone()
-            .find(|n| !used.contains(n))
-            .ok_or_else(|| AgentError::ResourceExhausted("no free network slot".into()))?;
-        used.insert(n);
-        Ok(n)
-    }
-
-    pub fn free(&self, n: u32) {
-        self.used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&n);
-    }
-}
-
-/// Slot indexes whose netns or host veth exist.
-pub async fn existing_slots() -> Result<Vec<u32>> {
-    let mut found = std::collections::BTreeSet::new();
-    for line in ip(&["netns", "list"]).await?.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if let Some(n) = name.strip_prefix(NETNS_PREFIX).and_then(|n| n.parse().ok()) {
-            found.insert(n);
-        }
-    }
-    for line in ip(&["-o", "link", "show"]).await?.lines() {
-        let name = line.split(':').nth(1).unwrap_or("").trim();
-        let name = name.split('@').next().unwrap_or("");
-        if let Some(n) = name.strip_prefix(VETH_PREFIX).and_then(|n| n.parse().ok()) {
-            found.insert(n);
-        }
-    }
-    Ok(found.into_iter().collect())
-}
-
-/// A free slot for a template build, taken from the top of the range (capsules take from the
-/// bottom).
-pub async fn free_build_slot() -> Result<u32> {
-    let used = existing_slots().await?;
-    (1..=MAX_SLOT)
-        .rev()
-        .find(|n| !used.contains(n))
-        .ok_or_else(|| AgentError::Network("no free network slot".into()))
-}
-
-/// Removes whatever exists of slot `index` (its netns and host veth).
-pub async fn remove(index: u32) -> Result<()> {
-    let a = SlotAddrs::new(index)?;
-    let _ = ip(&["netns", "delete", &a.netns]).await;
-    let _ = ip(&["link", "delete", &a.host_veth]).await;
-    Ok(())
-}
-
-/// Removes the netns and veth of every slot in `range` but not in `keep`.
-pub async fn cleanup_orphans(
-    keep: &[u32],
-    range: &std::ops::RangeInclusive<u32>,
-) -> Result<Vec<u32>> {
-    let mut removed = Vec::new();
-    for n in existing_slots().await? {
-        if range.contains(&n) && !keep.contains(&n) {
-            remove(n).await?;
-            removed.push(n);
-        }
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,7 +397,7 @@ mod tests {
         let pool = SlotPool::new(5..=7, [6]);
         assert_eq!(pool.take().unwrap(), 5);
         assert_eq!(pool.take().unwrap(), 7);
-        assert!(matches!(pool.take(), Err(AgentError::ResourceExhausted(_))));
+        assert!(matches!(pool.take(), Err(AgentError::NoFreeSlot)));
         pool.free(5);
         assert_eq!(pool.take().unwrap(), 5);
     }

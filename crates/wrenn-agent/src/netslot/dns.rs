@@ -13,10 +13,8 @@ use std::{
 
 use tokio::net::UdpSocket;
 
-use crate::{
-    error::{AgentError, Result},
-    netslot::{self, Egress},
-};
+use super::{allow_answered, in_netns, Egress};
+use crate::error::{AgentError, Result};
 
 /// Shortest time an answered address stays allowed (a TTL of 0 would race the guest's
 /// connection).
@@ -204,7 +202,7 @@ impl Resolver {
         // A resolver of a previous owner (an agent handing over) may still be closing.
         let mut tries = 0;
         let std_sock = loop {
-            let bound = netslot::in_netns(netns, move || {
+            let bound = in_netns(netns, move || {
                 let s = std::net::UdpSocket::bind(addr)?;
                 s.set_nonblocking(true)?;
                 Ok(s)
@@ -280,7 +278,7 @@ async fn answer(
             .map(|(a, ttl)| (a, ttl.clamp(MIN_TTL_SECS, MAX_TTL_SECS)))
             .collect();
         if !addrs.is_empty() {
-            if let Err(e) = netslot::allow_answered(netns, &addrs).await {
+            if let Err(e) = allow_answered(netns, &addrs).await {
                 tracing::warn!(%netns, name = %q.name, error = %e, "filling the slot's allowed set");
                 return Some(error_reply(query, &q, RCODE_SERVFAIL));
             }

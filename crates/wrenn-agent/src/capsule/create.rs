@@ -1,0 +1,228 @@
+//! Making a capsule (from a template snapshot, rolled back on any failure) and taking over one
+//! a previous agent left running or paused.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use tokio::sync::mpsc;
+use wrenn_types::{CapsuleStatus, Transition};
+use wrenn_vmm::{
+    cgroup::{Cgroup, Limits},
+    snapshot, Backend, Net,
+};
+
+use super::{
+    machine::{envd_addr, new_token, Capsule},
+    run, CreateSpec, Handle, Info, VMM_OVERHEAD_MIB,
+};
+use crate::{
+    envd_client::EnvdClient,
+    error::{AgentError, Result},
+    netslot::{self, Egress, Slot},
+    record::{self, CapsuleRecord},
+    templates::Resolved,
+};
+
+/// What every capsule of this host runs with.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The VM backend ([`crate::manager::AgentConfig::backend`]).
+    pub backend: Backend,
+    /// The backend's program (QEMU's binary).
+    pub program: PathBuf,
+    /// Name servers the slot resolvers forward to.
+    pub upstreams: Arc<Vec<SocketAddr>>,
+}
+
+/// Creates a capsule from the template snapshot in `template_dir`, inside `dir`, on `slot`.
+/// On any failure everything made so far is removed.
+pub async fn create(
+    id: String,
+    dir: PathBuf,
+    resolved: Resolved,
+    slot_index: u32,
+    spec: CreateSpec,
+    runtime: &Runtime,
+) -> Result<Handle> {
+    let disk_bytes = if spec.disk_mib == 0 {
+        resolved.disk_bytes
+    } else {
+        u64::from(spec.disk_mib) << 20
+    };
+    if disk_bytes < resolved.disk_bytes {
+        return Err(AgentError::DiskBelowTemplate {
+            template_mib: resolved.disk_bytes >> 20,
+        });
+    }
+    // Memory, disk, device state, logs and the envd token: a 0700 folder of 0600 files.
+    wrenn_vmm::files::private_dir(&dir)?;
+    let snap = resolved.snapshot.clone();
+    let shape = resolved.spec.clone();
+    let rec = CapsuleRecord {
+        id: id.clone(),
+        template: spec.template.clone(),
+        snapshot_dir: Some(snap.template_dir.clone()),
+        disk_mib: (disk_bytes >> 20) as u32,
+        vcpus: shape.vcpus,
+        memory_mib: shape.memory_mib,
+        slot: slot_index,
+        egress: spec.egress,
+        egress_policy: spec.egress_policy.clone(),
+        state: CapsuleStatus::Pending,
+        created_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        env_vars: spec.env_vars,
+        metadata: spec.metadata,
+        access_token: new_token()?,
+        vmm_pid: None,
+        error: None,
+        timeout_secs: spec.timeout_secs,
+        on_timeout: spec.on_timeout,
+        resume_after_restart: false,
+    };
+    if let Err(e) = record::save(&dir, &rec) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    let egress = Egress {
+        on: spec.egress,
+        policy: spec.egress_policy.clone(),
+    };
+    let slot = match Slot::create_with(slot_index, egress, Some(runtime.upstreams.clone())).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let limits = Limits {
+        cpus: shape.vcpus,
+        memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
+    };
+    // The memory copy and `qemu-img` block: off the async workers.
+    let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.clone());
+    let (backend, program) = (runtime.backend, runtime.program.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let cgroup = Cgroup::create(&netns, limits)?;
+        let mut config = snapshot::prepare_capsule(
+            &snap_c,
+            &dir_c,
+            Net::Tap {
+                netns,
+                tap: netslot::TAP.into(),
+            },
+            program,
+        )?;
+        config.cgroup = cgroup;
+        backend.create(config)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(wrenn_vmm::VmmError::io(
+            "preparing the capsule",
+            std::io::Error::other(e),
+        ))
+    });
+    let vm = match built {
+        Ok(vm) => vm,
+        Err(e) => {
+            if let Some(g) = Cgroup::named(&slot.addrs.netns) {
+                g.remove();
+            }
+            let mut slot = slot;
+            slot.release().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    let info: Info = Arc::new(RwLock::new(rec));
+    let envd = EnvdClient::new(envd_addr(&slot), None);
+    let mut capsule = Capsule {
+        dir,
+        info: info.clone(),
+        vm,
+        slot,
+        envd,
+    };
+    let started = async {
+        capsule.transition(Transition::Start)?;
+        capsule.start_vm(&snap.state()).await?;
+        capsule
+            .init_envd(true, resolved.envd_token.as_deref())
+            .await?;
+        let token = capsule
+            .info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .access_token
+            .clone();
+        capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
+        capsule.enable_discard().await;
+        if disk_bytes > resolved.disk_bytes {
+            capsule.grow_disk(disk_bytes).await?;
+        }
+        capsule.set_dns().await;
+        capsule.transition(Transition::Ready)
+    }
+    .await;
+    if let Err(e) = started {
+        capsule.teardown().await;
+        return Err(e);
+    }
+    let envd = capsule.envd.clone();
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(run(capsule, rx));
+    Ok(Handle::new(info, tx, envd))
+}
+
+/// Takes over a capsule a previous agent left running or paused.
+pub async fn adopt(
+    dir: PathBuf,
+    images_dir: &std::path::Path,
+    runtime: &Runtime,
+) -> Result<Handle> {
+    let rec = record::load(&dir)?;
+    let snap = snapshot::Snapshot {
+        template_dir: rec
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| images_dir.join(&rec.template)),
+    };
+    let egress = Egress {
+        on: rec.egress,
+        policy: rec.egress_policy.clone(),
+    };
+    let slot = Slot::adopt(rec.slot, egress, Some(runtime.upstreams.clone())).await?;
+    let mut config = snapshot::capsule_config(
+        &snap,
+        &dir,
+        Net::Tap {
+            netns: slot.addrs.netns.clone(),
+            tap: netslot::TAP.into(),
+        },
+        runtime.program.clone(),
+    )?;
+    config.cgroup = Cgroup::named(&slot.addrs.netns).filter(|g| g.dirs.iter().all(|d| d.is_dir()));
+    let vm = match (rec.state, rec.vmm_pid) {
+        (CapsuleStatus::Running, Some(pid)) => runtime.backend.adopt(config, pid).await?,
+        (CapsuleStatus::Paused, _) => runtime.backend.saved(config)?,
+        (state, _) => return Err(AgentError::NotAdoptable { state }),
+    };
+    let envd = EnvdClient::new(envd_addr(&slot), Some(rec.access_token.clone()));
+    let info: Info = Arc::new(RwLock::new(rec));
+    let capsule = Capsule {
+        dir,
+        info: info.clone(),
+        vm,
+        slot,
+        envd: envd.clone(),
+    };
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(run(capsule, rx));
+    Ok(Handle::new(info, tx, envd))
+}

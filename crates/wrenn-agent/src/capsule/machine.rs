@@ -1,0 +1,292 @@
+//! A capsule's resources (VM, network slot, envd client), owned by its task, and what the task
+//! does with them: every transition is written to `capsule.json`.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
+
+use wrenn_types::{CapsuleStatus, Transition};
+use wrenn_vmm::{snapshot, Vm, Vmm};
+
+use super::Info;
+use crate::{
+    envd_client::{EnvdClient, ExecRequest, InitRequest},
+    error::{AgentError, Result},
+    netslot::{Egress, Slot},
+    record,
+    templates::{SnapshotSource, TemplateInfo, Templates},
+};
+
+/// A capsule's resources, owned by its task.
+pub(super) struct Capsule {
+    pub(super) dir: PathBuf,
+    pub(super) info: Info,
+    pub(super) vm: Vm,
+    pub(super) slot: Slot,
+    pub(super) envd: EnvdClient,
+}
+
+pub(super) fn envd_addr(slot: &Slot) -> SocketAddr {
+    SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT)
+}
+
+pub(super) fn new_token() -> Result<String> {
+    Ok(wrenn_types::secret::hex(24)?)
+}
+
+impl Capsule {
+    pub(super) fn transition(&self, t: Transition) -> Result<()> {
+        let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+        rec.state = rec.state.apply(t)?;
+        rec.vmm_pid = self.vm.pid();
+        record::save(&self.dir, &rec)
+    }
+
+    pub(super) fn state(&self) -> CapsuleStatus {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).state
+    }
+
+    /// Grows the disk to `bytes` and the guest's root filesystem with it (online).
+    pub(super) async fn grow_disk(&mut self, bytes: u64) -> Result<()> {
+        self.vm.grow_disk(bytes).await?;
+        let out = self
+            .envd
+            .exec(&ExecRequest {
+                cmd: "/usr/sbin/resize2fs".into(),
+                args: vec!["/dev/vda".into()],
+                user: Some("root".into()),
+                timeout: Some(std::time::Duration::from_secs(60)),
+                ..ExecRequest::default()
+            })
+            .await?;
+        if out.exit_code != 0 {
+            return Err(AgentError::Envd(format!(
+                "growing the root filesystem failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Has the guest's root filesystem discard what it frees (online discard), so space freed
+    /// in the guest is given back to the host: the disk is attached with `discard=unmap`, and
+    /// a discarded cluster of the qcow2 overlay is punched out of the host file. Templates'
+    /// snapshots were taken with the image's mount options, so it is set here, at create.
+    /// Best effort: a guest that cannot remount still runs (it only keeps its freed space).
+    pub(super) async fn enable_discard(&self) {
+        let out = self
+            .envd
+            .exec(&ExecRequest {
+                cmd: "/bin/mount".into(),
+                args: vec!["-o".into(), "remount,discard".into(), "/".into()],
+                user: Some("root".into()),
+                timeout: Some(std::time::Duration::from_secs(30)),
+                ..ExecRequest::default()
+            })
+            .await;
+        match out {
+            Ok(o) if o.exit_code == 0 => {}
+            Ok(o) => tracing::warn!(
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "the guest could not turn on discard"
+            ),
+            Err(e) => tracing::warn!(error = %e, "the guest could not turn on discard"),
+        }
+    }
+
+    /// Points the guest's resolver at the slot resolver (the only name server it may use;
+    /// the same address in every slot, so snapshots keep it). Best effort: a capsule without
+    /// DNS still runs.
+    pub(super) async fn set_dns(&self) {
+        let text = format!("nameserver {}\n", crate::dns::SLOT_RESOLVER);
+        if let Err(e) = self
+            .envd
+            .write_file("/etc/resolv.conf", Some("root"), text.into())
+            .await
+        {
+            tracing::warn!(error = %e, "setting the guest's name server");
+        }
+    }
+
+    /// Whether the network may change now (the slot exists).
+    pub(super) fn set_network_allowed(&self) -> Result<()> {
+        match self.state() {
+            CapsuleStatus::Running | CapsuleStatus::Paused => Ok(()),
+            state => Err(AgentError::NotRunningOrPaused {
+                state,
+                rule: "only a running or paused capsule's network can change",
+            }),
+        }
+    }
+
+    /// Changes the slot's egress rules and the record.
+    pub(super) async fn set_network(&mut self, egress: Egress) -> Result<()> {
+        self.set_network_allowed()?;
+        self.slot.set_egress(egress.clone()).await?;
+        let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+        rec.egress = egress.on;
+        rec.egress_policy = egress.policy;
+        record::save(&self.dir, &rec)
+    }
+
+    pub(super) async fn init_envd(&self, first: bool, snapshot_token: Option<&str>) -> Result<()> {
+        let rec = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let req = InitRequest {
+            access_token: Some(rec.access_token.clone()),
+            env_vars: if first {
+                rec.env_vars.clone()
+            } else {
+                HashMap::new()
+            },
+            default_user: None,
+            default_workdir: None,
+        };
+        // A template's envd has no token (a snapshot template's has its source capsule's);
+        // afterwards it needs the capsule's own.
+        let previous = if first {
+            snapshot_token
+        } else {
+            Some(rec.access_token.as_str())
+        };
+        self.envd.init(&req, previous).await
+    }
+
+    pub(super) async fn start_vm(&mut self, state: &std::path::Path) -> Result<()> {
+        self.vm.restore(state).await?;
+        self.vm.resume().await?;
+        self.vm
+            .wait_ready(envd_addr(&self.slot), std::time::Duration::from_secs(60))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn pause(&mut self, for_restart: bool) -> Result<()> {
+        if self.state() != CapsuleStatus::Running {
+            return Err(AgentError::NotRunning {
+                id: None,
+                state: self.state(),
+            });
+        }
+        self.vm.pause().await?;
+        if let Err(e) = self.vm.save(&self.dir.join("state")).await {
+            // Keep the capsule usable if its VM still runs; otherwise it is lost.
+            if self.vm.resume().await.is_err() {
+                self.fail(format!("pausing failed: {e}")).await;
+            }
+            return Err(e.into());
+        }
+        // Saved with the state by `transition`: a shutdown's pause is never lost.
+        self.info
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume_after_restart = for_restart;
+        self.transition(Transition::Pause)
+    }
+
+    pub(super) async fn resume(&mut self) -> Result<()> {
+        if self.state() != CapsuleStatus::Paused {
+            return Err(AgentError::NotPaused {
+                state: self.state(),
+            });
+        }
+        let resumed = async {
+            self.start_vm(&self.dir.join("state")).await?;
+            self.init_envd(false, None).await
+        }
+        .await;
+        if let Err(e) = resumed {
+            self.fail(format!("resuming failed: {e}")).await;
+            return Err(e);
+        }
+        self.info
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume_after_restart = false;
+        self.transition(Transition::Resume)
+    }
+
+    pub(super) fn release_cgroup(&self) {
+        if let Some(g) = &self.vm.config().cgroup {
+            g.remove();
+        }
+    }
+
+    /// Pauses the capsule if it runs, then makes template `name` of its files.
+    pub(super) async fn snapshot(
+        &mut self,
+        name: String,
+        overwrite: bool,
+        templates: &Templates,
+        in_use: &(dyn Fn(&std::path::Path) -> bool + Send + Sync),
+    ) -> Result<TemplateInfo> {
+        match self.state() {
+            CapsuleStatus::Running => self.pause(false).await?,
+            CapsuleStatus::Paused => {}
+            state => {
+                return Err(AgentError::NotRunningOrPaused {
+                    state,
+                    rule: "only running or paused capsules can be snapshotted",
+                })
+            }
+        }
+        let rec = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = self.vm.config();
+        let source = SnapshotSource {
+            capsule_id: rec.id.clone(),
+            base: rec.template.clone(),
+            restored_from: rec
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| templates.images_dir().join(&rec.template)),
+            memory: config.memory_path(),
+            state: self.dir.join("state"),
+            disk: config.disk.clone(),
+            spec: snapshot::SnapshotSpec {
+                format: snapshot::SNAPSHOT_FORMAT,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                accel: config.accel.as_str().into(),
+            },
+            envd_token: rec.access_token.clone(),
+        };
+        templates.publish(&name, overwrite, source, in_use).await
+    }
+
+    /// Turns the capsule to `error` with `why`, stops its VMM and releases its slot at once;
+    /// the folder stays (for the console log) until destroy.
+    pub(super) async fn fail(&mut self, why: String) {
+        tracing::warn!(id = %self.info.read().unwrap_or_else(|e| e.into_inner()).id, %why, "capsule failed");
+        let _ = self.vm.stop().await;
+        self.release_cgroup();
+        self.slot.release().await;
+        let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+        rec.state = rec
+            .state
+            .apply(Transition::Fail)
+            .unwrap_or(CapsuleStatus::Error);
+        rec.error = Some(why);
+        rec.vmm_pid = None;
+        rec.resume_after_restart = false;
+        let _ = record::save(&self.dir, &rec);
+    }
+
+    /// Marks the capsule stopped and removes everything it owns.
+    pub(super) async fn destroy(&mut self) {
+        {
+            let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
+            rec.state = rec
+                .state
+                .apply(Transition::Stop)
+                .unwrap_or(CapsuleStatus::Stopped);
+        }
+        self.teardown().await;
+    }
+
+    /// Stops the VM and removes everything the capsule owns; the folder goes last.
+    pub(super) async fn teardown(&mut self) {
+        let _ = self.vm.stop().await;
+        self.release_cgroup();
+        self.slot.release().await;
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "removing the capsule folder");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Starting and serving the control plane: the one entry point `wrenn up` and `wrenn server`
+//! share ([`start`], then [`run`]).
+
+use std::{fmt, future::Future, path::PathBuf, time::Duration};
+
+use tonic::transport::Channel;
+use wrenn_proto::agent::v1::agent_client::AgentClient;
+
+use crate::{accounts, bootstrap, db, quotas, router, ApiError, AppState, Result};
+
+/// How long open streams (WebSockets, event streams) may go on after the stop was asked for.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often the reconciler compares the database with the agent.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// The control plane's settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The database (SQLite, unless `database_url`), the admin's key and password live here.
+    pub data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded SQLite (`postgres://…`); may hold a password.
+    pub database_url: Option<String>,
+    /// The port proxy's domain: `{port}-{capsule id}.{domain}`.
+    pub domain: String,
+    /// The platform's default per-team quotas.
+    pub quotas: quotas::Limits,
+    /// Who may sign up.
+    pub signup: accounts::SignupPolicy,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("domain", &self.domain)
+            .field("quotas", &self.quotas)
+            .field("signup", &self.signup)
+            .finish()
+    }
+}
+
+/// `url` without its password (`postgres://user:<redacted>@host/db`); the rest stays readable.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    if user.len() == userinfo.len() {
+        return url.to_string();
+    }
+    format!("{scheme}://{user}:<redacted>@{host}{tail}")
+}
+
+impl Config {
+    /// The admin's API key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.data_dir.join("admin-api-key")
+    }
+
+    /// The admin's password file.
+    pub fn password_file(&self) -> PathBuf {
+        self.data_dir.join("admin-password")
+    }
+}
+
+/// A started control plane, not yet serving.
+pub struct Started {
+    pub state: AppState,
+    /// What the start did about the admin's API key.
+    pub admin_key: bootstrap::AdminKey,
+}
+
+/// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
+/// user, team and key on first start, stores the default quotas and starts the reconciler.
+pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Started> {
+    let step = |what: &str, e: ApiError| ApiError::Internal(format!("{what}: {e}"));
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
+    let url = config.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join("wrenn.db").display()
+        )
+    });
+    let db = db::Db::open(&url)
+        .await
+        .map_err(|e| step("opening the database", e))?;
+    let admin_key = bootstrap::bootstrap(&db, &config.key_file(), &config.password_file())
+        .await
+        .map_err(|e| step("creating the admin user, team and key", e))?;
+    quotas::set_defaults(&db, &config.quotas)
+        .await
+        .map_err(|e| step("storing the default quotas", e))?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let state = AppState {
+        db,
+        agent,
+        events,
+        domain: config.domain.clone(),
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ApiError::Internal(format!("the proxy's HTTP client: {e}")))?,
+        metrics: Default::default(),
+        accounts: accounts::Accounts::new(config.signup),
+    };
+    crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
+    Ok(Started { state, admin_key })
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // The peer's address reaches the handlers (log-in limits per client address).
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; open streams then get a few
+/// seconds, not forever.
+pub async fn run(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let server = serve(listener, state, async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    tokio::select! {
+        r = server => r.map_err(|e| ApiError::Internal(format!("serving: {e}")))?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let config = Config {
+            data_dir: "/var/lib/wrenn".into(),
+            database_url: Some(
+                "postgres://wrenn:s3cret@db.example:5432/wrenn?sslmode=require".into(),
+            ),
+            domain: "wrenn.localhost".into(),
+            quotas: Default::default(),
+            signup: accounts::SignupPolicy::Invite,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://wrenn:<redacted>@db.example:5432/wrenn?sslmode=require"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn urls_without_a_password_stay_as_they_are() {
+        for url in [
+            "sqlite:///var/lib/wrenn/wrenn.db?mode=rwc",
+            "postgres://wrenn@db/wrenn",
+            "postgres://db/wrenn",
+            "not a url",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/d"),
+            "postgres://u:<redacted>@h/d"
+        );
+    }
+}

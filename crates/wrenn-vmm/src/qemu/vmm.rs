@@ -1,0 +1,195 @@
+//! [`Vmm`] for QEMU: pause is `stop`; save writes only device state (`x-ignore-shared`: RAM
+//! stays in the memory file) through a descriptor passed over QMP, then QEMU exits; restore
+//! starts QEMU with `-incoming defer` on the same files and loads that state.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde_json::json;
+use tokio::{sync::watch, time::Instant};
+
+use super::{process::health, QemuVm};
+use crate::{
+    config::VmConfig,
+    error::{Result, VmmError},
+    files, VmStatus, Vmm,
+};
+
+impl Vmm for QemuVm {
+    async fn boot(&mut self) -> Result<()> {
+        if self.status != VmStatus::NotStarted {
+            return Err(VmmError::State {
+                action: "boot",
+                state: self.status.to_string(),
+            });
+        }
+        self.spawn(false).await?;
+        self.status = VmStatus::Running;
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut exited = self.live("wait for")?.exited.clone();
+        loop {
+            tokio::select! {
+                ok = health(addr) => if ok { return Ok(started.elapsed()) },
+                status = exited.wait_for(|e| e.is_some()) => {
+                    let status = status.map(|s| s.clone()).unwrap_or(None);
+                    let err = self.exited_error(status);
+                    self.process = None;
+                    self.status = VmStatus::Failed(err.to_string());
+                    return Err(err);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(VmmError::Timeout {
+                    after: timeout,
+                    what: format!("envd at {addr} to answer /health"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn pause(&mut self) -> Result<()> {
+        if self.status != VmStatus::Running {
+            return Err(VmmError::State {
+                action: "pause",
+                state: self.status.to_string(),
+            });
+        }
+        self.qmp("pause", "stop", None).await?;
+        self.status = VmStatus::Paused;
+        Ok(())
+    }
+
+    async fn save(&mut self, state: &Path) -> Result<()> {
+        if self.status != VmStatus::Paused {
+            return Err(VmmError::State {
+                action: "save",
+                state: self.status.to_string(),
+            });
+        }
+        self.ignore_shared().await?;
+        // Device state holds guest secrets too (registers, queues): 0600.
+        let file = files::open_private(state, true)?;
+        self.pass_fd("wrenn-save", &file).await?;
+        drop(file);
+        self.qmp("save", "migrate", Some(json!({"uri": "fd:wrenn-save"})))
+            .await?;
+        self.wait_migration("saving VM state").await?;
+        // The state is on disk and RAM is in the memory file: QEMU can go.
+        let _ = self.qmp("save", "quit", None).await;
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        let _ = std::fs::remove_file(self.config.qmp_path());
+        self.status = VmStatus::Saved;
+        Ok(())
+    }
+
+    async fn restore(&mut self, state: &Path) -> Result<()> {
+        if !matches!(self.status, VmStatus::NotStarted | VmStatus::Saved) {
+            return Err(VmmError::State {
+                action: "restore",
+                state: self.status.to_string(),
+            });
+        }
+        if !self.config.memory_path().is_file() {
+            return Err(VmmError::Config(format!(
+                "restore needs the memory file {}",
+                self.config.memory_path().display()
+            )));
+        }
+        let file = std::fs::File::open(state)
+            .map_err(|e| VmmError::io(format!("opening {}", state.display()), e))?;
+        self.spawn(true).await?;
+        let loaded: Result<VmStatus> = async {
+            self.ignore_shared().await?;
+            self.pass_fd("wrenn-restore", &file).await?;
+            self.qmp(
+                "restore",
+                "migrate-incoming",
+                Some(json!({"uri": "fd:wrenn-restore"})),
+            )
+            .await?;
+            self.wait_migration("loading VM state").await?;
+            match self.run_state().await?.as_str() {
+                "running" => Ok(VmStatus::Running),
+                _ => Ok(VmStatus::Paused),
+            }
+        }
+        .await;
+        match loaded {
+            Ok(status) => {
+                self.status = status;
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(p) = self.process.take() {
+                    p.kill().await;
+                }
+                self.status = VmStatus::Failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    async fn resume(&mut self) -> Result<()> {
+        if self.status != VmStatus::Paused {
+            return Err(VmmError::State {
+                action: "resume",
+                state: self.status.to_string(),
+            });
+        }
+        self.qmp("resume", "cont", None).await?;
+        self.status = VmStatus::Running;
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        let _ = std::fs::remove_file(self.config.qmp_path());
+        self.status = VmStatus::Stopped;
+        Ok(())
+    }
+
+    fn status(&self) -> VmStatus {
+        match &self.process {
+            Some(p) if p.has_exited().is_some() => VmStatus::Failed(format!(
+                "QEMU exited: {}",
+                p.has_exited().unwrap_or_default()
+            )),
+            _ => self.status.clone(),
+        }
+    }
+
+    fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The pid of the running QEMU, if any.
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
+    /// A receiver that turns `Some(status)` when QEMU exits (for supervisors).
+    fn death_watch(&self) -> Option<watch::Receiver<Option<String>>> {
+        self.process.as_ref().map(|p| p.exited.clone())
+    }
+
+    /// Grows the running VM's disk to `bytes` (the guest sees the new size at once; growing
+    /// its filesystem is the guest's business).
+    async fn grow_disk(&mut self, bytes: u64) -> Result<()> {
+        self.qmp(
+            "grow the disk of",
+            "block_resize",
+            Some(serde_json::json!({ "device": "root", "size": bytes })),
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,220 @@
+//! The flags of `wrenn up`, `wrenn server` and `wrenn agent`, each declared once: what the
+//! control plane takes ([`ControlArgs`]), what a host takes ([`HostArgs`]), and what all three
+//! share ([`CommonArgs`]). Every flag can also come from `WRENN_<FLAG>` and from the
+//! configuration file (see [`crate::config`]).
+
+use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, str::FromStr};
+
+use wrenn_rpc::listen::ListenAddr;
+
+use crate::{quota::QuotaArgs, shapes::ShapeArgs};
+
+/// The default data folder.
+pub const DATA_DIR: &str = "/var/lib/wrenn";
+
+/// What `up`, `server` and `agent` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The configuration file: TOML whose keys are these flags' names (`slots = "1-100"`,
+    /// `max-capsules = 8`). Default: DATA_DIR/wrenn.toml when it exists. Precedence: flags,
+    /// then WRENN_* variables, then the file, then the defaults.
+    #[arg(long, env = "WRENN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where Wrenn keeps its state (database, admin key, PKI, capsules, images).
+    #[arg(long, env = "WRENN_DIR", default_value = DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// The control plane's flags (`up` and `server`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// PostgreSQL instead of the embedded SQLite (`postgres://…`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// The port proxy's domain: `{port}-{capsule id}.{domain}` reaches a capsule's port
+    /// (`*.localhost` resolves to this machine in browsers and curl).
+    #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
+    pub domain: String,
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
+    /// Who may sign up: `open` (anyone), `invite` (only with an invitation a team's owner or
+    /// admin made) or `closed` (nobody). Default: `closed` for `wrenn up` (it makes its own
+    /// admin, who adds users), `invite` for `wrenn server`.
+    #[arg(long, env = "WRENN_SIGNUP")]
+    pub signup: Option<wrenn_server::accounts::SignupPolicy>,
+}
+
+/// A host's flags (`up` and `agent`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// Where guest images (templates) live. Default: DATA_DIR/images for `wrenn up`,
+    /// /var/lib/wrenn/images for `wrenn agent`.
+    #[arg(long, env = "WRENN_IMAGES")]
+    pub images: Option<PathBuf>,
+    /// Most capsules this host runs at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_capsules: usize,
+    /// The network slots this host's agent owns and cleans up, `FIRST-LAST` (one agent per
+    /// host normally owns them all).
+    #[arg(long, env = "WRENN_AGENT_SLOTS", default_value = "1-16000", value_parser = parse_slots)]
+    pub slots: RangeInclusive<u32>,
+    #[command(flatten)]
+    pub shapes: ShapeArgs,
+    /// Private IPv4 ranges capsules may reach, `CIDR,...` (by default none: RFC 1918,
+    /// link-local, CGNAT and loopback are denied to every capsule).
+    #[arg(
+        long,
+        env = "WRENN_EGRESS_ALLOW_PRIVATE",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub egress_allow_private: Vec<String>,
+    /// Name servers the capsules' slot resolvers forward to, `IP[:PORT],...` (default:
+    /// the host's /etc/resolv.conf).
+    #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+impl HostArgs {
+    /// The agent's settings, with its images in `images` unless `--images` says otherwise.
+    pub fn agent_config(
+        &self,
+        data_dir: PathBuf,
+        images: PathBuf,
+    ) -> anyhow::Result<wrenn_agent::manager::AgentConfig> {
+        Ok(wrenn_agent::manager::AgentConfig {
+            data_dir,
+            images_dir: self.images.clone().unwrap_or(images),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: self.max_capsules,
+            slots: self.slots.clone(),
+            shapes: self.shapes.policy()?,
+            dns_upstreams: self.dns_upstream.clone(),
+            egress_allow_private: self.egress_allow_private.clone(),
+        })
+    }
+}
+
+impl ControlArgs {
+    /// The control plane's settings; `signup` is the role's default policy.
+    pub fn server_config(
+        &self,
+        data_dir: PathBuf,
+        signup: wrenn_server::accounts::SignupPolicy,
+    ) -> wrenn_server::Config {
+        wrenn_server::Config {
+            data_dir,
+            database_url: self.database_url.clone().map(|s| s.0),
+            domain: self.domain.clone(),
+            quotas: self.quotas.limits(),
+            signup: self.signup.unwrap_or(signup),
+        }
+    }
+}
+
+/// `wrenn up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// The static envd binary, to build missing guest images on first start.
+    #[arg(long, env = "WRENN_ENVD")]
+    pub envd: Option<PathBuf>,
+    /// Templates to build on first start.
+    #[arg(
+        long,
+        env = "WRENN_TEMPLATES",
+        default_value = "minimal,python",
+        value_delimiter = ','
+    )]
+    pub templates: Vec<String>,
+}
+
+/// `wrenn server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The host agent: `host:port` or `https://host:port` (mTLS), or `unix:/path`.
+    #[arg(long, env = "WRENN_AGENT")]
+    pub agent: String,
+    /// The PKI folder (default DATA_DIR/pki): its CA is made on first start, with this
+    /// server's client certificate; issue the agent's with `wrenn agent-cert --dir`.
+    #[arg(long, env = "WRENN_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+}
+
+/// `wrenn agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Address of the gRPC service: `host:port` or `unix:/path/to.sock` (a 0600 socket).
+    #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: ListenAddr,
+    /// Serve mutual TLS with `DIR/ca.pem`, `DIR/agent.pem` and `DIR/agent.key`: clients
+    /// need a certificate from that CA (`wrenn agent-cert` makes them). TCP only.
+    #[arg(long, env = "WRENN_AGENT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// A secret (a database URL with its password, an API key): shown as `<redacted>` in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// `IP` or `IP:PORT` (port 53 by default).
+pub fn parse_dns(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
+}
+
+/// `FIRST-LAST`, within the slots a host has.
+pub fn parse_slots(s: &str) -> Result<RangeInclusive<u32>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 1-16000"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{x:?} is not a slot number"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    let all = wrenn_agent::manager::DEFAULT_SLOTS;
+    if a == 0 || a > b || b > *all.end() {
+        return Err(format!(
+            "slots must satisfy 1 <= FIRST <= LAST <= {}, not {a}-{b}",
+            all.end()
+        ));
+    }
+    Ok(a..=b)
+}

@@ -1,0 +1,87 @@
+//! `wrenn up --config FILE`: the file's values are used, and a bad file stops the start before
+//! anything is made. The first test starts a real `wrenn up` (network slots 3700-3709: run it
+//! under the VM lock); the second starts nothing.
+
+mod common;
+
+use std::{net::TcpListener, process::Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wrenn");
+
+/// `wrenn up --config FILE` with nothing else from the environment that the file could set.
+fn up_with(file: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("up").arg("--config").arg(file);
+    for var in [
+        "WRENN_DIR",
+        "WRENN_LISTEN",
+        "WRENN_IMAGES",
+        "WRENN_TEMPLATES",
+        "WRENN_AGENT_SLOTS",
+        "WRENN_SLOTS",
+        "WRENN_CONFIG",
+        "DATABASE_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn up_takes_its_settings_from_the_file() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.path().join("settings.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "# wrenn up, from a file\nlisten = \"127.0.0.1:{port}\"\nslots = \"3700-3709\"\n\
+             data_dir = {data:?}\nimages = {images:?}\ntemplates = [\"minimal\"]\n\
+             max-capsules = 2\n",
+            images = common::images_dir(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = up_with(&file);
+    cmd.stdout(std::process::Stdio::piped());
+    let up = common::Up::spawn(cmd, &data, 300);
+    assert_eq!(
+        up.addr,
+        format!("127.0.0.1:{port}"),
+        "the file's listen address"
+    );
+    assert!(
+        data.join("wrenn.db").exists(),
+        "the file's data folder is used"
+    );
+    drop(up);
+}
+
+#[test]
+fn a_bad_file_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (text, why) in [
+        ("slots = \n", "not valid TOML"),
+        ("colour = \"blue\"\n", "unknown key `colour`"),
+        ("slots = \"0-3\"\n", "key `slots`: invalid value"),
+    ] {
+        let file = dir.path().join("wrenn.toml");
+        std::fs::write(&file, format!("data-dir = {data:?}\n{text}")).unwrap();
+        let out = up_with(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.starts_with("error: configuration file ") && err.contains(why),
+            "{text}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(out.stdout.is_empty());
+        assert!(!data.exists(), "{text}: nothing is made");
+    }
+}
