@@ -294,6 +294,10 @@ def module_edges(modules, files):
         for m in PATH_RE.finditer(text):
             here = module_at(m.start())
             segs = [m.group(1)] + [s.strip().replace("r#", "") for s in m.group(2).split("::") if s.strip()]
+            # `crate::x()` / `crate::x!` names a function or macro `x` (maybe re-exported where
+            # the path says), never a module `x`.
+            if text[m.end():m.end() + 3].lstrip().startswith(("(", "!")):
+                segs = segs[:-1]
             refs.append((here, segs))
         src = fpath
         for here, segs in refs:
@@ -440,6 +444,8 @@ def self_test(root):
             failures.append(f"a parent/child reference is reported: {line}")
         if "quiet" in line:
             failures.append(f"a reference inside a comment or string is reported: {line}")
+        if "table" in line:
+            failures.append(f"a call of a function re-exported at the root is taken for its module: {line}")
     if len(got) != 2:
         failures.append(f"expected exactly 2 circles, got {got}")
 

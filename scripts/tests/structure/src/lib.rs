@@ -11,3 +11,8 @@ use crate::a::A;
 pub fn root() -> A {
     A
 }
+
+mod table;
+mod user;
+
+pub use table::table;

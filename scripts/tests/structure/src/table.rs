@@ -1,0 +1,5 @@
+use crate::user::User;
+
+pub fn table() -> Vec<User> {
+    Vec::new()
+}
