@@ -307,7 +307,10 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         .map_err(|e| {
             // The capsule's address is the host's business: logged, not answered.
             tracing::info!(%upstream, error = %e, "proxied request failed");
-            ApiError::Agent(format!("{what}: {}", causes(&e.without_url())))
+            ApiError::Agent(format!(
+                "{what}: {}",
+                wrenn_rpc::error::chain(&e.without_url())
+            ))
         })?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
@@ -318,21 +321,6 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
     builder
         .body(Body::from_stream(resp.bytes_stream()))
         .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// `e` and its sources, `: `-separated.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.ends_with(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// A WebSocket (or other upgrade): the handshake goes to the capsule as is; once it answers
