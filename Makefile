@@ -32,7 +32,7 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up, the API fuzzed from its OpenAPI document
+## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up, the API fuzzed from its OpenAPI document
 test: deps lint unit e2b sdk fuzz-api
 
 deps:
@@ -41,7 +41,8 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	CARGO=$(CARGO) scripts/check-deps.sh
+	scripts/check-structure.sh --self-test
+	CARGO=$(CARGO) scripts/check-structure.sh
 
 ## unit: every Rust test; the storage tests run on SQLite and on a private PostgreSQL that
 ## scripts/install-postgres.sh installs and starts (or on WRENN_TEST_DATABASE_URL when set)
