@@ -1,5 +1,5 @@
 //! `wrenn up --config FILE`: the file's values are used, and a bad file stops the start before
-//! anything is made. The first test starts a real `wrenn up` (network slots 3700-3709: run it
+//! anything is made. The first test starts a real `wrenn up` (network slots 3240-3249: run it
 //! under the VM lock); the second starts nothing.
 
 mod common;
@@ -40,7 +40,7 @@ fn up_takes_its_settings_from_the_file() {
     std::fs::write(
         &file,
         format!(
-            "# wrenn up, from a file\nlisten = \"127.0.0.1:{port}\"\nslots = \"3700-3709\"\n\
+            "# wrenn up, from a file\nlisten = \"127.0.0.1:{port}\"\nslots = \"3240-3249\"\n\
              data_dir = {data:?}\nimages = {images:?}\ntemplates = [\"minimal\"]\n\
              max-capsules = 2\n",
             images = common::images_dir(),
