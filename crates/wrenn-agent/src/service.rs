@@ -28,7 +28,7 @@ use wrenn_proto::{
     },
     filesystem, process,
 };
-use wrenn_types::{CapsuleStatus, Id, IdKind};
+use wrenn_types::{Id, IdKind};
 
 pub use crate::listen::Listen;
 use crate::{
@@ -156,17 +156,6 @@ impl From<AgentError> for Status {
     }
 }
 
-fn pb_state(s: CapsuleStatus) -> PbState {
-    match s {
-        CapsuleStatus::Pending => PbState::Pending,
-        CapsuleStatus::Starting => PbState::Starting,
-        CapsuleStatus::Running => PbState::Running,
-        CapsuleStatus::Paused => PbState::Paused,
-        CapsuleStatus::Stopped => PbState::Stopped,
-        CapsuleStatus::Error => PbState::Error,
-    }
-}
-
 fn pb_action(a: crate::record::TimeoutAction) -> TimeoutAction {
     match a {
         crate::record::TimeoutAction::Pause => TimeoutAction::Pause,
@@ -181,7 +170,7 @@ fn to_pb(rec: CapsuleRecord) -> Capsule {
     Capsule {
         id: rec.id,
         template: rec.template,
-        state: pb_state(rec.state) as i32,
+        state: PbState::from(rec.state) as i32,
         vcpus: rec.vcpus,
         memory_mib: rec.memory_mib,
         egress: rec.egress,

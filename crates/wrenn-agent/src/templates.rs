@@ -19,7 +19,6 @@ use wrenn_vmm::snapshot::{Snapshot, SnapshotSpec};
 
 use crate::{
     error::{AgentError, Result},
-    images,
     netslot::SlotPool,
 };
 
@@ -231,7 +230,7 @@ impl Templates {
 
     /// The folder of template `name` (which must be a valid name).
     pub fn dir(&self, name: &str) -> Result<PathBuf> {
-        if !images::valid_name(name) {
+        if wrenn_types::TemplateName::parse(name).is_err() {
             return Err(AgentError::BadTemplateName(name.into()));
         }
         Ok(self.images_dir.join(name))
@@ -309,7 +308,7 @@ impl Templates {
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| images::valid_name(n))
+                    .filter(|n| wrenn_types::TemplateName::parse(n).is_ok())
                     .collect()
             })
             .unwrap_or_default();
@@ -692,7 +691,7 @@ impl Templates {
             let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if !images::valid_name(&name) {
+            if wrenn_types::TemplateName::parse(&name).is_err() {
                 continue;
             }
             let trees = if self.meta(&name).is_some() {

@@ -595,11 +595,7 @@ async fn idle_capsules_time_out_by_their_policy() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        k.state,
-        CapsuleState::Running as i32,
-        "pings keep it alive"
-    );
+    assert_eq!(k.state, CapsuleState::Running as i32, "pings keep it alive");
     assert_eq!(
         client.ping(r(&pause.id)).await.unwrap_err().code(),
         Code::FailedPrecondition
