@@ -4,6 +4,7 @@
 //! `utoipa::ToSchema`.
 
 pub mod actor;
+pub mod api;
 pub mod egress;
 pub mod error;
 pub mod id;
