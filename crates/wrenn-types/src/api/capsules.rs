@@ -48,37 +48,48 @@ pub struct CreatedCapsule {
 }
 
 /// A new capsule; every field is optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateCapsuleBody {
     /// A platform template or one of the team's snapshots (default `minimal`).
     #[cfg_attr(feature = "openapi", schema(example = "minimal"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     /// 1..=32 (default: the template's). Ignored for snapshot templates.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 32))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
     /// 128..=65536 (default: the template's). Ignored for snapshot templates.
     #[cfg_attr(feature = "openapi", schema(minimum = 128, maximum = 65536))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
     /// Idle seconds before the capsule is paused (default: never).
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, maximum = 4294967295.0))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_sec: Option<u32>,
     /// Disk size; larger than the template's grows the disk.
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, maximum = 4294967295.0))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_size_mb: Option<u32>,
-    pub metadata: Option<HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
     /// Environment variables for every command.
-    pub envs: Option<HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envs: Option<BTreeMap<String, String>>,
     /// Internet access (default on).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
     /// CIDRs and domain names it may reach (default: every public address); see
     /// `PATCH /v1/capsules/{id}/network`.
     #[cfg_attr(feature = "openapi", schema(example = json!(["example.com", "203.0.113.0/24"])))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_allow: Option<Vec<String>>,
     /// CIDRs and domain names it may not reach (beats `egress_allow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_deny: Option<Vec<String>>,
     /// Its ports are open to anyone through the proxy (default: API key or access token).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
 }
 

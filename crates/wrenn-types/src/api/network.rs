@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A capsule's egress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CapsuleNetwork {
     /// Outbound connections at all.
@@ -18,12 +18,15 @@ pub struct CapsuleNetwork {
 
 /// A change to a capsule's egress; absent fields keep their value, a list given replaces the
 /// old one.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<bool>,
     #[cfg_attr(feature = "openapi", schema(example = json!(["example.com"])))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deny: Option<Vec<String>>,
 }
