@@ -9,6 +9,12 @@ use crate::ParseError;
 /// is lowercase: `"running"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "A capsule's status (the SDK's enum has more values; this server uses these)."
+    )
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CapsuleStatus {
     Pending,
