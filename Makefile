@@ -41,6 +41,7 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	CARGO=$(CARGO) scripts/check-deps.sh
 
 ## unit: every Rust test; the storage tests run on SQLite and on a private PostgreSQL that
 ## scripts/install-postgres.sh installs and starts (or on WRENN_TEST_DATABASE_URL when set)

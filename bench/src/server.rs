@@ -215,7 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let socket = server.dir.path().join("agent.sock");
         let mut agent =
-            wrenn_agent::client::connect(&wrenn_agent::client::AgentEndpoint::Unix(socket), None)
+            wrenn_rpc::client::connect(&wrenn_rpc::client::AgentEndpoint::Unix(socket), None)
                 .await?;
         let mut rows = Vec::new();
 

@@ -175,7 +175,7 @@ impl Up {
     ) -> Result<wrenn_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>> {
         let socket = self.dir.join("agent.sock");
         Ok(
-            wrenn_agent::client::connect(&wrenn_agent::client::AgentEndpoint::Unix(socket), None)
+            wrenn_rpc::client::connect(&wrenn_rpc::client::AgentEndpoint::Unix(socket), None)
                 .await?,
         )
     }

@@ -58,20 +58,10 @@ pub enum AgentError {
     },
 }
 
-/// Why a gRPC error happened when its code alone cannot say: the metadata entry [`reason::KEY`]
-/// of the status. The control plane picks its answer by it (never by message text): a
-/// capsule's full disk is not a host out of capacity, and a capsule whose envd fails is not an
-/// unreachable host.
-pub mod reason {
-    /// The metadata key.
-    pub const KEY: &str = "wrenn-reason";
-    /// The capsule's disk is full, or another limit inside it was reached.
-    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
-    /// The request asks for more than one answer may carry.
-    pub const TOO_LARGE: &str = "too_large";
-    /// The capsule (its envd) failed or did not answer; the host is fine.
-    pub const CAPSULE: &str = "capsule";
-}
+/// `e` and its sources, `: `-separated.
+pub(crate) use wrenn_rpc::error::chain;
+/// Why a gRPC error happened when its code alone cannot say (the `wrenn-reason` metadata).
+pub use wrenn_rpc::reason;
 
 impl AgentError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -101,19 +91,18 @@ impl AgentError {
     }
 }
 
-/// `e` and its sources, `: `-separated (tonic's transport errors say little on their own).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.ends_with(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
-}
-
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// The transport's errors, by the same causes as before it was its own crate.
+impl From<wrenn_rpc::RpcError> for AgentError {
+    fn from(e: wrenn_rpc::RpcError) -> Self {
+        use wrenn_rpc::RpcError as R;
+        match e {
+            R::BadAddress(m) | R::BadSettings(m) => AgentError::InvalidArgument(m),
+            R::SocketTaken(m) => AgentError::FailedPrecondition(m),
+            R::Tls(m) => AgentError::Tls(m),
+            R::Transport(m) => AgentError::Transport(m),
+            R::Io { context, source } => AgentError::Io { context, source },
+        }
+    }
+}

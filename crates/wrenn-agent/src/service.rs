@@ -30,15 +30,15 @@ use wrenn_proto::{
 };
 use wrenn_types::{Id, IdKind};
 
-pub use crate::listen::Listen;
 use crate::{
     capsule::CreateSpec,
     envd_client,
-    error::{chain, reason, AgentError},
+    error::{reason, AgentError},
     manager::Manager,
     netslot::SlotAddrs,
     record::CapsuleRecord,
 };
+pub use wrenn_rpc::listen::Listen;
 
 /// Most bytes of stdout plus stderr one unary `Exec` returns, and of a whole-file read/write.
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
@@ -855,48 +855,17 @@ impl AgentService {
     }
 }
 
-/// Serves the agent on `listen` until `shutdown` resolves: TCP (with `TCP_NODELAY`, and TLS
-/// when `tls` is given) or a Unix socket (whose file is removed when serving ends). TLS over a
-/// Unix socket is refused: the socket file is 0600, so only its owner can connect anyway.
+/// Serves the agent on `listen` until `shutdown` resolves (see [`wrenn_rpc::serve`]: TCP with
+/// `TCP_NODELAY` and TLS when `tls` is given, or a Unix socket; TLS over a Unix socket is
+/// refused).
 pub async fn serve(
     listen: Listen,
     tls: Option<tonic::transport::ServerTlsConfig>,
     manager: Arc<Manager>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> crate::Result<()> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        if let Listen::Unix(sock) = &listen {
-            return Err(AgentError::InvalidArgument(format!(
-                "TLS over the Unix socket {} is not supported: the socket is 0600, so only its \
-                 owner can connect",
-                sock.path().display()
-            )));
-        }
-        builder = builder.tls_config(tls).map_err(|e| {
-            AgentError::Tls(format!("the server's TLS configuration: {}", chain(&e)))
-        })?;
-    }
-    let router = builder.add_service(AgentService::new(manager));
-    let served = match listen {
-        Listen::Tcp(listener) => {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-        Listen::Unix(sock) => {
-            let (listener, _file) = sock.into_parts();
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
-                .await
-        }
-    };
-    served.map_err(|e| AgentError::Transport(format!("serving gRPC: {}", chain(&e))))
+    let routes = tonic::service::Routes::new(AgentService::new(manager));
+    Ok(wrenn_rpc::serve(listen, tls, routes, shutdown).await?)
 }
 
 fn tag_selector(tag: String) -> process::ProcessSelector {

@@ -13,52 +13,17 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme},
-    Modify, OpenApi, ToResponse,
+    Modify, OpenApi,
 };
 
 use crate::{
-    accounts, audit, capsules,
-    error::{self, ErrorBody},
-    events, files, metrics, quotas, snapshots, usage, ws,
+    accounts, audit, capsules, error, events, files, quotas,
+    responses::{
+        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, QuotaExceeded,
+        RateLimited, Unauthorized,
+    },
+    service, snapshots, usage, ws,
 };
-
-// Reusable error answers (`#/components/responses/…`), each `{"error":{"code","message"}}`.
-
-/// `invalid_request`: malformed JSON, an unknown field, or a value out of range.
-#[derive(ToResponse)]
-pub struct BadRequest(pub ErrorBody);
-
-/// `unauthorized`: credentials are missing or invalid.
-#[derive(ToResponse)]
-pub struct Unauthorized(pub ErrorBody);
-
-/// `internal_error`: the server failed (e.g. its database).
-#[derive(ToResponse)]
-pub struct Internal(pub ErrorBody);
-
-/// `agent_error`: the host agent failed.
-#[derive(ToResponse)]
-pub struct AgentFailed(pub ErrorBody);
-
-/// `host_unavailable`: no host can take the request (capacity, or the agent is unreachable);
-/// `unavailable`: the server's database cannot be reached right now (retry).
-#[derive(ToResponse)]
-pub struct HostUnavailable(pub ErrorBody);
-
-/// `rate_limited`: too many requests of this kind (failed log-ins, password checks); the
-/// `Retry-After` header says how many seconds to wait.
-#[derive(ToResponse)]
-pub struct RateLimited(pub ErrorBody);
-
-/// `insufficient_storage`: a disk is full (the capsule's, the host's for capsule files, or the
-/// server's for its database).
-#[derive(ToResponse)]
-pub struct InsufficientStorage(pub ErrorBody);
-
-/// `quota_exceeded`: the team's quota would be exceeded (the message names the quota, its
-/// limit and the team's use).
-#[derive(ToResponse)]
-pub struct QuotaExceeded(pub ErrorBody);
 
 /// Every `/v1/` operation may meet an unreachable database (503) or a full disk (507).
 struct ServerFaults;
@@ -125,28 +90,28 @@ impl Modify for SecuritySchemes {
             clients tell them apart by `error.code`."
     ),
     paths(
-        crate::health,
+        service::health,
         openapi_json,
         docs,
-        metrics::scrape,
-        capsules::create,
-        capsules::list,
+        service::scrape,
+        capsules::create::create,
+        capsules::lifecycle::list,
         usage::stats,
         usage::usage,
-        capsules::get,
-        capsules::destroy,
-        capsules::pause,
-        capsules::resume,
-        capsules::ping,
+        capsules::lifecycle::get,
+        capsules::lifecycle::destroy,
+        capsules::lifecycle::pause,
+        capsules::lifecycle::resume,
+        capsules::lifecycle::ping,
         crate::network::get,
         crate::network::set,
-        capsules::metrics,
-        capsules::exec,
-        ws::exec_stream,
-        capsules::processes,
-        capsules::kill_process,
-        ws::connect_process,
-        ws::pty,
+        capsules::metrics::metrics,
+        capsules::exec::exec,
+        ws::exec::exec_stream,
+        capsules::exec::processes,
+        capsules::exec::kill_process,
+        ws::exec::connect_process,
+        ws::terminal::pty,
         files::read,
         files::stream_read,
         files::write,
@@ -159,31 +124,31 @@ impl Modify for SecuritySchemes {
         snapshots::delete,
         events::stream,
         audit::audit,
-        quotas::get,
-        quotas::set,
-        accounts::signup,
-        accounts::login,
-        accounts::logout,
-        accounts::logout_all,
+        quotas::handlers::get,
+        quotas::handlers::set,
+        accounts::sessions::signup,
+        accounts::sessions::login,
+        accounts::sessions::logout,
+        accounts::sessions::logout_all,
         accounts::invitations::create_invitation,
         accounts::invitations::list_invitations,
         accounts::invitations::delete_invitation,
-        accounts::list_teams,
-        accounts::create_team,
-        accounts::list_members,
-        accounts::add_member,
-        accounts::set_member_role,
-        accounts::remove_member,
-        accounts::list_api_keys,
-        accounts::create_api_key,
-        accounts::delete_api_key,
+        accounts::teams::list_teams,
+        accounts::teams::create_team,
+        accounts::teams::list_members,
+        accounts::teams::add_member,
+        accounts::teams::set_member_role,
+        accounts::teams::remove_member,
+        accounts::keys::list_api_keys,
+        accounts::keys::create_api_key,
+        accounts::keys::delete_api_key,
     ),
     components(
         schemas(
             error::ErrorBody,
             error::ErrorCode,
-            capsules::CapsuleStatus,
-            capsules::MetricsRange,
+            capsules::model::CapsuleStatus,
+            capsules::metrics::MetricsRange,
             usage::StatsRange,
             snapshots::TemplateType,
             events::EventKind,

@@ -5,9 +5,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    api_docs::{Internal, Unauthorized},
     db::{AuditRow, Caller},
     error::Result,
+    responses::{Internal, Unauthorized},
     state::AppState,
     time::rfc3339,
 };

@@ -325,12 +325,12 @@ fn db_full(e: &sqlx::Error) -> bool {
 }
 
 /// Errors of the host agent, by gRPC code, and by its reason where the code cannot tell
-/// (`wrenn_agent::error::reason`): a capsule's full disk is `insufficient_storage`, a capsule
+/// (`wrenn_rpc::reason`): a capsule's full disk is `insufficient_storage`, a capsule
 /// whose envd fails is `agent_error`; only an unreachable agent or a host without capacity is
 /// `host_unavailable`.
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> ApiError {
-        use wrenn_agent::error::reason;
+        use wrenn_rpc::reason;
         let m = s.message().to_string();
         let why = s.metadata().get(reason::KEY).and_then(|v| v.to_str().ok());
         match why {
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn agent_errors_map_by_code_and_reason() {
-        use wrenn_agent::error::reason;
+        use wrenn_rpc::reason;
         let with = |code: tonic::Code, why: Option<&'static str>| {
             let mut s = tonic::Status::new(code, "m");
             if let Some(w) = why {

@@ -17,12 +17,12 @@ use wrenn_proto::agent::v1::{
 };
 
 use crate::{
-    api_docs::{
-        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
-    },
-    capsules::running,
+    capsules::lookup::running,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
+    responses::{
+        AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, Unauthorized,
+    },
     state::AppState,
 };
 

@@ -19,12 +19,10 @@ use std::{
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::{header, Method, StatusCode},
+    http::{Method, StatusCode},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
-
-use crate::state::AppState;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -184,7 +182,7 @@ impl Metrics {
 }
 
 /// `wrenn_capsules{status}` from `(status, count)` pairs; the usual statuses are always there.
-fn render_capsules(out: &mut String, counts: &[(String, i64)]) {
+pub fn render_capsules(out: &mut String, counts: &[(String, i64)]) {
     let mut by_status: BTreeMap<&str, i64> = CAPSULE_STATUSES.iter().map(|s| (*s, 0)).collect();
     for (status, n) in counts {
         *by_status.entry(status.as_str()).or_default() += n;
@@ -198,7 +196,7 @@ fn render_capsules(out: &mut String, counts: &[(String, i64)]) {
     }
 }
 
-fn render_build_info(out: &mut String) {
+pub fn render_build_info(out: &mut String) {
     out.push_str(
         "# HELP wrenn_build_info The server's version (always 1).\n\
          # TYPE wrenn_build_info gauge\n",
@@ -219,34 +217,6 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     metrics.observe(&method, route, response.status(), started.elapsed());
     response
-}
-
-/// Prometheus metrics
-///
-/// The text exposition format 0.0.4, without credentials: aggregate numbers only (no team,
-/// user or capsule is named). `wrenn_http_requests_total{method,route,status}`,
-/// `wrenn_http_request_duration_seconds{method,route}` (histogram), `wrenn_capsules{status}`
-/// (from the database at scrape time; left out if the database fails) and
-/// `wrenn_build_info{version}`.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "prometheus_metrics",
-    tag = "service",
-    security(()),
-    responses(
-        (status = 200, description = "The metrics", content(("text/plain; version=0.0.4"))),
-    )
-)]
-pub async fn scrape(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    state.metrics.render_http(&mut out);
-    match state.db.capsule_status_counts().await {
-        Ok(counts) => render_capsules(&mut out, &counts),
-        Err(e) => tracing::warn!(error = %e, "counting capsules for /metrics"),
-    }
-    render_build_info(&mut out);
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response()
 }
 
 #[cfg(test)]

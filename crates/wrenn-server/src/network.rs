@@ -18,10 +18,10 @@ use wrenn_proto::agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRe
 use wrenn_types::egress::EgressPolicy;
 
 use crate::{
-    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
-    capsules::live,
+    capsules::lookup::live,
     db::Caller,
     error::{ApiError, ErrorBody, Result},
+    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     state::AppState,
 };
 

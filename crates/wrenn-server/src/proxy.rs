@@ -258,7 +258,7 @@ fn is_wrenn_credential(name: &header::HeaderName, value: &HeaderValue) -> bool {
 }
 
 async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Response> {
-    let id = crate::capsules::capsule_id(&t.capsule)?;
+    let id = crate::capsules::lookup::capsule_id(&t.capsule)?;
     let c = state.db.capsule_any(&id).await?;
     // The token may also come as `?wrenn_token=` (browsers cannot set headers on navigation).
     let query_token = query_token(req.uri().query());

@@ -7,7 +7,7 @@
 use wrenn_proto::agent::v1::CapsuleRef;
 
 use crate::{
-    capsules::{status_name, Capsule},
+    capsules::model::{status_name, Capsule},
     db::Caller,
     error::Result,
     events::{publish, Event},

@@ -15,11 +15,11 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use crate::{
-    api_docs::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
-    capsules::{live, safe_name},
+    capsules::{lookup::live, model::safe_name},
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
+    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     state::AppState,
     time::rfc3339,
 };
@@ -160,7 +160,7 @@ pub struct CreateQuery {
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
         (status = 409, description = "`conflict`: the name is taken (see `overwrite`) or a platform template's; `invalid_state`: the template is in use or the capsule cannot be snapshotted now", body = ErrorBody),
-        (status = 429, response = crate::api_docs::QuotaExceeded),
+        (status = 429, response = crate::responses::QuotaExceeded),
         (status = 500, response = Internal),
         (status = 502, response = AgentFailed),
         (status = 503, response = HostUnavailable),
@@ -194,7 +194,9 @@ pub async fn create(
             "template {name} already exists (use overwrite)"
         )));
     }
-    let held = crate::quotas::reserve_snapshot(&state, &caller.team_id, existing.is_none()).await?;
+    let held =
+        crate::quotas::reserve::reserve_snapshot(&state, &caller.team_id, existing.is_none())
+            .await?;
     let id = Id::new(IdKind::Template).to_string();
     // Overwriting keeps the host-side id (the host refuses to replace a template in use); a new
     // template gets its own row's id.

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    api_docs::{BadRequest, Internal, Unauthorized},
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
     error::{ApiError, Result},
+    responses::{BadRequest, Internal, Unauthorized},
     state::AppState,
     time::rfc3339,
 };

@@ -12,9 +12,10 @@ mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wrenn_agent::{
+use wrenn_rpc::{
+    client::AgentEndpoint,
     listen::{Listen, ListenAddr},
-    tls,
+    pki, tls,
 };
 
 #[derive(Debug, Parser)]
@@ -233,17 +234,15 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating {}", data_dir.display()))?;
             private::check_and_fix(&data_dir)?;
-            let endpoint: wrenn_agent::client::AgentEndpoint = agent.parse().context("--agent")?;
+            let endpoint: AgentEndpoint = agent.parse().context("--agent")?;
             let tls = match &endpoint {
-                wrenn_agent::client::AgentEndpoint::Unix(_)
-                | wrenn_agent::client::AgentEndpoint::Http(_) => None,
-                wrenn_agent::client::AgentEndpoint::Https(host)
-                | wrenn_agent::client::AgentEndpoint::HostPort(host) => {
+                AgentEndpoint::Unix(_) | AgentEndpoint::Http(_) => None,
+                AgentEndpoint::Https(host) | AgentEndpoint::HostPort(host) => {
                     let dir = pki_dir.unwrap_or_else(|| data_dir.join("pki"));
                     if dir.exists() {
                         private::check_and_fix(&dir)?;
                     }
-                    let pki = tls::Pki::load_or_create(&dir).context("the server's PKI")?;
+                    let pki = pki::Pki::load_or_create(&dir).context("the server's PKI")?;
                     if tls::Identity::load(&dir, tls::CLIENT_STEM).is_err() {
                         pki.issue_client("wrenn-control-plane")?
                             .write(&dir, tls::CLIENT_STEM)?;
@@ -261,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
                     Some(tls::load_client_tls(&dir, name.trim_matches(['[', ']']))?)
                 }
             };
-            let client = wrenn_agent::client::connect(&endpoint, tls)
+            let client = wrenn_rpc::client::connect(&endpoint, tls)
                 .await
                 .with_context(|| format!("connecting to the agent at {endpoint}"))?;
             let started = control::start(
@@ -420,11 +419,11 @@ async fn main() -> anyhow::Result<()> {
             client_name,
         } => {
             let names = if names.is_empty() {
-                tls::default_server_names()
+                pki::default_server_names()
             } else {
                 names
             };
-            let pki = tls::Pki::load_or_create(&dir)
+            let pki = pki::Pki::load_or_create(&dir)
                 .with_context(|| format!("the CA in {}", dir.display()))?;
             let agent = pki
                 .issue_server(&names)

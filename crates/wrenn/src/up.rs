@@ -4,10 +4,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use wrenn_agent::{
+use wrenn_agent::manager::{AgentConfig, Manager};
+use wrenn_rpc::{
     client::{self, AgentEndpoint},
     listen::{Listen, ListenAddr},
-    manager::{AgentConfig, Manager},
 };
 
 pub struct Up {

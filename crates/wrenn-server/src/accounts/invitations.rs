@@ -11,11 +11,15 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{acting_in, forbidden, JsonBody, SignedIn, SignupPolicy};
+use super::{
+    auth::{acting_in, forbidden, SignedIn},
+    policy::SignupPolicy,
+};
+use crate::extract::JsonBody;
 use crate::{
-    api_docs::{BadRequest, Internal, Unauthorized},
     db::{self, now_ms, Role},
     error::{ApiError, ErrorBody, Result},
+    responses::{BadRequest, Internal, Unauthorized},
     state::AppState,
     time::rfc3339,
 };

@@ -4,8 +4,13 @@
 use sqlx::Row;
 
 use super::{
-    hash_key, insert_api_key, insert_audit, insert_membership, insert_user, lock_team, now_ms,
-    role_of, ApiKeyRow, AuditEntry, Caller, Db, Role, Team, User,
+    hash_key,
+    keys::insert_api_key,
+    now_ms,
+    teams::{insert_membership, role_of},
+    tx::{insert_audit, lock_team, AuditEntry},
+    users::insert_user,
+    ApiKeyRow, Caller, Db, Role, Team, User,
 };
 use crate::error::{ApiError, Result};
 

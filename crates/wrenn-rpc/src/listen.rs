@@ -14,7 +14,12 @@ use std::{
     str::FromStr,
 };
 
-use crate::error::{AgentError, Result};
+use tonic::{
+    service::Routes,
+    transport::{server::TcpIncoming, Server, ServerTlsConfig},
+};
+
+use crate::error::{chain, Result, RpcError};
 
 /// A listen address: `host:port` (`127.0.0.1:9090`, `[::1]:9090`, `0.0.0.0:0`) or
 /// `unix:/path/to.sock`.
@@ -25,11 +30,11 @@ pub enum ListenAddr {
 }
 
 impl FromStr for ListenAddr {
-    type Err = AgentError;
+    type Err = RpcError;
 
     fn from_str(s: &str) -> Result<ListenAddr> {
         let bad = |why: &str| {
-            AgentError::InvalidArgument(format!(
+            RpcError::BadAddress(format!(
                 "invalid listen address {s:?}: {why} (use host:port or unix:/path/to.sock)"
             ))
         };
@@ -93,7 +98,7 @@ pub(crate) fn host_port(s: &str) -> std::result::Result<(&str, u16), String> {
     Ok((host, port))
 }
 
-/// A bound listener, ready for [`crate::service::serve`].
+/// A bound listener, ready for [`serve`].
 #[derive(Debug)]
 pub enum Listen {
     Tcp(tokio::net::TcpListener),
@@ -107,7 +112,7 @@ impl Listen {
             ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a.as_str())
                 .await
                 .map(Listen::Tcp)
-                .map_err(|e| AgentError::io(format!("binding {a}"), e)),
+                .map_err(|e| RpcError::io(format!("binding {a}"), e)),
             ListenAddr::Unix(p) => UnixSocket::bind(p).map(Listen::Unix),
         }
     }
@@ -118,7 +123,7 @@ impl Listen {
             Listen::Tcp(l) => l
                 .local_addr()
                 .map(|a| ListenAddr::Tcp(a.to_string()))
-                .map_err(|e| AgentError::io("the listener's address", e)),
+                .map_err(|e| RpcError::io("the listener's address", e)),
             Listen::Unix(u) => Ok(ListenAddr::Unix(u.path().to_path_buf())),
         }
     }
@@ -146,30 +151,30 @@ impl UnixSocket {
             .recursive(true)
             .mode(0o700)
             .create(parent)
-            .map_err(|e| AgentError::io(format!("creating the folder of {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("creating the folder of {shown}"), e))?;
         let private = tempfile::Builder::new()
             .prefix(".ws")
             .rand_bytes(6)
             .tempdir_in(parent)
-            .map_err(|e| AgentError::io(format!("creating a folder beside {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("creating a folder beside {shown}"), e))?;
         let tmp = private.path().join("s");
         let std_listener = std::os::unix::net::UnixListener::bind(&tmp)
-            .map_err(|e| AgentError::io(format!("binding a socket for {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("binding a socket for {shown}"), e))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| AgentError::io(format!("setting the mode of {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("setting the mode of {shown}"), e))?;
         std::fs::hard_link(&tmp, path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                AgentError::FailedPrecondition(format!(
+                RpcError::SocketTaken(format!(
                     "{shown} appeared while binding it: another server is starting there"
                 ))
             } else {
-                AgentError::io(format!("linking the socket to {shown}"), e)
+                RpcError::io(format!("linking the socket to {shown}"), e)
             }
         })?;
         // `private` (and the temporary name in it) is removed on drop.
         drop(private);
         let meta = std::fs::symlink_metadata(path)
-            .map_err(|e| AgentError::io(format!("checking {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("checking {shown}"), e))?;
         let file = SocketFile {
             path: path.to_path_buf(),
             dev: meta.dev(),
@@ -177,9 +182,9 @@ impl UnixSocket {
         };
         std_listener
             .set_nonblocking(true)
-            .map_err(|e| AgentError::io(format!("socket {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("socket {shown}"), e))?;
         let listener = tokio::net::UnixListener::from_std(std_listener)
-            .map_err(|e| AgentError::io(format!("socket {shown}"), e))?;
+            .map_err(|e| RpcError::io(format!("socket {shown}"), e))?;
         Ok(UnixSocket { listener, file })
     }
 
@@ -189,7 +194,7 @@ impl UnixSocket {
     }
 
     /// The listener, and the guard that removes the socket file when dropped.
-    pub(crate) fn into_parts(self) -> (tokio::net::UnixListener, SocketFile) {
+    fn into_parts(self) -> (tokio::net::UnixListener, SocketFile) {
         (self.listener, self.file)
     }
 }
@@ -200,29 +205,29 @@ fn remove_if_stale(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(AgentError::io(format!("checking {shown}"), e)),
+        Err(e) => return Err(RpcError::io(format!("checking {shown}"), e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(AgentError::FailedPrecondition(format!(
+        return Err(RpcError::SocketTaken(format!(
             "{shown} exists and is not a socket: refusing to replace it"
         )));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(AgentError::FailedPrecondition(format!(
+        Ok(_) => Err(RpcError::SocketTaken(format!(
             "{shown} is in use: a server answers on it"
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %shown, "removing a stale socket");
             std::fs::remove_file(path)
-                .map_err(|e| AgentError::io(format!("removing the stale socket {shown}"), e))
+                .map_err(|e| RpcError::io(format!("removing the stale socket {shown}"), e))
         }
-        Err(e) => Err(AgentError::io(format!("checking the socket {shown}"), e)),
+        Err(e) => Err(RpcError::io(format!("checking the socket {shown}"), e)),
     }
 }
 
 /// Removes the socket file on drop, if the path still is this socket (not a newer one).
 #[derive(Debug)]
-pub(crate) struct SocketFile {
+struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -239,6 +244,50 @@ impl Drop for SocketFile {
             _ => {}
         }
     }
+}
+
+/// Serves `routes` (a gRPC service, such as the agent's) on `listen` until `shutdown` resolves:
+/// TCP (with `TCP_NODELAY` on each accepted socket, and TLS when `tls` is given) or a Unix socket
+/// (whose file is removed when serving ends). TLS over a Unix socket is refused: the socket file
+/// is 0600, so only its owner can connect anyway.
+pub async fn serve(
+    listen: Listen,
+    tls: Option<ServerTlsConfig>,
+    routes: Routes,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        if let Listen::Unix(sock) = &listen {
+            return Err(RpcError::BadSettings(format!(
+                "TLS over the Unix socket {} is not supported: the socket is 0600, so only its \
+                 owner can connect",
+                sock.path().display()
+            )));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| RpcError::Tls(format!("the server's TLS configuration: {}", chain(&e))))?;
+    }
+    let router = builder.add_routes(routes);
+    let served = match listen {
+        Listen::Tcp(listener) => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Listen::Unix(sock) => {
+            let (listener, _file) = sock.into_parts();
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+    };
+    served.map_err(|e| RpcError::Transport(format!("serving gRPC: {}", chain(&e))))
 }
 
 #[cfg(test)]

@@ -10,14 +10,16 @@ use std::{
 
 use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
 use wrenn_agent::{
-    client::{self, AgentEndpoint},
-    listen::{Listen, ListenAddr, UnixSocket},
     manager::{AgentConfig, Manager},
-    service,
-    tls::{self, Identity, Pki},
-    AgentError,
+    service, AgentError,
 };
 use wrenn_proto::agent::v1::{HostInfoRequest, ListCapsulesRequest};
+use wrenn_rpc::{
+    client::{self, AgentEndpoint},
+    listen::{Listen, ListenAddr, UnixSocket},
+    pki::{self, Pki},
+    tls::{self, Identity},
+};
 
 /// A real agent (manager without capsules + gRPC server) on `listen`.
 struct Agent {
@@ -299,19 +301,19 @@ fn pki_load_or_create_keeps_one_ca_and_private_keys() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(cas.windows(2).all(|w| w[0] == w[1]), "one CA");
-    let key = std::fs::read(dir.join(tls::CA_KEY)).unwrap();
+    let key = std::fs::read(dir.join(pki::CA_KEY)).unwrap();
     let again = Pki::load_or_create(&dir).unwrap();
     assert_eq!(again.ca_pem(), cas[0]);
-    assert_eq!(std::fs::read(dir.join(tls::CA_KEY)).unwrap(), key);
+    assert_eq!(std::fs::read(dir.join(pki::CA_KEY)).unwrap(), key);
     assert_eq!(
         std::fs::read_to_string(dir.join(tls::CA_CERT)).unwrap(),
         cas[0]
     );
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&dir.join(tls::CA_KEY)), 0o600);
+    assert_eq!(mode(&dir.join(pki::CA_KEY)), 0o600);
     // Identities issued by the reloaded CA are written private too.
     again
-        .issue_server(&tls::default_server_names())
+        .issue_server(&pki::default_server_names())
         .unwrap()
         .write(&dir, tls::AGENT_STEM)
         .unwrap();

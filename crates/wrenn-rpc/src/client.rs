@@ -7,7 +7,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
 use crate::{
-    error::{chain, AgentError, Result},
+    error::{chain, Result, RpcError},
     listen::{host_port, unix_path},
 };
 
@@ -24,11 +24,11 @@ pub enum AgentEndpoint {
 }
 
 impl FromStr for AgentEndpoint {
-    type Err = AgentError;
+    type Err = RpcError;
 
     fn from_str(s: &str) -> Result<AgentEndpoint> {
         let bad = |why: &str| {
-            AgentError::InvalidArgument(format!(
+            RpcError::BadAddress(format!(
                 "invalid agent address {s:?}: {why} (use unix:/path/to.sock, http://host:port, \
                  https://host:port or host:port)"
             ))
@@ -78,9 +78,9 @@ pub async fn connect(
     tls: Option<ClientTlsConfig>,
 ) -> Result<AgentClient<Channel>> {
     let fail = |e: tonic::transport::Error| {
-        AgentError::Transport(format!("connecting to {endpoint}: {}", chain(&e)))
+        RpcError::Transport(format!("connecting to {endpoint}: {}", chain(&e)))
     };
-    let refuse = |why: &str| AgentError::InvalidArgument(format!("agent {endpoint}: {why}"));
+    let refuse = |why: &str| RpcError::BadSettings(format!("agent {endpoint}: {why}"));
     let channel = match (endpoint, tls) {
         (AgentEndpoint::Unix(_), Some(_)) => {
             return Err(refuse(
@@ -206,7 +206,7 @@ mod tests {
             ("user@h:1", "not a host"),
         ] {
             let e = bad.parse::<AgentEndpoint>().unwrap_err();
-            assert!(matches!(e, AgentError::InvalidArgument(_)), "{bad}: {e:?}");
+            assert!(matches!(e, RpcError::BadAddress(_)), "{bad}: {e:?}");
             let e = e.to_string();
             assert!(e.contains(why) && e.contains("unix:/path"), "{bad}: {e}");
         }

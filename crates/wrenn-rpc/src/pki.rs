@@ -1,121 +1,39 @@
-//! The agent's small PKI and its TLS settings.
+//! The control plane's CA: it makes the certificates both ends of the agent's gRPC service
+//! present. Making the CA and "issue a certificate for host X" are the control plane's
+//! operations (`wrenn server`, `wrenn agent-cert`); an agent never signs anything, it loads what
+//! it was given ([`crate::tls::load_server_tls`]).
 //!
 //! A CA (`ca.pem` + `ca.key`, ECDSA P-256, 10 years) lives in one private folder; it issues the
 //! agents' server certificates (`agent.pem` + `agent.key`, extended key usage *server auth*
 //! only) and the control plane's client certificates (`client.pem` + `client.key`, *client
-//! auth* only), so an agent's certificate cannot be used to call another agent. The agent
-//! serves TLS and requires a client certificate from the same CA ([`server_tls_config`]).
+//! auth* only), so an agent's certificate cannot be used to call another agent.
 //!
 //! Files: folders we create are 0700, keys 0600, certificates 0644; every file is written to a
 //! temporary file and renamed into place, so a crash never leaves half a key. Keys are PKCS#8
 //! PEM.
 
-use std::{
-    fmt,
-    fs::{self, File},
-    io::Write,
-    net::IpAddr,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, fs, net::IpAddr, path::Path, time::Duration};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::Result,
+    files::{ensure_private_dir, exists, lock_dir, read_text, write_atomic},
+    tls::{parse_cert, parse_key, tls_err, Identity, CA_CERT},
+};
 
-/// The CA certificate in a PKI folder.
-pub const CA_CERT: &str = "ca.pem";
 /// The CA key in a PKI folder.
 pub const CA_KEY: &str = "ca.key";
-/// The stem of the agent's server identity (`agent.pem`, `agent.key`).
-pub const AGENT_STEM: &str = "agent";
-/// The stem of the control plane's client identity (`client.pem`, `client.key`).
-pub const CLIENT_STEM: &str = "client";
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Issued certificates last a year (never past the CA); reissue with `wrenn agent-cert`.
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start an hour in the past so hosts whose clocks differ a little agree.
 const BACKDATE: Duration = Duration::from_secs(3600);
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn tls_err(msg: impl Into<String>) -> AgentError {
-    AgentError::Tls(msg.into())
-}
-
-/// A certificate and its private key, both PEM.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
-
-impl Identity {
-    /// `dir/<stem>.pem` and `dir/<stem>.key`.
-    pub fn paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-        (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}.key")),
-        )
-    }
-
-    /// Writes `dir/<stem>.key` (0600) and `dir/<stem>.pem` (0644), each atomically; creates
-    /// `dir` (0700) when missing.
-    pub fn write(&self, dir: &Path, stem: &str) -> Result<()> {
-        ensure_private_dir(dir)?;
-        let (cert, key) = Identity::paths(dir, stem);
-        write_atomic(&key, self.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&cert, self.cert_pem.as_bytes(), 0o644)
-    }
-
-    /// Reads `dir/<stem>.pem` and `dir/<stem>.key` and checks that they belong together.
-    pub fn load(dir: &Path, stem: &str) -> Result<Identity> {
-        let (cert, key) = Identity::paths(dir, stem);
-        let id = Identity {
-            cert_pem: read_text(&cert)?,
-            key_pem: read_text(&key)?,
-        };
-        id.check()
-            .map_err(|e| tls_err(format!("{} and {}: {e}", cert.display(), key.display())))?;
-        Ok(id)
-    }
-
-    /// Checks that the certificate parses and that the key is the certificate's.
-    pub fn check(&self) -> Result<()> {
-        let spki = parse_cert(&self.cert_pem, |c| Ok(c.public_key().raw.to_vec()))?;
-        let key = parse_key(&self.key_pem)?;
-        if key.subject_public_key_info() != spki {
-            return Err(tls_err("the key does not belong to the certificate"));
-        }
-        Ok(())
-    }
-
-    /// When the certificate stops being valid (Unix seconds).
-    pub fn not_after(&self) -> Result<i64> {
-        parse_cert(&self.cert_pem, |c| Ok(c.validity().not_after.timestamp()))
-    }
-
-    fn to_tonic(&self) -> tonic::transport::Identity {
-        tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
-    }
-}
 
 /// A CA that issues server and client certificates.
 pub struct Pki {
@@ -299,79 +217,9 @@ pub fn default_server_names() -> Vec<String> {
     names
 }
 
-/// The agent's TLS: its own identity, and client certificates signed by `ca_pem` required.
-pub fn server_tls_config(ca_pem: &str, identity: &Identity) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(identity.to_tonic())
-        .client_ca_root(Certificate::from_pem(ca_pem))
-        .client_auth_optional(false)
-        .timeout(HANDSHAKE_TIMEOUT)
-}
-
-/// A client's TLS: trusts only `ca_pem`, presents `identity`, and expects the server's
-/// certificate to name `domain` (a DNS name or an IP address).
-pub fn client_tls_config(ca_pem: &str, identity: &Identity, domain: &str) -> ClientTlsConfig {
-    ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .identity(identity.to_tonic())
-        .domain_name(domain)
-        .timeout(HANDSHAKE_TIMEOUT)
-}
-
-/// The agent's TLS from a PKI folder: `ca.pem`, `agent.pem`, `agent.key`. Warns when the
-/// agent's certificate expires within 30 days.
-pub fn load_server_tls(dir: &Path) -> Result<ServerTlsConfig> {
-    let ca_pem = read_text(&dir.join(CA_CERT))?;
-    parse_cert(&ca_pem, |_| Ok(()))
-        .map_err(|e| tls_err(format!("{}: {e}", dir.join(CA_CERT).display())))?;
-    let identity = Identity::load(dir, AGENT_STEM)?;
-    let not_after = identity.not_after()?;
-    let left = not_after - OffsetDateTime::now_utc().unix_timestamp();
-    if left <= 0 {
-        tracing::error!(dir = %dir.display(), "the agent's certificate has expired: reissue it");
-    } else if left < 30 * DAY.as_secs() as i64 {
-        tracing::warn!(
-            dir = %dir.display(),
-            days = left / DAY.as_secs() as i64,
-            "the agent's certificate expires soon: reissue it"
-        );
-    }
-    Ok(server_tls_config(&ca_pem, &identity))
-}
-
-/// A client's TLS from a PKI folder: `ca.pem`, `client.pem`, `client.key`.
-pub fn load_client_tls(dir: &Path, domain: &str) -> Result<ClientTlsConfig> {
-    let ca_pem = read_text(&dir.join(CA_CERT))?;
-    let identity = Identity::load(dir, CLIENT_STEM)?;
-    Ok(client_tls_config(&ca_pem, &identity, domain))
-}
-
 fn new_key() -> Result<KeyPair> {
     KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| tls_err(format!("generating a key: {e}")))
-}
-
-fn parse_key(pem: &str) -> Result<KeyPair> {
-    KeyPair::from_pem(pem).map_err(|e| tls_err(format!("not a usable PKCS#8 private key: {e}")))
-}
-
-/// Parses the first certificate of `pem` and hands it to `f`.
-fn parse_cert<T>(
-    pem: &str,
-    f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> Result<T>,
-) -> Result<T> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| tls_err(format!("not a PEM certificate: {e}")))?;
-    if block.label != "CERTIFICATE" {
-        return Err(tls_err(format!(
-            "expected a CERTIFICATE PEM block, found {:?}",
-            block.label
-        )));
-    }
-    let cert = block
-        .parse_x509()
-        .map_err(|e| tls_err(format!("not an X.509 certificate: {e}")))?;
-    f(&cert)
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -427,59 +275,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn exists(path: &Path) -> Result<bool> {
-    path.try_exists()
-        .map_err(|e| AgentError::io(format!("checking {}", path.display()), e))
-}
-
-fn read_text(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| AgentError::io(format!("reading {}", path.display()), e))
-}
-
-/// Creates `dir` (and missing parents) with mode 0700; an existing folder is left as it is.
-fn ensure_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))
-}
-
-/// An exclusive `flock` on the folder itself, released when dropped.
-fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
-    let f = File::open(dir).map_err(|e| AgentError::io(format!("opening {}", dir.display()), e))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| AgentError::io(format!("locking {}", dir.display()), errno.into()))
-}
-
-/// Writes `data` to `path` with `mode` through a temporary file in the same folder, synced and
-/// renamed into place.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| AgentError::io(ctx("writing"), e))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| AgentError::io(ctx("setting the mode of"), e))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| AgentError::io(ctx("writing"), e))?;
-    tmp.persist(path)
-        .map_err(|e| AgentError::io(ctx("renaming into"), e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

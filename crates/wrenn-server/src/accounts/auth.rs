@@ -1,0 +1,232 @@
+//! Who is calling: credentials (API keys and user tokens) to a [`Caller`], the extractors
+//! that need one, and the role a user acts with in a team.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{request::Parts, HeaderMap},
+};
+
+use super::jwt;
+use crate::{
+    db::{self, now_ms, Caller, Role, JWT_SECRET},
+    error::{ApiError, Result},
+    state::AppState,
+};
+
+/// The client's address (the TCP peer), when the server knows it.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+enum Credential<'a> {
+    ApiKey(&'a str),
+    UserToken(&'a str),
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>> {
+    if let Some(key) = header(headers, "x-api-key") {
+        return Ok(Credential::ApiKey(key));
+    }
+    let bearer = header(headers, "authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match bearer {
+        Some(k) if k.starts_with("wrn_") => Ok(Credential::ApiKey(k)),
+        Some(t) if !t.is_empty() => Ok(Credential::UserToken(t)),
+        _ => Err(ApiError::Unauthorized(
+            "credentials are required: X-API-Key: wrn_…, or Authorization: Bearer with an API \
+             key or a user token from /v1/auth/login"
+                .into(),
+        )),
+    }
+}
+
+pub(super) fn team_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("team {id} not found"))
+}
+
+/// The user a user token stands for.
+pub async fn user_from_token(state: &AppState, token: &str) -> Result<db::User> {
+    Ok(session_from_token(state, token).await?.0)
+}
+
+/// The user a user token stands for, and its session: a token is valid while its session is
+/// (log out ends it), checked on every request.
+pub async fn session_from_token(state: &AppState, token: &str) -> Result<(db::User, String)> {
+    let invalid = || ApiError::Unauthorized("invalid, expired or logged-out token".into());
+    let key = state.db.secret(JWT_SECRET).await?;
+    let claims = jwt::verify(key.as_bytes(), token, now_ms() / 1000).map_err(|_| invalid())?;
+    if claims.sid.is_empty() || !state.db.session_is_live(&claims.sid, &claims.sub).await? {
+        return Err(invalid());
+    }
+    let user = state.db.user(&claims.sub).await?.ok_or_else(invalid)?;
+    Ok((user, claims.sid))
+}
+
+/// `user` acting in `team` (must be a member), or else in their first team.
+pub async fn caller_for_user(
+    state: &AppState,
+    user: &db::User,
+    team: Option<&str>,
+) -> Result<Caller> {
+    let team_id = match team {
+        Some(t) => {
+            state
+                .db
+                .role(t, &user.id)
+                .await?
+                .ok_or_else(|| team_not_found(t))?;
+            t.to_string()
+        }
+        None => state
+            .db
+            .memberships(&user.id)
+            .await?
+            .into_iter()
+            .next()
+            .map(|m| m.team.id)
+            .ok_or_else(|| {
+                ApiError::Forbidden("you are not a member of any team; create one first".into())
+            })?,
+    };
+    Ok(Caller::user(&team_id, user))
+}
+
+/// The caller of a request with these headers: an API key (in its team) or a signed-in user
+/// (in `X-Team-Id` or their first team). `unauthorized` without valid credentials.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller> {
+    let team = header(headers, "x-team-id");
+    match credential(headers)? {
+        Credential::ApiKey(key) => caller_for_key(state, key, team).await,
+        Credential::UserToken(token) => {
+            let user = user_from_token(state, token).await?;
+            caller_for_user(state, &user, team).await
+        }
+    }
+}
+
+/// The caller a bare credential stands for (an API key `wrn_…`, or a user token acting in
+/// `team` or their first team): for transports without headers, such as a WebSocket's first
+/// frame.
+pub async fn authenticate_token(
+    state: &AppState,
+    token: &str,
+    team: Option<&str>,
+) -> Result<Caller> {
+    if token.starts_with("wrn_") {
+        caller_for_key(state, token, team).await
+    } else {
+        let user = user_from_token(state, token).await?;
+        caller_for_user(state, &user, team).await
+    }
+}
+
+/// An API key's caller; it acts only in its own team.
+async fn caller_for_key(state: &AppState, key: &str, team: Option<&str>) -> Result<Caller> {
+    let caller = state
+        .db
+        .authenticate_key(key)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+    match team {
+        Some(t) if t != caller.team_id => Err(team_not_found(t)),
+        _ => Ok(caller),
+    }
+}
+
+/// A request's caller: an API key (`X-API-Key` or `Authorization: Bearer wrn_…`) or a
+/// signed-in user (`Authorization: Bearer <token>`, in `X-Team-Id` or their first team); see
+/// [`authenticate`].
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        authenticate(state, &parts.headers).await
+    }
+}
+
+/// A signed-in user (user token only; API keys are `forbidden`).
+pub struct SignedIn(pub db::User);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match credential(&parts.headers)? {
+            Credential::UserToken(token) => Ok(SignedIn(user_from_token(state, token).await?)),
+            Credential::ApiKey(key) => {
+                // A bad key is still `unauthorized`; a good one is the wrong kind of credential.
+                state
+                    .db
+                    .authenticate_key(key)
+                    .await?
+                    .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+                Err(ApiError::Forbidden(
+                    "teams and members are managed by signed-in users, not API keys".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// A signed-in user and the session of their token (user token only; API keys are
+/// `forbidden`).
+pub struct Session {
+    pub user: db::User,
+    pub id: String,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match credential(&parts.headers)? {
+            Credential::UserToken(token) => {
+                let (user, id) = session_from_token(state, token).await?;
+                Ok(Session { user, id })
+            }
+            Credential::ApiKey(_) => Err(ApiError::Forbidden(
+                "log out is for user tokens; an API key is revoked with DELETE /v1/api-keys/{id}"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// `user` acting in team `team_id` with their role; `not_found` unless a member.
+pub(super) async fn acting_in(
+    state: &AppState,
+    user: &db::User,
+    team_id: &str,
+) -> Result<(Caller, Role)> {
+    let role = state
+        .db
+        .role(team_id, &user.id)
+        .await?
+        .ok_or_else(|| team_not_found(team_id))?;
+    Ok((Caller::user(team_id, user), role))
+}
+
+pub(super) fn forbidden(what: &str) -> ApiError {
+    ApiError::Forbidden(format!("your role in this team does not allow {what}"))
+}

@@ -1,0 +1,189 @@
+//! A team's API keys.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wrenn_types::{Id, IdKind};
+
+use super::{
+    auth::{forbidden, team_not_found},
+    rules::clean_name,
+};
+use crate::{
+    db::{ApiKeyRow, Caller, Role},
+    error::{ApiError, ErrorBody, Result},
+    extract::JsonBody,
+    responses::{BadRequest, Internal, Unauthorized},
+    state::AppState,
+    time::rfc3339,
+};
+
+/// An API key (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApiKey {
+    #[schema(example = "key-0123456789abcdefghijklmno")]
+    pub id: String,
+    pub name: String,
+    /// The key's first characters, to recognise it.
+    #[schema(example = "wrn_1a2b")]
+    pub prefix: String,
+    /// The user or API key that made it (null for the admin key the server makes at its
+    /// first start).
+    #[schema(required = true)]
+    pub created_by: Option<String>,
+    /// The user the key belongs to: it is deleted when they leave the team or are removed
+    /// from it. The user who made it, or the owner of the key that made it; null for the
+    /// team's own keys (the admin key and keys it made), which live as long as the team.
+    #[schema(required = true)]
+    pub owner_id: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime, required = true)]
+    pub last_used_at: Option<String>,
+}
+
+impl From<&ApiKeyRow> for ApiKey {
+    fn from(k: &ApiKeyRow) -> ApiKey {
+        ApiKey {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            prefix: k.prefix.clone(),
+            created_by: k.created_by.clone(),
+            owner_id: k.owner_id.clone(),
+            created_at: rfc3339(k.created_at),
+            last_used_at: k.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+/// A new API key, with its secret (shown this once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+    /// The key itself (`wrn_` + 32 hex): use it as `X-API-Key`.
+    pub key: String,
+}
+
+// API keys.
+
+/// Keys are managed by the team's API keys and by its admins and owners.
+async fn require_key_manager(state: &AppState, caller: &Caller) -> Result<()> {
+    let Some(user_id) = caller.user_id() else {
+        return Ok(()); // an API key of this team
+    };
+    match state.db.role(&caller.team_id, user_id).await? {
+        Some(r) if r >= Role::Admin => Ok(()),
+        Some(_) => Err(forbidden("managing API keys")),
+        None => Err(team_not_found(&caller.team_id)),
+    }
+}
+
+/// List API keys
+///
+/// The team's keys, newest first (never a secret). Any member or key of the team may.
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    operation_id = "list_api_keys",
+    tag = "api-keys",
+    responses(
+        (status = 200, description = "The team's keys", body = Vec<ApiKey>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiKey>>> {
+    let keys = state.db.api_keys(&caller.team_id).await?;
+    Ok(Json(keys.iter().map(ApiKey::from).collect()))
+}
+
+/// A new API key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyBody {
+    /// 1 to 100 characters, not all spaces, no control characters (default `unnamed`).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
+    name: Option<String>,
+}
+
+/// Create an API key
+///
+/// The team's admins and owners, and its API keys, may. The key is shown this once. It
+/// belongs to the user who makes it (or to the owner of the key that makes it) and is
+/// deleted when they leave the team or are removed from it (`owner_id`).
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    operation_id = "create_api_key",
+    tag = "api-keys",
+    request_body = ApiKeyBody,
+    responses(
+        (status = 201, description = "The key, with its secret", body = CreatedApiKey),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(b): JsonBody<ApiKeyBody>,
+) -> Result<(StatusCode, Json<CreatedApiKey>)> {
+    require_key_manager(&state, &caller).await?;
+    let name = match &b.name {
+        Some(n) => clean_name(n, "name")?,
+        None => "unnamed".to_string(),
+    };
+    let (row, plaintext) = state.db.create_api_key_as(&caller, &name).await?;
+    let body = CreatedApiKey {
+        api_key: ApiKey::from(&row),
+        key: plaintext,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Delete an API key
+///
+/// The team's admins and owners, and its API keys, may; it stops working at once. The admin
+/// key the server made at its first start (`created_by` null) is not deleted this way
+/// (`conflict`): delete its file and restart the server to replace it.
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    operation_id = "delete_api_key",
+    tag = "api-keys",
+    params(("id" = String, Path, description = "API key id (`key-…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a plain member", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such key in the team", body = ErrorBody),
+        (status = 409, description = "`conflict`: the server's admin key (replace it by deleting its file and restarting the server)", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let id = Id::parse(IdKind::ApiKey, &id)
+        .map_err(|_| ApiError::NotFound(format!("API key {id} not found")))?
+        .to_string();
+    require_key_manager(&state, &caller).await?;
+    state.db.delete_api_key(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

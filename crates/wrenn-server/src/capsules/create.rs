@@ -1,0 +1,220 @@
+//! `POST /v1/capsules`: a new capsule, from a template or a snapshot.
+
+use std::collections::HashMap;
+
+use axum::{extract::State, http::StatusCode, Json};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use wrenn_proto::agent::v1::{CapsuleRef, CreateCapsuleRequest, TemplateKind};
+
+use super::model::*;
+use crate::{
+    db::{now_ms, Caller, CapsuleRow},
+    error::{ApiError, ErrorBody, Result},
+    events::{publish, Event},
+    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    state::AppState,
+};
+
+/// A new capsule; every field is optional.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCapsuleBody {
+    /// A platform template or one of the team's snapshots (default `minimal`).
+    #[schema(example = "minimal")]
+    template: Option<String>,
+    /// 1..=32 (default: the template's). Ignored for snapshot templates.
+    #[schema(minimum = 1, maximum = 32)]
+    vcpus: Option<u32>,
+    /// 128..=65536 (default: the template's). Ignored for snapshot templates.
+    #[schema(minimum = 128, maximum = 65536)]
+    memory_mb: Option<u32>,
+    /// Idle seconds before the capsule is paused (default: never).
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
+    timeout_sec: Option<u32>,
+    /// Disk size; larger than the template's grows the disk.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
+    disk_size_mb: Option<u32>,
+    metadata: Option<HashMap<String, String>>,
+    /// Environment variables for every command.
+    envs: Option<HashMap<String, String>>,
+    /// Internet access (default on).
+    egress: Option<bool>,
+    /// CIDRs and domain names it may reach (default: every public address); see
+    /// `PATCH /v1/capsules/{id}/network`.
+    #[schema(example = json!(["example.com", "203.0.113.0/24"]))]
+    egress_allow: Option<Vec<String>>,
+    /// CIDRs and domain names it may not reach (beats `egress_allow`).
+    egress_deny: Option<Vec<String>>,
+    /// Its ports are open to anyone through the proxy (default: API key or access token).
+    public: Option<bool>,
+}
+
+/// Create a capsule
+///
+/// Restores a microVM from the template's snapshot; it is `running` when this answers.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules",
+    operation_id = "create_capsule",
+    tag = "capsules",
+    request_body = CreateCapsuleBody,
+    responses(
+        (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 429, response = crate::responses::QuotaExceeded),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: std::result::Result<Json<CreateCapsuleBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedCapsule>)> {
+    let Json(b) = body?;
+    let template = b.template.unwrap_or_else(|| "minimal".into());
+    if !safe_name(&template, 64) {
+        return Err(ApiError::InvalidRequest(format!(
+            "invalid template name {template:?}"
+        )));
+    }
+    if b.vcpus == Some(0) || b.vcpus.is_some_and(|v| v > 32) {
+        return Err(ApiError::InvalidRequest("vcpus must be 1..=32".into()));
+    }
+    if b.memory_mb.is_some_and(|m| !(128..=65_536).contains(&m)) {
+        return Err(ApiError::InvalidRequest(
+            "memory_mb must be 128..=65536".into(),
+        ));
+    }
+    // Bounded before anything is made.
+    if let Some(envs) = &b.envs {
+        crate::validate::envs("envs", envs)?;
+    }
+    if let Some(metadata) = &b.metadata {
+        crate::validate::metadata(metadata)?;
+    }
+    let egress = b.egress.unwrap_or(true);
+    let egress_policy = crate::network::policy(
+        b.egress_allow.as_deref().unwrap_or_default(),
+        b.egress_deny.as_deref().unwrap_or_default(),
+    )?;
+    // A team's snapshot template (its shape is fixed; the host knows it by its row's id),
+    // else a platform template: the host refuses a name that is not a base template there, so
+    // no other team's template (by name or host-side id) is ever reached from here.
+    let (agent_template, kind, vcpus, memory) =
+        match state.db.template(&caller.team_id, &template).await? {
+            Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0),
+            None => (
+                template.clone(),
+                TemplateKind::Base,
+                b.vcpus.unwrap_or(0),
+                b.memory_mb.unwrap_or(0),
+            ),
+        };
+    // Held against the team's quotas (checked and reserved at once) until the row exists.
+    let held = crate::quotas::reserve::reserve_create(
+        &state,
+        &caller.team_id,
+        &agent_template,
+        vcpus,
+        memory,
+        b.disk_size_mb.unwrap_or(0),
+    )
+    .await?;
+    // The proxy's access token, drawn before anything is made.
+    let (token, token_hash) = crate::proxy::new_token()?;
+    let mut agent = state.agent();
+    let made = agent
+        .create_capsule(CreateCapsuleRequest {
+            template: agent_template,
+            template_kind: kind as i32,
+            env_vars: b.envs.unwrap_or_default(),
+            metadata: b.metadata.clone().unwrap_or_default(),
+            egress,
+            egress_policy: Some(crate::network::to_pb(&egress_policy)),
+            timeout_secs: b.timeout_sec.unwrap_or(0),
+            on_timeout: 0,
+            vcpus,
+            memory_mib: memory,
+            disk_mib: b.disk_size_mb.unwrap_or(0),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            // In the caller's words: the host's name for a snapshot template is not theirs.
+            tonic::Code::NotFound => ApiError::NotFound(format!("template {template} not found")),
+            _ => ApiError::from(s),
+        });
+    let (made, held) = held.keep_if_ok(made).await?;
+    let made = made.into_inner();
+    let now = now_ms();
+    let row = CapsuleRow {
+        id: made.id.clone(),
+        team_id: caller.team_id.clone(),
+        template,
+        status: status_name(made.state).into(),
+        vcpus: made.vcpus.into(),
+        memory_mb: made.memory_mib.into(),
+        disk_size_mb: made.disk_mib.into(),
+        timeout_sec: made.timeout_secs.into(),
+        metadata: b.metadata.unwrap_or_default(),
+        error: None,
+        created_at: now,
+        started_at: Some(now),
+        last_active_at: Some(now),
+        updated_at: now,
+    };
+    let public = b.public.unwrap_or(false);
+    let recorded = async {
+        state.db.insert_capsule(&row).await?;
+        state
+            .db
+            .set_capsule_access(&row.id, public, &token_hash)
+            .await?;
+        state
+            .db
+            .set_capsule_network(&row.id, egress, &egress_policy)
+            .await?;
+        // An action that happened is in the audit log, or it is undone.
+        state
+            .db
+            .audit(
+                &caller,
+                "capsule.create",
+                ("capsule", &row.id),
+                "success",
+                "",
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Never a capsule the database does not know, nor a half-recorded one: undo both.
+        let _ = agent
+            .destroy_capsule(CapsuleRef {
+                id: made.id.clone(),
+            })
+            .await;
+        let _ = state
+            .db
+            .set_capsule_status(&row.id, "stopped", None, false)
+            .await;
+        return Err(e);
+    }
+    held.release().await;
+    let body = Capsule::from(&row);
+    publish(
+        &state,
+        Event::capsule(&caller, "capsule.create", &row.id, body.clone()),
+    );
+    // The proxy's access token is shown once, here.
+    let shown = CreatedCapsule {
+        capsule: body,
+        public,
+        access_token: token,
+    };
+    Ok((StatusCode::CREATED, Json(shown)))
+}

@@ -1,0 +1,293 @@
+//! Commands and processes in a running capsule.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    Json,
+};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wrenn_proto::agent::v1::{
+    kill_process_request, CapsuleRef, ExecRequest, KillProcessRequest, StartBackgroundRequest,
+};
+use wrenn_types::{Id, IdKind};
+
+use super::lookup::running;
+use crate::{
+    db::Caller,
+    error::{ApiError, ErrorBody, Result},
+    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    state::AppState,
+};
+
+/// A command to run in the capsule.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The program (not a shell line: use `/bin/sh` with `["-c", line]`).
+    #[schema(example = "/bin/sh")]
+    cmd: String,
+    #[serde(default)]
+    #[schema(example = json!(["-c", "echo hello"]))]
+    args: Vec<String>,
+    /// Start it in the background and answer at once (202) with its pid and tag.
+    #[serde(default)]
+    background: bool,
+    /// Foreground only: kill it after this many seconds (default 60).
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
+    timeout_sec: Option<u32>,
+    envs: Option<HashMap<String, String>>,
+    cwd: Option<String>,
+    /// Background only: a name to find the process by (default `proc-…`).
+    tag: Option<String>,
+    /// The user to run as (default: the template's).
+    user: Option<String>,
+}
+
+/// How `stdout` and `stderr` are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum OutputEncoding {
+    /// Both are the output as text.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// The output is not UTF-8: both are base64.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// A foreground command's result (a non-zero exit is not an error).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub encoding: OutputEncoding,
+    /// Set when the process was killed (signal or timeout), else null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    /// The capsule's id.
+    pub sandbox_id: String,
+    pub cmd: String,
+}
+
+/// A background command, started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BackgroundProcess {
+    pub pid: u32,
+    pub tag: String,
+    /// The capsule's id.
+    pub sandbox_id: String,
+    pub cmd: String,
+}
+
+/// Foreground commands without a timeout get this one.
+const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
+
+/// Run a command
+///
+/// Foreground (default): runs to completion and answers with its output. Background: starts it
+/// and answers at once; see the processes routes.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/exec",
+    operation_id = "exec",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
+        (status = 202, description = "Background: the command started", body = BackgroundProcess),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn exec(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<ExecBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::response::Response> {
+    let Json(b) = body?;
+    if b.cmd.trim().is_empty() {
+        return Err(ApiError::InvalidRequest("cmd is empty".into()));
+    }
+    crate::validate::command(&b.cmd, &b.args, b.cwd.as_deref())?;
+    if let Some(envs) = &b.envs {
+        crate::validate::envs("envs", envs)?;
+    }
+    let c = running(&state, &caller, &id).await?;
+    let mut agent = state.agent();
+    let _ = state.db.touch_capsule(&c.id).await;
+    if b.background {
+        let tag = b
+            .tag
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| format!("proc-{}", &Id::new(IdKind::Build).to_string()[4..12]));
+        let started = agent
+            .start_background(StartBackgroundRequest {
+                capsule_id: c.id.clone(),
+                cmd: b.cmd.clone(),
+                args: b.args,
+                env: b.envs.unwrap_or_default(),
+                cwd: b.cwd.unwrap_or_default(),
+                user: b.user.unwrap_or_default(),
+                tag,
+            })
+            .await?
+            .into_inner();
+        let body = BackgroundProcess {
+            pid: started.pid,
+            tag: started.tag,
+            sandbox_id: c.id,
+            cmd: b.cmd,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let timeout = b.timeout_sec.unwrap_or(DEFAULT_EXEC_TIMEOUT_SECS);
+    let out = agent
+        .exec(ExecRequest {
+            capsule_id: c.id.clone(),
+            cmd: b.cmd.clone(),
+            args: b.args,
+            env: b.envs.unwrap_or_default(),
+            cwd: b.cwd.unwrap_or_default(),
+            user: b.user.unwrap_or_default(),
+            timeout_ms: timeout.saturating_mul(1000),
+        })
+        .await?
+        .into_inner();
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).ok();
+    let (stdout, stderr, encoding) = match (text(&out.stdout), text(&out.stderr)) {
+        (Some(o), Some(e)) => (o, e, OutputEncoding::Utf8),
+        _ => {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            (
+                b64.encode(&out.stdout),
+                b64.encode(&out.stderr),
+                OutputEncoding::Base64,
+            )
+        }
+    };
+    let body = ExecResult {
+        stdout,
+        stderr,
+        exit_code: out.exit_code,
+        duration_ms: out.duration_ms,
+        encoding,
+        error: (!out.error.is_empty()).then_some(out.error),
+        sandbox_id: c.id,
+        cmd: b.cmd,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// A process running in a capsule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tag: String,
+    pub cmd: String,
+    pub args: Vec<String>,
+}
+
+/// A capsule's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// List processes
+///
+/// The capsule's running processes (those started through the API and envd).
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/processes",
+    operation_id = "list_processes",
+    tag = "commands",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "Its processes", body = ProcessList),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn processes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessList>> {
+    let c = running(&state, &caller, &id).await?;
+    let list = state
+        .agent()
+        .list_processes(CapsuleRef { id: c.id })
+        .await?
+        .into_inner();
+    let processes = list
+        .processes
+        .into_iter()
+        .map(|p| ProcessInfo {
+            pid: p.pid,
+            tag: p.tag,
+            cmd: p.cmd,
+            args: p.args,
+        })
+        .collect();
+    Ok(Json(ProcessList { processes }))
+}
+
+/// Kill a process
+///
+/// SIGKILL to the process (and its group), by pid or by tag.
+#[utoipa::path(
+    delete,
+    path = "/v1/capsules/{id}/processes/{pid}",
+    operation_id = "kill_process",
+    tag = "commands",
+    params(
+        ("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        ("pid" = String, Path, description = "A pid, or a process's tag"),
+    ),
+    responses(
+        (status = 204, description = "Killed"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule or process", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn kill_process(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let c = running(&state, &caller, &id).await?;
+    let selector = match pid.parse::<u32>() {
+        Ok(pid) => kill_process_request::Selector::Pid(pid),
+        Err(_) => kill_process_request::Selector::Tag(pid),
+    };
+    state
+        .agent()
+        .kill_process(KillProcessRequest {
+            capsule_id: c.id,
+            selector: Some(selector),
+            signal: "SIGKILL".into(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,251 @@
+//! A capsule's life after create: list, get, pause, resume, destroy, ping.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use wrenn_proto::agent::v1::CapsuleRef;
+
+use super::{
+    lookup::{live, running},
+    model::*,
+};
+use crate::{
+    db::Caller,
+    error::{ApiError, ErrorBody, Result},
+    events::{publish, Event},
+    responses::{AgentFailed, HostUnavailable, Internal, Unauthorized},
+    state::AppState,
+};
+
+/// List capsules
+///
+/// The team's capsules that are not destroyed, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/capsules",
+    operation_id = "list_capsules",
+    tag = "capsules",
+    responses(
+        (status = 200, description = "The team's live capsules", body = Vec<Capsule>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Capsule>>> {
+    let rows = state.db.capsules(&caller.team_id).await?;
+    Ok(Json(rows.iter().map(Capsule::from).collect()))
+}
+
+/// Get a capsule
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}",
+    operation_id = "get_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule, or it was destroyed", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Capsule>> {
+    Ok(Json(Capsule::from(&live(&state, &caller, &id).await?)))
+}
+
+/// Applies what the agent says about a capsule to its row.
+async fn record_state(
+    state: &AppState,
+    id: &str,
+    pb: &wrenn_proto::agent::v1::Capsule,
+    started: bool,
+) -> Result<()> {
+    let error = (!pb.error.is_empty()).then_some(pb.error.as_str());
+    state
+        .db
+        .set_capsule_status(id, status_name(pb.state), error, started)
+        .await
+}
+
+/// After a lifecycle `action` on capsule `id`: its audit row and event, and its JSON.
+async fn recorded(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<Json<Capsule>> {
+    let row = state.db.capsule(&caller.team_id, id).await?;
+    // The action happened: it is in the audit log, or the request fails.
+    state
+        .db
+        .audit(caller, action, ("capsule", id), "success", "")
+        .await?;
+    let body = Capsule::from(&row);
+    publish(state, Event::capsule(caller, action, id, body.clone()));
+    Ok(Json(body))
+}
+
+/// Pause a capsule
+///
+/// Its memory, files and processes are kept; resume continues where it stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/pause",
+    operation_id = "pause_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule, now paused", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it cannot be paused now", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Capsule>> {
+    let c = live(&state, &caller, &id).await?;
+    let pb = state
+        .agent()
+        .pause_capsule(CapsuleRef { id: c.id.clone() })
+        .await?
+        .into_inner();
+    record_state(&state, &c.id, &pb, false).await?;
+    recorded(&state, &caller, &c.id, "capsule.pause").await
+}
+
+/// Resume a capsule
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/resume",
+    operation_id = "resume_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 200, description = "The capsule, running again", body = Capsule),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it cannot be resumed now", body = ErrorBody),
+        (status = 429, response = crate::responses::QuotaExceeded),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Capsule>> {
+    let c = live(&state, &caller, &id).await?;
+    let held = crate::quotas::reserve::reserve_resume(&state, &c).await?;
+    let pb = state
+        .agent()
+        .resume_capsule(CapsuleRef { id: c.id.clone() })
+        .await
+        .map_err(ApiError::from);
+    let (pb, held) = held.keep_if_ok(pb).await?;
+    let pb = pb.into_inner();
+    record_state(&state, &c.id, &pb, true).await?;
+    held.release().await;
+    recorded(&state, &caller, &c.id, "capsule.resume").await
+}
+
+/// Destroy a capsule
+///
+/// Its VM and everything in it are gone; the capsule is `stopped` and answers `not_found`.
+#[utoipa::path(
+    delete,
+    path = "/v1/capsules/{id}",
+    operation_id = "destroy_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 204, description = "Destroyed"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule, or already destroyed", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let c = live(&state, &caller, &id).await?;
+    match state
+        .agent()
+        .destroy_capsule(CapsuleRef { id: c.id.clone() })
+        .await
+    {
+        Ok(_) => {}
+        // Already gone from its host: the row just catches up.
+        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) => return Err(s.into()),
+    }
+    state
+        .db
+        .set_capsule_status(&c.id, "stopped", None, false)
+        .await?;
+    state
+        .db
+        .audit(
+            &caller,
+            "capsule.destroy",
+            ("capsule", &c.id),
+            "success",
+            "",
+        )
+        .await?;
+    let mut row = c;
+    row.status = "stopped".into();
+    publish(
+        &state,
+        Event::capsule(&caller, "capsule.destroy", &row.id, Capsule::from(&row)),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Keep a capsule alive
+///
+/// Counts as activity, so its idle timeout starts again.
+#[utoipa::path(
+    post,
+    path = "/v1/capsules/{id}/ping",
+    operation_id = "ping_capsule",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    responses(
+        (status = 204, description = "Pinged"),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the capsule is not running", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn ping(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let c = running(&state, &caller, &id).await?;
+    state.agent().ping(CapsuleRef { id: c.id.clone() }).await?;
+    state.db.touch_capsule(&c.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,141 @@
+//! A capsule's resource metrics over a range.
+
+use axum::{
+    extract::{Path, Query, State},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wrenn_proto::agent::v1::GetMetricsRequest;
+
+use super::lookup::live;
+use crate::{
+    db::Caller,
+    error::{ApiError, ErrorBody, Result},
+    responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
+    state::AppState,
+};
+
+/// The ranges of a capsule's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum MetricsRange {
+    #[serde(rename = "5m")]
+    M5,
+    #[serde(rename = "10m")]
+    M10,
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "2h")]
+    H2,
+    #[serde(rename = "6h")]
+    H6,
+    #[serde(rename = "12h")]
+    H12,
+    #[serde(rename = "24h")]
+    H24,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsQuery {
+    /// How far back (default `10m`).
+    #[param(value_type = Option<MetricsRange>)]
+    range: Option<String>,
+}
+
+/// One sample of a capsule's use.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct MetricPoint {
+    /// Unix seconds.
+    pub timestamp_unix: i64,
+    /// CPU use of its VM, in percent of one CPU.
+    pub cpu_pct: f64,
+    pub mem_bytes: u64,
+    /// Disk space its VM has allocated.
+    pub disk_bytes: u64,
+}
+
+/// A capsule's samples over a range.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CapsuleMetrics {
+    /// The capsule's id.
+    pub sandbox_id: String,
+    #[schema(value_type = MetricsRange)]
+    pub range: String,
+    /// Oldest first.
+    pub points: Vec<MetricPoint>,
+}
+
+/// A capsule's metrics
+///
+/// CPU, memory and disk samples of its VM over a range (finer for shorter ranges).
+#[utoipa::path(
+    get,
+    path = "/v1/capsules/{id}/metrics",
+    operation_id = "capsule_metrics",
+    tag = "capsules",
+    params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
+    responses(
+        (status = 200, description = "Its samples", body = CapsuleMetrics),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such capsule", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 502, response = AgentFailed),
+        (status = 503, response = HostUnavailable),
+    )
+)]
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: std::result::Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CapsuleMetrics>> {
+    let Query(q) = query?;
+    let range = q.range.unwrap_or_else(|| "10m".into());
+    let secs = match range.as_str() {
+        "5m" => 300,
+        "10m" => 600,
+        "1h" => 3600,
+        "2h" => 7200,
+        "6h" => 6 * 3600,
+        "12h" => 12 * 3600,
+        "24h" => 24 * 3600,
+        other => {
+            return Err(ApiError::InvalidRequest(format!(
+                "range must be one of 5m, 10m, 1h, 2h, 6h, 12h, 24h, not {other:?}"
+            )))
+        }
+    };
+    let c = live(&state, &caller, &id).await?;
+    let points = match state
+        .agent()
+        .get_metrics(GetMetricsRequest {
+            capsule_id: c.id.clone(),
+            range_secs: secs,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().points,
+        Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
+        Err(s) => return Err(s.into()),
+    };
+    let points = points.into_iter().map(MetricPoint::from).collect();
+    Ok(Json(CapsuleMetrics {
+        sandbox_id: c.id,
+        range,
+        points,
+    }))
+}
+
+impl From<wrenn_proto::agent::v1::MetricPoint> for MetricPoint {
+    fn from(p: wrenn_proto::agent::v1::MetricPoint) -> MetricPoint {
+        MetricPoint {
+            timestamp_unix: p.unix,
+            // As the API always showed it (an f32 widened to f64).
+            cpu_pct: f64::from(p.cpu_pct),
+            mem_bytes: p.mem_bytes,
+            disk_bytes: p.disk_bytes,
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Teams, their members and roles. Every change to a team's accounts takes the acting
+//! `Caller` (its `team_id` is the team changed) and writes its audit row in the same
+//! transaction, so no change is ever unaudited.
+
+use sqlx::{AnyConnection, Row};
+use wrenn_types::{Id, IdKind};
+
+use super::tx::{insert_audit, lock_team, AuditEntry};
+use super::users::{insert_user, user_of, USER_COLUMNS};
+use super::*;
+use crate::error::{ApiError, Result};
+
+/// A member's rights in a team: owner > admin > member.
+// Declared lowest first, so `Ord` compares rank.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A team as one of its members sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub team: Team,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+/// A team's member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user: User,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+pub(super) fn role_of(r: &sqlx::any::AnyRow) -> Result<Role> {
+    let role: String = r.try_get("role")?;
+    Role::parse(&role).ok_or_else(|| ApiError::Internal(format!("unknown role {role:?} stored")))
+}
+
+pub(super) async fn insert_team(conn: &mut AnyConnection, name: &str) -> Result<Team> {
+    let team = Team {
+        id: Id::new(IdKind::Team).to_string(),
+        name: name.into(),
+        created_at: now_ms(),
+    };
+    sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&team.id)
+        .bind(&team.name)
+        .bind(team.created_at)
+        .execute(conn)
+        .await?;
+    Ok(team)
+}
+
+pub(super) async fn insert_membership(
+    conn: &mut AnyConnection,
+    team_id: &str,
+    user_id: &str,
+    role: Role,
+) -> Result<i64> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(team_id)
+    .bind(user_id)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(now)
+}
+
+/// A member's current role, read under the team lock.
+pub(super) async fn role_in(
+    conn: &mut AnyConnection,
+    team_id: &str,
+    user_id: &str,
+) -> Result<Option<Role>> {
+    sqlx::query("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
+        .bind(team_id)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(role_of)
+        .transpose()
+}
+
+pub(super) async fn owners(conn: &mut AnyConnection, team_id: &str) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships WHERE team_id = $1 AND role = $2")
+        .bind(team_id)
+        .bind(Role::Owner.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(r.try_get("n")?)
+}
+
+pub(super) fn member_not_found(user_id: &str) -> ApiError {
+    ApiError::NotFound(format!("user {user_id} is not a member of this team"))
+}
+
+pub(super) fn role_changed() -> ApiError {
+    ApiError::Conflict("the member's role changed meanwhile; try again".into())
+}
+
+impl Db {
+    /// Signs a user up: the user, a personal team they own, and the audit row, all or nothing.
+    /// A taken email is `conflict`.
+    pub async fn create_user_with_team(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        team_name: &str,
+    ) -> Result<(User, Team)> {
+        let mut tx = self.pool.begin().await?;
+        let user = insert_user(&mut tx, email, name, password_hash).await?;
+        let team = insert_team(&mut tx, team_name).await?;
+        insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        let caller = Caller::user(&team.id, &user);
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: &caller,
+                action: "user.signup",
+                resource: ("user", &user.id),
+                outcome: "success",
+                detail: "",
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((user, team))
+    }
+
+    pub async fn create_team(&self, name: &str) -> Result<Team> {
+        let mut conn = self.pool.acquire().await?;
+        insert_team(&mut conn, name).await
+    }
+
+    pub async fn team_count(&self) -> Result<i64> {
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM teams")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get("n")?)
+    }
+
+    /// The teams a user belongs to, in the order they joined (the personal team first).
+    pub async fn memberships(&self, user_id: &str) -> Result<Vec<Membership>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.name, t.created_at, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN teams t ON t.id = m.team_id \
+             WHERE m.user_id = $1 ORDER BY m.created_at, CASE WHEN m.role = 'owner' THEN 0 ELSE 1 END, t.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Membership {
+                    team: Team {
+                        id: r.try_get("id")?,
+                        name: r.try_get("name")?,
+                        created_at: r.try_get("created_at")?,
+                    },
+                    role: role_of(r)?,
+                    joined_at: r.try_get("joined_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A user's role in a team, `None` when not a member (or no such team).
+    pub async fn role(&self, team_id: &str, user_id: &str) -> Result<Option<Role>> {
+        let mut conn = self.pool.acquire().await?;
+        role_in(&mut conn, team_id, user_id).await
+    }
+
+    /// A new team owned by `user` (audited in the new team's log).
+    pub async fn create_owned_team(&self, user: &User, name: &str) -> Result<Membership> {
+        let mut tx = self.pool.begin().await?;
+        let team = insert_team(&mut tx, name).await?;
+        let joined_at = insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        let caller = Caller::user(&team.id, user);
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: &caller,
+                action: "team.create",
+                resource: ("team", &team.id),
+                outcome: "success",
+                detail: name,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Membership {
+            team,
+            role: Role::Owner,
+            joined_at,
+        })
+    }
+
+    /// A team's members, in the order they joined.
+    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = $1 ORDER BY m.created_at, u.email"
+        ))
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Member {
+                    user: user_of(r)?,
+                    role: role_of(r)?,
+                    joined_at: r.try_get("joined_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One member of a team, `None` when the user is not in it.
+    pub async fn member(&self, team_id: &str, user_id: &str) -> Result<Option<Member>> {
+        let r = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, m.role, m.created_at AS joined_at \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.team_id = $1 AND m.user_id = $2"
+        ))
+        .bind(team_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(Member {
+                user: user_of(&r)?,
+                role: role_of(&r)?,
+                joined_at: r.try_get("joined_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Adds `user_id` to `by`'s team as `role`; `conflict` when already a member.
+    pub async fn add_member(&self, by: &Caller, user_id: &str, role: Role) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_team(&mut tx, &by.team_id).await? {
+            return Err(ApiError::NotFound(format!("team {} not found", by.team_id)));
+        }
+        if role_in(&mut tx, &by.team_id, user_id).await?.is_some() {
+            return Err(ApiError::Conflict(
+                "this user is already a member of the team".into(),
+            ));
+        }
+        insert_membership(&mut tx, &by.team_id, user_id, role).await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.add",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}", role.as_str()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes a member's role from `from` (what the caller's permission check saw) to `to`.
+    /// `not_found` when not a member; `conflict` when the role changed meanwhile or when this
+    /// would leave the team without an owner.
+    pub async fn set_member_role(
+        &self,
+        by: &Caller,
+        user_id: &str,
+        from: Role,
+        to: Role,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &by.team_id).await?;
+        match role_in(&mut tx, &by.team_id, user_id).await? {
+            None => return Err(member_not_found(user_id)),
+            Some(now) if now != from => return Err(role_changed()),
+            Some(_) => {}
+        }
+        if from == Role::Owner && to != Role::Owner && owners(&mut tx, &by.team_id).await? <= 1 {
+            return Err(ApiError::Conflict(
+                "the team's last owner cannot step down; make another member owner first".into(),
+            ));
+        }
+        sqlx::query("UPDATE memberships SET role = $1 WHERE team_id = $2 AND user_id = $3")
+            .bind(to.as_str())
+            .bind(&by.team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.role",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}->{}", from.as_str(), to.as_str()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a member whose role is `from` (what the permission check saw). Owners are never
+    /// removed (demote first), so a team always keeps an owner.
+    pub async fn remove_member(&self, by: &Caller, user_id: &str, from: Role) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &by.team_id).await?;
+        match role_in(&mut tx, &by.team_id, user_id).await? {
+            None => return Err(member_not_found(user_id)),
+            Some(Role::Owner) => {
+                return Err(ApiError::Conflict(
+                    "an owner cannot be removed; change their role first".into(),
+                ))
+            }
+            Some(now) if now != from => return Err(role_changed()),
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
+            .bind(&by.team_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                caller: by,
+                action: "team.member.remove",
+                resource: ("user", user_id),
+                outcome: "success",
+                detail: &format!("role={}", from.as_str()),
+            },
+        )
+        .await?;
+        // Their API keys in this team die with their membership.
+        let keys = sqlx::query("SELECT id FROM api_keys WHERE team_id = $1 AND owner_id = $2")
+            .bind(&by.team_id)
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for k in &keys {
+            let id: String = k.try_get("id")?;
+            sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2")
+                .bind(&by.team_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            insert_audit(
+                &mut tx,
+                &AuditEntry {
+                    caller: by,
+                    action: "api_key.delete",
+                    resource: ("api_key", &id),
+                    outcome: "success",
+                    detail: &format!("its owner {user_id} left the team"),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! A team's snapshot templates.
+
+use sqlx::Row;
+
+use super::*;
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateRow {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    /// The template's name on the hosts (team-qualified, so teams never collide).
+    pub agent_name: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub size_bytes: i64,
+    pub source_capsule: String,
+    pub metadata: HashMap<String, String>,
+    pub created_at: i64,
+}
+
+pub(super) fn template_of(r: &sqlx::any::AnyRow) -> Result<TemplateRow> {
+    let metadata: String = r.try_get("metadata")?;
+    Ok(TemplateRow {
+        id: r.try_get("id")?,
+        team_id: r.try_get("team_id")?,
+        name: r.try_get("name")?,
+        agent_name: r.try_get("agent_name")?,
+        vcpus: r.try_get("vcpus")?,
+        memory_mb: r.try_get("memory_mb")?,
+        size_bytes: r.try_get("size_bytes")?,
+        source_capsule: r.try_get("source_capsule")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Db {
+    pub async fn insert_template(&self, t: &TemplateRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO templates (id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, \
+             source_capsule, metadata, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&t.id)
+        .bind(&t.team_id)
+        .bind(&t.name)
+        .bind(&t.agent_name)
+        .bind(t.vcpus)
+        .bind(t.memory_mb)
+        .bind(t.size_bytes)
+        .bind(&t.source_capsule)
+        .bind(serde_json::to_string(&t.metadata).unwrap_or_else(|_| "{}".into()))
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, team_id: &str, name: &str) -> Result<Option<TemplateRow>> {
+        let r = sqlx::query(
+            "SELECT id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, source_capsule, \
+             metadata, created_at FROM templates WHERE team_id = $1 AND name = $2",
+        )
+        .bind(team_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.as_ref().map(template_of).transpose()
+    }
+
+    pub async fn templates(&self, team_id: &str) -> Result<Vec<TemplateRow>> {
+        let rows = sqlx::query(
+            "SELECT id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, source_capsule, \
+             metadata, created_at FROM templates WHERE team_id = $1 ORDER BY created_at DESC",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(template_of).collect()
+    }
+
+    pub async fn delete_template(&self, team_id: &str, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM templates WHERE team_id = $1 AND name = $2")
+            .bind(team_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

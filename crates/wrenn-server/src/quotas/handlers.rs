@@ -1,0 +1,216 @@
+//! `GET` and `PUT /v1/teams/{id}/quotas`: reading and setting a team's quotas.
+
+use axum::{
+    extract::{Path, State},
+    Json,
+};
+use serde::Serialize;
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use super::{
+    reserve::{defaults, overrides, usage},
+    *,
+};
+use crate::{
+    db::{now_ms, Caller, Db, Role},
+    error::{ApiError, ErrorBody, Result},
+    responses::{BadRequest, Internal, Unauthorized},
+    state::AppState,
+};
+
+/// A team's quotas: its limits (override or default), its own overrides, and its use.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TeamQuotas {
+    pub team_id: String,
+    /// What applies now (`null`: unlimited).
+    pub limits: Limits,
+    /// The team's overrides (`null`: the platform default applies).
+    pub overrides: Limits,
+    /// The platform's defaults.
+    pub defaults: Limits,
+    /// What the team uses now (including requests in flight).
+    pub usage: Amounts,
+}
+
+async fn team_quotas(db: &Db, team_id: &str) -> Result<TeamQuotas> {
+    let mut conn = db.pool().acquire().await?;
+    let overrides = overrides(&mut conn, team_id).await?;
+    let defaults = defaults(&mut conn).await?;
+    Ok(TeamQuotas {
+        team_id: team_id.into(),
+        limits: overrides.over(defaults),
+        overrides,
+        defaults,
+        usage: usage(&mut conn, team_id).await?,
+    })
+}
+
+/// The platform's team: the first team the admin user `wrenn up` makes owns.
+async fn platform_team(db: &Db) -> Result<Option<String>> {
+    let r = sqlx::query(
+        "SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id \
+         WHERE u.email = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
+    )
+    .bind(crate::ADMIN_EMAIL)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(match r {
+        Some(r) => Some(r.try_get("team_id")?),
+        None => None,
+    })
+}
+
+/// Whether the caller administers the platform (see the module's doc).
+pub async fn is_platform_admin(db: &Db, caller: &Caller) -> Result<bool> {
+    if platform_team(db).await?.as_deref() != Some(caller.team_id.as_str()) {
+        return Ok(false);
+    }
+    Ok(match caller.user_id() {
+        None => caller.actor_type == "api_key",
+        Some(user) => db
+            .role(&caller.team_id, user)
+            .await?
+            .is_some_and(|r| r >= Role::Admin),
+    })
+}
+
+fn not_found(team_id: &str) -> ApiError {
+    ApiError::NotFound(format!("team {team_id} not found"))
+}
+
+/// Whether the team exists.
+async fn team_exists(db: &Db, team_id: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT id FROM teams WHERE id = $1")
+        .bind(team_id)
+        .fetch_optional(db.pool())
+        .await?
+        .is_some())
+}
+
+/// Get a team's quotas
+///
+/// Its limits (the team's override, else the platform default; `null` is unlimited), the
+/// overrides and defaults they come from, and its use now. For platform admins (any team) and
+/// the team's owners.
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/quotas",
+    operation_id = "get_team_quotas",
+    tag = "teams",
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    responses(
+        (status = 200, description = "The team's quotas and use", body = TeamQuotas),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a member who is not an owner, or an API key of the team", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team_id): Path<String>,
+) -> Result<Json<TeamQuotas>> {
+    if !is_platform_admin(&state.db, &caller).await? {
+        let role = match caller.user_id() {
+            Some(user) => state.db.role(&team_id, user).await?,
+            None => None,
+        };
+        match role {
+            Some(Role::Owner) => {}
+            Some(_) => {
+                return Err(ApiError::Forbidden(
+                    "only the team's owners and platform admins read its quotas".into(),
+                ))
+            }
+            None if caller.team_id == team_id => {
+                return Err(ApiError::Forbidden(
+                    "only the team's owners and platform admins read its quotas".into(),
+                ))
+            }
+            None => return Err(not_found(&team_id)),
+        }
+    } else if !team_exists(&state.db, &team_id).await? {
+        return Err(not_found(&team_id));
+    }
+    Ok(Json(team_quotas(&state.db, &team_id).await?))
+}
+
+/// Set a team's quotas
+///
+/// Replaces the team's overrides: each field a number (0 or more) or `null`/absent for the
+/// platform default. Platform admins only.
+#[utoipa::path(
+    put,
+    path = "/v1/teams/{id}/quotas",
+    operation_id = "set_team_quotas",
+    tag = "teams",
+    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    request_body = Limits,
+    responses(
+        (status = 200, description = "The team's quotas and use", body = TeamQuotas),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: not a platform admin (a member of the team)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such team within the caller's reach", body = ErrorBody),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn set(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team_id): Path<String>,
+    body: std::result::Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TeamQuotas>> {
+    if !is_platform_admin(&state.db, &caller).await? {
+        let member = caller.team_id == team_id
+            || match caller.user_id() {
+                Some(user) => state.db.role(&team_id, user).await?.is_some(),
+                None => false,
+            };
+        return Err(if member {
+            ApiError::Forbidden("only platform admins set quotas".into())
+        } else {
+            not_found(&team_id)
+        });
+    }
+    let Json(limits) = body?;
+    limits.validate()?;
+    if !team_exists(&state.db, &team_id).await? {
+        return Err(not_found(&team_id));
+    }
+    let mut tx = state.db.pool().begin().await?;
+    crate::db::lock_team(&mut tx, &team_id).await?;
+    sqlx::query("DELETE FROM team_quotas WHERE team_id = $1")
+        .bind(&team_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO team_quotas (team_id, capsules, vcpus, memory_mb, disk_mb, snapshots, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&team_id)
+    .bind(limits.capsules)
+    .bind(limits.vcpus)
+    .bind(limits.memory_mb)
+    .bind(limits.disk_mb)
+    .bind(limits.snapshots)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // In the acting team's log (the platform's), naming the team changed.
+    let detail = serde_json::to_string(&limits).unwrap_or_default();
+    state
+        .db
+        .audit(
+            &caller,
+            "team.quotas.set",
+            ("team", &team_id),
+            "success",
+            &detail,
+        )
+        .await?;
+    Ok(Json(team_quotas(&state.db, &team_id).await?))
+}

@@ -1,0 +1,117 @@
+//! The reconciler: keeps the database in step with what the host agent reports, and samples
+//! usage.
+
+use std::time::Duration;
+
+use wrenn_proto::agent::v1::{CapsuleRef, ListCapsulesRequest};
+
+use crate::{
+    capsules, db,
+    error::{self, Result},
+    events,
+    state::AppState,
+    time, usage,
+};
+
+/// Samples usage every 10 s, and every `every` compares the database with what the agent reports and fixes drift: a
+/// capsule the agent paused (timeout) or lost is never shown as running.
+pub fn spawn_reconciler(state: AppState, every: Duration) {
+    let sampling = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(db::USAGE_SAMPLE_SECS as u64));
+        loop {
+            tick.tick().await;
+            if let Err(e) = usage::sample(&sampling).await {
+                tracing::warn!(error = %e, "sampling usage");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = reconcile(&state).await {
+                tracing::warn!(error = %e, "reconciling with the agent");
+            }
+        }
+    });
+}
+
+/// One pass of the reconciler.
+pub async fn reconcile(state: &AppState) -> Result<()> {
+    let on_host: std::collections::HashMap<String, wrenn_proto::agent::v1::Capsule> = state
+        .agent()
+        .list_capsules(ListCapsulesRequest {})
+        .await?
+        .into_inner()
+        .capsules
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    for row in state.db.live_capsules().await? {
+        let (status, error) = match on_host.get(&row.id) {
+            // The list may be older than the row (a resume or pause that finished since, on
+            // the host and then in the row): what the host says now decides.
+            Some(c) if capsules::model::status_name(c.state) != row.status => {
+                let now = state
+                    .agent()
+                    .get_capsule(CapsuleRef { id: row.id.clone() })
+                    .await;
+                match now {
+                    Ok(c) => {
+                        let c = c.into_inner();
+                        (
+                            capsules::model::status_name(c.state),
+                            (!c.error.is_empty()).then(|| c.error.clone()),
+                        )
+                    }
+                    // Destroyed meanwhile, or lost: the next pass sees which.
+                    Err(e) if e.code() == tonic::Code::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(c) => (
+                capsules::model::status_name(c.state),
+                (!c.error.is_empty()).then(|| c.error.clone()),
+            ),
+            // Made moments ago and not listed yet, or lost by its host.
+            None if row.status == "pending" || row.status == "starting" => continue,
+            None => (
+                "error",
+                Some("the host no longer has this capsule".to_string()),
+            ),
+        };
+        if status != row.status {
+            tracing::info!(id = %row.id, from = %row.status, to = status, "capsule state drifted");
+            state
+                .db
+                .set_capsule_status(&row.id, status, error.as_deref(), false)
+                .await?;
+            let mut updated = row.clone();
+            updated.status = status.into();
+            events::publish(
+                state,
+                events::Event {
+                    team_id: row.team_id.clone(),
+                    event: "capsule.state.changed".into(),
+                    outcome: "success".into(),
+                    resource: events::Resource {
+                        id: row.id.clone(),
+                        kind: "capsule".into(),
+                    },
+                    actor: events::Actor {
+                        kind: "system".into(),
+                        id: "reconciler".into(),
+                        name: "reconciler".into(),
+                    },
+                    metadata: Default::default(),
+                    // As clients may see it (the database keeps the whole reason).
+                    error: error.map(|e| error::redact(&e).into_owned()),
+                    sandbox: Some(capsules::model::Capsule::from(&updated)),
+                    timestamp: time::rfc3339(db::now_ms()),
+                },
+            );
+        }
+    }
+    Ok(())
+}

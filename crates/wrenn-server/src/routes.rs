@@ -1,0 +1,219 @@
+//! The route table: every route of the API ([`routes`]) and the router that serves them
+//! ([`router`]), behind the port proxy and measured by [`crate::metrics`].
+
+use axum::{
+    extract::DefaultBodyLimit,
+    handler::Handler,
+    http::Method,
+    routing::{MethodFilter, MethodRouter},
+    Router,
+};
+
+use crate::{
+    accounts, api_docs, audit, capsules,
+    error::{self, ApiError},
+    events, files, metrics, network, proxy, quotas, service, snapshots,
+    state::AppState,
+    usage, ws,
+};
+
+/// Largest JSON body (file contents go through the streamed multipart routes).
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// One route: a method, a path template and its handler. [`router`] serves exactly the routes
+/// of [`routes`], and a test checks that `/openapi.json` documents exactly these too.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub(crate) handler: MethodRouter<AppState>,
+}
+
+/// `handler` for `method` on `path`.
+pub fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("the route table's methods");
+    Route {
+        method,
+        path,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+impl Route {
+    /// Without the JSON body limit (streamed uploads).
+    fn unlimited(mut self) -> Route {
+        self.handler = self.handler.layer(DefaultBodyLimit::disable());
+        self
+    }
+}
+
+/// Every route of the API.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    let mut all = vec![
+        route(M::GET, "/health", service::health),
+        route(M::GET, "/openapi.json", api_docs::openapi_json),
+        route(M::GET, "/docs", api_docs::docs),
+        route(M::GET, "/metrics", service::scrape),
+        route(M::POST, "/v1/capsules", capsules::create::create),
+        route(M::GET, "/v1/capsules", capsules::lifecycle::list),
+        route(M::GET, "/v1/capsules/stats", usage::stats),
+        route(M::GET, "/v1/capsules/usage", usage::usage),
+        route(M::GET, "/v1/capsules/{id}", capsules::lifecycle::get),
+        route(M::DELETE, "/v1/capsules/{id}", capsules::lifecycle::destroy),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/pause",
+            capsules::lifecycle::pause,
+        ),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/resume",
+            capsules::lifecycle::resume,
+        ),
+        route(M::POST, "/v1/capsules/{id}/ping", capsules::lifecycle::ping),
+        route(M::GET, "/v1/capsules/{id}/network", network::get),
+        route(M::PATCH, "/v1/capsules/{id}/network", network::set),
+        route(
+            M::GET,
+            "/v1/capsules/{id}/metrics",
+            capsules::metrics::metrics,
+        ),
+        route(M::POST, "/v1/capsules/{id}/exec", capsules::exec::exec),
+        route(
+            M::GET,
+            "/v1/capsules/{id}/exec/stream",
+            ws::exec::exec_stream,
+        ),
+        route(
+            M::GET,
+            "/v1/capsules/{id}/processes",
+            capsules::exec::processes,
+        ),
+        route(
+            M::DELETE,
+            "/v1/capsules/{id}/processes/{pid}",
+            capsules::exec::kill_process,
+        ),
+        route(
+            M::GET,
+            "/v1/capsules/{id}/processes/{pid}/stream",
+            ws::exec::connect_process,
+        ),
+        route(M::GET, "/v1/capsules/{id}/pty", ws::terminal::pty),
+        route(M::POST, "/v1/capsules/{id}/files/read", files::read),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/files/stream/read",
+            files::stream_read,
+        ),
+        route(M::POST, "/v1/capsules/{id}/files/write", files::write).unlimited(),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/files/stream/write",
+            files::stream_write,
+        )
+        .unlimited(),
+        route(M::POST, "/v1/capsules/{id}/files/list", files::list),
+        route(M::POST, "/v1/capsules/{id}/files/mkdir", files::mkdir),
+        route(M::POST, "/v1/capsules/{id}/files/remove", files::remove),
+        route(M::POST, "/v1/snapshots", snapshots::create),
+        route(M::GET, "/v1/snapshots", snapshots::list),
+        route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
+        route(M::GET, "/v1/events/stream", events::stream),
+        route(M::GET, "/v1/audit", audit::audit),
+        route(M::GET, "/v1/teams/{id}/quotas", quotas::handlers::get),
+        route(M::PUT, "/v1/teams/{id}/quotas", quotas::handlers::set),
+    ];
+    all.extend(account_routes());
+    all
+}
+
+/// The API: every route of [`routes`], behind the port proxy, measured by [`metrics`].
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for r in routes() {
+        // Two methods on one path merge into one method router.
+        router = router.route(r.path, r.handler);
+    }
+    router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // Every error answer in the documented shape, axum's own rejections included.
+        .layer(axum::middleware::from_fn(error::json_errors))
+        // Inside the proxy: proxied requests are the capsules' traffic, not the API's.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            proxy::route,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// The account routes (part of [`routes`]).
+fn account_routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/auth/signup", accounts::sessions::signup),
+        route(Method::POST, "/v1/auth/login", accounts::sessions::login),
+        route(Method::POST, "/v1/auth/logout", accounts::sessions::logout),
+        route(
+            Method::POST,
+            "/v1/auth/logout-all",
+            accounts::sessions::logout_all,
+        ),
+        route(Method::GET, "/v1/teams", accounts::teams::list_teams),
+        route(Method::POST, "/v1/teams", accounts::teams::create_team),
+        route(
+            Method::GET,
+            "/v1/teams/{id}/members",
+            accounts::teams::list_members,
+        ),
+        route(
+            Method::POST,
+            "/v1/teams/{id}/members",
+            accounts::teams::add_member,
+        ),
+        route(
+            Method::PATCH,
+            "/v1/teams/{id}/members/{user_id}",
+            accounts::teams::set_member_role,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/teams/{id}/members/{user_id}",
+            accounts::teams::remove_member,
+        ),
+        route(
+            Method::POST,
+            "/v1/teams/{id}/invitations",
+            accounts::invitations::create_invitation,
+        ),
+        route(
+            Method::GET,
+            "/v1/teams/{id}/invitations",
+            accounts::invitations::list_invitations,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/teams/{id}/invitations/{invitation_id}",
+            accounts::invitations::delete_invitation,
+        ),
+        route(Method::GET, "/v1/api-keys", accounts::keys::list_api_keys),
+        route(Method::POST, "/v1/api-keys", accounts::keys::create_api_key),
+        route(
+            Method::DELETE,
+            "/v1/api-keys/{id}",
+            accounts::keys::delete_api_key,
+        ),
+    ]
+}
