@@ -93,7 +93,7 @@ mod tests {
             id: "cl-1".into(),
             team_id: "team-1".into(),
             template: "minimal".into(),
-            status: "paused".into(),
+            status: wrenn_types::CapsuleStatus::Paused,
             vcpus: 1,
             memory_mb: 256,
             disk_size_mb: 0,

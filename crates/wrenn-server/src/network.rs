@@ -24,6 +24,7 @@ use crate::{
     responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     state::AppState,
 };
+use wrenn_types::CapsuleStatus;
 
 /// A capsule's egress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -128,7 +129,7 @@ pub async fn set(
         b.deny.as_deref().unwrap_or(&old.deny),
     )?;
     let egress = b.egress.unwrap_or(old_egress);
-    if !matches!(c.status.as_str(), "running" | "paused") {
+    if !matches!(c.status, CapsuleStatus::Running | CapsuleStatus::Paused) {
         return Err(ApiError::InvalidState(format!(
             "capsule {} is {}; only a running or paused capsule's network can change",
             c.id, c.status

@@ -15,7 +15,7 @@ use wrenn_proto::agent::v1::{
 use wrenn_types::{Id, IdKind};
 
 use crate::{
-    capsules::{lookup::live, model::safe_name},
+    capsules::lookup::live,
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
@@ -23,9 +23,10 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+use wrenn_types::CapsuleStatus;
 
 /// Longest snapshot name (it is stored on hosts team-qualified).
-const MAX_NAME: usize = 48;
+const MAX_NAME: usize = wrenn_types::TemplateName::MAX_SNAPSHOT_LEN;
 
 // A team's template is known on the hosts by its row's random id (`tpl-…`), never by a name a
 // caller could derive (rows made before kept `t<team tail>.<name>`; the column says which).
@@ -177,7 +178,7 @@ pub async fn create(
     let name = b
         .name
         .unwrap_or_else(|| format!("template-{}", &Id::new(IdKind::Template).to_string()[4..12]));
-    if !safe_name(&name, MAX_NAME) {
+    if wrenn_types::TemplateName::parse_snapshot(&name).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid name {name:?}: use [a-zA-Z0-9][a-zA-Z0-9._-], at most {MAX_NAME} characters"
         )));
@@ -218,7 +219,7 @@ pub async fn create(
     // The source is paused now.
     state
         .db
-        .set_capsule_status(&capsule.id, "paused", None, false)
+        .set_capsule_status(&capsule.id, CapsuleStatus::Paused, None, false)
         .await?;
     if existing.is_some() {
         state.db.delete_template(&caller.team_id, &name).await?;

@@ -18,17 +18,21 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+use wrenn_types::CapsuleStatus;
 
 /// Counts as running for stats and usage.
-fn counts(status: &str) -> bool {
-    matches!(status, "running" | "starting" | "pending")
+fn counts(status: CapsuleStatus) -> bool {
+    matches!(
+        status,
+        CapsuleStatus::Running | CapsuleStatus::Starting | CapsuleStatus::Pending
+    )
 }
 
 /// Takes one sample for every team that runs something.
 pub async fn sample(state: &AppState) -> Result<()> {
     let mut teams: HashMap<String, (i64, i64, i64)> = HashMap::new();
     for c in state.db.live_capsules().await? {
-        if counts(&c.status) {
+        if counts(c.status) {
             let t = teams.entry(c.team_id.clone()).or_default();
             t.0 += 1;
             t.1 += c.vcpus;
@@ -139,7 +143,7 @@ pub async fn stats(
     };
     let live = state.db.capsules(&caller.team_id).await?;
     let (mut running, mut vcpus, mut memory) = (0i64, 0i64, 0i64);
-    for c in live.iter().filter(|c| counts(&c.status)) {
+    for c in live.iter().filter(|c| counts(c.status)) {
         running += 1;
         vcpus += c.vcpus;
         memory += c.memory_mb;

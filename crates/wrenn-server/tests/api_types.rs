@@ -2,7 +2,7 @@
 //! for every body, its schema equals the document's component of the same name (so the server
 //! can use them without changing `/openapi.json`).
 
-use utoipa::{OpenApi, PartialSchema, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use wrenn_server::api_docs::ApiDoc;
 
 fn same<T: ToSchema>(doc: &serde_json::Value) -> Option<String> {

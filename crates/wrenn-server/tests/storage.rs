@@ -445,7 +445,7 @@ fn capsule(team: &str, id: &str) -> CapsuleRow {
         id: id.into(),
         team_id: team.into(),
         template: "minimal".into(),
-        status: "running".into(),
+        status: wrenn_types::CapsuleStatus::Running,
         vcpus: 1,
         memory_mb: 256,
         disk_size_mb: 1024,
@@ -495,11 +495,14 @@ async fn capsules_and_templates_are_scoped_by_team(s: Store) {
     assert_eq!(db.capsules(&a.id).await.unwrap(), std::slice::from_ref(&ca));
     assert_eq!(db.capsules(&b.id).await.unwrap(), std::slice::from_ref(&cb));
     // Stopped capsules leave the list but stay readable by their team.
-    db.set_capsule_status(&ca.id, "stopped", None, false)
+    db.set_capsule_status(&ca.id, wrenn_types::CapsuleStatus::Stopped, None, false)
         .await
         .unwrap();
     assert!(db.capsules(&a.id).await.unwrap().is_empty());
-    assert_eq!(db.capsule(&a.id, &ca.id).await.unwrap().status, "stopped");
+    assert_eq!(
+        db.capsule(&a.id, &ca.id).await.unwrap().status,
+        wrenn_types::CapsuleStatus::Stopped
+    );
 
     // Both teams may name a template alike; each sees its own.
     db.insert_template(&template(&a.id, "snap", "ta.snap"))
@@ -551,7 +554,7 @@ async fn capsules_are_counted_by_status(s: Store) {
         (&b.id, "cl-bbbbbbbbbbbbbbbbbbbbbbbb2", "stopped"),
     ] {
         db.insert_capsule(&CapsuleRow {
-            status: status.into(),
+            status: status.parse().unwrap(),
             ..capsule(team, id)
         })
         .await

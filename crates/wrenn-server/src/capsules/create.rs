@@ -15,6 +15,7 @@ use crate::{
     responses::{AgentFailed, BadRequest, HostUnavailable, Internal, Unauthorized},
     state::AppState,
 };
+use wrenn_types::CapsuleStatus;
 
 /// A new capsule; every field is optional.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,7 +78,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
     let Json(b) = body?;
     let template = b.template.unwrap_or_else(|| "minimal".into());
-    if !safe_name(&template, 64) {
+    if wrenn_types::TemplateName::parse(&template).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid template name {template:?}"
         )));
@@ -155,7 +156,7 @@ pub async fn create(
         id: made.id.clone(),
         team_id: caller.team_id.clone(),
         template,
-        status: status_name(made.state).into(),
+        status: status_of(made.state),
         vcpus: made.vcpus.into(),
         memory_mb: made.memory_mib.into(),
         disk_size_mb: made.disk_mib.into(),
@@ -200,7 +201,7 @@ pub async fn create(
             .await;
         let _ = state
             .db
-            .set_capsule_status(&row.id, "stopped", None, false)
+            .set_capsule_status(&row.id, CapsuleStatus::Stopped, None, false)
             .await;
         return Err(e);
     }

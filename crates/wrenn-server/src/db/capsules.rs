@@ -3,6 +3,8 @@
 use sqlx::Row;
 
 use super::*;
+use wrenn_types::CapsuleStatus;
+
 use crate::error::{ApiError, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -10,7 +12,7 @@ pub struct CapsuleRow {
     pub id: String,
     pub team_id: String,
     pub template: String,
-    pub status: String,
+    pub status: CapsuleStatus,
     pub vcpus: i64,
     pub memory_mb: i64,
     pub disk_size_mb: i64,
@@ -29,7 +31,10 @@ pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
         id: r.try_get("id")?,
         team_id: r.try_get("team_id")?,
         template: r.try_get("template")?,
-        status: r.try_get("status")?,
+        status: r
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e: wrenn_types::ParseError| ApiError::Internal(e.to_string()))?,
         vcpus: r.try_get("vcpus")?,
         memory_mb: r.try_get("memory_mb")?,
         disk_size_mb: r.try_get("disk_size_mb")?,
@@ -56,7 +61,7 @@ impl Db {
         .bind(&c.id)
         .bind(&c.team_id)
         .bind(&c.template)
-        .bind(&c.status)
+        .bind(c.status.as_str())
         .bind(c.vcpus)
         .bind(c.memory_mb)
         .bind(c.disk_size_mb)
@@ -88,10 +93,11 @@ impl Db {
     /// A team's capsules that are not stopped, newest first.
     pub async fn capsules(&self, team_id: &str) -> Result<Vec<CapsuleRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE team_id = $1 AND status <> 'stopped' \
+            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE team_id = $1 AND status <> $2 \
              ORDER BY created_at DESC, id"
         ))
         .bind(team_id)
+        .bind(CapsuleStatus::Stopped.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(capsule_of).collect()
@@ -100,8 +106,9 @@ impl Db {
     /// Every capsule not stopped (for the reconciler).
     pub async fn live_capsules(&self) -> Result<Vec<CapsuleRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE status <> 'stopped'"
+            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE status <> $1"
         ))
+        .bind(CapsuleStatus::Stopped.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(capsule_of).collect()
@@ -123,7 +130,7 @@ impl Db {
     pub async fn set_capsule_status(
         &self,
         id: &str,
-        status: &str,
+        status: CapsuleStatus,
         error: Option<&str>,
         started: bool,
     ) -> Result<()> {
@@ -133,7 +140,7 @@ impl Db {
                 "UPDATE capsules SET status = $1, error = $2, updated_at = $3, started_at = $4, \
                  last_active_at = $5 WHERE id = $6",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(error)
             .bind(now)
             .bind(now)
@@ -143,7 +150,7 @@ impl Db {
             sqlx::query(
                 "UPDATE capsules SET status = $1, error = $2, updated_at = $3 WHERE id = $4",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(error)
             .bind(now)
             .bind(id)
