@@ -8,8 +8,8 @@ use axum::{
     extract::{Query, State},
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::{
     db::{now_ms, Caller, USAGE_SAMPLE_SECS},
@@ -17,6 +17,9 @@ use crate::{
     responses::{BadRequest, Internal, Unauthorized},
     state::AppState,
     time::rfc3339,
+};
+pub use wrenn_types::api::usage::{
+    CapsuleStats, CurrentUse, PeakUse, StatsRange, Usage, UsagePoint, UseSeries,
 };
 use wrenn_types::CapsuleStatus;
 
@@ -45,63 +48,12 @@ pub async fn sample(state: &AppState) -> Result<()> {
     Ok(())
 }
 
-/// The ranges of team statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-pub enum StatsRange {
-    #[serde(rename = "5m")]
-    M5,
-    #[serde(rename = "1h")]
-    H1,
-    #[serde(rename = "6h")]
-    H6,
-    #[serde(rename = "24h")]
-    H24,
-    #[serde(rename = "30d")]
-    D30,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// How far back (default `1h`).
     #[param(value_type = Option<StatsRange>)]
     range: Option<String>,
-}
-
-/// What the team runs now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CurrentUse {
-    pub running_count: i64,
-    pub vcpus_reserved: i64,
-    pub memory_mb_reserved: i64,
-}
-
-/// The most the team ran at once over the range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct PeakUse {
-    pub running_count: i64,
-    pub vcpus: i64,
-    pub memory_mb: i64,
-}
-
-/// The range in buckets: the largest value of each bucket (all arrays are as long as `labels`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct UseSeries {
-    /// Each bucket's start (RFC 3339).
-    pub labels: Vec<String>,
-    pub running: Vec<i64>,
-    pub vcpus: Vec<i64>,
-    pub memory_mb: Vec<i64>,
-}
-
-/// The team's capsule statistics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CapsuleStats {
-    #[schema(value_type = StatsRange)]
-    pub range: String,
-    pub current: CurrentUse,
-    pub peaks: PeakUse,
-    pub series: UseSeries,
 }
 
 /// Team statistics
@@ -200,28 +152,6 @@ pub struct UsageQuery {
     /// Last day, `YYYY-MM-DD` (default: today, UTC).
     #[param(format = Date)]
     to: Option<String>,
-}
-
-/// One day's use.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct UsagePoint {
-    #[schema(format = Date)]
-    pub date: String,
-    /// vCPU-minutes reserved by running capsules.
-    pub cpu_minutes: f64,
-    /// MiB-minutes of memory reserved by running capsules.
-    pub ram_mb_minutes: f64,
-}
-
-/// The team's use per day.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Usage {
-    #[schema(format = Date)]
-    pub from: String,
-    #[schema(format = Date)]
-    pub to: String,
-    /// Every day from `from` to `to`.
-    pub points: Vec<UsagePoint>,
 }
 
 fn parse_date(s: &str) -> Result<time::Date> {

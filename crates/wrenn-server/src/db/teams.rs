@@ -10,36 +10,7 @@ use super::users::{insert_user, user_of, USER_COLUMNS};
 use super::*;
 use crate::error::{ApiError, Result};
 
-/// A member's rights in a team: owner > admin > member.
-// Declared lowest first, so `Ord` compares rank.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Member,
-    Admin,
-    Owner,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Member => "member",
-            Role::Admin => "admin",
-            Role::Owner => "owner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "member" => Some(Role::Member),
-            "admin" => Some(Role::Admin),
-            "owner" => Some(Role::Owner),
-            _ => None,
-        }
-    }
-}
+pub use wrenn_types::api::teams::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
