@@ -56,7 +56,7 @@ pub async fn stream(
             kind: "team".into(),
         },
         actor: Actor {
-            kind: caller.actor_type.into(),
+            kind: caller.actor_type,
             id: caller.actor_id.clone(),
             name: caller.actor_name.clone(),
         },
@@ -85,7 +85,7 @@ mod tests {
     fn events_carry_the_capsule_and_skip_what_is_absent() {
         let caller = Caller {
             team_id: "team-1".into(),
-            actor_type: "api_key",
+            actor_type: wrenn_types::Actor::ApiKey,
             actor_id: "key-1".into(),
             actor_name: "ci".into(),
         };

@@ -103,7 +103,7 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                         kind: "capsule".into(),
                     },
                     actor: events::Actor {
-                        kind: "system".into(),
+                        kind: wrenn_types::Actor::System,
                         id: "reconciler".into(),
                         name: "reconciler".into(),
                     },

@@ -38,7 +38,7 @@ pub struct Progress {
 fn system(team_id: &str) -> Caller {
     Caller {
         team_id: team_id.into(),
-        actor_type: "system",
+        actor_type: wrenn_types::Actor::System,
         actor_id: "restart".into(),
         actor_name: "resume after restart".into(),
     }

@@ -405,7 +405,7 @@ async fn api_keys_store_only_the_hash(s: Store) {
     // Authenticate: the key's team, and its use is recorded.
     let caller = db.authenticate_key(&plaintext).await.unwrap().unwrap();
     assert_eq!(caller.team_id, team_a.id);
-    assert_eq!(caller.actor_type, "api_key");
+    assert_eq!(caller.actor_type, wrenn_types::Actor::ApiKey);
     assert_eq!(caller.actor_id, row.id);
     assert!(db.authenticate_key("wrn_0000").await.unwrap().is_none());
     assert!(db.authenticate_key(&row.prefix).await.unwrap().is_none());
@@ -602,7 +602,7 @@ async fn audit_log_keeps_order_per_team(s: Store) {
     let b = db.create_team("b").await.unwrap();
     let actor = |team: &str| Caller {
         team_id: team.into(),
-        actor_type: "system",
+        actor_type: wrenn_types::Actor::System,
         actor_id: "test".into(),
         actor_name: "test".into(),
     };

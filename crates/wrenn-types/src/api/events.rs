@@ -22,7 +22,8 @@ pub struct Resource {
 pub struct Actor {
     /// `user`, `api_key` or `system`.
     #[serde(rename = "type")]
-    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: crate::Actor,
     pub id: String,
     pub name: String,
 }
