@@ -148,7 +148,7 @@ mod tests {
         let m = CapsuleMetrics {
             sandbox_id: "cl-x".into(),
             range: "10m".into(),
-            points: vec![MetricPoint::from(p)],
+            points: vec![metric_point(p)],
         };
         assert_same_json(
             &m,
