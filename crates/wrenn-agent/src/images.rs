@@ -8,6 +8,7 @@ use std::{
 };
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use wrenn_types::TemplateName;
 use wrenn_vmm::{
     accel::Accel,
     snapshot::{self, Snapshot, TemplateBoot},
@@ -50,14 +51,6 @@ pub fn known_templates() -> Vec<&'static str> {
         .iter()
         .filter_map(|(p, _, _)| p.strip_prefix("templates/")?.strip_suffix(".packages"))
         .collect()
-}
-
-/// Whether `name` is a valid template or snapshot name.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// One line of build progress.
@@ -109,7 +102,7 @@ fn write_recipe(dir: &Path) -> Result<()> {
 /// Builds the template's image (skipped when unchanged) and its snapshot (made when missing),
 /// reporting progress lines to `progress`.
 pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Result<Built> {
-    if !valid_name(&req.template) {
+    if TemplateName::parse(&req.template).is_err() {
         return Err(AgentError::BadTemplateName(req.template.clone()));
     }
     if !known_templates().contains(&req.template.as_str()) {
@@ -263,6 +256,10 @@ fn tempfile_dir() -> Result<tempfile::TempDir> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn valid_name(name: &str) -> bool {
+        TemplateName::parse(name).is_ok()
+    }
 
     #[test]
     fn names_and_templates() {

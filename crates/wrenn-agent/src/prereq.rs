@@ -111,7 +111,10 @@ pub fn missing(needs: &Needs) -> Vec<String> {
                 .map(|d| {
                     d.flatten()
                         .filter_map(|e| e.file_name().into_string().ok())
-                        .any(|n| crate::images::valid_name(&n) && ready(&needs.images_dir, &n))
+                        .any(|n| {
+                            wrenn_types::TemplateName::parse(&n).is_ok()
+                                && ready(&needs.images_dir, &n)
+                        })
                 })
                 .unwrap_or(false);
             if !any {

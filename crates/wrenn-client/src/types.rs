@@ -74,54 +74,12 @@ pub struct Capsule {
     pub extra: Map<String, Value>,
 }
 
-/// `POST /v1/capsules`. Only the fields that are set are sent; the server picks the rest.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CreateCapsule {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u32>,
-    /// Idle seconds before the host pauses the capsule (0: never).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_sec: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_size_mb: Option<u32>,
-    /// Environment variables of every process in the capsule.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub envs: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
-    /// Internet access (the server's default is on).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub egress: Option<bool>,
-    /// CIDRs and domain names it may reach (empty: every public address).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub egress_allow: Vec<String>,
-    /// CIDRs and domain names it may not reach (beats `egress_allow`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub egress_deny: Vec<String>,
-}
-
-/// A capsule's egress (`/v1/capsules/{id}/network`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CapsuleNetwork {
-    pub egress: bool,
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
-}
-
-/// A change to a capsule's egress: only the fields that are set change.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NetworkPatch {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub egress: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allow: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deny: Option<Vec<String>>,
-}
+/// `POST /v1/capsules` (only the fields that are set are sent; the server picks the rest), and
+/// a capsule's egress (`/v1/capsules/{id}/network`): the API's own bodies.
+pub use wrenn_types::api::{
+    capsules::CreateCapsuleBody as CreateCapsule,
+    network::{CapsuleNetwork, NetworkPatch},
+};
 
 /// A command to run in a capsule: `cmd` is executed directly with `args` (no shell; use
 /// `Exec::shell` for one).
@@ -384,7 +342,7 @@ mod tests {
         let body = CreateCapsule {
             template: Some("python".into()),
             vcpus: Some(2),
-            envs: [("A".to_string(), "1".to_string())].into(),
+            envs: Some([("A".to_string(), "1".to_string())].into()),
             ..Default::default()
         };
         assert_eq!(

@@ -20,6 +20,10 @@ pub mod filesystem {
     include!(concat!(env!("OUT_DIR"), "/filesystem.serde.rs"));
 }
 
+/// Conversions between agent.v1's enums and `wrenn-types` (`CapsuleState` ⇄ `CapsuleStatus`).
+#[cfg(feature = "agent")]
+mod convert;
+
 /// `agent.v1`: the host agent's gRPC service.
 #[cfg(feature = "agent")]
 pub mod agent {

@@ -1,8 +1,6 @@
 //! `/v1/audit`: the team's audit log (every mutating action, numbered per team).
 
 use axum::{extract::State, Json};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::{
     db::{AuditRow, Caller},
@@ -11,42 +9,10 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+pub use wrenn_types::api::events::{AuditActor, AuditEntry, AuditLog, AuditResource};
 
 /// How many entries `/v1/audit` shows.
 const AUDIT_LIMIT: i64 = 500;
-
-/// Who acted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct AuditActor {
-    /// `user`, `api_key` or `system`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-/// What was acted on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct AuditResource {
-    /// `capsule`, `template`, `team`, `member`, `api_key`, …
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-/// One action in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct AuditEntry {
-    pub id: String,
-    pub actor: AuditActor,
-    #[schema(example = "capsule.create")]
-    pub action: String,
-    pub resource: AuditResource,
-    /// `success` or `error`.
-    pub outcome: String,
-    pub detail: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-}
 
 impl From<AuditRow> for AuditEntry {
     fn from(r: AuditRow) -> AuditEntry {
@@ -66,13 +32,6 @@ impl From<AuditRow> for AuditEntry {
             created_at: rfc3339(r.created_at),
         }
     }
-}
-
-/// The team's audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct AuditLog {
-    /// Newest first, at most 500.
-    pub entries: Vec<AuditEntry>,
 }
 
 /// The audit log

@@ -8,7 +8,7 @@ pub mod metrics;
 pub mod model;
 
 pub use lookup::{capsule_id, live, running};
-pub use model::{safe_name, status_name, Capsule, CapsuleStatus, CreatedCapsule};
+pub use model::{status_of, Capsule, CapsuleStatus, CreatedCapsule};
 
 #[cfg(test)]
 mod tests {
@@ -22,7 +22,7 @@ mod tests {
             id: "cl-0123456789abcdefghijklmno".into(),
             team_id: "team-x".into(),
             template: "python".into(),
-            status: "running".into(),
+            status: CapsuleStatus::Running,
             vcpus: 2,
             memory_mb: 1024,
             disk_size_mb: 4096,
@@ -148,7 +148,7 @@ mod tests {
         let m = CapsuleMetrics {
             sandbox_id: "cl-x".into(),
             range: "10m".into(),
-            points: vec![MetricPoint::from(p)],
+            points: vec![metric_point(p)],
         };
         assert_same_json(
             &m,

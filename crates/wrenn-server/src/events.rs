@@ -50,7 +50,7 @@ pub async fn stream(
             kind: "team".into(),
         },
         actor: Actor {
-            kind: caller.actor_type.into(),
+            kind: caller.actor_type,
             id: caller.actor_id.clone(),
             name: caller.actor_name.clone(),
         },
@@ -79,7 +79,7 @@ mod tests {
     fn events_carry_the_capsule_and_skip_what_is_absent() {
         let caller = Caller {
             team_id: "team-1".into(),
-            actor_type: "api_key",
+            actor_type: wrenn_types::Actor::ApiKey,
             actor_id: "key-1".into(),
             actor_name: "ci".into(),
         };
@@ -87,7 +87,7 @@ mod tests {
             id: "cl-1".into(),
             team_id: "team-1".into(),
             template: "minimal".into(),
-            status: "paused".into(),
+            status: wrenn_types::CapsuleStatus::Paused,
             vcpus: 1,
             memory_mb: 256,
             disk_size_mb: 0,

@@ -36,9 +36,7 @@ const BUCKETS: [f64; 11] = [
 pub const UNMATCHED: &str = "unmatched";
 
 /// The statuses `wrenn_capsules` always reports (0 when none), so their series never vanish.
-const CAPSULE_STATUSES: [&str; 6] = [
-    "pending", "starting", "running", "paused", "stopped", "error",
-];
+const CAPSULE_STATUSES: [wrenn_types::CapsuleStatus; 6] = wrenn_types::CapsuleStatus::ALL;
 
 /// One (route, method)'s requests.
 #[derive(Debug, Default)]
@@ -183,7 +181,8 @@ impl Metrics {
 
 /// `wrenn_capsules{status}` from `(status, count)` pairs; the usual statuses are always there.
 pub fn render_capsules(out: &mut String, counts: &[(String, i64)]) {
-    let mut by_status: BTreeMap<&str, i64> = CAPSULE_STATUSES.iter().map(|s| (*s, 0)).collect();
+    let mut by_status: BTreeMap<&str, i64> =
+        CAPSULE_STATUSES.iter().map(|s| (s.as_str(), 0)).collect();
     for (status, n) in counts {
         *by_status.entry(status.as_str()).or_default() += n;
     }

@@ -12,8 +12,6 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest};
 use wrenn_types::egress::EgressPolicy;
 
@@ -25,30 +23,8 @@ use crate::{
     responses::{Authed, CheckedOnHost, NoCapsule},
     state::AppState,
 };
-
-/// A capsule's egress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct CapsuleNetwork {
-    /// Outbound connections at all.
-    pub egress: bool,
-    /// CIDRs and domain names it may reach (empty: every public address).
-    #[schema(example = json!(["example.com", "203.0.113.0/24"]))]
-    pub allow: Vec<String>,
-    /// CIDRs and domain names it may not reach (beats `allow`).
-    #[schema(example = json!(["ads.example.com"]))]
-    pub deny: Vec<String>,
-}
-
-/// A change to a capsule's egress; absent fields keep their value, a list given replaces the
-/// old one.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkPatch {
-    pub egress: Option<bool>,
-    #[schema(example = json!(["example.com"]))]
-    pub allow: Option<Vec<String>>,
-    pub deny: Option<Vec<String>>,
-}
+pub use wrenn_types::api::network::{CapsuleNetwork, NetworkPatch};
+use wrenn_types::CapsuleStatus;
 
 /// Validates and normalizes lists from a request (`400 invalid_request` naming the entry).
 pub fn policy(allow: &[String], deny: &[String]) -> Result<EgressPolicy> {
@@ -121,7 +97,7 @@ pub async fn set(
         b.deny.as_deref().unwrap_or(&old.deny),
     )?;
     let egress = b.egress.unwrap_or(old_egress);
-    if !matches!(c.status.as_str(), "running" | "paused") {
+    if !matches!(c.status, CapsuleStatus::Running | CapsuleStatus::Paused) {
         return Err(ApiError::InvalidState(format!(
             "capsule {} is {}; only a running or paused capsule's network can change",
             c.id, c.status

@@ -18,6 +18,7 @@ use crate::{
     error::{ApiError, Result},
     state::AppState,
 };
+use wrenn_types::CapsuleStatus;
 
 /// A proxied request's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,11 +263,13 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
     let c = state.db.capsule_any(&id).await?;
     // The token may also come as `?wrenn_token=` (browsers cannot set headers on navigation).
     let query_token = query_token(req.uri().query());
-    if c.status == "stopped" || !allowed(state, &c, query_token.as_deref(), req.headers()).await? {
+    if c.status == CapsuleStatus::Stopped
+        || !allowed(state, &c, query_token.as_deref(), req.headers()).await?
+    {
         // Never tell a stranger whether the capsule exists.
         return Err(ApiError::NotFound(format!("capsule {id} not found")));
     }
-    if c.status != "running" {
+    if c.status != CapsuleStatus::Running {
         return Err(ApiError::InvalidState(format!(
             "capsule {id} is {}, not running",
             c.status

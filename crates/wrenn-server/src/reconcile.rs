@@ -12,6 +12,7 @@ use crate::{
     state::AppState,
     time, usage,
 };
+use wrenn_types::CapsuleStatus;
 
 /// Samples usage every 10 s, and every `every` compares the database with what the agent reports and fixes drift: a
 /// capsule the agent paused (timeout) or lost is never shown as running.
@@ -52,7 +53,7 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
         let (status, error) = match on_host.get(&row.id) {
             // The list may be older than the row (a resume or pause that finished since, on
             // the host and then in the row): what the host says now decides.
-            Some(c) if capsules::model::status_name(c.state) != row.status => {
+            Some(c) if capsules::model::status_of(c.state) != row.status => {
                 let now = state
                     .agent()
                     .get_capsule(CapsuleRef { id: row.id.clone() })
@@ -61,7 +62,7 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                     Ok(c) => {
                         let c = c.into_inner();
                         (
-                            capsules::model::status_name(c.state),
+                            capsules::model::status_of(c.state),
                             (!c.error.is_empty()).then(|| c.error.clone()),
                         )
                     }
@@ -71,24 +72,26 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                 }
             }
             Some(c) => (
-                capsules::model::status_name(c.state),
+                capsules::model::status_of(c.state),
                 (!c.error.is_empty()).then(|| c.error.clone()),
             ),
             // Made moments ago and not listed yet, or lost by its host.
-            None if row.status == "pending" || row.status == "starting" => continue,
+            None if matches!(row.status, CapsuleStatus::Pending | CapsuleStatus::Starting) => {
+                continue
+            }
             None => (
-                "error",
+                CapsuleStatus::Error,
                 Some("the host no longer has this capsule".to_string()),
             ),
         };
         if status != row.status {
-            tracing::info!(id = %row.id, from = %row.status, to = status, "capsule state drifted");
+            tracing::info!(id = %row.id, from = %row.status, to = %status, "capsule state drifted");
             state
                 .db
                 .set_capsule_status(&row.id, status, error.as_deref(), false)
                 .await?;
             let mut updated = row.clone();
-            updated.status = status.into();
+            updated.status = status;
             events::publish(
                 state,
                 events::Event {
@@ -100,7 +103,7 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
                         kind: "capsule".into(),
                     },
                     actor: events::Actor {
-                        kind: "system".into(),
+                        kind: wrenn_types::Actor::System,
                         id: "reconciler".into(),
                         name: "reconciler".into(),
                     },

@@ -7,7 +7,7 @@
 use wrenn_proto::agent::v1::CapsuleRef;
 
 use crate::{
-    capsules::model::{status_name, Capsule},
+    capsules::model::{status_of, Capsule, CapsuleStatus},
     db::Caller,
     error::Result,
     events::{publish, Event},
@@ -38,7 +38,7 @@ pub struct Progress {
 fn system(team_id: &str) -> Caller {
     Caller {
         team_id: team_id.into(),
-        actor_type: "system",
+        actor_type: wrenn_types::Actor::System,
         actor_id: "restart".into(),
         actor_name: "resume after restart".into(),
     }
@@ -87,7 +87,7 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
             let error = (!pb.error.is_empty()).then_some(pb.error.as_str());
             state
                 .db
-                .set_capsule_status(id, status_name(pb.state), error, true)
+                .set_capsule_status(id, status_of(pb.state), error, true)
                 .await?;
             let row = state.db.capsule(&row.team_id, id).await?;
             state
@@ -107,9 +107,9 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
                 Ok(pb) => pb.into_inner(),
                 Err(_) => return Ok(Outcome::Skipped(status.message().to_string())),
             };
-            match status_name(pb.state) {
-                "running" => return Ok(Outcome::Skipped("already running".into())),
-                "error" => {}
+            match status_of(pb.state) {
+                CapsuleStatus::Running => return Ok(Outcome::Skipped("already running".into())),
+                CapsuleStatus::Error => {}
                 other => return Ok(Outcome::Skipped(format!("{other}: {}", status.message()))),
             }
             let why = if pb.error.is_empty() {
@@ -119,7 +119,7 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
             };
             state
                 .db
-                .set_capsule_status(id, "error", Some(&why), false)
+                .set_capsule_status(id, CapsuleStatus::Error, Some(&why), false)
                 .await?;
             state
                 .db

@@ -6,23 +6,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::{
     metrics::{render_build_info, render_capsules, CONTENT_TYPE},
     state::AppState,
 };
-
-/// The server is up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Health {
-    #[schema(example = "ok")]
-    pub status: String,
-    /// The server's version.
-    #[schema(example = "0.1.0")]
-    pub version: String,
-}
+pub use wrenn_types::api::errors::Health;
 
 /// Health
 ///

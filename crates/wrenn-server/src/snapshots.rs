@@ -7,8 +7,8 @@ use axum::{
 };
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use wrenn_proto::agent::v1::{
     DeleteTemplateRequest, ListTemplatesRequest, SnapshotCapsuleRequest, TemplateKind,
 };
@@ -16,7 +16,7 @@ use wrenn_types::{Id, IdKind};
 
 use crate::extract::{JsonBody, QueryParams};
 use crate::{
-    capsules::{lookup::live, model::safe_name},
+    capsules::lookup::live,
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
     events::{publish, Event},
@@ -24,9 +24,11 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+pub use wrenn_types::api::templates::{CreateSnapshotBody, Template, TemplateType};
+use wrenn_types::CapsuleStatus;
 
 /// Longest snapshot name (it is stored on hosts team-qualified).
-const MAX_NAME: usize = 48;
+const MAX_NAME: usize = wrenn_types::TemplateName::MAX_SNAPSHOT_LEN;
 
 // A team's template is known on the hosts by its row's random id (`tpl-…`), never by a name a
 // caller could derive (rows made before kept `t<team tail>.<name>`; the column says which).
@@ -47,37 +49,6 @@ fn user_facing(s: tonic::Status, name: &str) -> ApiError {
     }
 }
 
-/// Where a template comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TemplateType {
-    /// A platform template, built from the image recipe.
-    Base,
-    /// A team's snapshot of a capsule.
-    Snapshot,
-}
-
-/// A template capsules are created from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Template {
-    #[schema(example = "my-env")]
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: TemplateType,
-    pub vcpus: i64,
-    pub memory_mb: i64,
-    /// Bytes it takes on the host's disk.
-    pub size_bytes: i64,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// A platform template (shared by every team).
-    pub platform: bool,
-    /// Cannot be deleted through the API.
-    pub protected: bool,
-    /// A snapshot's source capsule's metadata.
-    pub metadata: BTreeMap<String, String>,
-}
-
 impl From<&TemplateRow> for Template {
     fn from(t: &TemplateRow) -> Template {
         Template {
@@ -94,20 +65,18 @@ impl From<&TemplateRow> for Template {
     }
 }
 
-impl From<&wrenn_proto::agent::v1::Template> for Template {
-    /// A platform template, as its host reports it.
-    fn from(t: &wrenn_proto::agent::v1::Template) -> Template {
-        Template {
-            name: t.name.clone(),
-            kind: TemplateType::Base,
-            vcpus: t.vcpus.into(),
-            memory_mb: t.memory_mib.into(),
-            size_bytes: i64::try_from(t.size_bytes).unwrap_or(i64::MAX),
-            created_at: rfc3339(t.created_at_unix * 1000),
-            platform: true,
-            protected: true,
-            metadata: BTreeMap::new(),
-        }
+/// A platform template, as its host reports it.
+pub fn base_template(t: &wrenn_proto::agent::v1::Template) -> Template {
+    Template {
+        name: t.name.clone(),
+        kind: TemplateType::Base,
+        vcpus: t.vcpus.into(),
+        memory_mb: t.memory_mib.into(),
+        size_bytes: i64::try_from(t.size_bytes).unwrap_or(i64::MAX),
+        created_at: rfc3339(t.created_at_unix * 1000),
+        platform: true,
+        protected: true,
+        metadata: BTreeMap::new(),
     }
 }
 
@@ -122,18 +91,6 @@ async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::
         .into_iter()
         .filter(|t| t.kind == TemplateKind::Base as i32)
         .collect())
-}
-
-/// A snapshot to take.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSnapshotBody {
-    /// The capsule to snapshot (it is left paused).
-    #[schema(example = "cl-0123456789abcdefghijklmno")]
-    sandbox_id: String,
-    /// `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most 48 characters (default `template-…`).
-    #[schema(example = "my-env", pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,47}$")]
-    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -171,7 +128,7 @@ pub async fn create(
     let name = b
         .name
         .unwrap_or_else(|| format!("template-{}", &Id::new(IdKind::Template).to_string()[4..12]));
-    if !safe_name(&name, MAX_NAME) {
+    if wrenn_types::TemplateName::parse_snapshot(&name).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid name {name:?}: use [a-zA-Z0-9][a-zA-Z0-9._-], at most {MAX_NAME} characters"
         )));
@@ -212,7 +169,7 @@ pub async fn create(
     // The source is paused now.
     state
         .db
-        .set_capsule_status(&capsule.id, "paused", None, false)
+        .set_capsule_status(&capsule.id, CapsuleStatus::Paused, None, false)
         .await?;
     if existing.is_some() {
         state.db.delete_template(&caller.team_id, &name).await?;
@@ -307,7 +264,7 @@ pub async fn list(
         );
     }
     if base {
-        out.extend(base_templates(&state).await?.iter().map(Template::from));
+        out.extend(base_templates(&state).await?.iter().map(base_template));
     }
     Ok(Json(out))
 }
@@ -427,6 +384,6 @@ mod tests {
             "protected": true,
             "metadata": {},
         });
-        assert_same_json(&Template::from(&b), old);
+        assert_same_json(&base_template(&b), old);
     }
 }

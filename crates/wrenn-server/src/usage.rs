@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::{extract::State, Json};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::extract::QueryParams;
 use crate::{
@@ -16,17 +16,24 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+pub use wrenn_types::api::usage::{
+    CapsuleStats, CurrentUse, PeakUse, StatsRange, Usage, UsagePoint, UseSeries,
+};
+use wrenn_types::CapsuleStatus;
 
 /// Counts as running for stats and usage.
-fn counts(status: &str) -> bool {
-    matches!(status, "running" | "starting" | "pending")
+fn counts(status: CapsuleStatus) -> bool {
+    matches!(
+        status,
+        CapsuleStatus::Running | CapsuleStatus::Starting | CapsuleStatus::Pending
+    )
 }
 
 /// Takes one sample for every team that runs something.
 pub async fn sample(state: &AppState) -> Result<()> {
     let mut teams: HashMap<String, (i64, i64, i64)> = HashMap::new();
     for c in state.db.live_capsules().await? {
-        if counts(&c.status) {
+        if counts(c.status) {
             let t = teams.entry(c.team_id.clone()).or_default();
             t.0 += 1;
             t.1 += c.vcpus;
@@ -39,63 +46,12 @@ pub async fn sample(state: &AppState) -> Result<()> {
     Ok(())
 }
 
-/// The ranges of team statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-pub enum StatsRange {
-    #[serde(rename = "5m")]
-    M5,
-    #[serde(rename = "1h")]
-    H1,
-    #[serde(rename = "6h")]
-    H6,
-    #[serde(rename = "24h")]
-    H24,
-    #[serde(rename = "30d")]
-    D30,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// How far back (default `1h`).
     #[param(value_type = Option<StatsRange>)]
     range: Option<String>,
-}
-
-/// What the team runs now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CurrentUse {
-    pub running_count: i64,
-    pub vcpus_reserved: i64,
-    pub memory_mb_reserved: i64,
-}
-
-/// The most the team ran at once over the range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct PeakUse {
-    pub running_count: i64,
-    pub vcpus: i64,
-    pub memory_mb: i64,
-}
-
-/// The range in buckets: the largest value of each bucket (all arrays are as long as `labels`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct UseSeries {
-    /// Each bucket's start (RFC 3339).
-    pub labels: Vec<String>,
-    pub running: Vec<i64>,
-    pub vcpus: Vec<i64>,
-    pub memory_mb: Vec<i64>,
-}
-
-/// The team's capsule statistics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CapsuleStats {
-    #[schema(value_type = StatsRange)]
-    pub range: String,
-    pub current: CurrentUse,
-    pub peaks: PeakUse,
-    pub series: UseSeries,
 }
 
 /// Team statistics
@@ -134,7 +90,7 @@ pub async fn stats(
     };
     let live = state.db.capsules(&caller.team_id).await?;
     let (mut running, mut vcpus, mut memory) = (0i64, 0i64, 0i64);
-    for c in live.iter().filter(|c| counts(&c.status)) {
+    for c in live.iter().filter(|c| counts(c.status)) {
         running += 1;
         vcpus += c.vcpus;
         memory += c.memory_mb;
@@ -191,28 +147,6 @@ pub struct UsageQuery {
     /// Last day, `YYYY-MM-DD` (default: today, UTC).
     #[param(format = Date)]
     to: Option<String>,
-}
-
-/// One day's use.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct UsagePoint {
-    #[schema(format = Date)]
-    pub date: String,
-    /// vCPU-minutes reserved by running capsules.
-    pub cpu_minutes: f64,
-    /// MiB-minutes of memory reserved by running capsules.
-    pub ram_mb_minutes: f64,
-}
-
-/// The team's use per day.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Usage {
-    #[schema(format = Date)]
-    pub from: String,
-    #[schema(format = Date)]
-    pub to: String,
-    /// Every day from `from` to `to`.
-    pub points: Vec<UsagePoint>,
 }
 
 fn parse_date(s: &str) -> Result<time::Date> {

@@ -341,7 +341,7 @@ fn capsule(team: &str, id: &str, status: &str) -> CapsuleRow {
         id: id.into(),
         team_id: team.into(),
         template: "minimal".into(),
-        status: status.into(),
+        status: status.parse().unwrap(),
         vcpus: 1,
         memory_mb: 256,
         disk_size_mb: 1024,
@@ -482,7 +482,7 @@ async fn metrics_count_requests_by_route_template() {
     assert!(sum > 0.0 && sum < 10.0, "{sum}");
 
     // Gauges follow the database.
-    s.db.set_capsule_status(ids[2], "running", None, false)
+    s.db.set_capsule_status(ids[2], wrenn_types::CapsuleStatus::Running, None, false)
         .await
         .unwrap();
     let (_, again) = scrape(&s).await;

@@ -50,7 +50,7 @@ async fn start() -> Server {
         id: RUNNING.into(),
         team_id: team.id.clone(),
         template: "minimal".into(),
-        status: "running".into(),
+        status: wrenn_types::CapsuleStatus::Running,
         vcpus: 1,
         memory_mb: 256,
         disk_size_mb: 1024,

@@ -149,7 +149,7 @@ impl Server {
                 id: wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string(),
                 team_id: team.into(),
                 template: "minimal".into(),
-                status: status.into(),
+                status: status.parse().unwrap(),
                 vcpus,
                 memory_mb,
                 disk_size_mb: disk,
@@ -420,7 +420,7 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
             .await
             .unwrap()
             .into_iter()
-            .find(|c| c.status == "paused")
+            .find(|c| c.status == wrenn_types::CapsuleStatus::Paused)
             .unwrap()
             .id;
     let resume = format!("/v1/capsules/{paused}/resume");

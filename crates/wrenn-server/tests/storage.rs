@@ -62,6 +62,23 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
+    with_empty_database(backend, |url| async move {
+        let db = Db::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("opening {url}: {e}"));
+        let raw = raw_pool(&url).await;
+        check(Store { db, raw, url }).await;
+    })
+    .await
+}
+
+/// Runs `check` with the URL of a new, empty database of `backend` (no migrations applied),
+/// then removes the database (also when the check fails).
+async fn with_empty_database<F, Fut>(backend: Backend, check: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
@@ -69,9 +86,7 @@ where
                 "sqlite://{}?mode=rwc",
                 dir.path().join("wrenn.db").display()
             );
-            let db = Db::open(&url).await.expect("opening SQLite");
-            let raw = raw_pool(&url).await;
-            check(Store { db, raw, url }).await;
+            check(url).await;
         }
         Backend::Postgres => {
             let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
@@ -92,18 +107,7 @@ where
                 .await
                 .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
             let url = with_database(&admin_url, &name);
-            let outcome = AssertUnwindSafe(async {
-                let db = Db::open(&url).await.expect("opening PostgreSQL");
-                let raw = raw_pool(&url).await;
-                check(Store {
-                    db,
-                    raw,
-                    url: url.clone(),
-                })
-                .await;
-            })
-            .catch_unwind()
-            .await;
+            let outcome = AssertUnwindSafe(check(url)).catch_unwind().await;
             let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&admin)
                 .await;
@@ -145,7 +149,18 @@ on_both_databases!(
     capsule_network_round_trips,
     audit_log_keeps_order_per_team,
     secrets_persist,
+    capsule_status_is_checked,
 );
+
+#[tokio::test]
+async fn sqlite_status_check_migration_keeps_rows() {
+    with_empty_database(Backend::Sqlite, status_check_migration_keeps_rows).await
+}
+
+#[tokio::test]
+async fn postgres_status_check_migration_keeps_rows() {
+    with_empty_database(Backend::Postgres, status_check_migration_keeps_rows).await
+}
 
 fn code(e: ApiError) -> &'static str {
     e.status_and_code().1
@@ -390,7 +405,7 @@ async fn api_keys_store_only_the_hash(s: Store) {
     // Authenticate: the key's team, and its use is recorded.
     let caller = db.authenticate_key(&plaintext).await.unwrap().unwrap();
     assert_eq!(caller.team_id, team_a.id);
-    assert_eq!(caller.actor_type, "api_key");
+    assert_eq!(caller.actor_type, wrenn_types::Actor::ApiKey);
     assert_eq!(caller.actor_id, row.id);
     assert!(db.authenticate_key("wrn_0000").await.unwrap().is_none());
     assert!(db.authenticate_key(&row.prefix).await.unwrap().is_none());
@@ -430,7 +445,7 @@ fn capsule(team: &str, id: &str) -> CapsuleRow {
         id: id.into(),
         team_id: team.into(),
         template: "minimal".into(),
-        status: "running".into(),
+        status: wrenn_types::CapsuleStatus::Running,
         vcpus: 1,
         memory_mb: 256,
         disk_size_mb: 1024,
@@ -480,11 +495,14 @@ async fn capsules_and_templates_are_scoped_by_team(s: Store) {
     assert_eq!(db.capsules(&a.id).await.unwrap(), std::slice::from_ref(&ca));
     assert_eq!(db.capsules(&b.id).await.unwrap(), std::slice::from_ref(&cb));
     // Stopped capsules leave the list but stay readable by their team.
-    db.set_capsule_status(&ca.id, "stopped", None, false)
+    db.set_capsule_status(&ca.id, wrenn_types::CapsuleStatus::Stopped, None, false)
         .await
         .unwrap();
     assert!(db.capsules(&a.id).await.unwrap().is_empty());
-    assert_eq!(db.capsule(&a.id, &ca.id).await.unwrap().status, "stopped");
+    assert_eq!(
+        db.capsule(&a.id, &ca.id).await.unwrap().status,
+        wrenn_types::CapsuleStatus::Stopped
+    );
 
     // Both teams may name a template alike; each sees its own.
     db.insert_template(&template(&a.id, "snap", "ta.snap"))
@@ -536,7 +554,7 @@ async fn capsules_are_counted_by_status(s: Store) {
         (&b.id, "cl-bbbbbbbbbbbbbbbbbbbbbbbb2", "stopped"),
     ] {
         db.insert_capsule(&CapsuleRow {
-            status: status.into(),
+            status: status.parse().unwrap(),
             ..capsule(team, id)
         })
         .await
@@ -584,7 +602,7 @@ async fn audit_log_keeps_order_per_team(s: Store) {
     let b = db.create_team("b").await.unwrap();
     let actor = |team: &str| Caller {
         team_id: team.into(),
-        actor_type: "system",
+        actor_type: wrenn_types::Actor::System,
         actor_id: "test".into(),
         actor_name: "test".into(),
     };
@@ -668,4 +686,188 @@ async fn secrets_persist(s: Store) {
         .unwrap()
         .get("n");
     assert_eq!(stored, 3);
+}
+
+/// Inserts a capsule row of `status` through the plain pool (as any writer of the table would).
+async fn insert_raw_capsule(
+    raw: &AnyPool,
+    team: &str,
+    id: &str,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO capsules (id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
+         timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at) \
+         VALUES ($1, $2, 'minimal', $3, 1, 256, 1024, 0, '{}', NULL, 1, NULL, NULL, 1)",
+    )
+    .bind(id)
+    .bind(team)
+    .bind(status)
+    .execute(raw)
+    .await
+    .map(|_| ())
+}
+
+/// The database refuses a capsule status that is not one of `CapsuleStatus`'s texts, on insert
+/// and on update; each of those texts is accepted.
+async fn capsule_status_is_checked(s: Store) {
+    let team = s.db.create_team("a").await.unwrap();
+    for (n, status) in wrenn_types::CapsuleStatus::ALL.iter().enumerate() {
+        let id = format!("cl-{n:0>25}");
+        insert_raw_capsule(&s.raw, &team.id, &id, status.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+    }
+    for (n, bad) in ["teleporting", "Running", "RUNNING", "", "running "]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("cl-bad{n:0>22}");
+        let e = insert_raw_capsule(&s.raw, &team.id, &id, bad)
+            .await
+            .expect_err(bad);
+        assert!(
+            e.to_string().to_lowercase().contains("check"),
+            "{bad:?}: {e}"
+        );
+    }
+    let id = format!("cl-{:0>25}", 2);
+    let e = sqlx::query("UPDATE capsules SET status = 'hibernated' WHERE id = $1")
+        .bind(&id)
+        .execute(&s.raw)
+        .await
+        .expect_err("an update to a bad status");
+    assert!(e.to_string().to_lowercase().contains("check"), "{e}");
+    // Nothing bad got in.
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM capsules")
+        .fetch_one(&s.raw)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(n, wrenn_types::CapsuleStatus::ALL.len() as i64);
+}
+
+/// Migration 0009 rebuilds `capsules` (for its CHECK): a database at 0008 with a capsule keeps
+/// the row with every column, and the index by team.
+async fn status_check_migration_keeps_rows(url: String) {
+    let raw = raw_pool(&url).await;
+    let all = sqlx::migrate!("./migrations");
+    let mut before = sqlx::migrate!("./migrations");
+    before.migrations = all
+        .migrations
+        .iter()
+        .filter(|m| m.version < 9)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert!(before.migrations.len() < all.migrations.len());
+    before.run(&raw).await.expect("migrating to 0008");
+    sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ('tm-a', 'a', 1)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO capsules (id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
+         timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at, \
+         public, access_token_hash, egress, egress_allow, egress_deny) \
+         VALUES ('cl-keep', 'tm-a', 'python', 'paused', 2, 512, 2048, 30, '{\"k\":\"v\"}', \
+         'why', 5, 6, 7, 8, 1, 'hash', 0, '[\"example.com\"]', '[\"10.0.0.0/8\"]')",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+
+    let db = Db::open(&url).await.expect("migrating to the latest");
+    let row = sqlx::query(
+        "SELECT id, team_id, template, status, vcpus, memory_mb, disk_size_mb, timeout_sec, \
+         metadata, error, created_at, started_at, last_active_at, updated_at, public, \
+         access_token_hash, egress, egress_allow, egress_deny FROM capsules",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(row.len(), 1);
+    let r = &row[0];
+    let text = |c: &str| r.get::<String, _>(c);
+    let int = |c: &str| r.get::<i64, _>(c);
+    assert_eq!(
+        [
+            text("id"),
+            text("team_id"),
+            text("template"),
+            text("status"),
+            text("metadata"),
+            text("error"),
+            text("access_token_hash"),
+            text("egress_allow"),
+            text("egress_deny"),
+        ],
+        [
+            "cl-keep",
+            "tm-a",
+            "python",
+            "paused",
+            "{\"k\":\"v\"}",
+            "why",
+            "hash",
+            "[\"example.com\"]",
+            "[\"10.0.0.0/8\"]"
+        ]
+    );
+    assert_eq!(
+        [
+            int("vcpus"),
+            int("memory_mb"),
+            int("disk_size_mb"),
+            int("timeout_sec"),
+            int("created_at"),
+            int("started_at"),
+            int("last_active_at"),
+            int("updated_at"),
+            int("public"),
+            int("egress"),
+        ],
+        [2, 512, 2048, 30, 5, 6, 7, 8, 1, 0]
+    );
+    // Through the storage layer too, with the team's scoping.
+    let c = db.capsule("tm-a", "cl-keep").await.unwrap();
+    assert_eq!((c.template.as_str(), c.vcpus), ("python", 2));
+    assert_eq!(c.status.to_string(), "paused");
+    // Defaults of the later columns still apply to new rows.
+    insert_raw_capsule(&raw, "tm-a", "cl-new", "running")
+        .await
+        .unwrap();
+    let r = sqlx::query("SELECT public, egress, egress_allow FROM capsules WHERE id = 'cl-new'")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<i64, _>("public"), r.get::<i64, _>("egress")),
+        (0, 1)
+    );
+    assert_eq!(r.get::<String, _>("egress_allow"), "[]");
+    // The index by team is back.
+    let index = if url.starts_with("sqlite:") {
+        "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'index' AND name = 'capsules_by_team'"
+    } else {
+        "SELECT COUNT(*) AS n FROM pg_indexes WHERE indexname = 'capsules_by_team'"
+    };
+    let n: i64 = sqlx::query(index).fetch_one(&raw).await.unwrap().get("n");
+    assert_eq!(n, 1);
+    // The foreign key to teams is kept (SQLite checks it where the server turns it on).
+    let mut conn = raw.acquire().await.unwrap();
+    if url.starts_with("sqlite:") {
+        sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let e = sqlx::query(
+        "INSERT INTO capsules (id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
+         timeout_sec, metadata, created_at, updated_at) \
+         VALUES ('cl-orphan', 'tm-nobody', 'minimal', 'running', 1, 256, 1024, 0, '{}', 1, 1)",
+    )
+    .execute(&mut *conn)
+    .await;
+    assert!(e.is_err(), "a capsule of no team");
 }

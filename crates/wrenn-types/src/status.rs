@@ -3,8 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where a capsule is in its life.
+use crate::ParseError;
+
+/// Where a capsule is in its life. Its text form ([`CapsuleStatus::as_str`], `FromStr`, serde)
+/// is lowercase: `"running"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "A capsule's status (the SDK's enum has more values; this server uses these)."
+    )
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CapsuleStatus {
     Pending,
@@ -35,16 +45,59 @@ pub struct TransitionError {
     pub transition: Transition,
 }
 
-impl std::fmt::Display for CapsuleStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl CapsuleStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [CapsuleStatus; 6] = [
+        CapsuleStatus::Pending,
+        CapsuleStatus::Starting,
+        CapsuleStatus::Running,
+        CapsuleStatus::Paused,
+        CapsuleStatus::Stopped,
+        CapsuleStatus::Error,
+    ];
+
+    /// The status's text: the API's, the database's and the metrics' label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
             CapsuleStatus::Pending => "pending",
             CapsuleStatus::Starting => "starting",
             CapsuleStatus::Running => "running",
             CapsuleStatus::Paused => "paused",
             CapsuleStatus::Stopped => "stopped",
             CapsuleStatus::Error => "error",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for CapsuleStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CapsuleStatus {
+    type Err = ParseError;
+
+    /// The exact text of [`CapsuleStatus::as_str`] (lowercase), nothing else.
+    fn from_str(s: &str) -> Result<CapsuleStatus, ParseError> {
+        CapsuleStatus::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| ParseError::Status(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for CapsuleStatus {
+    type Error = ParseError;
+
+    fn try_from(s: String) -> Result<CapsuleStatus, ParseError> {
+        s.parse()
+    }
+}
+
+impl From<CapsuleStatus> for String {
+    fn from(s: CapsuleStatus) -> String {
+        s.as_str().to_owned()
     }
 }
 
@@ -86,6 +139,46 @@ mod tests {
     use super::*;
     use CapsuleStatus::*;
     use Transition as T;
+
+    #[test]
+    fn text_round_trip_lists_every_status() {
+        let texts: Vec<&str> = CapsuleStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["pending", "starting", "running", "paused", "stopped", "error"]
+        );
+        for s in CapsuleStatus::ALL {
+            assert_eq!(s.as_str().parse::<CapsuleStatus>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.as_str().into())
+            );
+            let back: CapsuleStatus =
+                serde_json::from_value(serde_json::Value::String(s.as_str().into())).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(CapsuleStatus::try_from(String::from(s)), Ok(s));
+        }
+        // Every variant is in ALL (a new variant breaks this match until it is listed).
+        for s in CapsuleStatus::ALL {
+            match s {
+                Pending | Starting | Running | Paused | Stopped | Error => {}
+            }
+        }
+        assert_eq!(CapsuleStatus::ALL.len(), 6);
+    }
+
+    #[test]
+    fn other_text_is_refused() {
+        for bad in [
+            "", "Running", "RUNNING", " running", "running ", "pausing", "unknown",
+        ] {
+            let e = bad.parse::<CapsuleStatus>().unwrap_err();
+            assert_eq!(e, ParseError::Status(bad.into()));
+            assert!(e.to_string().contains("capsule status"), "{e}");
+        }
+        assert!(serde_json::from_str::<CapsuleStatus>("\"hibernated\"").is_err());
+    }
 
     #[test]
     fn transition_table() {

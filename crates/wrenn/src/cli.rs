@@ -237,7 +237,7 @@ async fn capsule_inner(args: CapsuleArgs) -> Outcome {
                 vcpus,
                 memory_mb,
                 timeout_sec: timeout,
-                envs: envs.into_iter().collect::<BTreeMap<_, _>>(),
+                envs: (!envs.is_empty()).then(|| envs.into_iter().collect::<BTreeMap<_, _>>()),
                 egress: no_egress.then_some(false),
                 ..CreateCapsule::default()
             };

@@ -22,7 +22,6 @@ use crate::{
     capsule::{self, CreateSpec, Handle},
     envd_client::{ExecOutput, ExecRequest},
     error::{AgentError, Result},
-    images,
     netslot::{self, SlotPool},
     record::{self, CapsuleRecord},
     templates::{ShapePolicy, TemplateInfo, Templates},
@@ -169,7 +168,7 @@ impl Manager {
 
     /// Creates a capsule from a template's snapshot (of the asked shape, made on first use).
     pub async fn create(&self, spec: CreateSpec) -> Result<CapsuleRecord> {
-        if !images::valid_name(&spec.template) {
+        if wrenn_types::TemplateName::parse(&spec.template).is_err() {
             return Err(AgentError::BadTemplateName(spec.template));
         }
         validate_shape(&spec)?;

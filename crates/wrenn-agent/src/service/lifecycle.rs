@@ -10,21 +10,9 @@ use wrenn_proto::{
     },
     agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest, TemplateKind},
 };
-use wrenn_types::CapsuleStatus;
 
 use super::{capsule_id, AgentService};
 use crate::{capsule::CreateSpec, netslot::SlotAddrs, record::CapsuleRecord};
-
-pub(super) fn pb_state(s: CapsuleStatus) -> PbState {
-    match s {
-        CapsuleStatus::Pending => PbState::Pending,
-        CapsuleStatus::Starting => PbState::Starting,
-        CapsuleStatus::Running => PbState::Running,
-        CapsuleStatus::Paused => PbState::Paused,
-        CapsuleStatus::Stopped => PbState::Stopped,
-        CapsuleStatus::Error => PbState::Error,
-    }
-}
 
 pub(super) fn pb_action(a: crate::record::TimeoutAction) -> TimeoutAction {
     match a {
@@ -40,7 +28,7 @@ pub(super) fn to_pb(rec: CapsuleRecord) -> Capsule {
     Capsule {
         id: rec.id,
         template: rec.template,
-        state: pb_state(rec.state) as i32,
+        state: PbState::from(rec.state) as i32,
         vcpus: rec.vcpus,
         memory_mib: rec.memory_mib,
         egress: rec.egress,

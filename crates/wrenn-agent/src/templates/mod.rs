@@ -25,7 +25,6 @@ use wrenn_vmm::snapshot::{Snapshot, SnapshotSpec};
 
 use crate::{
     error::{AgentError, Result},
-    images,
     netslot::SlotPool,
 };
 pub use shapes::ShapePolicy;
@@ -132,7 +131,7 @@ impl Templates {
 
     /// The folder of template `name` (which must be a valid name).
     pub fn dir(&self, name: &str) -> Result<PathBuf> {
-        if !images::valid_name(name) {
+        if wrenn_types::TemplateName::parse(name).is_err() {
             return Err(AgentError::BadTemplateName(name.into()));
         }
         Ok(self.images_dir.join(name))
@@ -210,7 +209,7 @@ impl Templates {
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| images::valid_name(n))
+                    .filter(|n| wrenn_types::TemplateName::parse(n).is_ok())
                     .collect()
             })
             .unwrap_or_default();

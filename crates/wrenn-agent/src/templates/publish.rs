@@ -4,10 +4,7 @@
 use std::path::Path;
 
 use super::{unix_now, SnapshotSource, TemplateInfo, TemplateMeta, Templates, META, SHAPES};
-use crate::{
-    error::{AgentError, Result},
-    images,
-};
+use crate::error::{AgentError, Result};
 
 pub(super) fn random_suffix() -> Result<String> {
     Ok(wrenn_types::secret::hex(4)?)
@@ -173,7 +170,7 @@ impl Templates {
             let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if !images::valid_name(&name) {
+            if wrenn_types::TemplateName::parse(&name).is_err() {
                 continue;
             }
             let trees = if self.meta(&name).is_some() {

@@ -8,8 +8,6 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::{
     auth::{acting_in, forbidden, SignedIn},
@@ -23,32 +21,12 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
+pub use wrenn_types::api::accounts::{CreatedInvitation, Invitation, InvitationBody};
 
 /// Default validity of an invitation (7 days).
 pub const DEFAULT_HOURS: i64 = 7 * 24;
 /// Longest validity (30 days).
 pub const MAX_HOURS: i64 = 30 * 24;
-
-/// An invitation (never its token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Invitation {
-    #[schema(example = "inv-0123456789abcdef01234567")]
-    pub id: String,
-    pub team_id: String,
-    /// The role the new member gets.
-    pub role: Role,
-    /// The user who made it.
-    pub created_by: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-    /// The user who signed up with it (null while unused).
-    #[schema(required = true)]
-    pub used_by: Option<String>,
-    #[schema(format = DateTime, required = true)]
-    pub used_at: Option<String>,
-}
 
 impl From<&db::Invitation> for Invitation {
     fn from(i: &db::Invitation) -> Invitation {
@@ -63,29 +41,6 @@ impl From<&db::Invitation> for Invitation {
             used_at: i.used_at.map(rfc3339),
         }
     }
-}
-
-/// A new invitation, with its token (shown this once).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CreatedInvitation {
-    #[serde(flatten)]
-    pub invitation: Invitation,
-    /// The token to give the person invited: they pass it as `invitation` to
-    /// `POST /v1/auth/signup`. Single use.
-    #[schema(example = "wri_0123456789abcdef0123456789abcdef")]
-    pub token: String,
-}
-
-/// An invitation to make.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InvitationBody {
-    /// `member` (default) or `admin`.
-    #[schema(example = "member")]
-    role: Option<String>,
-    /// How long it stays valid, in hours: 1 to 720 (default 168, a week).
-    #[schema(minimum = 1, maximum = 720)]
-    expires_in_hours: Option<i64>,
 }
 
 /// `user` managing `team_id`'s invitations: an admin or owner.

@@ -5,8 +5,6 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use wrenn_types::{Id, IdKind};
 
 use super::{
@@ -21,30 +19,7 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
-
-/// An API key (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct ApiKey {
-    #[schema(example = "key-0123456789abcdefghijklmno")]
-    pub id: String,
-    pub name: String,
-    /// The key's first characters, to recognise it.
-    #[schema(example = "wrn_1a2b")]
-    pub prefix: String,
-    /// The user or API key that made it (null for the admin key the server makes at its
-    /// first start).
-    #[schema(required = true)]
-    pub created_by: Option<String>,
-    /// The user the key belongs to: it is deleted when they leave the team or are removed
-    /// from it. The user who made it, or the owner of the key that made it; null for the
-    /// team's own keys (the admin key and keys it made), which live as long as the team.
-    #[schema(required = true)]
-    pub owner_id: Option<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime, required = true)]
-    pub last_used_at: Option<String>,
-}
+pub use wrenn_types::api::teams::{ApiKey, ApiKeyBody, CreatedApiKey};
 
 impl From<&ApiKeyRow> for ApiKey {
     fn from(k: &ApiKeyRow) -> ApiKey {
@@ -58,15 +33,6 @@ impl From<&ApiKeyRow> for ApiKey {
             last_used_at: k.last_used_at.map(rfc3339),
         }
     }
-}
-
-/// A new API key, with its secret (shown this once).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct CreatedApiKey {
-    #[serde(flatten)]
-    pub api_key: ApiKey,
-    /// The key itself (`wrn_` + 32 hex): use it as `X-API-Key`.
-    pub key: String,
 }
 
 // API keys.
@@ -102,19 +68,6 @@ pub async fn list_api_keys(
 ) -> Result<Json<Vec<ApiKey>>> {
     let keys = state.db.api_keys(&caller.team_id).await?;
     Ok(Json(keys.iter().map(ApiKey::from).collect()))
-}
-
-/// A new API key.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyBody {
-    /// 1 to 100 characters, not all spaces, no control characters (default `unnamed`).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
-    name: Option<String>,
 }
 
 /// Create an API key

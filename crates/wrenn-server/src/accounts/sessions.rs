@@ -1,8 +1,6 @@
 //! Sign-up, log-in and log-out: user tokens and their sessions.
 
 use axum::{extract::State, http::StatusCode, Json};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::{
     auth::{ClientAddr, Session},
@@ -18,19 +16,9 @@ use crate::{
     state::AppState,
     time::rfc3339,
 };
-
-/// A user account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct User {
-    #[schema(example = "usr-0123456789abcdefghijklmno")]
-    pub id: String,
-    /// Lower-case.
-    #[schema(example = "ada@example.com")]
-    pub email: String,
-    pub name: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-}
+pub use wrenn_types::api::accounts::{
+    LoginBody, LoginResponse, SignupAccepted, SignupBody, Token, User,
+};
 
 impl From<&db::User> for User {
     fn from(u: &db::User) -> User {
@@ -41,40 +29,6 @@ impl From<&db::User> for User {
             created_at: rfc3339(u.created_at),
         }
     }
-}
-
-/// A user token (HS256 JWT, valid 24 h), for `Authorization: Bearer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Token {
-    pub token: String,
-    /// Always `Bearer`.
-    #[schema(example = "Bearer")]
-    pub token_type: String,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-}
-
-/// A sign-up was taken. The answer is the same whether or not the email already had an
-/// account (so sign-up never tells who has one): it carries nothing the caller did not send.
-/// Log in to get a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct SignupAccepted {
-    /// Always `accepted`.
-    #[schema(example = "accepted")]
-    pub status: String,
-    /// The email, as the server stores it (trimmed, lower-case).
-    #[schema(example = "ada@example.com")]
-    pub email: String,
-    /// What to do next.
-    pub message: String,
-}
-
-/// A signed-in user and their token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct LoginResponse {
-    #[serde(flatten)]
-    pub token: Token,
-    pub user: User,
 }
 
 /// A fresh token for `user`, in a new session.
@@ -91,35 +45,6 @@ async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
         token_type: "Bearer".into(),
         expires_at: rfc3339(claims.exp * 1000),
     })
-}
-
-/// A new account.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SignupBody {
-    /// An address with a dotted domain (trimmed and lower-cased).
-    #[schema(
-        example = "ada@example.com",
-        format = Email,
-        min_length = 3,
-        max_length = 254
-    )]
-    email: String,
-    /// 8 to 256 characters; not a common password, not the email.
-    #[schema(min_length = 8, max_length = 256)]
-    password: String,
-    /// A display name (default: the email's local part): 1 to 100 characters, not all
-    /// spaces, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
-    name: Option<String>,
-    /// An invitation token (`wri_…`) from `POST /v1/teams/{id}/invitations`: the new user
-    /// joins that team with the invitation's role (instead of getting a personal team).
-    /// Required when the server's sign-up policy is `invite`.
-    invitation: Option<String>,
 }
 
 /// Sign up
@@ -206,15 +131,6 @@ pub async fn signup(
                 .into(),
         }),
     ))
-}
-
-/// Credentials to log in with.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginBody {
-    #[schema(example = "ada@example.com")]
-    email: String,
-    password: String,
 }
 
 /// Log in

@@ -1,10 +1,6 @@
 //! `POST /v1/capsules`: a new capsule, from a template or a snapshot.
 
-use std::collections::HashMap;
-
 use axum::{extract::State, http::StatusCode, Json};
-use serde::Deserialize;
-use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{CapsuleRef, CreateCapsuleRequest, TemplateKind};
 
 use super::model::*;
@@ -16,40 +12,8 @@ use crate::{
     responses::CheckedOnHost,
     state::AppState,
 };
-
-/// A new capsule; every field is optional.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCapsuleBody {
-    /// A platform template or one of the team's snapshots (default `minimal`).
-    #[schema(example = "minimal")]
-    template: Option<String>,
-    /// 1..=32 (default: the template's). Ignored for snapshot templates.
-    #[schema(minimum = 1, maximum = 32)]
-    vcpus: Option<u32>,
-    /// 128..=65536 (default: the template's). Ignored for snapshot templates.
-    #[schema(minimum = 128, maximum = 65536)]
-    memory_mb: Option<u32>,
-    /// Idle seconds before the capsule is paused (default: never).
-    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
-    timeout_sec: Option<u32>,
-    /// Disk size; larger than the template's grows the disk.
-    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
-    disk_size_mb: Option<u32>,
-    metadata: Option<HashMap<String, String>>,
-    /// Environment variables for every command.
-    envs: Option<HashMap<String, String>>,
-    /// Internet access (default on).
-    egress: Option<bool>,
-    /// CIDRs and domain names it may reach (default: every public address); see
-    /// `PATCH /v1/capsules/{id}/network`.
-    #[schema(example = json!(["example.com", "203.0.113.0/24"]))]
-    egress_allow: Option<Vec<String>>,
-    /// CIDRs and domain names it may not reach (beats `egress_allow`).
-    egress_deny: Option<Vec<String>>,
-    /// Its ports are open to anyone through the proxy (default: API key or access token).
-    public: Option<bool>,
-}
+pub use wrenn_types::api::capsules::CreateCapsuleBody;
+use wrenn_types::CapsuleStatus;
 
 /// Create a capsule
 ///
@@ -73,7 +37,7 @@ pub async fn create(
     JsonBody(b): JsonBody<CreateCapsuleBody>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
     let template = b.template.unwrap_or_else(|| "minimal".into());
-    if !safe_name(&template, 64) {
+    if wrenn_types::TemplateName::parse(&template).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid template name {template:?}"
         )));
@@ -88,10 +52,10 @@ pub async fn create(
     }
     // Bounded before anything is made.
     if let Some(envs) = &b.envs {
-        crate::validate::envs("envs", envs)?;
+        crate::validate::envs("envs", &envs.clone().into_iter().collect())?;
     }
     if let Some(metadata) = &b.metadata {
-        crate::validate::metadata(metadata)?;
+        crate::validate::metadata(&metadata.clone().into_iter().collect())?;
     }
     let egress = b.egress.unwrap_or(true);
     let egress_policy = crate::network::policy(
@@ -128,8 +92,8 @@ pub async fn create(
         .create_capsule(CreateCapsuleRequest {
             template: agent_template,
             template_kind: kind as i32,
-            env_vars: b.envs.unwrap_or_default(),
-            metadata: b.metadata.clone().unwrap_or_default(),
+            env_vars: b.envs.unwrap_or_default().into_iter().collect(),
+            metadata: b.metadata.clone().unwrap_or_default().into_iter().collect(),
             egress,
             egress_policy: Some(crate::network::to_pb(&egress_policy)),
             timeout_secs: b.timeout_sec.unwrap_or(0),
@@ -151,12 +115,12 @@ pub async fn create(
         id: made.id.clone(),
         team_id: caller.team_id.clone(),
         template,
-        status: status_name(made.state).into(),
+        status: status_of(made.state),
         vcpus: made.vcpus.into(),
         memory_mb: made.memory_mib.into(),
         disk_size_mb: made.disk_mib.into(),
         timeout_sec: made.timeout_secs.into(),
-        metadata: b.metadata.unwrap_or_default(),
+        metadata: b.metadata.unwrap_or_default().into_iter().collect(),
         error: None,
         created_at: now,
         started_at: Some(now),
@@ -196,7 +160,7 @@ pub async fn create(
             .await;
         let _ = state
             .db
-            .set_capsule_status(&row.id, "stopped", None, false)
+            .set_capsule_status(&row.id, CapsuleStatus::Stopped, None, false)
             .await;
         return Err(e);
     }

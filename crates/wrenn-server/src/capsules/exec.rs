@@ -1,7 +1,5 @@
 //! Commands and processes in a running capsule.
 
-use std::collections::HashMap;
-
 use axum::{
     extract::{Path, State},
     http::StatusCode,
@@ -9,8 +7,6 @@ use axum::{
     Json,
 };
 use base64::Engine;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{
     kill_process_request, CapsuleRef, ExecRequest, KillProcessRequest, StartBackgroundRequest,
 };
@@ -24,67 +20,9 @@ use crate::{
     responses::{CheckedOnHost, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
-
-/// A command to run in the capsule.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExecBody {
-    /// The program (not a shell line: use `/bin/sh` with `["-c", line]`).
-    #[schema(example = "/bin/sh")]
-    cmd: String,
-    #[serde(default)]
-    #[schema(example = json!(["-c", "echo hello"]))]
-    args: Vec<String>,
-    /// Start it in the background and answer at once (202) with its pid and tag.
-    #[serde(default)]
-    background: bool,
-    /// Foreground only: kill it after this many seconds (default 60).
-    #[schema(format = Int64, minimum = 0, maximum = 4294967295.0)]
-    timeout_sec: Option<u32>,
-    envs: Option<HashMap<String, String>>,
-    cwd: Option<String>,
-    /// Background only: a name to find the process by (default `proc-…`).
-    tag: Option<String>,
-    /// The user to run as (default: the template's).
-    user: Option<String>,
-}
-
-/// How `stdout` and `stderr` are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-pub enum OutputEncoding {
-    /// Both are the output as text.
-    #[serde(rename = "utf-8")]
-    Utf8,
-    /// The output is not UTF-8: both are base64.
-    #[serde(rename = "base64")]
-    Base64,
-}
-
-/// A foreground command's result (a non-zero exit is not an error).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct ExecResult {
-    pub stdout: String,
-    pub stderr: String,
-    pub exit_code: i32,
-    pub duration_ms: u64,
-    pub encoding: OutputEncoding,
-    /// Set when the process was killed (signal or timeout), else null.
-    #[schema(required = true)]
-    pub error: Option<String>,
-    /// The capsule's id.
-    pub sandbox_id: String,
-    pub cmd: String,
-}
-
-/// A background command, started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct BackgroundProcess {
-    pub pid: u32,
-    pub tag: String,
-    /// The capsule's id.
-    pub sandbox_id: String,
-    pub cmd: String,
-}
+pub use wrenn_types::api::capsules::{
+    BackgroundProcess, ExecBody, ExecResult, OutputEncoding, ProcessInfo, ProcessList,
+};
 
 /// Foreground commands without a timeout get this one.
 const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
@@ -183,21 +121,6 @@ pub async fn exec(
         cmd: b.cmd,
     };
     Ok(Json(body).into_response())
-}
-
-/// A process running in a capsule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub tag: String,
-    pub cmd: String,
-    pub args: Vec<String>,
-}
-
-/// A capsule's processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct ProcessList {
-    pub processes: Vec<ProcessInfo>,
 }
 
 /// List processes

@@ -18,6 +18,7 @@ use crate::{
     responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
+use wrenn_types::CapsuleStatus;
 
 /// List capsules
 ///
@@ -68,7 +69,7 @@ async fn record_state(
     let error = (!pb.error.is_empty()).then_some(pb.error.as_str());
     state
         .db
-        .set_capsule_status(id, status_name(pb.state), error, started)
+        .set_capsule_status(id, status_of(pb.state), error, started)
         .await
 }
 
@@ -186,7 +187,7 @@ pub async fn destroy(
     }
     state
         .db
-        .set_capsule_status(&c.id, "stopped", None, false)
+        .set_capsule_status(&c.id, CapsuleStatus::Stopped, None, false)
         .await?;
     state
         .db
@@ -199,7 +200,7 @@ pub async fn destroy(
         )
         .await?;
     let mut row = c;
-    row.status = "stopped".into();
+    row.status = CapsuleStatus::Stopped;
     publish(
         &state,
         Event::capsule(&caller, "capsule.destroy", &row.id, Capsule::from(&row)),

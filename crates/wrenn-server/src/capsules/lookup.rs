@@ -7,6 +7,7 @@ use crate::{
     error::{ApiError, Result},
     state::AppState,
 };
+use wrenn_types::CapsuleStatus;
 
 /// A capsule id from a path, or `not_found` (a malformed id names no capsule).
 pub fn capsule_id(raw: &str) -> Result<String> {
@@ -19,7 +20,7 @@ pub fn capsule_id(raw: &str) -> Result<String> {
 pub async fn live(state: &AppState, caller: &Caller, raw: &str) -> Result<CapsuleRow> {
     let id = capsule_id(raw)?;
     let c = state.db.capsule(&caller.team_id, &id).await?;
-    if c.status == "stopped" {
+    if c.status == CapsuleStatus::Stopped {
         return Err(ApiError::NotFound(format!("capsule {id} not found")));
     }
     Ok(c)
@@ -28,7 +29,7 @@ pub async fn live(state: &AppState, caller: &Caller, raw: &str) -> Result<Capsul
 /// A team's running capsule, or `not_found` / `invalid_state`.
 pub async fn running(state: &AppState, caller: &Caller, raw: &str) -> Result<CapsuleRow> {
     let c = live(state, caller, raw).await?;
-    if c.status != "running" {
+    if c.status != CapsuleStatus::Running {
         return Err(ApiError::InvalidState(format!(
             "capsule {} is {}, not running",
             c.id, c.status

@@ -4,8 +4,8 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use wrenn_proto::agent::v1::GetMetricsRequest;
 
 use super::lookup::live;
@@ -16,25 +16,7 @@ use crate::{
     responses::{CheckedOnHost, NoCapsule},
     state::AppState,
 };
-
-/// The ranges of a capsule's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-pub enum MetricsRange {
-    #[serde(rename = "5m")]
-    M5,
-    #[serde(rename = "10m")]
-    M10,
-    #[serde(rename = "1h")]
-    H1,
-    #[serde(rename = "2h")]
-    H2,
-    #[serde(rename = "6h")]
-    H6,
-    #[serde(rename = "12h")]
-    H12,
-    #[serde(rename = "24h")]
-    H24,
-}
+pub use wrenn_types::api::capsules::{CapsuleMetrics, MetricPoint, MetricsRange};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -42,29 +24,6 @@ pub struct MetricsQuery {
     /// How far back (default `10m`).
     #[param(value_type = Option<MetricsRange>)]
     range: Option<String>,
-}
-
-/// One sample of a capsule's use.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct MetricPoint {
-    /// Unix seconds.
-    pub timestamp_unix: i64,
-    /// CPU use of its VM, in percent of one CPU.
-    pub cpu_pct: f64,
-    pub mem_bytes: u64,
-    /// Disk space its VM has allocated.
-    pub disk_bytes: u64,
-}
-
-/// A capsule's samples over a range.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct CapsuleMetrics {
-    /// The capsule's id.
-    pub sandbox_id: String,
-    #[schema(value_type = MetricsRange)]
-    pub range: String,
-    /// Oldest first.
-    pub points: Vec<MetricPoint>,
 }
 
 /// A capsule's metrics
@@ -115,7 +74,7 @@ pub async fn metrics(
         Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
         Err(s) => return Err(s.into()),
     };
-    let points = points.into_iter().map(MetricPoint::from).collect();
+    let points = points.into_iter().map(metric_point).collect();
     Ok(Json(CapsuleMetrics {
         sandbox_id: c.id,
         range,
@@ -123,14 +82,13 @@ pub async fn metrics(
     }))
 }
 
-impl From<wrenn_proto::agent::v1::MetricPoint> for MetricPoint {
-    fn from(p: wrenn_proto::agent::v1::MetricPoint) -> MetricPoint {
-        MetricPoint {
-            timestamp_unix: p.unix,
-            // As the API always showed it (an f32 widened to f64).
-            cpu_pct: f64::from(p.cpu_pct),
-            mem_bytes: p.mem_bytes,
-            disk_bytes: p.disk_bytes,
-        }
+/// A sample as the API shows it.
+pub fn metric_point(p: wrenn_proto::agent::v1::MetricPoint) -> MetricPoint {
+    MetricPoint {
+        timestamp_unix: p.unix,
+        // As the API always showed it (an f32 widened to f64).
+        cpu_pct: f64::from(p.cpu_pct),
+        mem_bytes: p.mem_bytes,
+        disk_bytes: p.disk_bytes,
     }
 }

@@ -3,6 +3,8 @@
 use sqlx::Row;
 
 use super::*;
+use wrenn_types::CapsuleStatus;
+
 use crate::error::{ApiError, Result};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -10,7 +12,8 @@ pub struct CapsuleRow {
     pub id: String,
     pub team_id: String,
     pub template: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: CapsuleStatus,
     pub vcpus: i64,
     pub memory_mb: i64,
     pub disk_size_mb: i64,
@@ -41,7 +44,7 @@ impl Db {
         .bind(&c.id)
         .bind(&c.team_id)
         .bind(&c.template)
-        .bind(&c.status)
+        .bind(c.status.as_str())
         .bind(c.vcpus)
         .bind(c.memory_mb)
         .bind(c.disk_size_mb)
@@ -73,10 +76,11 @@ impl Db {
     /// A team's capsules that are not stopped, newest first.
     pub async fn capsules(&self, team_id: &str) -> Result<Vec<CapsuleRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE team_id = $1 AND status <> 'stopped' \
+            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE team_id = $1 AND status <> $2 \
              ORDER BY created_at DESC, id"
         ))
         .bind(team_id)
+        .bind(CapsuleStatus::Stopped.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(capsule_of).collect()
@@ -85,8 +89,9 @@ impl Db {
     /// Every capsule not stopped (for the reconciler).
     pub async fn live_capsules(&self) -> Result<Vec<CapsuleRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE status <> 'stopped'"
+            "SELECT {CAPSULE_COLUMNS} FROM capsules WHERE status <> $1"
         ))
+        .bind(CapsuleStatus::Stopped.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(capsule_of).collect()
@@ -108,7 +113,7 @@ impl Db {
     pub async fn set_capsule_status(
         &self,
         id: &str,
-        status: &str,
+        status: CapsuleStatus,
         error: Option<&str>,
         started: bool,
     ) -> Result<()> {
@@ -118,7 +123,7 @@ impl Db {
                 "UPDATE capsules SET status = $1, error = $2, updated_at = $3, started_at = $4, \
                  last_active_at = $5 WHERE id = $6",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(error)
             .bind(now)
             .bind(now)
@@ -128,7 +133,7 @@ impl Db {
             sqlx::query(
                 "UPDATE capsules SET status = $1, error = $2, updated_at = $3 WHERE id = $4",
             )
-            .bind(status)
+            .bind(status.as_str())
             .bind(error)
             .bind(now)
             .bind(id)

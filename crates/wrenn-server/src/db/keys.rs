@@ -96,7 +96,7 @@ impl Db {
         .await?;
         Ok(Some(Caller {
             team_id: r.try_get("team_id")?,
-            actor_type: "api_key",
+            actor_type: wrenn_types::Actor::ApiKey,
             actor_id: id,
             actor_name: r.try_get("name")?,
         }))
@@ -124,14 +124,16 @@ impl Db {
         }
         // A user's key is theirs; a key made by a key belongs to that key's owner.
         let owner = match by.actor_type {
-            "user" => Some(by.actor_id.clone()),
-            "api_key" => sqlx::query("SELECT owner_id FROM api_keys WHERE id = $1")
-                .bind(&by.actor_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<Option<String>, _>("owner_id"))
-                .transpose()?
-                .flatten(),
+            wrenn_types::Actor::User => Some(by.actor_id.clone()),
+            wrenn_types::Actor::ApiKey => {
+                sqlx::query("SELECT owner_id FROM api_keys WHERE id = $1")
+                    .bind(&by.actor_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get::<Option<String>, _>("owner_id"))
+                    .transpose()?
+                    .flatten()
+            }
             _ => None,
         };
         let made = insert_api_key(

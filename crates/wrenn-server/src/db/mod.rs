@@ -54,8 +54,7 @@ pub fn hash_key(plaintext: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub team_id: String,
-    /// `api_key`, `user` or `system`.
-    pub actor_type: &'static str,
+    pub actor_type: wrenn_types::Actor,
     pub actor_id: String,
     pub actor_name: String,
 }
@@ -158,7 +157,7 @@ impl Caller {
     pub fn user(team_id: &str, user: &User) -> Caller {
         Caller {
             team_id: team_id.into(),
-            actor_type: "user",
+            actor_type: wrenn_types::Actor::User,
             actor_id: user.id.clone(),
             actor_name: user.name.clone(),
         }
@@ -166,7 +165,7 @@ impl Caller {
 
     /// The user's id when the caller is a signed-in user (not an API key).
     pub fn user_id(&self) -> Option<&str> {
-        (self.actor_type == "user").then_some(self.actor_id.as_str())
+        (self.actor_type == wrenn_types::Actor::User).then_some(self.actor_id.as_str())
     }
 }
 

@@ -41,7 +41,7 @@ const INVITATION_COLUMNS: &str =
 fn system() -> Caller {
     Caller {
         team_id: String::new(),
-        actor_type: "system",
+        actor_type: wrenn_types::Actor::System,
         actor_id: BOOTSTRAP_ACTOR.into(),
         actor_name: BOOTSTRAP_ACTOR.into(),
     }

@@ -38,7 +38,7 @@ pub(super) async fn insert_audit(conn: &mut AnyConnection, e: &AuditEntry<'_>) -
     )
     .bind(Id::new(IdKind::Audit).to_string())
     .bind(&e.caller.team_id)
-    .bind(e.caller.actor_type)
+    .bind(e.caller.actor_type.as_str())
     .bind(&e.caller.actor_id)
     .bind(e.action)
     .bind(e.resource.0)

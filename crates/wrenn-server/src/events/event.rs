@@ -21,7 +21,8 @@ pub struct Resource {
 pub struct Actor {
     /// `user`, `api_key` or `system`.
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: wrenn_types::Actor,
     pub id: String,
     pub name: String,
 }
@@ -94,7 +95,7 @@ impl Event {
                 kind: "capsule".into(),
             },
             actor: Actor {
-                kind: caller.actor_type.into(),
+                kind: caller.actor_type,
                 id: caller.actor_id.clone(),
                 name: caller.actor_name.clone(),
             },
@@ -116,7 +117,7 @@ impl Event {
                 kind: "template".into(),
             },
             actor: Actor {
-                kind: caller.actor_type.into(),
+                kind: caller.actor_type,
                 id: caller.actor_id.clone(),
                 name: caller.actor_name.clone(),
             },

@@ -68,7 +68,7 @@ pub async fn is_platform_admin(db: &Db, caller: &Caller) -> Result<bool> {
         return Ok(false);
     }
     Ok(match caller.user_id() {
-        None => caller.actor_type == "api_key",
+        None => caller.actor_type == wrenn_types::Actor::ApiKey,
         Some(user) => db
             .role(&caller.team_id, user)
             .await?

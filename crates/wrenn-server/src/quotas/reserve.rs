@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 use wrenn_proto::agent::v1::ListTemplatesRequest;
-use wrenn_types::{Id, IdKind};
+use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 use super::*;
 use crate::{
@@ -61,15 +61,19 @@ pub(super) async fn overrides(conn: &mut AnyConnection, team_id: &str) -> Result
 pub(super) async fn usage(conn: &mut AnyConnection, team_id: &str) -> Result<Amounts> {
     let c = sqlx::query(
         "SELECT COUNT(*) AS capsules, \
-         CAST(COALESCE(SUM(CASE WHEN status <> 'paused' THEN vcpus ELSE 0 END), 0) AS BIGINT) \
+         CAST(COALESCE(SUM(CASE WHEN status <> $2 THEN vcpus ELSE 0 END), 0) AS BIGINT) \
            AS vcpus, \
-         CAST(COALESCE(SUM(CASE WHEN status <> 'paused' THEN memory_mb ELSE 0 END), 0) AS BIGINT) \
+         CAST(COALESCE(SUM(CASE WHEN status <> $2 THEN memory_mb ELSE 0 END), 0) AS BIGINT) \
            AS memory_mb, \
          CAST(COALESCE(SUM(disk_size_mb), 0) AS BIGINT) AS disk_mb \
          FROM capsules WHERE team_id = $1 \
-         AND status IN ('pending', 'starting', 'running', 'paused')",
+         AND status IN ($3, $4, $5, $2)",
     )
     .bind(team_id)
+    .bind(CapsuleStatus::Paused.as_str())
+    .bind(CapsuleStatus::Pending.as_str())
+    .bind(CapsuleStatus::Starting.as_str())
+    .bind(CapsuleStatus::Running.as_str())
     .fetch_one(&mut *conn)
     .await?;
     let t = sqlx::query("SELECT COUNT(*) AS n FROM templates WHERE team_id = $1")

@@ -1,0 +1,54 @@
+//! `/v1/templates` and `/v1/snapshots`: templates and the snapshots teams make of capsules.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateType {
+    /// A platform template, built from the image recipe.
+    Base,
+    /// A team's snapshot of a capsule.
+    Snapshot,
+}
+
+/// A template capsules are created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Template {
+    #[cfg_attr(feature = "openapi", schema(example = "my-env"))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: TemplateType,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    /// Bytes it takes on the host's disk.
+    pub size_bytes: i64,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    pub created_at: String,
+    /// A platform template (shared by every team).
+    pub platform: bool,
+    /// Cannot be deleted through the API.
+    pub protected: bool,
+    /// A snapshot's source capsule's metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A snapshot to take.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotBody {
+    /// The capsule to snapshot (it is left paused).
+    #[cfg_attr(feature = "openapi", schema(example = "cl-0123456789abcdefghijklmno"))]
+    pub sandbox_id: String,
+    /// `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most 48 characters (default `template-…`).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "my-env", pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,47}$")
+    )]
+    pub name: Option<String>,
+}

@@ -1,0 +1,17 @@
+//! The one error of this crate's text parsers.
+
+/// Text that is not one of this crate's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0:?} is not a capsule status")]
+    Status(String),
+    /// `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most `max` characters.
+    #[error(
+        "{name:?} is not a template name ([a-zA-Z0-9][a-zA-Z0-9._-]*, at most {max} characters)"
+    )]
+    TemplateName { name: String, max: usize },
+    #[error("{0:?} is not an actor kind")]
+    Actor(String),
+    #[error("{0:?} is not a role")]
+    Role(String),
+}
