@@ -56,7 +56,6 @@ mod tests {
     use super::{
         keys::{ApiKey, CreatedApiKey},
         sessions::{LoginResponse, Token, User},
-        teams::{Team, TeamMembership},
     };
     use crate::{
         db::{self, ApiKeyRow, Role},
@@ -91,7 +90,10 @@ mod tests {
             })
         };
         assert_same_json(&User::from(&u), old_user.clone());
-        assert_same_json(&Team::new(&t, Role::Owner), old_team(Role::Owner));
+        assert_same_json(
+            &super::teams::team_of(&t, Role::Owner),
+            old_team(Role::Owner),
+        );
         let m = db::Membership {
             team: t.clone(),
             role: Role::Admin,
@@ -99,14 +101,14 @@ mod tests {
         };
         let mut old_membership = old_team(Role::Admin);
         old_membership["joined_at"] = json!(rfc3339(m.joined_at));
-        assert_same_json(&TeamMembership::from(&m), old_membership);
+        assert_same_json(&super::teams::membership_of(&m), old_membership);
         let member = db::Member {
             user: u.clone(),
             role: Role::Member,
             joined_at: 1_700_000_002_000,
         };
         assert_same_json(
-            &super::teams::Member::from(&member),
+            &super::teams::member_of(&member),
             json!({
                 "user_id": u.id, "email": u.email, "name": u.name, "role": "member",
                 "joined_at": rfc3339(member.joined_at),

@@ -5,8 +5,6 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -59,114 +57,23 @@ impl From<wrenn_types::secret::RandomError> for ApiError {
     }
 }
 
-/// The `error.code` of an error answer; clients pick their exception by it. With its status:
-/// `invalid_request` 400, `unauthorized` 401, `forbidden` 403, `not_found` 404,
-/// `invalid_state` and `conflict` 409, `too_large` 413, `quota_exceeded` and `rate_limited`
-/// 429 (the latter with `Retry-After`), `internal_error` 500, `agent_error` 502,
-/// `host_unavailable` and `unavailable` 503,
-/// `insufficient_storage` 507.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// 400: malformed or invalid request.
-    InvalidRequest,
-    /// 401: missing or invalid credentials.
-    Unauthorized,
-    /// 403: the caller's role (or kind of credential) does not allow it.
-    Forbidden,
-    /// 404: no such resource within the caller's reach, or no such route.
-    NotFound,
-    /// 409: the resource is in the wrong state (e.g. the capsule is not running).
-    InvalidState,
-    /// 409: the resource already exists.
-    Conflict,
-    /// 413: the request body is too large.
-    TooLarge,
-    /// 429: the team's quota (capsules, vCPUs, memory, disk or snapshots) would be exceeded.
-    QuotaExceeded,
-    /// 429: too many requests of this kind; the `Retry-After` header says when to try again.
-    RateLimited,
-    /// 503: no host can take the request (capacity, or no agent).
-    HostUnavailable,
-    /// 502: the host agent failed, or the capsule did not answer it.
-    AgentError,
-    /// 500: the server failed.
-    InternalError,
-    /// 503: the server's database cannot be reached right now; retry.
-    Unavailable,
-    /// 507: no disk space left for the request (the host's or the server's disk is full).
-    InsufficientStorage,
-}
+pub use wrenn_types::api::errors::{ErrorBody, ErrorCode, ErrorDetail};
 
-impl ErrorCode {
-    /// Every code.
-    pub const ALL: [ErrorCode; 14] = [
-        ErrorCode::InvalidRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::InvalidState,
-        ErrorCode::Conflict,
-        ErrorCode::TooLarge,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::RateLimited,
-        ErrorCode::HostUnavailable,
-        ErrorCode::InsufficientStorage,
-        ErrorCode::AgentError,
-        ErrorCode::InternalError,
-        ErrorCode::Unavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::InvalidState => "invalid_state",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::QuotaExceeded => "quota_exceeded",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::HostUnavailable => "host_unavailable",
-            ErrorCode::InsufficientStorage => "insufficient_storage",
-            ErrorCode::AgentError => "agent_error",
-            ErrorCode::InternalError => "internal_error",
-            ErrorCode::Unavailable => "unavailable",
-        }
+/// The HTTP status that goes with an error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::QuotaExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::HostUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
+        ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
     }
-
-    /// The HTTP status that goes with the code.
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::InvalidState | ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::QuotaExceeded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::HostUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
-            ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-/// Every error answer: `{"error":{"code","message"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"error": {"code": "not_found", "message": "capsule cl-0123456789abcdefghijklmno not found"}}))]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    pub code: ErrorCode,
-    /// For people; never parse it (the code says what happened).
-    pub message: String,
 }
 
 impl ApiError {
@@ -193,7 +100,7 @@ impl ApiError {
 
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         let code = self.code();
-        (code.status(), code.as_str())
+        (status_of(code), code.as_str())
     }
 
     /// The answer's body. Its message never carries an internal address ([`redact`]).
@@ -536,7 +443,7 @@ mod tests {
         assert_eq!(with(C::InvalidArgument, None), ErrorCode::InvalidRequest);
         assert_eq!(with(C::Internal, None), ErrorCode::AgentError);
         assert_eq!(
-            ErrorCode::InsufficientStorage.status(),
+            status_of(ErrorCode::InsufficientStorage),
             StatusCode::INSUFFICIENT_STORAGE
         );
     }

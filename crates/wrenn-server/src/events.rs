@@ -100,13 +100,18 @@ mod tests {
             updated_at: 0,
         };
         let capsule = Capsule::from(&row);
-        let e = Event::capsule(&caller, "capsule.pause", "cl-1", capsule.clone());
+        let e =
+            crate::events::event::capsule_event(&caller, "capsule.pause", "cl-1", capsule.clone());
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["sandbox"], serde_json::to_value(&capsule).unwrap());
         assert_eq!(v["sandbox"]["error"], serde_json::Value::Null);
         assert!(v.get("team_id").is_none() && v.get("error").is_none());
-        let t = serde_json::to_value(Event::template(&caller, "template.snapshot.create", "x"))
-            .unwrap();
+        let t = serde_json::to_value(crate::events::event::template_event(
+            &caller,
+            "template.snapshot.create",
+            "x",
+        ))
+        .unwrap();
         assert!(t.get("sandbox").is_none());
         assert_eq!(t["actor"]["type"], "api_key");
     }

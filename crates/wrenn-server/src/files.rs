@@ -8,9 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
-use utoipa::ToSchema;
 use wrenn_proto::agent::v1::{
     write_file_stream_request::{Part, Start},
     FileRequest, FileType, ListDirRequest, WriteFileStreamRequest,
@@ -25,108 +23,27 @@ use crate::{
     state::AppState,
 };
 
-/// A path in the capsule.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PathBody {
-    /// Absolute, or relative to the user's home; not empty, no NUL.
-    #[schema(
-        example = "/home/user/data.csv",
-        min_length = 1,
-        pattern = r"^[^\x00]+$"
-    )]
-    path: String,
-    /// `list` only: 1 (default) lists the children, 2 adds grandchildren, … (at most 10).
-    #[schema(minimum = 1, maximum = 10)]
-    #[serde(default, deserialize_with = "depth")]
-    depth: Option<u32>,
-}
+pub use wrenn_types::api::files::{EntryType, FileEntry, FileList, MadeDir, PathBody, UploadForm};
 
-/// `depth`: 1..=10 wherever it is given, as any JSON number with that value (`2` or `2.0`:
-/// JSON Schema's `integer` is a number without a fractional part).
-fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
-    match Option::<f64>::deserialize(d)? {
-        None => Ok(None),
-        Some(f) if f.fract() == 0.0 && (1.0..=10.0).contains(&f) => Ok(Some(f as u32)),
-        Some(f) => Err(serde::de::Error::custom(format!(
-            "depth must be an integer from 1 to 10, not {f}"
-        ))),
+/// A directory entry as the agent sends it, as the API shows it.
+pub fn file_entry(e: wrenn_proto::agent::v1::FileEntry) -> FileEntry {
+    let kind = match FileType::try_from(e.r#type).unwrap_or(FileType::Unspecified) {
+        FileType::Directory => EntryType::Directory,
+        FileType::Symlink => EntryType::Symlink,
+        _ => EntryType::File,
+    };
+    FileEntry {
+        name: e.name,
+        path: e.path,
+        kind,
+        size: e.size,
+        mode: e.mode,
+        permissions: e.permissions,
+        owner: e.owner,
+        group: e.group,
+        modified_at: e.modified_unix,
+        symlink_target: (!e.symlink_target.is_empty()).then_some(e.symlink_target),
     }
-}
-
-/// An upload: `path` first, then `file`.
-#[derive(Debug, ToSchema)]
-pub struct UploadForm {
-    /// Where to write (parents are created; an existing file is replaced); not empty, no NUL.
-    #[schema(min_length = 1, pattern = r"^[^\x00]+$")]
-    pub path: String,
-    /// The bytes.
-    #[schema(value_type = String, content_media_type = "application/octet-stream")]
-    pub file: Vec<u8>,
-}
-
-/// The kind of a directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryType {
-    File,
-    Directory,
-    Symlink,
-}
-
-/// A file or directory in a capsule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FileEntry {
-    pub name: String,
-    pub path: String,
-    #[serde(rename = "type")]
-    pub kind: EntryType,
-    pub size: i64,
-    /// Unix mode bits.
-    pub mode: u32,
-    /// As `ls -l` shows them, e.g. `-rw-r--r--`.
-    pub permissions: String,
-    pub owner: String,
-    pub group: String,
-    /// Unix seconds.
-    pub modified_at: i64,
-    /// A symlink's target, else null.
-    #[schema(required = true)]
-    pub symlink_target: Option<String>,
-}
-
-impl From<wrenn_proto::agent::v1::FileEntry> for FileEntry {
-    fn from(e: wrenn_proto::agent::v1::FileEntry) -> FileEntry {
-        let kind = match FileType::try_from(e.r#type).unwrap_or(FileType::Unspecified) {
-            FileType::Directory => EntryType::Directory,
-            FileType::Symlink => EntryType::Symlink,
-            _ => EntryType::File,
-        };
-        FileEntry {
-            name: e.name,
-            path: e.path,
-            kind,
-            size: e.size,
-            mode: e.mode,
-            permissions: e.permissions,
-            owner: e.owner,
-            group: e.group,
-            modified_at: e.modified_unix,
-            symlink_target: (!e.symlink_target.is_empty()).then_some(e.symlink_target),
-        }
-    }
-}
-
-/// A directory's entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FileList {
-    pub entries: Vec<FileEntry>,
-}
-
-/// The directory `mkdir` made (or found).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct MadeDir {
-    pub entry: FileEntry,
 }
 
 fn check_path(p: &str) -> Result<()> {
@@ -365,7 +282,7 @@ pub async fn list(
         })
         .await?
         .into_inner();
-    let entries = listed.entries.into_iter().map(FileEntry::from).collect();
+    let entries = listed.entries.into_iter().map(file_entry).collect();
     Ok(Json(FileList { entries }))
 }
 
@@ -404,7 +321,7 @@ pub async fn mkdir(
         .await?
         .into_inner();
     Ok(Json(MadeDir {
-        entry: FileEntry::from(entry),
+        entry: file_entry(entry),
     }))
 }
 
@@ -495,16 +412,16 @@ mod tests {
             entry(FileType::Symlink, "/etc/hosts"),
             entry(FileType::Unspecified, ""),
         ] {
-            assert_same_json(&FileEntry::from(e.clone()), old(e.clone()));
+            assert_same_json(&file_entry(e.clone()), old(e.clone()));
             assert_same_json(
                 &FileList {
-                    entries: vec![FileEntry::from(e.clone())],
+                    entries: vec![file_entry(e.clone())],
                 },
                 json!({ "entries": [old(e.clone())] }),
             );
             assert_same_json(
                 &MadeDir {
-                    entry: FileEntry::from(e.clone()),
+                    entry: file_entry(e.clone()),
                 },
                 json!({ "entry": old(e) }),
             );

@@ -24,9 +24,6 @@ pub use reserve::{
     reserve, reserve_create, reserve_resume, reserve_snapshot, set_defaults, Reservation,
 };
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
 use crate::error::{ApiError, Result};
 
 /// A reservation older than this (its control plane died mid-request) no longer counts.
@@ -35,81 +32,18 @@ pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
 /// The `settings` row that holds the platform's default limits (JSON of [`Limits`]).
 const DEFAULTS_SETTING: &str = "quota_defaults";
 
-/// Limits of one team (`None`: unlimited).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Live capsules (pending, starting, running or paused).
-    #[schema(minimum = 0)]
-    pub capsules: Option<i64>,
-    /// vCPUs of running capsules.
-    #[schema(minimum = 0)]
-    pub vcpus: Option<i64>,
-    /// Memory of running capsules, MB.
-    #[schema(minimum = 0)]
-    pub memory_mb: Option<i64>,
-    /// Disk of running and paused capsules, MB.
-    #[schema(minimum = 0)]
-    pub disk_mb: Option<i64>,
-    /// Snapshots (the team's templates).
-    #[schema(minimum = 0)]
-    pub snapshots: Option<i64>,
-}
+pub use wrenn_types::api::quotas::{Amounts, Limits, TeamQuotas};
 
-impl Limits {
-    /// Each override where set, else the default.
-    fn over(self, defaults: Limits) -> Limits {
-        Limits {
-            capsules: self.capsules.or(defaults.capsules),
-            vcpus: self.vcpus.or(defaults.vcpus),
-            memory_mb: self.memory_mb.or(defaults.memory_mb),
-            disk_mb: self.disk_mb.or(defaults.disk_mb),
-            snapshots: self.snapshots.or(defaults.snapshots),
+/// A limit below 0 is refused.
+pub(crate) fn validate(limits: &Limits) -> Result<()> {
+    for (name, v) in limits.named() {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ApiError::InvalidRequest(format!(
+                "quota {name} must be at least 0 (or null for the platform default)"
+            )));
         }
     }
-
-    fn validate(&self) -> Result<()> {
-        for (name, v) in self.named() {
-            if v.is_some_and(|v| v < 0) {
-                return Err(ApiError::InvalidRequest(format!(
-                    "quota {name} must be at least 0 (or null for the platform default)"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn named(&self) -> [(&'static str, Option<i64>); 5] {
-        [
-            ("capsules", self.capsules),
-            ("vcpus", self.vcpus),
-            ("memory_mb", self.memory_mb),
-            ("disk_mb", self.disk_mb),
-            ("snapshots", self.snapshots),
-        ]
-    }
-}
-
-/// An amount of each resource: a team's use, or what a request adds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Amounts {
-    pub capsules: i64,
-    pub vcpus: i64,
-    pub memory_mb: i64,
-    pub disk_mb: i64,
-    pub snapshots: i64,
-}
-
-impl Amounts {
-    fn named(&self) -> [(&'static str, i64); 5] {
-        [
-            ("capsules", self.capsules),
-            ("vcpus", self.vcpus),
-            ("memory_mb", self.memory_mb),
-            ("disk_mb", self.disk_mb),
-            ("snapshots", self.snapshots),
-        ]
-    }
+    Ok(())
 }
 
 /// What a quota refusal says: the first quota `need` would exceed, with its limit and use.
@@ -198,11 +132,10 @@ mod tests {
                 snapshots: Some(1),
             }
         );
-        assert!(Limits {
+        assert!(validate(&Limits {
             disk_mb: Some(-1),
             ..Limits::default()
-        }
-        .validate()
+        })
         .is_err());
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     capsules::model::{status_of, Capsule, CapsuleStatus},
     db::Caller,
     error::Result,
-    events::{publish, Event},
+    events::publish,
     state::AppState,
 };
 
@@ -96,7 +96,12 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
                 .await?;
             publish(
                 state,
-                Event::capsule(&caller, "capsule.resume", id, Capsule::from(&row)),
+                crate::events::event::capsule_event(
+                    &caller,
+                    "capsule.resume",
+                    id,
+                    Capsule::from(&row),
+                ),
             );
             Ok(Outcome::Resumed)
         }
@@ -126,8 +131,12 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
                 .audit(&caller, "capsule.resume", ("capsule", id), "error", &why)
                 .await?;
             let row = state.db.capsule(&row.team_id, id).await?;
-            let mut event =
-                Event::capsule(&caller, "capsule.state.changed", id, Capsule::from(&row));
+            let mut event = crate::events::event::capsule_event(
+                &caller,
+                "capsule.state.changed",
+                id,
+                Capsule::from(&row),
+            );
             event.outcome = "error".into();
             event.error = Some(why.clone());
             publish(state, event);

@@ -19,7 +19,7 @@ use crate::{
     capsules::lookup::live,
     db::{now_ms, Caller, TemplateRow},
     error::{ApiError, ErrorBody, Result},
-    events::{publish, Event},
+    events::publish,
     responses::{CheckedOnHost, NoCapsule, OnHost},
     state::AppState,
     time::rfc3339,
@@ -209,7 +209,7 @@ pub async fn create(
         .await?;
     publish(
         &state,
-        Event::template(&caller, "template.snapshot.create", &name),
+        crate::events::event::template_event(&caller, "template.snapshot.create", &name),
     );
     Ok((StatusCode::CREATED, Json(Template::from(&row))))
 }
@@ -323,7 +323,7 @@ pub async fn delete(
         .await?;
     publish(
         &state,
-        Event::template(&caller, "template.snapshot.delete", &name),
+        crate::events::event::template_event(&caller, "template.snapshot.delete", &name),
     );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,8 +5,6 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::{
     auth::{acting_in, forbidden, SignedIn},
@@ -21,67 +19,36 @@ use crate::{
     time::rfc3339,
 };
 
-/// A team, with the caller's role in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Team {
-    #[schema(example = "team-0123456789abcdefghijklmno")]
-    pub id: String,
-    pub name: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    pub role: Role,
-}
+pub use wrenn_types::api::teams::{
+    AddMemberBody, Member, RoleBody, Team, TeamBody, TeamMembership,
+};
 
-impl Team {
-    pub(crate) fn new(t: &db::Team, role: Role) -> Team {
-        Team {
-            id: t.id.clone(),
-            name: t.name.clone(),
-            created_at: rfc3339(t.created_at),
-            role,
-        }
+/// A team as the API shows it, with the caller's role in it.
+pub(crate) fn team_of(t: &db::Team, role: Role) -> Team {
+    Team {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        created_at: rfc3339(t.created_at),
+        role,
     }
 }
 
-/// A team the caller belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct TeamMembership {
-    #[serde(flatten)]
-    pub team: Team,
-    /// When the caller joined it.
-    #[schema(format = DateTime)]
-    pub joined_at: String,
-}
-
-impl From<&db::Membership> for TeamMembership {
-    fn from(m: &db::Membership) -> TeamMembership {
-        TeamMembership {
-            team: Team::new(&m.team, m.role),
-            joined_at: rfc3339(m.joined_at),
-        }
+/// A team the caller belongs to, as the API shows it.
+pub(crate) fn membership_of(m: &db::Membership) -> TeamMembership {
+    TeamMembership {
+        team: team_of(&m.team, m.role),
+        joined_at: rfc3339(m.joined_at),
     }
 }
 
-/// A team's member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Member {
-    pub user_id: String,
-    pub email: String,
-    pub name: String,
-    pub role: Role,
-    #[schema(format = DateTime)]
-    pub joined_at: String,
-}
-
-impl From<&db::Member> for Member {
-    fn from(m: &db::Member) -> Member {
-        Member {
-            user_id: m.user.id.clone(),
-            email: m.user.email.clone(),
-            name: m.user.name.clone(),
-            role: m.role,
-            joined_at: rfc3339(m.joined_at),
-        }
+/// A team's member, as the API shows them.
+pub(crate) fn member_of(m: &db::Member) -> Member {
+    Member {
+        user_id: m.user.id.clone(),
+        email: m.user.email.clone(),
+        name: m.user.name.clone(),
+        role: m.role,
+        joined_at: rfc3339(m.joined_at),
     }
 }
 
@@ -137,20 +104,7 @@ pub async fn list_teams(
     SignedIn(user): SignedIn,
 ) -> Result<Json<Vec<TeamMembership>>> {
     let teams = state.db.memberships(&user.id).await?;
-    Ok(Json(teams.iter().map(TeamMembership::from).collect()))
-}
-
-/// A new team.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TeamBody {
-    /// 1 to 100 characters, not all spaces, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
-    name: String,
+    Ok(Json(teams.iter().map(membership_of).collect()))
 }
 
 /// Create a team
@@ -176,7 +130,7 @@ pub async fn create_team(
 ) -> Result<(StatusCode, Json<TeamMembership>)> {
     let name = clean_name(&b.name, "name")?;
     let m = state.db.create_owned_team(&user, &name).await?;
-    Ok((StatusCode::CREATED, Json(TeamMembership::from(&m))))
+    Ok((StatusCode::CREATED, Json(membership_of(&m))))
 }
 
 /// List a team's members
@@ -203,24 +157,7 @@ pub async fn list_members(
 ) -> Result<Json<Vec<Member>>> {
     acting_in(&state, &user, &team_id).await?;
     let members = state.db.members(&team_id).await?;
-    Ok(Json(members.iter().map(Member::from).collect()))
-}
-
-/// A user to add to a team.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddMemberBody {
-    /// An existing user's email.
-    #[schema(
-        example = "grace@example.com",
-        format = Email,
-        min_length = 3,
-        max_length = 254
-    )]
-    email: String,
-    /// `admin` or `member` (default). Owners are made by an owner changing a role.
-    #[schema(example = "member", pattern = "^(admin|member)$")]
-    role: Option<String>,
+    Ok(Json(members.iter().map(member_of).collect()))
 }
 
 /// Add a member
@@ -274,15 +211,7 @@ pub async fn add_member(
         .member(&team_id, &added.id)
         .await?
         .ok_or_else(|| ApiError::Internal("the new member vanished".into()))?;
-    Ok((StatusCode::CREATED, Json(Member::from(&m))))
-}
-
-/// A member's new role.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RoleBody {
-    #[schema(value_type = Role)]
-    role: String,
+    Ok((StatusCode::CREATED, Json(member_of(&m))))
 }
 
 /// Change a member's role
@@ -338,7 +267,7 @@ pub async fn set_member_role(
         .member(&team_id, &member_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {member_id} is not a member")))?;
-    Ok(Json(Member::from(&m)))
+    Ok(Json(member_of(&m)))
 }
 
 /// Remove a member

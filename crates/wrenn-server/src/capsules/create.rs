@@ -8,7 +8,7 @@ use crate::extract::JsonBody;
 use crate::{
     db::{now_ms, Caller, CapsuleRow},
     error::{ApiError, ErrorBody, Result},
-    events::{publish, Event},
+    events::publish,
     responses::CheckedOnHost,
     state::AppState,
 };
@@ -168,7 +168,7 @@ pub async fn create(
     let body = Capsule::from(&row);
     publish(
         &state,
-        Event::capsule(&caller, "capsule.create", &row.id, body.clone()),
+        crate::events::event::capsule_event(&caller, "capsule.create", &row.id, body.clone()),
     );
     // The proxy's access token is shown once, here.
     let shown = CreatedCapsule {

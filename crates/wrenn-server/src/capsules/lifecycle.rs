@@ -14,7 +14,7 @@ use super::{
 use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
-    events::{publish, Event},
+    events::publish,
     responses::{Authed, NoCapsule, NotRunning, OnHost},
     state::AppState,
 };
@@ -87,7 +87,10 @@ async fn recorded(
         .audit(caller, action, ("capsule", id), "success", "")
         .await?;
     let body = Capsule::from(&row);
-    publish(state, Event::capsule(caller, action, id, body.clone()));
+    publish(
+        state,
+        crate::events::event::capsule_event(caller, action, id, body.clone()),
+    );
     Ok(Json(body))
 }
 
@@ -203,7 +206,12 @@ pub async fn destroy(
     row.status = CapsuleStatus::Stopped;
     publish(
         &state,
-        Event::capsule(&caller, "capsule.destroy", &row.id, Capsule::from(&row)),
+        crate::events::event::capsule_event(
+            &caller,
+            "capsule.destroy",
+            &row.id,
+            Capsule::from(&row),
+        ),
     );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,9 +4,7 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use serde::Serialize;
 use sqlx::Row;
-use utoipa::ToSchema;
 
 use super::{
     reserve::{defaults, overrides, usage},
@@ -19,20 +17,6 @@ use crate::{
     responses::{Authed, Checked},
     state::AppState,
 };
-
-/// A team's quotas: its limits (override or default), its own overrides, and its use.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TeamQuotas {
-    pub team_id: String,
-    /// What applies now (`null`: unlimited).
-    pub limits: Limits,
-    /// The team's overrides (`null`: the platform default applies).
-    pub overrides: Limits,
-    /// The platform's defaults.
-    pub defaults: Limits,
-    /// What the team uses now (including requests in flight).
-    pub usage: Amounts,
-}
 
 async fn team_quotas(db: &Db, team_id: &str) -> Result<TeamQuotas> {
     let mut conn = db.pool().acquire().await?;
@@ -174,7 +158,7 @@ pub async fn set(
         });
     }
     let JsonBody(limits) = body?;
-    limits.validate()?;
+    super::validate(&limits)?;
     if !team_exists(&state.db, &team_id).await? {
         return Err(not_found(&team_id));
     }

@@ -42,6 +42,45 @@ pub enum ErrorCode {
     InsufficientStorage,
 }
 
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidState,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::HostUnavailable,
+        ErrorCode::InsufficientStorage,
+        ErrorCode::AgentError,
+        ErrorCode::InternalError,
+        ErrorCode::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::HostUnavailable => "host_unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::AgentError => "agent_error",
+            ErrorCode::InternalError => "internal_error",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Every error answer: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1,4 +1,7 @@
 //! `/v1/capsules/{id}/files/…`: a capsule's filesystem.
+
+use serde::{Deserialize, Serialize};
+
 /// `depth`: 1..=10 wherever it is given, as any JSON number with that value (`2` or `2.0`:
 /// JSON Schema's `integer` is a number without a fractional part).
 fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -10,8 +13,6 @@ fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
         ))),
     }
 }
-
-use serde::{Deserialize, Serialize};
 
 /// A path in the capsule.
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,30 @@ pub struct Limits {
     pub snapshots: Option<i64>,
 }
 
+impl Limits {
+    /// Each override where set, else the default.
+    pub fn over(self, defaults: Limits) -> Limits {
+        Limits {
+            capsules: self.capsules.or(defaults.capsules),
+            vcpus: self.vcpus.or(defaults.vcpus),
+            memory_mb: self.memory_mb.or(defaults.memory_mb),
+            disk_mb: self.disk_mb.or(defaults.disk_mb),
+            snapshots: self.snapshots.or(defaults.snapshots),
+        }
+    }
+
+    /// Each limit with its name.
+    pub fn named(&self) -> [(&'static str, Option<i64>); 5] {
+        [
+            ("capsules", self.capsules),
+            ("vcpus", self.vcpus),
+            ("memory_mb", self.memory_mb),
+            ("disk_mb", self.disk_mb),
+            ("snapshots", self.snapshots),
+        ]
+    }
+}
+
 /// An amount of each resource: a team's use, or what a request adds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -33,6 +57,19 @@ pub struct Amounts {
     pub memory_mb: i64,
     pub disk_mb: i64,
     pub snapshots: i64,
+}
+
+impl Amounts {
+    /// Each amount with its name.
+    pub fn named(&self) -> [(&'static str, i64); 5] {
+        [
+            ("capsules", self.capsules),
+            ("vcpus", self.vcpus),
+            ("memory_mb", self.memory_mb),
+            ("disk_mb", self.disk_mb),
+            ("snapshots", self.snapshots),
+        ]
+    }
 }
 
 /// A team's quotas: its limits (override or default), its own overrides, and its use.
