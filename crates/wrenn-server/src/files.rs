@@ -63,7 +63,7 @@ fn check_path(p: &str) -> Result<()> {
     path = "/v1/capsules/{id}/files/read",
     operation_id = "read_file",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
@@ -113,7 +113,7 @@ pub async fn read(
     path = "/v1/capsules/{id}/files/stream/read",
     operation_id = "read_file_stream",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = PathBody,
     responses(
         (status = 200, description = "The file's bytes", content(("application/octet-stream"))),
@@ -140,7 +140,7 @@ pub async fn stream_read(
     path = "/v1/capsules/{id}/files/write",
     operation_id = "write_file",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
@@ -229,7 +229,7 @@ pub async fn write(
     path = "/v1/capsules/{id}/files/stream/write",
     operation_id = "write_file_stream",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 204, description = "Written"),
@@ -252,7 +252,7 @@ pub async fn stream_write(
     path = "/v1/capsules/{id}/files/list",
     operation_id = "list_files",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = PathBody,
     responses(
         (status = 200, description = "Its entries", body = FileList),
@@ -294,7 +294,7 @@ pub async fn list(
     path = "/v1/capsules/{id}/files/mkdir",
     operation_id = "make_dir",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = PathBody,
     responses(
         (status = 200, description = "The directory", body = MadeDir),
@@ -333,7 +333,7 @@ pub async fn mkdir(
     path = "/v1/capsules/{id}/files/remove",
     operation_id = "remove_file",
     tag = "files",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = PathBody,
     responses(
         (status = 204, description = "Removed"),

@@ -45,7 +45,7 @@ pub fn to_pb(p: &EgressPolicy) -> PbEgressPolicy {
     path = "/v1/capsules/{id}/network",
     operation_id = "get_capsule_network",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 200, description = "Its egress", body = CapsuleNetwork),
         Authed, NoCapsule,
@@ -76,7 +76,7 @@ pub async fn get(
     path = "/v1/capsules/{id}/network",
     operation_id = "set_capsule_network",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = NetworkPatch,
     responses(
         (status = 200, description = "Its egress now", body = CapsuleNetwork),

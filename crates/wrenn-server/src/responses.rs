@@ -126,3 +126,21 @@ impl IntoResponses for NotRunning {
         described("409", "`invalid_state`: the capsule is not running")
     }
 }
+
+/// The `{id}` of a capsule's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+pub struct CapsulePath {
+    /// Capsule id (`cl-…`)
+    id: String,
+}
+
+/// The `{id}` of a team's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+pub struct TeamPath {
+    /// Team id (`team-…`)
+    id: String,
+}

@@ -62,7 +62,7 @@ async fn manager(state: &AppState, user: &db::User, team_id: &str) -> Result<db:
     operation_id = "create_invitation",
     tag = "teams",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     request_body = InvitationBody,
     responses(
         (status = 201, description = "The invitation, with its token", body = CreatedInvitation),
@@ -122,7 +122,7 @@ pub async fn create_invitation(
     operation_id = "list_invitations",
     tag = "teams",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     responses(
         (status = 200, description = "The invitations", body = Vec<Invitation>),
         Authed,
@@ -150,7 +150,7 @@ pub async fn list_invitations(
     tag = "teams",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Team id (`team-…`)"),
+        crate::responses::TeamPath,
         ("invitation_id" = String, Path, description = "Invitation id (`inv-…`)"),
     ),
     responses(

@@ -142,7 +142,7 @@ pub async fn create_team(
     operation_id = "list_members",
     tag = "teams",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     responses(
         (status = 200, description = "Its members", body = Vec<Member>),
         Authed,
@@ -169,7 +169,7 @@ pub async fn list_members(
     operation_id = "add_member",
     tag = "teams",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     request_body = AddMemberBody,
     responses(
         (status = 201, description = "The new member", body = Member),
@@ -225,7 +225,7 @@ pub async fn add_member(
     tag = "teams",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Team id (`team-…`)"),
+        crate::responses::TeamPath,
         ("user_id" = String, Path, description = "The member's user id (`usr-…`)"),
     ),
     request_body = RoleBody,
@@ -282,7 +282,7 @@ pub async fn set_member_role(
     tag = "teams",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Team id (`team-…`)"),
+        crate::responses::TeamPath,
         ("user_id" = String, Path, description = "The member's user id (`usr-…`)"),
     ),
     responses(

@@ -36,7 +36,7 @@ const DEFAULT_EXEC_TIMEOUT_SECS: u32 = 60;
     path = "/v1/capsules/{id}/exec",
     operation_id = "exec",
     tag = "commands",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     request_body = ExecBody,
     responses(
         (status = 200, description = "Foreground: the command ran to its end", body = ExecResult),
@@ -131,7 +131,7 @@ pub async fn exec(
     path = "/v1/capsules/{id}/processes",
     operation_id = "list_processes",
     tag = "commands",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 200, description = "Its processes", body = ProcessList),
         OnHost, NoCapsule, NotRunning,
@@ -170,7 +170,7 @@ pub async fn processes(
     operation_id = "kill_process",
     tag = "commands",
     params(
-        ("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        crate::responses::CapsulePath,
         ("pid" = String, Path, description = "A pid, or a process's tag"),
     ),
     responses(

@@ -44,7 +44,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     path = "/v1/capsules/{id}",
     operation_id = "get_capsule",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 200, description = "The capsule", body = Capsule),
         Authed,
@@ -102,7 +102,7 @@ async fn recorded(
     path = "/v1/capsules/{id}/pause",
     operation_id = "pause_capsule",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 200, description = "The capsule, now paused", body = Capsule),
         OnHost, NoCapsule,
@@ -130,7 +130,7 @@ pub async fn pause(
     path = "/v1/capsules/{id}/resume",
     operation_id = "resume_capsule",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 200, description = "The capsule, running again", body = Capsule),
         OnHost, NoCapsule,
@@ -165,7 +165,7 @@ pub async fn resume(
     path = "/v1/capsules/{id}",
     operation_id = "destroy_capsule",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 204, description = "Destroyed"),
         OnHost,
@@ -224,7 +224,7 @@ pub async fn destroy(
     path = "/v1/capsules/{id}/ping",
     operation_id = "ping_capsule",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 204, description = "Pinged"),
         OnHost, NoCapsule, NotRunning,

@@ -34,7 +34,7 @@ pub struct MetricsQuery {
     path = "/v1/capsules/{id}/metrics",
     operation_id = "capsule_metrics",
     tag = "capsules",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)"), MetricsQuery),
+    params(crate::responses::CapsulePath, MetricsQuery),
     responses(
         (status = 200, description = "Its samples", body = CapsuleMetrics),
         CheckedOnHost, NoCapsule,

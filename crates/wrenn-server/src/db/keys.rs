@@ -3,7 +3,7 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
-use super::tx::{insert_audit, lock_team, AuditEntry};
+use super::tx::{audit_success, lock_team};
 use super::*;
 use crate::error::{ApiError, Result};
 
@@ -144,17 +144,7 @@ impl Db {
             owner.as_deref(),
         )
         .await?;
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "api_key.create",
-                resource: ("api_key", &made.0.id),
-                outcome: "success",
-                detail: name,
-            },
-        )
-        .await?;
+        audit_success(&mut tx, by, "api_key.create", ("api_key", &made.0.id), name).await?;
         tx.commit().await?;
         Ok(made)
     }
@@ -186,17 +176,7 @@ impl Db {
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!("API key {id} not found")));
         }
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "api_key.delete",
-                resource: ("api_key", id),
-                outcome: "success",
-                detail: "",
-            },
-        )
-        .await?;
+        audit_success(&mut tx, by, "api_key.delete", ("api_key", id), "").await?;
         tx.commit().await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::{
     keys::insert_api_key,
     now_ms,
     teams::insert_membership,
-    tx::{insert_audit, lock_team, AuditEntry},
+    tx::{audit_success, lock_team},
     users::insert_user,
     ApiKeyRow, Caller, Db, Role, Team, User,
 };
@@ -145,15 +145,12 @@ impl Db {
         .bind(inv.expires_at)
         .execute(&mut *tx)
         .await?;
-        insert_audit(
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "team.invitation.create",
-                resource: ("invitation", &inv.id),
-                outcome: "success",
-                detail: &format!("role={}", role.as_str()),
-            },
+            by,
+            "team.invitation.create",
+            ("invitation", &inv.id),
+            &format!("role={}", role.as_str()),
         )
         .await?;
         tx.commit().await?;
@@ -184,15 +181,12 @@ impl Db {
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!("invitation {id} not found")));
         }
-        insert_audit(
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "team.invitation.delete",
-                resource: ("invitation", id),
-                outcome: "success",
-                detail: "",
-            },
+            by,
+            "team.invitation.delete",
+            ("invitation", id),
+            "",
         )
         .await?;
         tx.commit().await?;
@@ -256,15 +250,12 @@ impl Db {
         }
         insert_membership(&mut tx, &inv.team_id, &user.id, inv.role).await?;
         let caller = Caller::user(&inv.team_id, &user);
-        insert_audit(
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: &caller,
-                action: "user.signup",
-                resource: ("user", &user.id),
-                outcome: "success",
-                detail: &format!("invitation={} role={}", inv.id, inv.role.as_str()),
-            },
+            &caller,
+            "user.signup",
+            ("user", &user.id),
+            &format!("invitation={} role={}", inv.id, inv.role.as_str()),
         )
         .await?;
         let r = sqlx::query("SELECT id, name, created_at FROM teams WHERE id = $1")
@@ -310,28 +301,22 @@ impl Db {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
-            insert_audit(
+            audit_success(
                 &mut tx,
-                &AuditEntry {
-                    caller: &by,
-                    action: "api_key.delete",
-                    resource: ("api_key", &id),
-                    outcome: "success",
-                    detail: "replaced: the admin key file was missing or its key no longer worked",
-                },
+                &by,
+                "api_key.delete",
+                ("api_key", &id),
+                "replaced: the admin key file was missing or its key no longer worked",
             )
             .await?;
         }
         let made = insert_api_key(&mut tx, team_id, "admin", None, None).await?;
-        insert_audit(
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: &by,
-                action: "api_key.create",
-                resource: ("api_key", &made.0.id),
-                outcome: "success",
-                detail: "admin",
-            },
+            &by,
+            "api_key.create",
+            ("api_key", &made.0.id),
+            "admin",
         )
         .await?;
         tx.commit().await?;

@@ -5,7 +5,7 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::{Id, IdKind};
 
-use super::tx::{insert_audit, lock_team, AuditEntry};
+use super::tx::{audit_success, lock_team};
 use super::users::{insert_user, USER_COLUMNS};
 use sqlx::FromRow;
 
@@ -128,17 +128,7 @@ impl Db {
         let team = insert_team(&mut tx, team_name).await?;
         insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
         let caller = Caller::user(&team.id, &user);
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: &caller,
-                action: "user.signup",
-                resource: ("user", &user.id),
-                outcome: "success",
-                detail: "",
-            },
-        )
-        .await?;
+        audit_success(&mut tx, &caller, "user.signup", ("user", &user.id), "").await?;
         tx.commit().await?;
         Ok((user, team))
     }
@@ -180,17 +170,7 @@ impl Db {
         let team = insert_team(&mut tx, name).await?;
         let joined_at = insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
         let caller = Caller::user(&team.id, user);
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: &caller,
-                action: "team.create",
-                resource: ("team", &team.id),
-                outcome: "success",
-                detail: name,
-            },
-        )
-        .await?;
+        audit_success(&mut tx, &caller, "team.create", ("team", &team.id), name).await?;
         tx.commit().await?;
         Ok(Membership {
             team,
@@ -238,17 +218,8 @@ impl Db {
             ));
         }
         insert_membership(&mut tx, &by.team_id, user_id, role).await?;
-        insert_audit(
-            &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "team.member.add",
-                resource: ("user", user_id),
-                outcome: "success",
-                detail: &format!("role={}", role.as_str()),
-            },
-        )
-        .await?;
+        let detail = format!("role={}", role.as_str());
+        audit_success(&mut tx, by, "team.member.add", ("user", user_id), &detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -281,15 +252,12 @@ impl Db {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        insert_audit(
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "team.member.role",
-                resource: ("user", user_id),
-                outcome: "success",
-                detail: &format!("role={}->{}", from.as_str(), to.as_str()),
-            },
+            by,
+            "team.member.role",
+            ("user", user_id),
+            &format!("role={}->{}", from.as_str(), to.as_str()),
         )
         .await?;
         tx.commit().await?;
@@ -316,15 +284,13 @@ impl Db {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        insert_audit(
+        let detail = format!("role={}", from.as_str());
+        audit_success(
             &mut tx,
-            &AuditEntry {
-                caller: by,
-                action: "team.member.remove",
-                resource: ("user", user_id),
-                outcome: "success",
-                detail: &format!("role={}", from.as_str()),
-            },
+            by,
+            "team.member.remove",
+            ("user", user_id),
+            &detail,
         )
         .await?;
         // Their API keys in this team die with their membership.
@@ -340,15 +306,12 @@ impl Db {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
-            insert_audit(
+            audit_success(
                 &mut tx,
-                &AuditEntry {
-                    caller: by,
-                    action: "api_key.delete",
-                    resource: ("api_key", &id),
-                    outcome: "success",
-                    detail: &format!("its owner {user_id} left the team"),
-                },
+                by,
+                "api_key.delete",
+                ("api_key", &id),
+                &format!("its owner {user_id} left the team"),
             )
             .await?;
         }

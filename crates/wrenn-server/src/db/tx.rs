@@ -28,6 +28,25 @@ pub(super) struct AuditEntry<'a> {
     pub(super) detail: &'a str,
 }
 
+/// Appends a successful action by `caller` on `resource` (`(type, id)`) to its team's log
+/// (call with the team locked).
+pub(super) async fn audit_success(
+    conn: &mut AnyConnection,
+    caller: &Caller,
+    action: &str,
+    resource: (&str, &str),
+    detail: &str,
+) -> Result<()> {
+    let entry = AuditEntry {
+        caller,
+        action,
+        resource,
+        outcome: "success",
+        detail,
+    };
+    insert_audit(conn, &entry).await
+}
+
 /// Appends to a team's log with the next sequence number (call with the team locked).
 pub(super) async fn insert_audit(conn: &mut AnyConnection, e: &AuditEntry<'_>) -> Result<()> {
     sqlx::query(

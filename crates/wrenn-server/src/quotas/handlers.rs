@@ -83,7 +83,7 @@ async fn team_exists(db: &Db, team_id: &str) -> Result<bool> {
     path = "/v1/teams/{id}/quotas",
     operation_id = "get_team_quotas",
     tag = "teams",
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),
         Authed,
@@ -130,7 +130,7 @@ pub async fn get(
     path = "/v1/teams/{id}/quotas",
     operation_id = "set_team_quotas",
     tag = "teams",
-    params(("id" = String, Path, description = "Team id (`team-…`)")),
+    params(crate::responses::TeamPath),
     request_body = Limits,
     responses(
         (status = 200, description = "The team's quotas and use", body = TeamQuotas),

@@ -35,7 +35,7 @@ use crate::{
     path = "/v1/capsules/{id}/exec/stream",
     operation_id = "exec_stream",
     tag = "commands",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
@@ -94,7 +94,7 @@ pub async fn exec_stream(
     operation_id = "connect_process",
     tag = "commands",
     params(
-        ("id" = String, Path, description = "Capsule id (`cl-…`)"),
+        crate::responses::CapsulePath,
         ("pid" = String, Path, description = "A pid, or a process's tag"),
     ),
     responses(

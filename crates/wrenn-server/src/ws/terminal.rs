@@ -123,7 +123,7 @@ pub(super) fn parse_control(text: &str) -> Control {
     path = "/v1/capsules/{id}/pty",
     operation_id = "pty",
     tag = "commands",
-    params(("id" = String, Path, description = "Capsule id (`cl-…`)")),
+    params(crate::responses::CapsulePath),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
         (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
