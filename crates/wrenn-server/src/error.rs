@@ -315,8 +315,34 @@ impl IntoResponse for ApiError {
 /// status whose body is not JSON (axum's own rejections: a multipart body without a boundary,
 /// a path segment that is not UTF-8, a refused WebSocket handshake, …) becomes
 /// `{"error":{"code","message"}}`, its text the message. `405` keeps its empty body and `Allow`.
+///
+/// An error answer to an HTTP/1 request that came with a body also says `Connection: close`:
+/// the handler may have refused it before reading the body (bad credentials, no such capsule),
+/// and a connection with an unread body cannot be reused, so the client must not try.
 pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
+    let close = req.version() <= axum::http::Version::HTTP_11 && has_body(req.headers());
+    let mut resp = shaped(next.run(req).await).await;
+    let status = resp.status();
+    if close && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// Whether a request announces a body (`Content-Length` above 0, or chunked).
+fn has_body(headers: &axum::http::HeaderMap) -> bool {
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+}
+
+/// An error answer in the documented shape (see [`json_errors`]).
+async fn shaped(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error())
         || status == StatusCode::METHOD_NOT_ALLOWED

@@ -390,3 +390,50 @@ async fn the_proxy_refuses_hosts_it_cannot_use() {
     .await;
     assert_eq!(m, "no such route");
 }
+
+/// Sends `request` on a fresh connection and returns the answer's head (status line and
+/// headers, lower-cased).
+async fn raw_head(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before an answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    text[..text.find("\r\n\r\n").unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn an_error_before_the_body_is_read_closes_the_connection() {
+    let s = start().await;
+    // Refused for its credentials while its body has not even arrived: the connection cannot
+    // carry another request, and the answer says so.
+    let head = raw_head(
+        &s.base,
+        &format!(
+            "POST /v1/capsules/{RUNNING}/exec HTTP/1.1\r\nhost: x\r\nx-api-key: wrn_bad\r\n\
+             content-type: application/json\r\ncontent-length: 20\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    // Without a body the connection stays usable.
+    let head = raw_head(
+        &s.base,
+        &format!("GET /v1/capsules/{RUNNING} HTTP/1.1\r\nhost: x\r\nx-api-key: wrn_bad\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+}
