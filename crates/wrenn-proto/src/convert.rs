@@ -13,6 +13,7 @@ impl From<CapsuleStatus> for CapsuleState {
             CapsuleStatus::Paused => CapsuleState::Paused,
             CapsuleStatus::Stopped => CapsuleState::Stopped,
             CapsuleStatus::Error => CapsuleState::Error,
+            CapsuleStatus::Missing => CapsuleState::Missing,
         }
     }
 }
@@ -28,6 +29,7 @@ impl From<CapsuleState> for CapsuleStatus {
             CapsuleState::Paused => CapsuleStatus::Paused,
             CapsuleState::Stopped => CapsuleStatus::Stopped,
             CapsuleState::Error => CapsuleStatus::Error,
+            CapsuleState::Missing => CapsuleStatus::Missing,
         }
     }
 }

@@ -36,7 +36,7 @@ const BUCKETS: [f64; 11] = [
 pub const UNMATCHED: &str = "unmatched";
 
 /// The statuses `wrenn_capsules` always reports (0 when none), so their series never vanish.
-const CAPSULE_STATUSES: [wrenn_types::CapsuleStatus; 6] = wrenn_types::CapsuleStatus::ALL;
+const CAPSULE_STATUSES: [wrenn_types::CapsuleStatus; 7] = wrenn_types::CapsuleStatus::ALL;
 
 /// One (route, method)'s requests.
 #[derive(Debug, Default)]

@@ -14,4 +14,8 @@ pub enum ParseError {
     Actor(String),
     #[error("{0:?} is not a role")]
     Role(String),
+    #[error("{0:?} is not a host type (regular or byoc)")]
+    HostKind(String),
+    #[error("{0:?} is not a host status")]
+    HostStatus(String),
 }

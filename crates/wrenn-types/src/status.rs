@@ -23,6 +23,10 @@ pub enum CapsuleStatus {
     Paused,
     Stopped,
     Error,
+    /// Its host stopped answering (missed heartbeats): the control plane does not know
+    /// whether it still runs. Only the control plane uses it; the host's list decides again
+    /// when the host returns.
+    Missing,
 }
 
 /// Something that moves a capsule.
@@ -36,6 +40,10 @@ pub enum Transition {
     Resume,
     Stop,
     Fail,
+    /// Its host became unreachable.
+    Lose,
+    /// Its host answered again and lists it running.
+    Found,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,13 +55,14 @@ pub struct TransitionError {
 
 impl CapsuleStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [CapsuleStatus; 6] = [
+    pub const ALL: [CapsuleStatus; 7] = [
         CapsuleStatus::Pending,
         CapsuleStatus::Starting,
         CapsuleStatus::Running,
         CapsuleStatus::Paused,
         CapsuleStatus::Stopped,
         CapsuleStatus::Error,
+        CapsuleStatus::Missing,
     ];
 
     /// The status's text: the API's, the database's and the metrics' label.
@@ -65,6 +74,7 @@ impl CapsuleStatus {
             CapsuleStatus::Paused => "paused",
             CapsuleStatus::Stopped => "stopped",
             CapsuleStatus::Error => "error",
+            CapsuleStatus::Missing => "missing",
         }
     }
 }
@@ -120,7 +130,15 @@ impl CapsuleStatus {
             (Stopped, T::Start | T::Ready | T::Pause | T::Resume | T::Stop) => None,
             (Error, T::Stop) => Some(Stopped),
             (Error, T::Start | T::Ready | T::Pause | T::Resume) => None,
-            (Pending | Starting | Running | Paused | Stopped | Error, T::Fail) => Some(Error),
+            (Pending | Starting | Running, T::Lose) => Some(Missing),
+            (Paused | Stopped | Error | Missing, T::Lose) => None,
+            (Missing, T::Found) => Some(Running),
+            (Pending | Starting | Running | Paused | Stopped | Error, T::Found) => None,
+            (Missing, T::Stop) => Some(Stopped),
+            (Missing, T::Start | T::Ready | T::Pause | T::Resume) => None,
+            (Pending | Starting | Running | Paused | Stopped | Error | Missing, T::Fail) => {
+                Some(Error)
+            }
         };
         next.ok_or(TransitionError {
             from: self,
@@ -145,7 +163,7 @@ mod tests {
         let texts: Vec<&str> = CapsuleStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             texts,
-            ["pending", "starting", "running", "paused", "stopped", "error"]
+            ["pending", "starting", "running", "paused", "stopped", "error", "missing"]
         );
         for s in CapsuleStatus::ALL {
             assert_eq!(s.as_str().parse::<CapsuleStatus>(), Ok(s));
@@ -162,10 +180,10 @@ mod tests {
         // Every variant is in ALL (a new variant breaks this match until it is listed).
         for s in CapsuleStatus::ALL {
             match s {
-                Pending | Starting | Running | Paused | Stopped | Error => {}
+                Pending | Starting | Running | Paused | Stopped | Error | Missing => {}
             }
         }
-        assert_eq!(CapsuleStatus::ALL.len(), 6);
+        assert_eq!(CapsuleStatus::ALL.len(), 7);
     }
 
     #[test]
@@ -182,8 +200,17 @@ mod tests {
 
     #[test]
     fn transition_table() {
-        let states = [Pending, Starting, Running, Paused, Stopped, Error];
-        let transitions = [T::Start, T::Ready, T::Pause, T::Resume, T::Stop, T::Fail];
+        let states = CapsuleStatus::ALL;
+        let transitions = [
+            T::Start,
+            T::Ready,
+            T::Pause,
+            T::Resume,
+            T::Stop,
+            T::Fail,
+            T::Lose,
+            T::Found,
+        ];
         let allowed = [
             (Pending, T::Start, Starting),
             (Starting, T::Ready, Running),
@@ -192,6 +219,11 @@ mod tests {
             (Running, T::Stop, Stopped),
             (Paused, T::Stop, Stopped),
             (Error, T::Stop, Stopped),
+            (Pending, T::Lose, Missing),
+            (Starting, T::Lose, Missing),
+            (Running, T::Lose, Missing),
+            (Missing, T::Found, Running),
+            (Missing, T::Stop, Stopped),
         ];
         for from in states {
             for t in transitions {

@@ -8,6 +8,7 @@ pub mod capsules;
 pub mod errors;
 pub mod events;
 pub mod files;
+pub mod hosts;
 pub mod network;
 pub mod quotas;
 pub mod teams;
