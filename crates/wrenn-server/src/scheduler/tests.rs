@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -17,7 +19,7 @@ fn host(id: &str) -> HostView {
         draining: false,
         capacity: Claims::new(4, 8192, 102_400),
         usage: HostUsage::default(),
-        templates: Vec::new(),
+        templates: BTreeMap::new(),
     }
 }
 
@@ -237,10 +239,10 @@ fn a_burst_spreads_and_never_overfills() {
 #[test]
 fn prefers_the_host_holding_template_and_shape() {
     let mut hosts: Vec<HostView> = (0..10).map(|i| host(&format!("h{i}"))).collect();
-    hosts[7].templates = vec![TemplatePresence {
+    hosts[7].templates = HostView::templates_from(&[TemplatePresence {
         name: "python".to_owned(),
         shapes: vec!["1x512".to_owned()],
-    }];
+    }]);
     let q = Request {
         template: Some(python(Some("1x512"))),
         ..req(1, 512)
@@ -250,10 +252,12 @@ fn prefers_the_host_holding_template_and_shape() {
         assert_eq!(place(&hosts, &q, &mut rng).unwrap().host_id, "h7");
     }
     // The template without the shape still beats nothing (all equally empty).
-    hosts[7].templates[0].shapes = vec!["2x1024".to_owned()];
+    hosts[7]
+        .templates
+        .insert("python".to_owned(), vec!["2x1024".to_owned()]);
     assert_eq!(hosts[7].locality(q.template.as_ref()), 1);
     // A snapshot template (no shapes) held is a full hit.
-    hosts[7].templates[0].shapes.clear();
+    hosts[7].templates.insert("python".to_owned(), Vec::new());
     assert_eq!(hosts[7].locality(q.template.as_ref()), 2);
     // Once the holder is much fuller than the others, creates spread instead.
     hosts[7].usage.active = Claims::new(0, 5000, 0);

@@ -2,6 +2,8 @@
 //! the host's last heartbeat), a request to place ([`Request`]) and the two answers
 //! ([`Choice`], [`NoHost`]).
 
+use std::collections::BTreeMap;
+
 use wrenn_types::api::hosts::{HostKind, HostLoad, TemplatePresence};
 use wrenn_types::CapsuleStatus;
 
@@ -111,8 +113,9 @@ pub struct HostView {
     /// The machine (from the host's specs): `vcpus` = its CPU cores.
     pub capacity: Claims,
     pub usage: HostUsage,
-    /// Templates present on the host, with the shapes it has snapshots of.
-    pub templates: Vec<TemplatePresence>,
+    /// Templates present on the host (host-side name → the shapes it has snapshots of; none
+    /// for a snapshot template): [`HostView::templates_from`] makes it from a heartbeat's list.
+    pub templates: BTreeMap<String, Vec<String>>,
 }
 
 impl HostView {
@@ -120,19 +123,27 @@ impl HostView {
     /// template (its shape would be built there), 0 = nothing (it would be fetched or built).
     pub fn locality(&self, want: Option<&TemplateWant>) -> u8 {
         let Some(want) = want else { return 0 };
-        let Some(present) = self.templates.iter().find(|t| t.name == want.name) else {
+        let Some(shapes) = self.templates.get(&want.name) else {
             return 0;
         };
         // A snapshot template has no shapes: it is one image, usable as it is.
         let shape_ok = match &want.shape {
             None => true,
-            Some(shape) => present.shapes.is_empty() || present.shapes.contains(shape),
+            Some(shape) => shapes.is_empty() || shapes.contains(shape),
         };
         if shape_ok {
             2
         } else {
             1
         }
+    }
+
+    /// The templates of a heartbeat's [`HostLoad::templates`], as [`HostView::templates`].
+    pub fn templates_from(present: &[TemplatePresence]) -> BTreeMap<String, Vec<String>> {
+        present
+            .iter()
+            .map(|t| (t.name.clone(), t.shapes.clone()))
+            .collect()
     }
 
     pub fn has_tags(&self, tags: &[String]) -> bool {
