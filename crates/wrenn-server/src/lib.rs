@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod api_docs;
 pub mod audit;
+pub mod background;
 mod bootstrap;
 pub mod capsules;
 pub mod db;
