@@ -69,10 +69,7 @@ impl Snapshot {
     /// The snapshot's machine shape, if it is complete.
     pub fn spec(&self) -> Option<SnapshotSpec> {
         let spec = self.machine()?;
-        (self.disk().is_file()
-            && self.memory().is_file()
-            && self.state().is_file())
-        .then_some(spec)
+        (self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
     }
 }
 

@@ -26,8 +26,8 @@ use wrenn_proto::{
         WriteFileStreamRequest,
     },
     agent::v1::{
-        DeleteTemplateRequest, DeleteTemplateResponse, ListTemplatesRequest, ListTemplatesResponse,
-        ExportTemplateRequest, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
+        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ListTemplatesRequest,
+        ListTemplatesResponse, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
         TransferChunk, WatchDirEvent, WatchDirRequest,
     },
 };

@@ -97,9 +97,13 @@ fn open_targets(dir: &Path, header: &Header) -> Result<Vec<Target>> {
 
 /// Writes one chunk after checking where it goes.
 fn write(targets: &mut [Target], header: &Header, d: &Data) -> Result<u64> {
-    let t = targets
-        .get_mut(d.file as usize)
-        .ok_or_else(|| bad(format!("a chunk names file {} of {}", d.file, header.files.len())))?;
+    let t = targets.get_mut(d.file as usize).ok_or_else(|| {
+        bad(format!(
+            "a chunk names file {} of {}",
+            d.file,
+            header.files.len()
+        ))
+    })?;
     let path = &header.files[d.file as usize].path;
     let len = d.bytes.len() as u64;
     if d.bytes.len() > CHUNK || d.offset < t.next || d.offset.saturating_add(len) > t.size {
@@ -148,7 +152,9 @@ where
             }
             Ok(Some(Part::Trailer(t))) if trailer.is_none() => trailer = Some(t),
             Ok(_) => {
-                broke = Some(bad("only data chunks and one trailer may follow the header"));
+                broke = Some(bad(
+                    "only data chunks and one trailer may follow the header",
+                ));
                 break;
             }
         }
@@ -161,9 +167,8 @@ where
     if let Some(e) = broke {
         return Err(e);
     }
-    let trailer = trailer.ok_or_else(|| {
-        AgentError::TransferCut("the stream ended before its trailer".into())
-    })?;
+    let trailer = trailer
+        .ok_or_else(|| AgentError::TransferCut("the stream ended before its trailer".into()))?;
     if trailer.sha256.len() != targets.len() {
         return Err(bad("the trailer's hashes do not match the header's files"));
     }
