@@ -15,6 +15,8 @@ use crate::error::{ApiError, Result};
 
 mod audit;
 mod capsules;
+mod host_identity;
+mod hosts;
 mod keys;
 mod security;
 mod teams;
@@ -25,6 +27,8 @@ mod users;
 
 pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
+pub use host_identity::{HostTokenKind, IssuedIdentity};
+pub use hosts::HostRow;
 pub use keys::ApiKeyRow;
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
 pub use teams::{Member, Membership, Role, Team};
