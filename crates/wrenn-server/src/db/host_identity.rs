@@ -1,53 +1,30 @@
 //! A host's identity in the database: its registration and refresh tokens (SHA-256 only,
 //! each spent once), registration, refresh, heartbeats, and the host monitor's change.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use wrenn_types::{
     api::hosts::{HostLoad, HostSpecs, HostStatus},
     CapsuleStatus, Transition,
 };
 
-use super::hosts::{host_of, HOST_COLUMNS};
+use super::hosts::{host_of, insert_token, HostTokenKind, HOST_COLUMNS};
 use super::*;
 use crate::error::{ApiError, Result};
 
-/// A token kind of `host_tokens`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostTokenKind {
-    Registration,
-    Refresh,
-}
-
-impl HostTokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            HostTokenKind::Registration => "registration",
-            HostTokenKind::Refresh => "refresh",
-        }
-    }
-}
-
-/// Stores a new token of `kind` for `host_id` (its SHA-256 only).
-pub(super) async fn insert_token(
-    conn: &mut AnyConnection,
+/// Stores the refresh token of a new identity.
+async fn insert_refresh_token(
+    conn: &mut sqlx::AnyConnection,
     host_id: &str,
-    kind: HostTokenKind,
-    plaintext: &str,
-    expires_at: i64,
+    issued: &IssuedIdentity<'_>,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO host_tokens (id, host_id, kind, token_hash, expires_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    insert_token(
+        conn,
+        host_id,
+        HostTokenKind::Refresh,
+        issued.refresh_token,
+        issued.refresh_expires_at,
     )
-    .bind(format!("htk-{}", wrenn_types::secret::hex(12)?))
-    .bind(host_id)
-    .bind(kind.as_str())
-    .bind(hash_key(plaintext))
-    .bind(expires_at)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// What a registration or refresh stores about the host's new identity.
@@ -189,14 +166,7 @@ impl Db {
                 None => ApiError::NotFound(format!("host {host_id} not found")),
             });
         }
-        insert_token(
-            &mut tx,
-            host_id,
-            HostTokenKind::Refresh,
-            issued.refresh_token,
-            issued.refresh_expires_at,
-        )
-        .await?;
+        insert_refresh_token(&mut tx, host_id, issued).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -218,14 +188,7 @@ impl Db {
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!("host {host_id} not found")));
         }
-        insert_token(
-            &mut tx,
-            host_id,
-            HostTokenKind::Refresh,
-            issued.refresh_token,
-            issued.refresh_expires_at,
-        )
-        .await?;
+        insert_refresh_token(&mut tx, host_id, issued).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,7 +4,6 @@
 use sqlx::{AnyConnection, Row};
 use wrenn_types::api::hosts::{HostKind, HostLoad, HostSpecs, HostStatus};
 
-use super::host_identity::HostTokenKind;
 use super::tx::{audit_success, lock_team};
 use super::*;
 use crate::error::{ApiError, Result};
@@ -79,6 +78,45 @@ pub(super) fn host_of(r: &sqlx::any::AnyRow) -> Result<HostRow> {
     })
 }
 
+/// A token kind of `host_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostTokenKind {
+    Registration,
+    Refresh,
+}
+
+impl HostTokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostTokenKind::Registration => "registration",
+            HostTokenKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// Stores a new token of `kind` for `host_id` (its SHA-256 only).
+pub(super) async fn insert_token(
+    conn: &mut AnyConnection,
+    host_id: &str,
+    kind: HostTokenKind,
+    plaintext: &str,
+    expires_at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO host_tokens (id, host_id, kind, token_hash, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(format!("htk-{}", wrenn_types::secret::hex(12)?))
+    .bind(host_id)
+    .bind(kind.as_str())
+    .bind(hash_key(plaintext))
+    .bind(expires_at)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl Db {
     /// Makes a host (with its tags) and its first registration token, audited in `by`'s team.
     pub async fn create_host(
@@ -113,7 +151,7 @@ impl Db {
         for tag in tags {
             insert_tag(&mut tx, &host.id, tag).await?;
         }
-        super::host_identity::insert_token(
+        insert_token(
             &mut tx,
             &host.id,
             HostTokenKind::Registration,

@@ -27,8 +27,8 @@ mod users;
 
 pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
-pub use host_identity::{HostTokenKind, IssuedIdentity};
-pub use hosts::HostRow;
+pub use host_identity::IssuedIdentity;
+pub use hosts::{HostRow, HostTokenKind};
 pub use keys::ApiKeyRow;
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
 pub use teams::{Member, Membership, Role, Team};
