@@ -26,6 +26,9 @@ pub struct Config {
     pub quotas: quotas::Limits,
     /// Who may sign up.
     pub signup: accounts::SignupPolicy,
+    /// The control plane's PKI (`ca.pem`, `client.pem`, `client.key`): registered hosts
+    /// (`host:port`) are reached over mutual TLS with it. `None`: plaintext.
+    pub pki_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -39,6 +42,7 @@ impl fmt::Debug for Config {
             .field("domain", &self.domain)
             .field("quotas", &self.quotas)
             .field("signup", &self.signup)
+            .field("pki_dir", &self.pki_dir)
             .finish()
     }
 }
@@ -78,9 +82,20 @@ pub struct Started {
     pub admin_key: bootstrap::AdminKey,
 }
 
+/// The agent a control plane starts with (`wrenn up`'s own, `wrenn server --agent`): the
+/// built-in host.
+pub struct BuiltinAgent {
+    /// Where it is reached (`unix:/path`, `host:port`, …), as its host row says.
+    pub address: String,
+    /// Its client, already connected.
+    pub client: AgentClient<Channel>,
+}
+
 /// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
-/// user, team and key on first start, stores the default quotas and starts the reconciler.
-pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Started> {
+/// user, team and key on first start, stores the default quotas, makes `builtin` the built-in
+/// host (with its heartbeats) and starts the reconciler. Without `builtin`, capsules go to the
+/// hosts that register.
+pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Started> {
     let step = |what: &str, e: ApiError| ApiError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ApiError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
@@ -102,7 +117,7 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let state = AppState {
         db,
-        agent,
+        pool: crate::pool::HostPool::new(config.pki_dir.clone()),
         events,
         domain: config.domain.clone(),
         http: reqwest::Client::builder()
@@ -113,6 +128,11 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
         metrics: Default::default(),
         accounts: accounts::Accounts::new(config.signup),
     };
+    if let Some(b) = builtin {
+        crate::builtin::attach(&state, &b.address, b.client, crate::builtin::HEARTBEAT_EVERY)
+            .await
+            .map_err(|e| step("recording the built-in host", e))?;
+    }
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     Ok(Started { state, admin_key })
 }
@@ -168,6 +188,7 @@ mod tests {
             domain: "wrenn.localhost".into(),
             quotas: Default::default(),
             signup: accounts::SignupPolicy::Invite,
+            pki_dir: None,
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

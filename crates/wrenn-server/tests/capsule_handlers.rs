@@ -66,13 +66,21 @@ async fn start() -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db,
-        agent: client,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
         accounts: Accounts::new(SignupPolicy::Closed),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://fake-agent:1",
+        client,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = wrenn_server::router(state.clone());

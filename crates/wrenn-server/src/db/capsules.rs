@@ -25,6 +25,8 @@ pub struct CapsuleRow {
     pub started_at: Option<i64>,
     pub last_active_at: Option<i64>,
     pub updated_at: i64,
+    /// The host it runs (or is paused) on.
+    pub host_id: Option<String>,
 }
 
 pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
@@ -33,13 +35,13 @@ pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
 
 pub(super) const CAPSULE_COLUMNS: &str =
     "id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
-     timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at";
+     timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at, host_id";
 
 impl Db {
     pub async fn insert_capsule(&self, c: &CapsuleRow) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO capsules ({CAPSULE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&c.id)
         .bind(&c.team_id)
@@ -55,6 +57,7 @@ impl Db {
         .bind(c.started_at)
         .bind(c.last_active_at)
         .bind(c.updated_at)
+        .bind(&c.host_id)
         .execute(&self.pool)
         .await?;
         Ok(())
