@@ -49,6 +49,16 @@ pub struct Placed {
 }
 
 impl Placed {
+    /// Inserts the capsule row placed here, ending the reservation with it.
+    pub async fn insert(&mut self, c: &crate::db::CapsuleRow) -> Result<()> {
+        match &self.reservation {
+            Some(id) => self.db.insert_placed_capsule(c, id).await?,
+            None => self.db.insert_capsule(c).await?,
+        }
+        self.reservation = None;
+        Ok(())
+    }
+
     /// Ends the reservation: the capsule exists now (and counts by its row), or never will.
     pub async fn release(mut self) {
         if let Some(id) = self.reservation.take() {
@@ -159,11 +169,11 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
     let hosts = db.host_records().await?;
     let eligible = eligible(&hosts, ask, byoc).map_err(ApiError::HostUnavailable)?;
     let uses = db.host_uses().await?;
-    let mut ranked = rank(&eligible, &uses, ask);
+    let mut fitting = fitting(&eligible, &uses, ask);
     let checked = eligible.len();
-    // Best first; one that filled up meanwhile (another create, another control plane) is
-    // skipped for the next.
-    while let Some(host) = ranked.pop() {
+    // One that filled up meanwhile (another create, another control plane) is dropped for
+    // the next choice.
+    while let Some(host) = pick(&mut fitting) {
         let need = (ask.need.vcpus, ask.need.memory_mb, ask.need.disk_mb);
         let held = db
             .reserve_on_host(&host.id, need, |used| room(host, used, &ask.need).is_some())
@@ -188,14 +198,13 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
     )))
 }
 
-/// The hosts that fit, worst first (so `pop` gives the best): those holding the template
-/// before the others, then the most memory left.
-fn rank<'h>(
+/// The hosts that fit: whether each holds the template, and the memory it has left.
+fn fitting<'h>(
     eligible: &[&'h HostRecord],
     uses: &HashMap<String, HostUse>,
     ask: &Ask<'_>,
-) -> Vec<&'h HostRecord> {
-    let mut scored: Vec<(bool, f64, &HostRecord)> = eligible
+) -> Vec<(bool, f64, &'h HostRecord)> {
+    eligible
         .iter()
         .filter_map(|h| {
             let used = uses.get(&h.id).copied().unwrap_or_default();
@@ -203,12 +212,36 @@ fn rank<'h>(
             let holds = h.load.templates.iter().any(|t| t.name == ask.template);
             Some((holds, left, *h))
         })
-        .collect();
-    scored.sort_by(|a, b| {
-        (a.0, a.1)
-            .partial_cmp(&(b.0, b.1))
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| b.2.id.cmp(&a.2.id))
-    });
-    scored.into_iter().map(|(_, _, h)| h).collect()
+        .collect()
+}
+
+/// Takes a host out of `fitting`: among those holding the template (all, if none does), the
+/// roomier of two drawn at random. Random draws keep concurrent creates, which all see the
+/// same loads, from piling onto the one host that looked emptiest.
+fn pick<'h>(fitting: &mut Vec<(bool, f64, &'h HostRecord)>) -> Option<&'h HostRecord> {
+    let holders: Vec<usize> = (0..fitting.len()).filter(|&i| fitting[i].0).collect();
+    let pool: Vec<usize> = if holders.is_empty() {
+        (0..fitting.len()).collect()
+    } else {
+        holders
+    };
+    if pool.is_empty() {
+        return None;
+    }
+    let (a, b) = (
+        pool[random_below(pool.len())],
+        pool[random_below(pool.len())],
+    );
+    let best = if fitting[b].1 > fitting[a].1 { b } else { a };
+    Some(fitting.swap_remove(best).2)
+}
+
+/// A random number in `0..n` (`n` > 0).
+fn random_below(n: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    // Without the system's randomness the first is as good a choice as any.
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(bytes) % n as u64) as usize
 }

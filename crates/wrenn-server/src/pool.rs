@@ -104,7 +104,8 @@ impl HostPool {
             }
             _ => None,
         };
-        wrenn_rpc::connect_lazy(&endpoint, tls, CONNECT_TIMEOUT).map_err(|e| unusable(e.to_string()))
+        wrenn_rpc::connect_lazy(&endpoint, tls, CONNECT_TIMEOUT)
+            .map_err(|e| unusable(e.to_string()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {

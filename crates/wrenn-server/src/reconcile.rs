@@ -72,9 +72,7 @@ async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
             // The list may be older than the row (a resume or pause that finished since, on
             // the host and then in the row): what the host says now decides.
             Some(c) if capsules::model::status_of(c.state) != row.status => {
-                let now = agent
-                    .get_capsule(CapsuleRef { id: row.id.clone() })
-                    .await;
+                let now = agent.get_capsule(CapsuleRef { id: row.id.clone() }).await;
                 match now {
                     Ok(c) => {
                         let c = c.into_inner();

@@ -129,9 +129,14 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
         accounts: accounts::Accounts::new(config.signup),
     };
     if let Some(b) = builtin {
-        crate::builtin::attach(&state, &b.address, b.client, crate::builtin::HEARTBEAT_EVERY)
-            .await
-            .map_err(|e| step("recording the built-in host", e))?;
+        crate::builtin::attach(
+            &state,
+            &b.address,
+            b.client,
+            crate::builtin::HEARTBEAT_EVERY,
+        )
+        .await
+        .map_err(|e| step("recording the built-in host", e))?;
     }
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     Ok(Started { state, admin_key })

@@ -83,9 +83,9 @@ pub fn base_template(t: &wrenn_proto::agent::v1::Template) -> Template {
 /// The platform's base templates: those of every online host, each name once.
 async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::Template>> {
     let lists = state
-        .on_online_hosts(|mut agent| async move {
-            agent.list_templates(ListTemplatesRequest {}).await
-        })
+        .on_online_hosts(
+            |mut agent| async move { agent.list_templates(ListTemplatesRequest {}).await },
+        )
         .await?;
     let mut seen = std::collections::BTreeMap::new();
     for t in lists.into_iter().flat_map(|l| l.into_inner().templates) {

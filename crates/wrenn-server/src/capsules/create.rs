@@ -27,7 +27,9 @@ use wrenn_types::CapsuleStatus;
     responses(
         (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
         CheckedOnHost,
+        (status = 403, description = "`forbidden`: `host_id` from someone not a platform admin", body = ErrorBody),
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: `host_id` names another host than the snapshot template's", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
     )
 )]
@@ -65,7 +67,9 @@ pub async fn create(
     let host_tags = b.host_tags.clone().unwrap_or_default();
     check_tags(&host_tags)?;
     // Forcing a host is a platform admin's tool (tests, moves), never a team's.
-    if b.host_id.is_some() && !crate::quotas::handlers::is_platform_admin(&state.db, &caller).await? {
+    if b.host_id.is_some()
+        && !crate::quotas::handlers::is_platform_admin(&state.db, &caller).await?
+    {
         return Err(ApiError::Forbidden(
             "only a platform admin may choose the host (`host_id`)".into(),
         ));
@@ -113,7 +117,7 @@ pub async fn create(
         need,
     };
     let placed = crate::placement::place(&state.db, &ask).await;
-    let (placed, held) = held.keep_if_ok(placed).await?;
+    let (mut placed, held) = held.keep_if_ok(placed).await?;
     let host_id = placed.host.id.clone();
     let mut agent = state.pool.client(&placed.host)?;
     // The proxy's access token, drawn before anything is made.
@@ -160,7 +164,7 @@ pub async fn create(
     };
     let public = b.public.unwrap_or(false);
     let recorded = async {
-        state.db.insert_capsule(&row).await?;
+        placed.insert(&row).await?;
         state
             .db
             .set_capsule_access(&row.id, public, &token_hash)
@@ -220,8 +224,7 @@ fn check_tags(tags: &[String]) -> Result<()> {
     }
     for t in tags {
         let ok = (1..=64).contains(&t.len())
-            && t
-                .chars()
+            && t.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._:=-".contains(c));
         if !ok {
             return Err(ApiError::InvalidRequest(format!(

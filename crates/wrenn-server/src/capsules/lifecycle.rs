@@ -239,7 +239,11 @@ pub async fn ping(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let c = running(&state, &caller, &id).await?;
-    state.agent_for(&c).await?.ping(CapsuleRef { id: c.id.clone() }).await?;
+    state
+        .agent_for(&c)
+        .await?
+        .ping(CapsuleRef { id: c.id.clone() })
+        .await?;
     state.db.touch_capsule(&c.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

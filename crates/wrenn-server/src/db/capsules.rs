@@ -39,28 +39,8 @@ pub(super) const CAPSULE_COLUMNS: &str =
 
 impl Db {
     pub async fn insert_capsule(&self, c: &CapsuleRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO capsules ({CAPSULE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        ))
-        .bind(&c.id)
-        .bind(&c.team_id)
-        .bind(&c.template)
-        .bind(c.status.as_str())
-        .bind(c.vcpus)
-        .bind(c.memory_mb)
-        .bind(c.disk_size_mb)
-        .bind(c.timeout_sec)
-        .bind(serde_json::to_string(&c.metadata).unwrap_or_else(|_| "{}".into()))
-        .bind(&c.error)
-        .bind(c.created_at)
-        .bind(c.started_at)
-        .bind(c.last_active_at)
-        .bind(c.updated_at)
-        .bind(&c.host_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_capsule_on(&mut conn, c).await
     }
 
     /// A team's capsule (any status), or `not_found`.
@@ -239,4 +219,33 @@ impl Db {
         .ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
         capsule_of(&r)
     }
+}
+
+/// Inserts capsule row `c` on `conn` (a transaction, or a connection).
+pub(super) async fn insert_capsule_on(
+    conn: &mut sqlx::AnyConnection,
+    c: &CapsuleRow,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO capsules ({CAPSULE_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    ))
+    .bind(&c.id)
+    .bind(&c.team_id)
+    .bind(&c.template)
+    .bind(c.status.as_str())
+    .bind(c.vcpus)
+    .bind(c.memory_mb)
+    .bind(c.disk_size_mb)
+    .bind(c.timeout_sec)
+    .bind(serde_json::to_string(&c.metadata).unwrap_or_else(|_| "{}".into()))
+    .bind(&c.error)
+    .bind(c.created_at)
+    .bind(c.started_at)
+    .bind(c.last_active_at)
+    .bind(c.updated_at)
+    .bind(&c.host_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

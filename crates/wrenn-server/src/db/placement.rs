@@ -227,7 +227,9 @@ impl Db {
         if !fits(&used) {
             return Ok(None);
         }
-        let id = Id::new(IdKind::Host).to_string().replacen("host-", "rsv-", 1);
+        let id = Id::new(IdKind::Host)
+            .to_string()
+            .replacen("host-", "rsv-", 1);
         sqlx::query(
             "INSERT INTO host_reservations (id, host_id, vcpus, memory_mb, disk_mb, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -242,6 +244,19 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok(Some(id))
+    }
+
+    /// Inserts capsule row `c` and ends the host reservation `reservation` that held its room,
+    /// at once (its room is counted once, never twice nor not at all).
+    pub async fn insert_placed_capsule(&self, c: &CapsuleRow, reservation: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        capsules::insert_capsule_on(&mut tx, c).await?;
+        sqlx::query("DELETE FROM host_reservations WHERE id = $1")
+            .bind(reservation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Ends a placement in flight (its capsule exists now, or never will).

@@ -253,7 +253,12 @@ async fn find_template(
         };
         match listed {
             Ok(l) => {
-                if let Some(t) = l.into_inner().templates.into_iter().find(|t| t.name == name) {
+                if let Some(t) = l
+                    .into_inner()
+                    .templates
+                    .into_iter()
+                    .find(|t| t.name == name)
+                {
                     return Ok(Some(t));
                 }
             }

@@ -9,12 +9,12 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use tonic::transport::Channel;
+use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_proto::agent::v1::{
     exec_event, kill_process_request, ExecEvent, KillProcessRequest, PtyAttachRequest,
     PtyInputRequest, PtyResizeRequest,
 };
-use tonic::transport::Channel;
-use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_types::{Id, IdKind};
 
 use super::*;
