@@ -32,7 +32,9 @@ fn random_hex() -> String {
 
 /// `url` with its database name replaced.
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let slash = base.rfind('/').expect("a database URL has a path");
     let mut out = format!("{}/{name}", &base[..slash]);
     if let Some(q) = query {
@@ -90,13 +92,24 @@ async fn replica(url: &str, relay: bool) -> Replica {
     let (events, _) = tokio::sync::broadcast::channel(64);
     let state = AppState {
         db,
-        agent: client,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
         accounts: Accounts::new(SignupPolicy::Closed),
+        hosts: Default::default(),
     };
+    // TODO(H6): one host shared by both replicas (the pool's model); for now each replica keeps
+    // a client of its own for the built-in host's id.
+    wrenn_server::builtin::attach(
+        &state,
+        "http://fake-agent:1",
+        client,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     if relay {
         assert!(wrenn_server::events::relay::start(&state)
             .await
