@@ -129,6 +129,9 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
         hosts: hosts::HostIdentity::with_pki(config.hosts, &config.pki_dir())
             .map_err(|e| step("the control plane's PKI", e))?,
     };
+    crate::events::relay::start(&state)
+        .await
+        .map_err(|e| step("relaying events through PostgreSQL", e))?;
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     hosts::spawn_host_monitor(state.clone());
     Ok(Started { state, admin_key })

@@ -18,6 +18,8 @@ mod capsules;
 mod host_identity;
 mod hosts;
 mod keys;
+mod lease;
+mod notify;
 mod security;
 mod teams;
 mod templates;
@@ -30,6 +32,8 @@ pub use capsules::CapsuleRow;
 pub use host_identity::IssuedIdentity;
 pub use hosts::{HostRow, HostTokenKind};
 pub use keys::ApiKeyRow;
+pub use lease::Lease;
+pub use notify::{Heard, Listener};
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
 pub use teams::{Member, Membership, Role, Team};
 pub use templates::TemplateRow;
@@ -69,6 +73,10 @@ pub struct Db {
     pool: AnyPool,
     /// Secrets never change once made, so each is read from the database once.
     secrets: Arc<Mutex<HashMap<String, String>>>,
+    /// PostgreSQL: what replicas share besides tables (notifications). None on SQLite.
+    cluster: Option<Arc<notify::Cluster>>,
+    /// This process's name among the replicas (random, per open): who holds a [`Lease`].
+    instance: Arc<str>,
 }
 
 impl Db {
@@ -104,13 +112,26 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| ApiError::Internal(format!("migrating the database: {e}")))?;
+        let cluster = if sqlite {
+            None
+        } else {
+            Some(notify::Cluster::new(url)?)
+        };
         let db = Db {
             pool,
             secrets: Arc::default(),
+            cluster,
+            instance: wrenn_types::secret::hex(8)?.into(),
         };
         // The user-token signing key exists from the first start on.
         db.secret(JWT_SECRET).await?;
         Ok(db)
+    }
+
+    /// This control plane's name among replicas (random, made at open; in log lines and
+    /// [`Lease`] holders).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The pool, for modules with their own tables (quotas).
