@@ -119,8 +119,8 @@ pub fn check_tag(tag: &str) -> Result<()> {
     }
 }
 
-/// The team whose admins hear of a host (events, audit): the owning team of a `byoc` host,
-/// the platform's team of a `regular` one.
+/// The team whose log records what happens to a host: the owning team of a `byoc` host, the
+/// platform's team of a `regular` one.
 pub async fn host_team(state: &AppState, host: &HostRow) -> Result<Option<String>> {
     match (&host.kind, &host.team_id) {
         (HostKind::Byoc, Some(t)) => Ok(Some(t.clone())),
@@ -138,40 +138,49 @@ pub fn system_caller(team_id: &str, name: &str) -> Caller {
     }
 }
 
-/// Publishes `event` (`host.…`) about `host` by `by` to `team_id`'s stream.
-pub fn publish_host_event(
+/// Publishes `event` (`host.…`) about `host` by `by` to the streams that hear of it: the
+/// platform team's (its admins see every host) and, for a `byoc` host, its team's.
+pub async fn publish_host_event(
     state: &AppState,
     by: &Caller,
-    team_id: &str,
+    host: &HostRow,
     event: &str,
-    host_id: &str,
     metadata: HashMap<String, String>,
-) {
-    events::publish(
-        state,
-        Event {
-            team_id: team_id.into(),
-            event: event.into(),
-            outcome: "success".into(),
-            resource: Resource {
-                id: host_id.into(),
-                kind: "host".into(),
+) -> Result<()> {
+    let mut teams: Vec<String> = state.db.platform_team().await?.into_iter().collect();
+    if let (HostKind::Byoc, Some(t)) = (&host.kind, &host.team_id) {
+        if !teams.contains(t) {
+            teams.push(t.clone());
+        }
+    }
+    for team in teams {
+        events::publish(
+            state,
+            Event {
+                team_id: team,
+                event: event.into(),
+                outcome: "success".into(),
+                resource: Resource {
+                    id: host.id.clone(),
+                    kind: "host".into(),
+                },
+                actor: Actor {
+                    kind: by.actor_type,
+                    id: by.actor_id.clone(),
+                    name: by.actor_name.clone(),
+                },
+                metadata: metadata.clone(),
+                error: None,
+                sandbox: None,
+                timestamp: rfc3339(now_ms()),
             },
-            actor: Actor {
-                kind: by.actor_type,
-                id: by.actor_id.clone(),
-                name: by.actor_name.clone(),
-            },
-            metadata,
-            error: None,
-            sandbox: None,
-            timestamp: rfc3339(now_ms()),
-        },
-    );
+        );
+    }
+    Ok(())
 }
 
-/// Tells the team that hears of `host` (see [`host_team`]) of `event` by the control plane:
-/// its event stream and its audit log.
+/// Tells of `event` by the control plane about `host`: the audit log of the team that hears
+/// of it (see [`host_team`]) and the event streams (see [`publish_host_event`]).
 pub async fn system_host_event(
     state: &AppState,
     host: &HostRow,
@@ -187,6 +196,5 @@ pub async fn system_host_event(
         .db
         .audit(&by, event, ("host", &host.id), "success", &detail)
         .await?;
-    publish_host_event(state, &by, &team, event, &host.id, metadata);
-    Ok(())
+    publish_host_event(state, &by, host, event, metadata).await
 }

@@ -50,9 +50,17 @@ pub async fn heartbeat(
         ));
     }
     let JsonBody(b) = body?;
+    record(&state, &id, &b).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records host `id`'s heartbeat: its specs, load and the time; an `unreachable` host is
+/// `online` again (event and audit `host.up`). `not_found` when the host is gone. The REST
+/// heartbeat and the in-process one of a built-in host share it.
+pub async fn record(state: &AppState, id: &str, b: &HeartbeatBody) -> Result<()> {
     let before = state
         .db
-        .host_heartbeat(&id, &b.specs, &b.load, now_ms())
+        .host_heartbeat(id, &b.specs, &b.load, now_ms())
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(
@@ -60,10 +68,10 @@ pub async fn heartbeat(
             ))
         })?;
     if before == HostStatus::Unreachable {
-        if let Some(host) = state.db.host(&id).await? {
+        if let Some(host) = state.db.host(id).await? {
             tracing::info!(host = %id, "host is back online");
-            system_host_event(&state, &host, "host.up", HashMap::new()).await?;
+            system_host_event(state, &host, "host.up", HashMap::new()).await?;
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -213,7 +213,7 @@ pub async fn register(
                 )
                 .await?;
             let meta = HashMap::from([("address".to_string(), host.address.clone())]);
-            publish_host_event(&state, &by, &team, "host.registered", &host_id, meta);
+            publish_host_event(&state, &by, &host, "host.registered", meta).await?;
         }
     }
     Ok((StatusCode::CREATED, Json(creds)))

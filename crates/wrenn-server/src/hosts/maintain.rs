@@ -11,7 +11,7 @@ use axum::{
 use wrenn_types::api::hosts::{DrainBody, DrainResult, Host, TagBody};
 
 use super::{
-    access::{check_tag, host_for, host_team, publish_host_event, to_api, Level},
+    access::{check_tag, host_for, publish_host_event, to_api, Level},
     manage::HostPath,
 };
 use crate::{
@@ -134,10 +134,8 @@ pub async fn drain(
             .map_err(|e| ApiError::InvalidRequest(format!("the drain body: {e}")))?
     };
     state.db.set_host_draining(&caller, &id, true).await?;
-    if let Some(team) = host_team(&state, &host).await? {
-        let meta = HashMap::from([("move_paused".to_string(), b.move_paused.to_string())]);
-        publish_host_event(&state, &caller, &team, "host.drained", &id, meta);
-    }
+    let meta = HashMap::from([("move_paused".to_string(), b.move_paused.to_string())]);
+    publish_host_event(&state, &caller, &host, "host.drained", meta).await?;
     let result = if b.move_paused {
         move_paused_off(&state, &caller, &host).await
     } else {

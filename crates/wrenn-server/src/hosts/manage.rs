@@ -14,9 +14,7 @@ use wrenn_types::api::hosts::{
     TeamByoc,
 };
 
-use super::access::{
-    check_tag, host_for, host_team, manages_team, publish_host_event, to_api, Level,
-};
+use super::access::{check_tag, host_for, manages_team, publish_host_event, to_api, Level};
 use crate::{
     db::{now_ms, Caller, HostRow},
     error::{ApiError, ErrorBody, Result},
@@ -304,13 +302,10 @@ pub async fn delete(
     QueryParams(q): QueryParams<DeleteQuery>,
 ) -> Result<StatusCode> {
     let host = host_for(&state, &caller, &id, Level::Manage).await?;
-    let team = host_team(&state, &host).await?;
     let stopped = state.db.delete_host(&caller, &id, q.force).await?;
     after_force_delete(&state, &host, &stopped).await;
-    if let Some(team) = team {
-        let meta = HashMap::from([("stopped_capsules".to_string(), stopped.join(","))]);
-        publish_host_event(&state, &caller, &team, "host.deleted", &id, meta);
-    }
+    let meta = HashMap::from([("stopped_capsules".to_string(), stopped.join(","))]);
+    publish_host_event(&state, &caller, &host, "host.deleted", meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

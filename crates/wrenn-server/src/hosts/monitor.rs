@@ -1,7 +1,7 @@
 //! The host monitor: an `online` host silent for longer than the heartbeat window
 //! (`host_timeout`) becomes `unreachable` and its pending, starting and running capsules
 //! `missing` (event and audit `host.down`). [`sweep`] is one pass; [`spawn_host_monitor`] runs
-//! it every `host_timeout / 3`.
+//! it every `host_timeout / 3` on one replica at a time (a lease).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -28,17 +28,26 @@ pub async fn sweep(state: &AppState, now: i64) -> Result<Vec<String>> {
     Ok(down)
 }
 
-/// Runs [`sweep`] every `host_timeout / 3` (at least every 100 ms apart).
+/// The lease of the host monitor: one replica at a time runs it.
+pub const HOST_MONITOR_LEASE: &str = "host-monitor";
+
+/// Runs [`sweep`] every `host_timeout / 3` (at least 100 ms apart) on the replica that holds
+/// lease [`HOST_MONITOR_LEASE`].
 pub fn spawn_host_monitor(state: AppState) -> tokio::task::JoinHandle<()> {
     let every = (state.hosts.settings.timeout / 3).max(Duration::from_millis(100));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = sweep(&state, crate::db::now_ms()).await {
-                tracing::warn!(error = %e, "the host monitor's pass");
+    let db = state.db.clone();
+    crate::background::every_once(
+        &db,
+        HOST_MONITOR_LEASE,
+        every,
+        crate::background::ttl_for(every),
+        move || {
+            let state = state.clone();
+            async move {
+                if let Err(e) = sweep(&state, crate::db::now_ms()).await {
+                    tracing::warn!(error = %e, "the host monitor's pass");
+                }
             }
-        }
-    })
+        },
+    )
 }

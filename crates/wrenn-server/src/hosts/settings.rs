@@ -1,7 +1,7 @@
 //! The host identity's settings and the control plane's PKI (a leaf module: [`crate::state`]
 //! holds a [`HostIdentity`]).
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use wrenn_rpc::{pki::Pki, tls};
 
@@ -68,6 +68,15 @@ pub fn control_plane_pki(dir: &Path) -> Result<Pki> {
             .and_then(|id| id.write(dir, tls::CLIENT_STEM))
             .map_err(pki_err)?;
         tracing::info!(dir = %dir.display(), "made the control plane's client certificate");
+    }
+    // The folder is the control plane's alone: its certificates need not be readable by others
+    // (the data folder's check would otherwise flag them at the next start).
+    for name in [tls::CA_CERT, "client.pem"] {
+        let path = dir.join(name);
+        let private = std::fs::Permissions::from_mode(0o600);
+        if let Err(e) = std::fs::set_permissions(&path, private) {
+            tracing::warn!(path = %path.display(), error = %e, "making a certificate private");
+        }
     }
     Ok(pki)
 }

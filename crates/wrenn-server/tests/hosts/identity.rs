@@ -150,6 +150,14 @@ async fn issued_identity(s: &Server) {
     let info = cert_info(&client.cert_pem).unwrap();
     assert_eq!(info.common_name, "wrenn-control-plane");
     assert!(info.client_auth && !info.server_auth);
+    // The PKI folder is private, every file in it too.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let pki = s.dir.path().join("pki");
+    assert_eq!(mode(&pki), 0o700);
+    for f in ["ca.pem", "ca.key", "client.pem", "client.key"] {
+        assert_eq!(mode(&pki.join(f)), 0o600, "{f}");
+    }
     // A DNS name works too, and is the certificate's name.
     let made = s.create_host(s.admin(), json!({})).await;
     let (st, creds) = s
@@ -259,6 +267,38 @@ async fn heartbeat_credentials(s: &Server) {
     );
     let (st, body) = s.heartbeat(&a, As::Host(&forged), 0).await;
     assert_eq!(error_code(st, &body), (401, "unauthorized".into()));
+    // This server's key: an expired host token, and a token that is not a host's.
+    use sqlx::Row;
+    let key: String = sqlx::query("SELECT value FROM settings WHERE name = 'host-jwt'")
+        .fetch_one(&s.raw)
+        .await
+        .unwrap()
+        .try_get("value")
+        .unwrap();
+    let now = wrenn_server::db::now_ms() / 1000;
+    for claims in [
+        json!({"sub": a, "typ": "host", "iat": now - 20, "exp": now - 10, "jti": "x"}),
+        json!({"sub": a, "typ": "user", "iat": now, "exp": now + 600, "jti": "x"}),
+        json!({"sub": a, "iat": now, "exp": now + 600}),
+    ] {
+        let token = wrenn_server::accounts::jwt::sign(key.as_bytes(), &claims);
+        let (st, body) = s.heartbeat(&a, As::Host(&token), 0).await;
+        assert_eq!(
+            error_code(st, &body),
+            (401, "unauthorized".into()),
+            "{claims}"
+        );
+    }
+    let good = wrenn_server::accounts::jwt::sign(
+        key.as_bytes(),
+        &json!({"sub": a, "typ": "host", "iat": now, "exp": now + 600, "jti": "y"}),
+    );
+    let (st, _) = s.heartbeat(&a, As::Host(&good), 0).await;
+    assert_eq!(
+        st,
+        StatusCode::NO_CONTENT,
+        "the same claims, unexpired, are accepted"
+    );
     // A bad body, after the token is checked.
     let (st, body) = s
         .call(

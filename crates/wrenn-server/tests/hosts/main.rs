@@ -288,8 +288,13 @@ impl Server {
 
     /// The admin's event stream: each event's JSON, as it comes.
     async fn events(&self) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        self.events_of(self.admin()).await
+    }
+
+    /// `who`'s event stream: each event's JSON, as it comes.
+    async fn events_of(&self, who: As<'_>) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
         let resp = self
-            .req(Method::GET, "/v1/events/stream", self.admin())
+            .req(Method::GET, "/v1/events/stream", who)
             .send()
             .await
             .unwrap();

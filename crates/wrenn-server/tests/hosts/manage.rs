@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::{error_code, on_both, As, Server};
+use crate::{error_code, next_event, on_both, As, Server};
 
 on_both!(permissions, permissions, true);
 on_both!(byoc, byoc, true);
@@ -242,6 +242,28 @@ async fn byoc(s: &Server) {
         .call(Method::GET, "/v1/hosts", As::User(&owner.token), None)
         .await;
     assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+
+    // Its events go to the owning team's stream; a regular host's to the platform team's.
+    let mut owners = s.events_of(As::User(&owner.token)).await;
+    next_event(&mut owners, "connected").await;
+    let mut admins = s.events().await;
+    next_event(&mut admins, "connected").await;
+    let (st, b) = s
+        .register(
+            made["registration_token"].as_str().unwrap(),
+            "127.0.0.4:7200",
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let e = next_event(&mut owners, "host.registered").await;
+    assert_eq!(e["resource"]["id"], id.as_str());
+    let (regular, _) = s.registered_host("127.0.0.2:7200").await;
+    let e = next_event(&mut admins, "host.registered").await;
+    assert_eq!(
+        e["resource"]["id"],
+        regular.as_str(),
+        "the admin's first is the regular one"
+    );
 }
 
 async fn tags_and_drain(s: &Server) {
