@@ -134,7 +134,26 @@ async fn a_byoc_team_lands_only_on_its_own_host_and_nobody_else_does() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_creates_at_once_spread_and_never_overfill() {
-    let c = Cluster::start().await;
+    twenty_at_once(Cluster::start().await).await;
+}
+
+/// On PostgreSQL the host's row lock, not a single writer, keeps concurrent placements apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_creates_at_once_on_postgres() {
+    let (url, admin) = fresh_pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let at = url.clone();
+    let outcome = tokio::spawn(async move {
+        twenty_at_once(Cluster::start_on(&at, dir).await).await;
+    })
+    .await;
+    drop_pg(&url, &admin).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn twenty_at_once(c: Cluster) {
     // Room for 8 each (2 hosts × 8 + 4 = 20): every create fits, but only if they see
     // each other's reservations.
     let roomy = HostSpecs {
