@@ -33,6 +33,13 @@ async fn creates_spread_over_the_hosts_within_capacity_and_a_full_cluster_says_s
             && message(&body).contains("3 checked"),
         "{body}"
     );
+    // Larger than any host could ever hold: the request's fault.
+    let (status, body) = c
+        .create(&c.key_a, json!({ "memory_mb": 65536 }))
+        .await
+        .unwrap_err();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(message(&body).contains("can never fit"), "{body}");
     // Ending one makes room again, on its host.
     let victim = hosts[1].fake.capsules().into_keys().next().unwrap();
     let (status, _) = c
