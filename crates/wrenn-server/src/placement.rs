@@ -168,6 +168,17 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
     let byoc = team_is_byoc(db, ask.team_id).await?;
     let hosts = db.host_records().await?;
     let eligible = eligible(&hosts, ask, byoc).map_err(ApiError::HostUnavailable)?;
+    // Too large for every host even empty: the request's fault, not the cluster's.
+    if eligible
+        .iter()
+        .all(|h| room(h, &HostUse::default(), &ask.need).is_none())
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} vCPUs, {} MB of memory and {} MB of disk can never fit: no host this capsule \
+             may use is that large",
+            ask.need.vcpus, ask.need.memory_mb, ask.need.disk_mb
+        )));
+    }
     let uses = db.host_uses().await?;
     let mut fitting = fitting(&eligible, &uses, ask);
     let checked = eligible.len();

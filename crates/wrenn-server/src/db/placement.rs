@@ -247,9 +247,14 @@ impl Db {
     }
 
     /// Inserts capsule row `c` and ends the host reservation `reservation` that held its room,
-    /// at once (its room is counted once, never twice nor not at all).
+    /// at once and under the host's row lock (a placement re-reading the host's use sees the
+    /// room counted once, never twice nor not at all).
     pub async fn insert_placed_capsule(&self, c: &CapsuleRow, reservation: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE hosts SET draining = draining WHERE id = $1")
+            .bind(&c.host_id)
+            .execute(&mut *tx)
+            .await?;
         capsules::insert_capsule_on(&mut tx, c).await?;
         sqlx::query("DELETE FROM host_reservations WHERE id = $1")
             .bind(reservation)

@@ -72,13 +72,19 @@ pub fn big_specs() -> HostSpecs {
 }
 
 impl Cluster {
-    /// The server, no host yet.
+    /// The server on SQLite, no host yet.
     pub async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("wrenn.db").display()
         );
+        Cluster::start_on(&url, dir).await
+    }
+
+    /// The server on the database at `url`, no host yet.
+    pub async fn start_on(url: &str, dir: tempfile::TempDir) -> Cluster {
+        let url = url.to_string();
         let db = Db::open(&url).await.unwrap();
         let AdminKey::Made(key_a) = wrenn_server::bootstrap(
             &db,
@@ -217,6 +223,47 @@ impl Cluster {
             .host_id
             .expect("a placed capsule has a host")
     }
+}
+
+/// A fresh PostgreSQL database on `WRENN_TEST_DATABASE_URL`'s server: its URL, and the
+/// server's URL (to drop it with [`drop_pg`]).
+pub async fn fresh_pg() -> (String, String) {
+    let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect(
+            "WRENN_TEST_DATABASE_URL is not set: export \
+             WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)",
+        );
+    sqlx::any::install_default_drivers();
+    let admin = AnyPool::connect(&admin_url).await.unwrap();
+    let name = format!(
+        "wrenn_placement_{}",
+        &Id::new(IdKind::Build).to_string()[4..20].to_lowercase()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+    let url = format!(
+        "{}/{name}{}",
+        &base[..base.rfind('/').unwrap()],
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    (url, admin_url)
+}
+
+/// Drops the database at `url` (made by [`fresh_pg`]).
+pub async fn drop_pg(url: &str, admin_url: &str) {
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let admin = AnyPool::connect(admin_url).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }
 
 /// The error code of an error answer.

@@ -33,6 +33,13 @@ async fn creates_spread_over_the_hosts_within_capacity_and_a_full_cluster_says_s
             && message(&body).contains("3 checked"),
         "{body}"
     );
+    // Larger than any host could ever hold: the request's fault.
+    let (status, body) = c
+        .create(&c.key_a, json!({ "memory_mb": 65536 }))
+        .await
+        .unwrap_err();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(message(&body).contains("can never fit"), "{body}");
     // Ending one makes room again, on its host.
     let victim = hosts[1].fake.capsules().into_keys().next().unwrap();
     let (status, _) = c
@@ -134,7 +141,26 @@ async fn a_byoc_team_lands_only_on_its_own_host_and_nobody_else_does() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_creates_at_once_spread_and_never_overfill() {
-    let c = Cluster::start().await;
+    twenty_at_once(Cluster::start().await).await;
+}
+
+/// On PostgreSQL the host's row lock, not a single writer, keeps concurrent placements apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_creates_at_once_on_postgres() {
+    let (url, admin) = fresh_pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let at = url.clone();
+    let outcome = tokio::spawn(async move {
+        twenty_at_once(Cluster::start_on(&at, dir).await).await;
+    })
+    .await;
+    drop_pg(&url, &admin).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn twenty_at_once(c: Cluster) {
     // Room for 8 each (2 hosts × 8 + 4 = 20): every create fits, but only if they see
     // each other's reservations.
     let roomy = HostSpecs {
