@@ -4,7 +4,9 @@
 //!
 //! Subcommands: `envd` (the guest agent against plain loopback baselines), `vm` (microVMs
 //! through `wrenn-vmm` against raw QEMU), `agent` (the host agent's gRPC against envd
-//! reached directly) and `server` (the REST API against the agent reached directly).
+//! reached directly), `server` (the REST API against the agent reached directly) and
+//! `scheduler` (the control plane's placement in a simulated cluster, against least loaded
+//! and random placement).
 //! `soak` is not a benchmark but the long reliability runs of `make soak` (no baselines: its
 //! figures are held or not).
 
@@ -13,6 +15,7 @@ mod envd;
 mod http1;
 mod procs;
 mod report;
+mod scheduler;
 mod server;
 mod soak;
 mod static_server;
@@ -40,6 +43,9 @@ enum Command {
     /// Benchmark the control plane: REST calls of a real `wrenn up` against its agent reached
     /// directly, and a burst of concurrent creates.
     Server(server::Args),
+    /// Simulate the control plane's scheduler: 1,000 hosts, 100,000 capsules, against least
+    /// loaded and random placement (in process, no VMs).
+    Scheduler(scheduler::Args),
     /// The long reliability runs (`make soak`): load held on exec streams and terminals, then
     /// churn at capacity with VMMs killed; counts leaks and writes docs/reliability.md.
     Soak(soak::Args),
@@ -54,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Server(args) => server::run(args),
+        Command::Scheduler(args) => scheduler::run(args),
         Command::Soak(args) => soak::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }

@@ -40,7 +40,7 @@ pub fn check(host: &HostView, req: &Request, reserves: &Reserves) -> Result<(), 
         Err(Reject::Tags)
     } else if host.draining {
         Err(Reject::Draining)
-    } else if !reserves.free(host).covers(req.claims()) {
+    } else if !reserves.admits(host, req.claims()) {
         Err(Reject::Room)
     } else {
         Ok(())

@@ -1,6 +1,6 @@
 //! The scheduler: which host a new capsule goes to. Pure: no database, no I/O, no clock; the
 //! caller (capsule creation) fills a [`HostView`] per host from the database and the hosts'
-//! heartbeats, and records the answer as a reservation in the same transaction.
+//! heartbeats ([`HostView::from_host`]), and records the answer as a reservation.
 //!
 //! [`place`] (or [`Policy::place`] with other settings):
 //!
@@ -20,6 +20,11 @@
 //! 3. No eligible host: [`NoHost`] says which check left none (`no online host with tags
 //!    [gpu]`, `no online host has 2048 MB of memory free (largest free: 900 MB of memory)`,
 //!    `team … has no online BYOC host`).
+//!
+//! The caller holds the choice with a reservation taken under the host's row lock after a
+//! re-check ([`check`] on a fresh [`HostView`] of that host); when the re-check fails (another
+//! create or control plane filled it meanwhile), it drops that host from the slice and calls
+//! [`place`] again.
 
 mod filter;
 mod reserves;

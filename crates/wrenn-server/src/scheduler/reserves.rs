@@ -77,6 +77,12 @@ impl Reserves {
         ours.max(u.reported)
     }
 
+    /// Whether `need` fits on `host` with its reserves kept (always, when its machine is not
+    /// known yet: its agent decides).
+    pub fn admits(&self, host: &HostView, need: Claims) -> bool {
+        host.capacity_unknown() || self.free(host).covers(need)
+    }
+
     /// What is still free on `host` (never below zero).
     pub fn free(&self, host: &HostView) -> Claims {
         self.usable(host.capacity).minus(self.used(host))
@@ -84,8 +90,11 @@ impl Reserves {
 
     /// How full `host` would be with `add` on it: the largest used fraction over the three
     /// resources (0 = empty, 1 = full; above 1 when it does not fit). A host with none of a
-    /// resource usable counts as full of it.
+    /// resource usable counts as full of it; a host whose machine is not known as full.
     pub fn fill_after(&self, host: &HostView, add: Claims) -> f64 {
+        if host.capacity_unknown() {
+            return 1.0;
+        }
         let usable = self.usable(host.capacity);
         let used = self.used(host).plus(add);
         let frac = |used: u64, usable: u64| -> f64 {

@@ -427,6 +427,53 @@ fn a_forced_host_is_still_checked() {
     );
 }
 
+#[test]
+fn a_host_without_specs_is_taken_at_its_word_but_last() {
+    let r = Reserves::default();
+    let mut unknown = host("unknown");
+    unknown.capacity = Claims::default();
+    assert_eq!(check(&unknown, &req(64, 1 << 20), &r), Ok(()));
+    assert_eq!(r.fill_after(&unknown, Claims::default()), 1.0);
+    let mut rng = rng();
+    let hosts = vec![unknown.clone(), host("known")];
+    for _ in 0..20 {
+        assert_eq!(
+            place(&hosts, &req(1, 512), &mut rng).unwrap().host_id,
+            "known"
+        );
+    }
+    assert_eq!(
+        place(&[unknown], &req(1, 512), &mut rng).unwrap().host_id,
+        "unknown"
+    );
+}
+
+#[test]
+fn a_view_from_the_api_host() {
+    // From JSON, as the API writes it (fields added later keep their defaults).
+    let api: wrenn_types::api::hosts::Host = serde_json::from_value(serde_json::json!({
+        "id": "host-1", "type": "byoc", "team_id": "team-a", "status": "online",
+        "draining": true, "address": "127.0.0.2:7000",
+        "specs": {"arch": "x86_64", "cpu_cores": 8, "memory_mb": 16384, "disk_mb": 100000,
+                  "slots": "1-9", "vmm": "qemu", "accel": "kvm"},
+        "load": {"vcpus_reserved": 3, "memory_mb_reserved": 3072, "memory_mb_used": 9000,
+                 "disk_mb_reserved": 4000, "disk_mb_used": 20000,
+                 "templates": [{"name": "python", "shapes": ["1x512"]}]},
+        "tags": ["gpu"], "created_by": "u", "created_at": "", "updated_at": "",
+    }))
+    .unwrap();
+    let mut usage = HostUsage::default();
+    usage.count(CapsuleStatus::Running, Claims::new(1, 512, 1024));
+    let v = HostView::from_host(&api, usage);
+    assert_eq!(v.capacity, Claims::new(8, 16_384, 100_000));
+    assert_eq!(v.usage.reported, Claims::new(3, 3072, 20_000));
+    assert_eq!(v.usage.active, Claims::new(1, 512, 1024));
+    assert_eq!((v.online, v.draining, v.kind), (true, true, HostKind::Byoc));
+    assert_eq!(v.team.as_deref(), Some("team-a"));
+    assert_eq!(v.locality(Some(&python(Some("1x512")))), 2);
+    assert_eq!(v.tags, tags(&["gpu"]));
+}
+
 fn arb_host() -> impl Strategy<Value = HostView> {
     (
         (0u8..4, any::<bool>(), any::<bool>(), 0u8..4),

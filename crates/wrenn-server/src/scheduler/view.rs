@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use wrenn_types::api::hosts::{HostKind, HostLoad, TemplatePresence};
+use wrenn_types::api::hosts::{Host, HostKind, HostLoad, HostStatus, TemplatePresence};
 use wrenn_types::CapsuleStatus;
 
 /// An amount of each resource the scheduler counts: vCPUs, memory and disk (MB).
@@ -110,7 +110,9 @@ pub struct HostView {
     /// Status `online` (pending and unreachable hosts take nothing).
     pub online: bool,
     pub draining: bool,
-    /// The machine (from the host's specs): `vcpus` = its CPU cores.
+    /// The machine (from the host's specs): `vcpus` = its CPU cores. All zero = not known yet
+    /// (no specs reported): the host is taken at its word (its agent refuses what does not
+    /// fit) but scored as full, so it is the last choice.
     pub capacity: Claims,
     pub usage: HostUsage,
     /// Templates present on the host (host-side name → the shapes it has snapshots of; none
@@ -119,6 +121,32 @@ pub struct HostView {
 }
 
 impl HostView {
+    /// A host as the API shows it (its specs, last heartbeat, tags, status) with what the
+    /// database has on it (`usage`; its `reported` is taken from the host's heartbeat).
+    pub fn from_host(host: &Host, mut usage: HostUsage) -> HostView {
+        usage.reported = Claims::from_heartbeat(&host.load);
+        HostView {
+            id: host.id.clone(),
+            kind: host.kind,
+            team: host.team_id.clone(),
+            tags: host.tags.clone(),
+            online: host.status == HostStatus::Online,
+            draining: host.draining,
+            capacity: Claims::new(
+                u64::from(host.specs.cpu_cores),
+                host.specs.memory_mb,
+                host.specs.disk_mb,
+            ),
+            usage,
+            templates: HostView::templates_from(&host.load.templates),
+        }
+    }
+
+    /// Whether the host's machine is not known yet (no specs reported).
+    pub fn capacity_unknown(&self) -> bool {
+        self.capacity == Claims::default()
+    }
+
     /// How well the host holds `want`: 2 = the template and a snapshot of the shape, 1 = the
     /// template (its shape would be built there), 0 = nothing (it would be fetched or built).
     pub fn locality(&self, want: Option<&TemplateWant>) -> u8 {
