@@ -54,6 +54,13 @@ async fn identity(
         return Ok(Some(stored));
     }
     let Some(token) = &args.register else {
+        if args.control_plane.is_some() {
+            anyhow::bail!(
+                "--control-plane without a registration: this host has no credentials in {} \
+                 (register it with --register TOKEN; `wrenn host create` makes one)",
+                data_dir.display()
+            );
+        }
         return Ok(None);
     };
     let (Some(control_plane), Some(address)) = (&args.control_plane, &args.address) else {
