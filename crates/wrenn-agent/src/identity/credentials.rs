@@ -156,3 +156,82 @@ impl StoredCredentials {
         .is_ok_and(|t| t <= now_unix())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn rfc3339(unix: i64) -> String {
+        time::OffsetDateTime::from_unix_timestamp(unix)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    }
+
+    fn issued(dir: &Path, token_secs: i64, cert_secs: i64) -> HostCredentials {
+        let pki = wrenn_rpc::pki::Pki::load_or_create(&dir.join("pki")).unwrap();
+        let id = pki.issue_server(&["127.0.0.2".into()]).unwrap();
+        let now = now_unix();
+        HostCredentials {
+            host_id: "host-1".into(),
+            host_token: "jwt-secret".into(),
+            host_token_expires_at: rfc3339(now + token_secs),
+            refresh_token: "wrnr_secret".into(),
+            refresh_token_expires_at: rfc3339(now + 30 * 86400),
+            cert_pem: id.cert_pem,
+            key_pem: id.key_pem,
+            cert_expires_at: rfc3339(now + cert_secs),
+            ca_cert_pem: pki.ca_pem().to_string(),
+        }
+    }
+
+    #[test]
+    fn saved_privately_loaded_back_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(StoredCredentials::load(dir.path()).unwrap().is_none());
+        let stored =
+            StoredCredentials::new("http://cp:8000", "127.0.0.2:9090", issued(dir.path(), 3600, 7 * 86400))
+                .unwrap();
+        stored.save(dir.path()).unwrap();
+        let path = StoredCredentials::path(dir.path());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(StoredCredentials::load(dir.path()).unwrap(), Some(stored.clone()));
+        let shown = format!("{stored:?}");
+        assert!(shown.contains("host-1"), "{shown}");
+        for secret in ["jwt-secret", "wrnr_secret", "PRIVATE KEY"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        StoredCredentials::remove(dir.path()).unwrap();
+        assert!(!path.exists());
+        StoredCredentials::remove(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn refreshes_at_half_the_shorter_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StoredCredentials::new("http://cp", "a:1", issued(dir.path(), 3600, 7 * 86400))
+            .unwrap();
+        assert_eq!(s.refresh_at().unwrap(), s.received_at_unix + 1800);
+        let s = StoredCredentials::new("http://cp", "a:1", issued(dir.path(), 7 * 86400, 600))
+            .unwrap();
+        assert_eq!(s.refresh_at().unwrap(), s.received_at_unix + 300);
+        assert!(!s.refresh_token_expired());
+    }
+
+    #[test]
+    fn a_broken_file_or_a_mismatched_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(StoredCredentials::path(dir.path()), "{").unwrap();
+        let e = StoredCredentials::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("register again"), "{e}");
+        let mut creds = issued(dir.path(), 3600, 3600);
+        creds.key_pem = wrenn_rpc::pki::Pki::load_or_create(&dir.path().join("other"))
+            .unwrap()
+            .issue_server(&["x".into()])
+            .unwrap()
+            .key_pem;
+        assert!(StoredCredentials::new("http://cp", "a:1", creds).is_err());
+    }
+}
