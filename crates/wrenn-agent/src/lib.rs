@@ -16,6 +16,7 @@ pub mod record;
 pub mod run;
 pub mod service;
 pub mod templates;
+pub mod transfer;
 
 /// The slot resolver, a part of each network slot.
 pub use netslot::dns;

@@ -8,6 +8,7 @@ mod capacity;
 mod load;
 mod recovery;
 mod tasks;
+mod transfer;
 
 use std::{
     collections::HashMap,
@@ -20,6 +21,8 @@ use wrenn_types::{CapsuleStatus, Id, IdKind};
 use capacity::{host_memory_bytes, validate_shape};
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
+
+pub use transfer::{Chunks, Imported};
 
 use crate::{
     capsule::{self, CreateSpec, Handle},
@@ -104,6 +107,12 @@ impl Manager {
             .flatten()
         {
             let dir = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                // An import a crash cut short (`transfer`): never a capsule.
+                tracing::info!(dir = %dir.display(), "removing a half-received capsule");
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             // Folders an earlier version left 0755 with 0644 files: private before anything.
             if let Err(e) = wrenn_vmm::files::private_tree(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "making a capsule folder private");
