@@ -2,8 +2,8 @@
 //! registered `wrenn agent`s, with helpers to kill `-9` and restart an agent, wait for a host's
 //! status, and read the SSE events stream.
 //!
-//! Slots: the `wrenn up`'s built-in host 3360–3369; agent `i` (0-based) 3370+10i–3379+10i at
-//! 127.0.0.(2+i).
+//! Slots: the `wrenn up`'s built-in host 3360–3365; agent `i` (0-based) 3366+8i–3373+8i at
+//! 127.0.0.(2+i) (3390–3399 are the `restart` suite's).
 
 use std::{
     io::{BufRead, BufReader},
@@ -27,6 +27,14 @@ pub const HOST_TIMEOUT_SECS: u64 = 3;
 pub const HEARTBEAT_SECS: u64 = 1;
 /// The most any wait for a state in these tests lasts.
 pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Network slots of each agent.
+const SLOTS_PER_AGENT: u32 = 8;
+
+/// The first network slot of agent `i`.
+fn agent_first_slot(i: usize) -> u32 {
+    3366 + SLOTS_PER_AGENT * i as u32
+}
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_wrenn")
@@ -157,15 +165,15 @@ impl Cluster {
     /// A `wrenn up` with templates `minimal` and a short host timeout, and `agents` registered
     /// agents (tags `h0`, `h1`, …: a create with `host_tags: ["h1"]` lands on agent 1).
     pub fn start(agents: usize) -> Cluster {
-        assert!(agents <= 3, "three agents at most (slots 3370-3399)");
+        assert!(agents <= 3, "three agents at most (slots 3366-3389)");
         let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let dir = tmp.path().to_path_buf();
         let up_dir = dir.join("up");
         let mut reap = vec![Reap {
             dir: up_dir.clone(),
-            slots: 3360..=3369,
+            slots: 3360..=3365,
         }];
-        let mut cmd = common::up_command(bin(), "3360-3369", &up_dir, "minimal");
+        let mut cmd = common::up_command(bin(), "3360-3365", &up_dir, "minimal");
         cmd.args(["--host-timeout", &HOST_TIMEOUT_SECS.to_string()]);
         let up = Up::spawn(cmd, &up_dir, 300);
         let admin = Client::new(&format!("http://{}", up.addr), up.key.clone()).unwrap();
@@ -178,10 +186,10 @@ impl Cluster {
             _tmp: tmp,
         };
         for i in 0..agents {
-            let first = 3370 + 10 * i as u32;
+            let first = agent_first_slot(i);
             reap.push(Reap {
                 dir: cluster.agent_dir(i),
-                slots: first..=first + 9,
+                slots: first..=first + SLOTS_PER_AGENT - 1,
             });
         }
         cluster._reap = reap;
@@ -219,13 +227,13 @@ impl Cluster {
     /// The agent `i` before it is started: its folder, slots and address.
     pub fn agent(&self, i: usize, host_id: &str) -> Agent {
         let ip = format!("127.0.0.{}", 2 + i);
-        let first = 3370 + 10 * i;
+        let first = agent_first_slot(i);
         Agent {
             index: i,
             host_id: host_id.to_string(),
             address: format!("{ip}:{}", free_port(&ip)),
             data_dir: self.agent_dir(i),
-            slots: format!("{first}-{}", first + 9),
+            slots: format!("{first}-{}", first + SLOTS_PER_AGENT - 1),
             child: None,
             stdout: Arc::default(),
         }
