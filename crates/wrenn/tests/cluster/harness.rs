@@ -165,6 +165,11 @@ impl Cluster {
     /// A `wrenn up` with templates `minimal` and a short host timeout, and `agents` registered
     /// agents (tags `h0`, `h1`, …: a create with `host_tags: ["h1"]` lands on agent 1).
     pub fn start(agents: usize) -> Cluster {
+        Cluster::start_with(agents, &[])
+    }
+
+    /// [`Cluster::start`] with `up_args` added to the `wrenn up` command line.
+    pub fn start_with(agents: usize, up_args: &[&str]) -> Cluster {
         assert!(agents <= 3, "three agents at most (slots 3366-3389)");
         let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let dir = tmp.path().to_path_buf();
@@ -174,7 +179,8 @@ impl Cluster {
             slots: 3360..=3365,
         }];
         let mut cmd = common::up_command(bin(), "3360-3365", &up_dir, "minimal");
-        cmd.args(["--host-timeout", &HOST_TIMEOUT_SECS.to_string()]);
+        cmd.args(["--host-timeout", &HOST_TIMEOUT_SECS.to_string()])
+            .args(up_args);
         let up = Up::spawn(cmd, &up_dir, 300);
         let admin = Client::new(&format!("http://{}", up.addr), up.key.clone()).unwrap();
         let mut cluster = Cluster {

@@ -299,3 +299,34 @@ async fn a_killed_agents_host_goes_unreachable_and_comes_back() {
     assert_eq!(sh(&c, &id, "cat /home/user/mark").await, "kept");
     c.admin.destroy_capsule(&id).await.unwrap();
 }
+
+/// With a host token of 4 s, the agent refreshes its identity by itself at half its lifetime:
+/// a new refresh token and certificate in its file, the host stays `online`, and the control
+/// plane reaches the agent over the swapped certificate (a capsule is made there).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_identity_is_refreshed_before_it_runs_out() {
+    let c = Cluster::start_with(1, &["--host-token-ttl", "4"]);
+    let a = &c.agents[0];
+    let first = a.credentials();
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    let mut refreshes = 0;
+    let mut last = first.clone();
+    while refreshes < 3 {
+        assert!(Instant::now() < deadline, "no refresh; file: {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = a.credentials();
+        if now["refresh_token"] != last["refresh_token"] {
+            assert_ne!(now["cert_pem"], last["cert_pem"], "a new certificate too");
+            assert_ne!(now["host_token"], last["host_token"]);
+            assert_eq!(now["host_id"], first["host_id"]);
+            refreshes += 1;
+            last = now;
+        }
+    }
+    assert_eq!(mode(&a.credentials_path()), 0o600);
+    let h = c.admin.get_host(&a.host_id).await.unwrap();
+    assert_eq!(h.status, HostStatus::Online);
+    let id = c.capsule_on(&["h0"]).await;
+    assert_eq!(sh(&c, &id, "echo ok").await, "ok");
+    c.admin.destroy_capsule(&id).await.unwrap();
+}
