@@ -12,8 +12,8 @@ use crate::{parse_base, Client, ClientError, Result};
 
 pub use wrenn_types::api::hosts::{
     CreateHostBody as CreateHost, DrainBody, DrainResult, HeartbeatBody, Host, HostCredentials,
-    HostDeletePreview, HostKind, HostLoad, HostSpecs, HostStatus, HostWithToken,
-    RegisterHostBody, TemplatePresence,
+    HostDeletePreview, HostKind, HostLoad, HostSpecs, HostStatus, HostWithToken, RegisterHostBody,
+    TemplatePresence,
 };
 
 /// The header that carries a host token.
@@ -138,10 +138,7 @@ impl HostClient {
         host_token: Option<&str>,
         body: &impl serde::Serialize,
     ) -> Result<reqwest::Response> {
-        let mut req = self
-            .http
-            .post(crate::join(&self.base, segments))
-            .json(body);
+        let mut req = self.http.post(crate::join(&self.base, segments)).json(body);
         if let Some(t) = host_token {
             let mut v = reqwest::header::HeaderValue::from_str(t)
                 .map_err(|_| ClientError::InvalidApiKey)?;
@@ -186,8 +183,12 @@ impl HostClient {
         host_token: &str,
         body: &HeartbeatBody,
     ) -> Result<()> {
-        self.post(&["v1", "hosts", host_id, "heartbeat"], Some(host_token), body)
-            .await?;
+        self.post(
+            &["v1", "hosts", host_id, "heartbeat"],
+            Some(host_token),
+            body,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -24,6 +24,6 @@ pub mod tls;
 
 pub use client::{connect, AgentEndpoint};
 pub use error::{Result, RpcError};
-pub use listen::{serve, Listen, ListenAddr, ServerTls};
 pub use files::write_atomic;
+pub use listen::{serve, Listen, ListenAddr, ServerTls};
 pub use swap::SwappableTls;

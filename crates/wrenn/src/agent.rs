@@ -67,7 +67,9 @@ async fn identity(
         anyhow::bail!("--register needs --control-plane URL and --address HOST:PORT");
     };
     if !matches!(address.parse::<ListenAddr>(), Ok(ListenAddr::Tcp(_))) {
-        anyhow::bail!("--address {address:?}: expected host:port, where the control plane reaches this agent");
+        anyhow::bail!(
+            "--address {address:?}: expected host:port, where the control plane reaches this agent"
+        );
     }
     let specs = wrenn_agent::manager::host_specs(config);
     match identity::register(data_dir, control_plane, &token.0, address, specs).await {

@@ -173,7 +173,12 @@ pub struct AgentArgs {
     /// (single use, valid one hour). Needs --control-plane and --address. The identity it
     /// gets is kept in DATA_DIR/host-credentials.json: later starts need no token (one given
     /// while that file exists is ignored).
-    #[arg(long, env = "WRENN_REGISTER", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WRENN_REGISTER",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub register: Option<Secret>,
     /// The control plane's URL (`http(s)://host:port`) to register with. Kept in the
     /// credentials file: later starts need it only to change it.

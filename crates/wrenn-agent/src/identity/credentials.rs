@@ -42,7 +42,9 @@ impl std::fmt::Debug for StoredCredentials {
 fn unix(what: &str, rfc3339: &str) -> Result<i64> {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| AgentError::Identity(format!("{what} {rfc3339:?} is not an RFC 3339 time: {e}")))
+        .map_err(|e| {
+            AgentError::Identity(format!("{what} {rfc3339:?} is not an RFC 3339 time: {e}"))
+        })
 }
 
 /// Now, in Unix seconds.
@@ -191,13 +193,22 @@ mod tests {
     fn saved_privately_loaded_back_and_never_shown() {
         let dir = tempfile::tempdir().unwrap();
         assert!(StoredCredentials::load(dir.path()).unwrap().is_none());
-        let stored =
-            StoredCredentials::new("http://cp:8000", "127.0.0.2:9090", issued(dir.path(), 3600, 7 * 86400))
-                .unwrap();
+        let stored = StoredCredentials::new(
+            "http://cp:8000",
+            "127.0.0.2:9090",
+            issued(dir.path(), 3600, 7 * 86400),
+        )
+        .unwrap();
         stored.save(dir.path()).unwrap();
         let path = StoredCredentials::path(dir.path());
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(StoredCredentials::load(dir.path()).unwrap(), Some(stored.clone()));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            StoredCredentials::load(dir.path()).unwrap(),
+            Some(stored.clone())
+        );
         let shown = format!("{stored:?}");
         assert!(shown.contains("host-1"), "{shown}");
         for secret in ["jwt-secret", "wrnr_secret", "PRIVATE KEY"] {
@@ -214,8 +225,8 @@ mod tests {
         let s = StoredCredentials::new("http://cp", "a:1", issued(dir.path(), 3600, 7 * 86400))
             .unwrap();
         assert_eq!(s.refresh_at().unwrap(), s.received_at_unix + 1800);
-        let s = StoredCredentials::new("http://cp", "a:1", issued(dir.path(), 7 * 86400, 600))
-            .unwrap();
+        let s =
+            StoredCredentials::new("http://cp", "a:1", issued(dir.path(), 7 * 86400, 600)).unwrap();
         assert_eq!(s.refresh_at().unwrap(), s.received_at_unix + 300);
         assert!(!s.refresh_token_expired());
     }

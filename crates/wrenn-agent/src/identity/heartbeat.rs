@@ -138,7 +138,10 @@ impl Heartbeats {
             match result {
                 Ok(()) => {
                     if link != Link::Up {
-                        tracing::warn!(host_id = self.stored.host_id(), "the control plane answers heartbeats again");
+                        tracing::warn!(
+                            host_id = self.stored.host_id(),
+                            "the control plane answers heartbeats again"
+                        );
                     }
                     link = Link::Up;
                     backoff = self.every;
@@ -164,7 +167,11 @@ impl Heartbeats {
                     backoff = (backoff * 2).min(MAX_BACKOFF).max(self.every);
                 }
             }
-            let wait = if link == Link::Up { self.every } else { backoff };
+            let wait = if link == Link::Up {
+                self.every
+            } else {
+                backoff
+            };
             let until_refresh = self.stored.refresh_at().unwrap_or(0) - now_unix();
             let wait = if until_refresh > 0 {
                 wait.min(Duration::from_secs(until_refresh as u64))

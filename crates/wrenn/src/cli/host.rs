@@ -231,7 +231,14 @@ fn host_details(h: &Host) -> String {
         format!("type:       {}", h.kind.as_str()),
         format!("status:     {}", h.status.as_str()),
         format!("draining:   {}", h.draining),
-        format!("address:    {}", if h.address.is_empty() { "-" } else { &h.address }),
+        format!(
+            "address:    {}",
+            if h.address.is_empty() {
+                "-"
+            } else {
+                &h.address
+            }
+        ),
         format!("tags:       {}", h.tags.join(", ")),
         format!(
             "machine:    {} {} cores, {} MiB RAM, {} MiB disk, {} ({}), slots {}",

@@ -128,7 +128,11 @@ impl Agent {
                 self.child = None;
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "agent {} did not stop", self.index);
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not stop",
+                self.index
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -397,14 +401,27 @@ impl Drop for Events {
 
 /// Runs the agent `cmd` to its end; its exit code and stderr.
 pub fn run_to_end(mut cmd: Command) -> (Option<i32>, String) {
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The state in a capsule's `capsule.json` on an agent.
 pub fn recorded_state(data_dir: &Path, capsule_id: &str) -> String {
     let rec: Value = serde_json::from_slice(
-        &std::fs::read(data_dir.join("capsules").join(capsule_id).join("capsule.json")).unwrap(),
+        &std::fs::read(
+            data_dir
+                .join("capsules")
+                .join(capsule_id)
+                .join("capsule.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     rec["state"].as_str().unwrap_or_default().to_string()

@@ -54,9 +54,7 @@ async fn three_agents_register_and_a_restart_keeps_the_identity() {
     let before = c.agents[1].credentials();
     c.agents[1].kill_9();
     c.agents[1].restart();
-    let h = c
-        .wait_host(&c.agents[1].host_id, HostStatus::Online)
-        .await;
+    let h = c.wait_host(&c.agents[1].host_id, HostStatus::Online).await;
     assert_eq!(h.address, c.agents[1].address);
     assert_eq!(c.agents[1].credentials()["host_id"], before["host_id"]);
     c.wait_capsule(&id, "running").await;
@@ -159,9 +157,7 @@ async fn tokens_are_refused_where_they_must_be() {
     assert_eq!(status, 401);
     let (status, _) = c.post(&own, &[("x-api-key", &c.up.key)], &beat).await;
     assert_eq!(status, 401, "a user's API key is not a host token");
-    let (status, _) = c
-        .post(&own, &[("x-host-token", &c.up.key)], &beat)
-        .await;
+    let (status, _) = c.post(&own, &[("x-host-token", &c.up.key)], &beat).await;
     assert_eq!(status, 401);
     let (status, _) = c
         .post("/v1/capsules", &[("x-api-key", &mine)], &json!({}))
@@ -255,8 +251,7 @@ async fn certificates_from_another_ca_are_refused() {
         .arg(&foreign_dir)
         .args(["--listen", &rogue_addr]);
     tokio::task::block_in_place(|| rogue.spawn(cmd));
-    let rogue_endpoint: wrenn_rpc::AgentEndpoint =
-        format!("https://{rogue_addr}").parse().unwrap();
+    let rogue_endpoint: wrenn_rpc::AgentEndpoint = format!("https://{rogue_addr}").parse().unwrap();
     let e = match client::connect(
         &rogue_endpoint,
         Some(tls::load_client_tls(&pki_dir, &ip).unwrap()),
@@ -264,11 +259,17 @@ async fn certificates_from_another_ca_are_refused() {
     .await
     {
         Err(e) => e.to_string(),
-        Ok(mut cl) => cl.host_info(HostInfoRequest {}).await.unwrap_err().to_string(),
+        Ok(mut cl) => cl
+            .host_info(HostInfoRequest {})
+            .await
+            .unwrap_err()
+            .to_string(),
     };
     eprintln!("an agent certificate from another CA: {e}");
     assert!(
-        e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer") || e.contains("transport"),
+        e.to_lowercase().contains("certificate")
+            || e.contains("UnknownIssuer")
+            || e.contains("transport"),
         "{e}"
     );
 }
@@ -300,12 +301,12 @@ async fn a_killed_agents_host_goes_unreachable_and_comes_back() {
     c.admin.destroy_capsule(&id).await.unwrap();
 }
 
-/// With a host token of 4 s, the agent refreshes its identity by itself at half its lifetime:
+/// With a host token of 10 s, the agent refreshes its identity by itself at half its lifetime:
 /// a new refresh token and certificate in its file, the host stays `online`, and the control
 /// plane reaches the agent over the swapped certificate (a capsule is made there).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_identity_is_refreshed_before_it_runs_out() {
-    let c = Cluster::start_with(1, &["--host-token-ttl", "4"]);
+    let c = Cluster::start_with(1, &["--host-token-ttl", "10"]);
     let a = &c.agents[0];
     let first = a.credentials();
     let deadline = Instant::now() + crate::harness::PATIENCE;
