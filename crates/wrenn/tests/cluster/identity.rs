@@ -239,7 +239,7 @@ async fn certificates_from_another_ca_are_refused() {
     // An agent whose certificate another CA issued, reached with the control plane's client.
     let foreign_dir = c.dir.join("foreign-agent-pki");
     other
-        .issue_server(&[ip.clone()])
+        .issue_server(std::slice::from_ref(&ip))
         .unwrap()
         .write(&foreign_dir, tls::AGENT_STEM)
         .unwrap();
