@@ -86,12 +86,14 @@ async fn tokens_are_refused_where_they_must_be() {
     };
 
     // A token used once.
+    let specs = json!({ "arch": "x86_64", "cpu_cores": 1, "memory_mb": 1024, "disk_mb": 1024,
+        "slots": "1-2", "vmm": "qemu", "accel": "tcg" });
     let (host, token) = c.create_host(2).await;
     let (status, body) = c
         .post(
             "/v1/hosts/register",
             &[],
-            &json!({ "token": token, "address": "127.0.0.4:1", "specs": {} }),
+            &json!({ "token": token, "address": "127.0.0.4:1", "specs": specs }),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -134,7 +136,7 @@ async fn tokens_are_refused_where_they_must_be() {
     assert_ne!(again.registration_token, replaced);
 
     // Host tokens: only for one's own host; a user's key is none.
-    let beat = json!({ "specs": {}, "load": {} });
+    let beat = json!({ "specs": specs, "load": {} });
     let mine = c.agents[0].credentials()["host_token"]
         .as_str()
         .unwrap()
