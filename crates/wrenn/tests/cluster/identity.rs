@@ -333,3 +333,79 @@ async fn the_identity_is_refreshed_before_it_runs_out() {
     assert_eq!(sh(&c, &id, "echo ok").await, "ok");
     c.admin.destroy_capsule(&id).await.unwrap();
 }
+
+/// `wrenn host …` against the cluster: what each verb prints and does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_cli_does_what_its_help_says() {
+    let c = Cluster::start(1);
+    let host = c.agents[0].host_id.clone();
+    let wrenn = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::bin())
+            .arg("host")
+            .args(args)
+            .env("WRENN_BASE_URL", c.base_url())
+            .env("WRENN_API_KEY", &c.up.key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = wrenn(&["list"]);
+    assert_eq!(code, Some(0));
+    let line = out.lines().find(|l| l.starts_with(&host)).unwrap();
+    assert!(
+        line.contains("online") && line.contains(&c.agents[0].address),
+        "{out}"
+    );
+    let (code, out, _) = wrenn(&["get", &host]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("machine:") && out.contains("qemu"), "{out}");
+
+    assert_eq!(wrenn(&["tag", &host, "ssd"]).0, Some(0));
+    assert!(c
+        .admin
+        .host_tags(&host)
+        .await
+        .unwrap()
+        .contains(&"ssd".to_string()));
+    assert_eq!(wrenn(&["untag", &host, "ssd"]).0, Some(0));
+    assert!(!c
+        .admin
+        .host_tags(&host)
+        .await
+        .unwrap()
+        .contains(&"ssd".to_string()));
+
+    let (code, out, _) = wrenn(&["drain", &host]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(c.admin.get_host(&host).await.unwrap().draining);
+    assert_eq!(wrenn(&["undrain", &host]).0, Some(0));
+    assert!(!c.admin.get_host(&host).await.unwrap().draining);
+
+    let (code, out, _) = wrenn(&["create", "--tag", "later", "--json"]);
+    assert_eq!(code, Some(0));
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pending = made["host"]["id"].as_str().unwrap().to_string();
+    assert!(made["registration_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("wrnh_"));
+    let (code, out, _) = wrenn(&["token", &pending]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("registration token: wrnh_") && out.contains("--register"),
+        "{out}"
+    );
+    let (code, _, err) = wrenn(&["token", &host]);
+    assert_eq!(code, Some(1), "a registered host gets no new token");
+    assert!(err.starts_with("error: "), "{err}");
+    let (code, out, _) = wrenn(&["delete", &pending]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("deleted"), "{out}");
+    let (code, _, err) = wrenn(&["get", &pending]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not_found"), "{err}");
+}
