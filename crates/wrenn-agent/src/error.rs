@@ -163,6 +163,14 @@ pub enum AgentError {
     #[error("{0}")]
     TooLarge(String),
 
+    // The host's identity (registration, credentials, heartbeats).
+    /// The credentials file or an identity the control plane answered is unusable.
+    #[error("host identity: {0}")]
+    Identity(String),
+    /// The control plane refused or could not be reached.
+    #[error("the control plane: {0}")]
+    ControlPlane(#[from] wrenn_client::ClientError),
+
     // The host itself.
     #[error("network: {0}")]
     Network(String),
@@ -351,6 +359,8 @@ impl From<AgentError> for tonic::Status {
             | E::Vmm(_)
             | E::Rpc(_)
             | E::Random(_)
+            | E::Identity(_)
+            | E::ControlPlane(_)
             | E::Io { .. } => {
                 tracing::error!(error = %msg, "agent request failed");
                 Status::internal(msg)

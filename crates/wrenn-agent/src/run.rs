@@ -3,8 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tonic::transport::ServerTlsConfig;
-use wrenn_rpc::listen::Listen;
+use wrenn_rpc::{listen::Listen, ServerTls};
 
 use crate::{
     manager::{AgentConfig, Manager},
@@ -23,13 +22,13 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Manager>> {
     Ok(manager)
 }
 
-/// Serves `manager` on `listener` (TLS when `tls` is given; TCP only) until `shutdown`
+/// Serves `manager` on `listener` (TLS when `tls` is given, fixed or replaceable; TCP only) until `shutdown`
 /// resolves; clients that keep connections open then get a few seconds, not forever. The
 /// capsules keep running: stopping them is the caller's choice.
 pub async fn run(
     manager: Arc<Manager>,
     listener: Listen,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let (stop, mut stopping) = tokio::sync::watch::channel(false);

@@ -20,6 +20,7 @@
 
 mod error;
 mod files;
+pub mod hosts;
 mod types;
 mod ws;
 
@@ -32,6 +33,7 @@ use serde_json::{json, Value};
 use url::Url;
 
 pub use error::{ClientError, Result};
+pub use hosts::{HostClient, HOST_TOKEN_HEADER};
 pub use types::*;
 pub use ws::{ExecStream, Pty, PtyEvent, PtyReader, PtyStart, PtyWriter, StreamEvent};
 

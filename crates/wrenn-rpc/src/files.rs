@@ -36,7 +36,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
 
 /// Writes `data` to `path` with `mode` through a temporary file in the same folder, synced and
 /// renamed into place.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

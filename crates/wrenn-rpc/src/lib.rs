@@ -7,6 +7,7 @@
 //! - [`pki`]: the control plane's CA, which issues the agents' server certificates and its own
 //!   client certificates. Agents never sign anything.
 //! - [`tls`]: loading an identity a CA issued and the TLS settings of both ends.
+//! - [`swap`]: server TLS whose certificate is replaced while serving (registered agents).
 //! - [`reason`]: why an agent's gRPC error happened, where its code cannot say.
 //!
 //! Shared by the control plane, the agent, the CLI and the bench; it knows nothing of VMs or
@@ -18,8 +19,11 @@ mod files;
 pub mod listen;
 pub mod pki;
 pub mod reason;
+pub mod swap;
 pub mod tls;
 
 pub use client::{connect, connect_lazy, AgentEndpoint};
 pub use error::{Result, RpcError};
-pub use listen::{serve, Listen, ListenAddr};
+pub use files::write_atomic;
+pub use listen::{serve, Listen, ListenAddr, ServerTls};
+pub use swap::SwappableTls;

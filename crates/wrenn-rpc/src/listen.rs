@@ -246,38 +246,68 @@ impl Drop for SocketFile {
     }
 }
 
+/// How a TCP listener serves TLS: fixed at start (tonic's, from files), or replaceable while
+/// serving ([`crate::swap::SwappableTls`], a registered agent's renewed certificate).
+#[derive(Debug)]
+pub enum ServerTls {
+    Fixed(ServerTlsConfig),
+    Swappable(crate::swap::SwappableTls),
+}
+
+impl From<ServerTlsConfig> for ServerTls {
+    fn from(c: ServerTlsConfig) -> ServerTls {
+        ServerTls::Fixed(c)
+    }
+}
+
+impl From<crate::swap::SwappableTls> for ServerTls {
+    fn from(c: crate::swap::SwappableTls) -> ServerTls {
+        ServerTls::Swappable(c)
+    }
+}
+
 /// Serves `routes` (a gRPC service, such as the agent's) on `listen` until `shutdown` resolves:
 /// TCP (with `TCP_NODELAY` on each accepted socket, and TLS when `tls` is given) or a Unix socket
 /// (whose file is removed when serving ends). TLS over a Unix socket is refused: the socket file
 /// is 0600, so only its owner can connect anyway.
 pub async fn serve(
     listen: Listen,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ServerTls>,
     routes: Routes,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        if let Listen::Unix(sock) = &listen {
-            return Err(RpcError::BadSettings(format!(
-                "TLS over the Unix socket {} is not supported: the socket is 0600, so only its \
-                 owner can connect",
-                sock.path().display()
-            )));
-        }
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| RpcError::Tls(format!("the server's TLS configuration: {}", chain(&e))))?;
+    if let (Some(_), Listen::Unix(sock)) = (&tls, &listen) {
+        return Err(RpcError::BadSettings(format!(
+            "TLS over the Unix socket {} is not supported: the socket is 0600, so only its \
+             owner can connect",
+            sock.path().display()
+        )));
     }
+    let swappable = match tls {
+        Some(ServerTls::Fixed(tls)) => {
+            builder = builder.tls_config(tls).map_err(|e| {
+                RpcError::Tls(format!("the server's TLS configuration: {}", chain(&e)))
+            })?;
+            None
+        }
+        Some(ServerTls::Swappable(s)) => Some(s),
+        None => None,
+    };
     let router = builder.add_routes(routes);
-    let served = match listen {
-        Listen::Tcp(listener) => {
+    let served = match (listen, swappable) {
+        (Listen::Tcp(listener), Some(tls)) => {
+            router
+                .serve_with_incoming_shutdown(crate::swap::incoming(listener, tls), shutdown)
+                .await
+        }
+        (Listen::Tcp(listener), None) => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
-        Listen::Unix(sock) => {
+        (Listen::Unix(sock), _) => {
             let (listener, _file) = sock.into_parts();
             router
                 .serve_with_incoming_shutdown(

@@ -30,7 +30,7 @@ pub const CLIENT_STEM: &str = "client";
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn tls_err(msg: impl Into<String>) -> RpcError {
     RpcError::Tls(msg.into())

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use wrenn_agent::{
     manager::{AgentConfig, Manager},
     service, AgentError,
@@ -19,7 +19,7 @@ use wrenn_rpc::{
     listen::{Listen, ListenAddr, UnixSocket},
     pki::{self, Pki},
     tls::{self, Identity},
-    RpcError,
+    RpcError, ServerTls, SwappableTls,
 };
 
 /// A real agent (manager without capsules + gRPC server) on `listen`.
@@ -32,7 +32,7 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(listen: ListenAddr, tls: Option<ServerTlsConfig>) -> Agent {
+    async fn start(listen: ListenAddr, tls: Option<ServerTls>) -> Agent {
         let data = tempfile::tempdir_in("/var/tmp").unwrap();
         let images = data.path().join("images");
         std::fs::create_dir(&images).unwrap();
@@ -127,7 +127,7 @@ async fn tls_agent() -> (Agent, Pki, Identity, tempfile::TempDir) {
     let client = pki.issue_client("control-plane").unwrap();
     // The agent reads its TLS from the folder, as `wrenn agent --tls-dir` does.
     let server_tls = tls::load_server_tls(dir.path()).unwrap();
-    let agent = Agent::start("127.0.0.1:0".parse().unwrap(), Some(server_tls)).await;
+    let agent = Agent::start("127.0.0.1:0".parse().unwrap(), Some(server_tls.into())).await;
     (agent, pki, client, dir)
 }
 
@@ -153,7 +153,7 @@ async fn unix_socket_is_private_and_removed_on_shutdown() {
     let id = pki.issue_server(&["localhost".into()]).unwrap();
     let e = service::serve(
         Listen::Unix(other),
-        Some(tls::server_tls_config(pki.ca_pem(), &id)),
+        Some(tls::server_tls_config(pki.ca_pem(), &id).into()),
         agent.manager.clone(),
         async {},
     )
@@ -346,4 +346,57 @@ fn pki_load_or_create_keeps_one_ca_and_private_keys() {
             "client.pem"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_swapped_certificate_serves_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::load_or_create(dir.path()).unwrap();
+    let first = pki.issue_server(&["localhost".into()]).unwrap();
+    let swappable = SwappableTls::new(pki.ca_pem(), &first).unwrap();
+    let agent = Agent::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(swappable.clone().into()),
+    )
+    .await;
+    let client = pki.issue_client("control-plane").unwrap();
+    let endpoint = format!("https://{}", agent.tcp());
+    let as_name = |name: &str| Some(tls::client_tls_config(pki.ca_pem(), &client, name));
+    call(&endpoint, as_name("localhost")).await.unwrap();
+    refused(
+        "a name the first certificate lacks",
+        &endpoint,
+        as_name("127.0.0.1"),
+        "connect",
+    )
+    .await;
+    // A client certificate from another CA is refused by the swappable TLS too.
+    let other = Pki::load_or_create(&dir.path().join("other")).unwrap();
+    let foreign = other.issue_client("control-plane").unwrap();
+    refused(
+        "a client certificate from another CA",
+        &endpoint,
+        Some(tls::client_tls_config(pki.ca_pem(), &foreign, "localhost")),
+        "",
+    )
+    .await;
+    // An identity whose key is not its certificate's is refused, and changes nothing.
+    let second = pki.issue_server(&["127.0.0.1".into()]).unwrap();
+    let mismatched = Identity {
+        cert_pem: second.cert_pem.clone(),
+        key_pem: first.key_pem.clone(),
+    };
+    assert!(swappable.swap(pki.ca_pem(), &mismatched).is_err());
+    call(&endpoint, as_name("localhost")).await.unwrap();
+    // The renewed certificate names only 127.0.0.1: new connections see it at once.
+    swappable.swap(pki.ca_pem(), &second).unwrap();
+    call(&endpoint, as_name("127.0.0.1")).await.unwrap();
+    refused(
+        "a name only the old certificate had",
+        &endpoint,
+        as_name("localhost"),
+        "connect",
+    )
+    .await;
+    agent.stop().await;
 }

@@ -179,12 +179,49 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub host: HostArgs,
     /// Address of the gRPC service: `host:port` or `unix:/path/to.sock` (a 0600 socket).
-    #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
-    pub listen: ListenAddr,
+    /// Default: the --address of a registered host, else 127.0.0.1:9090.
+    #[arg(long, env = "WRENN_AGENT_LISTEN")]
+    pub listen: Option<ListenAddr>,
     /// Serve mutual TLS with `DIR/ca.pem`, `DIR/agent.pem` and `DIR/agent.key`: clients
-    /// need a certificate from that CA (`wrenn agent-cert` makes them). TCP only.
+    /// need a certificate from that CA (`wrenn agent-cert` makes them). TCP only. Not for a
+    /// registered host (its certificate comes from the control plane).
     #[arg(long, env = "WRENN_AGENT_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Register this host with a control plane, with the token `wrenn host create` printed
+    /// (single use, valid one hour). Needs --control-plane and --address. The identity it
+    /// gets is kept in DATA_DIR/host-credentials.json: later starts need no token (one given
+    /// while that file exists is ignored).
+    #[arg(
+        long,
+        env = "WRENN_REGISTER",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub register: Option<Secret>,
+    /// The control plane's URL (`http(s)://host:port`) to register with. Kept in the
+    /// credentials file: later starts need it only to change it.
+    #[arg(long, env = "WRENN_CONTROL_PLANE", value_name = "URL")]
+    pub control_plane: Option<String>,
+    /// `host:port` where the control plane reaches this agent when registering (its
+    /// certificate names that host).
+    #[arg(long, env = "WRENN_ADDRESS", value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// Seconds between a registered agent's heartbeats to its control plane.
+    #[arg(long, env = "WRENN_HEARTBEAT_EVERY", default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_every: u64,
+}
+
+impl AgentArgs {
+    /// Where the agent listens: `--listen`, else a registered host's `address`, else
+    /// 127.0.0.1:9090.
+    pub fn listen_addr(&self, address: Option<&str>) -> Result<ListenAddr, wrenn_rpc::RpcError> {
+        match (&self.listen, address) {
+            (Some(l), _) => Ok(l.clone()),
+            (None, Some(a)) => a.parse(),
+            (None, None) => "127.0.0.1:9090".parse(),
+        }
+    }
 }
 
 /// A secret (a database URL with its password, an API key): shown as `<redacted>` in `Debug`.

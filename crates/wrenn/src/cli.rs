@@ -1,9 +1,10 @@
 //! The user-facing verbs (`wrenn capsule …`, `wrenn snapshot create`, `wrenn template
-//! list|delete`): parse arguments, call `wrenn-client`, print. Text by default, the API's JSON
+//! list|delete`, `wrenn host …`): parse arguments, call `wrenn-client`, print. Text by default, the API's JSON
 //! with `--json`. An error is one line on stderr (`error: <code>: <message>`) and exit code 1;
 //! `exec` and `shell` exit with the command's code.
 
 mod cp;
+mod host;
 mod print;
 mod shell;
 
@@ -13,6 +14,8 @@ use clap::{Args, Subcommand};
 use print::{capsule_details, capsule_table, template_table};
 use serde::Serialize;
 use wrenn_client::{Client, ClientError, CreateCapsule, Exec, TemplateKind};
+
+pub use host::{host, HostArgs};
 
 /// How to reach the API, and how to print. Accepted before or after the verb.
 #[derive(Debug, Args)]

@@ -253,7 +253,7 @@ mod tests {
         let a = agent(None, &[], &[]).unwrap();
         assert_eq!(a.host.slots, 1..=16000);
         assert_eq!(a.host.max_capsules, 64);
-        assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(a.listen_addr(None).unwrap().to_string(), "127.0.0.1:9090");
     }
 
     #[test]
@@ -266,7 +266,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.host.slots, 3..=4);
         assert_eq!(a.host.max_capsules, 8);
-        assert_eq!(a.listen.to_string(), "unix:/run/w.sock");
+        assert_eq!(a.listen_addr(None).unwrap().to_string(), "unix:/run/w.sock");
         assert_eq!(a.host.dns_upstream.len(), 2);
         assert_eq!(a.host.dns_upstream[1].to_string(), "10.0.0.2:5353");
     }
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(a.host.max_capsules, 9);
         // A variable another flag owns keeps its meaning: WRENN_LISTEN is the REST API's.
         let a = agent(file, &[("WRENN_LISTEN", "0.0.0.0:1")], &[]).unwrap();
-        assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(a.listen_addr(None).unwrap().to_string(), "127.0.0.1:9090");
     }
 
     #[test]

@@ -59,6 +59,9 @@ enum Command {
     Capsule(cli::CapsuleArgs),
     /// Snapshots: templates made from capsules.
     Snapshot(cli::SnapshotArgs),
+    /// Hosts: create (with a registration token), list, get, token, tag, untag, drain,
+    /// undrain, delete.
+    Host(cli::HostArgs),
     /// Guest templates.
     Template {
         #[command(subcommand)]
@@ -123,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         // The API's verbs print their own errors and exit with their own codes.
         Command::Capsule(args) => std::process::exit(cli::capsule(args).await),
         Command::Snapshot(args) => std::process::exit(cli::snapshot(args).await),
+        Command::Host(args) => std::process::exit(cli::host(args).await),
         Command::Template {
             command: TemplateCommand::List(args),
         } => std::process::exit(cli::template_list(args).await),

@@ -120,14 +120,18 @@ impl Manager {
 }
 
 pub(super) fn host_memory_bytes() -> u64 {
+    meminfo_kib("MemTotal:") * 1024
+}
+
+/// A `/proc/meminfo` field in KiB (0 when unreadable).
+pub(super) fn meminfo_kib(field: &str) -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
-        * 1024
 }
 
 /// The shapes a capsule may ask for (0 everywhere: the template's).

@@ -1,9 +1,11 @@
 //! The capsules of this host: ids, slots, folders, and the tasks that own them.
 //!
-//! `capacity` decides whether a create fits (memory, disk, shapes), `recovery` what a start
+//! `capacity` decides whether a create fits (memory, disk, shapes), `load` what the host reports
+//! to its control plane (specs and load), `recovery` what a start
 //! takes over or removes, `tasks` the reaper and the sampler.
 
 mod capacity;
+mod load;
 mod recovery;
 mod tasks;
 mod transfer;
@@ -17,6 +19,7 @@ use std::{
 use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 use capacity::{host_memory_bytes, validate_shape};
+pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
 pub use transfer::{Chunks, Imported};

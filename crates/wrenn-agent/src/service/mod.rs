@@ -323,7 +323,7 @@ impl Agent for AgentService {
 /// refused).
 pub async fn serve(
     listen: Listen,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<wrenn_rpc::ServerTls>,
     manager: Arc<Manager>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> crate::Result<()> {

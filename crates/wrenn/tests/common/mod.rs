@@ -160,3 +160,26 @@ impl Drop for Up {
         self.stop();
     }
 }
+
+/// Whatever a test leaves when it fails: the QEMUs under its data folder (they would keep
+/// the VM lock's descriptor, and the machine) and the network namespaces of its slots.
+#[allow(dead_code)]
+pub struct Reap {
+    pub dir: PathBuf,
+    pub slots: std::ops::RangeInclusive<u32>,
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for (pid, _) in wrenn_vmm::qemu::processes_under(&self.dir) {
+            // SAFETY: kill(2) of a QEMU this test started (its command line names our folder).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for n in self.slots.clone() {
+            let ns = format!("wrenn-{n}");
+            if Path::new("/run/netns").join(&ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+    }
+}
