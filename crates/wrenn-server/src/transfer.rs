@@ -25,7 +25,10 @@ type Broke = Arc<Mutex<Option<tonic::Status>>>;
 /// error ends the stream (without a trailer) and is kept to report.
 fn pipe(
     export: tonic::Streaming<TransferChunk>,
-) -> (futures_util::stream::BoxStream<'static, TransferChunk>, Broke) {
+) -> (
+    futures_util::stream::BoxStream<'static, TransferChunk>,
+    Broke,
+) {
     let broke: Broke = Arc::default();
     let seen = broke.clone();
     let items = export
