@@ -10,13 +10,18 @@ use futures_util::Stream;
 use tokio_stream::{wrappers::BroadcastStream, StreamExt};
 
 pub mod event;
+pub mod relay;
 
 pub use event::{Actor, Event, EventFrame, EventKind, Resource};
 
 use crate::{db::Caller, responses::Authed, state::AppState, time::rfc3339};
 
-/// Publishes an event (nobody listening is fine).
+/// Publishes an event (nobody listening is fine): to every replica's streams when they share
+/// PostgreSQL ([`relay`]), else to this one's.
 pub fn publish(state: &AppState, event: Event) {
+    if relay::send(&state.db, &event) {
+        return;
+    }
     let _ = state.events.send(event);
 }
 

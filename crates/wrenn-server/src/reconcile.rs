@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use wrenn_proto::agent::v1::{CapsuleRef, ListCapsulesRequest};
 
 use crate::{
-    capsules, db,
+    background, capsules, db,
     error::{self, Result},
     events,
     state::AppState,
@@ -15,28 +17,47 @@ use crate::{
 use wrenn_types::CapsuleStatus;
 
 /// Samples usage every 10 s, and every `every` compares the database with what the agent reports and fixes drift: a
-/// capsule the agent paused (timeout) or lost is never shown as running.
-pub fn spawn_reconciler(state: AppState, every: Duration) {
+/// capsule the agent paused (timeout) or lost is never shown as running. Each runs on one
+/// replica at a time (leases `usage` and `reconcile`). The two tasks' handles.
+pub fn spawn_reconciler(state: AppState, every: Duration) -> [JoinHandle<()>; 2] {
+    let sample_every = Duration::from_secs(db::USAGE_SAMPLE_SECS as u64);
     let sampling = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(db::USAGE_SAMPLE_SECS as u64));
-        loop {
-            tick.tick().await;
-            if let Err(e) = usage::sample(&sampling).await {
-                tracing::warn!(error = %e, "sampling usage");
+    let usage = background::every_once(
+        &state.db,
+        USAGE_LEASE,
+        sample_every,
+        background::ttl_for(sample_every),
+        move || {
+            let state = sampling.clone();
+            async move {
+                if let Err(e) = usage::sample(&state).await {
+                    tracing::warn!(error = %e, "sampling usage");
+                }
             }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = reconcile(&state).await {
-                tracing::warn!(error = %e, "reconciling with the agent");
+        },
+    );
+    let db = state.db.clone();
+    let reconciler = background::every_once(
+        &db,
+        RECONCILE_LEASE,
+        every,
+        background::ttl_for(every),
+        move || {
+            let state = state.clone();
+            async move {
+                if let Err(e) = reconcile(&state).await {
+                    tracing::warn!(error = %e, "reconciling with the agent");
+                }
             }
-        }
-    });
+        },
+    );
+    [usage, reconciler]
 }
+
+/// The lease of the reconciler.
+pub const RECONCILE_LEASE: &str = "reconcile";
+/// The lease of usage sampling.
+pub const USAGE_LEASE: &str = "usage";
 
 /// One pass of the reconciler.
 pub async fn reconcile(state: &AppState) -> Result<()> {

@@ -113,6 +113,9 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
         metrics: Default::default(),
         accounts: accounts::Accounts::new(config.signup),
     };
+    crate::events::relay::start(&state)
+        .await
+        .map_err(|e| step("relaying events through PostgreSQL", e))?;
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     Ok(Started { state, admin_key })
 }

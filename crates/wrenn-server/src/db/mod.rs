@@ -16,6 +16,8 @@ use crate::error::{ApiError, Result};
 mod audit;
 mod capsules;
 mod keys;
+mod lease;
+mod notify;
 mod security;
 mod teams;
 mod templates;
@@ -26,6 +28,8 @@ mod users;
 pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
 pub use keys::ApiKeyRow;
+pub use lease::Lease;
+pub use notify::{Heard, Listener};
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
 pub use teams::{Member, Membership, Role, Team};
 pub use templates::TemplateRow;
@@ -65,6 +69,10 @@ pub struct Db {
     pool: AnyPool,
     /// Secrets never change once made, so each is read from the database once.
     secrets: Arc<Mutex<HashMap<String, String>>>,
+    /// PostgreSQL: what replicas share besides tables (notifications). None on SQLite.
+    cluster: Option<Arc<notify::Cluster>>,
+    /// This process's name among the replicas (random, per open): who holds a [`Lease`].
+    instance: Arc<str>,
 }
 
 impl Db {
@@ -100,13 +108,26 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| ApiError::Internal(format!("migrating the database: {e}")))?;
+        let cluster = if sqlite {
+            None
+        } else {
+            Some(notify::Cluster::new(url)?)
+        };
         let db = Db {
             pool,
             secrets: Arc::default(),
+            cluster,
+            instance: wrenn_types::secret::hex(8)?.into(),
         };
         // The user-token signing key exists from the first start on.
         db.secret(JWT_SECRET).await?;
         Ok(db)
+    }
+
+    /// This control plane's name among replicas (random, made at open; in log lines and
+    /// [`Lease`] holders).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The pool, for modules with their own tables (quotas).

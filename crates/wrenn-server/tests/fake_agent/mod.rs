@@ -58,6 +58,10 @@ impl FakeAgent {
     /// Serves agent.v1 on a loopback port; the client the server's `AppState` holds.
     pub async fn start() -> (FakeAgent, AgentClient<Channel>) {
         let fake = FakeAgent::default();
+        // Ids unique across fakes too (several replicas' agents, one database).
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).unwrap();
+        fake.inner().next = u64::from(u32::from_le_bytes(seed)) * 1_000_000;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = fake.clone();

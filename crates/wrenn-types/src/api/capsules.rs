@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::CapsuleStatus;
 
 /// A capsule as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capsule {
     #[cfg_attr(feature = "openapi", schema(example = "cl-0123456789abcdefghijklmno"))]

@@ -1,0 +1,10 @@
+-- Cross-replica notifications (PostgreSQL NOTIFY) whose payload is too large for NOTIFY's
+-- 8000 bytes: the payload waits here and the notification carries its id. Rows are removed
+-- after a few minutes. Unused on SQLite (one control plane).
+CREATE TABLE notifications (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX notifications_by_age ON notifications (created_at);
