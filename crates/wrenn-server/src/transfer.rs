@@ -144,3 +144,27 @@ pub async fn ensure_template(
         ))
     }))
 }
+
+/// Deletes snapshot template `name` on every host in `hosts` that holds it (one that does not
+/// is skipped; a host that cannot be reached keeps its copy until a later delete). The hosts
+/// that failed, with why.
+pub async fn delete_everywhere(
+    hosts: Vec<(String, AgentClient<Channel>)>,
+    name: &str,
+) -> Vec<(String, ApiError)> {
+    let calls = hosts.into_iter().map(|(host_id, mut client)| async move {
+        let done = client
+            .delete_template(wrenn_proto::agent::v1::DeleteTemplateRequest { name: name.into() })
+            .await;
+        match done {
+            Ok(_) => None,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => Some((host_id, ApiError::from(s))),
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}

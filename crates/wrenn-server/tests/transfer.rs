@@ -104,3 +104,33 @@ async fn a_template_is_copied_once_from_a_host_that_has_it() {
     assert!(!again);
     assert_eq!(a.calls("export_template").len(), exports);
 }
+
+#[tokio::test]
+async fn a_template_is_deleted_on_every_host_that_holds_it() {
+    let (a, ca) = FakeAgent::start().await;
+    let (b, cb) = FakeAgent::start().await;
+    let (c, cc) = FakeAgent::start().await;
+    a.add_template("tpl-x");
+    b.add_template("tpl-x");
+    b.add_template("tpl-y");
+    let hosts = || {
+        vec![
+            ("host-a".to_string(), ca.clone()),
+            ("host-b".to_string(), cb.clone()),
+            ("host-c".to_string(), cc.clone()),
+        ]
+    };
+    let failed = transfer::delete_everywhere(hosts(), "tpl-x").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(a.templates().is_empty());
+    assert_eq!(b.templates(), vec!["tpl-y".to_string()]);
+    assert_eq!(c.calls("delete_template"), vec!["tpl-x".to_string()]);
+    // A host that fails is named; the others still delete.
+    a.add_template("tpl-y");
+    b.fail_next("delete_template", Status::internal("disk on fire"));
+    let failed = transfer::delete_everywhere(hosts(), "tpl-y").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "host-b");
+    assert!(a.templates().is_empty());
+    assert_eq!(b.templates(), vec!["tpl-y".to_string()]);
+}
