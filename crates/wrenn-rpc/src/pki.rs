@@ -164,7 +164,28 @@ impl Pki {
             .first()
             .ok_or_else(|| tls_err("a server certificate needs at least one name"))?;
         let sans = names.iter().map(|n| san(n)).collect::<Result<Vec<_>>>()?;
-        self.issue(first, sans, ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            first,
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            LEAF_VALIDITY,
+        )
+    }
+
+    /// A registered host's server certificate: common name `host_id`, subject alternative
+    /// names `names` (DNS names and/or IP addresses: where the control plane reaches it),
+    /// extended key usage *server auth*, valid for `validity` (never past the CA).
+    pub fn issue_host(
+        &self,
+        host_id: &str,
+        names: &[String],
+        validity: Duration,
+    ) -> Result<Identity> {
+        if names.is_empty() {
+            return Err(tls_err("a host certificate needs at least one name"));
+        }
+        let sans = names.iter().map(|n| san(n)).collect::<Result<Vec<_>>>()?;
+        self.issue(host_id, sans, ExtendedKeyUsagePurpose::ServerAuth, validity)
     }
 
     /// A client certificate whose common name is `name`.
@@ -174,7 +195,12 @@ impl Pki {
                 "invalid client name {name:?}: 1 to 64 printable characters"
             )));
         }
-        self.issue(name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            name,
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            LEAF_VALIDITY,
+        )
     }
 
     fn issue(
@@ -182,6 +208,7 @@ impl Pki {
         common_name: &str,
         sans: Vec<SanType>,
         usage: ExtendedKeyUsagePurpose,
+        validity: Duration,
     ) -> Result<Identity> {
         let key = new_key()?;
         let now = OffsetDateTime::now_utc();
@@ -193,7 +220,7 @@ impl Pki {
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - BACKDATE;
-        params.not_after = (now + LEAF_VALIDITY).min(self.ca_not_after);
+        params.not_after = (now + validity).min(self.ca_not_after);
         params.serial_number = Some(serial()?);
         let cert = params
             .signed_by(&key, &self.issuer)

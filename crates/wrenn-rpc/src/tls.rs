@@ -149,6 +149,81 @@ pub fn load_client_tls(dir: &Path, domain: &str) -> Result<ClientTlsConfig> {
     Ok(client_tls_config(&ca_pem, &identity, domain))
 }
 
+/// What a certificate says: for the control plane's records and for checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub common_name: String,
+    /// Its subject alternative names (DNS names and IP addresses), as text.
+    pub names: Vec<String>,
+    pub server_auth: bool,
+    pub client_auth: bool,
+    /// End of validity (Unix seconds).
+    pub not_after: i64,
+    /// SHA-256 of its DER, lowercase hex.
+    pub sha256: String,
+}
+
+/// Reads the first certificate of `pem`.
+pub fn cert_info(pem: &str) -> Result<CertInfo> {
+    use sha2::Digest;
+    use x509_parser::extensions::GeneralName;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| tls_err(format!("not a PEM certificate: {e}")))?;
+    let sha256 = sha2::Sha256::digest(&block.contents)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    parse_cert(pem, |c| {
+        let common_name = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|n| n.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = c.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => names.push(d.to_string()),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            names.push(std::net::IpAddr::from(a).to_string());
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            names.push(std::net::IpAddr::from(a).to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (server_auth, client_auth) = match c.extended_key_usage() {
+            Ok(Some(e)) => (e.value.server_auth, e.value.client_auth),
+            _ => (false, false),
+        };
+        Ok(CertInfo {
+            common_name,
+            names,
+            server_auth,
+            client_auth,
+            not_after: c.validity().not_after.timestamp(),
+            sha256,
+        })
+    })
+}
+
+/// Whether the CA certificate `ca_pem` signed the certificate `cert_pem`.
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<bool> {
+    let (_, ca_block) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .map_err(|e| tls_err(format!("the CA: not a PEM certificate: {e}")))?;
+    let ca = ca_block
+        .parse_x509()
+        .map_err(|e| tls_err(format!("the CA: not an X.509 certificate: {e}")))?;
+    parse_cert(cert_pem, |c| {
+        Ok(c.issuer() == ca.subject() && c.verify_signature(Some(ca.public_key())).is_ok())
+    })
+}
+
 pub(crate) fn parse_key(pem: &str) -> Result<KeyPair> {
     KeyPair::from_pem(pem).map_err(|e| tls_err(format!("not a usable PKCS#8 private key: {e}")))
 }

@@ -17,7 +17,7 @@ use utoipa::{
 };
 
 use crate::{
-    accounts, audit, capsules, error, events, files, quotas,
+    accounts, audit, capsules, error, events, files, hosts, quotas,
     responses::{
         AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, QuotaExceeded,
         RateLimited, Unauthorized,
@@ -77,6 +77,14 @@ impl Modify for SecuritySchemes {
                 .into(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        components.add_security_scheme(
+            "host_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Host-Token",
+                "A registered host's token (from `/v1/hosts/register` or \
+                 `/v1/hosts/auth/refresh`): it acts only as its own host.",
+            ))),
+        );
     }
 }
 
@@ -142,6 +150,21 @@ impl Modify for SecuritySchemes {
         accounts::keys::list_api_keys,
         accounts::keys::create_api_key,
         accounts::keys::delete_api_key,
+        hosts::manage::create,
+        hosts::manage::list,
+        hosts::identity::register,
+        hosts::identity::refresh,
+        hosts::manage::get,
+        hosts::manage::delete,
+        hosts::manage::delete_preview,
+        hosts::manage::new_token,
+        hosts::heartbeat::heartbeat,
+        hosts::maintain::tags,
+        hosts::maintain::add_tag,
+        hosts::maintain::remove_tag,
+        hosts::maintain::drain,
+        hosts::maintain::undrain,
+        hosts::manage::set_byoc,
     ),
     components(
         schemas(
@@ -187,6 +210,8 @@ impl Modify for SecuritySchemes {
             made it and is deleted when they leave the team; the server's admin key belongs to \
             the team"),
         (name = "audit", description = "The team's audit log"),
+        (name = "hosts", description = "The host agents capsules run on: registration and \
+            identity, heartbeats, tags, drain (platform admins every host; a BYOC team its own)"),
         (name = "service", description = "The server itself: health, this document, metrics"),
     )
 )]

@@ -58,6 +58,8 @@ pub async fn bootstrap(db: &db::Db, key_file: &Path, password_file: &Path) -> Re
     let (_, team) = db
         .create_user_with_team(ADMIN_EMAIL, "Admin", &hash, "default")
         .await?;
+    // The admin's team administers the platform, even when an account signed up first.
+    db.set_platform_team(&team.id).await?;
     let (_, key) = db.create_api_key(&team.id, "admin").await?;
     write(password_file, format!("{password}\n"))?;
     write(key_file, format!("{key}\n"))?;

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod files;
+pub mod hosts;
 pub mod metrics;
 pub mod network;
 pub mod proxy;

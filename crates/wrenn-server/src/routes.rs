@@ -12,7 +12,7 @@ use axum::{
 use crate::{
     accounts, api_docs, audit, capsules,
     error::{self, ApiError},
-    events, files, metrics, network, proxy, quotas, service, snapshots,
+    events, files, hosts, metrics, network, proxy, quotas, service, snapshots,
     state::AppState,
     usage, ws,
 };
@@ -129,6 +129,7 @@ pub fn routes() -> Vec<Route> {
         route(M::PUT, "/v1/teams/{id}/quotas", quotas::handlers::set),
     ];
     all.extend(account_routes());
+    all.extend(host_routes());
     all
 }
 
@@ -158,6 +159,33 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
+}
+
+/// The hosts' routes (part of [`routes`]).
+fn host_routes() -> Vec<Route> {
+    use hosts::{heartbeat, identity, maintain, manage};
+    use Method as M;
+    vec![
+        route(M::POST, "/v1/hosts", manage::create),
+        route(M::GET, "/v1/hosts", manage::list),
+        route(M::POST, "/v1/hosts/register", identity::register),
+        route(M::POST, "/v1/hosts/auth/refresh", identity::refresh),
+        route(M::GET, "/v1/hosts/{id}", manage::get),
+        route(M::DELETE, "/v1/hosts/{id}", manage::delete),
+        route(
+            M::GET,
+            "/v1/hosts/{id}/delete-preview",
+            manage::delete_preview,
+        ),
+        route(M::POST, "/v1/hosts/{id}/token", manage::new_token),
+        route(M::POST, "/v1/hosts/{id}/heartbeat", heartbeat::heartbeat),
+        route(M::GET, "/v1/hosts/{id}/tags", maintain::tags),
+        route(M::POST, "/v1/hosts/{id}/tags", maintain::add_tag),
+        route(M::DELETE, "/v1/hosts/{id}/tags/{tag}", maintain::remove_tag),
+        route(M::POST, "/v1/hosts/{id}/drain", maintain::drain),
+        route(M::POST, "/v1/hosts/{id}/undrain", maintain::undrain),
+        route(M::PUT, "/v1/admin/teams/{id}/byoc", manage::set_byoc),
+    ]
 }
 
 /// The account routes (part of [`routes`]).

@@ -6,7 +6,7 @@ use std::{fmt, future::Future, path::PathBuf, time::Duration};
 use tonic::transport::Channel;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
-use crate::{accounts, bootstrap, db, quotas, router, ApiError, AppState, Result};
+use crate::{accounts, bootstrap, db, hosts, quotas, router, ApiError, AppState, Result};
 
 /// How long open streams (WebSockets, event streams) may go on after the stop was asked for.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -26,6 +26,10 @@ pub struct Config {
     pub quotas: quotas::Limits,
     /// Who may sign up.
     pub signup: accounts::SignupPolicy,
+    /// The control plane's CA and client certificate (default `data_dir/pki`).
+    pub pki_dir: Option<PathBuf>,
+    /// The heartbeat window and the lifetimes of host tokens and certificates.
+    pub hosts: hosts::HostSettings,
 }
 
 impl fmt::Debug for Config {
@@ -39,6 +43,8 @@ impl fmt::Debug for Config {
             .field("domain", &self.domain)
             .field("quotas", &self.quotas)
             .field("signup", &self.signup)
+            .field("pki_dir", &self.pki_dir)
+            .field("hosts", &self.hosts)
             .finish()
     }
 }
@@ -65,6 +71,13 @@ impl Config {
         self.data_dir.join("admin-api-key")
     }
 
+    /// The control plane's PKI folder.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.pki_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
+    }
+
     /// The admin's password file.
     pub fn password_file(&self) -> PathBuf {
         self.data_dir.join("admin-password")
@@ -79,7 +92,8 @@ pub struct Started {
 }
 
 /// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
-/// user, team and key on first start, stores the default quotas and starts the reconciler.
+/// user, team and key on first start, stores the default quotas, loads (or makes) the PKI and
+/// starts the reconciler and the host monitor.
 pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Started> {
     let step = |what: &str, e: ApiError| ApiError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.data_dir)
@@ -112,11 +126,14 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
             .map_err(|e| ApiError::Internal(format!("the proxy's HTTP client: {e}")))?,
         metrics: Default::default(),
         accounts: accounts::Accounts::new(config.signup),
+        hosts: hosts::HostIdentity::with_pki(config.hosts, &config.pki_dir())
+            .map_err(|e| step("the control plane's PKI", e))?,
     };
     crate::events::relay::start(&state)
         .await
         .map_err(|e| step("relaying events through PostgreSQL", e))?;
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
+    hosts::spawn_host_monitor(state.clone());
     Ok(Started { state, admin_key })
 }
 
@@ -171,6 +188,8 @@ mod tests {
             domain: "wrenn.localhost".into(),
             quotas: Default::default(),
             signup: accounts::SignupPolicy::Invite,
+            pki_dir: None,
+            hosts: Default::default(),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -6,7 +6,10 @@ use tokio::sync::broadcast;
 use tonic::transport::Channel;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
-use crate::{accounts::policy::Accounts, db::Db, events::event::Event, metrics::Metrics};
+use crate::{
+    accounts::policy::Accounts, db::Db, events::event::Event, hosts::settings::HostIdentity,
+    metrics::Metrics,
+};
 
 /// The control plane's shared state.
 #[derive(Clone)]
@@ -24,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The sign-up policy and the log-in limits.
     pub accounts: Arc<Accounts>,
+    /// The hosts' settings and the CA that issues their certificates.
+    pub hosts: HostIdentity,
 }
 
 impl AppState {

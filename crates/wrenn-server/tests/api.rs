@@ -40,6 +40,7 @@ async fn start() -> Server {
         http: reqwest::Client::new(),
         metrics: Default::default(),
         accounts: wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
+        hosts: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -72,6 +72,7 @@ async fn start() -> Server {
         http: reqwest::Client::new(),
         metrics: Default::default(),
         accounts: Accounts::new(SignupPolicy::Closed),
+        hosts: Default::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -43,6 +43,7 @@ async fn start() -> Server {
         accounts: wrenn_server::accounts::Accounts::new(
             wrenn_server::accounts::SignupPolicy::Closed,
         ),
+        hosts: Default::default(),
     };
     let team = db.create_team("errors").await.unwrap();
     let (_, key) = db.create_api_key(&team.id, "k").await.unwrap();

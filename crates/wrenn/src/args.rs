@@ -45,6 +45,16 @@ pub struct ControlArgs {
     /// admin, who adds users), `invite` for `wrenn server`.
     #[arg(long, env = "WRENN_SIGNUP")]
     pub signup: Option<wrenn_server::accounts::SignupPolicy>,
+    /// Seconds a registered host may stay silent (no heartbeat) before it is `unreachable`
+    /// and its capsules `missing` (three of the agents' heartbeat intervals).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), value_name = "SECS")]
+    pub host_timeout: u64,
+    /// Seconds a host token (`X-Host-Token`) is valid; agents refresh it at half-life.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..), value_name = "SECS")]
+    pub host_token_ttl: u64,
+    /// Seconds a host's mTLS certificate is valid; agents refresh it at half-life.
+    #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..), value_name = "SECS")]
+    pub host_cert_ttl: u64,
 }
 
 /// A host's flags (`up` and `agent`).
@@ -111,6 +121,12 @@ impl ControlArgs {
             domain: self.domain.clone(),
             quotas: self.quotas.limits(),
             signup: self.signup.unwrap_or(signup),
+            pki_dir: None,
+            hosts: wrenn_server::hosts::HostSettings {
+                timeout: std::time::Duration::from_secs(self.host_timeout),
+                token_ttl: std::time::Duration::from_secs(self.host_token_ttl),
+                cert_ttl: std::time::Duration::from_secs(self.host_cert_ttl),
+            },
         }
     }
 }

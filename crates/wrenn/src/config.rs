@@ -380,4 +380,52 @@ mod tests {
             "{shown}"
         );
     }
+
+    #[test]
+    fn host_settings_come_from_every_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wrenn.toml");
+        std::fs::write(&file, "host-timeout = 9\nhost-token-ttl = 120\n").unwrap();
+        let server = |extra: &[&str], vars: &[(&str, &str)]| {
+            let mut argv: Vec<OsString> = ["wrenn", "server", "--agent", "unix:/x"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            argv.push("--config".into());
+            argv.push(file.clone().into());
+            argv.extend(extra.iter().map(OsString::from));
+            let vars: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let cmd = layered(Cli::command(), &argv, &|k| vars.get(k).cloned())?;
+            let m = cmd.try_get_matches_from(&argv).map_err(|e| e.to_string())?;
+            match Cli::from_arg_matches(&m)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                Cmd::Server(s) => Ok::<_, String>(
+                    s.control
+                        .server_config(
+                            s.common.data_dir.clone(),
+                            wrenn_server::accounts::SignupPolicy::Invite,
+                        )
+                        .hosts,
+                ),
+                other => panic!("not the server: {other:?}"),
+            }
+        };
+        let h = server(
+            &["--host-cert-ttl", "3600"],
+            &[("WRENN_HOST_TOKEN_TTL", "60")],
+        )
+        .unwrap();
+        assert_eq!(h.timeout.as_secs(), 9);
+        assert_eq!(h.token_ttl.as_secs(), 60);
+        assert_eq!(h.cert_ttl.as_secs(), 3600);
+        std::fs::write(&file, "").unwrap();
+        let h = server(&[], &[]).unwrap();
+        assert_eq!(h, wrenn_server::hosts::HostSettings::default());
+        assert!(server(&["--host-timeout", "0"], &[]).is_err());
+    }
 }

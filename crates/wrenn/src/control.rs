@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::Context;
 use tonic::transport::{Channel, ClientTlsConfig};
 use wrenn_proto::agent::v1::agent_client::AgentClient;
-use wrenn_rpc::{client::AgentEndpoint, pki, tls};
+use wrenn_rpc::{client::AgentEndpoint, tls};
 use wrenn_server::{accounts::SignupPolicy, AdminKey};
 
 use crate::args::ServerArgs;
@@ -82,9 +82,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let client = wrenn_rpc::connect(&endpoint, tls)
         .await
         .with_context(|| format!("connecting to the agent at {endpoint}"))?;
-    let config = args
+    let mut config = args
         .control
         .server_config(data_dir.clone(), SignupPolicy::Invite);
+    config.pki_dir = args.pki_dir.clone();
     let started = start(&config, args.control.listen, client).await?;
     serve(started, "stopping (capsules stay with their agent)").await
 }
@@ -95,10 +96,9 @@ fn client_tls(dir: &Path, host: &str) -> anyhow::Result<ClientTlsConfig> {
     if dir.exists() {
         crate::private::check_and_fix(dir)?;
     }
-    let pki = pki::Pki::load_or_create(dir).context("the server's PKI")?;
-    if tls::Identity::load(dir, tls::CLIENT_STEM).is_err() {
-        pki.issue_client("wrenn-control-plane")?
-            .write(dir, tls::CLIENT_STEM)?;
+    let made = tls::Identity::load(dir, tls::CLIENT_STEM).is_err();
+    wrenn_server::hosts::control_plane_pki(dir).context("the server's PKI")?;
+    if made {
         println!(
             "made the PKI in {}: issue the agent's certificate with \
              `wrenn agent-cert --dir {}` and copy it to the agent",

@@ -5,7 +5,7 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -69,6 +69,11 @@ pub fn issue(key: &[u8], user_id: &str, sid: &str, now: i64) -> (String, Claims)
         iss: ISSUER.into(),
         sid: sid.into(),
     };
+    (sign(key, &claims), claims)
+}
+
+/// `claims` as a compact HS256 JWT signed with `key`.
+pub fn sign<C: Serialize>(key: &[u8], claims: &C) -> String {
     let header = Header {
         alg: "HS256".into(),
         typ: Some("JWT".into()),
@@ -77,16 +82,17 @@ pub fn issue(key: &[u8], user_id: &str, sid: &str, now: i64) -> (String, Claims)
     let signing_input = format!(
         "{}.{}",
         encode(&serde_json::to_vec(&header).unwrap_or_default()),
-        encode(&serde_json::to_vec(&claims).unwrap_or_default())
+        encode(&serde_json::to_vec(claims).unwrap_or_default())
     );
     let mut m = mac(key);
     m.update(signing_input.as_bytes());
     let sig = encode(&m.finalize().into_bytes());
-    (format!("{signing_input}.{sig}"), claims)
+    format!("{signing_input}.{sig}")
 }
 
-/// The claims of a valid, unexpired token at `now` (Unix seconds).
-pub fn verify(key: &[u8], token: &str, now: i64) -> Result<Claims, JwtError> {
+/// The claims of a token signed with `key` (HS256 only; signature checked before the claims
+/// are read). Expiry and the claims' meaning are the caller's to check.
+pub fn verify_signed<C: DeserializeOwned>(key: &[u8], token: &str) -> Result<C, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::Malformed);
     }
@@ -107,8 +113,12 @@ pub fn verify(key: &[u8], token: &str, now: i64) -> Result<Claims, JwtError> {
     m.update(payload.as_bytes());
     m.verify_slice(&decode(sig)?)
         .map_err(|_| JwtError::Signature)?;
-    let claims: Claims =
-        serde_json::from_slice(&decode(payload)?).map_err(|_| JwtError::Malformed)?;
+    serde_json::from_slice(&decode(payload)?).map_err(|_| JwtError::Malformed)
+}
+
+/// The claims of a valid, unexpired user token at `now` (Unix seconds).
+pub fn verify(key: &[u8], token: &str, now: i64) -> Result<Claims, JwtError> {
+    let claims: Claims = verify_signed(key, token)?;
     if claims.iss != ISSUER {
         return Err(JwtError::Malformed);
     }

@@ -15,6 +15,8 @@ use crate::error::{ApiError, Result};
 
 mod audit;
 mod capsules;
+mod host_identity;
+mod hosts;
 mod keys;
 mod lease;
 mod notify;
@@ -27,6 +29,8 @@ mod users;
 
 pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
+pub use host_identity::IssuedIdentity;
+pub use hosts::{HostRow, HostTokenKind};
 pub use keys::ApiKeyRow;
 pub use lease::Lease;
 pub use notify::{Heard, Listener};

@@ -113,6 +113,9 @@ pub(super) fn role_changed() -> ApiError {
     ApiError::Conflict("the member's role changed meanwhile; try again".into())
 }
 
+/// The name of the platform team's setting.
+const PLATFORM_TEAM: &str = "platform_team";
+
 impl Db {
     /// Signs a user up: the user, a personal team they own, and the audit row, all or nothing.
     /// A taken email is `conflict`.
@@ -127,10 +130,45 @@ impl Db {
         let user = insert_user(&mut tx, email, name, password_hash).await?;
         let team = insert_team(&mut tx, team_name).await?;
         insert_membership(&mut tx, &team.id, &user.id, Role::Owner).await?;
+        // The first account of an install makes the platform's team.
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(PLATFORM_TEAM)
+        .bind(&team.id)
+        .execute(&mut *tx)
+        .await?;
         let caller = Caller::user(&team.id, &user);
         audit_success(&mut tx, &caller, "user.signup", ("user", &user.id), "").await?;
         tx.commit().await?;
         Ok((user, team))
+    }
+
+    /// The platform's team: its owners and admins administer the platform (hosts, quotas,
+    /// BYOC). The team of `admin@localhost` when the server made it, else the team of the
+    /// install's first account.
+    pub async fn platform_team(&self) -> Result<Option<String>> {
+        let r = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(PLATFORM_TEAM)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Some(r.try_get("value")?),
+            None => None,
+        })
+    }
+
+    /// Makes `team_id` the platform's team (the server's first start, for its admin's team).
+    pub async fn set_platform_team(&self, team_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(PLATFORM_TEAM)
+        .bind(team_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn create_team(&self, name: &str) -> Result<Team> {

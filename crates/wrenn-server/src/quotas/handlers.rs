@@ -4,7 +4,6 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use sqlx::Row;
 
 use super::{
     reserve::{defaults, overrides, usage},
@@ -31,24 +30,9 @@ async fn team_quotas(db: &Db, team_id: &str) -> Result<TeamQuotas> {
     })
 }
 
-/// The platform's team: the first team the admin user `wrenn up` makes owns.
-async fn platform_team(db: &Db) -> Result<Option<String>> {
-    let r = sqlx::query(
-        "SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE u.email = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
-    )
-    .bind(crate::ADMIN_EMAIL)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(match r {
-        Some(r) => Some(r.try_get("team_id")?),
-        None => None,
-    })
-}
-
 /// Whether the caller administers the platform (see the module's doc).
 pub async fn is_platform_admin(db: &Db, caller: &Caller) -> Result<bool> {
-    if platform_team(db).await?.as_deref() != Some(caller.team_id.as_str()) {
+    if db.platform_team().await?.as_deref() != Some(caller.team_id.as_str()) {
         return Ok(false);
     }
     Ok(match caller.user_id() {

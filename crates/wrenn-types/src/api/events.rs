@@ -28,7 +28,8 @@ pub struct Actor {
     pub name: String,
 }
 
-/// The kinds of events (the SDK's enum; `host.up` and `host.down` are not sent yet).
+/// The kinds of events (the SDK's enum, and the hosts' events, which only platform admins'
+/// streams and a BYOC team's own stream get).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
@@ -52,6 +53,12 @@ pub enum EventKind {
     HostUp,
     #[serde(rename = "host.down")]
     HostDown,
+    #[serde(rename = "host.registered")]
+    HostRegistered,
+    #[serde(rename = "host.deleted")]
+    HostDeleted,
+    #[serde(rename = "host.drained")]
+    HostDrained,
 }
 
 /// One event, as the SDK's `SSEEvent` reads it: the `data:` of one server-sent event.

@@ -273,6 +273,23 @@ pub struct DrainResult {
     pub failed: BTreeMap<String, String>,
 }
 
+/// `PUT /v1/admin/teams/{id}/byoc` (platform admins): lets a team have its own hosts. One-way:
+/// once on, it stays on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ByocBody {
+    pub enabled: bool,
+}
+
+/// A team's BYOC flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TeamByoc {
+    pub team_id: String,
+    pub enabled: bool,
+}
+
 /// `POST /v1/capsules/{id}/move`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
