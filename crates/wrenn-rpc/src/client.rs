@@ -80,8 +80,47 @@ pub async fn connect(
     let fail = |e: tonic::transport::Error| {
         RpcError::Transport(format!("connecting to {endpoint}: {}", chain(&e)))
     };
+    let channel = match prepare(endpoint, tls, CONNECT_TIMEOUT)? {
+        Prepared::Unix(e, path) => e
+            .connect_with_connector(unix_connector(path))
+            .await
+            .map_err(fail)?,
+        Prepared::Tcp(e) => e.connect().await.map_err(fail)?,
+    };
+    Ok(AgentClient::new(channel))
+}
+
+/// A client of the agent at `endpoint` that connects on its first call (and again after the
+/// connection breaks), each attempt bounded by `connect_timeout`: a silent host fails its
+/// calls within that time instead of holding them. `tls` as for [`connect`].
+pub fn connect_lazy(
+    endpoint: &AgentEndpoint,
+    tls: Option<ClientTlsConfig>,
+    connect_timeout: Duration,
+) -> Result<AgentClient<Channel>> {
+    let channel = match prepare(endpoint, tls, connect_timeout)? {
+        Prepared::Unix(e, path) => e.connect_with_connector_lazy(unix_connector(path)),
+        Prepared::Tcp(e) => e.connect_lazy(),
+    };
+    Ok(AgentClient::new(channel))
+}
+
+/// An endpoint, ready to connect.
+enum Prepared {
+    Unix(Endpoint, PathBuf),
+    Tcp(Endpoint),
+}
+
+fn prepare(
+    endpoint: &AgentEndpoint,
+    tls: Option<ClientTlsConfig>,
+    connect_timeout: Duration,
+) -> Result<Prepared> {
+    let fail = |e: tonic::transport::Error| {
+        RpcError::Transport(format!("connecting to {endpoint}: {}", chain(&e)))
+    };
     let refuse = |why: &str| RpcError::BadSettings(format!("agent {endpoint}: {why}"));
-    let channel = match (endpoint, tls) {
+    Ok(match (endpoint, tls) {
         (AgentEndpoint::Unix(_), Some(_)) => {
             return Err(refuse(
                 "TLS over a Unix socket is not supported (the socket file's mode guards it)",
@@ -97,44 +136,49 @@ pub async fn connect(
                 "https:// needs a TLS configuration (CA and client certificate)",
             ))
         }
-        (AgentEndpoint::Unix(path), None) => {
-            let path = path.clone();
-            // The URI only satisfies the HTTP layer; the connector ignores it.
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        tokio::net::UnixStream::connect(path)
-                            .await
-                            .map(TokioIo::new)
-                    }
-                }))
-                .await
-                .map_err(fail)?
-        }
+        // The URI only satisfies the HTTP layer; the connector ignores it.
+        (AgentEndpoint::Unix(path), None) => Prepared::Unix(
+            Endpoint::from_static("http://localhost").connect_timeout(connect_timeout),
+            path.clone(),
+        ),
         (AgentEndpoint::Http(a) | AgentEndpoint::HostPort(a), None) => {
-            tcp_endpoint(format!("http://{a}"))
-                .map_err(fail)?
-                .connect()
-                .await
-                .map_err(fail)?
+            Prepared::Tcp(tcp_endpoint(format!("http://{a}"), connect_timeout).map_err(fail)?)
         }
-        (AgentEndpoint::Https(a) | AgentEndpoint::HostPort(a), Some(tls)) => {
-            tcp_endpoint(format!("https://{a}"))
+        (AgentEndpoint::Https(a) | AgentEndpoint::HostPort(a), Some(tls)) => Prepared::Tcp(
+            tcp_endpoint(format!("https://{a}"), connect_timeout)
                 .and_then(|e| e.tls_config(tls))
-                .map_err(fail)?
-                .connect()
-                .await
-                .map_err(fail)?
-        }
-    };
-    Ok(AgentClient::new(channel))
+                .map_err(fail)?,
+        ),
+    })
 }
 
-fn tcp_endpoint(uri: String) -> std::result::Result<Endpoint, tonic::transport::Error> {
+/// Connects to the Unix socket at `path`, whatever the URI.
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(TokioIo::new)
+        }
+    })
+}
+
+fn tcp_endpoint(
+    uri: String,
+    connect_timeout: Duration,
+) -> std::result::Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true))
 }
 

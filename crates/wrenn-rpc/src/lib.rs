@@ -20,6 +20,6 @@ pub mod pki;
 pub mod reason;
 pub mod tls;
 
-pub use client::{connect, AgentEndpoint};
+pub use client::{connect, connect_lazy, AgentEndpoint};
 pub use error::{Result, RpcError};
 pub use listen::{serve, Listen, ListenAddr};

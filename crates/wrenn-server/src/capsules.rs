@@ -33,6 +33,7 @@ mod tests {
             started_at: Some(1_700_000_001_000),
             last_active_at: None,
             updated_at: 1_700_000_002_000,
+            host_id: None,
         }
     }
 

@@ -103,6 +103,7 @@ mod tests {
             started_at: None,
             last_active_at: None,
             updated_at: 0,
+            host_id: None,
         };
         let capsule = Capsule::from(&row);
         let e =

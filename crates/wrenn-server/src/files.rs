@@ -80,7 +80,8 @@ pub async fn read(
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let mut stream = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .read_file_stream(FileRequest {
             capsule_id: c.id,
             path: b.path,
@@ -178,7 +179,7 @@ pub async fn write(
                     })),
                 };
                 let _ = tx.send(start).await;
-                let mut agent = state.agent();
+                let mut agent = state.agent_for(&c).await?;
                 let upload = tokio::spawn(async move {
                     agent
                         .write_file_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -273,7 +274,8 @@ pub async fn list(
     }
     let c = running(&state, &caller, &id).await?;
     let listed = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .list_dir(ListDirRequest {
             capsule_id: c.id,
             path: b.path,
@@ -312,7 +314,8 @@ pub async fn mkdir(
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     let entry = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .make_dir(FileRequest {
             capsule_id: c.id,
             path: b.path,
@@ -350,7 +353,8 @@ pub async fn remove(
     check_path(&b.path)?;
     let c = running(&state, &caller, &id).await?;
     state
-        .agent()
+        .agent_for(&c)
+        .await?
         .remove(FileRequest {
             capsule_id: c.id,
             path: b.path,

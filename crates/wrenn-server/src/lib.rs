@@ -16,6 +16,7 @@ pub mod api_docs;
 pub mod audit;
 pub mod background;
 mod bootstrap;
+pub mod builtin;
 pub mod capsules;
 pub mod db;
 pub mod error;
@@ -25,6 +26,8 @@ pub mod files;
 pub mod hosts;
 pub mod metrics;
 pub mod network;
+pub mod placement;
+pub mod pool;
 pub mod proxy;
 pub mod quotas;
 pub mod reconcile;
@@ -46,7 +49,7 @@ pub use bootstrap::{bootstrap, AdminKey, ADMIN_EMAIL};
 pub use error::{ApiError, Result};
 pub use reconcile::{reconcile, spawn_reconciler};
 pub use routes::{route, router, routes, Route};
-pub use run::{run, serve, start, Config, Started};
+pub use run::{run, serve, start, BuiltinAgent, Config, Started};
 pub use state::AppState;
 
 /// For the shape tests: `new` must serialize (as the API writes it, to text) to exactly the

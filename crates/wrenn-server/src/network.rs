@@ -103,7 +103,7 @@ pub async fn set(
             c.id, c.status
         )));
     }
-    let mut agent = state.agent();
+    let mut agent = state.agent_for(&c).await?;
     agent
         .set_capsule_network(SetCapsuleNetworkRequest {
             capsule_id: c.id.clone(),

@@ -276,7 +276,8 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
         )));
     }
     let address = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .get_capsule(CapsuleRef { id: id.clone() })
         .await?
         .into_inner()

@@ -14,7 +14,7 @@ use crate::{
     state::AppState,
     time, usage,
 };
-use wrenn_types::CapsuleStatus;
+use wrenn_types::{api::hosts::HostStatus, CapsuleStatus};
 
 /// Samples usage every 10 s, and every `every` compares the database with what the agent reports and fixes drift: a
 /// capsule the agent paused (timeout) or lost is never shown as running. Each runs on one
@@ -59,10 +59,28 @@ pub const RECONCILE_LEASE: &str = "reconcile";
 /// The lease of usage sampling.
 pub const USAGE_LEASE: &str = "usage";
 
-/// One pass of the reconciler.
+/// One pass of the reconciler: each online host in turn. A host that does not answer is
+/// skipped (its missed heartbeats make it `unreachable`); the others are still reconciled.
 pub async fn reconcile(state: &AppState) -> Result<()> {
-    let on_host: std::collections::HashMap<String, wrenn_proto::agent::v1::Capsule> = state
-        .agent()
+    let hosts = state.db.host_records().await?;
+    let mut failed = None;
+    for host in hosts.iter().filter(|h| h.status == HostStatus::Online) {
+        if let Err(e) = reconcile_host(state, host).await {
+            tracing::warn!(host = %host.id, error = %e, "reconciling with a host");
+            failed = Some(e);
+        }
+    }
+    // The one host of a single-node setup that failed is the pass's failure.
+    match failed {
+        Some(e) if hosts.len() == 1 => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Compares host `host`'s capsule rows with what its agent lists now.
+async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
+    let mut agent = state.pool.client(host)?;
+    let on_host: std::collections::HashMap<String, wrenn_proto::agent::v1::Capsule> = agent
         .list_capsules(ListCapsulesRequest {})
         .await?
         .into_inner()
@@ -70,15 +88,12 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
         .into_iter()
         .map(|c| (c.id.clone(), c))
         .collect();
-    for row in state.db.live_capsules().await? {
+    for row in state.db.live_capsules_on(&host.id).await? {
         let (status, error) = match on_host.get(&row.id) {
             // The list may be older than the row (a resume or pause that finished since, on
             // the host and then in the row): what the host says now decides.
             Some(c) if capsules::model::status_of(c.state) != row.status => {
-                let now = state
-                    .agent()
-                    .get_capsule(CapsuleRef { id: row.id.clone() })
-                    .await;
+                let now = agent.get_capsule(CapsuleRef { id: row.id.clone() }).await;
                 match now {
                     Ok(c) => {
                         let c = c.into_inner();
@@ -100,6 +115,9 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
             None if matches!(row.status, CapsuleStatus::Pending | CapsuleStatus::Starting) => {
                 continue
             }
+            // Its host came back without it (a host that lost its disk, or a capsule that
+            // ended while nobody could tell): it is over.
+            None if row.status == CapsuleStatus::Missing => (CapsuleStatus::Stopped, None),
             None => (
                 CapsuleStatus::Error,
                 Some("the host no longer has this capsule".to_string()),

@@ -80,7 +80,7 @@ async fn resume_one(state: &AppState, id: &str) -> Result<Outcome> {
         return Ok(Outcome::Skipped("the database has no live capsule".into()));
     };
     let caller = system(&row.team_id);
-    let mut agent = state.agent();
+    let mut agent = state.agent_for(&row).await?;
     match agent.resume_capsule(CapsuleRef { id: id.into() }).await {
         Ok(pb) => {
             let pb = pb.into_inner();

@@ -91,10 +91,20 @@ pub struct Started {
     pub admin_key: bootstrap::AdminKey,
 }
 
+/// The agent a control plane starts with (`wrenn up`'s own, `wrenn server --agent`): the
+/// built-in host.
+pub struct BuiltinAgent {
+    /// Where it is reached (`unix:/path`, `host:port`, …), as its host row says.
+    pub address: String,
+    /// Its client, already connected.
+    pub client: AgentClient<Channel>,
+}
+
 /// Opens the database (SQLite in the data folder unless `database_url`), makes the admin
-/// user, team and key on first start, stores the default quotas, loads (or makes) the PKI and
-/// starts the reconciler and the host monitor.
-pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Started> {
+/// user, team and key on first start, stores the default quotas, loads (or makes) the PKI,
+/// makes `builtin` the built-in host (with its heartbeats) and starts the reconciler and the
+/// host monitor. Without `builtin`, capsules go to the hosts that register.
+pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Started> {
     let step = |what: &str, e: ApiError| ApiError::Internal(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ApiError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
@@ -116,7 +126,7 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let state = AppState {
         db,
-        agent,
+        pool: crate::pool::HostPool::new(Some(config.pki_dir())),
         events,
         domain: config.domain.clone(),
         http: reqwest::Client::builder()
@@ -132,6 +142,16 @@ pub async fn start(config: &Config, agent: AgentClient<Channel>) -> Result<Start
     crate::events::relay::start(&state)
         .await
         .map_err(|e| step("relaying events through PostgreSQL", e))?;
+    if let Some(b) = builtin {
+        crate::builtin::attach(
+            &state,
+            &b.address,
+            b.client,
+            crate::builtin::HEARTBEAT_EVERY,
+        )
+        .await
+        .map_err(|e| step("recording the built-in host", e))?;
+    }
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     hosts::spawn_host_monitor(state.clone());
     Ok(Started { state, admin_key })

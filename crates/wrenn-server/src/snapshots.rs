@@ -80,17 +80,20 @@ pub fn base_template(t: &wrenn_proto::agent::v1::Template) -> Template {
     }
 }
 
-/// The platform's base templates (as the host reports them).
+/// The platform's base templates: those of every online host, each name once.
 async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::Template>> {
-    Ok(state
-        .agent()
-        .list_templates(ListTemplatesRequest {})
-        .await?
-        .into_inner()
-        .templates
-        .into_iter()
-        .filter(|t| t.kind == TemplateKind::Base as i32)
-        .collect())
+    let lists = state
+        .on_online_hosts(
+            |mut agent| async move { agent.list_templates(ListTemplatesRequest {}).await },
+        )
+        .await?;
+    let mut seen = std::collections::BTreeMap::new();
+    for t in lists.into_iter().flat_map(|l| l.into_inner().templates) {
+        if t.kind == TemplateKind::Base as i32 {
+            seen.entry(t.name.clone()).or_insert(t);
+        }
+    }
+    Ok(seen.into_values().collect())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -155,8 +158,9 @@ pub async fn create(
         Some(t) => t.agent_name.clone(),
         None => id.clone(),
     };
-    let made = state
-        .agent()
+    let host = crate::pool::host_of(&state.db, &capsule).await?;
+    let mut agent = state.pool.client(&host)?;
+    let made = agent
         .snapshot_capsule(SnapshotCapsuleRequest {
             capsule_id: capsule.id.clone(),
             name: host_name.clone(),
@@ -185,12 +189,12 @@ pub async fn create(
         source_capsule: capsule.id.clone(),
         metadata: capsule.metadata.clone(),
         created_at: now_ms(),
+        host_id: Some(host.id),
     };
     if let Err(e) = state.db.insert_template(&row).await {
         // A concurrent create of the same name won: never leave a host template no row names.
         if existing.is_none() {
-            let _ = state
-                .agent()
+            let _ = agent
                 .delete_template(DeleteTemplateRequest { name: host_name })
                 .await;
         }
@@ -299,8 +303,12 @@ pub async fn delete(
         }
         return Err(ApiError::NotFound(format!("template {name} not found")));
     };
+    let Some(host_id) = t.host_id.as_deref() else {
+        return Err(ApiError::Internal(format!("template {name} has no host")));
+    };
     match state
-        .agent()
+        .agent_on(host_id)
+        .await?
         .delete_template(DeleteTemplateRequest {
             name: t.agent_name.clone(),
         })
@@ -348,6 +356,7 @@ mod tests {
             source_capsule: "cl-x".into(),
             metadata: [("k".to_string(), "v".to_string())].into(),
             created_at: 1_700_000_000_000,
+            host_id: None,
         };
         // Before: `template_json`.
         let old = json!({

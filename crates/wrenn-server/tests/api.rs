@@ -34,7 +34,7 @@ async fn start() -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db: db.clone(),
-        agent,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
@@ -42,6 +42,14 @@ async fn start() -> Server {
         accounts: wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
         hosts: Default::default(),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://127.0.0.1:1",
+        agent,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -353,6 +361,7 @@ fn capsule(team: &str, id: &str, status: &str) -> CapsuleRow {
         started_at: Some(1),
         last_active_at: None,
         updated_at: 1,
+        host_id: None,
     }
 }
 

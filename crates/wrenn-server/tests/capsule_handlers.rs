@@ -66,7 +66,7 @@ async fn start() -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db,
-        agent: client,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
@@ -74,6 +74,14 @@ async fn start() -> Server {
         accounts: Accounts::new(SignupPolicy::Closed),
         hosts: Default::default(),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://fake-agent:1",
+        client,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = wrenn_server::router(state.clone());

@@ -35,7 +35,7 @@ async fn start() -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db: db.clone(),
-        agent,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
@@ -45,6 +45,14 @@ async fn start() -> Server {
         ),
         hosts: Default::default(),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://127.0.0.1:1",
+        agent,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let team = db.create_team("errors").await.unwrap();
     let (_, key) = db.create_api_key(&team.id, "k").await.unwrap();
     db.insert_capsule(&CapsuleRow {
@@ -62,6 +70,7 @@ async fn start() -> Server {
         started_at: Some(1),
         last_active_at: None,
         updated_at: 1,
+        host_id: None,
     })
     .await
     .unwrap();

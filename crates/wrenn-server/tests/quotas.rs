@@ -54,7 +54,7 @@ async fn start(defaults: Limits) -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db: db.clone(),
-        agent,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
@@ -62,6 +62,14 @@ async fn start(defaults: Limits) -> Server {
         accounts: wrenn_server::accounts::Accounts::new(wrenn_server::accounts::SignupPolicy::Open),
         hosts: Default::default(),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://127.0.0.1:1",
+        agent,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, wrenn_server::router(state)).await });
@@ -161,6 +169,7 @@ impl Server {
                 started_at: Some(now),
                 last_active_at: Some(now),
                 updated_at: now,
+                host_id: None,
             })
             .await
             .unwrap();

@@ -116,7 +116,7 @@ impl ControlArgs {
         signup: wrenn_server::accounts::SignupPolicy,
     ) -> wrenn_server::Config {
         wrenn_server::Config {
-            data_dir,
+            data_dir: data_dir.clone(),
             database_url: self.database_url.clone().map(|s| s.0),
             domain: self.domain.clone(),
             quotas: self.quotas.limits(),
@@ -160,9 +160,11 @@ pub struct ServerArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub control: ControlArgs,
-    /// The host agent: `host:port` or `https://host:port` (mTLS), or `unix:/path`.
+    /// A host agent to use from the start (the built-in host, as before hosts registered):
+    /// `host:port` or `https://host:port` (mTLS), or `unix:/path`. Optional: without it,
+    /// capsules go to the hosts that register with tokens (`wrenn host create`).
     #[arg(long, env = "WRENN_AGENT")]
-    pub agent: String,
+    pub agent: Option<String>,
     /// The PKI folder (default DATA_DIR/pki): its CA is made on first start, with this
     /// server's client certificate; issue the agent's with `wrenn agent-cert --dir`.
     #[arg(long, env = "WRENN_PKI_DIR")]

@@ -4,8 +4,7 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context;
-use tonic::transport::{Channel, ClientTlsConfig};
-use wrenn_proto::agent::v1::agent_client::AgentClient;
+use tonic::transport::ClientTlsConfig;
 use wrenn_rpc::{client::AgentEndpoint, tls};
 use wrenn_server::{accounts::SignupPolicy, AdminKey};
 
@@ -22,9 +21,9 @@ pub struct Started {
 pub async fn start(
     config: &wrenn_server::Config,
     listen: SocketAddr,
-    agent: AgentClient<Channel>,
+    builtin: Option<wrenn_server::BuiltinAgent>,
 ) -> anyhow::Result<Started> {
-    let started = wrenn_server::start(config, agent).await?;
+    let started = wrenn_server::start(config, builtin).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -65,28 +64,38 @@ pub async fn serve(started: Started, on_stop: &'static str) -> anyhow::Result<()
         .context("serving")
 }
 
-/// `wrenn server`: the control plane in front of the agent `--agent`.
+/// `wrenn server`: the control plane in front of the hosts that register, and of the agent
+/// `--agent` if given (the built-in host).
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = &args.common.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     crate::private::check_and_fix(data_dir)?;
-    let endpoint: AgentEndpoint = args.agent.parse().context("--agent")?;
-    let tls = match &endpoint {
-        AgentEndpoint::Unix(_) | AgentEndpoint::Http(_) => None,
-        AgentEndpoint::Https(host) | AgentEndpoint::HostPort(host) => {
-            let dir = args.pki_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
-            Some(client_tls(&dir, host)?)
+    let pki_dir = args.pki_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
+    let builtin = match &args.agent {
+        None => None,
+        Some(agent) => {
+            let endpoint: AgentEndpoint = agent.parse().context("--agent")?;
+            let tls = match &endpoint {
+                AgentEndpoint::Unix(_) | AgentEndpoint::Http(_) => None,
+                AgentEndpoint::Https(host) | AgentEndpoint::HostPort(host) => {
+                    Some(client_tls(&pki_dir, host)?)
+                }
+            };
+            let client = wrenn_rpc::connect(&endpoint, tls)
+                .await
+                .with_context(|| format!("connecting to the agent at {endpoint}"))?;
+            Some(wrenn_server::BuiltinAgent {
+                address: endpoint.to_string(),
+                client,
+            })
         }
     };
-    let client = wrenn_rpc::connect(&endpoint, tls)
-        .await
-        .with_context(|| format!("connecting to the agent at {endpoint}"))?;
     let mut config = args
         .control
         .server_config(data_dir.clone(), SignupPolicy::Invite);
-    config.pki_dir = args.pki_dir.clone();
-    let started = start(&config, args.control.listen, client).await?;
+    config.pki_dir = Some(pki_dir);
+    let started = start(&config, args.control.listen, builtin).await?;
     serve(started, "stopping (capsules stay with their agent)").await
 }
 

@@ -91,13 +91,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let _ = agent_stopped.await;
         },
     ));
-    let agent = wrenn_rpc::connect(&AgentEndpoint::Unix(socket), None)
+    let endpoint = AgentEndpoint::Unix(socket);
+    let agent = wrenn_rpc::connect(&endpoint, None)
         .await
         .context("connecting to the agent")?;
+    let builtin = wrenn_server::BuiltinAgent {
+        address: endpoint.to_string(),
+        client: agent,
+    };
 
     // The control plane.
     let config = args.control.server_config(data_dir, SignupPolicy::Closed);
-    let started = crate::control::start(&config, args.control.listen, agent).await?;
+    let started = crate::control::start(&config, args.control.listen, Some(builtin)).await?;
     let reconcile = started.state.clone();
     // What the last shutdown paused resumes now, in the background: the API is up at once.
     let resuming = resume_in_background(started.state.clone(), manager.paused_for_restart());

@@ -27,7 +27,9 @@ use wrenn_types::CapsuleStatus;
     responses(
         (status = 201, description = "The capsule, with its proxy access token", body = CreatedCapsule),
         CheckedOnHost,
+        (status = 403, description = "`forbidden`: `host_id` from someone not a platform admin", body = ErrorBody),
         (status = 404, description = "`not_found`: no such template", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: `host_id` names another host than the snapshot template's", body = ErrorBody),
         (status = 429, response = crate::responses::QuotaExceeded),
     )
 )]
@@ -62,21 +64,42 @@ pub async fn create(
         b.egress_allow.as_deref().unwrap_or_default(),
         b.egress_deny.as_deref().unwrap_or_default(),
     )?;
+    let host_tags = b.host_tags.clone().unwrap_or_default();
+    check_tags(&host_tags)?;
+    // Forcing a host is a platform admin's tool (tests, moves), never a team's.
+    if b.host_id.is_some()
+        && !crate::quotas::handlers::is_platform_admin(&state.db, &caller).await?
+    {
+        return Err(ApiError::Forbidden(
+            "only a platform admin may choose the host (`host_id`)".into(),
+        ));
+    }
     // A team's snapshot template (its shape is fixed; the host knows it by its row's id),
     // else a platform template: the host refuses a name that is not a base template there, so
     // no other team's template (by name or host-side id) is ever reached from here.
-    let (agent_template, kind, vcpus, memory) =
+    let (agent_template, kind, vcpus, memory, made_on) =
         match state.db.template(&caller.team_id, &template).await? {
-            Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0),
+            Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0, t.host_id),
             None => (
                 template.clone(),
                 TemplateKind::Base,
                 b.vcpus.unwrap_or(0),
                 b.memory_mb.unwrap_or(0),
+                None,
             ),
         };
+    // A snapshot template is on the host it was made on; until templates travel between
+    // hosts, capsules from it are made there.
+    let only_host = match (b.host_id.as_deref(), made_on.as_deref()) {
+        (Some(asked), Some(made)) if asked != made => {
+            return Err(ApiError::InvalidState(format!(
+                "template {template} is on host {made}, not on {asked}"
+            )))
+        }
+        (asked, made) => asked.or(made),
+    };
     // Held against the team's quotas (checked and reserved at once) until the row exists.
-    let held = crate::quotas::reserve::reserve_create(
+    let (held, need) = crate::quotas::reserve::reserve_create(
         &state,
         &caller.team_id,
         &agent_template,
@@ -85,9 +108,20 @@ pub async fn create(
         b.disk_size_mb.unwrap_or(0),
     )
     .await?;
+    // A host with room, held until the row exists.
+    let ask = crate::placement::Ask {
+        team_id: &caller.team_id,
+        tags: &host_tags,
+        template: &agent_template,
+        only_host,
+        need,
+    };
+    let placed = crate::placement::place(&state.db, &ask).await;
+    let (mut placed, held) = held.keep_if_ok(placed).await?;
+    let host_id = placed.host.id.clone();
+    let mut agent = state.pool.client(&placed.host)?;
     // The proxy's access token, drawn before anything is made.
     let (token, token_hash) = crate::proxy::new_token()?;
-    let mut agent = state.agent();
     let made = agent
         .create_capsule(CreateCapsuleRequest {
             template: agent_template,
@@ -126,10 +160,11 @@ pub async fn create(
         started_at: Some(now),
         last_active_at: Some(now),
         updated_at: now,
+        host_id: Some(host_id),
     };
     let public = b.public.unwrap_or(false);
     let recorded = async {
-        state.db.insert_capsule(&row).await?;
+        placed.insert(&row).await?;
         state
             .db
             .set_capsule_access(&row.id, public, &token_hash)
@@ -165,6 +200,7 @@ pub async fn create(
         return Err(e);
     }
     held.release().await;
+    placed.release().await;
     let body = Capsule::from(&row);
     publish(
         &state,
@@ -177,4 +213,24 @@ pub async fn create(
         access_token: token,
     };
     Ok((StatusCode::CREATED, Json(shown)))
+}
+
+/// At most 16 tags of 1..=64 characters `[a-zA-Z0-9._:=-]`.
+fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > 16 {
+        return Err(ApiError::InvalidRequest(
+            "host_tags: at most 16 tags".into(),
+        ));
+    }
+    for t in tags {
+        let ok = (1..=64).contains(&t.len())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._:=-".contains(c));
+        if !ok {
+            return Err(ApiError::InvalidRequest(format!(
+                "host_tags: invalid tag {t:?} (1 to 64 of a-z A-Z 0-9 . _ : = -)"
+            )));
+        }
+    }
+    Ok(())
 }

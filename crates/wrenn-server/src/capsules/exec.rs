@@ -58,7 +58,7 @@ pub async fn exec(
         crate::validate::envs("envs", envs)?;
     }
     let c = running(&state, &caller, &id).await?;
-    let mut agent = state.agent();
+    let mut agent = state.agent_for(&c).await?;
     let _ = state.db.touch_capsule(&c.id).await;
     if b.background {
         let tag = b
@@ -144,7 +144,8 @@ pub async fn processes(
 ) -> Result<Json<ProcessList>> {
     let c = running(&state, &caller, &id).await?;
     let list = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .list_processes(CapsuleRef { id: c.id })
         .await?
         .into_inner();
@@ -190,7 +191,8 @@ pub async fn kill_process(
         Err(_) => kill_process_request::Selector::Tag(pid),
     };
     state
-        .agent()
+        .agent_for(&c)
+        .await?
         .kill_process(KillProcessRequest {
             capsule_id: c.id,
             selector: Some(selector),

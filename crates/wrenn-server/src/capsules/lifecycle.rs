@@ -116,7 +116,8 @@ pub async fn pause(
 ) -> Result<Json<Capsule>> {
     let c = live(&state, &caller, &id).await?;
     let pb = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .pause_capsule(CapsuleRef { id: c.id.clone() })
         .await?
         .into_inner();
@@ -146,7 +147,8 @@ pub async fn resume(
     let c = live(&state, &caller, &id).await?;
     let held = crate::quotas::reserve::reserve_resume(&state, &c).await?;
     let pb = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .resume_capsule(CapsuleRef { id: c.id.clone() })
         .await
         .map_err(ApiError::from);
@@ -179,7 +181,8 @@ pub async fn destroy(
 ) -> Result<StatusCode> {
     let c = live(&state, &caller, &id).await?;
     match state
-        .agent()
+        .agent_for(&c)
+        .await?
         .destroy_capsule(CapsuleRef { id: c.id.clone() })
         .await
     {
@@ -236,7 +239,11 @@ pub async fn ping(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let c = running(&state, &caller, &id).await?;
-    state.agent().ping(CapsuleRef { id: c.id.clone() }).await?;
+    state
+        .agent_for(&c)
+        .await?
+        .ping(CapsuleRef { id: c.id.clone() })
+        .await?;
     state.db.touch_capsule(&c.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

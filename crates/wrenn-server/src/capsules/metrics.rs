@@ -63,7 +63,8 @@ pub async fn metrics(
     };
     let c = live(&state, &caller, &id).await?;
     let points = match state
-        .agent()
+        .agent_for(&c)
+        .await?
         .get_metrics(GetMetricsRequest {
             capsule_id: c.id.clone(),
             range_secs: secs,

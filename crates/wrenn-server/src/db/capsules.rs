@@ -25,6 +25,8 @@ pub struct CapsuleRow {
     pub started_at: Option<i64>,
     pub last_active_at: Option<i64>,
     pub updated_at: i64,
+    /// The host it runs (or is paused) on.
+    pub host_id: Option<String>,
 }
 
 pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
@@ -33,31 +35,12 @@ pub(super) fn capsule_of(r: &sqlx::any::AnyRow) -> Result<CapsuleRow> {
 
 pub(super) const CAPSULE_COLUMNS: &str =
     "id, team_id, template, status, vcpus, memory_mb, disk_size_mb, \
-     timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at";
+     timeout_sec, metadata, error, created_at, started_at, last_active_at, updated_at, host_id";
 
 impl Db {
     pub async fn insert_capsule(&self, c: &CapsuleRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO capsules ({CAPSULE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ))
-        .bind(&c.id)
-        .bind(&c.team_id)
-        .bind(&c.template)
-        .bind(c.status.as_str())
-        .bind(c.vcpus)
-        .bind(c.memory_mb)
-        .bind(c.disk_size_mb)
-        .bind(c.timeout_sec)
-        .bind(serde_json::to_string(&c.metadata).unwrap_or_else(|_| "{}".into()))
-        .bind(&c.error)
-        .bind(c.created_at)
-        .bind(c.started_at)
-        .bind(c.last_active_at)
-        .bind(c.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_capsule_on(&mut conn, c).await
     }
 
     /// A team's capsule (any status), or `not_found`.
@@ -236,4 +219,33 @@ impl Db {
         .ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
         capsule_of(&r)
     }
+}
+
+/// Inserts capsule row `c` on `conn` (a transaction, or a connection).
+pub(super) async fn insert_capsule_on(
+    conn: &mut sqlx::AnyConnection,
+    c: &CapsuleRow,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO capsules ({CAPSULE_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    ))
+    .bind(&c.id)
+    .bind(&c.team_id)
+    .bind(&c.template)
+    .bind(c.status.as_str())
+    .bind(c.vcpus)
+    .bind(c.memory_mb)
+    .bind(c.disk_size_mb)
+    .bind(c.timeout_sec)
+    .bind(serde_json::to_string(&c.metadata).unwrap_or_else(|_| "{}".into()))
+    .bind(&c.error)
+    .bind(c.created_at)
+    .bind(c.started_at)
+    .bind(c.last_active_at)
+    .bind(c.updated_at)
+    .bind(&c.host_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

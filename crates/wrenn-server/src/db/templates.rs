@@ -17,6 +17,8 @@ pub struct TemplateRow {
     #[sqlx(try_from = "MetadataText")]
     pub metadata: HashMap<String, String>,
     pub created_at: i64,
+    /// The host it was made on (others fetch it from there).
+    pub host_id: Option<String>,
 }
 
 pub(super) fn template_of(r: &sqlx::any::AnyRow) -> Result<TemplateRow> {
@@ -27,8 +29,8 @@ impl Db {
     pub async fn insert_template(&self, t: &TemplateRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO templates (id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, \
-             source_capsule, metadata, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             source_capsule, metadata, created_at, host_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&t.id)
         .bind(&t.team_id)
@@ -40,6 +42,7 @@ impl Db {
         .bind(&t.source_capsule)
         .bind(serde_json::to_string(&t.metadata).unwrap_or_else(|_| "{}".into()))
         .bind(t.created_at)
+        .bind(&t.host_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -48,7 +51,7 @@ impl Db {
     pub async fn template(&self, team_id: &str, name: &str) -> Result<Option<TemplateRow>> {
         let r = sqlx::query(
             "SELECT id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, source_capsule, \
-             metadata, created_at FROM templates WHERE team_id = $1 AND name = $2",
+             metadata, created_at, host_id FROM templates WHERE team_id = $1 AND name = $2",
         )
         .bind(team_id)
         .bind(name)
@@ -60,7 +63,7 @@ impl Db {
     pub async fn templates(&self, team_id: &str) -> Result<Vec<TemplateRow>> {
         let rows = sqlx::query(
             "SELECT id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, source_capsule, \
-             metadata, created_at FROM templates WHERE team_id = $1 ORDER BY created_at DESC",
+             metadata, created_at, host_id FROM templates WHERE team_id = $1 ORDER BY created_at DESC",
         )
         .bind(team_id)
         .fetch_all(&self.pool)

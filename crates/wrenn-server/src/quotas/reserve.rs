@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 use wrenn_proto::agent::v1::ListTemplatesRequest;
-use wrenn_types::{CapsuleStatus, Id, IdKind};
+use wrenn_types::{api::hosts::HostStatus, CapsuleStatus, Id, IdKind};
 
 use super::*;
 use crate::{
@@ -193,7 +193,8 @@ pub async fn reserve(db: &Db, team_id: &str, need: Amounts) -> Result<Reservatio
 }
 
 /// Reserves a new capsule from host template `agent_template`: `vcpus`, `memory_mb` and
-/// `disk_mb` as asked, the template's own where 0 (from the host's template list).
+/// `disk_mb` as asked, the template's own where 0 (from the first online host that lists it).
+/// The reservation, and what it holds (what the capsule needs of its host).
 pub async fn reserve_create(
     state: &AppState,
     team_id: &str,
@@ -201,17 +202,11 @@ pub async fn reserve_create(
     vcpus: u32,
     memory_mb: u32,
     disk_mb: u32,
-) -> Result<Reservation> {
+) -> Result<(Reservation, crate::placement::Need)> {
     let (mut v, mut m, mut d) = (i64::from(vcpus), i64::from(memory_mb), i64::from(disk_mb));
     if v == 0 || m == 0 || d == 0 {
-        let templates = state
-            .agent()
-            .list_templates(ListTemplatesRequest {})
-            .await?
-            .into_inner()
-            .templates;
         // An unknown template is the create's own error (not_found) a moment later.
-        if let Some(t) = templates.iter().find(|t| t.name == agent_template) {
+        if let Some(t) = find_template(state, agent_template).await? {
             if v == 0 {
                 v = t.vcpus.into();
             }
@@ -230,7 +225,52 @@ pub async fn reserve_create(
         disk_mb: d,
         snapshots: 0,
     };
-    reserve(&state.db, team_id, need).await
+    let held = reserve(&state.db, team_id, need).await?;
+    Ok((
+        held,
+        crate::placement::Need {
+            vcpus: v,
+            memory_mb: m,
+            disk_mb: d,
+        },
+    ))
+}
+
+/// Host template `name` as the first online host that lists it describes it.
+async fn find_template(
+    state: &AppState,
+    name: &str,
+) -> Result<Option<wrenn_proto::agent::v1::Template>> {
+    let hosts = state.db.host_records().await?;
+    let mut failed = None;
+    for h in hosts.iter().filter(|h| h.status == HostStatus::Online) {
+        let listed = match state.pool.client(h) {
+            Ok(mut agent) => agent
+                .list_templates(ListTemplatesRequest {})
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(l) => {
+                if let Some(t) = l
+                    .into_inner()
+                    .templates
+                    .into_iter()
+                    .find(|t| t.name == name)
+                {
+                    return Ok(Some(t));
+                }
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    // No host has it: if one could not say, that is the answer (the host is down, not the
+    // template unknown).
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 /// Reserves the vCPUs and memory a paused capsule takes again when it resumes.

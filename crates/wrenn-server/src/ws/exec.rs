@@ -49,6 +49,8 @@ pub async fn exec_stream(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response> {
     let c = running(&state, &caller, &id).await?;
+    // Its host is known reachable before the upgrade: `host_unavailable` is an HTTP answer.
+    let mut agent = state.agent_for(&c).await?;
     Ok(upgrade.on_upgrade(move |mut ws| async move {
         let Some(start) = first_frame(&mut ws).await else {
             return;
@@ -71,7 +73,7 @@ pub async fn exec_stream(
             }
         };
         let _ = state.db.touch_capsule(&c.id).await;
-        let events = state.agent().exec_stream(req).await;
+        let events = agent.exec_stream(req).await;
         match events {
             Ok(r) => pump(ws, r.into_inner()).await,
             Err(s) => {
@@ -116,7 +118,8 @@ pub async fn connect_process(
         Err(_) => connect_process_request::Selector::Tag(pid),
     };
     let events = state
-        .agent()
+        .agent_for(&c)
+        .await?
         .connect_process(ConnectProcessRequest {
             capsule_id: c.id,
             selector: Some(selector),

@@ -9,6 +9,8 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use tonic::transport::Channel;
+use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_proto::agent::v1::{
     exec_event, kill_process_request, ExecEvent, KillProcessRequest, PtyAttachRequest,
     PtyInputRequest, PtyResizeRequest,
@@ -137,14 +139,20 @@ pub async fn pty(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response> {
     let c = running(&state, &caller, &id).await?;
+    // Its host is known reachable before the upgrade: `host_unavailable` is an HTTP answer.
+    let agent = state.agent_for(&c).await?;
     Ok(upgrade.on_upgrade(move |ws| async move {
-        if let Err(e) = terminal(ws, state, c.id).await {
+        if let Err(e) = terminal(ws, agent, c.id).await {
             tracing::debug!(error = %e, "terminal session ended with an error");
         }
     }))
 }
 
-async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result<()> {
+async fn terminal(
+    mut ws: WebSocket,
+    mut agent: AgentClient<Channel>,
+    capsule: String,
+) -> Result<()> {
     let Some(first) = first_frame(&mut ws).await else {
         return Ok(());
     };
@@ -163,7 +171,6 @@ async fn terminal(mut ws: WebSocket, state: AppState, capsule: String) -> Result
             return Ok(());
         }
     };
-    let mut agent = state.agent();
     let mut events = match agent.pty_attach(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {

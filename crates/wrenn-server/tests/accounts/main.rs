@@ -59,7 +59,7 @@ async fn start_with(policy: SignupPolicy) -> Server {
     let (events, _) = tokio::sync::broadcast::channel(16);
     let state = AppState {
         db: db.clone(),
-        agent,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
@@ -67,6 +67,14 @@ async fn start_with(policy: SignupPolicy) -> Server {
         accounts: wrenn_server::accounts::Accounts::new(policy),
         hosts: Default::default(),
     };
+    wrenn_server::builtin::attach(
+        &state,
+        "http://127.0.0.1:1",
+        agent,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

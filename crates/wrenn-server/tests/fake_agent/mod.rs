@@ -56,7 +56,16 @@ pub struct FakeAgent(Arc<Mutex<Inner>>);
 
 impl FakeAgent {
     /// Serves agent.v1 on a loopback port; the client the server's `AppState` holds.
+    #[allow(dead_code)]
     pub async fn start() -> (FakeAgent, AgentClient<Channel>) {
+        let (fake, address) = FakeAgent::serve().await;
+        let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
+        (fake, AgentClient::new(channel))
+    }
+
+    /// Serves agent.v1 on a loopback port: the fake, and its address (`http://127.0.0.1:…`),
+    /// for a host row (several fakes are several hosts).
+    pub async fn serve() -> (FakeAgent, String) {
         let fake = FakeAgent::default();
         // Ids unique across fakes too (several replicas' agents, one database).
         let mut seed = [0u8; 4];
@@ -71,10 +80,7 @@ impl FakeAgent {
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await
         });
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        (fake, AgentClient::new(channel))
+        (fake, format!("http://{addr}"))
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -211,9 +217,8 @@ impl Agent for FakeAgent {
             )));
         }
         let mut inner = self.inner();
-        inner.next += 1;
-        // A capsule id (`cl-` + 25 of the id alphabet), unique within this fake.
-        let id = format!("cl-{:0>25}", inner.next);
+        // A capsule id, unique across fakes (several fakes are several hosts).
+        let id = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
         let c = Capsule {
             id: id.clone(),
             template: r.template,

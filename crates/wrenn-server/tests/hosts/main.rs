@@ -10,8 +10,6 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
-use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_server::{accounts::SignupPolicy, db::Db, hosts, AppState};
 
 mod identity;
@@ -144,7 +142,6 @@ impl Server {
             .connect(&url)
             .await
             .unwrap();
-        let agent = AgentClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
         let (events, _) = tokio::sync::broadcast::channel(64);
         let settings = hosts::HostSettings {
             timeout: Duration::from_secs(30),
@@ -153,7 +150,7 @@ impl Server {
         };
         let state = AppState {
             db: db.clone(),
-            agent,
+            pool: wrenn_server::pool::HostPool::new(None),
             events,
             domain: "wrenn.test".into(),
             http: reqwest::Client::new(),

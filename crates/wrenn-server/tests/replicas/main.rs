@@ -92,13 +92,24 @@ async fn replica(url: &str, relay: bool) -> Replica {
     let (events, _) = tokio::sync::broadcast::channel(64);
     let state = AppState {
         db,
-        agent: client,
+        pool: wrenn_server::pool::HostPool::new(None),
         events,
         domain: "wrenn.test".into(),
         http: reqwest::Client::new(),
         metrics: Default::default(),
         accounts: Accounts::new(SignupPolicy::Closed),
+        hosts: Default::default(),
     };
+    // TODO(H6): one host shared by both replicas (the pool's model); for now each replica keeps
+    // a client of its own for the built-in host's id.
+    wrenn_server::builtin::attach(
+        &state,
+        "http://fake-agent:1",
+        client,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     if relay {
         assert!(wrenn_server::events::relay::start(&state)
             .await

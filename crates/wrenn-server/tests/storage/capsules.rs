@@ -60,6 +60,7 @@ pub(crate) fn capsule(team: &str, id: &str) -> CapsuleRow {
         started_at: Some(1),
         last_active_at: None,
         updated_at: 1,
+        host_id: None,
     }
 }
 
@@ -75,6 +76,7 @@ pub(crate) fn template(team: &str, name: &str, agent_name: &str) -> TemplateRow 
         source_capsule: "cl-x".into(),
         metadata: HashMap::new(),
         created_at: 1,
+        host_id: None,
     }
 }
 

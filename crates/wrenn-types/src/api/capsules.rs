@@ -91,6 +91,14 @@ pub struct CreateCapsuleBody {
     /// Its ports are open to anyone through the proxy (default: API key or access token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
+    /// Place it only on a host that has every one of these tags.
+    #[cfg_attr(feature = "openapi", schema(example = json!(["gpu"])))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_tags: Option<Vec<String>>,
+    /// Platform admins only: place it on this host (an online host the team may use),
+    /// whatever the scheduler would choose. Anyone else gets 403 `forbidden`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
 }
 
 /// A command to run in the capsule.
