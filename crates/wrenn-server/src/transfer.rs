@@ -4,9 +4,9 @@
 //! machine never reaches another host). Nothing is buffered beyond the gRPC windows. A broken
 //! export ends the import's stream before its trailer, so the importer keeps nothing.
 //!
-//! What to relay where is decided by callers: [`ensure_template`] before a create on a host
-//! without the snapshot template, `capsules::moves` for `POST /v1/capsules/{id}/move` and
-//! drain, template deletes for every host holding one.
+//! [`ensure_on`] copies a snapshot template to the host a create was placed on when that host
+//! lacks it; `moves` moves paused capsules (`POST /v1/capsules/{id}/move`, a drain's
+//! `move_paused`); [`delete_everywhere`] deletes a snapshot template on every host holding it.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,14 @@ use wrenn_proto::agent::v1::{
     Template, TransferChunk,
 };
 
-use crate::error::{ApiError, Result};
+use crate::{
+    db::HostRecord,
+    error::{ApiError, Result},
+    state::AppState,
+};
+
+mod moves;
+pub use moves::{move_capsule, move_one, move_paused_off};
 
 type Broke = Arc<Mutex<Option<tonic::Status>>>;
 
@@ -167,4 +174,50 @@ pub async fn delete_everywhere(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Makes sure `target` (a create's host) holds snapshot template `name` (its host-side id),
+/// copying it from `made_on` (the host it was made on) or else any other online host whose
+/// heartbeat lists it. Returns whether it was copied.
+pub async fn ensure_on(
+    state: &AppState,
+    target: &HostRecord,
+    name: &str,
+    made_on: Option<&str>,
+) -> Result<bool> {
+    let client = state.pool.client(target)?;
+    if has_template(client.clone(), name).await? {
+        return Ok(false);
+    }
+    let mut hosts: Vec<HostRecord> = state
+        .db
+        .host_records()
+        .await?
+        .into_iter()
+        .filter(|h| {
+            h.id != target.id
+                && h.status == wrenn_types::api::hosts::HostStatus::Online
+                && (Some(h.id.as_str()) == made_on
+                    || h.load.templates.iter().any(|t| t.name == name))
+        })
+        .collect();
+    // The host it was made on first.
+    hosts.sort_by_key(|h| Some(h.id.as_str()) != made_on);
+    let sources = hosts
+        .iter()
+        .filter_map(|h| state.pool.client(h).ok().map(|c| (h.id.clone(), c)))
+        .collect();
+    ensure_template(client, sources, name).await
+}
+
+/// The clients of every online host (for [`delete_everywhere`]).
+pub async fn online_hosts(state: &AppState) -> Result<Vec<(String, AgentClient<Channel>)>> {
+    Ok(state
+        .db
+        .host_records()
+        .await?
+        .iter()
+        .filter(|h| h.status == wrenn_types::api::hosts::HostStatus::Online)
+        .filter_map(|h| state.pool.client(h).ok().map(|c| (h.id.clone(), c)))
+        .collect())
 }
