@@ -40,6 +40,9 @@ enum Command {
     /// Benchmark the host agent: exec round trip and streamed files through its gRPC against
     /// envd directly, concurrent creates against one alone.
     Agent(agent::Args),
+    /// Benchmark a snapshot template travelling between two host agents (export piped into
+    /// import over gRPC) against `cp` of the same files.
+    Transfer(agent::host_transfer::Args),
     /// Benchmark the control plane: REST calls of a real `wrenn up` against its agent reached
     /// directly, and a burst of concurrent creates.
     Server(server::Args),
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Envd(args) => envd::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Transfer(args) => agent::host_transfer::run(args),
         Command::Server(args) => server::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Soak(args) => soak::run(args),

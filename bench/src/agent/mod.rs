@@ -39,6 +39,7 @@ use crate::report::Row;
 mod cpu;
 mod creates;
 mod exec;
+pub mod host_transfer;
 mod measure;
 mod test_agent;
 mod transfer;

@@ -40,6 +40,7 @@ pub mod service;
 pub mod snapshots;
 pub mod state;
 pub mod time;
+pub mod transfer;
 pub mod usage;
 pub mod validate;
 pub mod ws;

@@ -38,6 +38,8 @@ pub struct Ask<'a> {
     pub template: &'a str,
     /// Only this host (an admin's `host_id`; a snapshot template's own host).
     pub only_host: Option<&'a str>,
+    /// Never this host (a move: the host the capsule leaves).
+    pub except_host: Option<&'a str>,
     pub need: Need,
 }
 
@@ -115,6 +117,12 @@ pub fn eligible<'h>(
         out.retain(|h| h.id == only);
         if out.is_empty() {
             return Err(format!("host {only} is not a host this team may use"));
+        }
+    }
+    if let Some(except) = ask.except_host {
+        out.retain(|h| h.id != except);
+        if out.is_empty() {
+            return Err(format!("the team may use no host besides {except}"));
         }
     }
     out.retain(|h| h.status == HostStatus::Online);

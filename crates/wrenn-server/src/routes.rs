@@ -74,6 +74,11 @@ pub fn routes() -> Vec<Route> {
             "/v1/capsules/{id}/resume",
             capsules::lifecycle::resume,
         ),
+        route(
+            M::POST,
+            "/v1/capsules/{id}/move",
+            crate::transfer::move_capsule,
+        ),
         route(M::POST, "/v1/capsules/{id}/ping", capsules::lifecycle::ping),
         route(M::GET, "/v1/capsules/{id}/network", network::get),
         route(M::PATCH, "/v1/capsules/{id}/network", network::set),

@@ -88,16 +88,9 @@ pub async fn create(
                 None,
             ),
         };
-    // A snapshot template is on the host it was made on; until templates travel between
-    // hosts, capsules from it are made there.
-    let only_host = match (b.host_id.as_deref(), made_on.as_deref()) {
-        (Some(asked), Some(made)) if asked != made => {
-            return Err(ApiError::InvalidState(format!(
-                "template {template} is on host {made}, not on {asked}"
-            )))
-        }
-        (asked, made) => asked.or(made),
-    };
+    // A snapshot template travels: a create placed on a host without it copies it there
+    // first (`transfer::ensure_on`); placement prefers the hosts that hold it.
+    let only_host = b.host_id.as_deref();
     // Held against the team's quotas (checked and reserved at once) until the row exists.
     let (held, need) = crate::quotas::reserve::reserve_create(
         &state,
@@ -114,11 +107,19 @@ pub async fn create(
         tags: &host_tags,
         template: &agent_template,
         only_host,
+        except_host: None,
         need,
     };
     let placed = crate::placement::place(&state.db, &ask).await;
-    let (mut placed, held) = held.keep_if_ok(placed).await?;
+    let (mut placed, mut held) = held.keep_if_ok(placed).await?;
     let host_id = placed.host.id.clone();
+    if kind == TemplateKind::Snapshot {
+        let copied =
+            crate::transfer::ensure_on(&state, &placed.host, &agent_template, made_on.as_deref())
+                .await;
+        let (_, kept) = held.keep_if_ok(copied).await?;
+        held = kept;
+    }
     let mut agent = state.pool.client(&placed.host)?;
     // The proxy's access token, drawn before anything is made.
     let (token, token_hash) = crate::proxy::new_token()?;

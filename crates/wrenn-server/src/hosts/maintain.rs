@@ -145,9 +145,9 @@ pub async fn drain(
 }
 
 /// Moves the paused capsules of a draining `host` to other hosts: which moved, and why the
-/// others stayed. (Moving is the transfer module's; until it hooks in here, nothing moves.)
-pub async fn move_paused_off(_state: &AppState, _by: &Caller, _host: &HostRow) -> DrainResult {
-    DrainResult::default()
+/// others stayed (`transfer::move_paused_off`).
+pub async fn move_paused_off(state: &AppState, by: &Caller, host: &HostRow) -> DrainResult {
+    crate::transfer::move_paused_off(state, by, &host.id).await
 }
 
 /// Undrain a host

@@ -456,9 +456,17 @@ impl Agent for FakeAgent {
 
     async fn delete_template(
         &self,
-        _: Request<DeleteTemplateRequest>,
+        req: Request<DeleteTemplateRequest>,
     ) -> Result<Response<DeleteTemplateResponse>, Status> {
-        unused("delete_template")
+        let name = req.into_inner().name;
+        self.enter("delete_template", &name)?;
+        let mut inner = self.inner();
+        let before = inner.templates.len();
+        inner.templates.retain(|t| *t != name);
+        if inner.templates.len() == before {
+            return Err(Status::not_found(format!("template {name} not found")));
+        }
+        Ok(Response::new(DeleteTemplateResponse {}))
     }
 
     type ExportTemplateStream = Stream_<TransferChunk>;
