@@ -172,7 +172,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
 
     let agent_addr = format!("localhost:{port}");
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let mut a = Replica::start(&dir_a, &url, &agent_addr, &pki);
+    let a = Replica::start(&dir_a, &url, &agent_addr, &pki);
     // The replicas share the admin's key file (a replica without it would make a new key).
     std::fs::create_dir_all(&dir_b).unwrap();
     std::fs::copy(dir_a.join("admin-api-key"), dir_b.join("admin-api-key")).unwrap();
@@ -224,11 +224,17 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let r = client
         .exec(
             &id,
-            &wrenn_client::Exec::shell("mkdir -p /srv && echo replica > /srv/hello.txt && cat /srv/hello.txt"),
+            &wrenn_client::Exec::shell("mkdir -p /tmp/www && echo replica > /tmp/www/hello.txt && cat /tmp/www/hello.txt"),
         )
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "replica\n");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "replica\n",
+        "exit {}, stderr {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stderr)
+    );
     let mut ws = client
         .exec_stream(&id, &wrenn_client::Exec::new("echo").args(["over", "ws"]))
         .await
@@ -250,7 +256,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .header("x-api-key", &key)
         .json(&json!({
             "cmd": "/usr/bin/python3",
-            "args": ["-m", "http.server", "8080", "--directory", "/srv"],
+            "args": ["-m", "http.server", "8080", "--directory", "/tmp/www"],
             "background": true,
         }))
         .send()
