@@ -176,13 +176,11 @@ impl Sse {
 }
 
 async fn post(base: &str, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("X-API-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut req = reqwest::Client::new().post(format!("{base}{path}"));
+    if !key.is_empty() {
+        req = req.header("X-API-Key", key);
+    }
+    let resp = req.json(&body).send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -307,6 +305,28 @@ async fn the_reconciler_runs_on_one_replica_and_another_takes_over() {
         );
         for t in other_tasks {
             t.abort();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn log_in_limits_count_across_replicas() {
+    on_postgres(|url| async move {
+        let a = replica(&url, false).await;
+        let b = replica(&url, false).await;
+        let (_key, _dir) = admin_key(&a.state.db).await;
+        let wrong = json!({"email": wrenn_server::ADMIN_EMAIL, "password": "not the password"});
+        // Failures alternate between the replicas; together they reach the account's limit.
+        for i in 0..wrenn_server::accounts::limits::ACCOUNT_FAILURES {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            let (status, body) = post(base, "", "/v1/auth/login", wrong.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}: {body}");
+        }
+        for base in [&a.base, &b.base] {
+            let (status, body) = post(base, "", "/v1/auth/login", wrong.clone()).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limited");
         }
     })
     .await
