@@ -49,6 +49,24 @@ async fn database() -> (String, String, String) {
     (admin, url, name)
 }
 
+/// `line` without its terminal colours (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A `wrenn server` replica: its process, address, and the log lines it wrote.
 struct Replica {
     child: Child,
@@ -75,7 +93,7 @@ impl Replica {
         let kept = logs.clone();
         std::thread::spawn(move || {
             for line in err.lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
+                kept.lock().unwrap().push(plain(&line));
             }
         });
         let (addr, _) = wait_up(&mut child);
