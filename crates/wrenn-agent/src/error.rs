@@ -169,6 +169,18 @@ pub enum AgentError {
     /// Serving the gRPC service: listen addresses and sockets, TLS, connections.
     #[error(transparent)]
     Rpc(#[from] wrenn_rpc::RpcError),
+    // Transfers between hosts (`crate::transfer`).
+    /// A transfer stream that breaks the protocol (order, paths, sizes, offsets).
+    #[error("bad transfer: {0}")]
+    BadTransfer(String),
+    /// A file whose bytes do not match the sender's SHA-256.
+    #[error("transfer corrupted: {path} does not match its checksum")]
+    TransferCorrupt { path: String },
+    /// The stream ended (or broke off) before its trailer.
+    #[error("transfer cut off: {0}")]
+    TransferCut(String),
+    #[error("capsule {id} already exists on this host")]
+    CapsuleExists { id: String },
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error(transparent)]
@@ -288,6 +300,7 @@ impl From<AgentError> for tonic::Status {
             | E::BadPrivateRange(_)
             | E::MemoryNeverFits { .. }
             | E::DiskNeverFits { .. }
+            | E::BadTransfer(_)
             | E::Guest {
                 refusal: Refusal::Invalid,
                 ..
@@ -308,7 +321,10 @@ impl From<AgentError> for tonic::Status {
                 refusal: Refusal::FailedPrecondition,
                 ..
             } => Status::failed_precondition(msg),
+            E::TransferCorrupt { .. } => Status::data_loss(msg),
+            E::TransferCut(_) => Status::aborted(msg),
             E::TemplateExists { .. }
+            | E::CapsuleExists { .. }
             | E::Guest {
                 refusal: Refusal::AlreadyExists,
                 ..

@@ -15,6 +15,7 @@ pub mod record;
 pub mod run;
 pub mod service;
 pub mod templates;
+pub mod transfer;
 
 /// The slot resolver, a part of each network slot.
 pub use netslot::dns;

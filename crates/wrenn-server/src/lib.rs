@@ -4,7 +4,8 @@
 //! table); and a reconciler that keeps the database in step with the host agent
 //! ([`mod@reconcile`]). The API describes itself ([`api_docs`]: `/openapi.json`, `/docs`; the
 //! documented error answers are [`responses`]) and is measured ([`metrics`], served by
-//! [`service`] at `/metrics`).
+//! [`service`] at `/metrics`). [`scheduler`] picks the host a new capsule goes to (pure: no
+//! database, no I/O).
 //!
 //! Layering: [`state`] (what handlers share) imports only leaf modules (the database, the
 //! event type, the metrics registry, the account settings); handlers import `state`, never the
@@ -30,6 +31,7 @@ pub mod responses;
 pub mod restart;
 pub mod routes;
 pub mod run;
+pub mod scheduler;
 pub mod service;
 pub mod snapshots;
 pub mod state;

@@ -57,15 +57,19 @@ impl Snapshot {
         self.dir().join("vm.json")
     }
 
-    /// The snapshot's machine shape, if it is complete.
-    pub fn spec(&self) -> Option<SnapshotSpec> {
+    /// The snapshot's machine shape (`vm.json`) if it is of this version, whether or not its
+    /// memory and state are there: what a capsule's VM is configured from (a capsule moved
+    /// from another host keeps only its template's kernel, initrd, disk and `vm.json`).
+    pub fn machine(&self) -> Option<SnapshotSpec> {
         let text = std::fs::read_to_string(self.spec_path()).ok()?;
         let spec: SnapshotSpec = serde_json::from_str(&text).ok()?;
-        (spec.format == SNAPSHOT_FORMAT
-            && self.disk().is_file()
-            && self.memory().is_file()
-            && self.state().is_file())
-        .then_some(spec)
+        (spec.format == SNAPSHOT_FORMAT && self.disk().is_file()).then_some(spec)
+    }
+
+    /// The snapshot's machine shape, if it is complete.
+    pub fn spec(&self) -> Option<SnapshotSpec> {
+        let spec = self.machine()?;
+        (self.disk().is_file() && self.memory().is_file() && self.state().is_file()).then_some(spec)
     }
 }
 
@@ -156,7 +160,7 @@ pub fn capsule_config(
     net: Net,
     qemu: PathBuf,
 ) -> Result<VmConfig> {
-    let spec = snap.spec().ok_or_else(|| {
+    let spec = snap.machine().ok_or_else(|| {
         VmmError::Config(format!(
             "template at {} has no complete snapshot",
             snap.template_dir.display()

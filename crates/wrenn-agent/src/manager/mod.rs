@@ -6,6 +6,7 @@
 mod capacity;
 mod recovery;
 mod tasks;
+mod transfer;
 
 use std::{
     collections::HashMap,
@@ -17,6 +18,8 @@ use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 use capacity::{host_memory_bytes, validate_shape};
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
+
+pub use transfer::{Chunks, Imported};
 
 use crate::{
     capsule::{self, CreateSpec, Handle},
@@ -101,6 +104,12 @@ impl Manager {
             .flatten()
         {
             let dir = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                // An import a crash cut short (`transfer`): never a capsule.
+                tracing::info!(dir = %dir.display(), "removing a half-received capsule");
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             // Folders an earlier version left 0755 with 0644 files: private before anything.
             if let Err(e) = wrenn_vmm::files::private_tree(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "making a capsule folder private");

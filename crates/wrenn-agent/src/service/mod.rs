@@ -7,6 +7,7 @@ mod files;
 mod lifecycle;
 mod processes;
 mod templates;
+mod transfer;
 
 use std::sync::Arc;
 
@@ -25,8 +26,9 @@ use wrenn_proto::{
         WriteFileStreamRequest,
     },
     agent::v1::{
-        DeleteTemplateRequest, DeleteTemplateResponse, ListTemplatesRequest, ListTemplatesResponse,
-        SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template, WatchDirEvent, WatchDirRequest,
+        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ListTemplatesRequest,
+        ListTemplatesResponse, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
+        TransferChunk, WatchDirEvent, WatchDirRequest,
     },
 };
 use wrenn_types::{Id, IdKind};
@@ -87,6 +89,8 @@ impl Agent for AgentService {
     type ConnectProcessStream = ReceiverStream<Result<ExecEvent, Status>>;
     type ReadFileStreamStream = ReceiverStream<Result<FileChunk, Status>>;
     type WatchDirStream = ReceiverStream<Result<WatchDirEvent, Status>>;
+    type ExportTemplateStream = transfer::Chunks;
+    type ExportCapsuleStream = transfer::Chunks;
 
     async fn host_info(
         &self,
@@ -283,6 +287,34 @@ impl Agent for AgentService {
 
     async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {
         files::remove(self, req).await
+    }
+
+    async fn export_template(
+        &self,
+        req: Request<ExportTemplateRequest>,
+    ) -> Result<Response<Self::ExportTemplateStream>, Status> {
+        transfer::export_template(self, req).await
+    }
+
+    async fn import_template(
+        &self,
+        req: Request<tonic::Streaming<TransferChunk>>,
+    ) -> Result<Response<Template>, Status> {
+        transfer::import_template(self, req).await
+    }
+
+    async fn export_capsule(
+        &self,
+        req: Request<CapsuleRef>,
+    ) -> Result<Response<Self::ExportCapsuleStream>, Status> {
+        transfer::export_capsule(self, req).await
+    }
+
+    async fn import_capsule(
+        &self,
+        req: Request<tonic::Streaming<TransferChunk>>,
+    ) -> Result<Response<Capsule>, Status> {
+        transfer::import_capsule(self, req).await
     }
 }
 

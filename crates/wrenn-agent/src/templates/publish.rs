@@ -193,7 +193,7 @@ impl Templates {
         };
         for e in dir.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with(".new-") || n.starts_with(".old-") {
+            if n.starts_with(".new-") || n.starts_with(".old-") || n.starts_with(".import-") {
                 let busy = std::fs::File::open(e.path())
                     .ok()
                     .map(|f| {

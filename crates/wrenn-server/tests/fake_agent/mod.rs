@@ -31,6 +31,10 @@ use wrenn_proto::agent::v1::{
     StartBackgroundRequest, StartBackgroundResponse, Template, WatchDirEvent, WatchDirRequest,
     WriteFileRequest, WriteFileStreamRequest,
 };
+use wrenn_proto::agent::v1::{
+    transfer_chunk::{Data, Header, Part, Trailer},
+    ExportTemplateRequest, TransferChunk, TransferKind,
+};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -42,6 +46,8 @@ struct Inner {
     /// Every call, by name, in order.
     calls: Vec<(&'static str, String)>,
     next: u64,
+    /// Snapshot templates it received (`ImportTemplate`) or was given ([`FakeAgent::add_template`]).
+    templates: Vec<String>,
 }
 
 /// The fake agent's memory, shared with the test.
@@ -101,6 +107,24 @@ impl FakeAgent {
         let c = inner.capsules.get_mut(id).expect("a capsule of the fake");
         c.state = state as i32;
         c.error = error.into();
+    }
+
+    /// The fake holds snapshot template `name` (it can export it).
+    #[allow(dead_code)] // used by the transfer tests only
+    pub fn add_template(&self, name: &str) {
+        self.inner().templates.push(name.into());
+    }
+
+    /// The snapshot templates the fake holds.
+    #[allow(dead_code)] // used by the transfer tests only
+    pub fn templates(&self) -> Vec<String> {
+        self.inner().templates.clone()
+    }
+
+    /// Puts a capsule on the "host".
+    #[allow(dead_code)] // used by the transfer tests only
+    pub fn put(&self, c: Capsule) {
+        self.inner().capsules.insert(c.id.clone(), c);
     }
 
     /// The host loses a capsule.
@@ -420,9 +444,9 @@ impl Agent for FakeAgent {
             disk_bytes: 2048 << 20,
             ..Default::default()
         };
-        Ok(Response::new(ListTemplatesResponse {
-            templates: vec![t("minimal"), t("python")],
-        }))
+        let mut templates = vec![t("minimal"), t("python")];
+        templates.extend(self.inner().templates.iter().map(|n| t(n)));
+        Ok(Response::new(ListTemplatesResponse { templates }))
     }
 
     async fn delete_template(
@@ -431,4 +455,118 @@ impl Agent for FakeAgent {
     ) -> Result<Response<DeleteTemplateResponse>, Status> {
         unused("delete_template")
     }
+
+    type ExportTemplateStream = Stream_<TransferChunk>;
+
+    async fn export_template(
+        &self,
+        req: Request<ExportTemplateRequest>,
+    ) -> Result<Response<Self::ExportTemplateStream>, Status> {
+        let name = req.into_inner().name;
+        self.enter("export_template", &name)?;
+        if !self.inner().templates.contains(&name) {
+            return Err(Status::not_found(format!("template {name} not found")));
+        }
+        Ok(Response::new(fake_stream(
+            TransferKind::Template,
+            &name,
+            Vec::new(),
+        )))
+    }
+
+    async fn import_template(
+        &self,
+        req: Request<Streaming<TransferChunk>>,
+    ) -> Result<Response<Template>, Status> {
+        let (name, _) = fake_receive(req.into_inner(), TransferKind::Template).await?;
+        self.enter("import_template", &name)?;
+        let mut inner = self.inner();
+        if !inner.templates.contains(&name) {
+            inner.templates.push(name.clone());
+        }
+        Ok(Response::new(Template {
+            name,
+            ..Default::default()
+        }))
+    }
+
+    type ExportCapsuleStream = Stream_<TransferChunk>;
+
+    async fn export_capsule(
+        &self,
+        req: Request<CapsuleRef>,
+    ) -> Result<Response<Self::ExportCapsuleStream>, Status> {
+        let id = req.into_inner().id;
+        self.enter("export_capsule", &id)?;
+        let c = self.with(&id, |c| {
+            if c.state != CapsuleState::Paused as i32 {
+                return Err(Status::failed_precondition("capsule is not paused"));
+            }
+            Ok(c.clone())
+        })?;
+        let body = prost::Message::encode_to_vec(&c);
+        Ok(Response::new(fake_stream(TransferKind::Capsule, &id, body)))
+    }
+
+    async fn import_capsule(
+        &self,
+        req: Request<Streaming<TransferChunk>>,
+    ) -> Result<Response<Capsule>, Status> {
+        let (id, body) = fake_receive(req.into_inner(), TransferKind::Capsule).await?;
+        self.enter("import_capsule", &id)?;
+        let c: Capsule = prost::Message::decode(body.as_slice())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut inner = self.inner();
+        if inner.capsules.contains_key(&id) {
+            return Err(Status::already_exists(format!(
+                "capsule {id} already exists"
+            )));
+        }
+        inner.capsules.insert(id, c.clone());
+        Ok(Response::new(c))
+    }
+}
+
+/// A fake transfer: header, one data chunk of `body` (if any), trailer (no files, no hashes).
+fn fake_stream(kind: TransferKind, name: &str, body: Vec<u8>) -> Stream_<TransferChunk> {
+    let mut parts = vec![Part::Header(Header {
+        kind: kind as i32,
+        name: name.into(),
+        files: Vec::new(),
+    })];
+    if !body.is_empty() {
+        parts.push(Part::Data(Data {
+            file: 0,
+            offset: 0,
+            bytes: body,
+        }));
+    }
+    parts.push(Part::Trailer(Trailer { sha256: Vec::new() }));
+    Box::pin(tokio_stream::iter(
+        parts
+            .into_iter()
+            .map(|p| Ok(TransferChunk { part: Some(p) })),
+    ))
+}
+
+/// Reads a fake transfer: its name and data; a stream without a trailer is `Aborted`.
+async fn fake_receive(
+    mut s: Streaming<TransferChunk>,
+    kind: TransferKind,
+) -> Result<(String, Vec<u8>), Status> {
+    use tokio_stream::StreamExt;
+    let mut name = None;
+    let mut body = Vec::new();
+    while let Some(chunk) = s.next().await {
+        match chunk?.part {
+            Some(Part::Header(h)) if h.kind == kind as i32 => name = Some(h.name),
+            Some(Part::Data(d)) => body.extend_from_slice(&d.bytes),
+            Some(Part::Trailer(_)) => {
+                let name = name.ok_or_else(|| Status::invalid_argument("no header"))?;
+                return Ok((name, body));
+            }
+            _ => return Err(Status::invalid_argument("bad transfer stream")),
+        }
+    }
+    Err(Status::aborted("the stream ended before its trailer"))
 }

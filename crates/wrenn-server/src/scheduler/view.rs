@@ -1,0 +1,204 @@
+//! What the scheduler sees: a host ([`HostView`], filled by the caller from the database and
+//! the host's last heartbeat), a request to place ([`Request`]) and the two answers
+//! ([`Choice`], [`NoHost`]).
+
+use std::collections::BTreeMap;
+
+use wrenn_types::api::hosts::{HostKind, HostLoad, TemplatePresence};
+use wrenn_types::CapsuleStatus;
+
+/// An amount of each resource the scheduler counts: vCPUs, memory and disk (MB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub vcpus: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
+impl Claims {
+    pub const fn new(vcpus: u64, memory_mb: u64, disk_mb: u64) -> Claims {
+        Claims {
+            vcpus,
+            memory_mb,
+            disk_mb,
+        }
+    }
+
+    /// Both amounts added, resource by resource.
+    pub const fn plus(self, other: Claims) -> Claims {
+        Claims {
+            vcpus: self.vcpus.saturating_add(other.vcpus),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            disk_mb: self.disk_mb.saturating_add(other.disk_mb),
+        }
+    }
+
+    /// `other` taken away, resource by resource (never below zero).
+    pub const fn minus(self, other: Claims) -> Claims {
+        Claims {
+            vcpus: self.vcpus.saturating_sub(other.vcpus),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            disk_mb: self.disk_mb.saturating_sub(other.disk_mb),
+        }
+    }
+
+    /// The larger of the two, resource by resource.
+    pub fn max(self, other: Claims) -> Claims {
+        Claims {
+            vcpus: self.vcpus.max(other.vcpus),
+            memory_mb: self.memory_mb.max(other.memory_mb),
+            disk_mb: self.disk_mb.max(other.disk_mb),
+        }
+    }
+
+    /// Whether `self` holds at least `need` of every resource.
+    pub const fn covers(self, need: Claims) -> bool {
+        self.vcpus >= need.vcpus && self.memory_mb >= need.memory_mb && self.disk_mb >= need.disk_mb
+    }
+
+    /// What a heartbeat says the host's capsules hold: the vCPUs and memory its running
+    /// capsules were given, and the disk actually used on the agent's file system (templates
+    /// and images included).
+    pub fn from_heartbeat(load: &HostLoad) -> Claims {
+        Claims {
+            vcpus: u64::from(load.vcpus_reserved),
+            memory_mb: load.memory_mb_reserved,
+            disk_mb: load.disk_mb_used.max(load.disk_mb_reserved),
+        }
+    }
+}
+
+/// What a host holds, from the control plane's own records and from the host itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostUsage {
+    /// Capsules the database has on the host that hold (or may hold) a VM: `pending`,
+    /// `starting`, `running` and `missing`; counted in full.
+    pub active: Claims,
+    /// Capsules the database has `paused` on the host: their shapes in full; the reserves
+    /// ([`crate::scheduler::Reserves`]) decide how much of each resource they count for.
+    pub paused: Claims,
+    /// In-flight placements (`host_reservations` rows under 15 minutes old), counted in full.
+    pub reserved: Claims,
+    /// What the host's last heartbeat reported ([`Claims::from_heartbeat`]). The scheduler
+    /// counts the larger of this and the database's sums, resource by resource.
+    pub reported: Claims,
+}
+
+impl HostUsage {
+    /// Adds one capsule the database has on the host, by its status (stopped and failed
+    /// capsules hold nothing).
+    pub fn count(&mut self, status: CapsuleStatus, shape: Claims) {
+        match status {
+            CapsuleStatus::Pending
+            | CapsuleStatus::Starting
+            | CapsuleStatus::Running
+            | CapsuleStatus::Missing => self.active = self.active.plus(shape),
+            CapsuleStatus::Paused => self.paused = self.paused.plus(shape),
+            CapsuleStatus::Stopped | CapsuleStatus::Error => {}
+        }
+    }
+}
+
+/// One host as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostView {
+    pub id: String,
+    pub kind: HostKind,
+    /// The owning team of a `byoc` host.
+    pub team: Option<String>,
+    pub tags: Vec<String>,
+    /// Status `online` (pending and unreachable hosts take nothing).
+    pub online: bool,
+    pub draining: bool,
+    /// The machine (from the host's specs): `vcpus` = its CPU cores.
+    pub capacity: Claims,
+    pub usage: HostUsage,
+    /// Templates present on the host (host-side name → the shapes it has snapshots of; none
+    /// for a snapshot template): [`HostView::templates_from`] makes it from a heartbeat's list.
+    pub templates: BTreeMap<String, Vec<String>>,
+}
+
+impl HostView {
+    /// How well the host holds `want`: 2 = the template and a snapshot of the shape, 1 = the
+    /// template (its shape would be built there), 0 = nothing (it would be fetched or built).
+    pub fn locality(&self, want: Option<&TemplateWant>) -> u8 {
+        let Some(want) = want else { return 0 };
+        let Some(shapes) = self.templates.get(&want.name) else {
+            return 0;
+        };
+        // A snapshot template has no shapes: it is one image, usable as it is.
+        let shape_ok = match &want.shape {
+            None => true,
+            Some(shape) => shapes.is_empty() || shapes.contains(shape),
+        };
+        if shape_ok {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The templates of a heartbeat's [`HostLoad::templates`], as [`HostView::templates`].
+    pub fn templates_from(present: &[TemplatePresence]) -> BTreeMap<String, Vec<String>> {
+        present
+            .iter()
+            .map(|t| (t.name.clone(), t.shapes.clone()))
+            .collect()
+    }
+
+    pub fn has_tags(&self, tags: &[String]) -> bool {
+        tags.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// The template a capsule starts from, as hosts name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateWant {
+    /// A base template's name, or a snapshot template's host-side id.
+    pub name: String,
+    /// `{vcpus}x{memory_mb}` (as [`TemplatePresence::shapes`]), `None` for a snapshot template.
+    pub shape: Option<String>,
+}
+
+/// A capsule to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub team: String,
+    /// A BYOC team lands only on its own hosts.
+    pub team_is_byoc: bool,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub template: Option<TemplateWant>,
+    /// Every one must be on the host.
+    pub tags: Vec<String>,
+    /// Place on this host only (a move, a test); still checked for eligibility and room.
+    pub force_host: Option<String>,
+}
+
+impl Request {
+    /// The request's resources.
+    pub const fn claims(&self) -> Claims {
+        Claims::new(self.vcpus as u64, self.memory_mb, self.disk_mb)
+    }
+}
+
+/// Where a request goes, and why (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub host_id: String,
+    pub why: String,
+}
+
+/// No host can take the request: `reason` says what was missing, in words for the caller.
+/// The caller answers it as `host_unavailable` (503) with `reason` as the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoHost {
+    pub reason: String,
+}
+
+impl std::fmt::Display for NoHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
