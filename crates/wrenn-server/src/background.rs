@@ -36,14 +36,22 @@ where
             match lease.try_acquire().await {
                 Ok(true) => {
                     if !held {
-                        tracing::info!(lease = lease.name(), holder = lease.holder(), "took the lease: this replica does this work now");
+                        tracing::info!(
+                            lease = lease.name(),
+                            holder = lease.holder(),
+                            "took the lease: this replica does this work now"
+                        );
                     }
                     held = true;
                     work().await;
                 }
                 Ok(false) => {
                     if held {
-                        tracing::warn!(lease = lease.name(), holder = lease.holder(), "lost the lease: another replica does this work now");
+                        tracing::warn!(
+                            lease = lease.name(),
+                            holder = lease.holder(),
+                            "lost the lease: another replica does this work now"
+                        );
                     }
                     held = false;
                 }

@@ -40,7 +40,9 @@ async fn database() -> (String, String, String) {
         .execute(&pool)
         .await
         .unwrap();
-    let (base, query) = admin.split_once('?').map_or((&admin[..], None), |(b, q)| (b, Some(q)));
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((&admin[..], None), |(b, q)| (b, Some(q)));
     let slash = base.rfind('/').expect("a database URL has a path");
     let mut url = format!("{}/{name}", &base[..slash]);
     if let Some(q) = query {
@@ -210,7 +212,10 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .unwrap();
     assert_eq!(stream.status(), 200);
     let mut buf = String::new();
-    assert_eq!(next_event(&mut stream, &mut buf).await["event"], "connected");
+    assert_eq!(
+        next_event(&mut stream, &mut buf).await["event"],
+        "connected"
+    );
 
     let made: Value = http
         .post(a.url("/v1/capsules"))
@@ -242,7 +247,9 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let r = client
         .exec(
             &id,
-            &wrenn_client::Exec::shell("mkdir -p /tmp/www && echo replica > /tmp/www/hello.txt && cat /tmp/www/hello.txt"),
+            &wrenn_client::Exec::shell(
+                "mkdir -p /tmp/www && echo replica > /tmp/www/hello.txt && cat /tmp/www/hello.txt",
+            ),
         )
         .await
         .unwrap();

@@ -58,7 +58,13 @@ impl LoginLimits {
     }
 
     /// `Some(seconds to wait)` when `key` has `limit` failures or more in its current window.
-    async fn blocked(&self, db: &Db, key: &str, limit: u32, now: i64) -> Result<Option<u64>, ApiError> {
+    async fn blocked(
+        &self,
+        db: &Db,
+        key: &str,
+        limit: u32,
+        now: i64,
+    ) -> Result<Option<u64>, ApiError> {
         let row: Option<(i64, i64)> =
             sqlx::query_as("SELECT started_at, failures FROM login_failures WHERE subject = $1")
                 .bind(key)
@@ -93,11 +99,17 @@ impl LoginLimits {
     pub async fn check(&self, db: &Db, email: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
         let now = now_ms();
         if let Some(ip) = ip {
-            if let Some(s) = self.blocked(db, &address(ip), self.per_address, now).await? {
+            if let Some(s) = self
+                .blocked(db, &address(ip), self.per_address, now)
+                .await?
+            {
                 return Err(limited("from this address", s));
             }
         }
-        if let Some(s) = self.blocked(db, &account(email), self.per_account, now).await? {
+        if let Some(s) = self
+            .blocked(db, &account(email), self.per_account, now)
+            .await?
+        {
             return Err(limited("for this account", s));
         }
         Ok(())
@@ -145,7 +157,10 @@ mod tests {
         l.failed(&db, "a@x.org", Some(ip)).await.unwrap();
         let e = l.check(&db, "a@x.org", None).await.unwrap_err();
         assert_eq!(e.status_and_code().1, "rate_limited");
-        let ApiError::RateLimited { retry_after_secs, .. } = e else {
+        let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = e
+        else {
             panic!("rate_limited")
         };
         assert!((1..=60).contains(&retry_after_secs), "{retry_after_secs}");

@@ -69,13 +69,12 @@ impl Lease {
     /// Extends the lease if this holder still has it (expired or not, as long as nobody took
     /// it over): false when it was lost.
     pub async fn renew(&self) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3")
-                .bind(self.until(now_ms()))
-                .bind(&self.name)
-                .bind(&self.holder)
-                .execute(self.db.pool())
-                .await?;
+        let done = sqlx::query("UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3")
+            .bind(self.until(now_ms()))
+            .bind(&self.name)
+            .bind(&self.holder)
+            .execute(self.db.pool())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -12,9 +12,15 @@ async fn one_holder_then_take_over(db: Db) {
     let b = Lease::for_holder(&db, "work", "b", ttl);
     assert!(a.try_acquire().await.unwrap(), "a free lease is taken");
     assert!(!b.try_acquire().await.unwrap(), "a held lease is not");
-    assert!(a.try_acquire().await.unwrap(), "the holder takes it again (renews)");
+    assert!(
+        a.try_acquire().await.unwrap(),
+        "the holder takes it again (renews)"
+    );
     assert!(a.renew().await.unwrap());
-    assert_eq!(Lease::holder_of(&db, "work").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        Lease::holder_of(&db, "work").await.unwrap().as_deref(),
+        Some("a")
+    );
     // Renewing keeps it past the first lifetime.
     for _ in 0..3 {
         tokio::time::sleep(ttl / 2).await;
@@ -29,11 +35,17 @@ async fn one_holder_then_take_over(db: Db) {
     assert!(!a.try_acquire().await.unwrap());
     // Releasing lets another take it at once; a release by a non-holder changes nothing.
     a.release().await.unwrap();
-    assert_eq!(Lease::holder_of(&db, "work").await.unwrap().as_deref(), Some("b"));
+    assert_eq!(
+        Lease::holder_of(&db, "work").await.unwrap().as_deref(),
+        Some("b")
+    );
     b.release().await.unwrap();
     assert!(a.try_acquire().await.unwrap());
     // Other names are other leases.
-    assert!(Lease::for_holder(&db, "other", "b", ttl).try_acquire().await.unwrap());
+    assert!(Lease::for_holder(&db, "other", "b", ttl)
+        .try_acquire()
+        .await
+        .unwrap());
 }
 
 #[tokio::test]

@@ -32,7 +32,9 @@ fn random_hex() -> String {
 
 /// `url` with its database name replaced.
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let slash = base.rfind('/').expect("a database URL has a path");
     let mut out = format!("{}/{name}", &base[..slash]);
     if let Some(q) = query {
