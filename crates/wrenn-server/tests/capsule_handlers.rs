@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tonic::Status;
 use wrenn_proto::agent::v1::CapsuleState;
 use wrenn_server::{
-    accounts::{Accounts, SignupPolicy},
     db::Db,
     quotas::{self, Limits},
     AdminKey, AppState,
@@ -63,16 +62,7 @@ async fn start() -> Server {
     .await
     .unwrap();
     let (agent, client) = FakeAgent::start().await;
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let state = AppState {
-        db,
-        agent: client,
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: Accounts::new(SignupPolicy::Closed),
-    };
+    let state = fake_agent::app_state(db, client);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = wrenn_server::router(state.clone());

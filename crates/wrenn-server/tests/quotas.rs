@@ -3,11 +3,13 @@
 //! limit and use) before the host is asked, and that concurrent reservations never exceed a
 //! quota (SQLite and PostgreSQL: `WRENN_TEST_DATABASE_URL`).
 
+#[path = "pg/mod.rs"]
+mod pg;
+
 use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::any::AnyPoolOptions;
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
@@ -511,44 +513,12 @@ async fn concurrent_reservations_never_exceed_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_reservations_never_exceed_on_postgres() {
-    let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .expect(
-            "WRENN_TEST_DATABASE_URL is not set: export \
-             WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)",
-        );
-    sqlx::any::install_default_drivers();
-    let admin = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap();
-    let mut b = [0u8; 8];
-    wrenn_types::secret::fill(&mut b).unwrap();
-    let name = format!(
-        "wrenn_quota_{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (base, query) = admin_url
-        .split_once('?')
-        .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
-    let url = format!(
-        "{}/{name}{}",
-        &base[..base.rfind('/').unwrap()],
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    );
-    let db = Db::open(&url).await.unwrap();
-    let outcome = tokio::spawn(concurrent_reservations_never_exceed(db)).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    pg::on_new_database("wrenn_quota", |url| async move {
+        let db = Db::open(&url).await.unwrap();
+        let outcome = tokio::spawn(concurrent_reservations_never_exceed(db)).await;
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    })
+    .await
 }

@@ -36,6 +36,23 @@ use wrenn_proto::agent::v1::{
     ExportTemplateRequest, TransferChunk, TransferKind,
 };
 
+/// The control plane's state around `db` with `agent` as its host (domain `wrenn.test`,
+/// sign-up closed, no events relay).
+pub fn app_state(db: wrenn_server::db::Db, agent: AgentClient<Channel>) -> wrenn_server::AppState {
+    let (events, _) = tokio::sync::broadcast::channel(64);
+    wrenn_server::AppState {
+        db,
+        agent,
+        events,
+        domain: "wrenn.test".into(),
+        http: reqwest::Client::new(),
+        metrics: Default::default(),
+        accounts: wrenn_server::accounts::Accounts::new(
+            wrenn_server::accounts::SignupPolicy::Closed,
+        ),
+    }
+}
+
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[derive(Default)]

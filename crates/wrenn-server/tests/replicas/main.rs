@@ -8,40 +8,22 @@
 #[path = "../fake_agent/mod.rs"]
 mod fake_agent;
 
-use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
+use std::{future::Future, time::Duration};
 
 use fake_agent::FakeAgent;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use wrenn_server::{
-    accounts::{Accounts, SignupPolicy},
     db::{Db, Lease},
     quotas::{self, Limits},
     AdminKey, AppState,
 };
 
 mod leases;
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let slash = base.rfind('/').expect("a database URL has a path");
-    let mut out = format!("{}/{name}", &base[..slash]);
-    if let Some(q) = query {
-        out = format!("{out}?{q}");
-    }
-    out
-}
+#[path = "../pg/mod.rs"]
+mod pg;
 
 /// Runs `check` with the URL of a new PostgreSQL database, then drops it (also on failure).
 async fn on_postgres<F, Fut>(check: F)
@@ -49,34 +31,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .expect(
-            "WRENN_TEST_DATABASE_URL is not set: run \
-             `export WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)` or `make unit`",
-        );
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap();
-    let name = format!("wrenn_replicas_{}", random_hex());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let outcome = AssertUnwindSafe(check(with_database(&admin_url, &name)))
-        .catch_unwind()
-        .await;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await;
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
-    dropped.unwrap();
+    pg::on_new_database("wrenn_replicas", check).await
 }
 
 /// One replica: its state (relaying events when `relay`), its fake agent, its API's address.
@@ -89,16 +44,7 @@ struct Replica {
 async fn replica(url: &str, relay: bool) -> Replica {
     let db = Db::open(url).await.unwrap();
     let (agent, client) = FakeAgent::start().await;
-    let (events, _) = tokio::sync::broadcast::channel(64);
-    let state = AppState {
-        db,
-        agent: client,
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: Accounts::new(SignupPolicy::Closed),
-    };
+    let state = fake_agent::app_state(db, client);
     if relay {
         assert!(wrenn_server::events::relay::start(&state)
             .await
