@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{images_dir, wait_up};
+use common::wait_up;
 use serde_json::{json, Value};
 
 const RECONCILE_LEASE: &str = "lease=\"reconcile\"";
@@ -133,6 +133,17 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within 60 s");
 }
 
+/// `GET url` with the API key `key`: the JSON answer.
+async fn get_json(url: &str, key: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    resp.json().await.unwrap()
+}
+
 /// The next `data:` event of an SSE response (at most 60 s).
 async fn next_event(resp: &mut reqwest::Response, buf: &mut String) -> Value {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -157,38 +168,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let (admin_url, url, name) = database().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let pki = dir.path().join("pki");
-    let bin = env!("CARGO_BIN_EXE_wrenn");
-    let ok = Command::new(bin)
-        .args(["agent-cert", "--name", "localhost", "--dir"])
-        .arg(&pki)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut agent = Command::new(bin)
-        .args(["agent", "--slots", "3420-3439", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tls-dir")
-        .arg(&pki)
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .arg("--images")
-        .arg(images_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(agent.stdout.take().unwrap());
-    let mut line = String::new();
-    while line.is_empty() || line.starts_with("warning: ") {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-    }
-    assert!(line.contains("listening"), "{line}");
-    std::thread::spawn(move || for _ in out.lines() {});
+    let (mut agent, port) = common::mtls_agent(dir.path(), "3420-3439");
 
     let agent_addr = format!("localhost:{port}");
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
@@ -231,15 +211,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let e = next_event(&mut stream, &mut buf).await;
     assert_eq!(e["event"], "capsule.create", "{e}");
     assert_eq!(e["resource"]["id"], id.as_str());
-    let seen: Value = http
-        .get(b.url(&format!("/v1/capsules/{id}")))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = get_json(&b.url(&format!("/v1/capsules/{id}")), &key).await;
     assert_eq!(seen["status"], "running", "{seen}");
 
     // Exec through B: REST, then the WebSocket stream.
@@ -327,15 +299,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .await
         .unwrap();
     assert_eq!(gone.status(), 204);
-    let after: Value = http
-        .get(other.url(&format!("/v1/capsules/{id}")))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = get_json(&other.url(&format!("/v1/capsules/{id}")), &key).await;
     assert!(
         after["status"] == "stopped" || after["error"]["code"] == "not_found",
         "{after}"
