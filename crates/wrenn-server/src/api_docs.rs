@@ -110,7 +110,7 @@ impl Modify for SecuritySchemes {
         capsules::lifecycle::destroy,
         capsules::lifecycle::pause,
         capsules::lifecycle::resume,
-        crate::transfer::move_capsule,
+        crate::transfer::moves::move_capsule,
         capsules::lifecycle::ping,
         crate::network::get,
         crate::network::set,

@@ -123,22 +123,14 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
     quotas::set_defaults(&db, &config.quotas)
         .await
         .map_err(|e| step("storing the default quotas", e))?;
-    let (events, _) = tokio::sync::broadcast::channel(1024);
-    let state = AppState {
+    let state = AppState::new(
         db,
-        pool: crate::pool::HostPool::new(Some(config.pki_dir())),
-        events,
-        domain: config.domain.clone(),
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ApiError::Internal(format!("the proxy's HTTP client: {e}")))?,
-        metrics: Default::default(),
-        accounts: accounts::Accounts::new(config.signup),
-        hosts: hosts::HostIdentity::with_pki(config.hosts, &config.pki_dir())
+        crate::pool::HostPool::new(Some(config.pki_dir())),
+        accounts::Accounts::new(config.signup),
+        hosts::HostIdentity::with_pki(config.hosts, &config.pki_dir())
             .map_err(|e| step("the control plane's PKI", e))?,
-    };
+        &config.domain,
+    )?;
     crate::events::relay::start(&state)
         .await
         .map_err(|e| step("relaying events through PostgreSQL", e))?;

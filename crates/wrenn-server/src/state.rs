@@ -37,6 +37,32 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a control plane on `db`, reaching hosts through `pool`, with the port
+    /// proxy on `domain`: a fresh event channel, proxy HTTP client and metrics.
+    pub fn new(
+        db: Db,
+        pool: HostPool,
+        accounts: Arc<Accounts>,
+        hosts: HostIdentity,
+        domain: &str,
+    ) -> Result<AppState> {
+        let (events, _) = broadcast::channel(1024);
+        Ok(AppState {
+            db,
+            pool,
+            events,
+            domain: domain.to_string(),
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| ApiError::Internal(format!("the proxy's HTTP client: {e}")))?,
+            metrics: Default::default(),
+            accounts,
+            hosts,
+        })
+    }
+
     /// The agent of the host capsule `c` is on; `host_unavailable` when that host cannot be
     /// reached now.
     pub async fn agent_for(&self, c: &CapsuleRow) -> Result<AgentClient<Channel>> {

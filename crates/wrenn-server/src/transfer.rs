@@ -10,7 +10,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use tonic::transport::Channel;
 use wrenn_proto::agent::v1::{
     agent_client::AgentClient, Capsule, CapsuleRef, ExportTemplateRequest, ListTemplatesRequest,
@@ -23,36 +22,41 @@ use crate::{
     state::AppState,
 };
 
-mod moves;
+pub mod moves;
 pub use moves::{move_capsule, move_one, move_paused_off};
 
 type Broke = Arc<Mutex<Option<tonic::Status>>>;
 
-/// `export` as a request stream for the import: items pass while they are `Ok`; the first
-/// error ends the stream (without a trailer) and is kept to report.
+/// `export` as a request stream for the import: a task forwards its chunks while they come
+/// (at most [`IN_FLIGHT`] waiting); the first error ends the stream (without a trailer) and
+/// is kept to report.
 fn pipe(
-    export: tonic::Streaming<TransferChunk>,
-) -> (
-    futures_util::stream::BoxStream<'static, TransferChunk>,
-    Broke,
-) {
+    mut export: tonic::Streaming<TransferChunk>,
+) -> (tokio_stream::wrappers::ReceiverStream<TransferChunk>, Broke) {
     let broke: Broke = Arc::default();
     let seen = broke.clone();
-    let items = export
-        .take_while(move |item| {
-            let ok = match item {
-                Ok(_) => true,
-                Err(s) => {
-                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
-                    false
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    tokio::spawn(async move {
+        loop {
+            match export.message().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(chunk).await.is_err() {
+                        break; // the import ended first
+                    }
                 }
-            };
-            std::future::ready(ok)
-        })
-        .filter_map(|item| std::future::ready(item.ok()))
-        .boxed();
-    (items, broke)
+                Ok(None) => break,
+                Err(s) => {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+                    break;
+                }
+            }
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), broke)
 }
+
+/// Chunks read from the source and not yet sent to the target.
+const IN_FLIGHT: usize = 4;
 
 /// The relay's outcome: the import's answer, or, when the export broke, the source's error
 /// (the target only saw a stream cut short).

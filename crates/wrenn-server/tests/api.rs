@@ -3,17 +3,17 @@
 //! requests by route template. The router runs on a loopback listener with a SQLite database in
 //! a temporary folder and an agent client that never connects.
 
+#[path = "state/mod.rs"]
+mod state;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::{header, Method, StatusCode};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
-use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_server::{
     accounts::SignupPolicy,
     db::{CapsuleRow, Db},
-    AppState,
 };
 
 struct Server {
@@ -30,26 +30,7 @@ async fn start() -> Server {
         dir.path().join("wrenn.db").display()
     );
     let db = Db::open(&url).await.unwrap();
-    let agent = AgentClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let state = AppState {
-        db: db.clone(),
-        pool: wrenn_server::pool::HostPool::new(None),
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
-        hosts: Default::default(),
-    };
-    wrenn_server::builtin::attach(
-        &state,
-        "http://127.0.0.1:1",
-        agent,
-        std::time::Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let state = state::with_agent(db.clone(), SignupPolicy::Open, state::no_agent()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

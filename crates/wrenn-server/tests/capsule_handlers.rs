@@ -5,13 +5,15 @@
 
 mod fake_agent;
 
+#[path = "state/mod.rs"]
+mod state;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tonic::Status;
 use wrenn_proto::agent::v1::CapsuleState;
 use wrenn_server::{
-    accounts::{Accounts, SignupPolicy},
     db::Db,
     quotas::{self, Limits},
     AdminKey, AppState,
@@ -63,25 +65,7 @@ async fn start() -> Server {
     .await
     .unwrap();
     let (agent, client) = FakeAgent::start().await;
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let state = AppState {
-        db,
-        pool: wrenn_server::pool::HostPool::new(None),
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: Accounts::new(SignupPolicy::Closed),
-        hosts: Default::default(),
-    };
-    wrenn_server::builtin::attach(
-        &state,
-        "http://fake-agent:1",
-        client,
-        std::time::Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let state = state::with_agent(db, wrenn_server::accounts::SignupPolicy::Closed, client).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = wrenn_server::router(state.clone());

@@ -5,15 +5,13 @@
 //! host_unavailable`, so a 400 here proves the check came first); the port proxy refuses a
 //! capsule host it cannot use instead of passing it on to the API.
 
+#[path = "state/mod.rs"]
+mod state;
+
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
-use wrenn_proto::agent::v1::agent_client::AgentClient;
-use wrenn_server::{
-    db::{CapsuleRow, Db},
-    AppState,
-};
+use wrenn_server::db::{CapsuleRow, Db};
 
 const RUNNING: &str = "cl-eeeeeeeeeeeeeeeeeeeeeeee1";
 
@@ -31,28 +29,12 @@ async fn start() -> Server {
         dir.path().join("wrenn.db").display()
     );
     let db = Db::open(&url).await.unwrap();
-    let agent = AgentClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let state = AppState {
-        db: db.clone(),
-        pool: wrenn_server::pool::HostPool::new(None),
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: wrenn_server::accounts::Accounts::new(
-            wrenn_server::accounts::SignupPolicy::Closed,
-        ),
-        hosts: Default::default(),
-    };
-    wrenn_server::builtin::attach(
-        &state,
-        "http://127.0.0.1:1",
-        agent,
-        std::time::Duration::from_secs(3600),
+    let state = state::with_agent(
+        db.clone(),
+        wrenn_server::accounts::SignupPolicy::Closed,
+        state::no_agent(),
     )
-    .await
-    .unwrap();
+    .await;
     let team = db.create_team("errors").await.unwrap();
     let (_, key) = db.create_api_key(&team.id, "k").await.unwrap();
     db.insert_capsule(&CapsuleRow {

@@ -3,18 +3,20 @@
 //! limit and use) before the host is asked, and that concurrent reservations never exceed a
 //! quota (SQLite and PostgreSQL: `WRENN_TEST_DATABASE_URL`).
 
+#[path = "pg/mod.rs"]
+mod pg;
+
+#[path = "state/mod.rs"]
+mod state;
+
 use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::any::AnyPoolOptions;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
-use wrenn_proto::agent::v1::agent_client::AgentClient;
 use wrenn_server::{
     db::{now_ms, CapsuleRow, Db},
     quotas::{self, Amounts, Limits},
-    AppState,
 };
 
 struct Server {
@@ -50,26 +52,12 @@ async fn start(defaults: Limits) -> Server {
         panic!("a fresh database makes the admin key");
     };
     quotas::set_defaults(&db, &defaults).await.unwrap();
-    let agent = AgentClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let state = AppState {
-        db: db.clone(),
-        pool: wrenn_server::pool::HostPool::new(None),
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: wrenn_server::accounts::Accounts::new(wrenn_server::accounts::SignupPolicy::Open),
-        hosts: Default::default(),
-    };
-    wrenn_server::builtin::attach(
-        &state,
-        "http://127.0.0.1:1",
-        agent,
-        std::time::Duration::from_secs(3600),
+    let state = state::with_agent(
+        db.clone(),
+        wrenn_server::accounts::SignupPolicy::Open,
+        state::no_agent(),
     )
-    .await
-    .unwrap();
+    .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, wrenn_server::router(state)).await });
@@ -521,44 +509,12 @@ async fn concurrent_reservations_never_exceed_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_reservations_never_exceed_on_postgres() {
-    let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .expect(
-            "WRENN_TEST_DATABASE_URL is not set: export \
-             WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)",
-        );
-    sqlx::any::install_default_drivers();
-    let admin = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap();
-    let mut b = [0u8; 8];
-    wrenn_types::secret::fill(&mut b).unwrap();
-    let name = format!(
-        "wrenn_quota_{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (base, query) = admin_url
-        .split_once('?')
-        .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
-    let url = format!(
-        "{}/{name}{}",
-        &base[..base.rfind('/').unwrap()],
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    );
-    let db = Db::open(&url).await.unwrap();
-    let outcome = tokio::spawn(concurrent_reservations_never_exceed(db)).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    pg::on_new_database("wrenn_quota", |url| async move {
+        let db = Db::open(&url).await.unwrap();
+        let outcome = tokio::spawn(concurrent_reservations_never_exceed(db)).await;
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    })
+    .await
 }

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{images_dir, wait_up};
+use common::wait_up;
 use serde_json::{json, Value};
 
 const RECONCILE_LEASE: &str = "lease=\"reconcile\"";
@@ -51,6 +51,24 @@ async fn database() -> (String, String, String) {
     (admin, url, name)
 }
 
+/// `line` without its terminal colours (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A `wrenn server` replica: its process, address, and the log lines it wrote.
 struct Replica {
     child: Child,
@@ -77,7 +95,7 @@ impl Replica {
         let kept = logs.clone();
         std::thread::spawn(move || {
             for line in err.lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
+                kept.lock().unwrap().push(plain(&line));
             }
         });
         let (addr, _) = wait_up(&mut child);
@@ -115,6 +133,17 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within 60 s");
 }
 
+/// `GET url` with the API key `key`: the JSON answer.
+async fn get_json(url: &str, key: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    resp.json().await.unwrap()
+}
+
 /// The next `data:` event of an SSE response (at most 60 s).
 async fn next_event(resp: &mut reqwest::Response, buf: &mut String) -> Value {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -139,42 +168,11 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let (admin_url, url, name) = database().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let pki = dir.path().join("pki");
-    let bin = env!("CARGO_BIN_EXE_wrenn");
-    let ok = Command::new(bin)
-        .args(["agent-cert", "--name", "localhost", "--dir"])
-        .arg(&pki)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut agent = Command::new(bin)
-        .args(["agent", "--slots", "3420-3439", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tls-dir")
-        .arg(&pki)
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .arg("--images")
-        .arg(images_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(agent.stdout.take().unwrap());
-    let mut line = String::new();
-    while line.is_empty() || line.starts_with("warning: ") {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-    }
-    assert!(line.contains("listening"), "{line}");
-    std::thread::spawn(move || for _ in out.lines() {});
+    let (mut agent, port) = common::mtls_agent(dir.path(), "3420-3439");
 
     let agent_addr = format!("localhost:{port}");
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let mut a = Replica::start(&dir_a, &url, &agent_addr, &pki);
+    let a = Replica::start(&dir_a, &url, &agent_addr, &pki);
     // The replicas share the admin's key file (a replica without it would make a new key).
     std::fs::create_dir_all(&dir_b).unwrap();
     std::fs::copy(dir_a.join("admin-api-key"), dir_b.join("admin-api-key")).unwrap();
@@ -213,15 +211,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
     let e = next_event(&mut stream, &mut buf).await;
     assert_eq!(e["event"], "capsule.create", "{e}");
     assert_eq!(e["resource"]["id"], id.as_str());
-    let seen: Value = http
-        .get(b.url(&format!("/v1/capsules/{id}")))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = get_json(&b.url(&format!("/v1/capsules/{id}")), &key).await;
     assert_eq!(seen["status"], "running", "{seen}");
 
     // Exec through B: REST, then the WebSocket stream.
@@ -230,12 +220,18 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .exec(
             &id,
             &wrenn_client::Exec::shell(
-                "mkdir -p /srv && echo replica > /srv/hello.txt && cat /srv/hello.txt",
+                "mkdir -p /tmp/www && echo replica > /tmp/www/hello.txt && cat /tmp/www/hello.txt",
             ),
         )
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "replica\n");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "replica\n",
+        "exit {}, stderr {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stderr)
+    );
     let mut ws = client
         .exec_stream(&id, &wrenn_client::Exec::new("echo").args(["over", "ws"]))
         .await
@@ -257,7 +253,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .header("x-api-key", &key)
         .json(&json!({
             "cmd": "/usr/bin/python3",
-            "args": ["-m", "http.server", "8080", "--directory", "/srv"],
+            "args": ["-m", "http.server", "8080", "--directory", "/tmp/www"],
             "background": true,
         }))
         .send()
@@ -303,15 +299,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_capsules() {
         .await
         .unwrap();
     assert_eq!(gone.status(), 204);
-    let after: Value = http
-        .get(other.url(&format!("/v1/capsules/{id}")))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = get_json(&other.url(&format!("/v1/capsules/{id}")), &key).await;
     assert!(
         after["status"] == "stopped" || after["error"]["code"] == "not_found",
         "{after}"

@@ -162,9 +162,9 @@ pub async fn login(
     let refused = || ApiError::Unauthorized("invalid email or password".into());
     let email = b.email.trim().to_lowercase();
     let limits = &state.accounts.logins;
-    limits.check(&email, addr)?;
+    limits.check(&state.db, &email, addr).await?;
     if b.password.chars().count() > MAX_PASSWORD_CHARS {
-        limits.failed(&email, addr);
+        limits.failed(&state.db, &email, addr).await?;
         return Err(refused());
     }
     let found = state.db.user_by_email(&email).await?;
@@ -175,10 +175,10 @@ pub async fn login(
     // A full hashing queue is `rate_limited`, not a failed attempt.
     let ok = password::verify(b.password, stored).await?;
     let Some(user) = user.filter(|_| ok) else {
-        limits.failed(&email, addr);
+        limits.failed(&state.db, &email, addr).await?;
         return Err(refused());
     };
-    limits.succeeded(&email);
+    limits.succeeded(&state.db, &email).await?;
     Ok(Json(LoginResponse {
         token: new_token(&state, &user).await?,
         user: User::from(&user),

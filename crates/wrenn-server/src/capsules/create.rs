@@ -106,6 +106,7 @@ pub async fn create(
         team_id: &caller.team_id,
         tags: &host_tags,
         template: &agent_template,
+        snapshot: kind == TemplateKind::Snapshot,
         only_host,
         except_host: None,
         need,

@@ -35,7 +35,7 @@ pub use hosts::{HostRow, HostTokenKind};
 pub use keys::ApiKeyRow;
 pub use lease::Lease;
 pub use notify::{Heard, Listener};
-pub use placement::{HostRecord, HostUse, RESERVATION_TTL_MS};
+pub use placement::{HostRecord, RESERVATION_TTL_MS};
 pub use security::{Invitation, BOOTSTRAP_ACTOR};
 pub use teams::{Member, Membership, Role, Team};
 pub use templates::TemplateRow;

@@ -19,6 +19,8 @@ use crate::error::{ApiError, Result};
 
 /// Longest payload sent inline (PostgreSQL refuses 8000 bytes and more).
 pub const MAX_INLINE: usize = 7900;
+/// Most payloads waiting to be sent, per channel.
+const QUEUE: usize = 4096;
 /// How long a stored large payload is kept for listeners that read it late.
 const KEEP_LARGE_MS: i64 = 10 * 60 * 1000;
 
@@ -27,7 +29,7 @@ const KEEP_LARGE_MS: i64 = 10 * 60 * 1000;
 pub(crate) struct Cluster {
     url: String,
     notify: PgPool,
-    queues: Mutex<Vec<(String, mpsc::UnboundedSender<String>)>>,
+    queues: Mutex<Vec<(String, mpsc::Sender<String>)>>,
 }
 
 impl Cluster {
@@ -86,9 +88,9 @@ impl Db {
 
     /// Makes `channel`'s send queue: from now on [`Db::enqueue`] on it succeeds and the
     /// caller drains the receiver (in order, with [`Db::notify`]). None on SQLite.
-    pub fn outbox(&self, channel: &str) -> Option<mpsc::UnboundedReceiver<String>> {
+    pub fn outbox(&self, channel: &str) -> Option<mpsc::Receiver<String>> {
         let cluster = self.cluster.as_ref()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let mut queues = cluster.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues.retain(|(c, _)| c != channel);
         queues.push((channel.to_string(), tx));
@@ -96,7 +98,8 @@ impl Db {
     }
 
     /// Queues `payload` for `channel`; false (and nothing queued) when nobody drains that
-    /// channel's queue (SQLite, or before [`Db::outbox`], or after its receiver ended).
+    /// channel's queue (SQLite, or before [`Db::outbox`], or after its receiver ended), or
+    /// when the queue is full (the database is slow or down).
     pub fn enqueue(&self, channel: &str, payload: String) -> bool {
         let Some(cluster) = &self.cluster else {
             return false;
@@ -105,7 +108,7 @@ impl Db {
         queues
             .iter()
             .find(|(c, _)| c == channel)
-            .is_some_and(|(_, tx)| tx.send(payload).is_ok())
+            .is_some_and(|(_, tx)| tx.try_send(payload).is_ok())
     }
 
     /// Listens on `channel` (None on SQLite). The listener reconnects by itself.

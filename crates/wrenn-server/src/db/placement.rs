@@ -9,7 +9,10 @@ use wrenn_types::{
 };
 
 use super::*;
-use crate::error::{ApiError, Result};
+use crate::{
+    error::{ApiError, Result},
+    scheduler::{Claims, HostUsage},
+};
 
 /// Reservations older than this are ignored (a create that never ended).
 pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
@@ -33,25 +36,6 @@ pub struct HostRecord {
     /// new client (the old connection may still trust the old certificate).
     pub cert_fingerprint: Option<String>,
     pub tags: Vec<String>,
-}
-
-/// What the database puts on a host: its capsules by status, and placements in flight.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostUse {
-    pub running: i64,
-    pub paused: i64,
-    /// vCPUs, memory and disk of its running (and starting, missing) capsules.
-    pub vcpus: i64,
-    pub memory_mb: i64,
-    pub disk_mb: i64,
-    /// Memory and disk of its paused capsules.
-    pub paused_memory_mb: i64,
-    pub paused_disk_mb: i64,
-    /// Placements in flight (not yet capsules).
-    pub reserved: i64,
-    pub reserved_vcpus: i64,
-    pub reserved_memory_mb: i64,
-    pub reserved_disk_mb: i64,
 }
 
 /// Count and sums of a group of capsules (`n`, `v`, `m`, `d`).
@@ -153,8 +137,8 @@ impl Db {
     }
 
     /// What the database puts on each host (hosts with nothing on them are left out).
-    pub async fn host_uses(&self) -> Result<HashMap<String, HostUse>> {
-        let mut uses: HashMap<String, HostUse> = HashMap::new();
+    pub async fn host_uses(&self) -> Result<HashMap<String, HostUsage>> {
+        let mut uses: HashMap<String, HostUsage> = HashMap::new();
         for r in sqlx::query(&format!(
             "SELECT host_id, status, {CAPSULE_SUMS} FROM capsules \
              WHERE host_id IS NOT NULL AND status NOT IN ($1, $2) GROUP BY host_id, status"
@@ -187,8 +171,8 @@ impl Db {
     pub async fn reserve_on_host(
         &self,
         host_id: &str,
-        need: (i64, i64, i64),
-        fits: impl FnOnce(&HostUse) -> bool,
+        need: Claims,
+        fits: impl FnOnce(&HostUsage) -> bool,
     ) -> Result<Option<String>> {
         let mut tx = self.pool.begin().await?;
         // The host's row lock until commit (PostgreSQL; SQLite has one writer anyway).
@@ -199,7 +183,7 @@ impl Db {
         if locked.rows_affected() == 0 {
             return Ok(None);
         }
-        let mut used = HostUse::default();
+        let mut used = HostUsage::default();
         for r in sqlx::query(&format!(
             "SELECT status, {CAPSULE_SUMS} FROM capsules \
              WHERE host_id = $1 AND status NOT IN ($2, $3) GROUP BY status"
@@ -236,9 +220,9 @@ impl Db {
         )
         .bind(&id)
         .bind(host_id)
-        .bind(need.0)
-        .bind(need.1)
-        .bind(need.2)
+        .bind(need.vcpus as i64)
+        .bind(need.memory_mb as i64)
+        .bind(need.disk_mb as i64)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
@@ -377,32 +361,22 @@ impl Db {
 }
 
 /// Adds a `(status, n, v, m, d)` row of capsule sums to `used`.
-fn add_capsules(used: &mut HostUse, status: &str, r: &sqlx::any::AnyRow) -> Result<()> {
-    let (n, v, m, d) = sums(r)?;
-    if status == CapsuleStatus::Paused.as_str() {
-        used.paused += n;
-        used.paused_memory_mb += m;
-        used.paused_disk_mb += d;
-    } else {
-        used.running += n;
-        used.vcpus += v;
-        used.memory_mb += m;
-        used.disk_mb += d;
-    }
+fn add_capsules(used: &mut HostUsage, status: &str, r: &sqlx::any::AnyRow) -> Result<()> {
+    let status: CapsuleStatus = status
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("a capsule's stored status: {e}")))?;
+    used.count(status, sums(r)?);
     Ok(())
 }
 
-fn add_reserved(used: &mut HostUse, r: &sqlx::any::AnyRow) -> Result<()> {
-    let (n, v, m, d) = sums(r)?;
-    used.reserved += n;
-    used.reserved_vcpus += v;
-    used.reserved_memory_mb += m;
-    used.reserved_disk_mb += d;
+fn add_reserved(used: &mut HostUsage, r: &sqlx::any::AnyRow) -> Result<()> {
+    used.reserved = used.reserved.plus(sums(r)?);
     Ok(())
 }
 
-/// `n`, `v`, `m`, `d` of a sums row (SUM of no rows is NULL: 0).
-fn sums(r: &sqlx::any::AnyRow) -> Result<(i64, i64, i64, i64)> {
-    let get = |c: &str| -> Result<i64> { Ok(r.try_get::<Option<i64>, _>(c)?.unwrap_or(0)) };
-    Ok((get("n")?, get("v")?, get("m")?, get("d")?))
+/// The vCPUs, memory and disk of a sums row (`v`, `m`, `d`; SUM of no rows is NULL: 0).
+fn sums(r: &sqlx::any::AnyRow) -> Result<Claims> {
+    let get =
+        |c: &str| -> Result<u64> { Ok(r.try_get::<Option<i64>, _>(c)?.unwrap_or(0).max(0) as u64) };
+    Ok(Claims::new(get("v")?, get("m")?, get("d")?))
 }

@@ -2,8 +2,8 @@
 //! `NOTIFY` on [`CHANNEL`] (queued, in order) and every replica (the publishing one too)
 //! `LISTEN`s and feeds its local broadcast, so each SSE stream gets each event once, whichever
 //! replica made it. One path only: a published event reaches the local broadcast through the
-//! database, never also directly, unless the database refused it (then only the local streams
-//! see it). A lost `LISTEN` connection is made again; events in the gap are missed, as events
+//! database, never also directly, unless the database refused it or the queue is full (4096
+//! waiting: the database is slow or down); then only the local streams see it. A lost `LISTEN` connection is made again; events in the gap are missed, as events
 //! under load are. SQLite: local only.
 
 use std::time::Duration;

@@ -202,7 +202,7 @@ pub async fn reserve_create(
     vcpus: u32,
     memory_mb: u32,
     disk_mb: u32,
-) -> Result<(Reservation, crate::placement::Need)> {
+) -> Result<(Reservation, crate::scheduler::Claims)> {
     let (mut v, mut m, mut d) = (i64::from(vcpus), i64::from(memory_mb), i64::from(disk_mb));
     if v == 0 || m == 0 || d == 0 {
         // An unknown template is the create's own error (not_found) a moment later.
@@ -228,11 +228,7 @@ pub async fn reserve_create(
     let held = reserve(&state.db, team_id, need).await?;
     Ok((
         held,
-        crate::placement::Need {
-            vcpus: v,
-            memory_mb: m,
-            disk_mb: d,
-        },
+        crate::scheduler::Claims::new(v.max(0) as u64, m.max(0) as u64, d.max(0) as u64),
     ))
 }
 

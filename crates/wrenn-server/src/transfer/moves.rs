@@ -20,8 +20,9 @@ use crate::{
     db::{now_ms, Caller, CapsuleRow},
     error::{ApiError, ErrorBody, Result},
     events::publish,
-    placement::{self, Ask, Need},
+    placement::{self, Ask},
     responses::{NoCapsule, OnHost},
+    scheduler::Claims,
     state::AppState,
 };
 
@@ -99,13 +100,14 @@ pub async fn move_one(
         team_id: &c.team_id,
         tags: &[],
         template: "",
+        snapshot: true,
         only_host: target,
         except_host: Some(&from_host),
-        need: Need {
-            vcpus: c.vcpus,
-            memory_mb: c.memory_mb,
-            disk_mb: c.disk_size_mb,
-        },
+        need: Claims::new(
+            c.vcpus.max(0) as u64,
+            c.memory_mb.max(0) as u64,
+            c.disk_size_mb.max(0) as u64,
+        ),
     };
     let placed = placement::place(&state.db, &ask).await?;
     let to_host = placed.host.id.clone();
@@ -162,16 +164,17 @@ pub async fn move_paused_off(state: &AppState, by: &Caller, host_id: &str) -> Dr
             .filter_map(|r| r.try_get::<String, _>("id").ok())
             .collect(),
         Err(e) => {
-            result
-                .failed
-                .insert("*".into(), format!("listing the host's paused capsules: {e}"));
+            result.failed.insert(
+                "*".into(),
+                format!("listing the host's paused capsules: {e}"),
+            );
             return result;
         }
     };
     for id in ids {
         let moved = match state.db.capsule_any(&id).await {
             Ok(c) => move_one(state, by, &c, None).await.map(|_| ()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         match moved {
             Ok(()) => result.moved.push(id),

@@ -142,22 +142,19 @@ impl Server {
             .connect(&url)
             .await
             .unwrap();
-        let (events, _) = tokio::sync::broadcast::channel(64);
         let settings = hosts::HostSettings {
             timeout: Duration::from_secs(30),
             token_ttl: Duration::from_secs(3600),
             cert_ttl: Duration::from_secs(7 * 24 * 3600),
         };
-        let state = AppState {
-            db: db.clone(),
-            pool: wrenn_server::pool::HostPool::new(None),
-            events,
-            domain: "wrenn.test".into(),
-            http: reqwest::Client::new(),
-            metrics: Default::default(),
-            accounts: wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
-            hosts: hosts::HostIdentity::with_pki(settings, &dir.path().join("pki")).unwrap(),
-        };
+        let state = AppState::new(
+            db.clone(),
+            wrenn_server::pool::HostPool::new(None),
+            wrenn_server::accounts::Accounts::new(SignupPolicy::Open),
+            hosts::HostIdentity::with_pki(settings, &dir.path().join("pki")).unwrap(),
+            "wrenn.test",
+        )
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let serving = state.clone();

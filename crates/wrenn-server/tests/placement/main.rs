@@ -101,17 +101,14 @@ impl Cluster {
             .unwrap();
         let (_, key_b) = db.create_api_key(&team_b.id, "b").await.unwrap();
         quotas::set_defaults(&db, &Limits::default()).await.unwrap();
-        let (events, _) = tokio::sync::broadcast::channel(1024);
-        let state = AppState {
+        let state = AppState::new(
             db,
-            pool: HostPool::new(None),
-            events,
-            domain: "wrenn.test".into(),
-            http: reqwest::Client::new(),
-            metrics: Default::default(),
-            accounts: Accounts::new(SignupPolicy::Closed),
-            hosts: Default::default(),
-        };
+            HostPool::new(None),
+            Accounts::new(SignupPolicy::Closed),
+            Default::default(),
+            "wrenn.test",
+        )
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = wrenn_server::router(state.clone());

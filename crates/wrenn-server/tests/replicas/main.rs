@@ -8,40 +8,25 @@
 #[path = "../fake_agent/mod.rs"]
 mod fake_agent;
 
-use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
+#[path = "../state/mod.rs"]
+mod state;
+
+use std::{future::Future, time::Duration};
 
 use fake_agent::FakeAgent;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use wrenn_server::{
-    accounts::{Accounts, SignupPolicy},
     db::{Db, Lease},
     quotas::{self, Limits},
     AdminKey, AppState,
 };
 
 mod leases;
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let slash = base.rfind('/').expect("a database URL has a path");
-    let mut out = format!("{}/{name}", &base[..slash]);
-    if let Some(q) = query {
-        out = format!("{out}?{q}");
-    }
-    out
-}
+#[path = "../pg/mod.rs"]
+mod pg;
 
 /// Runs `check` with the URL of a new PostgreSQL database, then drops it (also on failure).
 async fn on_postgres<F, Fut>(check: F)
@@ -49,34 +34,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .expect(
-            "WRENN_TEST_DATABASE_URL is not set: run \
-             `export WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)` or `make unit`",
-        );
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap();
-    let name = format!("wrenn_replicas_{}", random_hex());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let outcome = AssertUnwindSafe(check(with_database(&admin_url, &name)))
-        .catch_unwind()
-        .await;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await;
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
-    dropped.unwrap();
+    pg::on_new_database("wrenn_replicas", check).await
 }
 
 /// One replica: its state (relaying events when `relay`), its fake agent, its API's address.
@@ -89,27 +47,7 @@ struct Replica {
 async fn replica(url: &str, relay: bool) -> Replica {
     let db = Db::open(url).await.unwrap();
     let (agent, client) = FakeAgent::start().await;
-    let (events, _) = tokio::sync::broadcast::channel(64);
-    let state = AppState {
-        db,
-        pool: wrenn_server::pool::HostPool::new(None),
-        events,
-        domain: "wrenn.test".into(),
-        http: reqwest::Client::new(),
-        metrics: Default::default(),
-        accounts: Accounts::new(SignupPolicy::Closed),
-        hosts: Default::default(),
-    };
-    // TODO(H6): one host shared by both replicas (the pool's model); for now each replica keeps
-    // a client of its own for the built-in host's id.
-    wrenn_server::builtin::attach(
-        &state,
-        "http://fake-agent:1",
-        client,
-        std::time::Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let state = state::with_agent(db, wrenn_server::accounts::SignupPolicy::Closed, client).await;
     if relay {
         assert!(wrenn_server::events::relay::start(&state)
             .await
@@ -189,13 +127,11 @@ impl Sse {
 }
 
 async fn post(base: &str, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("X-API-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut req = reqwest::Client::new().post(format!("{base}{path}"));
+    if !key.is_empty() {
+        req = req.header("X-API-Key", key);
+    }
+    let resp = req.json(&body).send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -288,7 +224,16 @@ async fn the_reconciler_runs_on_one_replica_and_another_takes_over() {
         let every = Duration::from_millis(100);
         let on_a = wrenn_server::spawn_reconciler(a.state.clone(), every);
         let on_b = wrenn_server::spawn_reconciler(b.state.clone(), every);
-        let passes = |r: &Replica| r.agent.calls("list_capsules").len();
+        // The built-in host's first heartbeat lists capsules too: count the passes after it.
+        let start = [&a, &b].map(|r| r.agent.calls("list_capsules").len());
+        let passes = |r: &Replica| {
+            let before = if std::ptr::eq(r, &a) {
+                start[0]
+            } else {
+                start[1]
+            };
+            r.agent.calls("list_capsules").len() - before
+        };
         until("five passes", || passes(&a) + passes(&b) >= 5).await;
         let (holder, other, holder_tasks, other_tasks) = if passes(&a) > 0 {
             (&a, &b, on_a, on_b)
@@ -320,6 +265,28 @@ async fn the_reconciler_runs_on_one_replica_and_another_takes_over() {
         );
         for t in other_tasks {
             t.abort();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn log_in_limits_count_across_replicas() {
+    on_postgres(|url| async move {
+        let a = replica(&url, false).await;
+        let b = replica(&url, false).await;
+        let (_key, _dir) = admin_key(&a.state.db).await;
+        let wrong = json!({"email": wrenn_server::ADMIN_EMAIL, "password": "not the password"});
+        // Failures alternate between the replicas; together they reach the account's limit.
+        for i in 0..wrenn_server::accounts::limits::ACCOUNT_FAILURES {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            let (status, body) = post(base, "", "/v1/auth/login", wrong.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}: {body}");
+        }
+        for base in [&a.base, &b.base] {
+            let (status, body) = post(base, "", "/v1/auth/login", wrong.clone()).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limited");
         }
     })
     .await

@@ -3,9 +3,8 @@
 //! dropped after it. The PostgreSQL server is `WRENN_TEST_DATABASE_URL` (its role needs
 //! CREATEDB; `scripts/install-postgres.sh` makes one and prints the URL, `make unit` sets it).
 
-use std::{collections::HashMap, future::Future, panic::AssertUnwindSafe};
+use std::{collections::HashMap, future::Future};
 
-use futures_util::FutureExt;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 use wrenn_server::{
     db::{CapsuleRow, Db, Team, TemplateRow, User},
@@ -14,6 +13,8 @@ use wrenn_server::{
 
 mod accounts;
 mod capsules;
+#[path = "../pg/mod.rs"]
+mod pg;
 
 /// A database under test: the `Db`, a plain pool on the same database (to look at tables the
 /// way an attacker with a copy of the database would), and its URL.
@@ -27,26 +28,6 @@ struct Store {
 enum Backend {
     Sqlite,
     Postgres,
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let slash = base.rfind('/').expect("a database URL has a path");
-    let mut out = format!("{}/{name}", &base[..slash]);
-    if let Some(q) = query {
-        out = format!("{out}?{q}");
-    }
-    out
 }
 
 async fn raw_pool(url: &str) -> AnyPool {
@@ -91,34 +72,7 @@ where
             );
             check(url).await;
         }
-        Backend::Postgres => {
-            let admin_url = std::env::var("WRENN_TEST_DATABASE_URL")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| {
-                    panic!(
-                    "WRENN_TEST_DATABASE_URL is not set: the PostgreSQL half of the storage tests \
-                     needs a server whose role may CREATE DATABASE. Run \
-                     `export WRENN_TEST_DATABASE_URL=$(scripts/install-postgres.sh)` (as root: it \
-                     installs and starts a private cluster on 127.0.0.1:55432), or `make unit`."
-                )
-                });
-            let name = format!("wrenn_test_{}", random_hex());
-            let admin = raw_pool(&admin_url).await;
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
-            let url = with_database(&admin_url, &name);
-            let outcome = AssertUnwindSafe(check(url)).catch_unwind().await;
-            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&admin)
-                .await;
-            if let Err(p) = outcome {
-                std::panic::resume_unwind(p);
-            }
-            dropped.unwrap_or_else(|e| panic!("dropping database {name}: {e}"));
-        }
+        Backend::Postgres => pg::on_new_database("wrenn_test", check).await,
     }
 }
 

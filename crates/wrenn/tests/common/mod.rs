@@ -183,3 +183,45 @@ impl Drop for Reap {
         }
     }
 }
+
+/// `wrenn agent-cert` makes a PKI in `dir/pki` (agent name `localhost`), then a `wrenn agent`
+/// (data in `dir/agent`, slots `slots`) serves over mTLS on a free loopback port; returns it,
+/// once it listens, and its port. Its stdout is drained; stderr inherited.
+#[allow(dead_code)]
+pub fn mtls_agent(dir: &Path, slots: &str) -> (Child, u16) {
+    let bin = env!("CARGO_BIN_EXE_wrenn");
+    let pki = dir.join("pki");
+    let ok = Command::new(bin)
+        .args(["agent-cert", "--name", "localhost", "--dir"])
+        .arg(&pki)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = Command::new(bin)
+        .args(["agent", "--slots", slots, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-dir")
+        .arg(&pki)
+        .arg("--data-dir")
+        .arg(dir.join("agent"))
+        .arg("--images")
+        .arg(images_dir())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Warnings (a data folder's loose modes fixed) may come first.
+    let mut out = BufReader::new(agent.stdout.take().unwrap());
+    let mut line = String::new();
+    while line.is_empty() || line.starts_with("warning: ") {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    assert!(line.contains("listening"), "{line}");
+    std::thread::spawn(move || for _ in out.lines() {});
+    (agent, port)
+}

@@ -1,12 +1,11 @@
 //! `wrenn server` and `wrenn agent` as two processes over mutual TLS.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use crate::common::{images_dir, ready};
+use crate::common::{mtls_agent, ready};
 use serde_json::{json, Value};
 
 /// `wrenn server` and `wrenn agent` as separate processes over mutual TLS, with the PKI made
@@ -16,40 +15,7 @@ async fn server_and_agent_apart_over_mtls() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let pki = dir.path().join("pki");
     let bin = env!("CARGO_BIN_EXE_wrenn");
-    let ok = Command::new(bin)
-        .args(["agent-cert", "--name", "localhost", "--dir"])
-        .arg(&pki)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let agent_port = free_port();
-    let mut agent = Command::new(bin)
-        .args(["agent", "--slots", "2450-2499", "--listen"])
-        .arg(format!("127.0.0.1:{agent_port}"))
-        .arg("--tls-dir")
-        .arg(&pki)
-        .arg("--data-dir")
-        .arg(dir.path().join("agent"))
-        .arg("--images")
-        .arg(images_dir())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Warnings (a data folder's loose modes fixed) may come first.
-    let mut out = BufReader::new(agent.stdout.take().unwrap());
-    let mut line = String::new();
-    while line.is_empty() || line.starts_with("warning: ") {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-    }
-    assert!(line.contains("listening"), "{line}");
+    let (mut agent, agent_port) = mtls_agent(dir.path(), "2450-2499");
 
     let mut server = Command::new(bin)
         .args(["server", "--listen", "127.0.0.1:0", "--agent"])
