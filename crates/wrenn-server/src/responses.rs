@@ -144,3 +144,23 @@ pub struct TeamPath {
     /// Team id (`team-…`)
     id: String,
 }
+
+/// `not_found`: the path's host is not within the caller's reach (or does not exist).
+pub struct NoHost;
+
+impl IntoResponses for NoHost {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        described("404", "`not_found`: no such host within the caller's reach")
+    }
+}
+
+/// `forbidden` and `not_found` of an operation that changes the path's host.
+pub struct ManagedHost;
+
+impl IntoResponses for ManagedHost {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut out = described("403", "`forbidden`: may see the host but not change it");
+        out.extend(NoHost::responses());
+        out
+    }
+}

@@ -18,7 +18,7 @@ use crate::{
     db::{Caller, HostRow},
     error::{ApiError, ErrorBody, Result},
     extract::JsonBody,
-    responses::{Authed, Checked},
+    responses::{Authed, Checked, ManagedHost, NoHost},
     state::AppState,
 };
 
@@ -32,7 +32,7 @@ use crate::{
     responses(
         (status = 200, description = "Its tags, sorted", body = Vec<String>),
         Authed,
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        NoHost,
     )
 )]
 pub async fn tags(
@@ -58,8 +58,7 @@ pub async fn tags(
     responses(
         (status = 200, description = "Its tags, sorted", body = Vec<String>),
         Checked,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
     )
 )]
 pub async fn add_tag(
@@ -116,8 +115,7 @@ pub async fn remove_tag(
     responses(
         (status = 200, description = "What moved", body = DrainResult),
         Checked,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
     )
 )]
 pub async fn drain(
@@ -162,8 +160,7 @@ pub async fn move_paused_off(state: &AppState, by: &Caller, host: &HostRow) -> D
     responses(
         (status = 200, description = "The host", body = Host),
         Authed,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
     )
 )]
 pub async fn undrain(

@@ -20,7 +20,7 @@ use crate::{
     error::{ApiError, ErrorBody, Result},
     extract::{JsonBody, QueryParams},
     quotas::handlers::is_platform_admin,
-    responses::{Authed, Checked},
+    responses::{Authed, Checked, ManagedHost, NoHost},
     state::AppState,
     time::rfc3339,
 };
@@ -211,7 +211,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     responses(
         (status = 200, description = "The host", body = Host),
         Authed,
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        NoHost,
     )
 )]
 pub async fn get(
@@ -236,8 +236,7 @@ pub async fn get(
     responses(
         (status = 201, description = "The host and its new registration token", body = HostWithToken),
         Authed,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
         (status = 409, description = "`invalid_state`: the host is already registered", body = ErrorBody),
     )
 )]
@@ -290,8 +289,7 @@ pub struct DeleteQuery {
     responses(
         (status = 204, description = "Deleted"),
         Checked,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
         (status = 409, description = "`invalid_state`: it has live capsules (without `force`)", body = ErrorBody),
     )
 )]
@@ -303,16 +301,12 @@ pub async fn delete(
 ) -> Result<StatusCode> {
     let host = host_for(&state, &caller, &id, Level::Manage).await?;
     let stopped = state.db.delete_host(&caller, &id, q.force).await?;
-    after_force_delete(&state, &host, &stopped).await;
+    // Its client goes; its agent finds its identity revoked at its next heartbeat.
+    state.pool.forget(&host.id);
     let meta = HashMap::from([("stopped_capsules".to_string(), stopped.join(","))]);
     publish_host_event(&state, &caller, &host, "host.deleted", meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// After a forced delete: `stopped` are the capsules the database now says are stopped. The
-/// host pool may destroy them on the agent here, best effort (nothing yet: a deleted host's
-/// agent pauses its capsules and stops on its next heartbeat).
-pub async fn after_force_delete(_state: &AppState, _host: &HostRow, _stopped: &[String]) {}
 
 /// What a delete would end
 #[utoipa::path(
@@ -324,8 +318,7 @@ pub async fn after_force_delete(_state: &AppState, _host: &HostRow, _stopped: &[
     responses(
         (status = 200, description = "The host and its live capsules", body = HostDeletePreview),
         Authed,
-        (status = 403, description = "`forbidden`: may see the host but not change it", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such host within the caller's reach", body = ErrorBody),
+        ManagedHost,
     )
 )]
 pub async fn delete_preview(
