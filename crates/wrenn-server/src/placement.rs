@@ -97,11 +97,17 @@ pub fn view_of(h: &HostRecord, mut usage: HostUsage) -> HostView {
         tags: h.tags.clone(),
         online: h.status == HostStatus::Online,
         draining: h.draining,
-        capacity: Claims::new(
-            u64::from(h.specs.cpu_cores),
-            h.specs.memory_mb,
-            h.specs.disk_mb,
-        ),
+        // A machine not fully described yet (no heartbeat, or one without its memory or disk)
+        // is not known: the scheduler takes it at its word and places there last.
+        capacity: if h.specs.cpu_cores == 0 || h.specs.memory_mb == 0 || h.specs.disk_mb == 0 {
+            Claims::default()
+        } else {
+            Claims::new(
+                u64::from(h.specs.cpu_cores),
+                h.specs.memory_mb,
+                h.specs.disk_mb,
+            )
+        },
         usage,
         templates: HostView::templates_from(&h.load.templates),
     }

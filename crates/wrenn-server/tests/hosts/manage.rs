@@ -243,7 +243,8 @@ async fn byoc(s: &Server) {
         .await;
     assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
 
-    // Its events go to the owning team's stream; a regular host's to the platform team's.
+    // Its events go to the owning team's stream and the platform team's (its admins see every
+    // host); a regular host's to the platform team's only.
     let mut owners = s.events_of(As::User(&owner.token)).await;
     next_event(&mut owners, "connected").await;
     let mut admins = s.events().await;
@@ -257,13 +258,15 @@ async fn byoc(s: &Server) {
     assert_eq!(st, StatusCode::CREATED, "{b}");
     let e = next_event(&mut owners, "host.registered").await;
     assert_eq!(e["resource"]["id"], id.as_str());
-    let (regular, _) = s.registered_host("127.0.0.2:7200").await;
     let e = next_event(&mut admins, "host.registered").await;
     assert_eq!(
         e["resource"]["id"],
-        regular.as_str(),
-        "the admin's first is the regular one"
+        id.as_str(),
+        "admins hear of the byoc host"
     );
+    let (regular, _) = s.registered_host("127.0.0.2:7200").await;
+    let e = next_event(&mut admins, "host.registered").await;
+    assert_eq!(e["resource"]["id"], regular.as_str());
 }
 
 async fn tags_and_drain(s: &Server) {
