@@ -163,7 +163,13 @@ pub struct Cluster {
     pub dir: PathBuf,
     _reap: Vec<Reap>,
     _tmp: tempfile::TempDir,
+    /// One cluster at a time in this process (they share the slots and addresses); dropped
+    /// last, after every process of this one is gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Held by the cluster that runs (the tests of this binary run on several threads).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     /// A `wrenn up` with templates `minimal` and a short host timeout, and `agents` registered
@@ -175,6 +181,8 @@ impl Cluster {
     /// [`Cluster::start`] with `up_args` added to the `wrenn up` command line.
     pub fn start_with(agents: usize, up_args: &[&str]) -> Cluster {
         assert!(agents <= 3, "three agents at most (slots 3366-3389)");
+        // A test that failed while holding it poisoned it; the next one still runs.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let dir = tmp.path().to_path_buf();
         let up_dir = dir.join("up");
@@ -194,6 +202,7 @@ impl Cluster {
             dir,
             _reap: Vec::new(),
             _tmp: tmp,
+            _serial: serial,
         };
         for i in 0..agents {
             let first = agent_first_slot(i);

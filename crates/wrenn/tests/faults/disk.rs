@@ -131,14 +131,23 @@ async fn host_disk_full_under_the_data_dir() {
     let mut refused = 0;
     for _ in 0..3 {
         let c = api.create(json!({ "template": "minimal" })).await;
-        assert_eq!(c.status, 507, "{c:?}");
-        assert_eq!(c.code(), "insufficient_storage", "{c:?}");
-        // The host's free-space check, or the database (the quota reservation is its first
-        // write) finding the disk full: either says so.
-        assert!(
-            c.message().contains("space") || c.message().contains("disk is full"),
-            "{c:?}"
-        );
+        // The scheduler (the host's heartbeat reports its disk used: no host has the room),
+        // the host's free-space check, or the database (the quota reservation is its first
+        // write) finding the disk full: each says so.
+        match c.status {
+            503 => {
+                assert_eq!(c.code(), "host_unavailable", "{c:?}");
+                assert!(c.message().contains("MB of disk free"), "{c:?}");
+            }
+            _ => {
+                assert_eq!(c.status, 507, "{c:?}");
+                assert_eq!(c.code(), "insufficient_storage", "{c:?}");
+                assert!(
+                    c.message().contains("space") || c.message().contains("disk is full"),
+                    "{c:?}"
+                );
+            }
+        }
         refused += 1;
     }
     // The database answers; the running capsule's files and processes are intact.
@@ -165,7 +174,18 @@ async fn host_disk_full_under_the_data_dir() {
 
     // Space returns: creates work again, and the capsule is still fine.
     std::fs::remove_file(&filler).unwrap();
-    let b = api.capsule().await;
+    // The scheduler sees the space at the host's next heartbeat (every 10 s).
+    let mut b = None;
+    for _ in 0..30 {
+        let c = api.create(json!({ "template": "minimal" })).await;
+        if c.status == 201 {
+            b = Some(c.body["id"].as_str().unwrap().to_string());
+            break;
+        }
+        assert_eq!(c.code(), "host_unavailable", "{c:?}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let b = b.expect("creates work again within 30 s of the space returning");
     assert_eq!(api.sh(&b, "echo fine").await, "fine\n");
     assert_eq!(api.sh(&a, "sha256sum /home/user/keep").await, sum);
     for id in [&a, &b] {
