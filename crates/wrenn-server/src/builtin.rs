@@ -12,7 +12,10 @@ use wrenn_proto::agent::v1::{
 };
 use wrenn_types::api::hosts::{HostLoad, HostSpecs, TemplatePresence};
 
-use crate::{error::Result, state::AppState};
+use crate::{
+    error::{ApiError, Result},
+    state::AppState,
+};
 
 /// How often the built-in host's heartbeat is written.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -46,8 +49,24 @@ pub async fn attach(
     Ok(id)
 }
 
-/// One heartbeat of the built-in host: its specs and load, as the agent reports them now.
-pub async fn beat(state: &AppState, host_id: &str, mut agent: AgentClient<Channel>) -> Result<()> {
+/// The longest a heartbeat waits for the agent's answers: an agent that accepts connections
+/// but never answers must not hold up the start, nor the next beats.
+pub const BEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One heartbeat of the built-in host: its specs and load, as the agent reports them now
+/// (`host_unavailable` when it does not answer within [`BEAT_TIMEOUT`]).
+pub async fn beat(state: &AppState, host_id: &str, agent: AgentClient<Channel>) -> Result<()> {
+    tokio::time::timeout(BEAT_TIMEOUT, beat_now(state, host_id, agent))
+        .await
+        .map_err(|_| {
+            ApiError::HostUnavailable(format!(
+                "the built-in host's agent did not answer within {} s",
+                BEAT_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
+async fn beat_now(state: &AppState, host_id: &str, mut agent: AgentClient<Channel>) -> Result<()> {
     let info = agent.host_info(HostInfoRequest {}).await?.into_inner();
     let capsules = agent
         .list_capsules(ListCapsulesRequest {})

@@ -80,9 +80,17 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
 /// Compares host `host`'s capsule rows with what its agent lists now.
 async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
     let mut agent = state.pool.client(host)?;
-    let on_host: std::collections::HashMap<String, wrenn_proto::agent::v1::Capsule> = agent
-        .list_capsules(ListCapsulesRequest {})
-        .await?
+    // A host that accepts connections but never answers is skipped, not waited for: the
+    // other hosts are still reconciled, and its silence makes it `unreachable`.
+    let listed = tokio::time::timeout(
+        crate::builtin::BEAT_TIMEOUT,
+        agent.list_capsules(ListCapsulesRequest {}),
+    )
+    .await
+    .map_err(|_| {
+        error::ApiError::HostUnavailable(format!("host {} did not list its capsules", host.id))
+    })??;
+    let on_host: std::collections::HashMap<String, wrenn_proto::agent::v1::Capsule> = listed
         .into_inner()
         .capsules
         .into_iter()
