@@ -68,7 +68,6 @@ pub fn run(
     let mut events: BinaryHeap<Reverse<(usize, Event)>> = BinaryHeap::new();
     let mut chosen: Vec<Option<usize>> = Vec::with_capacity(burst);
     let burst = burst.max(1);
-    let mut fill = 0.0;
     for first in (0..arrivals.len()).step_by(burst) {
         while let Some(Reverse((when, _))) = events.peek() {
             if *when > first {
@@ -79,9 +78,8 @@ pub fn run(
             };
             apply_event(&mut hosts, arrivals, &mut at, event);
         }
-        let (ratio, mean) = imbalance(&hosts, &policy);
-        fill = mean;
-        record_levels(&mut out, ratio, mean);
+        let (ratio, fill) = imbalance(&hosts, &policy);
+        record_levels(&mut out, ratio, fill);
         let last = (first + burst).min(arrivals.len());
         // Decided together, against the cluster at the burst's start…
         chosen.clear();
