@@ -38,7 +38,7 @@ pub struct Args {
     /// Creates at once per round [default: 6; quick 3].
     #[arg(long)]
     creates: Option<usize>,
-    /// Rounds per side, interleaved [default: 2; quick 1].
+    /// Rounds per side, interleaved [default: 3; quick 1].
     #[arg(long)]
     rounds: Option<usize>,
     /// Template transfers per side [default: 3; quick 1].
@@ -112,20 +112,20 @@ async fn destroy_all(rest: &Rest, ids: &[String]) {
 /// The create-throughput rows: 3 hosts against 1.
 async fn throughput(args: &Args, wrenn: &std::path::Path) -> Result<Vec<Row>> {
     let n = args.creates.unwrap_or(if args.quick { 3 } else { 6 });
-    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 2 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
     let cluster = Cluster::start(wrenn, &args.images, &args.template, MAX_AGENTS).await?;
     let all = vec!["bench".to_owned()];
     let one = vec!["h0".to_owned()];
     // A warm-up create on each host: first restores read the snapshot from disk.
     round(&cluster, &args.template, &all, MAX_AGENTS).await?;
     let (mut three, mut single) = (Vec::new(), Vec::new());
-    let mut spread = Vec::new();
+    let mut spreads = Vec::new();
     for r in 0..rounds {
         for side in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
             if side == 0 {
                 let (rate, s) = round(&cluster, &args.template, &all, n).await?;
                 three.push(rate);
-                spread = s;
+                spreads.push(s);
             } else {
                 single.push(round(&cluster, &args.template, &one, n).await?.0);
             }
@@ -150,7 +150,8 @@ async fn throughput(args: &Args, wrenn: &std::path::Path) -> Result<Vec<Row>> {
     r.subject = "3 hosts";
     r.samples = rounds;
     r.note = format!(
-        "creates/s, best of {rounds}; baseline = the same creates on one host; spread {spread:?}"
+        "creates/s, best of {rounds}; baseline = the same creates on one host; \
+         capsules per host in each 3-host round {spreads:?}"
     );
     Ok(vec![r])
 }
