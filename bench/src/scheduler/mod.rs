@@ -87,10 +87,13 @@ pub fn simulate(settings: Settings) -> Simulation {
     let arrivals = workload::arrivals(settings.capsules, capacity, &mut rng);
     let outcomes = Strategy::ALL
         .into_iter()
-        .map(|s| {
-            let o = sim::run(s, &hosts, &arrivals, settings.burst, settings.seed);
-            (s, o)
-        })
+        .zip(sim::run_all(
+            &Strategy::ALL,
+            &hosts,
+            &arrivals,
+            settings.burst,
+            settings.seed,
+        ))
         .collect();
     Simulation {
         settings,

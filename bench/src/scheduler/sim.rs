@@ -51,6 +51,131 @@ enum Event {
     Depart(usize),
 }
 
+/// One strategy's run in progress: its own copy of the cluster, its random choices, and what
+/// it measured so far.
+struct Run<'a> {
+    chooser: Chooser,
+    policy: Policy,
+    arrivals: &'a [Arrival],
+    hosts: Vec<HostView>,
+    rng: SmallRng,
+    out: Outcome,
+    /// Where each placed arrival is, and whether it is paused.
+    at: Vec<Option<(usize, bool)>>,
+    events: BinaryHeap<Reverse<(usize, Event)>>,
+    chosen: Vec<Option<usize>>,
+}
+
+impl<'a> Run<'a> {
+    fn new(strategy: Strategy, start: &[HostView], arrivals: &'a [Arrival], seed: u64) -> Self {
+        let policy = Policy::default();
+        Run {
+            chooser: Chooser::new(strategy, policy, start),
+            policy,
+            arrivals,
+            hosts: start.to_vec(),
+            rng: SmallRng::seed_from_u64(seed),
+            out: Outcome::default(),
+            at: vec![None; arrivals.len()],
+            events: BinaryHeap::new(),
+            chosen: Vec::new(),
+        }
+    }
+
+    /// The arrivals `first..last`: the departures and pauses due first, then the burst.
+    fn burst(&mut self, first: usize, last: usize) {
+        let arrivals = self.arrivals;
+        while let Some(Reverse((when, _))) = self.events.peek() {
+            if *when > first {
+                break;
+            }
+            let Some(Reverse((_, event))) = self.events.pop() else {
+                break;
+            };
+            apply_event(&mut self.hosts, arrivals, &mut self.at, event);
+        }
+        let (ratio, fill) = imbalance(&self.hosts, &self.policy);
+        record_levels(&mut self.out, ratio, fill);
+        // Decided together, against the cluster at the burst's start…
+        self.chosen.clear();
+        for arrival in &arrivals[first..last] {
+            let t = Instant::now();
+            let c = self
+                .chooser
+                .decide(&self.hosts, &arrival.req, &mut self.rng);
+            self.out.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+            self.chosen.push(c);
+        }
+        // …then taken one by one, each re-checked.
+        for (k, arrival) in arrivals[first..last].iter().enumerate() {
+            self.take(first + k, arrival, self.chosen[k], fill);
+        }
+    }
+
+    fn take(&mut self, i: usize, arrival: &Arrival, mut choice: Option<usize>, fill: f64) {
+        let (req, out, hosts) = (&arrival.req, &mut self.out, &mut self.hosts);
+        while let Some(h) = choice {
+            if self.chooser.still_fits(&hosts[h], req) {
+                break;
+            }
+            out.conflicts += 1;
+            let t = Instant::now();
+            choice = self.chooser.decide(hosts, req, &mut self.rng);
+            out.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let reserves = &self.policy.reserves;
+        let Some(h) = choice else {
+            out.audit.refusal(hosts, req, reserves);
+            out.refused += 1;
+            if out.first_refusal_fill.is_none() && !req.team_is_byoc && req.tags.is_empty() {
+                out.first_refusal_fill = Some(fill);
+            }
+            return;
+        };
+        out.audit.placement(&hosts[h], req, reserves);
+        place_on(&mut hosts[h], req, out);
+        self.at[i] = Some((h, false));
+        if let Some(p) = arrival.pause_at {
+            self.events.push(Reverse((p, Event::Pause(i))));
+        }
+        if arrival.depart_at != usize::MAX {
+            self.events
+                .push(Reverse((arrival.depart_at, Event::Depart(i))));
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        let (ratio, mean) = imbalance(&self.hosts, &self.policy);
+        record_levels(&mut self.out, ratio, mean);
+        self.out
+    }
+}
+
+/// Runs every strategy on the same cluster and arrivals, burst by burst in turn (so the
+/// machine's noise falls on all of them alike); their outcomes, in the order given.
+pub fn run_all(
+    strategies: &[Strategy],
+    start: &[HostView],
+    arrivals: &[Arrival],
+    burst: usize,
+    seed: u64,
+) -> Vec<Outcome> {
+    let mut runs: Vec<Run> = strategies
+        .iter()
+        .map(|s| Run::new(*s, start, arrivals, seed))
+        .collect();
+    let burst = burst.max(1);
+    for first in (0..arrivals.len()).step_by(burst) {
+        let last = (first + burst).min(arrivals.len());
+        for r in &mut runs {
+            r.burst(first, last);
+        }
+    }
+    runs.into_iter().map(Run::finish).collect()
+}
+
+/// One strategy alone.
+#[cfg(test)]
 pub fn run(
     strategy: Strategy,
     start: &[HostView],
@@ -58,73 +183,9 @@ pub fn run(
     burst: usize,
     seed: u64,
 ) -> Outcome {
-    let policy = Policy::default();
-    let chooser = Chooser::new(strategy, policy, start);
-    let mut hosts = start.to_vec();
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut out = Outcome::default();
-    // Where each placed arrival is, and whether it is paused.
-    let mut at: Vec<Option<(usize, bool)>> = vec![None; arrivals.len()];
-    let mut events: BinaryHeap<Reverse<(usize, Event)>> = BinaryHeap::new();
-    let mut chosen: Vec<Option<usize>> = Vec::with_capacity(burst);
-    let burst = burst.max(1);
-    for first in (0..arrivals.len()).step_by(burst) {
-        while let Some(Reverse((when, _))) = events.peek() {
-            if *when > first {
-                break;
-            }
-            let Some(Reverse((_, event))) = events.pop() else {
-                break;
-            };
-            apply_event(&mut hosts, arrivals, &mut at, event);
-        }
-        let (ratio, fill) = imbalance(&hosts, &policy);
-        record_levels(&mut out, ratio, fill);
-        let last = (first + burst).min(arrivals.len());
-        // Decided together, against the cluster at the burst's start…
-        chosen.clear();
-        for arrival in &arrivals[first..last] {
-            let t = Instant::now();
-            let c = chooser.decide(&hosts, &arrival.req, &mut rng);
-            out.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
-            chosen.push(c);
-        }
-        // …then taken one by one, each re-checked.
-        for (k, arrival) in arrivals[first..last].iter().enumerate() {
-            let i = first + k;
-            let req = &arrival.req;
-            let mut choice = chosen[k];
-            while let Some(h) = choice {
-                if chooser.still_fits(&hosts[h], req) {
-                    break;
-                }
-                out.conflicts += 1;
-                let t = Instant::now();
-                choice = chooser.decide(&hosts, req, &mut rng);
-                out.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            let Some(h) = choice else {
-                out.audit.refusal(&hosts, req, &policy.reserves);
-                out.refused += 1;
-                if out.first_refusal_fill.is_none() && !req.team_is_byoc && req.tags.is_empty() {
-                    out.first_refusal_fill = Some(fill);
-                }
-                continue;
-            };
-            out.audit.placement(&hosts[h], req, &policy.reserves);
-            place_on(&mut hosts[h], req, &mut out);
-            at[i] = Some((h, false));
-            if let Some(p) = arrival.pause_at {
-                events.push(Reverse((p, Event::Pause(i))));
-            }
-            if arrival.depart_at != usize::MAX {
-                events.push(Reverse((arrival.depart_at, Event::Depart(i))));
-            }
-        }
-    }
-    let (ratio, mean) = imbalance(&hosts, &policy);
-    record_levels(&mut out, ratio, mean);
-    out
+    run_all(&[strategy], start, arrivals, burst, seed)
+        .pop()
+        .unwrap_or_default()
 }
 
 fn record_levels(out: &mut Outcome, ratio: f64, mean: f64) {
