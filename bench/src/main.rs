@@ -6,11 +6,13 @@
 //! through `wrenn-vmm` against raw QEMU), `agent` (the host agent's gRPC against envd
 //! reached directly), `server` (the REST API against the agent reached directly) and
 //! `scheduler` (the control plane's placement in a simulated cluster, against least loaded
-//! and random placement).
+//! and random placement) and `cluster` (3 hosts against 1, template transfer against `cp`,
+//! and the scheduler simulation).
 //! `soak` is not a benchmark but the long reliability runs of `make soak` (no baselines: its
 //! figures are held or not).
 
 mod agent;
+mod cluster;
 mod envd;
 mod http1;
 mod procs;
@@ -49,6 +51,9 @@ enum Command {
     /// Simulate the control plane's scheduler: 1,000 hosts, 100,000 capsules, against least
     /// loaded and random placement (in process, no VMs).
     Scheduler(scheduler::Args),
+    /// Benchmark a cluster: creates on 3 registered hosts against 1 (real `wrenn up` and
+    /// `wrenn agent`s), template transfer against `cp`, and the scheduler simulation.
+    Cluster(cluster::Args),
     /// The long reliability runs (`make soak`): load held on exec streams and terminals, then
     /// churn at capacity with VMMs killed; counts leaks and writes docs/reliability.md.
     Soak(soak::Args),
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Transfer(args) => agent::host_transfer::run(args),
         Command::Server(args) => server::run(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Soak(args) => soak::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }

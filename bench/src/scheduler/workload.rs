@@ -7,15 +7,19 @@
 //!
 //! Arrivals: shapes 1x512 (40 %), 2x1024 (25 %), 2x2048 (15 %), 4x4096 (12 %), 8x8192 (5 %),
 //! 16x16384 (3 %) with 2, 5 or 10 GiB of disk; 60 % from 5 base templates (Zipf-like), 40 %
-//! from 500 snapshot templates (weight 1/rank); 5 % from BYOC teams; tags none (80 %), `eu`
-//! (10 %), `gpu` (6 %), `gpu`+`eu` (2 %), `ssd` (2 %). Each lives a uniform 1..2L arrivals
-//! (L = half the arrivals: the cluster fills towards the end); a fifth are paused halfway.
-
+//! from 500 snapshot templates (weight 1/rank); 2 % from BYOC teams; tags none (80 %), `eu`
+//! (10 %), `gpu` (6 %), `gpu`+`eu` (2 %), `ssd` (2 %).
+//!
+//! Two phases. **Churn** (the first 70 % of the arrivals): each capsule lives a uniform
+//! 1..2M arrivals, M = 60 % of what the open regular hosts hold of the mean capsule, so the
+//! cluster settles around 60 % full; a fifth are paused halfway through their lives.
+//! **Fill** (the rest): nobody leaves any more (the churn's survivors stay), so the cluster
+//! fills up until creates are refused.
 use std::collections::BTreeMap;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
-use wrenn_server::scheduler::{Claims, HostUsage, HostView, Request, TemplateWant};
+use wrenn_server::scheduler::{Claims, HostUsage, HostView, Request, Reserves, TemplateWant};
 use wrenn_types::api::hosts::HostKind;
 
 pub const BYOC_TEAMS: usize = 5;
@@ -32,6 +36,15 @@ const SHAPES: [(u32, u64, u32); 6] = [
     (8, 8192, 5),
     (16, 16384, 3),
 ];
+
+/// Disk sizes (MB), equally likely.
+const DISKS: [u64; 3] = [2048, 5120, 10240];
+/// Share of the arrivals from BYOC teams.
+const BYOC_SHARE: f64 = 0.02;
+/// Share of the arrivals in the churn phase.
+pub const CHURN_SHARE: f64 = 0.7;
+/// How full the churn keeps the cluster (of what it can hold), roughly.
+const CHURN_FILL: f64 = 0.6;
 
 fn weighted<const N: usize>(rng: &mut SmallRng, weights: [u32; N]) -> usize {
     let total: u32 = weights.iter().sum();
@@ -96,26 +109,55 @@ pub fn seed_snapshots(hosts: &mut [HostView], rng: &mut SmallRng) {
     }
 }
 
+/// The mean capsule of the arrivals (shape and disk).
+fn mean_capsule() -> (f64, f64, f64) {
+    let total: f64 = SHAPES.iter().map(|s| f64::from(s.2)).sum();
+    let (mut v, mut m) = (0.0, 0.0);
+    for (vcpus, mb, w) in SHAPES {
+        v += f64::from(vcpus) * f64::from(w) / total;
+        m += mb as f64 * f64::from(w) / total;
+    }
+    let d = DISKS.iter().sum::<u64>() as f64 / DISKS.len() as f64;
+    (v, m, d)
+}
+
+/// How many mean capsules the open regular hosts hold (each host by its scarcest resource).
+pub fn capacity_in_capsules(hosts: &[HostView], reserves: &Reserves) -> f64 {
+    let (v, m, d) = mean_capsule();
+    hosts
+        .iter()
+        .filter(|h| h.kind == HostKind::Regular && h.online && !h.draining)
+        .map(|h| {
+            let u = reserves.usable(h.capacity);
+            (u.vcpus as f64 / v)
+                .min(u.memory_mb as f64 / m)
+                .min(u.disk_mb as f64 / d)
+        })
+        .sum()
+}
+
 /// One capsule of the run.
 pub struct Arrival {
     pub req: Request,
-    /// The arrival index at which it is stopped.
+    /// The arrival index at which it is stopped (`usize::MAX`: never).
     pub depart_at: usize,
     /// The arrival index at which it is paused, for some.
     pub pause_at: Option<usize>,
 }
 
-pub fn arrivals(n: usize, rng: &mut SmallRng) -> Vec<Arrival> {
+/// `n` arrivals for a cluster that holds about `capacity` mean capsules.
+pub fn arrivals(n: usize, capacity: f64, rng: &mut SmallRng) -> Vec<Arrival> {
     let snapshot_weights: Vec<f64> = (0..SNAPSHOTS).map(|j| 1.0 / (j + 1) as f64).collect();
     let snapshot_total: f64 = snapshot_weights.iter().sum();
     // A snapshot template's shape is its own, drawn once like any other capsule's.
     let snapshot_shapes: Vec<usize> = (0..SNAPSHOTS)
         .map(|_| weighted(rng, SHAPES.map(|s| s.2)))
         .collect();
-    let life = (n / 2).max(1);
+    let fill_from = (n as f64 * CHURN_SHARE) as usize;
+    let life = ((capacity * CHURN_FILL) as usize).max(1);
     (0..n)
         .map(|i| {
-            let byoc = rng.random_bool(0.05);
+            let byoc = rng.random_bool(BYOC_SHARE);
             let (template, vcpus, memory_mb) = if rng.random_bool(0.6) {
                 let (v, m, _) = SHAPES[weighted(rng, SHAPES.map(|s| s.2))];
                 let want = TemplateWant {
@@ -160,15 +202,22 @@ pub fn arrivals(n: usize, rng: &mut SmallRng) -> Vec<Arrival> {
                 team_is_byoc: byoc,
                 vcpus,
                 memory_mb,
-                disk_mb: [2048, 5120, 10240][rng.random_range(0..3)],
+                disk_mb: DISKS[rng.random_range(0..DISKS.len())],
                 template: Some(template),
                 tags: tags.iter().map(|t| (*t).to_owned()).collect(),
                 force_host: None,
             };
+            let pause = rng.random_bool(0.2);
+            // Churn capsules leave unless the fill phase has begun; fill capsules stay.
+            let depart_at = if i + lifetime < fill_from {
+                i + lifetime
+            } else {
+                usize::MAX
+            };
             Arrival {
                 req,
-                depart_at: i + lifetime,
-                pause_at: rng.random_bool(0.2).then_some(i + lifetime / 2),
+                depart_at,
+                pause_at: (pause && i < fill_from).then_some(i + lifetime / 2),
             }
         })
         .collect()
