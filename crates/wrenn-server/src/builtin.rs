@@ -80,7 +80,11 @@ async fn beat_now(state: &AppState, host_id: &str, mut agent: AgentClient<Channe
         .templates;
     let came_back = state
         .db
-        .record_heartbeat(host_id, &specs_of(&info), &load_of(&capsules, &templates))
+        .record_heartbeat(
+            host_id,
+            &specs_of(&info),
+            &load_of(&info, &capsules, &templates),
+        )
         .await?;
     if came_back == Some(true) {
         tracing::info!(host = %host_id, "the built-in host answers again: online");
@@ -106,9 +110,14 @@ pub fn specs_of(info: &HostInfoResponse) -> HostSpecs {
     }
 }
 
-/// A host's load from its agent's capsule and template lists.
-pub fn load_of(capsules: &[Capsule], templates: &[Template]) -> HostLoad {
-    let mut load = HostLoad::default();
+/// A host's load from its agent's `HostInfo` (memory and disk in use) and its capsule and
+/// template lists.
+pub fn load_of(info: &HostInfoResponse, capsules: &[Capsule], templates: &[Template]) -> HostLoad {
+    let mut load = HostLoad {
+        memory_mb_used: info.memory_used_bytes >> 20,
+        disk_mb_used: info.disk_used_bytes >> 20,
+        ..HostLoad::default()
+    };
     for c in capsules {
         match CapsuleState::try_from(c.state) {
             Ok(CapsuleState::Running | CapsuleState::Starting | CapsuleState::Pending) => {

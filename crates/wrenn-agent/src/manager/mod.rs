@@ -383,6 +383,7 @@ impl Manager {
             .map(|s| s.blocks() * s.fragment_size())
             .unwrap_or(0);
         let templates = self.templates.list().into_iter().map(|t| t.name).collect();
+        let load = self.host_load();
         wrenn_proto::agent::v1::HostInfoResponse {
             arch: std::env::consts::ARCH.into(),
             cpus: std::thread::available_parallelism()
@@ -395,6 +396,8 @@ impl Manager {
             capsules: self.list().len() as u32,
             max_capsules: self.config.max_capsules as u32,
             templates,
+            memory_used_bytes: load.memory_mb_used << 20,
+            disk_used_bytes: load.disk_mb_used << 20,
         }
     }
 
