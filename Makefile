@@ -76,7 +76,7 @@ sdk: images $(VENV_WRENN)/.installed
 	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
 
 ## sdk-hosts: the same suite against `wrenn up` plus two `wrenn agent`s registered with tokens
-## (WRENN_SDK_HOSTS=3; 127.0.0.5-6, slots 2100-2199); fails unless capsules land on 2+ hosts
+## (WRENN_SDK_HOSTS=3; 127.0.0.5-6, slots 2100-2199); fails unless every host held a capsule
 sdk-hosts: images $(VENV_WRENN)/.installed
 	$(CARGO) build -p wrenn --locked
 	WRENN_SDK_HOSTS=3 WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn \

@@ -279,9 +279,11 @@ def processes_using(path: str) -> "list[tuple[int, str]]":
 class Placements:
     """Which host held which capsule, sampled every ``POLL_SECS`` on a background thread."""
 
-    def __init__(self, api: Api, host_ids: "list[str]"):
+    def __init__(self, api: Api, labels: "dict[str, str]"):
+        """``labels``: host id -> what to call it in the summary."""
         self.api = api
-        self.held = {h: set() for h in host_ids}
+        self.labels = labels
+        self.held = {h: set() for h in labels}
         self.errors: "list[str]" = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="placements", daemon=True)
@@ -311,7 +313,9 @@ class Placements:
         return sum(len(c) for c in self.held.values())
 
     def summary(self) -> str:
-        per_host = ", ".join(f"{h}: {len(c)}" for h, c in self.held.items())
+        per_host = ", ".join(
+            f"{self.labels[h]} {h}: {len(c)}" for h, c in self.held.items()
+        )
         return f"{self.capsules()} capsules over {len(self.held)} hosts ({per_host})"
 
     def hosts_used(self) -> int:
