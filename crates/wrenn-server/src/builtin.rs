@@ -12,10 +12,16 @@ use wrenn_proto::agent::v1::{
 };
 use wrenn_types::api::hosts::{HostLoad, HostSpecs, TemplatePresence};
 
-use crate::{error::Result, state::AppState};
+use crate::{
+    error::{ApiError, Result},
+    state::AppState,
+};
 
 /// How often the built-in host's heartbeat is written.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// The most one heartbeat waits for the agent: an agent that takes the connection but never
+/// answers must not hold the start (`wrenn server --agent`) or the heartbeat task forever.
+pub const BEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Makes (or finds) the built-in host's row for the agent at `address`, keeps `client` for it,
 /// writes its first heartbeat and starts the task that writes the next ones every `every`.
@@ -28,7 +34,7 @@ pub async fn attach(
 ) -> Result<String> {
     let id = state.db.ensure_builtin_host(address).await?;
     state.pool.insert(&id, address, client.clone());
-    if let Err(e) = beat(state, &id, client.clone()).await {
+    if let Err(e) = beat_within(state, &id, client.clone()).await {
         tracing::warn!(host = %id, error = %e, "the built-in host's first heartbeat");
     }
     let (state, host) = (state.clone(), id.clone());
@@ -37,13 +43,24 @@ pub async fn attach(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = beat(&state, &host, client.clone()).await {
+            if let Err(e) = beat_within(&state, &host, client.clone()).await {
                 // Silence makes it `unreachable`, as for any host.
                 tracing::warn!(host = %host, error = %e, "the built-in host's heartbeat");
             }
         }
     });
     Ok(id)
+}
+
+/// [`beat`], given up after [`BEAT_TIMEOUT`].
+async fn beat_within(state: &AppState, host_id: &str, agent: AgentClient<Channel>) -> Result<()> {
+    tokio::time::timeout(BEAT_TIMEOUT, beat(state, host_id, agent))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Agent(
+                "no answer within the heartbeat timeout".into(),
+            ))
+        })
 }
 
 /// One heartbeat of the built-in host: its specs and load, as the agent reports them now.
