@@ -16,8 +16,8 @@ Two extra agents at most: slots 2000-2099 are the built-in host's, 2100-2149 and
 the agents'; 2200-2299 belong to the `wrenn` CLI tests, so a third agent would meet them.
 
 ``Placements`` polls ``GET /v1/hosts/{id}/delete-preview`` of every host while the suite
-runs and records which host held which capsule, so the session can check that the suite's
-capsules really spread over more than one host.
+runs and records which host held which capsule (tests add what they saw themselves with
+``note``), so the session can report how the capsules spread and check every host held one.
 """
 
 import json
@@ -42,7 +42,7 @@ ONLINE_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 30.0
 HEARTBEAT_SECS = 2
 # How often Placements asks every host which capsules it holds.
-POLL_SECS = 1.0
+POLL_SECS = 0.5
 
 # Variables of the session's environment that would change what an agent does.
 _AGENT_ENV_DROP = (
@@ -304,6 +304,10 @@ class Placements:
                     self.errors.append(f"{host_id}: {e}")
                 continue
             seen.update(preview["capsule_ids"])
+
+    def note(self, host_id: str, capsule_id: str):
+        """Records a capsule seen on ``host_id`` otherwise (one too short-lived to sample)."""
+        self.held[host_id].add(capsule_id)
 
     def stop(self):
         self._stop.set()

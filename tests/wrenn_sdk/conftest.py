@@ -85,6 +85,8 @@ class Server:
         self.data_dir = data_dir
         self.log_path = log_path
         self.api_key = None
+        # With several hosts: which host held which capsule (cluster.Placements).
+        self.placements: "cluster.Placements | None" = None
 
     def log_size(self) -> int:
         return _log_size(self.log_path)
@@ -356,6 +358,7 @@ def server():
     s = _start_server()
     agents = cluster.Agents()
     placements = _start_hosts(s, hosts - 1, agents) if hosts > 1 else None
+    s.placements = placements
     _AGENTS[:] = agents.agents
     saved = {k: os.environ.get(k) for k in ("WRENN_BASE_URL", "WRENN_API_KEY")}
     os.environ["WRENN_BASE_URL"] = s.url

@@ -41,6 +41,7 @@ def test_host_runs_a_capsule_the_sdk_drives(server, client, index):
     try:
         held = api.call("GET", f"/v1/hosts/{host_id}/delete-preview")["capsule_ids"]
         assert cid in held, f"{cid} is not on {host_id}: {held}"
+        server.placements.note(host_id, cid)  # lives too short for the sampler to be sure
         cap = Capsule.connect(cid)  # waits for `running`
         try:
             r = cap.commands.run("echo $((6 * 7))")
