@@ -10,7 +10,9 @@ N-1 more hosts, each a ``wrenn agent`` registered with a token as an operator wo
 and the session waits until ``GET /v1/hosts`` shows it ``online``. The calls use the admin
 API key (the platform team's: platform admin). Each agent has its own data dir under
 /var/tmp (its log in ``agent.log`` there) and its own slot range below; at the end it gets
-SIGINT (SIGKILL after ``SHUTDOWN_TIMEOUT``) and its dir is removed.
+SIGINT (SIGKILL after ``SHUTDOWN_TIMEOUT``) and its dir is removed. The agents share
+``WRENN_IMAGES`` with `wrenn up` (one machine), so a snapshot template made on one host is
+present on every host: moving templates between hosts is not what this run tests.
 
 Two extra agents at most: slots 2000-2099 are the built-in host's, 2100-2149 and 2150-2199
 the agents'; 2200-2299 belong to the `wrenn` CLI tests, so a third agent would meet them.
