@@ -20,7 +20,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b sdk fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b sdk sdk-hosts fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
 up: deps
@@ -32,8 +32,8 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up, the API fuzzed from its OpenAPI document
-test: deps lint unit e2b sdk fuzz-api
+## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document
+test: deps lint unit e2b sdk sdk-hosts fuzz-api
 
 deps:
 	@scripts/install-deps.sh
@@ -74,6 +74,13 @@ $(VENV_WRENN)/.installed: tests/wrenn_sdk/requirements.txt scripts/find-python31
 sdk: images $(VENV_WRENN)/.installed
 	$(CARGO) build -p wrenn --locked
 	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
+
+## sdk-hosts: the same suite against `wrenn up` plus two `wrenn agent`s registered with tokens
+## (WRENN_SDK_HOSTS=3; 127.0.0.5-6, slots 2100-2199); fails unless every host held a capsule
+sdk-hosts: images $(VENV_WRENN)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_SDK_HOSTS=3 WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn \
+	  $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
 
 $(VENV_FUZZ)/.installed: tests/fuzz/requirements.txt
 	python3 -m venv $(VENV_FUZZ)

@@ -15,6 +15,11 @@ The server is ready when ``GET /health`` answers 200. It then has written the ad
 key (``wrn_`` + 32 hex, mode 0600) to ``<data-dir>/admin-api-key``. The SDK finds the
 server through ``WRENN_BASE_URL`` and ``WRENN_API_KEY``, which the session sets.
 
+``WRENN_SDK_HOSTS=N`` (default 1, at most 3) adds N-1 ``wrenn agent`` hosts registered with
+tokens (``cluster.py``), so the same suite runs against a control plane with several hosts.
+While it runs, every host's capsules are sampled; the session fails unless each host held one
+when ``test_hosts.py`` ran (it places a capsule on each), and reports how many each held.
+
 At the end the server gets SIGINT and must exit within 30 s; then the data dir is
 removed (kept when ``WRENN_SDK_KEEP_DATA=1``).
 
@@ -39,6 +44,7 @@ import pytest
 
 from wrenn import Capsule, WrennClient, WrennNotFoundError
 
+import cluster
 import sdkutil
 
 # How long `wrenn up` gets to answer GET /health with 200.
@@ -49,10 +55,16 @@ SHUTDOWN_TIMEOUT = 30.0
 AGENT_SLOTS = "2000-2099"
 # Per-phase deadlines in seconds. Setup covers the server start and module capsules.
 DEFAULT_CALL_DEADLINE = 120
-SETUP_DEADLINE = int(STARTUP_TIMEOUT) + 150
-TEARDOWN_DEADLINE = int(SHUTDOWN_TIMEOUT) + 150
+# (with extra hosts: their registration too; their agents stop before the server).
+SETUP_DEADLINE = int(STARTUP_TIMEOUT + cluster.ONLINE_TIMEOUT) + 150
+TEARDOWN_DEADLINE = int(SHUTDOWN_TIMEOUT + cluster.SHUTDOWN_TIMEOUT) + 150
 
 _KEY_RE = re.compile(r"^wrn_[0-9a-f]{32}$")
+
+
+def pytest_collection_modifyitems(items):
+    global _HOST_TESTS_SELECTED
+    _HOST_TESTS_SELECTED = any(i.nodeid.split("::")[0].endswith("test_hosts.py") for i in items)
 
 
 def pytest_configure(config):
@@ -73,24 +85,14 @@ class Server:
         self.data_dir = data_dir
         self.log_path = log_path
         self.api_key = None
+        # With several hosts: which host held which capsule (cluster.Placements).
+        self.placements: "cluster.Placements | None" = None
 
     def log_size(self) -> int:
-        try:
-            return os.path.getsize(self.log_path)
-        except OSError:
-            return 0
+        return _log_size(self.log_path)
 
     def log_since(self, offset: int, limit: int = 20000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except OSError:
-            return ""
-        text = data.decode("utf-8", errors="replace")
-        if len(text) > limit:
-            text = "...\n" + text[-limit:]
-        return text
+        return _read_since(self.log_path, offset, limit)
 
     def log_tail(self, limit: int = 6000) -> str:
         return self.log_since(max(0, self.log_size() - limit), limit)
@@ -103,9 +105,44 @@ class Server:
                 f"log tail ({self.log_path}):\n{self.log_tail()}",
                 pytrace=False,
             )
+        for agent in _AGENTS:
+            code = agent.proc.poll()
+            if code is not None:
+                pytest.fail(
+                    f"agent {agent.index} ({agent.host_id}) has exited with status {code}; "
+                    f"log tail ({agent.log_path}):\n{agent.log_tail()}",
+                    pytrace=False,
+                )
 
 
 _SERVER: "Server | None" = None
+# The extra hosts' agents (WRENN_SDK_HOSTS > 1), for their logs in failure reports.
+_AGENTS: "list[cluster.Agent]" = []
+# Capsules per host of a run with several hosts, for the terminal summary.
+_PLACEMENT_SUMMARY: "str | None" = None
+# Whether test_hosts.py (a capsule on each host) is part of the session: then a run with
+# several hosts fails unless every host held a capsule.
+_HOST_TESTS_SELECTED = False
+
+
+def _log_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_since(path: str, offset: int, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if len(text) > limit:
+        text = "...\n" + text[-limit:]
+    return text
 
 
 def _die_with_parent():
@@ -255,23 +292,6 @@ def _stop_server(server: Server) -> "str | None":
     return problem
 
 
-def _processes_using(path: str) -> "list[tuple[int, str]]":
-    """Processes whose command line mentions ``path`` (leftover VMMs, for instance)."""
-    found = []
-    needle = path.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-    return found
-
-
 def _remove_data_dir(data_dir: str):
     if os.environ.get("WRENN_SDK_KEEP_DATA") == "1":
         print(f"\nkeeping the server's data dir {data_dir}")
@@ -284,11 +304,62 @@ def _remove_data_dir(data_dir: str):
         warnings.warn(f"could not remove all of {data_dir}: {errors[:5]}")
 
 
+def _wanted_hosts() -> int:
+    try:
+        return cluster.wanted_hosts()
+    except ValueError as e:
+        pytest.exit(str(e), returncode=4)
+
+
+def _start_hosts(s: Server, count: int, agents: cluster.Agents) -> cluster.Placements:
+    """Registers ``count`` extra agents with ``s``; the started placement sampler."""
+    api = cluster.Api(s.url, s.api_key)
+    images = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+    try:
+        agents.start(_wrenn_bin(), api, images, count, _die_with_parent)
+        online = [h["id"] for h in api.hosts() if h["status"] == "online"]
+        if len(online) != count + 1:
+            raise RuntimeError(f"expected {count + 1} online hosts, GET /v1/hosts has {online}")
+    except BaseException as e:
+        problems = agents.stop()
+        _stop_server(s)
+        tail = s.log_tail()
+        _remove_data_dir(s.data_dir)
+        pytest.exit(
+            f"the extra hosts did not come up: {e}\n{problems}\nwrenn up log tail:\n{tail}",
+            returncode=4,
+        )
+    labels = {h: "wrenn up" for h in online}
+    labels.update({a.host_id: f"agent{a.index} {a.address}" for a in agents.agents})
+    placements = cluster.Placements(api, labels)
+    placements.start()
+    return placements
+
+
+def _spread_problem(placements: cluster.Placements) -> "str | None":
+    """A host that never held a capsule although test_hosts.py ran, if there is one."""
+    if not _HOST_TESTS_SELECTED or placements.hosts_used() == len(placements.held):
+        return None
+    return (
+        f"a host never held a capsule: {placements.summary()}; "
+        f"sampling errors: {placements.errors}"
+    )
+
+
 @pytest.fixture(scope="session")
 def server():
-    """The running `wrenn up` (one per test session); exports WRENN_BASE_URL/WRENN_API_KEY."""
-    global _SERVER
+    """The running `wrenn up` (one per test session); exports WRENN_BASE_URL/WRENN_API_KEY.
+
+    With ``WRENN_SDK_HOSTS`` above 1 its control plane also has that many hosts less one
+    registered `wrenn agent`s.
+    """
+    global _SERVER, _PLACEMENT_SUMMARY
+    hosts = _wanted_hosts()
     s = _start_server()
+    agents = cluster.Agents()
+    placements = _start_hosts(s, hosts - 1, agents) if hosts > 1 else None
+    s.placements = placements
+    _AGENTS[:] = agents.agents
     saved = {k: os.environ.get(k) for k in ("WRENN_BASE_URL", "WRENN_API_KEY")}
     os.environ["WRENN_BASE_URL"] = s.url
     os.environ["WRENN_API_KEY"] = s.api_key
@@ -297,14 +368,22 @@ def server():
         yield s
     finally:
         _SERVER = None
+        _AGENTS.clear()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        problem = _stop_server(s)
-        tail = s.log_tail() if problem else ""
-        leftovers = _processes_using(s.data_dir)
+        problems = []
+        if placements is not None:
+            placements.stop()
+            _PLACEMENT_SUMMARY = placements.summary()
+            problems.append(_spread_problem(placements))
+        problems += agents.stop()
+        server_problem = _stop_server(s)
+        tail = f"; log tail:\n{s.log_tail()}" if server_problem else ""
+        problems.append(server_problem)
+        leftovers = cluster.processes_using(s.data_dir)
         for pid, _ in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -319,7 +398,8 @@ def server():
             )
         _remove_data_dir(s.data_dir)
         assert s.proc.poll() is not None, "wrenn up is still running"
-        assert problem is None, f"{problem}; log tail:\n{tail}"
+        problems = [p for p in problems if p]
+        assert not problems, "; ".join(problems) + tail
 
 
 @pytest.fixture(scope="session")
@@ -419,6 +499,7 @@ def pytest_runtest_call(item):
     marker = item.get_closest_marker("deadline")
     seconds = int(marker.args[0]) if marker else DEFAULT_CALL_DEADLINE
     item._wrenn_log_offset = _SERVER.log_size() if _SERVER is not None else 0
+    item._wrenn_agent_log_offsets = [_log_size(a.log_path) for a in _AGENTS]
     with _Deadline(seconds, item.nodeid):
         yield
 
@@ -440,3 +521,13 @@ def pytest_runtest_makereport(item, call):
         text = _SERVER.log_since(getattr(item, "_wrenn_log_offset", 0))
         if text.strip():
             report.sections.append(("wrenn up log during test", text))
+        offsets = getattr(item, "_wrenn_agent_log_offsets", [])
+        for agent, offset in zip(_AGENTS, offsets):
+            text = _read_since(agent.log_path, offset)
+            if text.strip():
+                report.sections.append((f"agent {agent.index} ({agent.host_id}) log", text))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PLACEMENT_SUMMARY is not None:
+        terminalreporter.write_line(f"wrenn hosts: {_PLACEMENT_SUMMARY}")
