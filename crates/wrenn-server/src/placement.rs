@@ -139,7 +139,11 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
     let reserves = Reserves::default();
     let in_scope: Vec<HostView> = hosts
         .iter()
-        .map(|h| view_of(h, HostUsage::default()))
+        .map(|h| HostView {
+            // Empty: nothing on it, whatever its heartbeat says.
+            usage: HostUsage::default(),
+            ..view_of(h, HostUsage::default())
+        })
         .filter(|v| scheduler::in_scope(v, &req))
         .collect();
     if !in_scope.is_empty() && !in_scope.iter().any(|v| reserves.admits(v, ask.need)) {
