@@ -99,13 +99,14 @@ fn fill(path: &Path) -> u64 {
     taken
 }
 
-/// 1. The host's disk under the data folder fills up: creates fail with a clear error (no
+/// 1. The host's disk under the data folder (8 GiB: room for two 2 GiB capsules after the
+///    scheduler's reserve) fills up: creates fail with a clear error (no
 ///    panic, no hang), running capsules and the database are unharmed, and creates work again
 ///    once there is space.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_disk_full_under_the_data_dir() {
     let _serial = SERIAL.lock().await;
-    let fs = SmallFs::new(6144);
+    let fs = SmallFs::new(8192);
     let data = fs.mount.join("wrenn");
     let _reap = Reap {
         dir: data.clone(),
