@@ -195,7 +195,8 @@ impl Cluster {
             _reap: Vec::new(),
             _tmp: tmp,
         };
-        for i in 0..agents {
+        // Every agent's folder and slots, also those a test registers itself.
+        for i in 0..3 {
             let first = agent_first_slot(i);
             reap.push(Reap {
                 dir: cluster.agent_dir(i),
@@ -253,9 +254,15 @@ impl Cluster {
     /// --address`; waits until the host is `online`.
     pub async fn register(&self, i: usize) -> Agent {
         let (host_id, token) = self.create_host(i).await;
+        self.register_as(i, &host_id, &token).await
+    }
+
+    /// Starts agent `i` registering as host `host_id` with `token`; waits until it is `online`.
+    pub async fn register_as(&self, i: usize, host_id: &str, token: &str) -> Agent {
+        let host_id = host_id.to_string();
         let mut agent = self.agent(i, &host_id);
         let mut cmd = agent.command();
-        cmd.args(["--register", &token])
+        cmd.args(["--register", token])
             .args(["--control-plane", &self.base_url()])
             .args(["--address", &agent.address]);
         tokio::task::block_in_place(|| agent.spawn(cmd));
@@ -325,6 +332,30 @@ impl Cluster {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The host a capsule's row names (the API does not show it), from the database.
+    pub async fn capsule_host(&self, id: &str) -> String {
+        let db = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            self.up.data_dir.join("wrenn.db").display()
+        ))
+        .await
+        .unwrap();
+        let host: Option<String> = sqlx::query_scalar("SELECT host_id FROM capsules WHERE id = ?")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        host.unwrap_or_else(|| panic!("capsule {id} has no host"))
+    }
+
+    /// `POST /v1/capsules` with `body` and `key`: status, JSON body, and how long it took.
+    pub async fn create_as(&self, key: &str, body: &Value) -> (u16, Value, Duration) {
+        let t = Instant::now();
+        let (status, v) = self.post("/v1/capsules", &[("x-api-key", key)], body).await;
+        (status, v, t.elapsed())
     }
 
     /// The events stream, read from now on.
