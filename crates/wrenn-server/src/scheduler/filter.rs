@@ -73,6 +73,9 @@ pub fn refuse_forced(
             format!("host {id} lacks tags {}", tag_list(&missing))
         }
         Reject::Draining => format!("host {id} is draining"),
+        Reject::Room if !host.has_free_slot() => {
+            format!("host {id} has no free network slot")
+        }
         Reject::Room => {
             let free = reserves.free(host);
             let short = shortfalls(free, req.claims());
