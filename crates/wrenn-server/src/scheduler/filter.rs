@@ -125,6 +125,11 @@ pub fn explain(hosts: &[HostView], req: &Request, reserves: &Reserves) -> NoHost
     if open.is_empty() {
         return no_host(format!("every {what} is draining"));
     }
+    // A host without a free network slot has no room whatever it has free.
+    let open: Vec<&HostView> = open.into_iter().filter(|h| h.has_free_slot()).collect();
+    if open.is_empty() {
+        return no_host(format!("no {what} has a free network slot"));
+    }
     let need = req.claims();
     let largest = open
         .iter()

@@ -586,6 +586,8 @@ fn a_host_without_a_free_slot_has_no_room() {
         .unwrap()
         .reason;
     assert!(why.contains("no free network slot"), "{why}");
+    let why = filter::explain(std::slice::from_ref(&h), &req(1, 256), &r).reason;
+    assert_eq!(why, "no online host has a free network slot");
     assert_eq!(crate::scheduler::slot_count("3360-3365"), Some(6));
     assert_eq!(crate::scheduler::slot_count("5-4"), None);
     assert_eq!(crate::scheduler::slot_count("x"), None);
