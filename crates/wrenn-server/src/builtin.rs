@@ -86,7 +86,7 @@ pub fn specs_of(info: &HostInfoResponse) -> HostSpecs {
         cpu_cores: info.cpus,
         memory_mb: info.memory_bytes >> 20,
         disk_mb: info.disk_bytes >> 20,
-        slots: String::new(),
+        slots: info.slots.clone(),
         vmm: "qemu".into(),
         accel: info
             .accel

@@ -395,6 +395,7 @@ impl Manager {
             capsules: self.list().len() as u32,
             max_capsules: self.config.max_capsules as u32,
             templates,
+            slots: format!("{}-{}", self.config.slots.start(), self.config.slots.end()),
         }
     }
 
