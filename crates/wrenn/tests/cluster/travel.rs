@@ -38,7 +38,7 @@ async fn check_marks(c: &Cluster, id: &str, pid: &str) {
 /// there, and the new capsule has the source's file and its running process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_made_on_one_host_starts_on_another() {
-    let c = Cluster::start(2);
+    let c = Cluster::start_own_images(2);
     let src = c.capsule_on(&["h0"]).await;
     assert_eq!(c.capsule_host(&src).await, c.agents[0].host_id);
     let pid = leave_marks(&c, &src).await;
@@ -49,6 +49,10 @@ async fn a_snapshot_made_on_one_host_starts_on_another() {
         .unwrap();
     assert_eq!(t.name, "travelling");
     let target = c.agents[1].host_id.clone();
+    let on_host = c.template_folder_name("travelling").await;
+    let folder = |i: usize| c.images_of(i).join(&on_host);
+    assert!(folder(0).join("template.json").exists(), "made on host 0");
+    assert!(!folder(1).exists(), "not on host 1 before a create there");
     let started = Instant::now();
     let (status, made, _) = c
         .create_as(
@@ -60,6 +64,7 @@ async fn a_snapshot_made_on_one_host_starts_on_another() {
     assert_eq!(status, 201, "{made}");
     let id = made["id"].as_str().unwrap().to_string();
     assert_eq!(c.capsule_host(&id).await, target);
+    assert!(folder(1).join("template.json").exists(), "copied to host 1");
     check_marks(&c, &id, &pid).await;
     // A second create there uses the copy (nothing to send).
     let again = Instant::now();
@@ -81,6 +86,10 @@ async fn a_snapshot_made_on_one_host_starts_on_another() {
     }
     // Deleting the template deletes it on both hosts.
     c.admin.delete_template("travelling").await.unwrap();
+    assert!(
+        !folder(0).exists() && !folder(1).exists(),
+        "deleted on both"
+    );
 }
 
 /// A drain with `move_paused` moves a paused capsule off its host; resumed there it has its
