@@ -96,6 +96,8 @@ pub fn hosts(n: usize, rng: &mut SmallRng) -> Vec<HostView> {
                 capacity: Claims::new(cores, mem_gib * 1024, disk_gib * 1024),
                 usage: HostUsage::default(),
                 templates,
+                // The simulated hosts are bounded by CPU, memory and disk only.
+                slots: None,
             }
         })
         .collect()

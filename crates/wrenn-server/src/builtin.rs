@@ -17,8 +17,18 @@ use crate::{
     state::AppState,
 };
 
-/// How often the built-in host's heartbeat is written.
+/// How often the built-in host's heartbeat is written (more often under a short host
+/// timeout: [`heartbeat_every`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// The built-in host's heartbeat interval under host timeout `timeout`: [`HEARTBEAT_EVERY`],
+/// or a third of the timeout when that is shorter (at least 100 ms), so the built-in host
+/// never goes `unreachable` between two of its own heartbeats.
+pub fn heartbeat_every(timeout: Duration) -> Duration {
+    HEARTBEAT_EVERY
+        .min(timeout / 3)
+        .max(Duration::from_millis(100))
+}
 
 /// Makes (or finds) the built-in host's row for the agent at `address`, keeps `client` for it,
 /// writes its first heartbeat and starts the task that writes the next ones every `every`.
@@ -99,7 +109,7 @@ pub fn specs_of(info: &HostInfoResponse) -> HostSpecs {
         cpu_cores: info.cpus,
         memory_mb: info.memory_bytes >> 20,
         disk_mb: info.disk_bytes >> 20,
-        slots: String::new(),
+        slots: info.slots.clone(),
         vmm: "qemu".into(),
         accel: info
             .accel
@@ -145,4 +155,23 @@ pub fn load_of(info: &HostInfoResponse, capsules: &[Capsule], templates: &[Templ
         })
         .collect();
     load
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_heartbeat_beats_within_the_host_timeout() {
+        assert_eq!(heartbeat_every(Duration::from_secs(30)), HEARTBEAT_EVERY);
+        assert_eq!(heartbeat_every(Duration::from_secs(60)), HEARTBEAT_EVERY);
+        assert_eq!(
+            heartbeat_every(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            heartbeat_every(Duration::from_millis(30)),
+            Duration::from_millis(100)
+        );
+    }
 }

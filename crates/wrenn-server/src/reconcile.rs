@@ -126,10 +126,16 @@ async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
             // Its host came back without it (a host that lost its disk, or a capsule that
             // ended while nobody could tell): it is over.
             None if row.status == CapsuleStatus::Missing => (CapsuleStatus::Stopped, None),
-            None => (
-                CapsuleStatus::Error,
-                Some("the host no longer has this capsule".to_string()),
-            ),
+            // Asked again before it is called lost: a capsule moving here (its row names this
+            // host once the import is done) may have arrived since the list was read.
+            None => match agent.get_capsule(CapsuleRef { id: row.id.clone() }).await {
+                Ok(_) => continue,
+                Err(e) if e.code() == tonic::Code::NotFound => (
+                    CapsuleStatus::Error,
+                    Some("the host no longer has this capsule".to_string()),
+                ),
+                Err(e) => return Err(e.into()),
+            },
         };
         if status != row.status {
             tracing::info!(id = %row.id, from = %row.status, to = %status, "capsule state drifted");

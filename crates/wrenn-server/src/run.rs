@@ -139,7 +139,7 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
             &state,
             &b.address,
             b.client,
-            crate::builtin::HEARTBEAT_EVERY,
+            crate::builtin::heartbeat_every(state.hosts.settings.timeout),
         )
         .await
         .map_err(|e| step("recording the built-in host", e))?;

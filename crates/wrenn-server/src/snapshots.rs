@@ -318,6 +318,16 @@ pub async fn delete(
         Err(s) if s.code() == tonic::Code::NotFound => {}
         Err(s) => return Err(user_facing(s, &name)),
     }
+    // Its copies on other hosts (a create there copied it): a host that cannot be reached or
+    // refuses keeps its copy, which no row names any more.
+    let others = crate::transfer::online_hosts(&state)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| id != host_id)
+        .collect();
+    for (host, e) in crate::transfer::delete_everywhere(others, &t.agent_name).await {
+        tracing::warn!(%host, template = %t.agent_name, error = %e, "deleting a template's copy");
+    }
     state.db.delete_template(&caller.team_id, &name).await?;
     state
         .db

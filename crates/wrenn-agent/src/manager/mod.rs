@@ -398,6 +398,7 @@ impl Manager {
             templates,
             memory_used_bytes: load.memory_mb_used << 20,
             disk_used_bytes: load.disk_mb_used << 20,
+            slots: format!("{}-{}", self.config.slots.start(), self.config.slots.end()),
         }
     }
 

@@ -365,13 +365,19 @@ fn add_capsules(used: &mut HostUsage, status: &str, r: &sqlx::any::AnyRow) -> Re
     let status: CapsuleStatus = status
         .parse()
         .map_err(|e| ApiError::Internal(format!("a capsule's stored status: {e}")))?;
-    used.count(status, sums(r)?);
+    used.count_group(status, sums(r)?, group_size(r)?);
     Ok(())
 }
 
 fn add_reserved(used: &mut HostUsage, r: &sqlx::any::AnyRow) -> Result<()> {
     used.reserved = used.reserved.plus(sums(r)?);
+    used.capsules += group_size(r)?;
     Ok(())
+}
+
+/// The row count of a sums row (`n`).
+fn group_size(r: &sqlx::any::AnyRow) -> Result<u64> {
+    Ok(r.try_get::<i64, _>("n")?.max(0) as u64)
 }
 
 /// The vCPUs, memory and disk of a sums row (`v`, `m`, `d`; SUM of no rows is NULL: 0).

@@ -73,6 +73,9 @@ pub fn refuse_forced(
             format!("host {id} lacks tags {}", tag_list(&missing))
         }
         Reject::Draining => format!("host {id} is draining"),
+        Reject::Room if !host.has_free_slot() => {
+            format!("host {id} has no free network slot")
+        }
         Reject::Room => {
             let free = reserves.free(host);
             let short = shortfalls(free, req.claims());
@@ -121,6 +124,11 @@ pub fn explain(hosts: &[HostView], req: &Request, reserves: &Reserves) -> NoHost
     let open: Vec<&HostView> = tagged.into_iter().filter(|h| !h.draining).collect();
     if open.is_empty() {
         return no_host(format!("every {what} is draining"));
+    }
+    // A host without a free network slot has no room whatever it has free.
+    let open: Vec<&HostView> = open.into_iter().filter(|h| h.has_free_slot()).collect();
+    if open.is_empty() {
+        return no_host(format!("no {what} has a free network slot"));
     }
     let need = req.claims();
     let largest = open

@@ -34,7 +34,7 @@ use rand::Rng;
 
 pub use filter::{check, in_scope, Reject};
 pub use reserves::Reserves;
-pub use view::{Choice, Claims, HostUsage, HostView, NoHost, Request, TemplateWant};
+pub use view::{slot_count, Choice, Claims, HostUsage, HostView, NoHost, Request, TemplateWant};
 
 /// The scheduler's settings; [`Policy::default`] is what [`place`] uses.
 #[derive(Debug, Clone, Copy, PartialEq)]

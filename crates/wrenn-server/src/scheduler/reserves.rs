@@ -80,7 +80,7 @@ impl Reserves {
     /// Whether `need` fits on `host` with its reserves kept (always, when its machine is not
     /// known yet: its agent decides).
     pub fn admits(&self, host: &HostView, need: Claims) -> bool {
-        host.capacity_unknown() || self.free(host).covers(need)
+        host.capacity_unknown() || (self.free(host).covers(need) && host.has_free_slot())
     }
 
     /// What is still free on `host` (never below zero).

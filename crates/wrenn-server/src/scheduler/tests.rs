@@ -20,6 +20,7 @@ fn host(id: &str) -> HostView {
         capacity: Claims::new(4, 8192, 102_400),
         usage: HostUsage::default(),
         templates: BTreeMap::new(),
+        slots: None,
     }
 }
 
@@ -563,4 +564,31 @@ proptest! {
             }
         }
     }
+}
+
+/// A host whose network slots are all held (paused capsules and reservations included) takes
+/// nothing more, however much CPU and memory it has left; a forced create says why.
+#[test]
+fn a_host_without_a_free_slot_has_no_room() {
+    let r = Reserves::default();
+    let mut h = host("h1");
+    h.slots = Some(2);
+    h.usage
+        .count(CapsuleStatus::Running, Claims::new(1, 256, 10));
+    assert_eq!(check(&h, &req(1, 256), &r), Ok(()));
+    h.usage
+        .count(CapsuleStatus::Paused, Claims::new(1, 256, 10));
+    assert_eq!(check(&h, &req(1, 256), &r), Err(Reject::Room));
+    h.usage
+        .count(CapsuleStatus::Stopped, Claims::new(1, 256, 10));
+    assert_eq!(h.usage.capsules, 2, "a stopped capsule holds no slot");
+    let why = filter::refuse_forced(Some(&h), "h1", &req(1, 256), &r)
+        .unwrap()
+        .reason;
+    assert!(why.contains("no free network slot"), "{why}");
+    let why = filter::explain(std::slice::from_ref(&h), &req(1, 256), &r).reason;
+    assert_eq!(why, "no online host has a free network slot");
+    assert_eq!(crate::scheduler::slot_count("3360-3365"), Some(6));
+    assert_eq!(crate::scheduler::slot_count("5-4"), None);
+    assert_eq!(crate::scheduler::slot_count("x"), None);
 }

@@ -82,21 +82,37 @@ pub struct HostUsage {
     /// What the host's last heartbeat reported ([`Claims::from_heartbeat`]). The scheduler
     /// counts the larger of this and the database's sums, resource by resource.
     pub reported: Claims,
+    /// How many capsules hold one of the host's network slots: the database's active and
+    /// paused ones (a paused capsule keeps its slot) and the in-flight reservations.
+    pub capsules: u64,
 }
 
 impl HostUsage {
     /// Adds one capsule the database has on the host, by its status (stopped and failed
     /// capsules hold nothing).
     pub fn count(&mut self, status: CapsuleStatus, shape: Claims) {
+        self.count_group(status, shape, 1);
+    }
+
+    /// Adds `n` capsules of one status whose shapes sum to `shape`.
+    pub fn count_group(&mut self, status: CapsuleStatus, shape: Claims, n: u64) {
         match status {
             CapsuleStatus::Pending
             | CapsuleStatus::Starting
             | CapsuleStatus::Running
             | CapsuleStatus::Missing => self.active = self.active.plus(shape),
             CapsuleStatus::Paused => self.paused = self.paused.plus(shape),
-            CapsuleStatus::Stopped | CapsuleStatus::Error => {}
+            CapsuleStatus::Stopped | CapsuleStatus::Error => return,
         }
+        self.capsules += n;
     }
+}
+
+/// How many network slots a host's slot range (`first-last`) has; `None` when it is not one.
+pub fn slot_count(range: &str) -> Option<u64> {
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    last.checked_sub(first).map(|d| d + 1)
 }
 
 /// One host as the scheduler sees it.
@@ -118,6 +134,8 @@ pub struct HostView {
     /// Templates present on the host (host-side name → the shapes it has snapshots of; none
     /// for a snapshot template): [`HostView::templates_from`] makes it from a heartbeat's list.
     pub templates: BTreeMap<String, Vec<String>>,
+    /// Its network slots (from its specs): each live capsule holds one. `None`: not known.
+    pub slots: Option<u64>,
 }
 
 impl HostView {
@@ -139,7 +157,14 @@ impl HostView {
             ),
             usage,
             templates: HostView::templates_from(&host.load.templates),
+            slots: slot_count(&host.specs.slots),
         }
+    }
+
+    /// Whether one more capsule gets a network slot here (always, when the slots are not
+    /// known).
+    pub fn has_free_slot(&self) -> bool {
+        self.slots.is_none_or(|n| self.usage.capsules < n)
     }
 
     /// Whether the host's machine is not known yet (no specs reported).

@@ -57,6 +57,8 @@ pub struct Agent {
     pub address: String,
     pub data_dir: PathBuf,
     pub slots: String,
+    /// Its guest images folder (`--images`).
+    pub images: PathBuf,
     child: Option<Child>,
     /// What it printed on stdout after its "listening" line.
     pub stdout: Arc<Mutex<Vec<String>>>,
@@ -71,7 +73,7 @@ impl Agent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--images")
-            .arg(images_dir())
+            .arg(&self.images)
             .args(["--slots", &self.slots])
             .args(["--heartbeat-every", &HEARTBEAT_SECS.to_string()])
             .env_remove("WRENN_REGISTER")
@@ -161,6 +163,8 @@ pub struct Cluster {
     pub up: Up,
     pub admin: Client,
     pub dir: PathBuf,
+    /// Whether each agent has an images folder of its own (else they share [`images_dir`]).
+    pub own_images: bool,
     _reap: Vec<Reap>,
     _tmp: tempfile::TempDir,
     /// One cluster at a time in this process (they share the slots and addresses); dropped
@@ -200,11 +204,13 @@ impl Cluster {
             up,
             admin,
             dir,
+            own_images: false,
             _reap: Vec::new(),
             _tmp: tmp,
             _serial: serial,
         };
-        for i in 0..agents {
+        // Every agent's folder and slots, also those a test registers itself.
+        for i in 0..3 {
             let first = agent_first_slot(i);
             reap.push(Reap {
                 dir: cluster.agent_dir(i),
@@ -226,6 +232,29 @@ impl Cluster {
 
     pub fn agent_dir(&self, i: usize) -> PathBuf {
         self.dir.join(format!("agent{i}"))
+    }
+
+    /// [`Cluster::start`] with an images folder of each agent's own (`minimal`, its files
+    /// hard-linked from [`images_dir`]): snapshot templates made on one agent are not seen by
+    /// another until they are copied there.
+    pub fn start_own_images(agents: usize) -> Cluster {
+        let mut c = Cluster::start_with(0, &[]);
+        c.own_images = true;
+        let rt = tokio::runtime::Handle::current();
+        for i in 0..agents {
+            link_tree(
+                &images_dir().join("minimal"),
+                &c.images_of(i).join("minimal"),
+            );
+            let agent = tokio::task::block_in_place(|| rt.block_on(c.register(i)));
+            c.agents.push(agent);
+        }
+        c
+    }
+
+    /// Agent `i`'s own images folder (with [`Cluster::start_own_images`]).
+    pub fn images_of(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("images{i}"))
     }
 
     /// Makes host `i` (tag `h{i}`) through the API and a registration token for it.
@@ -253,6 +282,11 @@ impl Cluster {
             address: format!("{ip}:{}", free_port(&ip)),
             data_dir: self.agent_dir(i),
             slots: format!("{first}-{}", first + SLOTS_PER_AGENT - 1),
+            images: if self.own_images {
+                self.images_of(i)
+            } else {
+                images_dir()
+            },
             child: None,
             stdout: Arc::default(),
         }
@@ -262,9 +296,15 @@ impl Cluster {
     /// --address`; waits until the host is `online`.
     pub async fn register(&self, i: usize) -> Agent {
         let (host_id, token) = self.create_host(i).await;
+        self.register_as(i, &host_id, &token).await
+    }
+
+    /// Starts agent `i` registering as host `host_id` with `token`; waits until it is `online`.
+    pub async fn register_as(&self, i: usize, host_id: &str, token: &str) -> Agent {
+        let host_id = host_id.to_string();
         let mut agent = self.agent(i, &host_id);
         let mut cmd = agent.command();
-        cmd.args(["--register", &token])
+        cmd.args(["--register", token])
             .args(["--control-plane", &self.base_url()])
             .args(["--address", &agent.address]);
         tokio::task::block_in_place(|| agent.spawn(cmd));
@@ -336,6 +376,49 @@ impl Cluster {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The host a capsule's row names (the API does not show it), from the database.
+    pub async fn capsule_host(&self, id: &str) -> String {
+        let db = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            self.up.data_dir.join("wrenn.db").display()
+        ))
+        .await
+        .unwrap();
+        let host: Option<String> = sqlx::query_scalar("SELECT host_id FROM capsules WHERE id = ?")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        host.unwrap_or_else(|| panic!("capsule {id} has no host"))
+    }
+
+    /// The host-side name of the team template `name` (its folder on a host), from the
+    /// database.
+    pub async fn template_folder_name(&self, name: &str) -> String {
+        let db = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            self.up.data_dir.join("wrenn.db").display()
+        ))
+        .await
+        .unwrap();
+        let agent_name: String =
+            sqlx::query_scalar("SELECT agent_name FROM templates WHERE name = ?")
+                .bind(name)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        db.close().await;
+        agent_name
+    }
+
+    /// `POST /v1/capsules` with `body` and `key`: status, JSON body, and how long it took.
+    pub async fn create_as(&self, key: &str, body: &Value) -> (u16, Value, Duration) {
+        let t = Instant::now();
+        let (status, v) = self.post("/v1/capsules", &[("x-api-key", key)], body).await;
+        (status, v, t.elapsed())
+    }
+
     /// The events stream, read from now on.
     pub async fn events(&self) -> Events {
         Events::open(&self.base_url(), &self.up.key).await
@@ -405,6 +488,23 @@ impl Events {
 impl Drop for Events {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A copy of folder `from` at `to` whose files are hard links (cheap; nothing writes into a
+/// template's files in place); its `shapes` (other shapes' snapshots) left out.
+fn link_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "shapes" {
+                link_tree(&src, &dst);
+            }
+        } else {
+            std::fs::hard_link(&src, &dst).unwrap();
+        }
     }
 }
 

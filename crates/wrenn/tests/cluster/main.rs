@@ -9,3 +9,5 @@ mod common;
 
 mod harness;
 mod identity;
+mod placement;
+mod travel;
