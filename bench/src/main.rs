@@ -17,6 +17,7 @@ mod envd;
 mod http1;
 mod procs;
 mod report;
+mod rest;
 mod scheduler;
 mod server;
 mod soak;

@@ -14,12 +14,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use wrenn_proto::agent::v1::{
     agent_client::AgentClient, CapsuleRef, CreateCapsuleRequest, ExecRequest,
 };
 
-use crate::report::{percentile, Row, Target as Goal};
+use crate::{
+    report::{percentile, Row, Target as Goal},
+    rest::Rest,
+};
 
 const SLOTS: &str = "2300-2399";
 
@@ -114,67 +117,6 @@ impl Drop for Server {
     }
 }
 
-struct Rest {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Rest {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-api-key", &self.key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {text}");
-        }
-        Ok(if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        })
-    }
-
-    async fn create(&self) -> Result<String> {
-        let c = self
-            .call(reqwest::Method::POST, "/v1/capsules", Some(json!({})))
-            .await?;
-        c["id"].as_str().map(str::to_string).context("no id")
-    }
-
-    async fn exec_true(&self, id: &str) -> Result<()> {
-        let out = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/capsules/{id}/exec"),
-                Some(json!({ "cmd": "true" })),
-            )
-            .await?;
-        if out["exit_code"] != json!(0) {
-            bail!("exec failed: {out}");
-        }
-        Ok(())
-    }
-
-    async fn destroy(&self, id: &str) -> Result<()> {
-        self.call(reqwest::Method::DELETE, &format!("/v1/capsules/{id}"), None)
-            .await
-            .map(|_| ())
-    }
-}
-
 async fn agent_exec(agent: &mut AgentClient<tonic::transport::Channel>, id: &str) -> Result<()> {
     let out = agent
         .exec(ExecRequest {
@@ -208,11 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     let server = Server::start(&args)?;
     let rt = tokio::runtime::Runtime::new()?;
     let rows = rt.block_on(async {
-        let rest = Rest {
-            http: reqwest::Client::builder().tcp_nodelay(true).build()?,
-            base: server.base.clone(),
-            key: server.key.clone(),
-        };
+        let rest = Rest::new(server.base.clone(), server.key.clone())?;
         let socket = server.dir.path().join("agent.sock");
         let mut agent =
             wrenn_rpc::client::connect(&wrenn_rpc::client::AgentEndpoint::Unix(socket), None)
@@ -220,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut rows = Vec::new();
 
         // 1. Exec round trip, interleaved (order flipped each round).
-        let id = rest.create().await?;
+        let id = rest.create(json!({})).await?;
         for _ in 0..10 {
             rest.exec_true(&id).await?;
             agent_exec(&mut agent, &id).await?;
@@ -261,7 +199,7 @@ pub fn run(args: Args) -> Result<()> {
             for side in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
                     let t = Instant::now();
-                    let id = rest.create().await?;
+                    let id = rest.create(json!({})).await?;
                     rest.exec_true(&id).await?;
                     via_rest.push(ms(t.elapsed()));
                     rest.destroy(&id).await?;
@@ -306,7 +244,7 @@ pub fn run(args: Args) -> Result<()> {
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
                 let t = Instant::now();
-                let id = rest.create().await;
+                let id = rest.create(json!({})).await;
                 (ms(t.elapsed()), id)
             }));
         }

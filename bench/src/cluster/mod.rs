@@ -18,11 +18,13 @@ mod procs;
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use anyhow::{ensure, Context, Result};
+use serde_json::json;
 
 use crate::agent::host_transfer::transfer_figures;
 use crate::report::Row;
+use crate::rest::Rest;
 use crate::scheduler::{simulate, Settings};
-use procs::{Cluster, Rest, MAX_AGENTS, SLOTS};
+use procs::{Cluster, MAX_AGENTS, SLOTS};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,7 +73,8 @@ async fn round(
         let (template, tags) = (template.to_owned(), tags.to_vec());
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            rest.create(&template, &tags).await
+            rest.create(json!({ "template": template, "host_tags": tags }))
+                .await
         }));
     }
     start.wait().await;

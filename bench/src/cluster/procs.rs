@@ -16,7 +16,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::rest::Rest;
 
 /// Every slot the bench may use.
 pub const SLOTS: RangeInclusive<u32> = 3440..=3479;
@@ -77,60 +79,6 @@ fn free_port(ip: &str) -> Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-/// The control plane's REST API as its admin.
-#[derive(Clone)]
-pub struct Rest {
-    http: reqwest::Client,
-    pub base: String,
-    key: String,
-}
-
-impl Rest {
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-api-key", &self.key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {text}");
-        }
-        Ok(if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)?
-        })
-    }
-
-    /// Creates a capsule of `template` on a host with every tag of `tags`; its id.
-    pub async fn create(&self, template: &str, tags: &[String]) -> Result<String> {
-        let c = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/capsules",
-                Some(json!({ "template": template, "host_tags": tags })),
-            )
-            .await?;
-        c["id"].as_str().map(str::to_string).context("no id")
-    }
-
-    pub async fn destroy(&self, id: &str) -> Result<()> {
-        self.call(reqwest::Method::DELETE, &format!("/v1/capsules/{id}"), None)
-            .await
-            .map(|_| ())
-    }
-}
-
 /// One `wrenn up` and its registered agents.
 pub struct Cluster {
     pub rest: Rest,
@@ -174,11 +122,7 @@ impl Cluster {
         let key = std::fs::read_to_string(up_dir.join("admin-api-key"))?
             .trim()
             .to_string();
-        let rest = Rest {
-            http: reqwest::Client::builder().tcp_nodelay(true).build()?,
-            base,
-            key,
-        };
+        let rest = Rest::new(base, key)?;
         let mut cluster = Cluster {
             rest,
             agent_dirs: Vec::new(),
