@@ -142,24 +142,11 @@ class Agent:
         """Waits for it after ``interrupt``, SIGKILL after SHUTDOWN_TIMEOUT; a problem, if any."""
         proc = self.proc
         name = f"agent {self.index} ({self.host_id})"
-        problem = None
-        if not self._interrupted:
-            problem = f"{name} had exited with status {proc.poll()} before the end"
+        if self._interrupted:
+            problem = wait_stopped(proc, name, SHUTDOWN_TIMEOUT)
         else:
-            try:
-                proc.wait(timeout=SHUTDOWN_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                problem = f"{name} did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGINT"
-            else:
-                if proc.returncode not in (0, 130, -signal.SIGINT):
-                    problem = f"{name} exited with status {proc.returncode} after SIGINT"
-        # Anything still in its process group (a QEMU it never stopped, for instance).
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            problem = f"{name} had exited with status {proc.poll()} before the end"
+            kill_group(proc)
         if problem:
             problem += f"; its log tail:\n{self.log_tail()}"
         return problem
@@ -326,3 +313,28 @@ class Placements:
 
     def hosts_used(self) -> int:
         return sum(1 for c in self.held.values() if c)
+
+
+def kill_group(proc: subprocess.Popen):
+    """Kills whatever is still in ``proc``'s process group (a QEMU it never stopped, say)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_stopped(proc: subprocess.Popen, name: str, timeout: float) -> "str | None":
+    """Waits for ``proc`` after its SIGINT, SIGKILL after ``timeout`` seconds, then kills what
+    is left in its process group; a problem, if any."""
+    problem = None
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        problem = f"{name} did not exit within {timeout:.0f}s of SIGINT"
+    else:
+        if proc.returncode not in (0, 130, -signal.SIGINT):
+            problem = f"{name} exited with status {proc.returncode} after SIGINT"
+    kill_group(proc)
+    return problem

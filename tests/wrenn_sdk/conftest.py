@@ -272,24 +272,11 @@ def _start_server() -> Server:
 def _stop_server(server: Server) -> "str | None":
     """SIGINT, then SIGKILL after SHUTDOWN_TIMEOUT. Returns a problem, if any."""
     proc = server.proc
-    problem = None
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            problem = f"wrenn up did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGINT"
-        else:
-            if proc.returncode not in (0, 130, -signal.SIGINT):
-                problem = f"wrenn up exited with status {proc.returncode} after SIGINT"
-    # Anything still in its process group (for example a QEMU it never stopped).
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return problem
+        return cluster.wait_stopped(proc, "wrenn up", SHUTDOWN_TIMEOUT)
+    cluster.kill_group(proc)
+    return None
 
 
 def _remove_data_dir(data_dir: str):
