@@ -15,12 +15,17 @@ use super::{
 
 const MIB: u64 = 1 << 20;
 
-/// The data folder's file system: (total, free) bytes.
-fn disk_of(config: &AgentConfig) -> (u64, u64) {
+/// The data folder's file system as the agent plans on it: (size, free) bytes, both without
+/// the blocks the file system keeps for root (a machine may keep much of its disk that way).
+pub(super) fn disk_of(config: &AgentConfig) -> (u64, u64) {
     nix::sys::statvfs::statvfs(&config.data_dir)
         .map(|s| {
             let frag = s.fragment_size();
-            (s.blocks() * frag, s.blocks_available() * frag)
+            let kept = s.blocks_free().saturating_sub(s.blocks_available());
+            (
+                s.blocks().saturating_sub(kept) * frag,
+                s.blocks_available() * frag,
+            )
         })
         .unwrap_or((0, 0))
 }

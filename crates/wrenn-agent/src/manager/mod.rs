@@ -379,9 +379,7 @@ impl Manager {
     /// What this host is and how full it is.
     pub fn host_info(&self) -> wrenn_proto::agent::v1::HostInfoResponse {
         let (accel, reason) = wrenn_vmm::accel::detect();
-        let disk = nix::sys::statvfs::statvfs(&self.config.data_dir)
-            .map(|s| s.blocks() * s.fragment_size())
-            .unwrap_or(0);
+        let (disk, _) = load::disk_of(&self.config);
         let templates = self.templates.list().into_iter().map(|t| t.name).collect();
         let load = self.host_load();
         wrenn_proto::agent::v1::HostInfoResponse {
