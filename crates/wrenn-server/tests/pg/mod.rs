@@ -55,11 +55,27 @@ where
     let outcome = AssertUnwindSafe(check(with_database(&admin_url, &name)))
         .catch_unwind()
         .await;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await;
+    let dropped = drop_database(&admin, &name).await;
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
     }
-    dropped.unwrap_or_else(|e| panic!("dropping database {name}: {e}"));
+    dropped.unwrap_or_else(|e| panic!("dropping database {name} (tried for 10 s): {e}"));
+}
+
+/// Drops database `name` through `admin`. FORCE ends the test's own connections; a server
+/// process of another role on it (an autovacuum worker, briefly) cannot be ended by ours, so a
+/// refused drop is tried again for up to 10 s.
+pub async fn drop_database(admin: &sqlx::AnyPool, name: &str) -> Result<(), sqlx::Error> {
+    let mut dropped = Ok(());
+    for _ in 0..40 {
+        dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(admin)
+            .await
+            .map(|_| ());
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    dropped
 }

@@ -10,6 +10,10 @@ mod fake_agent;
 mod placing;
 mod routing;
 
+#[allow(dead_code)]
+#[path = "../pg/mod.rs"]
+mod pg;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::AnyPool;
@@ -257,10 +261,9 @@ pub async fn fresh_pg() -> (String, String) {
 pub async fn drop_pg(url: &str, admin_url: &str) {
     let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
     let admin = AnyPool::connect(admin_url).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
+    pg::drop_database(&admin, name)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("dropping database {name}: {e}"));
 }
 
 /// The error code of an error answer.
