@@ -191,7 +191,14 @@ pub struct HostWithToken {
 #[serde(deny_unknown_fields)]
 pub struct RegisterHostBody {
     pub token: String,
-    /// `host:port` where the control plane reaches the agent (its certificate's SAN).
+    /// `host:port` where the control plane reaches the agent (its certificate's SAN): a DNS
+    /// name or IPv4 address, and a port 1–65535.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^[A-Za-z0-9.-]{1,253}:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})$"
+        )
+    )]
     pub address: String,
     pub specs: HostSpecs,
 }
