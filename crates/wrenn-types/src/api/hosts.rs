@@ -69,15 +69,43 @@ impl std::str::FromStr for HostStatus {
     }
 }
 
+/// A whole number of type `T` from any JSON number with that value (`8` or `8.0`: JSON
+/// Schema's `integer` is a number without a fractional part).
+fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Whole(u64),
+        Float(f64),
+    }
+    let value = match Number::deserialize(d)? {
+        Number::Whole(v) => Some(v),
+        Number::Float(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => {
+            Some(f as u64)
+        }
+        Number::Float(_) => None,
+    };
+    value
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number within the field's range"))
+}
+
 /// A host's machine, as its agent reports it at registration and in each heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostSpecs {
     /// `x86_64`, `aarch64`.
     pub arch: String,
+    #[serde(deserialize_with = "whole")]
     pub cpu_cores: u32,
+    #[serde(deserialize_with = "whole")]
     pub memory_mb: u64,
     /// Free plus used space of the agent's data folder's file system.
+    #[serde(deserialize_with = "whole")]
     pub disk_mb: u64,
     /// The agent's network slot range (`first-last`).
     pub slots: String,
@@ -334,5 +362,27 @@ mod tests {
         let ok: HeartbeatBody = serde_json::from_str(r#"{"specs":{"arch":"x86_64","cpu_cores":2,"memory_mb":1,"disk_mb":1,"slots":"1-2","vmm":"qemu","accel":"tcg"},"load":{}}"#).unwrap();
         assert_eq!(ok.specs.cpu_cores, 2);
         assert!(serde_json::from_str::<HeartbeatBody>(r#"{"specs":{},"load":{},"x":1}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod whole_numbers {
+    use super::HostSpecs;
+
+    fn specs(cores: &str, memory: &str) -> Result<HostSpecs, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"arch":"x86_64","cpu_cores":{cores},"memory_mb":{memory},"disk_mb":8.0,
+                "slots":"1-2","vmm":"qemu","accel":"tcg"}}"#
+        ))
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_and_nothing_else_passes() {
+        let s = specs("2.0", "4096").unwrap();
+        assert_eq!((s.cpu_cores, s.memory_mb, s.disk_mb), (2, 4096, 8));
+        assert!(specs("2.5", "1").is_err(), "a fraction");
+        assert!(specs("-1", "1").is_err(), "below zero");
+        assert!(specs("4294967296", "1").is_err(), "over u32");
+        assert!(specs("1", "\"1\"").is_err(), "a string");
     }
 }
