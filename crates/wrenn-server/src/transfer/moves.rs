@@ -112,14 +112,22 @@ pub async fn move_one(
     let placed = placement::place(&state.db, &ask).await?;
     let to_host = placed.host.id.clone();
     let to = state.pool.client(&placed.host)?;
-    let landed = super::relay_capsule(from.clone(), to, &c.id).await;
+    let landed = super::relay_capsule(from.clone(), to.clone(), &c.id).await;
     if let Err(e) = landed {
         placed.release().await;
         return Err(e);
     }
     let set = set_capsule_host(state, &c.id, &to_host).await;
     placed.release().await;
-    set?;
+    if let Err(e) = set {
+        // The row still places it on the old host: the copy that landed is nobody's, and it
+        // holds a slot and its disk there until removed.
+        let mut to = to;
+        if let Err(d) = to.destroy_capsule(CapsuleRef { id: c.id.clone() }).await {
+            tracing::warn!(id = %c.id, host = %to_host, error = %d, "removing a move's copy after the row kept its host");
+        }
+        return Err(e);
+    }
     let mut old = from;
     if let Err(e) = old.destroy_capsule(CapsuleRef { id: c.id.clone() }).await {
         // The reconciler of the old host removes a capsule no row places there.
