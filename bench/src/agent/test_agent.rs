@@ -41,6 +41,7 @@ impl TestAgent {
                 shapes: Default::default(),
                 dns_upstreams: Vec::new(),
                 egress_allow_private: Vec::new(),
+                envd: None,
             })
             .await
             .context("starting the agent")?,

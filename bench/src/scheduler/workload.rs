@@ -96,6 +96,7 @@ pub fn hosts(n: usize, rng: &mut SmallRng) -> Vec<HostView> {
                 capacity: Claims::new(cores, mem_gib * 1024, disk_gib * 1024),
                 usage: HostUsage::default(),
                 templates,
+                buildable: vec!["minimal".to_owned(), "python".to_owned()],
                 // The simulated hosts are bounded by CPU, memory and disk only.
                 slots: None,
             }

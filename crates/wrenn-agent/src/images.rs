@@ -71,6 +71,9 @@ pub struct BuildRequest {
     pub memory_mib: u32,
     pub accel: Accel,
     pub qemu: PathBuf,
+    /// The network slot the snapshot boots in (free, and released after); `None`: the highest
+    /// slot free on this machine (above every agent's range).
+    pub slot: Option<u32>,
 }
 
 /// How a build went.
@@ -186,9 +189,13 @@ pub async fn build(req: &BuildRequest, mut progress: impl FnMut(Progress)) -> Re
     ));
     let started = Instant::now();
     netslot::ensure_host_rules().await?;
+    let slot = match req.slot {
+        Some(slot) => slot,
+        None => netslot::free_build_slot().await?,
+    };
     let snap = snapshot_in_slot(
         &template_dir,
-        netslot::free_build_slot().await?,
+        slot,
         req.vcpus,
         req.memory_mib,
         req.accel,

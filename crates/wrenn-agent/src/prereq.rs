@@ -19,8 +19,9 @@ pub enum TemplateNeed {
         names: Vec<String>,
         envd: Option<PathBuf>,
     },
-    /// At least one template with a ready snapshot (`wrenn agent` serves what is there).
-    Any,
+    /// At least one template with a ready snapshot, or `envd` to build the known base
+    /// templates on first need (`wrenn agent` serves what is there).
+    Any { envd: Option<PathBuf> },
 }
 
 /// What to check.
@@ -106,20 +107,23 @@ pub fn missing(needs: &Needs) -> Vec<String> {
                 ));
             }
         }
-        TemplateNeed::Any => {
-            let any = std::fs::read_dir(&needs.images_dir)
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().into_string().ok())
-                        .any(|n| {
-                            wrenn_types::TemplateName::parse(&n).is_ok()
-                                && ready(&needs.images_dir, &n)
-                        })
-                })
-                .unwrap_or(false);
+        TemplateNeed::Any { envd } => {
+            let buildable = envd.as_deref().is_some_and(Path::is_file);
+            let any = buildable
+                || std::fs::read_dir(&needs.images_dir)
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.file_name().into_string().ok())
+                            .any(|n| {
+                                wrenn_types::TemplateName::parse(&n).is_ok()
+                                    && ready(&needs.images_dir, &n)
+                            })
+                    })
+                    .unwrap_or(false);
             if !any {
                 out.push(format!(
-                    "a built template in {} (`wrenn template build NAME`)",
+                    "a built template in {} (`wrenn template build NAME`), or an envd binary \
+                     to build them on first need (--envd or WRENN_ENVD)",
                     needs.images_dir.display()
                 ));
             }
@@ -195,13 +199,18 @@ mod tests {
         assert!(!missing(&needs(Some(envd)))
             .iter()
             .any(|l| l.starts_with("template")));
-        let any = Needs {
-            templates: TemplateNeed::Any,
+        let any = |envd| Needs {
+            templates: TemplateNeed::Any { envd },
             ..needs(None)
         };
-        assert!(missing(&any)
+        assert!(missing(&any(None))
             .iter()
             .any(|l| l.starts_with("a built template")));
+        let envd = exe(images.path(), "envd");
+        assert!(!missing(&any(Some(envd)))
+            .iter()
+            .any(|l| l.contains("template")));
+        let any = any(None);
         let err = check(&any).unwrap_err().to_string();
         assert!(
             err.starts_with("cannot start, missing: /nonexistent/qemu (QEMU)"),

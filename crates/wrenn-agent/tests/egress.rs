@@ -35,6 +35,7 @@ fn config(data: &std::path::Path, dns: SocketAddr) -> AgentConfig {
         slots: 3210..=3219,
         dns_upstreams: vec![dns],
         egress_allow_private: Vec::new(),
+        envd: None,
         shapes: Default::default(),
     }
 }

@@ -31,6 +31,7 @@ fn request(template: &str, images_dir: PathBuf) -> BuildRequest {
         memory_mib: 256,
         accel: wrenn_vmm::accel::detect().0,
         qemu: wrenn_vmm::qemu::default_qemu(),
+        slot: None,
     }
 }
 

@@ -135,6 +135,7 @@ async fn private_files_template_kinds_and_shapes() {
         },
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
+        envd: None,
     })
     .await
     .unwrap();
@@ -310,6 +311,7 @@ async fn disk_admission_and_discard() {
         shapes: Default::default(),
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
+        envd: None,
     })
     .await
     .unwrap();

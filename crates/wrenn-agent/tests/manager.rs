@@ -51,6 +51,7 @@ async fn capsule_lifecycle_through_the_manager() {
         shapes: Default::default(),
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
+        envd: None,
     })
     .await
     .unwrap();
@@ -150,6 +151,7 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
             shapes: Default::default(),
             dns_upstreams: Vec::new(),
             egress_allow_private: Vec::new(),
+            envd: None,
         })
         .await
         .unwrap(),
@@ -212,6 +214,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
         shapes: Default::default(),
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
+        envd: None,
     })
     .await
     .unwrap();
@@ -261,6 +264,7 @@ async fn a_failed_resume_releases_everything() {
         shapes: Default::default(),
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
+        envd: None,
     })
     .await
     .unwrap();

@@ -48,6 +48,7 @@ async fn host(
             shapes: Default::default(),
             dns_upstreams: Vec::new(),
             egress_allow_private: Vec::new(),
+            envd: None,
         })
         .await
         .unwrap(),

@@ -46,6 +46,7 @@ impl Agent {
                 shapes: Default::default(),
                 dns_upstreams: Vec::new(),
                 egress_allow_private: Vec::new(),
+                envd: None,
             })
             .await
             .unwrap(),

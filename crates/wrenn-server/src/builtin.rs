@@ -126,6 +126,7 @@ pub fn load_of(info: &HostInfoResponse, capsules: &[Capsule], templates: &[Templ
     let mut load = HostLoad {
         memory_mb_used: info.memory_used_bytes >> 20,
         disk_mb_used: info.disk_used_bytes >> 20,
+        buildable: info.buildable.clone(),
         ..HostLoad::default()
     };
     for c in capsules {

@@ -110,6 +110,7 @@ pub fn view_of(h: &HostRecord, mut usage: HostUsage) -> HostView {
         },
         usage,
         templates: HostView::templates_from(&h.load.templates),
+        buildable: h.load.buildable.clone(),
         slots: scheduler::slot_count(&h.specs.slots),
     }
 }

@@ -99,7 +99,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         qemu: config.qemu.clone(),
         images_dir: config.images_dir.clone(),
         path: std::env::var_os("PATH"),
-        templates: wrenn_agent::prereq::TemplateNeed::Any,
+        templates: wrenn_agent::prereq::TemplateNeed::Any {
+            envd: config.envd.clone(),
+        },
     });
     let stored = identity(&args, &data_dir, &config).await?;
     let listen = args.listen_addr(stored.as_ref().map(|s| s.address.as_str()))?;

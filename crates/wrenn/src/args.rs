@@ -86,6 +86,11 @@ pub struct HostArgs {
     /// the host's /etc/resolv.conf).
     #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
     pub dns_upstream: Vec<SocketAddr>,
+    /// The static envd binary that goes into the guest images: with it, a base template this
+    /// host lacks (`minimal`, `python`) is built the first time a create needs it (`wrenn up`
+    /// also builds --templates at start). Without it, only templates already built are served.
+    #[arg(long, env = "WRENN_ENVD")]
+    pub envd: Option<PathBuf>,
 }
 
 impl HostArgs {
@@ -104,6 +109,7 @@ impl HostArgs {
             shapes: self.shapes.policy()?,
             dns_upstreams: self.dns_upstream.clone(),
             egress_allow_private: self.egress_allow_private.clone(),
+            envd: self.envd.clone(),
         })
     }
 }
@@ -140,9 +146,6 @@ pub struct UpArgs {
     pub control: ControlArgs,
     #[command(flatten)]
     pub host: HostArgs,
-    /// The static envd binary, to build missing guest images on first start.
-    #[arg(long, env = "WRENN_ENVD")]
-    pub envd: Option<PathBuf>,
     /// Templates to build on first start.
     #[arg(
         long,

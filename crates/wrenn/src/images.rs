@@ -40,6 +40,7 @@ async fn build_one(
         memory_mib,
         accel,
         qemu: wrenn_vmm::qemu::default_qemu(),
+        slot: None,
     };
     wrenn_agent::images::build(&req, |p| println!("{indent}{}", p.line))
         .await

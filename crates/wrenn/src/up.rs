@@ -60,7 +60,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         path: std::env::var_os("PATH"),
         templates: wrenn_agent::prereq::TemplateNeed::Named {
             names: args.templates.clone(),
-            envd: args.envd.clone(),
+            envd: args.host.envd.clone(),
         },
     });
     std::fs::create_dir_all(&data_dir)
@@ -70,7 +70,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     crate::images::ensure(
         &args.templates,
         &agent_config.images_dir,
-        args.envd.as_deref(),
+        args.host.envd.as_deref(),
     )
     .await?;
 

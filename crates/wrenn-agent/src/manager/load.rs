@@ -96,6 +96,7 @@ impl Manager {
         let (disk, free) = disk_of(&self.config);
         load.disk_mb_used = disk.saturating_sub(free) / MIB;
         load.cpu_used = load_average() / cores() as f32;
+        load.buildable = self.templates.buildable_templates();
         let mut shapes: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in self.templates.list() {
             let own = match t.kind {

@@ -30,7 +30,7 @@ use crate::{
     error::{AgentError, Result},
     netslot::{self, SlotPool},
     record::{self, CapsuleRecord},
-    templates::{ShapePolicy, TemplateInfo, Templates},
+    templates::{ShapePolicy, TemplateInfo, TemplateKind, Templates},
 };
 
 /// Where the agent keeps things and what it runs.
@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Private IPv4 ranges capsules may reach (`--egress-allow-private`); by default none.
     pub egress_allow_private: Vec<String>,
+    /// The static envd binary: a base template this build of Wrenn knows (`minimal`, `python`)
+    /// is built here the first time a create needs it. `None`: only templates already here.
+    pub envd: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -93,11 +96,14 @@ impl Manager {
             program: config.qemu.clone(),
             upstreams,
         };
-        let templates = Arc::new(Templates::new(
-            config.images_dir.clone(),
-            config.qemu.clone(),
-            config.shapes.clone(),
-        ));
+        let templates = Arc::new(
+            Templates::new(
+                config.images_dir.clone(),
+                config.qemu.clone(),
+                config.shapes.clone(),
+            )
+            .with_envd(config.envd.clone()),
+        );
         templates.clean_leftovers();
         templates.make_private();
         let mut capsules = HashMap::new();
@@ -184,12 +190,17 @@ impl Manager {
             return Err(AgentError::BadTemplateName(spec.template));
         }
         validate_shape(&spec)?;
-        self.templates.require(&spec.template, spec.kind)?;
         let mut spec = spec;
         spec.egress_policy = wrenn_types::egress::EgressPolicy::new(
             &spec.egress_policy.allow,
             &spec.egress_policy.deny,
         )?;
+        if spec.kind == TemplateKind::Base {
+            self.templates
+                .ensure_base(&spec.template, &self.slots)
+                .await?;
+        }
+        self.templates.require(&spec.template, spec.kind)?;
         let own = self
             .templates
             .check(&spec.template, spec.vcpus, spec.memory_mib)?;
@@ -397,6 +408,7 @@ impl Manager {
             memory_used_bytes: load.memory_mb_used << 20,
             disk_used_bytes: load.disk_mb_used << 20,
             slots: format!("{}-{}", self.config.slots.start(), self.config.slots.end()),
+            buildable: self.templates.buildable_templates(),
         }
     }
 

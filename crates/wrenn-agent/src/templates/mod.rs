@@ -11,6 +11,7 @@
 //! `shapes` holds the shape policy, shape snapshots and their eviction; `publish` making,
 //! deleting and tidying snapshot templates.
 
+mod base;
 mod publish;
 mod shapes;
 
@@ -112,7 +113,9 @@ pub struct Templates {
     images_dir: PathBuf,
     qemu: PathBuf,
     shapes: ShapePolicy,
-    /// One lock per shape being made, so concurrent creates make it once.
+    /// The static envd binary base templates are built with on first need (`base`).
+    envd: Option<PathBuf>,
+    /// One lock per shape or base template being made, so concurrent creates make it once.
     making: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 impl Templates {
@@ -121,8 +124,25 @@ impl Templates {
             images_dir,
             qemu,
             shapes,
+            envd: None,
             making: Mutex::default(),
         }
+    }
+
+    /// These templates, building the known base templates on first need with `envd`.
+    pub fn with_envd(mut self, envd: Option<PathBuf>) -> Templates {
+        self.envd = envd;
+        self
+    }
+
+    /// The lock held while `dir` (a shape or a base template) is made.
+    fn making_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        self.making
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dir.to_path_buf())
+            .or_default()
+            .clone()
     }
 
     pub fn images_dir(&self) -> &Path {

@@ -123,13 +123,7 @@ impl Templates {
             mark_used(&shape_dir);
             return Ok(snap);
         }
-        let lock = self
-            .making
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(shape_dir.clone())
-            .or_default()
-            .clone();
+        let lock = self.making_lock(&shape_dir);
         let _making = lock.lock().await;
         if snap.spec().is_some() {
             return Ok(snap);
@@ -214,13 +208,7 @@ impl Templates {
                 continue;
             }
             // The making lock: nobody makes or is handed this shape while it goes.
-            let lock = self
-                .making
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(dir.clone())
-                .or_default()
-                .clone();
+            let lock = self.making_lock(&dir);
             let Ok(_held) = lock.try_lock() else {
                 continue;
             };

@@ -42,6 +42,7 @@ impl TestAgent {
                 shapes: Default::default(),
                 dns_upstreams: Vec::new(),
                 egress_allow_private: Vec::new(),
+                envd: None,
             })
             .await
             .unwrap(),

@@ -16,6 +16,8 @@ pub enum Reject {
     Offline,
     Tags,
     Draining,
+    /// A base template neither there nor buildable there.
+    Template,
     Room,
 }
 
@@ -40,6 +42,8 @@ pub fn check(host: &HostView, req: &Request, reserves: &Reserves) -> Result<(), 
         Err(Reject::Tags)
     } else if host.draining {
         Err(Reject::Draining)
+    } else if !host.can_start(req.template.as_ref()) {
+        Err(Reject::Template)
     } else if !reserves.admits(host, req.claims()) {
         Err(Reject::Room)
     } else {
@@ -73,6 +77,10 @@ pub fn refuse_forced(
             format!("host {id} lacks tags {}", tag_list(&missing))
         }
         Reject::Draining => format!("host {id} is draining"),
+        Reject::Template => format!(
+            "host {id} neither holds template {} nor can build it (its agent needs --envd)",
+            template_name(req)
+        ),
         Reject::Room if !host.has_free_slot() => {
             format!("host {id} has no free network slot")
         }
@@ -125,6 +133,17 @@ pub fn explain(hosts: &[HostView], req: &Request, reserves: &Reserves) -> NoHost
     if open.is_empty() {
         return no_host(format!("every {what} is draining"));
     }
+    let open: Vec<&HostView> = open
+        .into_iter()
+        .filter(|h| h.can_start(req.template.as_ref()))
+        .collect();
+    if open.is_empty() {
+        return no_host(format!(
+            "no {what} holds template {} or can build it (agents need --envd to build \
+             base templates)",
+            template_name(req)
+        ));
+    }
     // A host without a free network slot has no room whatever it has free.
     let open: Vec<&HostView> = open.into_iter().filter(|h| h.has_free_slot()).collect();
     if open.is_empty() {
@@ -151,6 +170,11 @@ pub fn explain(hosts: &[HostView], req: &Request, reserves: &Reserves) -> NoHost
 
 fn no_host(reason: String) -> NoHost {
     NoHost { reason }
+}
+
+/// The template `req` asks for, by its host-side name.
+fn template_name(req: &Request) -> &str {
+    req.template.as_ref().map_or("", |t| t.name.as_str())
 }
 
 /// `[a, b]`

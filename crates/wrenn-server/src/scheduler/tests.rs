@@ -20,6 +20,7 @@ fn host(id: &str) -> HostView {
         capacity: Claims::new(4, 8192, 102_400),
         usage: HostUsage::default(),
         templates: BTreeMap::new(),
+        buildable: Vec::new(),
         slots: None,
     }
 }
@@ -235,6 +236,61 @@ fn a_burst_spreads_and_never_overfills() {
         err.reason,
         "no online host has 512 MB of memory free (largest free: 204 MB of memory)"
     );
+}
+
+/// A base template goes only where it is or can be built; a snapshot template anywhere (it
+/// travels); a host that reported nothing yet is taken at its word.
+#[test]
+fn base_templates_go_where_they_are_or_can_be_built() {
+    let minimal_only = |id: &str| HostView {
+        templates: HostView::templates_from(&[TemplatePresence {
+            name: "minimal".to_owned(),
+            shapes: vec!["1x256".to_owned()],
+        }]),
+        ..host(id)
+    };
+    let q = Request {
+        template: Some(python(Some("1x512"))),
+        ..req(1, 512)
+    };
+    let mut rng = rng();
+    // Neither host has python nor builds it.
+    let hosts = vec![minimal_only("a"), minimal_only("b")];
+    assert_eq!(
+        place(&hosts, &q, &mut rng).unwrap_err().reason,
+        "no online host holds template python or can build it (agents need --envd to build \
+         base templates)"
+    );
+    let forced = Request {
+        force_host: Some("a".to_owned()),
+        ..q.clone()
+    };
+    assert_eq!(
+        place(&hosts, &forced, &mut rng).unwrap_err().reason,
+        "host a neither holds template python nor can build it (its agent needs --envd)"
+    );
+    // One builds it: every create goes there.
+    let mut builder = minimal_only("builder");
+    builder.buildable = vec!["minimal".to_owned(), "python".to_owned()];
+    let hosts = vec![minimal_only("a"), builder, minimal_only("b")];
+    for _ in 0..20 {
+        assert_eq!(place(&hosts, &q, &mut rng).unwrap().host_id, "builder");
+    }
+    // A snapshot template (no shape) is copied to whichever host is chosen.
+    let snap = Request {
+        template: Some(TemplateWant {
+            name: "tpl-x".to_owned(),
+            shape: None,
+        }),
+        ..req(1, 512)
+    };
+    let chosen: std::collections::BTreeSet<String> = (0..60)
+        .map(|_| place(&hosts, &snap, &mut rng).unwrap().host_id)
+        .collect();
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    // Nothing reported yet: eligible.
+    assert!(host("new").can_start(q.template.as_ref()));
+    assert!(!minimal_only("a").can_start(q.template.as_ref()));
 }
 
 #[test]

@@ -134,6 +134,8 @@ pub struct HostView {
     /// Templates present on the host (host-side name → the shapes it has snapshots of; none
     /// for a snapshot template): [`HostView::templates_from`] makes it from a heartbeat's list.
     pub templates: BTreeMap<String, Vec<String>>,
+    /// The base templates it builds on first need ([`HostLoad::buildable`]).
+    pub buildable: Vec<String>,
     /// Its network slots (from its specs): each live capsule holds one. `None`: not known.
     pub slots: Option<u64>,
 }
@@ -157,6 +159,7 @@ impl HostView {
             ),
             usage,
             templates: HostView::templates_from(&host.load.templates),
+            buildable: host.load.buildable.clone(),
             slots: slot_count(&host.specs.slots),
         }
     }
@@ -188,6 +191,21 @@ impl HostView {
             2
         } else {
             1
+        }
+    }
+
+    /// Whether the host can start a capsule of `want`: a snapshot template travels to any host;
+    /// a base template must be there or buildable there. A host that reported neither
+    /// templates nor recipes is not known yet and is taken at its word (its agent refuses a
+    /// template it lacks).
+    pub fn can_start(&self, want: Option<&TemplateWant>) -> bool {
+        match want {
+            Some(w) if w.shape.is_some() => {
+                (self.templates.is_empty() && self.buildable.is_empty())
+                    || self.templates.contains_key(&w.name)
+                    || self.buildable.contains(&w.name)
+            }
+            _ => true,
         }
     }
 

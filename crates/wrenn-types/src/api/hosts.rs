@@ -143,6 +143,10 @@ pub struct HostLoad {
     /// Load average over one minute, as a fraction of the cores (1.0 = all busy).
     pub cpu_used: f32,
     pub templates: Vec<TemplatePresence>,
+    /// The base templates the host builds the first time a create needs one (its agent has
+    /// the envd binary), whether built yet or not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub buildable: Vec<String>,
 }
 
 /// A host as the API shows it.

@@ -78,6 +78,7 @@ impl Agent {
             .args(["--heartbeat-every", &HEARTBEAT_SECS.to_string()])
             .env_remove("WRENN_REGISTER")
             .env_remove("WRENN_CONTROL_PLANE")
+            .env_remove("WRENN_ENVD")
             .env("RUST_LOG", "wrenn_agent=info,warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -493,7 +494,7 @@ impl Drop for Events {
 
 /// A copy of folder `from` at `to` whose files are hard links (cheap; nothing writes into a
 /// template's files in place); its `shapes` (other shapes' snapshots) left out.
-fn link_tree(from: &Path, to: &Path) {
+pub fn link_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod first_need;
 mod harness;
 mod identity;
 mod placement;
