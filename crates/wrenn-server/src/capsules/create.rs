@@ -175,6 +175,9 @@ pub async fn create(
             .db
             .set_capsule_network(&row.id, egress, &egress_policy)
             .await?;
+        if !host_tags.is_empty() {
+            state.db.set_capsule_host_tags(&row.id, &host_tags).await?;
+        }
         // An action that happened is in the audit log, or it is undone.
         state
             .db

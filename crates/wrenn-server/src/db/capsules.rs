@@ -163,6 +163,30 @@ impl Db {
         Ok(())
     }
 
+    /// Records the host tags a capsule was created with (a move keeps to them).
+    pub async fn set_capsule_host_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+        let json = serde_json::to_string(tags)
+            .map_err(|e| ApiError::Internal(format!("encoding: {e}")))?;
+        sqlx::query("UPDATE capsules SET host_tags = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The host tags a capsule was created with (none for one from before they were kept).
+    pub async fn capsule_host_tags(&self, id: &str) -> Result<Vec<String>> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT host_tags FROM capsules WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let text = text.ok_or_else(|| ApiError::NotFound(format!("capsule {id} not found")))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::Internal(format!("capsule {id}'s host tags: {e}")))
+    }
+
     /// A capsule's egress: on/off and its lists.
     pub async fn capsule_network(
         &self,

@@ -96,9 +96,11 @@ pub async fn move_one(
         )));
     }
     let from = state.agent_on(&from_host).await?;
+    // The constraints it was created with hold wherever it goes.
+    let tags = state.db.capsule_host_tags(&c.id).await?;
     let ask = Ask {
         team_id: &c.team_id,
-        tags: &[],
+        tags: &tags,
         template: "",
         snapshot: true,
         only_host: target,

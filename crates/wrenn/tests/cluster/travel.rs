@@ -93,13 +93,44 @@ async fn a_snapshot_made_on_one_host_starts_on_another() {
 }
 
 /// A drain with `move_paused` moves a paused capsule off its host; resumed there it has its
-/// file and process. Paused again, `POST /v1/capsules/{id}/move` moves it once more.
+/// file and process. Paused again, `POST /v1/capsules/{id}/move` moves it once more. A capsule
+/// created with host tags only moves to hosts that have them.
 #[tokio::test(flavor = "multi_thread")]
 async fn paused_capsules_move_by_drain_and_by_move() {
     let c = Cluster::start(2);
-    let id = c.capsule_on(&["h0"]).await;
     let from = c.agents[0].host_id.clone();
+    // Placed by host id (no tags, so any host may take it later).
+    let (status, made, _) = c
+        .create_as(
+            &c.up.key,
+            &json!({ "template": "minimal", "host_id": from }),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
     assert_eq!(c.capsule_host(&id).await, from);
+    // Tagged for host 0 alone: it stays there, and its move says why.
+    let tied = c.capsule_on(&["h0"]).await;
+    c.admin.pause_capsule(&tied).await.unwrap();
+    c.wait_capsule(&tied, "paused").await;
+    let (status, body) = c
+        .post(
+            &format!("/v1/capsules/{tied}/move"),
+            &[("x-api-key", &c.up.key)],
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "host_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("with tags [h0]"),
+        "{body}"
+    );
+    assert_eq!(c.capsule_host(&tied).await, from);
+    c.admin.destroy_capsule(&tied).await.unwrap();
     let pid = leave_marks(&c, &id).await;
     c.admin.pause_capsule(&id).await.unwrap();
     c.wait_capsule(&id, "paused").await;
