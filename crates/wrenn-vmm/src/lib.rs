@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod memory;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
