@@ -9,7 +9,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use wrenn_vmm::{snapshot::Snapshot, Vmm};
 
-use super::capsule::Capsule;
+use super::capsule::{Capsule, Layout};
 use super::host::fresh_dir;
 use super::{ms, READY};
 
@@ -19,6 +19,8 @@ pub(super) struct PauseResume {
     pub(super) save: Vec<f64>,
     pub(super) resume: Vec<f64>,
     pub(super) state_bytes: u64,
+    /// Size of the capsule's own saved pages (`memory.delta`) after the last pause.
+    pub(super) delta_bytes: u64,
 }
 
 pub(super) async fn pause_resume(
@@ -26,7 +28,21 @@ pub(super) async fn pause_resume(
     work: &Path,
     cycles: usize,
 ) -> Result<PauseResume> {
-    let (mut c, _) = Capsule::create(snap, fresh_dir(work, "pause-resume")?)
+    pause_resume_in(snap, work, cycles, Layout::Template).await
+}
+
+/// As [`pause_resume`], for a capsule of memory layout `layout`.
+pub(super) async fn pause_resume_in(
+    snap: &Snapshot,
+    work: &Path,
+    cycles: usize,
+    layout: Layout,
+) -> Result<PauseResume> {
+    let name = match layout {
+        Layout::Template => "pause-resume",
+        Layout::Own => "pause-resume-own",
+    };
+    let (mut c, _) = Capsule::create_in(snap, fresh_dir(work, name)?, layout)
         .await
         .context("creating the pause/resume capsule")?;
     let state = c.dir.join("state");
@@ -36,6 +52,7 @@ pub(super) async fn pause_resume(
         save: Vec::new(),
         resume: Vec::new(),
         state_bytes: 0,
+        delta_bytes: 0,
     };
     for i in 0..=cycles {
         // Let the guest run a moment between cycles.
@@ -67,6 +84,9 @@ pub(super) async fn pause_resume(
         }
     }
     out.state_bytes = fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    out.delta_bytes = fs::metadata(c.dir.join(wrenn_vmm::memory::DELTA_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
     c.destroy().await?;
     Ok(out)
 }
