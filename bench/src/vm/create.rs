@@ -16,6 +16,8 @@ pub(super) struct Creates {
     pub(super) wrenn_files: Vec<f64>,
     pub(super) raw_total: Vec<f64>,
     pub(super) raw_files: Vec<f64>,
+    /// Creates from a QEMU started ahead (what the warm pool hands out): load, resume, ready.
+    pub(super) warm_total: Vec<f64>,
 }
 
 impl Creates {
@@ -50,6 +52,14 @@ pub(super) async fn creates(
         } else {
             [false, true]
         };
+        let dir = fresh_dir(work, &format!("create-warm-{i:02}"))?;
+        let (capsule, t) = Capsule::create_warm(snap, dir)
+            .await
+            .with_context(|| format!("warm create #{i}"))?;
+        capsule.destroy().await?;
+        if !warm_up {
+            out.warm_total.push(ms(t));
+        }
         for wrenn in order {
             if wrenn {
                 let dir = fresh_dir(work, &format!("create-wrenn-{i:02}"))?;

@@ -18,6 +18,8 @@ pub(super) struct PauseResume {
     pub(super) stop: Vec<f64>,
     pub(super) save: Vec<f64>,
     pub(super) resume: Vec<f64>,
+    /// Resumes into a QEMU started ahead (after the save, untimed, as a pool would).
+    pub(super) resume_warm: Vec<f64>,
     pub(super) state_bytes: u64,
     /// Size of the capsule's own saved pages (`memory.delta`) after the last pause.
     pub(super) delta_bytes: u64,
@@ -51,6 +53,7 @@ pub(super) async fn pause_resume_in(
         stop: Vec::new(),
         save: Vec::new(),
         resume: Vec::new(),
+        resume_warm: Vec::new(),
         state_bytes: 0,
         delta_bytes: 0,
     };
@@ -65,6 +68,13 @@ pub(super) async fn pause_resume_in(
             .with_context(|| format!("save #{i}"))?;
         let paused = t.elapsed();
         ensure!(c.vm.pid().is_none(), "QEMU still runs after save #{i}");
+        // Odd cycles resume into a QEMU started ahead (the warm path), even ones cold.
+        let warm = i % 2 == 1;
+        if warm {
+            c.vm.start_waiting()
+                .await
+                .with_context(|| format!("warm QEMU #{i}"))?;
+        }
         let t = Instant::now();
         c.vm.restore(&state)
             .await
@@ -80,7 +90,11 @@ pub(super) async fn pause_resume_in(
             out.pause.push(ms(paused));
             out.stop.push(ms(stopped));
             out.save.push(ms(paused - stopped));
-            out.resume.push(ms(resumed));
+            if warm {
+                out.resume_warm.push(ms(resumed));
+            } else {
+                out.resume.push(ms(resumed));
+            }
         }
     }
     out.state_bytes = fs::metadata(&state).map(|m| m.len()).unwrap_or(0);

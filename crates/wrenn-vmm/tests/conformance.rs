@@ -435,3 +435,63 @@ async fn device_state_configuration_matches_migrate() {
     let section = wrenn_vmm::memory::configuration_section("microvm");
     assert_eq!(&state[8..8 + section.len()], &section[..]);
 }
+
+/// A VMM started ahead, waiting for a state (a warm pool's): the restore only loads into it.
+#[tokio::test]
+async fn a_waiting_vmm_takes_a_state_and_leaves_nothing_when_stopped() {
+    let snap = template().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let envd = free_addr();
+    let config = snapshot::prepare_capsule(
+        snap,
+        dir.path(),
+        Net::UserForward { host: envd },
+        wrenn_vmm::qemu::default_qemu(),
+    )
+    .unwrap();
+    // Started, then stopped unused: nothing left.
+    let mut idle = backend().create(config.clone()).unwrap();
+    idle.start_waiting().await.unwrap();
+    assert_eq!(idle.status(), VmStatus::Waiting);
+    assert_eq!(backend().processes_under(dir.path()).len(), 1);
+    assert!(matches!(
+        idle.start_waiting().await,
+        Err(VmmError::State { .. })
+    ));
+    idle.stop().await.unwrap();
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+    // A bad state into a waiting VMM fails and takes the VMM with it.
+    let mut vm = backend().create(config.clone()).unwrap();
+    vm.start_waiting().await.unwrap();
+    let bad = dir.path().join("bad-state");
+    std::fs::write(&bad, b"not a migration stream").unwrap();
+    assert!(vm.restore(&bad).await.is_err());
+    assert!(vm.pid().is_none());
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+    // The template's state into a waiting VMM: a running capsule; paused and saved, it
+    // resumes into another waiting VMM with its files and memory.
+    let mut vm = backend().create(config).unwrap();
+    vm.start_waiting().await.unwrap();
+    let pid = vm.pid();
+    vm.restore(&snap.state()).await.unwrap();
+    assert_eq!(vm.pid(), pid, "loaded into the waiting process");
+    vm.resume().await.unwrap();
+    vm.wait_ready(envd, READY).await.unwrap();
+    let (_, code) = exec(
+        envd,
+        "echo warm > /dev/shm/w; echo disk > /home/user/w; sync",
+    )
+    .await;
+    assert_eq!(code, 0);
+    vm.pause().await.unwrap();
+    let state = dir.path().join("state");
+    vm.save(&state).await.unwrap();
+    vm.start_waiting().await.unwrap();
+    vm.restore(&state).await.unwrap();
+    vm.resume().await.unwrap();
+    vm.wait_ready(envd, READY).await.unwrap();
+    let (out, _) = exec(envd, "cat /dev/shm/w /home/user/w").await;
+    assert_eq!(out, "warm\ndisk\n");
+    vm.stop().await.unwrap();
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+}

@@ -94,8 +94,30 @@ impl Vmm for QemuVm {
         Ok(())
     }
 
-    async fn restore(&mut self, state: &Path) -> Result<()> {
+    async fn start_waiting(&mut self) -> Result<()> {
         if !matches!(self.status, VmStatus::NotStarted | VmStatus::Saved) {
+            return Err(VmmError::State {
+                action: "start (waiting for a state)",
+                state: self.status.to_string(),
+            });
+        }
+        let layout = MemoryLayout::of(&self.config.dir);
+        if !layout.mapped_file().is_file() {
+            return Err(VmmError::Config(format!(
+                "a restore needs the memory file {}",
+                layout.mapped_file().display()
+            )));
+        }
+        self.spawn(true).await?;
+        self.status = VmStatus::Waiting;
+        Ok(())
+    }
+
+    async fn restore(&mut self, state: &Path) -> Result<()> {
+        if !matches!(
+            self.status,
+            VmStatus::NotStarted | VmStatus::Saved | VmStatus::Waiting
+        ) {
             return Err(VmmError::State {
                 action: "restore",
                 state: self.status.to_string(),
@@ -110,7 +132,9 @@ impl Vmm for QemuVm {
         }
         let file = std::fs::File::open(state)
             .map_err(|e| VmmError::io(format!("opening {}", state.display()), e))?;
-        self.spawn(true).await?;
+        if self.status != VmStatus::Waiting {
+            self.spawn(true).await?;
+        }
         let loaded: Result<VmStatus> = async {
             if let MemoryLayout::Template { base, delta } = &layout {
                 // The VM's own pages go into RAM before the devices load (virtio checks its
