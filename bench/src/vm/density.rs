@@ -98,3 +98,26 @@ pub(super) async fn density(
         left_after_stop,
     })
 }
+
+fn mean_mib(v: &[u64]) -> f64 {
+    v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0
+}
+
+/// Where an idle capsule's PSS goes (template layout `d`), beside the own-file layout's `own`.
+pub(super) fn split_note(d: &Density, own: &Density) -> String {
+    let (mean, ram, tcg) = (
+        mean_mib(&d.pss_kib),
+        mean_mib(&d.ram_pss_kib),
+        mean_mib(&d.tcg_pss_kib),
+    );
+    format!(
+        "PSS split (template layout, mean of {}): guest RAM mapping {ram:.1} MiB (the template's \
+         shared pages divided among the capsules + each one's own copy-on-write pages); TCG \
+         translated-code buffer {tcg:.1} MiB; the rest of QEMU (heap, libraries, device state) \
+         {:.1} MiB; own-file layout: guest RAM {:.1} MiB of its {:.1} MiB",
+        d.pss_kib.len(),
+        mean - ram - tcg,
+        mean_mib(&own.ram_pss_kib),
+        mean_mib(&own.pss_kib)
+    )
+}

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde_json::{json, Value};
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 
@@ -81,4 +82,34 @@ pub(super) fn merge_for(limit: Duration) -> Result<KsmRun> {
     };
     write("run", &was.to_string())?;
     Ok(out)
+}
+
+/// The bench's note about a KSM run over `n` capsules whose PSS mean was `mean` MiB before,
+/// and its JSON; a note saying it was not measured when there was none.
+pub(super) fn report(
+    ksm: Option<&(Vec<u64>, KsmRun)>,
+    n: usize,
+    mean: f64,
+) -> (String, Option<Value>) {
+    let Some((after, run)) = ksm else {
+        return (
+            "KSM: not measured (`--ksm` not given or no KSM here)".into(),
+            None,
+        );
+    };
+    let kmean = after.iter().sum::<u64>() as f64 / n as f64 / 1024.0;
+    let note = format!(
+        "KSM (alternative, off by default): run over the {n} idle capsules for {:.1} s ({} full \
+         scans): PSS mean {mean:.1} -> {kmean:.1} MiB, pages_sharing {}, ksmd CPU {:.2} s \
+         ({:.0}% of one core); KSM merges only anonymous pages, so it cannot act on the \
+         own-file layout's shared mapping",
+        run.secs,
+        run.full_scans,
+        run.pages_sharing,
+        run.ksmd_cpu_s,
+        100.0 * run.ksmd_cpu_s / run.secs.max(0.001)
+    );
+    let v = json!({"pss_after_kib": after, "secs": run.secs, "full_scans": run.full_scans,
+                   "pages_sharing": run.pages_sharing, "ksmd_cpu_s": run.ksmd_cpu_s});
+    (note, Some(v))
 }

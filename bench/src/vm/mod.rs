@@ -44,7 +44,7 @@ mod raw;
 mod template;
 use self::capsule::Layout;
 use self::create::creates;
-use self::density::density;
+use self::density::{density, split_note};
 use self::host::{
     copy_files, images_log_real_lines, qemu_children, qemu_version, template_boot,
     wait_no_qemu_under,
@@ -523,38 +523,11 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
     r.note = format!("baseline = {} x the own-file layout's mean", args.capsules);
     rows.push(r);
     let ram = d.ram_pss_kib.iter().sum::<u64>() as f64 / n / 1024.0;
-    let tcg = d.tcg_pss_kib.iter().sum::<u64>() as f64 / n / 1024.0;
-    let own_ram = od.ram_pss_kib.iter().sum::<u64>() as f64 / own_n as f64 / 1024.0;
-    notes.push(format!(
-        "PSS split (template layout, mean of {}): guest RAM mapping {ram:.1} MiB (the template's \
-         shared pages divided among the capsules + each one's own copy-on-write pages); TCG \
-         translated-code buffer {tcg:.1} MiB; the rest of QEMU (heap, libraries, device state) \
-         {:.1} MiB; own-file layout: guest RAM {own_ram:.1} MiB of its {own_mean:.1} MiB",
-        args.capsules,
-        mean - ram - tcg
-    ));
-    match &d.ksm {
-        Some((after, run)) => {
-            let kmean = after.iter().sum::<u64>() as f64 / n / 1024.0;
-            notes.push(format!(
-                "KSM (alternative, off by default): run over the {} idle capsules for {:.1} s ({} full \
-                 scans): PSS mean {mean:.1} -> {kmean:.1} MiB, pages_sharing {}, ksmd CPU {:.2} s \
-                 ({:.0}% of one core); KSM merges only anonymous pages, so it cannot act on the \
-                 own-file layout's shared mapping",
-                args.capsules,
-                run.secs,
-                run.full_scans,
-                run.pages_sharing,
-                run.ksmd_cpu_s,
-                100.0 * run.ksmd_cpu_s / run.secs.max(0.001)
-            ));
-            extra.insert(
-                "ksm".into(),
-                json!({"pss_after_kib": after, "secs": run.secs, "full_scans": run.full_scans,
-                       "pages_sharing": run.pages_sharing, "ksmd_cpu_s": run.ksmd_cpu_s}),
-            );
-        }
-        None => notes.push("KSM: not measured (`--ksm` not given or no KSM here)".into()),
+    notes.push(split_note(&d, &od));
+    let (note, json_ksm) = ksm::report(d.ksm.as_ref(), args.capsules, mean);
+    notes.push(note);
+    if let Some(v) = json_ksm {
+        extra.insert("ksm".into(), v);
     }
     let mem_total_mib = d.mem_total_kib as f64 / 1024.0;
     let mem_avail_mib = d.mem_available_kib as f64 / 1024.0;
