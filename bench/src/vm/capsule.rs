@@ -66,20 +66,25 @@ impl Capsule {
     /// What a warm pool hands out: the capsule's files made and its QEMU started, waiting
     /// for the state (untimed, as a pool does it ahead of time); then only the timed part:
     /// load the state, resume, envd answers. Returns the capsule and that time.
-    pub(super) async fn create_warm(snap: &Snapshot, dir: PathBuf) -> Result<(Capsule, Duration)> {
+    /// Also returns the PSS (KiB) of the waiting QEMU: what one warm machine costs.
+    pub(super) async fn create_warm(
+        snap: &Snapshot,
+        dir: PathBuf,
+    ) -> Result<(Capsule, Duration, u64)> {
         let envd = free_addr()?;
         let config =
             snapshot::prepare_capsule(snap, &dir, Net::UserForward { host: envd }, default_qemu())
                 .context("preparing the capsule")?;
         let mut vm = QemuVm::new(config)?;
         vm.start_waiting().await.context("starting QEMU waiting")?;
+        let (_, waiting_pss) = rss_pss_kib(vm.pid().context("no waiting QEMU")?)?;
         let t = Instant::now();
         vm.restore(&snap.state()).await.context("restoring")?;
         vm.resume().await.context("resuming")?;
         vm.wait_ready(envd, READY)
             .await
             .context("waiting for envd")?;
-        Ok((Capsule { vm, envd, dir }, t.elapsed()))
+        Ok((Capsule { vm, envd, dir }, t.elapsed(), waiting_pss))
     }
 
     /// Stops the VM and deletes its directory.

@@ -337,6 +337,7 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         });
         rows.push(r);
     }
+    notes.push(create.warm_note());
     let (wf, bf) = (
         percentile(&create.wrenn_files, 50.0),
         percentile(&create.raw_files, 50.0),

@@ -86,6 +86,12 @@ pub struct HostArgs {
     /// the host's /etc/resolv.conf).
     #[arg(long, env = "WRENN_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns, value_name = "ADDR")]
     pub dns_upstream: Vec<SocketAddr>,
+    /// Warm machines kept per template shape once a create used it: a capsule's folder, network
+    /// slot and QEMU made ahead, waiting for the state, so a create only loads it. Each holds
+    /// a slot and an idle QEMU (about 20 MiB); refilled one at a time while no create runs.
+    /// 0 (the default) turns the pool off.
+    #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
+    pub warm_pool: usize,
 }
 
 impl HostArgs {
