@@ -88,7 +88,8 @@ pub struct HostArgs {
     pub dns_upstream: Vec<SocketAddr>,
     /// Warm machines kept per template shape once a create used it: a capsule's folder, network
     /// slot and QEMU made ahead, waiting for the state, so a create only loads it. Each holds
-    /// a slot and an idle QEMU (about 20 MiB); refilled one at a time while no create runs.
+    /// a slot and an idle QEMU (`wrenn-bench vm` prints its PSS); refilled one at a time while no
+    /// create runs.
     /// 0 (the default) turns the pool off.
     #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
     pub warm_pool: usize,
