@@ -123,7 +123,7 @@ bench: deps
 	$(CARGO) build --release --locked -p envd -p wrenn-bench -p wrenn
 	$(CARGO_TARGET_DIR)/release/wrenn-bench envd --envd $(CARGO_TARGET_DIR)/release/envd
 	$(MAKE) images
-	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES)
+	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES) --ksm
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler

@@ -14,7 +14,7 @@ use wrenn_vmm::{
     Net, QemuVm, Vmm,
 };
 
-use super::host::{free_addr, mapping_pss_kib, rss_pss_kib};
+use super::host::{anon_exec_pss_kib, free_addr, mapping_pss_kib, rss_pss_kib};
 use super::READY;
 
 /// A capsule made through `wrenn-vmm`, running, with envd ready. Dropping it kills its QEMU
@@ -33,11 +33,25 @@ pub(super) struct Phases {
 
 impl Capsule {
     pub(super) async fn create(snap: &Snapshot, dir: PathBuf) -> Result<(Capsule, Phases)> {
+        Capsule::create_in(snap, dir, Layout::Template).await
+    }
+
+    /// A capsule with guest RAM laid out as `layout`.
+    pub(super) async fn create_in(
+        snap: &Snapshot,
+        dir: PathBuf,
+        layout: Layout,
+    ) -> Result<(Capsule, Phases)> {
         let envd = free_addr()?;
         let t = Instant::now();
         let config =
             snapshot::prepare_capsule(snap, &dir, Net::UserForward { host: envd }, default_qemu())
                 .context("preparing the capsule")?;
+        if layout == Layout::Own {
+            // The layout before template memory was shared: a whole copy of the template's
+            // memory file, allocated, mapped shared.
+            wrenn_vmm::memory::make_own(&dir).context("copying the memory file")?;
+        }
         let files = t.elapsed();
         let mut vm = QemuVm::new(config)?;
         vm.restore(&snap.state()).await.context("restoring")?;
@@ -47,6 +61,30 @@ impl Capsule {
             .context("waiting for envd")?;
         let total = t.elapsed();
         Ok((Capsule { vm, envd, dir }, Phases { files, total }))
+    }
+
+    /// What a warm pool hands out: the capsule's files made and its QEMU started, waiting
+    /// for the state (untimed, as a pool does it ahead of time); then only the timed part:
+    /// load the state, resume, envd answers. Returns the capsule and that time.
+    /// Also returns the PSS (KiB) of the waiting QEMU: what one warm machine costs.
+    pub(super) async fn create_warm(
+        snap: &Snapshot,
+        dir: PathBuf,
+    ) -> Result<(Capsule, Duration, u64)> {
+        let envd = free_addr()?;
+        let config =
+            snapshot::prepare_capsule(snap, &dir, Net::UserForward { host: envd }, default_qemu())
+                .context("preparing the capsule")?;
+        let mut vm = QemuVm::new(config)?;
+        vm.start_waiting().await.context("starting QEMU waiting")?;
+        let (_, waiting_pss) = rss_pss_kib(vm.pid().context("no waiting QEMU")?)?;
+        let t = Instant::now();
+        vm.restore(&snap.state()).await.context("restoring")?;
+        vm.resume().await.context("resuming")?;
+        vm.wait_ready(envd, READY)
+            .await
+            .context("waiting for envd")?;
+        Ok((Capsule { vm, envd, dir }, t.elapsed(), waiting_pss))
     }
 
     /// Stops the VM and deletes its directory.
@@ -60,9 +98,26 @@ impl Capsule {
         rss_pss_kib(pid)
     }
 
-    /// The PSS of the guest RAM mapping (the capsule's memory file), in KiB.
+    /// The PSS of the guest RAM mapping (the capsule's memory file, or the template's mapped
+    /// privately), in KiB.
     pub(super) fn guest_ram_pss_kib(&self) -> Result<u64> {
         let pid = self.vm.pid().context("the capsule has no QEMU")?;
-        mapping_pss_kib(pid, &self.vm.config().memory_path())
+        let layout = wrenn_vmm::memory::MemoryLayout::of(&self.dir);
+        mapping_pss_kib(pid, layout.mapped_file())
     }
+
+    /// The PSS of QEMU's TCG translated-code buffer (its anonymous executable mappings), KiB.
+    pub(super) fn tcg_pss_kib(&self) -> Result<u64> {
+        let pid = self.vm.pid().context("the capsule has no QEMU")?;
+        anon_exec_pss_kib(pid)
+    }
+}
+
+/// How a bench capsule's guest RAM is laid out (`wrenn_vmm::memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// The template's memory file mapped privately (what capsules use).
+    Template,
+    /// A whole copy per capsule, mapped shared (the layout before; the baseline).
+    Own,
 }

@@ -16,9 +16,24 @@ pub(super) struct Creates {
     pub(super) wrenn_files: Vec<f64>,
     pub(super) raw_total: Vec<f64>,
     pub(super) raw_files: Vec<f64>,
+    /// Creates from a QEMU started ahead (what the warm pool hands out): load, resume, ready.
+    pub(super) warm_total: Vec<f64>,
+    /// PSS of each QEMU while it waited (KiB): an idle warm machine's memory.
+    pub(super) warm_idle_pss_kib: Vec<u64>,
 }
 
 impl Creates {
+    /// What an idle warm machine costs, for the notes.
+    pub(super) fn warm_note(&self) -> String {
+        let idle = &self.warm_idle_pss_kib;
+        format!(
+            "warm machine: a QEMU waiting for its state costs {:.1} MiB PSS (mean of {}; in the \
+             agent it also holds a network slot); the warm rows time only load + cont + envd /health",
+            idle.iter().sum::<u64>() as f64 / idle.len().max(1) as f64 / 1024.0,
+            idle.len()
+        )
+    }
+
     pub(super) fn wrenn_rest(&self) -> Vec<f64> {
         self.wrenn_total
             .iter()
@@ -50,6 +65,15 @@ pub(super) async fn creates(
         } else {
             [false, true]
         };
+        let dir = fresh_dir(work, &format!("create-warm-{i:02}"))?;
+        let (capsule, t, idle_pss) = Capsule::create_warm(snap, dir)
+            .await
+            .with_context(|| format!("warm create #{i}"))?;
+        capsule.destroy().await?;
+        if !warm_up {
+            out.warm_total.push(ms(t));
+            out.warm_idle_pss_kib.push(idle_pss);
+        }
         for wrenn in order {
             if wrenn {
                 let dir = fresh_dir(work, &format!("create-wrenn-{i:02}"))?;

@@ -208,3 +208,30 @@ pub(super) fn mapping_pss_kib(pid: u32, file: &Path) -> Result<u64> {
     }
     Ok(kib)
 }
+
+/// The summed `Pss` of a process's anonymous executable mappings (QEMU's TCG translated-code
+/// buffer), from /proc/PID/smaps, in KiB.
+pub(super) fn anon_exec_pss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut inside = false;
+    let mut kib = 0;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let mut f = line.split_whitespace();
+            let perms = f.nth(1).unwrap_or("");
+            inside = perms.contains('x') && f.nth(3).is_none();
+        } else if inside {
+            if let Some(v) = line.strip_prefix("Pss:") {
+                kib += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Ok(kib)
+}

@@ -38,16 +38,18 @@ mod capsule;
 mod create;
 mod density;
 mod host;
+mod ksm;
 mod pause;
 mod raw;
 mod template;
+use self::capsule::Layout;
 use self::create::creates;
-use self::density::density;
+use self::density::{density, split_note};
 use self::host::{
     copy_files, images_log_real_lines, qemu_children, qemu_version, template_boot,
     wait_no_qemu_under,
 };
-use self::pause::pause_resume;
+use self::pause::{pause_resume, pause_resume_in};
 use self::template::template_builds;
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +75,10 @@ pub struct Args {
     /// Capsules alive at once for the PSS figure.
     #[arg(long, default_value_t = 20)]
     capsules: usize,
+    /// Also run KSM over the idle capsules for a while (the alternative way to share memory)
+    /// and report its effect and CPU cost; the host's KSM `run` setting is put back.
+    #[arg(long)]
+    ksm: bool,
     /// Seconds the capsules idle before their PSS is read.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
@@ -94,7 +100,11 @@ const HEALTH_POLL: Duration = Duration::from_millis(20);
 const HEALTH_ATTEMPT: Duration = Duration::from_millis(1000);
 const CREATE_TARGET_RATIO: f64 = 1.2;
 const PAUSE_TARGET_MS: f64 = 50.0;
-const PSS_TARGET_MIB: f64 = 64.0;
+const WARM_CREATE_P50: f64 = 0.5;
+const WARM_CREATE_P99: f64 = 0.7;
+const PSS_TARGET_MIB: f64 = 30.0;
+/// Capsules of the own-file layout (the baseline of the PSS rows) idling together.
+const OWN_LAYOUT_CAPSULES: usize = 8;
 
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
@@ -299,19 +309,48 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         });
         rows.push(r);
     }
+    for (id, label, p, target) in [
+        (
+            "create_warm_p50",
+            "create p50, warm QEMU",
+            50.0,
+            WARM_CREATE_P50,
+        ),
+        (
+            "create_warm_p99",
+            "create p99, warm QEMU",
+            99.0,
+            WARM_CREATE_P99,
+        ),
+    ] {
+        let (w, b) = (
+            percentile(&create.warm_total, p),
+            percentile(&create.raw_total, p),
+        );
+        let mut r = row(id, label, "ms", w, b);
+        r.samples = args.runs;
+        r.note = "QEMU started ahead, files made ahead (as the pool does); timed: load, cont, envd"
+            .into();
+        r.target = Some(Goal {
+            text: format!("<= {target}x raw restore"),
+            met: r.ratio() <= target,
+        });
+        rows.push(r);
+    }
+    notes.push(create.warm_note());
     let (wf, bf) = (
         percentile(&create.wrenn_files, 50.0),
         percentile(&create.raw_files, 50.0),
     );
     notes.push(format!(
-        "create, files step (memory copy + qcow2 overlay) p50: wrenn {wf:.1} ms, raw {bf:.1} ms; \
+        "create, files step (memory link + qcow2 overlay; raw: memory copy + overlay) p50: wrenn {wf:.1} ms, raw {bf:.1} ms; \
          rest (QEMU start, state load, cont, envd /health) p50: wrenn {:.1} ms, raw {:.1} ms",
         percentile(&create.wrenn_rest(), 50.0),
         percentile(&create.raw_rest(), 50.0)
     ));
     extra.insert(
         "create_samples_ms".into(),
-        json!({"wrenn": create.wrenn_total, "raw": create.raw_total,
+        json!({"wrenn": create.wrenn_total, "raw": create.raw_total, "warm": create.warm_total,
                "wrenn_files": create.wrenn_files, "raw_files": create.raw_files}),
     );
 
@@ -340,15 +379,53 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
     r.samples = args.cycles;
     r.note = format!("p99 {:.1} ms", percentile(&pr.resume, 99.0));
     rows.push(r);
+    let mut r = row(
+        "resume_warm_p50",
+        "resume p50, warm QEMU",
+        "ms",
+        percentile(&pr.resume_warm, 50.0),
+        resume_p50,
+    );
+    r.samples = pr.resume_warm.len();
+    r.note = "baseline = the cold resumes of the same capsule (cycles alternate)".into();
+    r.target = Some(Goal {
+        text: "<= 0.5x cold resume".into(),
+        met: r.ratio() <= 0.5,
+    });
+    rows.push(r);
+    let own = pause_resume_in(&snap, work, args.cycles, Layout::Own).await?;
+    for (id, label, w, b) in [
+        (
+            "pause_vs_own",
+            "pause p50 vs own-file layout",
+            &pr.pause,
+            &own.pause,
+        ),
+        (
+            "resume_vs_own",
+            "resume p50 vs own-file layout",
+            &pr.resume,
+            &own.resume,
+        ),
+    ] {
+        let mut r = row(id, label, "ms", percentile(w, 50.0), percentile(b, 50.0));
+        r.samples = args.cycles;
+        r.note = "baseline = the same cycles with a whole memory copy per capsule".into();
+        rows.push(r);
+    }
     notes.push(format!(
-        "pause/resume: {} MiB guest, saved state file {:.1} KiB (RAM stays in the memory file); \
-         baseline for both rows = raw restore p50 of [1]",
+        "pause/resume: {} MiB guest, saved device state {:.1} KiB + the capsule's own pages {:.1} MiB \
+         (memory.delta; the template's pages are not saved); own-file layout: state {:.1} KiB, RAM in \
+         its memory file; baseline of pause/resume p50 = raw restore p50 of [1]",
         spec.memory_mib,
-        pr.state_bytes as f64 / 1024.0
+        pr.state_bytes as f64 / 1024.0,
+        pr.delta_bytes as f64 / f64::from(1 << 20),
+        own.state_bytes as f64 / 1024.0,
     ));
     extra.insert(
         "pause_resume_samples_ms".into(),
-        json!({"pause": pr.pause, "stop": pr.stop, "save": pr.save, "resume": pr.resume}),
+        json!({"pause": pr.pause, "stop": pr.stop, "save": pr.save, "resume": pr.resume,
+               "resume_warm": pr.resume_warm}),
     );
 
     // ---- 3 ----
@@ -399,16 +476,36 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         work,
         args.capsules,
         Duration::from_secs(args.idle_secs),
+        Layout::Template,
+        args.ksm,
     )
     .await?;
+    let own_n = args.capsules.min(OWN_LAYOUT_CAPSULES);
+    let od = density(
+        &snap,
+        work,
+        own_n,
+        Duration::from_secs(args.idle_secs),
+        Layout::Own,
+        false,
+    )
+    .await?;
+    let own_mean = od.pss_kib.iter().sum::<u64>() as f64 / own_n as f64 / 1024.0;
     let n = args.capsules as f64;
     let mean = d.pss_kib.iter().sum::<u64>() as f64 / n / 1024.0;
     let total = d.pss_kib.iter().sum::<u64>() as f64 / 1024.0;
     let alone = d.alone_pss_kib as f64 / 1024.0;
-    let mut r = row("pss_idle_capsule", "PSS idle capsule", "MiB", mean, alone);
+    let mut r = row(
+        "pss_idle_capsule",
+        "PSS idle capsule",
+        "MiB",
+        mean,
+        own_mean,
+    );
     r.samples = args.capsules;
     r.note = format!(
-        "mean of {} idle together; baseline = one idle alone (pays QEMU's shared pages by itself)",
+        "mean of {} idle together; baseline = mean of {own_n} idle together with a whole memory \
+         copy each (the layout before); one alone: {alone:.1} MiB",
         args.capsules
     );
     r.target = Some(Goal {
@@ -421,12 +518,18 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         &format!("PSS total ({})", args.capsules),
         "MiB",
         total,
-        alone * n,
+        own_mean * n,
     );
     r.samples = args.capsules;
-    r.note = format!("baseline = {} x the lone capsule", args.capsules);
+    r.note = format!("baseline = {} x the own-file layout's mean", args.capsules);
     rows.push(r);
     let ram = d.ram_pss_kib.iter().sum::<u64>() as f64 / n / 1024.0;
+    notes.push(split_note(&d, &od));
+    let (note, json_ksm) = ksm::report(d.ksm.as_ref(), args.capsules, mean);
+    notes.push(note);
+    if let Some(v) = json_ksm {
+        extra.insert("ksm".into(), v);
+    }
     let mem_total_mib = d.mem_total_kib as f64 / 1024.0;
     let mem_avail_mib = d.mem_available_kib as f64 / 1024.0;
     notes.push(format!(
@@ -458,6 +561,8 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         json!({
             "per_capsule_kib": d.pss_kib,
             "guest_ram_kib": d.ram_pss_kib,
+            "tcg_kib": d.tcg_pss_kib,
+            "own_layout_kib": od.pss_kib,
             "alone_kib": d.alone_pss_kib,
             "rss_kib": d.rss_kib,
             "mem_total_kib": d.mem_total_kib,

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use wrenn_vmm::{snapshot::Snapshot, Vmm};
 
-use super::capsule::Capsule;
+use super::capsule::{Capsule, Layout};
 use super::host::fresh_dir;
 use super::{ms, READY};
 
@@ -18,7 +18,11 @@ pub(super) struct PauseResume {
     pub(super) stop: Vec<f64>,
     pub(super) save: Vec<f64>,
     pub(super) resume: Vec<f64>,
+    /// Resumes into a QEMU started ahead (after the save, untimed, as a pool would).
+    pub(super) resume_warm: Vec<f64>,
     pub(super) state_bytes: u64,
+    /// Size of the capsule's own saved pages (`memory.delta`) after the last pause.
+    pub(super) delta_bytes: u64,
 }
 
 pub(super) async fn pause_resume(
@@ -26,7 +30,21 @@ pub(super) async fn pause_resume(
     work: &Path,
     cycles: usize,
 ) -> Result<PauseResume> {
-    let (mut c, _) = Capsule::create(snap, fresh_dir(work, "pause-resume")?)
+    pause_resume_in(snap, work, cycles, Layout::Template).await
+}
+
+/// As [`pause_resume`], for a capsule of memory layout `layout`.
+pub(super) async fn pause_resume_in(
+    snap: &Snapshot,
+    work: &Path,
+    cycles: usize,
+    layout: Layout,
+) -> Result<PauseResume> {
+    let name = match layout {
+        Layout::Template => "pause-resume",
+        Layout::Own => "pause-resume-own",
+    };
+    let (mut c, _) = Capsule::create_in(snap, fresh_dir(work, name)?, layout)
         .await
         .context("creating the pause/resume capsule")?;
     let state = c.dir.join("state");
@@ -35,7 +53,9 @@ pub(super) async fn pause_resume(
         stop: Vec::new(),
         save: Vec::new(),
         resume: Vec::new(),
+        resume_warm: Vec::new(),
         state_bytes: 0,
+        delta_bytes: 0,
     };
     for i in 0..=cycles {
         // Let the guest run a moment between cycles.
@@ -48,6 +68,13 @@ pub(super) async fn pause_resume(
             .with_context(|| format!("save #{i}"))?;
         let paused = t.elapsed();
         ensure!(c.vm.pid().is_none(), "QEMU still runs after save #{i}");
+        // Odd cycles resume into a QEMU started ahead (the warm path), even ones cold.
+        let warm = i % 2 == 1;
+        if warm {
+            c.vm.start_waiting()
+                .await
+                .with_context(|| format!("warm QEMU #{i}"))?;
+        }
         let t = Instant::now();
         c.vm.restore(&state)
             .await
@@ -63,10 +90,17 @@ pub(super) async fn pause_resume(
             out.pause.push(ms(paused));
             out.stop.push(ms(stopped));
             out.save.push(ms(paused - stopped));
-            out.resume.push(ms(resumed));
+            if warm {
+                out.resume_warm.push(ms(resumed));
+            } else {
+                out.resume.push(ms(resumed));
+            }
         }
     }
     out.state_bytes = fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    out.delta_bytes = fs::metadata(c.dir.join(wrenn_vmm::memory::DELTA_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
     c.destroy().await?;
     Ok(out)
 }

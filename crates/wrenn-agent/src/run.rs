@@ -19,6 +19,7 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Manager>> {
     let manager = Arc::new(Manager::start(config).await?);
     manager.spawn_reaper();
     manager.spawn_sampler();
+    manager.spawn_pool_filler();
     Ok(manager)
 }
 

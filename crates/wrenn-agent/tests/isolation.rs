@@ -149,12 +149,17 @@ async fn private_files_template_kinds_and_shapes() {
         .await
         .unwrap();
     let files = assert_private(&cdir);
-    for f in ["memory", "disk.qcow2", "console.log", "capsule.json"] {
+    for f in ["disk.qcow2", "console.log", "capsule.json"] {
         assert!(files.iter().any(|x| x == f), "{f} in {files:?}");
     }
+    // Guest RAM: the template's memory file, linked (shared pages, mapped privately): the
+    // link is as private as the template's file.
+    assert_eq!(mode(&cdir.join("memory.base")), 0o600);
     mgr.pause(&c.id).await.unwrap();
     let files = assert_private(&cdir);
-    assert!(files.iter().any(|x| x == "state"), "{files:?}");
+    for f in ["state", "memory.delta"] {
+        assert!(files.iter().any(|x| x == f), "{f} in {files:?}");
+    }
 
     // A snapshot template of it (the control plane names it by an unguessable id).
     let name = "tpl-isolation0test0000000000";
@@ -248,7 +253,9 @@ async fn private_files_template_kinds_and_shapes() {
     let a = shape_dir(images.path(), "-2c-256m").expect("the 2-vCPU shape");
     assert_eq!(mode(&images.path().join("minimal/shapes")), 0o700);
     let files = assert_private(&a);
-    assert!(files.iter().any(|x| x == "memory"), "{files:?}");
+    assert!(files.iter().any(|x| x == "state"), "{files:?}");
+    // Its memory is linked into the capsule made from it (shared pages): as private.
+    assert_eq!(mode(&a.join("snapshot/memory")), 0o600);
     mgr.destroy(&two.id).await.unwrap();
     // Unused and long unused: evicted when another shape goes over the budget.
     set_used(&a, Duration::from_secs(3600));

@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod memory;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
@@ -31,6 +32,9 @@ pub use qemu::QemuVm;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmStatus {
     NotStarted,
+    /// The VMM process runs with guest RAM mapped and its devices made, waiting for a state
+    /// to load ([`Vmm::start_waiting`]; a warm VMM).
+    Waiting,
     Running,
     Paused,
     /// Its state is saved to a file and no VMM process runs.
@@ -43,6 +47,7 @@ impl std::fmt::Display for VmStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VmStatus::NotStarted => f.write_str("not started"),
+            VmStatus::Waiting => f.write_str("waiting for a state"),
             VmStatus::Running => f.write_str("running"),
             VmStatus::Paused => f.write_str("paused"),
             VmStatus::Saved => f.write_str("saved"),
@@ -67,8 +72,12 @@ pub trait Vmm: Send {
     fn pause(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// Saves device state of a paused VM to `state`; the VMM process then exits.
     fn save(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
-    /// Starts the VMM from `state` and the memory file; the VM is paused afterwards unless it
-    /// was saved running.
+    /// Starts the VMM process without a state: guest RAM mapped, devices made, network
+    /// joined, nothing run. A later [`Vmm::restore`] only loads the state into it (the costly
+    /// process start is already done: a warm VMM, for a pool).
+    fn start_waiting(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Loads `state` (and the VM's memory) into the VMM, starting it first unless it is
+    /// [`VmStatus::Waiting`]; the VM is paused afterwards.
     fn restore(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
     /// Runs the vCPUs again.
     fn resume(&mut self) -> impl Future<Output = Result<()>> + Send;

@@ -185,7 +185,8 @@ pub fn capsule_config(
     })
 }
 
-/// Prepares `capsule_dir` to restore `snap`: its own memory copy and a qcow2 overlay disk.
+/// Prepares `capsule_dir` to restore `snap`: a link to the template's memory and a qcow2
+/// overlay disk.
 /// Returns the VM configuration to restore with.
 pub fn prepare_capsule(
     snap: &Snapshot,
@@ -195,11 +196,9 @@ pub fn prepare_capsule(
 ) -> Result<VmConfig> {
     let config = capsule_config(snap, capsule_dir, net, qemu)?;
     files::private_dir(capsule_dir)?;
-    files::copy_sparse(&snap.memory(), &config.memory_path())?;
-    // Guest RAM is a shared mapping of this file: a page the guest first touches when the
-    // disk is full would kill QEMU with SIGBUS. Allocated now, a full disk fails the create
-    // (ENOSPC) instead of a running guest.
-    files::allocate(&config.memory_path())?;
+    // Guest RAM is a private mapping of the template's memory file (see `memory`): pages the
+    // guest never writes stay shared with every capsule of the template.
+    crate::memory::link_template(&snap.memory(), capsule_dir)?;
     create_overlay(&snap.disk(), &config.disk, None)?;
     Ok(config)
 }

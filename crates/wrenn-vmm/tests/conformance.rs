@@ -328,3 +328,170 @@ async fn bad_configs_and_states_are_errors() {
     let mut vm = backend().create(config).unwrap();
     assert!(matches!(vm.boot().await, Err(VmmError::Spawn { .. })));
 }
+
+/// SHA-256 of a file, by `sha256sum`.
+fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// kB of `field` in the smaps entry of `pid`'s mapping of `file`.
+fn smaps_kib(pid: u32, file: &std::path::Path, field: &str) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let want = file.display().to_string();
+    let mut inside = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.ends_with(&want);
+        } else if inside && first == format!("{field}:") {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn capsules_share_template_memory_and_never_see_each_other() {
+    let snap = template().await;
+    let before = sha256(&snap.memory());
+    let mut a = Capsule::create().await;
+    let mut b = Capsule::create().await;
+    for (c, word) in [(&a, "alpha"), (&b, "bravo")] {
+        let (_, code) = exec(
+            c.envd,
+            &format!(
+                "head -c 4M /dev/zero | tr '\\0' '{}' > /dev/shm/ram; echo {word} > /dev/shm/word",
+                &word[..1]
+            ),
+        )
+        .await;
+        assert_eq!(code, 0);
+    }
+    for (c, word) in [(&a, "alpha"), (&b, "bravo")] {
+        let (out, _) = exec(
+            c.envd,
+            "cat /dev/shm/word; tr -d 'ab' < /dev/shm/ram | wc -c",
+        )
+        .await;
+        assert_eq!(
+            out,
+            format!("{word}\n0\n"),
+            "each capsule sees only its own writes"
+        );
+    }
+    // The template's pages the guests only read are one copy in the page cache, mapped by both.
+    let base = a.path.join(wrenn_vmm::memory::BASE_FILE);
+    let shared = smaps_kib(a.vm.pid().unwrap(), &base, "Shared_Clean");
+    assert!(shared >= 8 * 1024, "template pages shared: {shared} KiB");
+    // Pause writes the capsule's own pages, resume puts them back; the template is untouched.
+    a.pause().await;
+    assert!(a.path.join(wrenn_vmm::memory::DELTA_FILE).is_file());
+    a.resume().await;
+    let (out, _) = exec(
+        a.envd,
+        "cat /dev/shm/word; tr -d 'a' < /dev/shm/ram | wc -c",
+    )
+    .await;
+    assert_eq!(out, "alpha\n0\n");
+    // Flattened into its own file (as before a move to another host), it still resumes.
+    b.pause().await;
+    wrenn_vmm::memory::make_own(&b.path).unwrap();
+    assert!(!b.path.join(wrenn_vmm::memory::BASE_FILE).exists());
+    b.resume().await;
+    let (out, _) = exec(
+        b.envd,
+        "cat /dev/shm/word; tr -d 'b' < /dev/shm/ram | wc -c",
+    )
+    .await;
+    assert_eq!(out, "bravo\n0\n");
+    b.pause().await;
+    b.resume().await;
+    let (out, _) = exec(b.envd, "cat /dev/shm/word").await;
+    assert_eq!(out, "bravo\n");
+    a.vm.stop().await.unwrap();
+    b.vm.stop().await.unwrap();
+    assert_eq!(
+        sha256(&snap.memory()),
+        before,
+        "the template's memory never changes"
+    );
+}
+
+/// The configuration section a device-state file gets is the one `migrate` writes.
+#[tokio::test]
+async fn device_state_configuration_matches_migrate() {
+    let snap = template().await;
+    let state = std::fs::read(snap.state()).unwrap();
+    let section = wrenn_vmm::memory::configuration_section("microvm");
+    assert_eq!(&state[8..8 + section.len()], &section[..]);
+}
+
+/// A VMM started ahead, waiting for a state (a warm pool's): the restore only loads into it.
+#[tokio::test]
+async fn a_waiting_vmm_takes_a_state_and_leaves_nothing_when_stopped() {
+    let snap = template().await;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let envd = free_addr();
+    let config = snapshot::prepare_capsule(
+        snap,
+        dir.path(),
+        Net::UserForward { host: envd },
+        wrenn_vmm::qemu::default_qemu(),
+    )
+    .unwrap();
+    // Started, then stopped unused: nothing left.
+    let mut idle = backend().create(config.clone()).unwrap();
+    idle.start_waiting().await.unwrap();
+    assert_eq!(idle.status(), VmStatus::Waiting);
+    assert_eq!(backend().processes_under(dir.path()).len(), 1);
+    assert!(matches!(
+        idle.start_waiting().await,
+        Err(VmmError::State { .. })
+    ));
+    idle.stop().await.unwrap();
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+    // A bad state into a waiting VMM fails and takes the VMM with it.
+    let mut vm = backend().create(config.clone()).unwrap();
+    vm.start_waiting().await.unwrap();
+    let bad = dir.path().join("bad-state");
+    std::fs::write(&bad, b"not a migration stream").unwrap();
+    assert!(vm.restore(&bad).await.is_err());
+    assert!(vm.pid().is_none());
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+    // The template's state into a waiting VMM: a running capsule; paused and saved, it
+    // resumes into another waiting VMM with its files and memory.
+    let mut vm = backend().create(config).unwrap();
+    vm.start_waiting().await.unwrap();
+    let pid = vm.pid();
+    vm.restore(&snap.state()).await.unwrap();
+    assert_eq!(vm.pid(), pid, "loaded into the waiting process");
+    vm.resume().await.unwrap();
+    vm.wait_ready(envd, READY).await.unwrap();
+    let (_, code) = exec(
+        envd,
+        "echo warm > /dev/shm/w; echo disk > /home/user/w; sync",
+    )
+    .await;
+    assert_eq!(code, 0);
+    vm.pause().await.unwrap();
+    let state = dir.path().join("state");
+    vm.save(&state).await.unwrap();
+    vm.start_waiting().await.unwrap();
+    vm.restore(&state).await.unwrap();
+    vm.resume().await.unwrap();
+    vm.wait_ready(envd, READY).await.unwrap();
+    let (out, _) = exec(envd, "cat /dev/shm/w /home/user/w").await;
+    assert_eq!(out, "warm\ndisk\n");
+    vm.stop().await.unwrap();
+    assert_eq!(backend().processes_under(dir.path()).len(), 0);
+}

@@ -253,17 +253,19 @@ mod tests {
         let a = agent(None, &[], &[]).unwrap();
         assert_eq!(a.host.slots, 1..=16000);
         assert_eq!(a.host.max_capsules, 64);
+        assert_eq!(a.host.warm_pool, 0, "the warm pool is off by default");
         assert_eq!(a.listen_addr(None).unwrap().to_string(), "127.0.0.1:9090");
     }
 
     #[test]
     fn the_file_overrides_the_defaults() {
         let a = agent(
-            Some("slots = \"3-4\"\nmax_capsules = 8\nlisten = \"unix:/run/w.sock\"\ndns-upstream = [\"10.0.0.1\", \"10.0.0.2:5353\"]\n"),
+            Some("slots = \"3-4\"\nmax_capsules = 8\nlisten = \"unix:/run/w.sock\"\ndns-upstream = [\"10.0.0.1\", \"10.0.0.2:5353\"]\nwarm-pool = 3\n"),
             &[],
             &[],
         )
         .unwrap();
+        assert_eq!(a.host.warm_pool, 3);
         assert_eq!(a.host.slots, 3..=4);
         assert_eq!(a.host.max_capsules, 8);
         assert_eq!(a.listen_addr(None).unwrap().to_string(), "unix:/run/w.sock");

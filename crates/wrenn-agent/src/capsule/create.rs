@@ -37,8 +37,9 @@ pub struct Runtime {
     pub upstreams: Arc<Vec<SocketAddr>>,
 }
 
-/// Creates a capsule from the template snapshot in `template_dir`, inside `dir`, on `slot`.
-/// On any failure everything made so far is removed.
+/// Creates a capsule from the template snapshot in `template_dir`, inside `dir`, on `slot`
+/// (or on `warm`: a slot and VMM made ahead for `dir`, from the warm pool). On any failure
+/// everything made so far is removed.
 pub async fn create(
     id: String,
     dir: PathBuf,
@@ -46,19 +47,28 @@ pub async fn create(
     slot_index: u32,
     spec: CreateSpec,
     runtime: &Runtime,
+    warm: Option<Prepared>,
 ) -> Result<Handle> {
     let disk_bytes = if spec.disk_mib == 0 {
         resolved.disk_bytes
     } else {
         u64::from(spec.disk_mib) << 20
     };
-    if disk_bytes < resolved.disk_bytes {
-        return Err(AgentError::DiskBelowTemplate {
+    let early = if disk_bytes < resolved.disk_bytes {
+        Err(AgentError::DiskBelowTemplate {
             template_mib: resolved.disk_bytes >> 20,
-        });
+        })
+    } else {
+        // Memory, disk, device state, logs and the envd token: a 0700 folder of 0600 files.
+        wrenn_vmm::files::private_dir(&dir).map_err(AgentError::from)
+    };
+    if let Err(e) = early {
+        if let Some(w) = warm {
+            w.discard().await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
     }
-    // Memory, disk, device state, logs and the envd token: a 0700 folder of 0600 files.
-    wrenn_vmm::files::private_dir(&dir)?;
     let snap = resolved.snapshot.clone();
     let shape = resolved.spec.clone();
     let rec = CapsuleRecord {
@@ -86,6 +96,9 @@ pub async fn create(
         resume_after_restart: false,
     };
     if let Err(e) = record::save(&dir, &rec) {
+        if let Some(w) = warm {
+            w.discard().await;
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
@@ -93,51 +106,23 @@ pub async fn create(
         on: spec.egress,
         policy: spec.egress_policy.clone(),
     };
-    let slot = match Slot::create_with(slot_index, egress, Some(runtime.upstreams.clone())).await {
-        Ok(s) => s,
+    let prepared = match warm {
+        // A warm machine: its slot was made with egress on and no lists; this capsule's own
+        // egress replaces that before its guest runs.
+        Some(w) => match w.slot.set_egress(egress).await {
+            Ok(()) => Ok(w),
+            Err(e) => {
+                w.discard().await;
+                Err(e)
+            }
+        },
+        None => prepare(&dir, &snap, &shape, slot_index, egress, runtime).await,
+    };
+    let Prepared { slot, vm } = match prepared {
+        Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
-        }
-    };
-    let limits = Limits {
-        cpus: shape.vcpus,
-        memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
-    };
-    // The memory copy and `qemu-img` block: off the async workers.
-    let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.clone());
-    let (backend, program) = (runtime.backend, runtime.program.clone());
-    let built = tokio::task::spawn_blocking(move || {
-        let cgroup = Cgroup::create(&netns, limits)?;
-        let mut config = snapshot::prepare_capsule(
-            &snap_c,
-            &dir_c,
-            Net::Tap {
-                netns,
-                tap: netslot::TAP.into(),
-            },
-            program,
-        )?;
-        config.cgroup = cgroup;
-        backend.create(config)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(wrenn_vmm::VmmError::io(
-            "preparing the capsule",
-            std::io::Error::other(e),
-        ))
-    });
-    let vm = match built {
-        Ok(vm) => vm,
-        Err(e) => {
-            if let Some(g) = Cgroup::named(&slot.addrs.netns) {
-                g.remove();
-            }
-            let mut slot = slot;
-            slot.release().await;
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
         }
     };
     let info: Info = Arc::new(RwLock::new(rec));
@@ -225,4 +210,83 @@ pub async fn adopt(
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(run(capsule, rx));
     Ok(Handle::new(info, tx, envd))
+}
+
+/// A capsule's network slot and VM, made before its guest runs: the VM's files in the capsule
+/// folder, its cgroup, and (once [`Prepared::start_waiting`] ran) its VMM waiting for the
+/// state. What the warm pool keeps, and the first half of every create.
+pub struct Prepared {
+    pub slot: Slot,
+    pub vm: wrenn_vmm::Vm,
+}
+
+impl Prepared {
+    /// Starts the VMM ahead, waiting for the state (a warm machine).
+    pub async fn start_waiting(&mut self) -> Result<()> {
+        use wrenn_vmm::Vmm;
+        Ok(self.vm.start_waiting().await?)
+    }
+
+    /// Stops the VMM and releases the cgroup and the slot (the folder is the caller's).
+    pub async fn discard(mut self) {
+        use wrenn_vmm::Vmm;
+        let _ = self.vm.stop().await;
+        if let Some(g) = Cgroup::named(&self.slot.addrs.netns) {
+            g.remove();
+        }
+        self.slot.release().await;
+    }
+}
+
+/// Makes slot `slot_index` (with `egress`), the VMM's cgroup for `shape`, and the VM's files
+/// in `dir` from `snap`: everything a capsule needs before its VMM starts. On failure nothing
+/// is left but `dir`.
+pub async fn prepare(
+    dir: &std::path::Path,
+    snap: &snapshot::Snapshot,
+    shape: &snapshot::SnapshotSpec,
+    slot_index: u32,
+    egress: Egress,
+    runtime: &Runtime,
+) -> Result<Prepared> {
+    let slot = Slot::create_with(slot_index, egress, Some(runtime.upstreams.clone())).await?;
+    let limits = Limits {
+        cpus: shape.vcpus,
+        memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
+    };
+    // The memory link and `qemu-img` block: off the async workers.
+    let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.to_path_buf());
+    let (backend, program) = (runtime.backend, runtime.program.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let cgroup = Cgroup::create(&netns, limits)?;
+        let mut config = snapshot::prepare_capsule(
+            &snap_c,
+            &dir_c,
+            Net::Tap {
+                netns,
+                tap: netslot::TAP.into(),
+            },
+            program,
+        )?;
+        config.cgroup = cgroup;
+        backend.create(config)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(wrenn_vmm::VmmError::io(
+            "preparing the capsule",
+            std::io::Error::other(e),
+        ))
+    });
+    match built {
+        Ok(vm) => Ok(Prepared { slot, vm }),
+        Err(e) => {
+            if let Some(g) = Cgroup::named(&slot.addrs.netns) {
+                g.remove();
+            }
+            let mut slot = slot;
+            slot.release().await;
+            Err(e.into())
+        }
+    }
 }

@@ -236,7 +236,7 @@ impl Capsule {
                 .snapshot_dir
                 .clone()
                 .unwrap_or_else(|| templates.images_dir().join(&rec.template)),
-            memory: config.memory_path(),
+            memory_dir: self.dir.clone(),
             state: self.dir.join("state"),
             disk: config.disk.clone(),
             spec: snapshot::SnapshotSpec {

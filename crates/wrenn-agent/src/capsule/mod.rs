@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use wrenn_types::CapsuleStatus;
 use wrenn_vmm::Vmm;
 
-pub use create::{adopt, create, Runtime};
+pub use create::{adopt, create, prepare, Prepared, Runtime};
 use machine::Capsule;
 
 use crate::{

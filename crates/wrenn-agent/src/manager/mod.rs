@@ -6,6 +6,7 @@
 
 mod capacity;
 mod load;
+mod pool;
 mod recovery;
 mod tasks;
 mod transfer;
@@ -76,6 +77,7 @@ pub struct Manager {
     slots: SlotPool,
     templates: Arc<Templates>,
     runtime: capsule::Runtime,
+    pool: Arc<pool::WarmPool>,
 }
 
 impl Manager {
@@ -161,6 +163,7 @@ impl Manager {
             capsules: Mutex::new(capsules),
             templates,
             runtime,
+            pool: Arc::default(),
         })
     }
 
@@ -229,10 +232,42 @@ impl Manager {
         // Checked again: the shape may have taken a while to make.
         self.check_capacity(resolved.spec.memory_mib)?;
         self.check_disk(disk_bytes, resolved.spec.memory_mib)?;
-        let id = Id::new(IdKind::Capsule).to_string();
-        let slot = self.slots.take()?;
+        let _busy = self.pool.busy();
+        let mut stale = Vec::new();
+        let warm = self
+            .pool
+            .take(&resolved.snapshot, &resolved.spec, &mut stale);
+        for w in stale {
+            self.discard_warm(w).await;
+        }
+        let (id, slot, prepared) = match warm {
+            Some(w) => (w.id, w.slot_index, Some(w.prepared)),
+            None => {
+                let slot = match self.slots.take() {
+                    Ok(s) => s,
+                    // Warm machines hold slots: a create comes first.
+                    Err(e) => match self.pool.pop_any() {
+                        Some(w) => {
+                            self.discard_warm(w).await;
+                            self.slots.take()?
+                        }
+                        None => return Err(e),
+                    },
+                };
+                (Id::new(IdKind::Capsule).to_string(), slot, None)
+            }
+        };
         let dir = self.config.data_dir.join("capsules").join(&id);
-        let made = capsule::create(id.clone(), dir, resolved, slot, spec, &self.runtime).await;
+        let made = capsule::create(
+            id.clone(),
+            dir,
+            resolved,
+            slot,
+            spec,
+            &self.runtime,
+            prepared,
+        )
+        .await;
         match made {
             Ok(handle) => {
                 let rec = handle.record();
@@ -294,6 +329,8 @@ impl Manager {
     /// their records say the shutdown paused them ([`Manager::paused_for_restart`] lists them
     /// at the next start). Returns how many were paused; failures are logged.
     pub async fn pause_all(&self) -> usize {
+        // A shutdown: warm machines (no capsule yet) are stopped, not kept.
+        self.set_pool_size(0).await;
         let running: Vec<String> = self
             .list()
             .into_iter()

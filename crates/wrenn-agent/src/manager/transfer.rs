@@ -153,6 +153,9 @@ impl Manager {
             return Err(AgentError::NotPaused { state: rec.state });
         }
         let dir = self.config.data_dir.join("capsules").join(id);
+        // The other host may not have this capsule's template: its guest RAM leaves as one
+        // file (`memory`), the template's pages with its own on top.
+        wrenn_vmm::memory::make_own(&dir)?;
         let origin = rec
             .snapshot_dir
             .clone()

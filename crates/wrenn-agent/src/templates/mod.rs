@@ -89,7 +89,9 @@ pub struct SnapshotSource {
     pub base: String,
     /// The template folder the capsule was restored from (for its kernel and initrd).
     pub restored_from: PathBuf,
-    pub memory: PathBuf,
+    /// The (saved) capsule's folder: its guest RAM, in whichever layout
+    /// (`wrenn_vmm::memory`), is flattened into the template's memory file.
+    pub memory_dir: PathBuf,
     pub state: PathBuf,
     /// The capsule's qcow2 disk.
     pub disk: PathBuf,

@@ -97,10 +97,10 @@ impl Templates {
         for f in ["vmlinuz", "initrd.img"] {
             link_or_copy(&source.restored_from.join(f), &work.join(f))?;
         }
-        let (memory, state) = (source.memory.clone(), source.state.clone());
+        let (memory_dir, state) = (source.memory_dir.clone(), source.state.clone());
         let (mem_to, state_to) = (snap_dir.join("memory"), snap_dir.join("state"));
         tokio::task::spawn_blocking(move || -> Result<()> {
-            wrenn_vmm::files::copy_sparse(&memory, &mem_to)?;
+            wrenn_vmm::memory::flatten(&memory_dir, &mem_to)?;
             wrenn_vmm::files::punch_zero_pages(&mem_to)?;
             std::fs::copy(&state, &state_to)
                 .map_err(|e| AgentError::io("copying the device state", e))?;

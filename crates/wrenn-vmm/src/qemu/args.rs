@@ -1,17 +1,18 @@
 //! QEMU's command line for one VM: a `-M microvm` machine with its RAM in a shared memory file,
 //! a virtio-mmio disk and NIC, QMP on a Unix socket and QEMU's seccomp sandbox on.
 
-use super::{tsc_khz, QemuVm, TCG_TB_MIB};
+use super::{tsc_khz, QemuVm, MACHINE, TCG_TB_MIB};
 use crate::{
     accel::Accel,
     config::{Net, GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX},
+    memory::MemoryLayout,
 };
 
 impl QemuVm {
     pub(super) fn args(&self, incoming: bool) -> Vec<String> {
         let c = &self.config;
         let mem = format!("{}M", c.memory_mib);
-        let mut machine = String::from("microvm,memory-backend=mem0");
+        let mut machine = format!("{MACHINE},memory-backend=mem0");
         let mut kernel_args = format!(
             "console=ttyS0 quiet panic=-1 init_on_free=1 wrenn.ip={GUEST_IP}/{GUEST_PREFIX},{GUEST_GATEWAY}"
         );
@@ -39,10 +40,19 @@ impl QemuVm {
             "-smp".into(),
             c.vcpus.to_string(),
             "-object".into(),
-            format!(
-                "memory-backend-file,id=mem0,size={mem},mem-path={},share=on",
-                c.memory_path().display()
-            ),
+            {
+                // Own layout: the VM's file, shared (pause writes nothing). Template layout:
+                // the template's file, private (copy-on-write; never written back).
+                let layout = MemoryLayout::of(&c.dir);
+                let share = match layout {
+                    MemoryLayout::Own(_) => "on",
+                    MemoryLayout::Template { .. } => "off",
+                };
+                format!(
+                    "memory-backend-file,id=mem0,size={mem},mem-path={},share={share}",
+                    layout.mapped_file().display()
+                )
+            },
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
@@ -100,7 +110,8 @@ impl QemuVm {
             ]);
         }
         if incoming {
-            a.extend(["-incoming".into(), "defer".into()]);
+            // `-S`: a loaded state stays paused until `cont`, whatever run state it recorded.
+            a.extend(["-S".into(), "-incoming".into(), "defer".into()]);
         }
         a
     }

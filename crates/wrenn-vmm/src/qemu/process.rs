@@ -35,7 +35,11 @@ impl QemuVm {
         // create the memory file and the console log 0644): made here, explicitly.
         let log = files::open_private(&c.qemu_log_path(), false)?;
         drop(files::open_private(&c.console_path(), false)?);
-        if !c.memory_path().exists() {
+        if let crate::memory::MemoryLayout::Template { .. } =
+            crate::memory::MemoryLayout::of(&c.dir)
+        {
+            // The template's file, mapped privately: never created, resized or chmod-ed here.
+        } else if !c.memory_path().exists() {
             // An empty file: QEMU sizes it.
             drop(files::open_private(&c.memory_path(), true)?);
         } else {

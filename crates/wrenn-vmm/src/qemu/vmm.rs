@@ -11,7 +11,9 @@ use super::{process::health, QemuVm};
 use crate::{
     config::VmConfig,
     error::{Result, VmmError},
-    files, VmStatus, Vmm,
+    files,
+    memory::{self, MemoryLayout},
+    VmStatus, Vmm,
 };
 
 impl Vmm for QemuVm {
@@ -71,6 +73,9 @@ impl Vmm for QemuVm {
                 state: self.status.to_string(),
             });
         }
+        if let MemoryLayout::Template { base, delta } = MemoryLayout::of(&self.config.dir) {
+            return self.save_template_layout(state, &base, &delta).await;
+        }
         self.ignore_shared().await?;
         // Device state holds guest secrets too (registers, queues): 0600.
         let file = files::open_private(state, true)?;
@@ -89,23 +94,61 @@ impl Vmm for QemuVm {
         Ok(())
     }
 
-    async fn restore(&mut self, state: &Path) -> Result<()> {
+    async fn start_waiting(&mut self) -> Result<()> {
         if !matches!(self.status, VmStatus::NotStarted | VmStatus::Saved) {
+            return Err(VmmError::State {
+                action: "start (waiting for a state)",
+                state: self.status.to_string(),
+            });
+        }
+        let layout = MemoryLayout::of(&self.config.dir);
+        if !layout.mapped_file().is_file() {
+            return Err(VmmError::Config(format!(
+                "a restore needs the memory file {}",
+                layout.mapped_file().display()
+            )));
+        }
+        self.spawn(true).await?;
+        self.status = VmStatus::Waiting;
+        Ok(())
+    }
+
+    async fn restore(&mut self, state: &Path) -> Result<()> {
+        if !matches!(
+            self.status,
+            VmStatus::NotStarted | VmStatus::Saved | VmStatus::Waiting
+        ) {
             return Err(VmmError::State {
                 action: "restore",
                 state: self.status.to_string(),
             });
         }
-        if !self.config.memory_path().is_file() {
+        let layout = MemoryLayout::of(&self.config.dir);
+        if !layout.mapped_file().is_file() {
             return Err(VmmError::Config(format!(
                 "restore needs the memory file {}",
-                self.config.memory_path().display()
+                layout.mapped_file().display()
             )));
         }
         let file = std::fs::File::open(state)
             .map_err(|e| VmmError::io(format!("opening {}", state.display()), e))?;
-        self.spawn(true).await?;
+        if self.status != VmStatus::Waiting {
+            self.spawn(true).await?;
+        }
         let loaded: Result<VmStatus> = async {
+            if let MemoryLayout::Template { base, delta } = &layout {
+                // The VM's own pages go into RAM before the devices load (virtio checks its
+                // rings against guest memory while loading).
+                if delta.is_file() {
+                    let pid = self.pid().unwrap_or(0);
+                    let (base, delta) = (base.clone(), delta.clone());
+                    tokio::task::spawn_blocking(move || memory::apply_delta(pid, &base, &delta))
+                        .await
+                        .map_err(|e| {
+                            VmmError::io("applying the memory delta", std::io::Error::other(e))
+                        })??;
+                }
+            }
             self.ignore_shared().await?;
             self.pass_fd("wrenn-restore", &file).await?;
             self.qmp(
@@ -191,5 +234,42 @@ impl Vmm for QemuVm {
         )
         .await
         .map(|_| ())
+    }
+}
+
+impl QemuVm {
+    /// Saves a template-layout VM (paused): its device state (QMP `xen-save-devices-state`:
+    /// every device, no RAM) made loadable by `migrate-incoming`, and its own pages to
+    /// `delta`; then QEMU exits.
+    async fn save_template_layout(
+        &mut self,
+        state: &Path,
+        base: &Path,
+        delta: &Path,
+    ) -> Result<()> {
+        // Made 0600 before QEMU opens it (QEMU would create it 0660).
+        drop(files::open_private(state, true)?);
+        self.qmp(
+            "save",
+            "xen-save-devices-state",
+            Some(json!({"filename": state.display().to_string(), "live": false})),
+        )
+        .await?;
+        let pid = self.pid().unwrap_or(0);
+        let (state_c, base, delta) = (state.to_path_buf(), base.to_path_buf(), delta.to_path_buf());
+        let pages = tokio::task::spawn_blocking(move || -> Result<u64> {
+            memory::device_state_stream(&state_c, super::MACHINE)?;
+            memory::save_delta(pid, &base, &delta)
+        })
+        .await
+        .map_err(|e| VmmError::io("saving guest memory", std::io::Error::other(e)))??;
+        tracing::debug!(pid, pages, "VM state and own pages saved");
+        let _ = self.qmp("save", "quit", None).await;
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        let _ = std::fs::remove_file(self.config.qmp_path());
+        self.status = VmStatus::Saved;
+        Ok(())
     }
 }

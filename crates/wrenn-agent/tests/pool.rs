@@ -1,0 +1,191 @@
+//! The warm pool through the manager: machines made ahead after a shape is used, a create
+//! served by one (and its own egress applied), the pool refilled, drained at shutdown, off
+//! by default; a pool an agent left behind (crash) is swept by the next start.
+//! Needs root, nftables, QEMU and `make images`. Slots 4300–4399, folders /var/tmp/fast-pool-*.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use wrenn_agent::{
+    capsule::CreateSpec,
+    envd_client::ExecRequest,
+    manager::{AgentConfig, Manager},
+    netslot,
+};
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
+}
+
+fn config(data: &Path, slots: std::ops::RangeInclusive<u32>) -> AgentConfig {
+    AgentConfig {
+        data_dir: data.to_path_buf(),
+        images_dir: images_dir(),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 4,
+        slots,
+        shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
+        envd: None,
+    }
+}
+
+fn spec() -> CreateSpec {
+    CreateSpec {
+        template: "minimal".into(),
+        egress: false,
+        ..Default::default()
+    }
+}
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "/bin/bash".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// Capsule folders without a record: warm machines.
+fn warm_dirs(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("capsules"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.path().join("capsule.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn slots_in(range: &std::ops::RangeInclusive<u32>) -> Vec<u32> {
+    netslot::existing_slots()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| range.contains(n))
+        .collect()
+}
+
+fn data_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fast-pool-{name}-"))
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn warm_pool_fills_serves_creates_and_drains() {
+    let data = data_dir("serve");
+    let range = 4300..=4319;
+    let mgr = Arc::new(
+        Manager::start(config(data.path(), range.clone()))
+            .await
+            .unwrap(),
+    );
+    mgr.spawn_pool_filler();
+    mgr.set_pool_size(2).await;
+    // Nothing is made ahead before a shape is used.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mgr.pool_count(), 0);
+    let a = mgr.create(spec()).await.unwrap();
+    wait_for("two warm machines", || mgr.pool_count() == 2).await;
+    let warm = warm_dirs(data.path());
+    assert_eq!(warm.len(), 2, "{warm:?}");
+    assert_eq!(
+        wrenn_vmm::qemu::processes_under(data.path()).len(),
+        3,
+        "one capsule and two waiting QEMUs"
+    );
+    // The next create is one of them, with its own (egress off) network.
+    let b = mgr.create(spec()).await.unwrap();
+    assert!(warm.contains(&b.id), "{} not in {warm:?}", b.id);
+    let out = mgr
+        .exec(&b.id, sh("echo warm; cat /proc/uptime >/dev/null"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "warm\n");
+    assert!(!mgr.get(&b.id).unwrap().egress);
+    // Pause and resume work on it like on any capsule.
+    mgr.exec(&b.id, sh("echo kept > /home/user/k && sync"))
+        .await
+        .unwrap();
+    mgr.pause(&b.id).await.unwrap();
+    mgr.resume(&b.id).await.unwrap();
+    let out = mgr.exec(&b.id, sh("cat /home/user/k")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    // Refilled.
+    wait_for("the pool refilled", || mgr.pool_count() == 2).await;
+    mgr.destroy(&a.id).await.unwrap();
+    mgr.destroy(&b.id).await.unwrap();
+    // A shutdown drains it: nothing left.
+    mgr.pause_all().await;
+    assert_eq!(mgr.pool_count(), 0);
+    assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
+    assert!(warm_dirs(data.path()).is_empty());
+    assert!(slots_in(&range).await.is_empty(), "slots left");
+}
+
+#[tokio::test]
+async fn pool_off_makes_nothing_ahead() {
+    let data = data_dir("off");
+    let range = 4320..=4329;
+    let mgr = Arc::new(
+        Manager::start(config(data.path(), range.clone()))
+            .await
+            .unwrap(),
+    );
+    mgr.spawn_pool_filler();
+    let a = mgr.create(spec()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mgr.pool_count(), 0);
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 1);
+    assert!(warm_dirs(data.path()).is_empty());
+    mgr.destroy(&a.id).await.unwrap();
+    assert!(slots_in(&range).await.is_empty());
+}
+
+/// An agent that dies with warm machines leaves QEMUs, folders and slots that no record
+/// owns: the next start removes them all.
+#[tokio::test]
+async fn a_pool_left_by_a_dead_agent_is_swept_at_start() {
+    let data = data_dir("crash");
+    let range = 4330..=4339;
+    let first = Arc::new(
+        Manager::start(config(data.path(), range.clone()))
+            .await
+            .unwrap(),
+    );
+    first.spawn_pool_filler();
+    first.set_pool_size(1).await;
+    let a = first.create(spec()).await.unwrap();
+    wait_for("a warm machine", || first.pool_count() == 1).await;
+    first.destroy(&a.id).await.unwrap();
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 1);
+    // The agent "dies": nothing of it runs its cleanup.
+    std::mem::forget(first);
+    let second = Manager::start(config(data.path(), range.clone()))
+        .await
+        .unwrap();
+    assert!(second.list().is_empty());
+    wait_for("the stray QEMU gone", || {
+        wrenn_vmm::qemu::processes_under(data.path()).is_empty()
+    })
+    .await;
+    assert!(warm_dirs(data.path()).is_empty());
+    assert!(slots_in(&range).await.is_empty(), "slots left");
+}
