@@ -59,8 +59,10 @@ class Server:
 
     def call(self, method, path, body=None, headers=None, key=None):
         """A Wrenn REST call: (status, JSON body or None, headers)."""
-        h = {"X-API-Key": key or self.api_key}
+        h = {"X-API-Key": self.api_key if key is None else key}
         h.update(headers or {})
+        if not h["X-API-Key"]:
+            del h["X-API-Key"]
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -195,7 +197,7 @@ def team_b_key(server):
         "POST",
         "/v1/api-keys",
         {"name": "b"},
-        headers={**bearer, "X-Team-Id": team["team"]["id"]},
+        headers={**bearer, "X-Team-Id": team["id"]},
         key="",
     )
     assert status == 201, key

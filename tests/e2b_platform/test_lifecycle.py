@@ -4,7 +4,7 @@ import time
 import uuid
 
 import pytest
-from e2b import Sandbox, SandboxQuery, SandboxState
+from e2b import Sandbox, SandboxNotFoundException, SandboxQuery, SandboxState
 
 
 def test_create_maps_template_metadata_envs_and_timeout(server):
@@ -100,6 +100,16 @@ def test_set_timeout_and_expiry(server):
     while time.time() < deadline and sbx.is_running():
         time.sleep(0.5)
     assert sbx.is_running() is False
+    # The end is recorded right after the VM stops: get_info turns to "not found".
+    gone = time.time() + 10
+    while time.time() < gone:
+        try:
+            Sandbox.get_info(sbx.sandbox_id)
+            time.sleep(0.2)
+        except SandboxNotFoundException:
+            break
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)
     assert Sandbox.kill(sbx.sandbox_id) is False
     # Also gone from Wrenn's view.
     status, _, _ = server.call("GET", f"/v1/capsules/{sbx.sandbox_id}")
