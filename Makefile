@@ -7,6 +7,8 @@ export CARGO_TARGET_DIR ?= $(WRENN_CACHE)/target
 VENV_E2B := $(WRENN_CACHE)/venv-e2b
 VENV_WRENN := $(WRENN_CACHE)/venv-wrenn
 VENV_FUZZ := $(WRENN_CACHE)/venv-fuzz
+VENV_E2B_PLATFORM := $(WRENN_CACHE)/venv-e2b-platform
+VENV_E2B_LATEST := $(WRENN_CACHE)/venv-e2b-latest
 # API fuzzing: cases per operation and phase, and the time budget (make test; make soak: more)
 FUZZ_CASES ?= 25
 FUZZ_SECONDS ?= 150
@@ -20,7 +22,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b sdk sdk-hosts fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
 up: deps
@@ -32,8 +34,8 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document
-test: deps lint unit e2b sdk sdk-hosts fuzz-api
+## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd and (normal mode) against wrenn up, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document
+test: deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api
 
 deps:
 	@scripts/install-deps.sh
@@ -62,6 +64,25 @@ $(VENV_E2B)/.installed: tests/e2b/requirements.txt
 e2b: envd $(VENV_E2B)/.installed
 	$(VENV_E2B)/bin/pip install --quiet --upgrade e2b
 	ENVD_BIN=$(CARGO_TARGET_DIR)/debug/envd $(VENV_E2B)/bin/python -m pytest tests/e2b -q -p no:cacheprovider
+
+$(VENV_E2B_PLATFORM)/.installed: tests/e2b_platform/requirements.txt
+	python3 -m venv $(VENV_E2B_PLATFORM)
+	$(VENV_E2B_PLATFORM)/bin/pip install --quiet --upgrade pip
+	$(VENV_E2B_PLATFORM)/bin/pip install --quiet -r tests/e2b_platform/requirements.txt
+	touch $@
+
+## e2b-platform: the published e2b SDK (pinned, normal mode, not debug) against `wrenn up` through
+## its E2B API and port proxy (slots 4000-4099); then the newest e2b release, whose failures are
+## printed as the list of differences and do not fail the target
+e2b-platform: images $(VENV_E2B_PLATFORM)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_E2B_PLATFORM)/bin/python -m pytest tests/e2b_platform -q -p no:cacheprovider
+	@test -x $(VENV_E2B_LATEST)/bin/python || python3 -m venv $(VENV_E2B_LATEST)
+	@$(VENV_E2B_LATEST)/bin/pip install --quiet --upgrade pytest e2b
+	@v=$$($(VENV_E2B_LATEST)/bin/python -c 'import importlib.metadata as m; print(m.version("e2b"))'); \
+	if WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn $(VENV_E2B_LATEST)/bin/python -m pytest tests/e2b_platform -q -p no:cacheprovider -rf > $(WRENN_CACHE)/e2b-latest.log 2>&1; \
+	then echo "e2b $$v (newest): no differences"; \
+	else echo "e2b $$v (newest) differs from the pinned release on:"; grep -E '^(FAILED|ERROR) ' $(WRENN_CACHE)/e2b-latest.log || tail -20 $(WRENN_CACHE)/e2b-latest.log; fi
 
 # The wrenn SDK needs Python >= 3.13 (Debian 12 ships 3.11): scripts/find-python313.sh finds one.
 $(VENV_WRENN)/.installed: tests/wrenn_sdk/requirements.txt scripts/find-python313.sh

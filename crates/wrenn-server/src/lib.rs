@@ -19,6 +19,7 @@ mod bootstrap;
 pub mod builtin;
 pub mod capsules;
 pub mod db;
+pub mod e2b;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -25,6 +25,8 @@ use wrenn_types::CapsuleStatus;
 pub struct Target {
     pub capsule: String,
     pub port: u16,
+    /// Reached the E2B way (its headers, or envd's port): errors answer as E2B's proxy does.
+    pub e2b: bool,
 }
 
 /// Where a request goes: `Ok(None)` is the API; `Ok(Some(_))` a capsule's port, named by the
@@ -47,6 +49,7 @@ pub fn target(headers: &HeaderMap, domain: &str) -> Result<Option<Target>> {
             return Ok(Some(Target {
                 capsule: c.trim().to_ascii_lowercase(),
                 port: port(p.trim())?,
+                e2b: false,
             }))
         }
         (None, None) => {}
@@ -55,6 +58,14 @@ pub fn target(headers: &HeaderMap, domain: &str) -> Result<Option<Target>> {
                 "X-Wrenn-Capsule and X-Wrenn-Port go together".into(),
             ))
         }
+    }
+    // The E2B SDK's header routing (`E2B_SANDBOX_URL`).
+    if let Some((capsule, p)) = crate::e2b::envd::header_target(headers)? {
+        return Ok(Some(Target {
+            capsule,
+            port: port(&p)?,
+            e2b: true,
+        }));
     }
     let Some(host) = headers
         .get(header::HOST)
@@ -86,9 +97,11 @@ pub fn target(headers: &HeaderMap, domain: &str) -> Result<Option<Target>> {
             shown(host)
         )));
     }
+    let port = port(p)?;
     Ok(Some(Target {
         capsule: capsule.to_string(),
-        port: port(p)?,
+        port,
+        e2b: port == crate::e2b::ENVD_PORT,
     }))
 }
 
@@ -182,10 +195,14 @@ pub fn new_token() -> crate::Result<(String, String)> {
 /// Requests for a capsule's port go to the proxy; everything else to the API.
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match target(req.headers(), &state.domain) {
-        Ok(Some(t)) => match forward(&state, t, req).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        },
+        Ok(Some(t)) => {
+            let (e2b, capsule, port) = (t.e2b, t.capsule.clone(), t.port);
+            match forward(&state, t, req).await {
+                Ok(r) => r,
+                Err(e) if e2b => crate::e2b::envd::answer(e, &capsule, port),
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(None) => next.run(req).await,
         Err(e) => e.into_response(),
     }
@@ -263,25 +280,47 @@ async fn forward(state: &AppState, t: Target, mut req: Request) -> Result<Respon
     let c = state.db.capsule_any(&id).await?;
     // The token may also come as `?wrenn_token=` (browsers cannot set headers on navigation).
     let query_token = query_token(req.uri().query());
-    if c.status == CapsuleStatus::Stopped
-        || !allowed(state, &c, query_token.as_deref(), req.headers()).await?
-    {
-        // Never tell a stranger whether the capsule exists.
-        return Err(ApiError::NotFound(format!("capsule {id} not found")));
+    // Never tell a stranger whether the capsule exists.
+    let not_found = || ApiError::NotFound(format!("capsule {id} not found"));
+    if c.status == CapsuleStatus::Stopped {
+        return Err(not_found());
+    }
+    let by_wrenn = allowed(state, &c, query_token.as_deref(), req.headers()).await?;
+    // Else the E2B SDK's `X-Access-Token`: envd's own token, which only its host knows.
+    let envd_token = req
+        .headers()
+        .get("x-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if !by_wrenn && envd_token.is_none() {
+        return Err(not_found());
     }
     if c.status != CapsuleStatus::Running {
+        if !by_wrenn {
+            return Err(not_found());
+        }
         return Err(ApiError::InvalidState(format!(
             "capsule {id} is {}, not running",
             c.status
         )));
     }
-    let address = state
+    let capsule = state
         .agent_for(&c)
         .await?
         .get_capsule(CapsuleRef { id: id.clone() })
         .await?
-        .into_inner()
-        .address;
+        .into_inner();
+    let given = envd_token.as_deref().unwrap_or_default();
+    if !by_wrenn && !crate::e2b::same_token(&capsule.envd_access_token, given) {
+        return Err(not_found());
+    }
+    if t.port == crate::e2b::ENVD_PORT && crate::e2b::envd::is_internal(req.uri().path()) {
+        return Err(ApiError::Forbidden(format!(
+            "{} is envd's own path, not served through the proxy",
+            req.uri().path()
+        )));
+    }
+    let address = capsule.address;
     let _ = state.db.touch_capsule(&id).await;
     let upstream = format!("{address}:{}", t.port);
     // Without `wrenn_token`: a Wrenn credential never reaches the capsule's code.
@@ -430,6 +469,7 @@ mod tests {
         let t = Target {
             capsule: id.into(),
             port: 8080,
+            e2b: false,
         };
         for host in [
             format!("8080-{id}.wrenn.localhost:8000"),
@@ -500,7 +540,8 @@ mod tests {
             routed(&[("host", "65535-cl-1.wrenn.localhost")]).unwrap(),
             Some(Target {
                 capsule: "cl-1".into(),
-                port: 65535
+                port: 65535,
+                e2b: false,
             })
         );
         for pairs in [

@@ -146,6 +146,8 @@ pub fn router(state: AppState) -> Router {
         router = router.route(r.path, r.handler);
     }
     router
+        // E2B's sandbox API (its own error shape; not in the OpenAPI document).
+        .merge(crate::e2b::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         // Every error answer in the documented shape, axum's own rejections included.

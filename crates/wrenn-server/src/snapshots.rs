@@ -218,7 +218,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(Template::from(&row))))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this kind (default: both).

@@ -54,6 +54,10 @@ impl AppState {
             domain: domain.to_string(),
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
+                // No idle connections kept: a destroyed capsule's slot (and its address) is
+                // reused by the next capsule, and a kept connection to the old one would take
+                // the new one's first request down with it.
+                .pool_max_idle_per_host(0)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| ApiError::Internal(format!("the proxy's HTTP client: {e}")))?,

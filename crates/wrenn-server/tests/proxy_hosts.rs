@@ -80,7 +80,7 @@ proptest! {
         if let Some(sp) = server_port {
             h.push_str(&format!(":{sp}"));
         }
-        prop_assert_eq!(routed(&host(&h), &d), Some(Target { capsule: id, port }), "{}", h);
+        prop_assert_eq!(routed(&host(&h), &d), Some(Target { capsule: id, port, e2b: port == 49983 }), "{}", h);
     }
 
     /// The two headers name a capsule's port whatever the Host.
@@ -89,7 +89,7 @@ proptest! {
         let mut m = host(&h);
         m.insert("x-wrenn-capsule", HeaderValue::from_str(&id).unwrap());
         m.insert("x-wrenn-port", HeaderValue::from_str(&port.to_string()).unwrap());
-        prop_assert_eq!(routed(&m, &d), Some(Target { capsule: id, port }));
+        prop_assert_eq!(routed(&m, &d), Some(Target { capsule: id, port, e2b: false }));
     }
 
     /// Names outside the proxy's domain go to the API, however capsule-like.

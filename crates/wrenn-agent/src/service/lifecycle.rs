@@ -43,6 +43,7 @@ pub(super) fn to_pb(rec: CapsuleRecord) -> Capsule {
             allow: rec.egress_policy.allow,
             deny: rec.egress_policy.deny,
         }),
+        envd_access_token: rec.access_token,
     }
 }
 

@@ -62,8 +62,23 @@ pub async fn metrics(
         }
     };
     let c = live(&state, &caller, &id).await?;
-    let points = match state
-        .agent_for(&c)
+    let points = samples(&state, &c, secs).await?;
+    let points = points.into_iter().map(metric_point).collect();
+    Ok(Json(CapsuleMetrics {
+        sandbox_id: c.id,
+        range,
+        points,
+    }))
+}
+
+/// Capsule `c`'s samples of the last `secs` seconds (none when its host no longer knows it).
+pub async fn samples(
+    state: &AppState,
+    c: &crate::db::CapsuleRow,
+    secs: u32,
+) -> Result<Vec<wrenn_proto::agent::v1::MetricPoint>> {
+    match state
+        .agent_for(c)
         .await?
         .get_metrics(GetMetricsRequest {
             capsule_id: c.id.clone(),
@@ -71,16 +86,10 @@ pub async fn metrics(
         })
         .await
     {
-        Ok(r) => r.into_inner().points,
-        Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
-        Err(s) => return Err(s.into()),
-    };
-    let points = points.into_iter().map(metric_point).collect();
-    Ok(Json(CapsuleMetrics {
-        sandbox_id: c.id,
-        range,
-        points,
-    }))
+        Ok(r) => Ok(r.into_inner().points),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
+        Err(s) => Err(s.into()),
+    }
 }
 
 /// A sample as the API shows it.

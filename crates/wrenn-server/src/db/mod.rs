@@ -15,6 +15,7 @@ use crate::error::{ApiError, Result};
 
 mod audit;
 mod capsules;
+mod e2b;
 mod host_identity;
 mod hosts;
 mod keys;
@@ -30,6 +31,7 @@ mod users;
 
 pub use audit::AuditRow;
 pub use capsules::CapsuleRow;
+pub use e2b::E2bLifetime;
 pub use host_identity::IssuedIdentity;
 pub use hosts::{HostRow, HostTokenKind};
 pub use keys::ApiKeyRow;

@@ -230,6 +230,7 @@ impl Agent for FakeAgent {
             metadata: r.metadata,
             timeout_secs: r.timeout_secs,
             egress_policy: r.egress_policy,
+            envd_access_token: format!("envd-token-of-{id}"),
             ..Default::default()
         };
         inner.capsules.insert(id, c.clone());
@@ -291,9 +292,22 @@ impl Agent for FakeAgent {
 
     async fn get_metrics(
         &self,
-        _: Request<GetMetricsRequest>,
+        req: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        unused("get_metrics")
+        let id = req.into_inner().capsule_id;
+        self.enter("get_metrics", &id)?;
+        let unix = wrenn_server::db::now_ms() / 1000;
+        // One sample a second ago, of a known capsule.
+        self.with(&id, |_| {
+            Ok(Response::new(GetMetricsResponse {
+                points: vec![wrenn_proto::agent::v1::MetricPoint {
+                    unix: unix - 1,
+                    cpu_pct: 12.5,
+                    mem_bytes: 64 << 20,
+                    disk_bytes: 100 << 20,
+                }],
+            }))
+        })
     }
 
     async fn ping(&self, req: Request<CapsuleRef>) -> Result<Response<PingResponse>, Status> {

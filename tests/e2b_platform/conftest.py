@@ -1,0 +1,216 @@
+"""Fixtures for the published `e2b` Python SDK (pinned in requirements.txt) in its NORMAL mode
+(not debug) against a real `wrenn up` with real microVMs.
+
+One server per session:
+
+    $WRENN_BIN up --data-dir <fresh dir> --listen 127.0.0.1:<free port>
+
+with ``WRENN_AGENT_SLOTS=4000-4099`` (this suite's slot range), ``WRENN_TEMPLATES=minimal``
+and ``WRENN_IMAGES`` passed through. Its data dir is made under ``E2B_PLATFORM_DATA_PREFIX``
+(default ``/var/tmp/wrenn-e2b-platform-``) and removed at the end; stdout and stderr go to
+``<data dir>/server.log``.
+
+The SDK is pointed at it only through its documented variables, exactly as a user would:
+
+    E2B_API_KEY=<the admin's wrn_ key>   E2B_API_URL=http://127.0.0.1:<port>
+    E2B_DOMAIN=wrenn.localhost           E2B_SANDBOX_URL=http://127.0.0.1:<port>
+
+``E2B_SANDBOX_URL`` is the SDK's header routing (``E2b-Sandbox-Id``/``E2b-Sandbox-Port``): envd
+is reached through Wrenn's port proxy on the same listener. ``E2B_DEBUG`` is removed.
+
+A second team and its key (``team_b_key``) are made through Wrenn's REST API, for the tenant
+matrix. At the end the server gets SIGINT and must exit within 30 s.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+STARTUP_TIMEOUT = 180.0
+SHUTDOWN_TIMEOUT = 30.0
+AGENT_SLOTS = os.environ.get("E2B_PLATFORM_SLOTS", "4000-4099")
+DOMAIN = "wrenn.localhost"
+
+
+class Server:
+    def __init__(self, proc, url, data_dir, log_path):
+        self.proc = proc
+        self.url = url
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.api_key = None
+
+    def log_tail(self, limit: int = 6000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        return data.decode("utf-8", errors="replace")[-limit:]
+
+    def call(self, method, path, body=None, headers=None, key=None):
+        """A Wrenn REST call: (status, JSON body or None, headers)."""
+        h = {"X-API-Key": self.api_key if key is None else key}
+        h.update(headers or {})
+        if not h["X-API-Key"]:
+            del h["X-API-Key"]
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            return e.code, parsed, dict(e.headers)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wrenn_bin() -> str:
+    path = os.environ.get("WRENN_BIN") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or "/var/tmp/wrenn/target", "debug", "wrenn"
+    )
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.exit(f"wrenn binary {path!r} is not executable: cargo build -p wrenn", returncode=4)
+    return path
+
+
+def _health(url: str):
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, ValueError):
+        return None
+
+
+def _stop(proc):
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(SHUTDOWN_TIMEOUT)
+        return None
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"wrenn up did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGINT"
+
+
+@pytest.fixture(scope="session")
+def server():
+    prefix = os.environ.get("E2B_PLATFORM_DATA_PREFIX", "/var/tmp/wrenn-e2b-platform-")
+    data_dir = tempfile.mkdtemp(prefix=os.path.basename(prefix), dir=os.path.dirname(prefix))
+    log_path = os.path.join(data_dir, "server.log")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env["WRENN_IMAGES"] = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+    env["WRENN_AGENT_SLOTS"] = AGENT_SLOTS
+    env.setdefault("WRENN_TEMPLATES", "minimal")
+    env["WRENN_DOMAIN"] = DOMAIN
+    for name in ("WRENN_DIR", "WRENN_LISTEN", "DATABASE_URL", "WRENN_API_KEY", "WRENN_BASE_URL"):
+        env.pop(name, None)
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(
+            [_wrenn_bin(), "up", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    s = Server(proc, url, data_dir, log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while _health(url) != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wrenn up did not become healthy:\n{s.log_tail()}")
+            time.sleep(0.2)
+        key_file = os.path.join(data_dir, "admin-api-key")
+        while not os.path.exists(key_file):
+            time.sleep(0.1)
+        with open(key_file) as f:
+            s.api_key = f.read().strip()
+    except BaseException:
+        _stop(proc)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    saved = {k: os.environ.get(k) for k in _E2B_VARS}
+    os.environ.pop("E2B_DEBUG", None)
+    os.environ.update(
+        E2B_API_KEY=s.api_key, E2B_API_URL=url, E2B_DOMAIN=DOMAIN, E2B_SANDBOX_URL=url
+    )
+    try:
+        yield s
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        problem = _stop(s.proc)
+        tail = s.log_tail()
+        if os.environ.get("E2B_PLATFORM_KEEP_DATA") != "1":
+            shutil.rmtree(data_dir, ignore_errors=True)
+        assert problem is None, f"{problem}\n{tail}"
+
+
+_E2B_VARS = ("E2B_API_KEY", "E2B_API_URL", "E2B_DOMAIN", "E2B_SANDBOX_URL", "E2B_DEBUG")
+
+
+@pytest.fixture(scope="session")
+def team_b_key(server):
+    """An API key of a second team, made through Wrenn's REST API by the admin."""
+    with open(os.path.join(server.data_dir, "admin-password")) as f:
+        password = f.read().strip()
+    status, tok, _ = server.call(
+        "POST", "/v1/auth/login", {"email": "admin@localhost", "password": password}
+    )
+    assert status == 200, tok
+    bearer = {"Authorization": f"Bearer {tok['token']}"}
+    status, team, _ = server.call("POST", "/v1/teams", {"name": "team b"}, headers=bearer, key="")
+    assert status == 201, team
+    status, key, _ = server.call(
+        "POST",
+        "/v1/api-keys",
+        {"name": "b"},
+        headers={**bearer, "X-Team-Id": team["id"]},
+        key="",
+    )
+    assert status == 201, key
+    return key["key"]
+
+
+@pytest.fixture
+def sandbox(server):
+    """A fresh sandbox from template ``minimal``, killed afterwards."""
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(template="minimal", timeout=300)
+    try:
+        yield sbx
+    finally:
+        sbx.kill()
