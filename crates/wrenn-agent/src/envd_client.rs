@@ -118,6 +118,15 @@ impl EnvdClient {
         Ok(())
     }
 
+    /// `POST /init` with defaults only (its token unchanged): environment added, user, folder.
+    pub async fn set_defaults(&self, req: &InitRequest) -> Result<()> {
+        let req = InitRequest {
+            access_token: None,
+            ..req.clone()
+        };
+        self.init(&req, self.token.as_deref()).await
+    }
+
     fn with_user(req: reqwest::RequestBuilder, user: Option<&str>) -> reqwest::RequestBuilder {
         match user {
             Some(u) if !u.is_empty() => {

@@ -14,6 +14,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 use crate::error::{ApiError, Result};
 
 mod audit;
+mod builds;
 mod capsules;
 mod host_identity;
 mod hosts;
@@ -29,6 +30,7 @@ mod usage;
 mod users;
 
 pub use audit::AuditRow;
+pub use builds::{BuildProgress, BuildRow, BUILD_STALE_MS};
 pub use capsules::CapsuleRow;
 pub use host_identity::IssuedIdentity;
 pub use hosts::{HostRow, HostTokenKind};
