@@ -43,7 +43,7 @@ pub struct InitRequest {
 #[derive(Debug, Clone)]
 pub struct EnvdClient {
     base: String,
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -116,15 +116,6 @@ impl EnvdClient {
             return Err(http_error(resp).await);
         }
         Ok(())
-    }
-
-    /// `POST /init` with defaults only (its token unchanged): environment added, user, folder.
-    pub async fn set_defaults(&self, req: &InitRequest) -> Result<()> {
-        let req = InitRequest {
-            access_token: None,
-            ..req.clone()
-        };
-        self.init(&req, self.token.as_deref()).await
     }
 
     fn with_user(req: reqwest::RequestBuilder, user: Option<&str>) -> reqwest::RequestBuilder {

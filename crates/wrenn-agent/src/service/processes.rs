@@ -237,7 +237,9 @@ pub(super) async fn set_defaults(
         default_user: (!r.user.is_empty()).then_some(r.user),
         default_workdir: (!r.workdir.is_empty()).then_some(r.workdir),
     };
-    svc.manager.envd(&id)?.set_defaults(&init).await?;
+    // Defaults only: the capsule's token stays.
+    let envd = svc.manager.envd(&id)?;
+    envd.init(&init, envd.token.as_deref()).await?;
     Ok(Response::new(SetDefaultsResponse {}))
 }
 

@@ -114,6 +114,8 @@ async fn run_one(state: AppState, row: BuildRow) {
             run.build(&parsed, hc.as_ref()).await
         }
     };
+    // The last steps' output, before the end is written.
+    let _ = run.save().await;
     run.cleanup().await;
     beat.abort();
     let ended = match outcome {

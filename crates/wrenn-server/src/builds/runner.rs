@@ -63,7 +63,7 @@ fn tail(bytes: &[u8]) -> String {
 
 impl Run {
     /// Writes the record; `Stop::Cancelled` when the build was cancelled meanwhile.
-    async fn save(&self) -> std::result::Result<(), Stop> {
+    pub async fn save(&self) -> std::result::Result<(), Stop> {
         let logs = serde_json::to_string(&self.logs).unwrap_or_else(|_| "[]".into());
         let env = serde_json::to_string(&self.ctx.set_env).unwrap_or_else(|_| "{}".into());
         let still = self
@@ -76,8 +76,8 @@ impl Run {
                     total_steps: i64::from(self.total),
                     logs: &logs,
                     capsule_id: self.capsule.as_deref(),
-                    default_user: &self.ctx.user,
-                    default_workdir: &self.ctx.workdir,
+                    default_user: self.ctx.default_user(),
+                    default_workdir: self.ctx.default_workdir(),
                     default_env: &env,
                 },
             )
@@ -290,7 +290,7 @@ impl Run {
             parts.next().unwrap_or(""),
         );
         self.ctx = Context::from_base(env, &user, &dir);
-        self.logs[at].stdout = format!("user {}, folder {}", self.ctx.user, self.ctx.workdir);
+        let summary = format!("base user {user}, folder {dir}");
         // The archive, when there is one.
         if self.row.has_archive != 0 {
             let tar = self
@@ -308,6 +308,7 @@ impl Run {
             )
             .await?;
         }
+        self.logs[at].stdout = summary;
         self.done(at, started);
         self.save().await?;
         // The recipe.
@@ -378,6 +379,7 @@ impl Run {
                 let script = steps::workdir_script(&dir, &self.ctx.user);
                 self.must(at, script).await?;
                 self.ctx.workdir = dir;
+                self.ctx.workdir_set = true;
             }
             StepKind::User { name } => {
                 let name = self.ctx.expand(name);
@@ -387,6 +389,7 @@ impl Run {
                 })?;
                 self.must(at, script).await?;
                 self.ctx.user = name;
+                self.ctx.user_set = true;
             }
             StepKind::Copy {
                 sources,
@@ -507,8 +510,8 @@ impl Run {
             .set_defaults(SetDefaultsRequest {
                 capsule_id: self.capsule.clone().unwrap_or_default(),
                 env: self.ctx.set_env.clone().into_iter().collect(),
-                user: self.ctx.user.clone(),
-                workdir: self.ctx.workdir.clone(),
+                user: self.ctx.default_user().to_owned(),
+                workdir: self.ctx.default_workdir().to_owned(),
             })
             .await
             .map_err(|s| Stop::Failed(format!("recording the defaults: {}", s.message())))?;

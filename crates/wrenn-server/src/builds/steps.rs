@@ -36,8 +36,15 @@ pub struct Context {
     pub set_env: BTreeMap<String, String>,
     /// `ARG`s: seen by steps, never recorded.
     pub args: BTreeMap<String, String>,
+    /// Who runs the steps (root until `USER`, as Docker has it).
     pub user: String,
+    /// Where they run (`/` until `WORKDIR`).
     pub workdir: String,
+    /// The base template's own defaults, kept when the recipe sets none.
+    pub base_user: String,
+    pub base_workdir: String,
+    pub user_set: bool,
+    pub workdir_set: bool,
 }
 
 impl Context {
@@ -51,17 +58,37 @@ impl Context {
             .collect();
         Context {
             env,
-            user: if user.is_empty() {
+            user: "root".into(),
+            workdir: "/".into(),
+            base_user: if user.is_empty() {
                 "root".into()
             } else {
                 user.to_owned()
             },
-            workdir: if workdir.starts_with('/') {
+            base_workdir: if workdir.starts_with('/') {
                 workdir.to_owned()
             } else {
                 "/".into()
             },
             ..Context::default()
+        }
+    }
+
+    /// The user the template's capsules run commands as.
+    pub fn default_user(&self) -> &str {
+        if self.user_set {
+            &self.user
+        } else {
+            &self.base_user
+        }
+    }
+
+    /// The folder they run in.
+    pub fn default_workdir(&self) -> &str {
+        if self.workdir_set {
+            &self.workdir
+        } else {
+            &self.base_workdir
         }
     }
 
@@ -207,7 +234,8 @@ mod tests {
         assert_eq!(c.env.get("PATH").map(String::as_str), Some("/usr/bin"));
         assert_eq!(c.env.get("A").map(String::as_str), Some("b=c"));
         assert!(!c.env.contains_key("HOME"));
-        assert_eq!(c.resolve("x/../y"), "/root/y");
+        assert_eq!((c.default_user(), c.default_workdir()), ("root", "/root"));
+        assert_eq!(c.resolve("x/../y"), "/y");
         assert_eq!(c.resolve("/a/./b/"), "/a/b");
         assert_eq!(normalize("/../.."), "/");
     }
