@@ -402,7 +402,7 @@ async fn a_restart_never_leaves_a_build_running() {
             let (s, b) = api
                 .post(
                     "/v1/builds",
-                    json!({"name": format!("r{n}"), "recipe": ["RUN sleep 2", "RUN echo done"]}),
+                    json!({"name": format!("r{n}"), "recipe": ["RUN sleep 5", "RUN echo done"]}),
                 )
                 .await;
             assert_eq!(s, 201, "{b}");
@@ -444,5 +444,92 @@ async fn a_restart_never_leaves_a_build_running() {
     {
         assert!(Instant::now() < deadline, "a build capsule is left running");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_builds_lists_and_cancels() {
+    let (_dir, _reap, up) = up("minimal");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("site")).unwrap();
+    std::fs::write(work.path().join("site/hello.txt"), "hi from a folder").unwrap();
+    let recipe = work.path().join("Recipe");
+    std::fs::write(
+        &recipe,
+        "COPY site /srv/site\nRUN cat /srv/site/hello.txt\n",
+    )
+    .unwrap();
+    let wrenn = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .env("WRENN_BASE_URL", up.url(""))
+            .env("WRENN_API_KEY", &up.key)
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("$ wrenn {args:?} -> {:?}\n{o}{e}", out.status.code());
+        (out.status.code(), o, e)
+    };
+    let (code, out, err) = wrenn(&[
+        "template",
+        "build",
+        "--name",
+        "cli-site",
+        "-f",
+        recipe.to_str().unwrap(),
+        "--archive",
+        work.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("template cli-site built"), "{out}");
+    assert!(err.contains("[2/4] COPY site /srv/site (ok"), "{err}");
+    // A failing build: exit 1, the step and line on one line.
+    let bad = work.path().join("Bad");
+    std::fs::write(&bad, "RUN true\nRUN echo nope >&2; exit 4\n").unwrap();
+    let (code, _, err) = wrenn(&[
+        "template",
+        "build",
+        "--name",
+        "cli-bad",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("error: build_failed: step 3 (line 2)") && err.contains("nope"),
+        "{err}"
+    );
+    // Listed; a queued one cancelled.
+    let slow = work.path().join("Slow");
+    std::fs::write(&slow, "RUN sleep 300\n").unwrap();
+    let (code, id, _) = wrenn(&[
+        "template",
+        "build",
+        "--name",
+        "cli-slow",
+        "-f",
+        slow.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    assert_eq!(code, Some(0));
+    let id = id.trim().to_string();
+    assert!(id.starts_with("bld-"), "{id}");
+    let (code, out, _) = wrenn(&["template", "cancel", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("cancelled"));
+    let (code, out, _) = wrenn(&["template", "builds"]);
+    assert_eq!(code, Some(0));
+    for want in [
+        "cli-site",
+        "success",
+        "cli-bad",
+        "failed",
+        "cli-slow",
+        "cancelled",
+    ] {
+        assert!(out.contains(want), "{want} not in:\n{out}");
     }
 }
