@@ -43,6 +43,13 @@ pub fn spawn(state: AppState, limit: usize) {
                 }
                 Err(e) => tracing::warn!("checking for stale builds: {e}"),
             }
+            // Build capsules whose destroy failed (a control plane stopping mid-build).
+            if let Ok(left) = state.db.builds_with_leftover_capsules().await {
+                for b in left {
+                    let mut run = run_of(&state, b);
+                    run.cleanup().await;
+                }
+            }
             while running.load(Ordering::SeqCst) < limit {
                 match state.db.claim_build().await {
                     Ok(Some(b)) => {

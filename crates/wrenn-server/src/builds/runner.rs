@@ -533,19 +533,26 @@ impl Run {
         Ok(())
     }
 
-    /// Destroys the build capsule (on every path).
-    pub async fn cleanup(&mut self) {
-        if let Some(id) = self.capsule.take() {
-            let r = crate::capsules::lifecycle::destroy(
-                State(self.state.clone()),
-                self.caller.clone(),
-                Path(id.clone()),
-            )
-            .await;
-            if let Err(e) = r {
-                if !matches!(e, ApiError::NotFound(_)) {
-                    tracing::warn!(build = %self.row.id, capsule = %id, "destroying the build capsule: {e}");
-                }
+    /// Destroys the build capsule (on every path); true when it is gone.
+    pub async fn cleanup(&mut self) -> bool {
+        let Some(id) = self.capsule.clone() else {
+            return true;
+        };
+        let r = crate::capsules::lifecycle::destroy(
+            State(self.state.clone()),
+            self.caller.clone(),
+            Path(id.clone()),
+        )
+        .await;
+        match r {
+            Ok(_) | Err(ApiError::NotFound(_)) => {
+                self.capsule = None;
+                let _ = self.state.db.clear_build_capsule(&self.row.id).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(build = %self.row.id, capsule = %id, "destroying the build capsule (tried again later): {e}");
+                false
             }
         }
     }

@@ -287,6 +287,27 @@ impl Db {
         Ok(failed)
     }
 
+    /// Ended builds whose build capsule may still exist (its destroy failed, e.g. the control
+    /// plane was stopping): the sweep destroys them.
+    pub async fn builds_with_leftover_capsules(&self) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM builds WHERE status IN ('success', 'failed', 'cancelled') \
+             AND capsule_id IS NOT NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_of).collect()
+    }
+
+    /// The build capsule is gone.
+    pub async fn clear_build_capsule(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET capsule_id = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The build's archive (a vetted tar).
     pub async fn build_archive(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let r = sqlx::query("SELECT data FROM build_archives WHERE build_id = $1")
