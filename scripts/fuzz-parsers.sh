@@ -22,6 +22,7 @@ targets=(
   "envd-paths|-p envd --lib paths::tests::|resolved_paths_are_absolute_and_folded parent_dirs_stop_at_root"
   "envd-wire|-p envd --test fuzz_wire|multipart_uploads_write_exactly_their_parts mangled_multipart_is_refused_cleanly connect_streams_of_any_bytes_end_in_an_error"
   "server-ws|-p wrenn-server --lib ws::tests::|first_frames_of_any_text_are_parsed_or_refused first_frames_of_any_json_never_panic exec_frames_carry_their_fields pty_frames_carry_their_fields control_frames events_are_json_with_the_bytes"
+  "recipes|-p wrenn-types --test recipe_props|never_panics_and_lines_are_real instruction_like_text_never_panics continuations_join double_quoting_round_trips single_quoting_is_literal exec_form_round_trips unknown_instruction_names_its_line"
   "server-proxy|-p wrenn-server --test proxy_hosts|any_headers_route_without_panicking capsule_hosts_round_trip routing_headers_round_trip other_domains_go_to_the_api extra_labels_are_no_capsule"
 )
 props_total=0

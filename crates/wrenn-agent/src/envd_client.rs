@@ -43,7 +43,7 @@ pub struct InitRequest {
 #[derive(Debug, Clone)]
 pub struct EnvdClient {
     base: String,
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     http: reqwest::Client,
 }
 

@@ -18,6 +18,7 @@
 //! `http://host/api` serves `http://host/api/v1/...`. Errors are [`ClientError`]: the server's
 //! `error.code`, message and HTTP status, or a local failure.
 
+pub mod builds;
 mod error;
 mod files;
 pub mod hosts;

@@ -17,7 +17,7 @@ use utoipa::{
 };
 
 use crate::{
-    accounts, audit, capsules, error, events, files, hosts, quotas,
+    accounts, audit, builds, capsules, error, events, files, hosts, quotas,
     responses::{
         AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, QuotaExceeded,
         RateLimited, Unauthorized,
@@ -131,6 +131,11 @@ impl Modify for SecuritySchemes {
         snapshots::create,
         snapshots::list,
         snapshots::delete,
+        builds::handlers::create,
+        builds::handlers::list,
+        builds::handlers::get,
+        builds::handlers::cancel,
+        builds::handlers::logs,
         events::stream,
         audit::audit,
         quotas::handlers::get,
@@ -201,6 +206,8 @@ impl Modify for SecuritySchemes {
             with no size limit"),
         (name = "snapshots", description = "Templates: the platform's, and the team's \
             snapshots of capsules"),
+        (name = "builds", description = "Templates built from a recipe or a Dockerfile, in a \
+            build capsule; queued, followed live, cancelled"),
         (name = "events", description = "The team's lifecycle events, as server-sent events"),
         (name = "auth", description = "Sign-up (by the server's policy: open, invite or \
             closed), log-in (rate-limited per account and per address), log-out (user tokens are \

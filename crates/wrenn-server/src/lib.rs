@@ -16,6 +16,7 @@ pub mod api_docs;
 pub mod audit;
 pub mod background;
 mod bootstrap;
+pub mod builds;
 pub mod builtin;
 pub mod capsules;
 pub mod db;

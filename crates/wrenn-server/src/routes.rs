@@ -10,7 +10,7 @@ use axum::{
 };
 
 use crate::{
-    accounts, api_docs, audit, capsules,
+    accounts, api_docs, audit, builds, capsules,
     error::{self, ApiError},
     events, files, hosts, metrics, network, proxy, quotas, service, snapshots,
     state::AppState,
@@ -19,6 +19,8 @@ use crate::{
 
 /// Largest JSON body (file contents go through the streamed multipart routes).
 const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest build request: a 100 MiB archive in base64 and the recipe.
+const MAX_BUILD_BODY: usize = (100 << 20) / 3 * 4 + (1 << 20);
 
 /// One route: a method, a path template and its handler. [`router`] serves exactly the routes
 /// of [`routes`], and a test checks that `/openapi.json` documents exactly these too.
@@ -43,6 +45,12 @@ where
 }
 
 impl Route {
+    /// With a JSON body limit of its own.
+    fn limit(mut self, bytes: usize) -> Route {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+
     /// Without the JSON body limit (streamed uploads).
     fn unlimited(mut self) -> Route {
         self.handler = self.handler.layer(DefaultBodyLimit::disable());
@@ -128,6 +136,11 @@ pub fn routes() -> Vec<Route> {
         route(M::POST, "/v1/snapshots", snapshots::create),
         route(M::GET, "/v1/snapshots", snapshots::list),
         route(M::DELETE, "/v1/snapshots/{name}", snapshots::delete),
+        route(M::POST, "/v1/builds", builds::handlers::create).limit(MAX_BUILD_BODY),
+        route(M::GET, "/v1/builds", builds::handlers::list),
+        route(M::GET, "/v1/builds/{id}", builds::handlers::get),
+        route(M::POST, "/v1/builds/{id}/cancel", builds::handlers::cancel),
+        route(M::GET, "/v1/builds/{id}/logs", builds::handlers::logs),
         route(M::GET, "/v1/events/stream", events::stream),
         route(M::GET, "/v1/audit", audit::audit),
         route(M::GET, "/v1/teams/{id}/quotas", quotas::handlers::get),

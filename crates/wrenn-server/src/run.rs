@@ -147,6 +147,7 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     hosts::spawn_host_monitor(state.clone());
     crate::e2b::deadline::spawn(state.clone());
+    crate::builds::queue::spawn(state.clone(), crate::builds::queue::DEFAULT_LIMIT);
     Ok(Started { state, admin_key })
 }
 

@@ -81,7 +81,9 @@ pub fn base_template(t: &wrenn_proto::agent::v1::Template) -> Template {
 }
 
 /// The platform's base templates: those of every online host, each name once.
-async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::Template>> {
+pub(crate) async fn base_templates(
+    state: &AppState,
+) -> Result<Vec<wrenn_proto::agent::v1::Template>> {
     let lists = state
         .on_online_hosts(
             |mut agent| async move { agent.list_templates(ListTemplatesRequest {}).await },
@@ -101,7 +103,7 @@ async fn base_templates(state: &AppState) -> Result<Vec<wrenn_proto::agent::v1::
 pub struct CreateQuery {
     /// Replace the team's template of that name.
     #[serde(default)]
-    overwrite: bool,
+    pub(crate) overwrite: bool,
 }
 
 /// Snapshot a capsule

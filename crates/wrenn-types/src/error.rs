@@ -18,4 +18,7 @@ pub enum ParseError {
     HostKind(String),
     #[error("{0:?} is not a host status")]
     HostStatus(String),
+    /// A build recipe or Dockerfile that cannot be built, with the line it is on.
+    #[error("line {line}: {reason}")]
+    Recipe { line: usize, reason: String },
 }

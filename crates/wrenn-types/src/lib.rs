@@ -8,6 +8,7 @@ pub mod api;
 pub mod egress;
 pub mod error;
 pub mod id;
+pub mod recipe;
 pub mod secret;
 pub mod status;
 pub mod template;

@@ -3,6 +3,7 @@
 //! with `--json`. An error is one line on stderr (`error: <code>: <message>`) and exit code 1;
 //! `exec` and `shell` exit with the command's code.
 
+mod build;
 mod cp;
 mod host;
 mod print;
@@ -15,6 +16,9 @@ use print::{capsule_details, capsule_table, template_table};
 use serde::Serialize;
 use wrenn_client::{Client, ClientError, CreateCapsule, Exec, TemplateKind};
 
+pub use build::{
+    template_build, template_builds, template_cancel, BuildApiArgs, BuildsArgs, CancelArgs,
+};
 pub use host::{host, HostArgs};
 
 /// How to reach the API, and how to print. Accepted before or after the verb.

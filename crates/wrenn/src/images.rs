@@ -7,20 +7,25 @@ use anyhow::Context;
 /// `wrenn template build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Template name (`minimal`, `python`).
-    name: String,
+    /// Template name (`minimal`, `python`): builds its guest image on this machine. With
+    /// `--name N -f FILE` instead: builds template N from a recipe or Dockerfile through the
+    /// API.
+    #[arg(value_name = "TEMPLATE", required_unless_present = "file")]
+    template: Option<String>,
     /// Where images live.
     #[arg(long, env = "WRENN_IMAGES", default_value = "/var/lib/wrenn/images")]
     images: PathBuf,
     /// The static envd binary to put into the image.
     #[arg(long, env = "WRENN_ENVD")]
-    envd: PathBuf,
+    envd: Option<PathBuf>,
     /// vCPUs of the snapshot.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// Memory of the snapshot, MiB.
     #[arg(long, default_value_t = 256)]
     memory_mib: u32,
+    #[command(flatten)]
+    pub api: crate::cli::BuildApiArgs,
 }
 
 /// Builds one template's image and snapshot in `images`, printing each step with `indent`.
@@ -49,17 +54,19 @@ async fn build_one(
 
 /// `wrenn template build`.
 pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
+    if args.api.file.is_some() {
+        std::process::exit(crate::cli::template_build(args.api).await);
+    }
     let (accel, why) = wrenn_vmm::accel::detect();
     println!("accelerator: {} ({why})", accel.as_str());
-    let name = &args.name;
-    let built = build_one(
-        name,
-        &args.images,
-        &args.envd,
-        (args.vcpus, args.memory_mib),
-        "",
-    )
-    .await?;
+    let name = args
+        .template
+        .as_deref()
+        .context("name the template to build")?;
+    let envd = args.envd.as_deref().context(
+        "building a guest image needs the static envd binary: pass --envd or set WRENN_ENVD",
+    )?;
+    let built = build_one(name, &args.images, envd, (args.vcpus, args.memory_mib), "").await?;
     println!(
         "template {name}: image {:.1} s, snapshot {:.1} s, at {}",
         built.image_time.as_secs_f64(),

@@ -71,8 +71,14 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TemplateCommand {
-    /// Build a template's image and its ready-to-restore snapshot (skipped when unchanged).
-    Build(images::BuildArgs),
+    /// Build a template: `--name N -f Recipe|Dockerfile [--archive dir|file] [--healthcheck …]`
+    /// through the API; or `TEMPLATE` (`minimal`, `python`): its guest image and snapshot on
+    /// this machine (skipped when unchanged).
+    Build(Box<images::BuildArgs>),
+    /// List the team's template builds (through the API).
+    Builds(cli::BuildsArgs),
+    /// Cancel a template build (through the API).
+    Cancel(cli::CancelArgs),
     /// List the templates capsules can be created from (through the API).
     #[command(visible_alias = "ls")]
     List(cli::TemplateListArgs),
@@ -122,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         } => agent::issue_cert(&dir, names, &client_name),
         Command::Template {
             command: TemplateCommand::Build(args),
-        } => images::build(args).await,
+        } => images::build(*args).await,
         // The API's verbs print their own errors and exit with their own codes.
         Command::Capsule(args) => std::process::exit(cli::capsule(args).await),
         Command::Snapshot(args) => std::process::exit(cli::snapshot(args).await),
@@ -133,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Template {
             command: TemplateCommand::Delete(args),
         } => std::process::exit(cli::template_delete(args).await),
+        Command::Template {
+            command: TemplateCommand::Builds(args),
+        } => std::process::exit(cli::template_builds(args).await),
+        Command::Template {
+            command: TemplateCommand::Cancel(args),
+        } => std::process::exit(cli::template_cancel(args).await),
     }
 }
 

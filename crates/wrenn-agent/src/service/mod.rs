@@ -22,8 +22,8 @@ use wrenn_proto::{
         KillProcessResponse, ListCapsulesRequest, ListCapsulesResponse, ListDirRequest,
         ListDirResponse, ListProcessesResponse, MoveRequest, PingResponse, PtyAttachRequest,
         PtyInputRequest, PtyInputResponse, PtyResizeRequest, PtyResizeResponse, ReadFileResponse,
-        RemoveResponse, StartBackgroundRequest, StartBackgroundResponse, WriteFileRequest,
-        WriteFileStreamRequest,
+        RemoveResponse, SetDefaultsRequest, SetDefaultsResponse, StartBackgroundRequest,
+        StartBackgroundResponse, WriteFileRequest, WriteFileStreamRequest,
     },
     agent::v1::{
         DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ListTemplatesRequest,
@@ -194,6 +194,13 @@ impl Agent for AgentService {
         req: Request<StartBackgroundRequest>,
     ) -> Result<Response<StartBackgroundResponse>, Status> {
         processes::start_background(self, req).await
+    }
+
+    async fn set_defaults(
+        &self,
+        req: Request<SetDefaultsRequest>,
+    ) -> Result<Response<SetDefaultsResponse>, Status> {
+        processes::set_defaults(self, req).await
     }
 
     async fn list_processes(

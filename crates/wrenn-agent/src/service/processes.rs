@@ -10,8 +10,8 @@ use wrenn_proto::{
         connect_process_request, exec_event, kill_process_request::Selector, CapsuleRef,
         ConnectProcessRequest, ExecEvent, ExecRequest, ExecResponse, KillProcessRequest,
         KillProcessResponse, ListProcessesResponse, ProcessInfo, PtyAttachRequest, PtyInputRequest,
-        PtyInputResponse, PtyResizeRequest, PtyResizeResponse, StartBackgroundRequest,
-        StartBackgroundResponse,
+        PtyInputResponse, PtyResizeRequest, PtyResizeResponse, SetDefaultsRequest,
+        SetDefaultsResponse, StartBackgroundRequest, StartBackgroundResponse,
     },
     process,
 };
@@ -220,6 +220,27 @@ pub(super) async fn start_background(
     let tag = user_of(&r.tag);
     let pid = svc.manager.envd(&id)?.start_background(&exec, tag).await?;
     Ok(Response::new(StartBackgroundResponse { pid, tag: r.tag }))
+}
+
+pub(super) async fn set_defaults(
+    svc: &AgentService,
+    req: Request<SetDefaultsRequest>,
+) -> Result<Response<SetDefaultsResponse>, Status> {
+    let r = req.into_inner();
+    let id = capsule_id(&r.capsule_id)?;
+    if !r.workdir.is_empty() && !r.workdir.starts_with('/') {
+        return Err(Status::invalid_argument("workdir must be absolute"));
+    }
+    let init = crate::envd_client::InitRequest {
+        access_token: None,
+        env_vars: r.env.into_iter().collect(),
+        default_user: (!r.user.is_empty()).then_some(r.user),
+        default_workdir: (!r.workdir.is_empty()).then_some(r.workdir),
+    };
+    // Defaults only: the capsule's token stays.
+    let envd = svc.manager.envd(&id)?;
+    envd.init(&init, envd.token.as_deref()).await?;
+    Ok(Response::new(SetDefaultsResponse {}))
 }
 
 pub(super) async fn list_processes(

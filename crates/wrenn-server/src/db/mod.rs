@@ -14,6 +14,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 use crate::error::{ApiError, Result};
 
 mod audit;
+mod builds;
 mod capsules;
 mod e2b;
 mod host_identity;
@@ -30,6 +31,7 @@ mod usage;
 mod users;
 
 pub use audit::AuditRow;
+pub use builds::{BuildProgress, BuildRow, BUILD_STALE_MS};
 pub use capsules::CapsuleRow;
 pub use e2b::E2bLifetime;
 pub use host_identity::IssuedIdentity;

@@ -336,6 +336,13 @@ impl Agent for FakeAgent {
         unused("start_background")
     }
 
+    async fn set_defaults(
+        &self,
+        _: Request<wrenn_proto::agent::v1::SetDefaultsRequest>,
+    ) -> Result<Response<wrenn_proto::agent::v1::SetDefaultsResponse>, Status> {
+        unused("set_defaults")
+    }
+
     async fn list_processes(
         &self,
         _: Request<CapsuleRef>,

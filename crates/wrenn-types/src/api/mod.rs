@@ -4,6 +4,7 @@
 //! schemas' descriptions.
 
 pub mod accounts;
+pub mod builds;
 pub mod capsules;
 pub mod errors;
 pub mod events;
