@@ -1,3 +1,4 @@
+// Over 600 lines: one fake of the whole agent.v1 service (every RPC), kept in one place.
 //! A fake host agent: agent.v1 served in-process on a loopback port, with capsules kept in
 //! memory. It stands for the hosts a test does not boot (no QEMU, no network slots) behind the
 //! server's real gRPC client, so the control plane's own logic runs unchanged. It keeps the
