@@ -18,6 +18,7 @@ pub mod background;
 mod bootstrap;
 pub mod builtin;
 pub mod capsules;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod events;
