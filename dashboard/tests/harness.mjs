@@ -168,3 +168,43 @@ export function shotsDir() {
 }
 
 export { sleep };
+
+/** Client-side navigation (a reload would sign out: the token lives in memory). */
+export async function go(page, path) {
+  await page.evaluate((p) => {
+    history.pushState(null, '', p);
+    dispatchEvent(new PopStateEvent('popstate'));
+  }, path);
+}
+
+/** The visible text of terminal `n`, one string per row. */
+export async function terminalRows(page, n = 1) {
+  return page.locator(`[data-terminal="${n}"] .xterm-rows > div`).allTextContents();
+}
+
+export async function waitForRow(page, n, predicate, timeout = 30_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const rows = (await terminalRows(page, n)).map((r) => r.replace(/\u00a0/g, ' ').trimEnd());
+    const hit = rows.find(predicate);
+    if (hit !== undefined) return hit;
+    if (Date.now() > deadline) throw new Error(`terminal ${n}: no matching row in:\n${rows.join('\n')}`);
+    await sleep(50);
+  }
+}
+
+/** Runs `fn(ctx)` on a fresh page; on failure saves a screenshot and the page's text. */
+export async function withPage(context, server, name, fn) {
+  const ctx = await openPage(context, server);
+  try {
+    await fn(ctx);
+  } catch (e) {
+    const dir = shotsDir();
+    const file = join(dir, `failed-${name.replace(/[^a-z0-9]+/gi, '-')}`);
+    await ctx.page.screenshot({ path: `${file}.png`, fullPage: true }).catch(() => {});
+    const text = await ctx.page.locator('body').innerText().catch(() => '');
+    throw new Error(`${e.message}\n--- page (${ctx.page.url()}; ${file}.png) ---\n${text.slice(0, 3000)}\n--- errors ---\n${ctx.errors.join('\n')}`);
+  } finally {
+    await ctx.page.close().catch(() => {});
+  }
+}
