@@ -339,7 +339,7 @@ describe('tenants and bad input', () => {
       const login = await apiCall(server, 'POST', '/v1/auth/login', { body: { email: 'ada@example.com', password: PASSWORD } });
       await apiCall(server, 'POST', '/v1/auth/logout-all', { token: login.json.token });
       let loginLoads = 0;
-      page.on('framenavigated', () => loginLoads++);
+      page.on('load', () => loginLoads++);
       await go(page, '/keys');
       await page.getByText('Your session has ended. Sign in again.').waitFor();
       await sleep(1000);

@@ -251,3 +251,40 @@ pub(super) async fn acting_in(
 pub(super) fn forbidden(what: &str) -> ApiError {
     ApiError::Forbidden(format!("your role in this team does not allow {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_browser_socket_offers_its_credential_as_a_subprotocol() {
+        let h = headers(&[(
+            "sec-websocket-protocol",
+            "wrenn, wrenn.token.eyJ.a.b, wrenn.team.team-1",
+        )]);
+        assert!(matches!(
+            credential(&h),
+            Ok(Credential::UserToken("eyJ.a.b"))
+        ));
+        let h = headers(&[("sec-websocket-protocol", "wrenn, wrenn.token.wrn_0123")]);
+        assert!(matches!(credential(&h), Ok(Credential::ApiKey("wrn_0123"))));
+        // A header wins over a subprotocol; no credential at all is unauthorized.
+        let h = headers(&[
+            ("authorization", "Bearer tok"),
+            ("sec-websocket-protocol", "wrenn.token.other"),
+        ]);
+        assert!(matches!(credential(&h), Ok(Credential::UserToken("tok"))));
+        for none in ["wrenn", "wrenn.token.", "chat, superchat"] {
+            let h = headers(&[("sec-websocket-protocol", none)]);
+            assert!(credential(&h).is_err(), "{none}");
+        }
+    }
+}
