@@ -378,7 +378,6 @@ describe('quality', () => {
           for (const p of pages) {
             await go(page, p);
             await page.locator('main h1').first().waitFor();
-            await page.waitForLoadState('networkidle').catch(() => {});
             await sleep(300);
             const name = p.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').replace(/cl-[a-z0-9]+/, 'capsule') || 'root';
             await page.screenshot({ path: join(dir, `${name}-${scheme}-${label}.png`), fullPage: true });

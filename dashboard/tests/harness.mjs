@@ -47,6 +47,13 @@ export async function startServer() {
     stdio: ['ignore', log, log],
     detached: true,
   });
+  // A test run that is interrupted takes its server with it.
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, () => {
+      if (proc.exitCode === null) proc.kill('SIGINT');
+      process.exit(130);
+    });
+  }
   const deadline = Date.now() + 180_000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`wrenn up exited (${proc.exitCode}): ${tail(dataDir)}`);
