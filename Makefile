@@ -22,10 +22,11 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api dashboard dashboard-test fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
-## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR)
-up: deps
+## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR);
+## the web console at http://$(WRENN_LISTEN)/
+up: deps dashboard
 	@bin=$$(scripts/build-envd-static.sh | tail -1) && \
 	$(CARGO) build --release --locked -p wrenn && \
 	WRENN_ENVD=$$bin $(CARGO_TARGET_DIR)/release/wrenn up --data-dir $(WRENN_DIR) --listen $(WRENN_LISTEN)
@@ -34,8 +35,8 @@ up: deps
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd and (normal mode) against wrenn up, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document
-test: deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api
+## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd and (normal mode) against wrenn up, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document, the web console in Chromium
+test: deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api dashboard-test
 
 deps:
 	@scripts/install-deps.sh
@@ -54,6 +55,17 @@ unit: images
 
 envd:
 	$(CARGO) build -p envd --locked
+
+## dashboard: the web console from dashboard/ (npm ci from the lock file, type check, Vite build)
+## into dashboard/build, which the next cargo build of wrenn embeds; skipped when unchanged
+dashboard: deps
+	@scripts/build-dashboard.sh >/dev/null
+
+## dashboard-test: the console in Debian's Chromium (playwright-core, headless) against a real
+## `wrenn up` with microVMs (slots 4100-4199); screenshots in $(WRENN_CACHE)/dashboard-shots
+dashboard-test: images dashboard
+	$(CARGO) build -p wrenn --locked
+	cd dashboard && WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn DASHBOARD_SHOTS=$(WRENN_CACHE)/dashboard-shots npm test
 
 $(VENV_E2B)/.installed: tests/e2b/requirements.txt
 	python3 -m venv $(VENV_E2B)

@@ -22,6 +22,8 @@ required=(
   # Network slots of the host agent.
   "nft nftables"
   "ip iproute2"
+  # The web console's browser tests: Debian's Chromium, driven by playwright-core.
+  "chromium chromium"
 )
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -65,6 +67,18 @@ if [ -n "$need" ]; then
     echo "install-deps: still missing after installing: $need" >&2
     exit 1
   fi
+fi
+
+# The web console's build needs Node.js >= 20.19 and npm (scripts/build-dashboard.sh checks the
+# version). Installed from Debian only when there is none: a newer Node.js already installed
+# (NodeSource's, which brings its own npm) is kept, never replaced by Debian's.
+if ! have node || ! have npm; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install Node.js and npm" >&2
+    exit 1
+  fi
+  echo "install-deps: installing nodejs npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
 if ! have cargo; then

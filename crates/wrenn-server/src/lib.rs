@@ -19,6 +19,7 @@ mod bootstrap;
 pub mod builds;
 pub mod builtin;
 pub mod capsules;
+pub mod console;
 pub mod db;
 pub mod e2b;
 pub mod error;

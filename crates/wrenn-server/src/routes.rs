@@ -161,7 +161,7 @@ pub fn router(state: AppState) -> Router {
     router
         // E2B's sandbox API (its own error shape; not in the OpenAPI document).
         .merge(crate::e2b::router())
-        .fallback(not_found)
+        .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         // Every error answer in the documented shape, axum's own rejections included.
         .layer(axum::middleware::from_fn(error::json_errors))
@@ -177,8 +177,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
+/// What no route takes: the web console's pages and files (reads outside `/v1/`), else the
+/// API's `not_found`.
+async fn fallback(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if crate::console::is_console(&method, uri.path()) {
+        if uri.path() == crate::console::SETTINGS_PATH {
+            return crate::console::settings(&state.domain, state.accounts.signup.as_str());
+        }
+        return crate::console::serve(method, uri, headers).await;
+    }
+    ApiError::NotFound("no such route".into()).into_response()
 }
 
 /// The hosts' routes (part of [`routes`]).

@@ -153,6 +153,41 @@ async fn openapi_documents_every_route_and_only_those() {
 }
 
 #[tokio::test]
+async fn the_console_is_served_outside_v1_with_a_strict_policy() {
+    let s = start().await;
+    for path in ["/", "/capsules/cl-x", "/console.json"] {
+        let resp = s.get(path).await;
+        let csp = resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        if path == "/console.json" {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                v["proxy_domain"].is_string() && v["signup"].is_string(),
+                "{body}"
+            );
+        } else if wrenn_server::console::built() {
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.contains("<div id=\"app\">"), "{body}");
+        } else {
+            // Built without the console: a page that says how to build it.
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert!(body.contains("make dashboard"), "{body}");
+        }
+    }
+    // The API's paths keep the API's answers.
+    let resp = s.get("/v1/nope").await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "not_found");
+}
+
+#[tokio::test]
 async fn the_docs_page_is_self_contained() {
     let s = start().await;
     let resp = s.get("/docs").await;
@@ -392,7 +427,7 @@ async fn metrics_count_requests_by_route_template() {
         "/health",
         &format!("/v1/capsules/{}", ids[0]),
         "/v1/capsules/cl-other",
-        "/no/such/route",
+        "/v1/no/such/route",
     ] {
         s.get(path).await;
     }

@@ -42,6 +42,15 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The WebSocket subprotocol that carries a credential: `wrenn.token.<token>`.
+pub const WS_TOKEN_PREFIX: &str = "wrenn.token.";
+
+/// The WebSocket subprotocol that names the team a user acts in: `wrenn.team.<id>`.
+pub const WS_TEAM_PREFIX: &str = "wrenn.team.";
+
+/// The WebSocket subprotocol a socket speaks when the client offered its credential as one.
+pub const WS_PROTOCOL: &str = "wrenn";
+
 fn credential(headers: &HeaderMap) -> Result<Credential<'_>> {
     if let Some(key) = header(headers, "x-api-key") {
         return Ok(Credential::ApiKey(key));
@@ -50,7 +59,14 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>> {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
-    match bearer {
+    // A browser cannot set headers on a WebSocket: it offers the credential as a subprotocol
+    // (`wrenn.token.<token>`, beside `wrenn`, which the socket then speaks).
+    let offered = || {
+        header(headers, "sec-websocket-protocol")?
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix(WS_TOKEN_PREFIX))
+    };
+    match bearer.or_else(offered) {
         Some(k) if k.starts_with("wrn_") => Ok(Credential::ApiKey(k)),
         Some(t) if !t.is_empty() => Ok(Credential::UserToken(t)),
         _ => Err(ApiError::Unauthorized(
@@ -115,7 +131,12 @@ pub async fn caller_for_user(
 /// The caller of a request with these headers: an API key (in its team) or a signed-in user
 /// (in `X-Team-Id` or their first team). `unauthorized` without valid credentials.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller> {
-    let team = header(headers, "x-team-id");
+    // (a browser's WebSocket names the team as a subprotocol `wrenn.team.<id>`)
+    let team = header(headers, "x-team-id").or_else(|| {
+        header(headers, "sec-websocket-protocol")?
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix(WS_TEAM_PREFIX))
+    });
     match credential(headers)? {
         Credential::ApiKey(key) => caller_for_key(state, key, team).await,
         Credential::UserToken(token) => {
@@ -229,4 +250,41 @@ pub(super) async fn acting_in(
 
 pub(super) fn forbidden(what: &str) -> ApiError {
     ApiError::Forbidden(format!("your role in this team does not allow {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_browser_socket_offers_its_credential_as_a_subprotocol() {
+        let h = headers(&[(
+            "sec-websocket-protocol",
+            "wrenn, wrenn.token.eyJ.a.b, wrenn.team.team-1",
+        )]);
+        assert!(matches!(
+            credential(&h),
+            Ok(Credential::UserToken("eyJ.a.b"))
+        ));
+        let h = headers(&[("sec-websocket-protocol", "wrenn, wrenn.token.wrn_0123")]);
+        assert!(matches!(credential(&h), Ok(Credential::ApiKey("wrn_0123"))));
+        // A header wins over a subprotocol; no credential at all is unauthorized.
+        let h = headers(&[
+            ("authorization", "Bearer tok"),
+            ("sec-websocket-protocol", "wrenn.token.other"),
+        ]);
+        assert!(matches!(credential(&h), Ok(Credential::UserToken("tok"))));
+        for none in ["wrenn", "wrenn.token.", "chat, superchat"] {
+            let h = headers(&[("sec-websocket-protocol", none)]);
+            assert!(credential(&h).is_err(), "{none}");
+        }
+    }
 }

@@ -51,36 +51,38 @@ pub async fn exec_stream(
     let c = running(&state, &caller, &id).await?;
     // Its host is known reachable before the upgrade: `host_unavailable` is an HTTP answer.
     let mut agent = state.agent_for(&c).await?;
-    Ok(upgrade.on_upgrade(move |mut ws| async move {
-        let Some(start) = first_frame(&mut ws).await else {
-            return;
-        };
-        if start.kind == "start" {
-            if let Err(e) = check_start(&start) {
-                let _ = send_json(
-                    &mut ws,
-                    json!({ "type": "error", "data": e.public_message(), "fatal": true }),
-                )
-                .await;
+    Ok(upgrade
+        .protocols([crate::accounts::auth::WS_PROTOCOL])
+        .on_upgrade(move |mut ws| async move {
+            let Some(start) = first_frame(&mut ws).await else {
                 return;
+            };
+            if start.kind == "start" {
+                if let Err(e) = check_start(&start) {
+                    let _ = send_json(
+                        &mut ws,
+                        json!({ "type": "error", "data": e.public_message(), "fatal": true }),
+                    )
+                    .await;
+                    return;
+                }
             }
-        }
-        let req = match exec_request(&c.id, start) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = send_json(&mut ws, json!({ "type": "error", "data": e })).await;
-                return;
+            let req = match exec_request(&c.id, start) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = send_json(&mut ws, json!({ "type": "error", "data": e })).await;
+                    return;
+                }
+            };
+            let _ = state.db.touch_capsule(&c.id).await;
+            let events = agent.exec_stream(req).await;
+            match events {
+                Ok(r) => pump(ws, r.into_inner()).await,
+                Err(s) => {
+                    let _ = send_json(&mut ws, json!({ "type": "error", "data": shown(&s) })).await;
+                }
             }
-        };
-        let _ = state.db.touch_capsule(&c.id).await;
-        let events = agent.exec_stream(req).await;
-        match events {
-            Ok(r) => pump(ws, r.into_inner()).await,
-            Err(s) => {
-                let _ = send_json(&mut ws, json!({ "type": "error", "data": shown(&s) })).await;
-            }
-        }
-    }))
+        }))
 }
 
 /// Attach to a process (WebSocket)
@@ -126,5 +128,7 @@ pub async fn connect_process(
         })
         .await?
         .into_inner();
-    Ok(upgrade.on_upgrade(move |ws| pump(ws, events)))
+    Ok(upgrade
+        .protocols([crate::accounts::auth::WS_PROTOCOL])
+        .on_upgrade(move |ws| pump(ws, events)))
 }

@@ -141,11 +141,13 @@ pub async fn pty(
     let c = running(&state, &caller, &id).await?;
     // Its host is known reachable before the upgrade: `host_unavailable` is an HTTP answer.
     let agent = state.agent_for(&c).await?;
-    Ok(upgrade.on_upgrade(move |ws| async move {
-        if let Err(e) = terminal(ws, agent, c.id).await {
-            tracing::debug!(error = %e, "terminal session ended with an error");
-        }
-    }))
+    Ok(upgrade
+        .protocols([crate::accounts::auth::WS_PROTOCOL])
+        .on_upgrade(move |ws| async move {
+            if let Err(e) = terminal(ws, agent, c.id).await {
+                tracing::debug!(error = %e, "terminal session ended with an error");
+            }
+        }))
 }
 
 async fn terminal(
