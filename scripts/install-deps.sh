@@ -22,6 +22,9 @@ required=(
   # Network slots of the host agent.
   "nft nftables"
   "ip iproute2"
+  # The OCI suite (crates/wrenn-oci/tests) runs its own registry on 127.0.0.1 with a config of
+  # its own; the package's system service is not used.
+  "docker-registry docker-registry"
 )
 
 have() { command -v "$1" >/dev/null 2>&1; }

@@ -1,0 +1,143 @@
+//! Settings: where the cache lives, which platform to pick from an index, and per registry
+//! host its mirrors, credentials and whether it speaks plain HTTP.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{OciError, Result};
+
+/// How images are pulled and where they are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciConfig {
+    /// The cache: verified blobs and unpacked root filesystems, keyed by digest.
+    pub cache_dir: PathBuf,
+    /// The platform picked from manifest lists / OCI indexes.
+    #[serde(default)]
+    pub platform: Platform,
+    /// Per registry host as written in references (`docker.io`, `ghcr.io`,
+    /// `127.0.0.1:5000`): mirrors, credentials, plain HTTP. Mirrors' own credentials go in
+    /// their own entry, keyed by their host.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistrySettings>,
+    /// Upper bound of one layer blob, bytes (a registry cannot make the host fill its disk).
+    #[serde(default = "default_max_blob")]
+    pub max_blob_bytes: u64,
+}
+
+fn default_max_blob() -> u64 {
+    8 << 30
+}
+
+impl OciConfig {
+    /// Defaults (linux/amd64, no registry settings) with the cache at `cache_dir`.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> OciConfig {
+        OciConfig {
+            cache_dir: cache_dir.into(),
+            platform: Platform::default(),
+            registries: BTreeMap::new(),
+            max_blob_bytes: default_max_blob(),
+        }
+    }
+
+    /// Settings of one registry host (the defaults when it has none).
+    pub fn registry(&self, host: &str) -> RegistrySettings {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
+
+    /// Checks what deserializing cannot: mirrors are http(s) URLs.
+    pub fn validate(&self) -> Result<()> {
+        for (host, s) in &self.registries {
+            for m in &s.mirrors {
+                if !(m.starts_with("http://") || m.starts_with("https://")) {
+                    return Err(OciError::Config(format!(
+                        "registry {host}: mirror '{m}' must start with http:// or https://"
+                    )));
+                }
+            }
+            if s.username.is_some() != s.password.is_some() {
+                return Err(OciError::Config(format!(
+                    "registry {host}: username and password go together"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One registry host's settings.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Tried in order before the registry itself, e.g. `http://127.0.0.1:5000`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Plain HTTP instead of HTTPS (local registries only).
+    #[serde(default)]
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl RegistrySettings {
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        Some((self.username.as_deref()?, self.password.as_deref()?))
+    }
+}
+
+impl fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("mirrors", &self.mirrors)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// An OS/architecture pair as written in image indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_redacted_and_mirrors_checked() {
+        let s = RegistrySettings {
+            username: Some("u".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let mut c = OciConfig::new("/tmp/x");
+        c.registries.insert("docker.io".into(), s);
+        c.validate().unwrap();
+        c.registries.get_mut("docker.io").unwrap().mirrors = vec!["ftp://m".into()];
+        assert!(c.validate().is_err());
+        c.registries.get_mut("docker.io").unwrap().mirrors = vec![];
+        c.registries.get_mut("docker.io").unwrap().password = None;
+        assert!(c.validate().is_err());
+    }
+}
