@@ -477,3 +477,93 @@ async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
     remove_cache(&cache);
     Ok(())
 }
+
+#[tokio::test]
+async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<()> {
+    let reg = Registry::start("bearer", 15007, None)?;
+    let cache = cache_dir("bearer");
+    Pusher::new(&reg, "tok/img")
+        .image(Some("1"), "amd64", &[(base_layer(), Comp::Zstd)], &[], true)
+        .await?;
+    let front =
+        common::token::FakeTokenFront::start(15008, &reg.base(), "tok/img", "robot", "pa55")
+            .await?;
+    let reference = format!("{}/tok/img:1", front.host());
+    let mut config = wrenn_oci::OciConfig::new(&cache);
+    config.registries.insert(
+        front.host(),
+        wrenn_oci::RegistrySettings {
+            insecure: true,
+            ..Default::default()
+        },
+    );
+    // Anonymous: the token endpoint refuses; a clear error.
+    let err = Puller::new(config.clone())?
+        .pull(&reference, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("token endpoint"), "{err}");
+    assert_eq!(
+        front
+            .token_refusals
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let s = config.registries.get_mut(&front.host()).unwrap();
+    s.username = Some("robot".into());
+    s.password = Some("pa55".into());
+    let img = Puller::new(config)?.pull(&reference, |_| {}).await?;
+    assert_eq!(read(&img.rootfs, "etc/os-release"), "ID=wrenn-test\n");
+    // One token serves the manifest, the config and the layer.
+    assert_eq!(
+        front
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        reg.requests("tok/img")
+            .iter()
+            .filter(|l| l.contains("\"GET "))
+            .count(),
+        3
+    );
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<()> {
+    let reg = Registry::start("mirror", 15009, None)?;
+    let cache = cache_dir("mirror");
+    Pusher::new(&reg, "library/python")
+        .image(
+            Some("3.12-slim"),
+            "amd64",
+            &[(base_layer(), Comp::Gzip)],
+            &["PYTHON_VERSION=3.12"],
+            false,
+        )
+        .await?;
+    let mut config = wrenn_oci::OciConfig::new(&cache);
+    config.registries.insert(
+        "docker.io".into(),
+        wrenn_oci::RegistrySettings {
+            // Nothing listens on 15010: that mirror fails and the next one serves.
+            mirrors: vec!["http://127.0.0.1:15010".into(), reg.base()],
+            ..Default::default()
+        },
+    );
+    let img = Puller::new(config)?
+        .pull("python:3.12-slim", |_| {})
+        .await?;
+    assert_eq!(img.reference, "docker.io/library/python:3.12-slim");
+    assert_eq!(
+        img.config.config.unwrap().env.unwrap(),
+        vec!["PYTHON_VERSION=3.12"]
+    );
+    remove_cache(&cache);
+    Ok(())
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod token;
 
 use std::{
     path::{Path, PathBuf},
