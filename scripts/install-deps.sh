@@ -25,6 +25,8 @@ required=(
   # The OCI suite (crates/wrenn-oci/tests) runs its own registry on 127.0.0.1 with a config of
   # its own; the package's system service is not used.
   "docker-registry docker-registry"
+  # Templates from OCI images get Debian's static busybox (their init's tools).
+  "busybox busybox-static"
 )
 
 have() { command -v "$1" >/dev/null 2>&1; }
