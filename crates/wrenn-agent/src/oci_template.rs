@@ -346,7 +346,7 @@ mod tests {
         add_user(&root).unwrap();
         add_user(&root).unwrap();
         let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
-        assert_eq!(passwd.matches("user:").count(), 1, "{passwd}");
+        assert_eq!(passwd.matches("\nuser:").count(), 1, "{passwd}");
         assert!(
             passwd.contains("\nuser:x:1001:1001::/home/user:/bin/sh\n"),
             "{passwd}"
