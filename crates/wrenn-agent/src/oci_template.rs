@@ -75,6 +75,22 @@ pub async fn make_template_disk(req: RootfsTemplate) -> Result<TemplateDisk> {
         .map_err(|e| AgentError::io("template disk task", std::io::Error::other(e.to_string())))?
 }
 
+/// `FROM <image reference>`: pulls `reference` (through the puller's cache) and makes
+/// `req.template_dir` from its root filesystem (`req.rootfs` is replaced by the pulled one).
+/// The image's config (`Env`, `User`, `WorkingDir`, `Cmd`, …) comes back for the caller to
+/// record on the template.
+pub async fn template_from_image(
+    puller: &wrenn_oci::Puller,
+    reference: &str,
+    mut req: RootfsTemplate,
+    progress: impl FnMut(wrenn_oci::Progress),
+) -> Result<(wrenn_oci::Image, TemplateDisk)> {
+    let image = puller.pull(reference, progress).await?;
+    req.rootfs = image.rootfs.clone();
+    let disk = make_template_disk(req).await?;
+    Ok((image, disk))
+}
+
 fn make_blocking(req: &RootfsTemplate) -> Result<TemplateDisk> {
     let started = Instant::now();
     for (what, p) in [

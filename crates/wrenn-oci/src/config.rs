@@ -41,6 +41,42 @@ impl OciConfig {
         }
     }
 
+    /// Reads a TOML file of this shape (docs/oci.md); `cache_dir` may be left out, then it is
+    /// `default_cache`.
+    pub fn from_toml(text: &str, default_cache: &std::path::Path) -> Result<OciConfig> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            cache_dir: Option<PathBuf>,
+            #[serde(default)]
+            platform: Platform,
+            #[serde(default)]
+            registries: BTreeMap<String, RegistrySettings>,
+            #[serde(default = "default_max_blob")]
+            max_blob_bytes: u64,
+        }
+        let f: File = toml::from_str(text).map_err(|e| OciError::Config(e.to_string()))?;
+        let c = OciConfig {
+            cache_dir: f.cache_dir.unwrap_or_else(|| default_cache.to_path_buf()),
+            platform: f.platform,
+            registries: f.registries,
+            max_blob_bytes: f.max_blob_bytes,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The configuration of a host: `file` when it exists (a bad one is an error naming it),
+    /// else the defaults, the cache at `default_cache` either way unless the file says.
+    pub fn load(file: &std::path::Path, default_cache: &std::path::Path) -> Result<OciConfig> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Self::from_toml(&text, default_cache)
+                .map_err(|e| OciError::Config(format!("{}: {e}", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::new(default_cache)),
+            Err(e) => Err(OciError::io("reading", file, e)),
+        }
+    }
+
     /// Settings of one registry host (the defaults when it has none).
     pub fn registry(&self, host: &str) -> RegistrySettings {
         self.registries.get(host).cloned().unwrap_or_default()
@@ -122,6 +158,34 @@ impl fmt::Display for Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_files() {
+        let c = OciConfig::from_toml(
+            r#"
+[registries."docker.io"]
+mirrors = ["http://127.0.0.1:5000"]
+[registries."127.0.0.1:5000"]
+insecure = true
+username = "robot"
+password = "pw"
+"#,
+            std::path::Path::new("/data/oci"),
+        )
+        .unwrap();
+        assert_eq!(c.cache_dir, PathBuf::from("/data/oci"));
+        assert_eq!(c.platform, Platform::default());
+        assert_eq!(c.registry("docker.io").mirrors, ["http://127.0.0.1:5000"]);
+        assert_eq!(
+            c.registry("127.0.0.1:5000").credentials(),
+            Some(("robot", "pw"))
+        );
+        let err =
+            OciConfig::from_toml("[registries.x]\ninsecur = true\n", "/d".as_ref()).unwrap_err();
+        assert!(err.to_string().contains("insecur"), "{err}");
+        let missing = OciConfig::load("/nonexistent/oci.toml".as_ref(), "/d".as_ref()).unwrap();
+        assert_eq!(missing.cache_dir, PathBuf::from("/d"));
+    }
 
     #[test]
     fn password_is_redacted_and_mirrors_checked() {
