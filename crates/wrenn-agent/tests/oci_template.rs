@@ -1,13 +1,19 @@
-//! A template made from an OCI root filesystem, booted for real: two layers written by GNU
-//! tar (the second whites out a file of the first) unpacked by `wrenn_oci`, made into a
-//! template disk by `oci_template::make_template_disk` (the image has no tool of its own but
-//! a busybox `/bin/sh`, and `/sbin` is an absolute link), snapshotted, and a process run in a
-//! capsule of it through envd. Needs root, QEMU, the static envd and the `minimal` template's
-//! kernel (`make images`); QEMU user networking (no slots). Run under the VM lock.
+//! A template made from an OCI image, booted for real: two layers written by GNU tar (the
+//! second whites out a file of the first), pushed to a docker-registry the test runs on
+//! 127.0.0.1:15011, pulled and made into a template by `oci_template::template_from_image`
+//! (the image has no tool of its own but a busybox `/bin/sh`, and `/sbin` is an absolute
+//! link), snapshotted, and a process run in a capsule of it through envd. Needs root, QEMU,
+//! `docker-registry`, the static envd and the `minimal` template's kernel (`make images`);
+//! QEMU user networking (no slots). Run under the VM lock.
 
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use wrenn_agent::oci_template::{self, RootfsTemplate};
+use wrenn_oci::testkit::{
+    config_for,
+    image::{Comp, Pusher},
+    Registry,
+};
 use wrenn_vmm::{snapshot, Net, QemuVm, Vmm};
 
 fn envd_static() -> PathBuf {
@@ -135,22 +141,45 @@ async fn oci_rootfs_becomes_a_template_whose_capsules_run_its_programs() {
         w = w.display(),
         bb = busybox.display()
     ));
-    let rootfs = w.join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
-    for layer in ["l1", "l2"] {
-        wrenn_oci::unpack::apply(&rootfs, &tar_of(&w.join(layer))[..], layer).unwrap();
-    }
-    let template_dir = w.join("images/oci-test");
-    let disk = oci_template::make_template_disk(RootfsTemplate {
-        rootfs: rootfs.clone(),
-        template_dir: template_dir.clone(),
-        kernel_from,
-        envd: envd_static(),
-        busybox,
-        disk_bytes: Some(256 << 20),
-    })
+    // Pushed to a registry of the test's own (127.0.0.1:15011; one gzip, one zstd layer) and
+    // pulled back through the seam a `FROM <image>` build uses.
+    let reg = Registry::start("agent-template", 15011, None).unwrap();
+    let push = Pusher::new(&reg, "wrenn/busybox");
+    push.image(
+        Some("1"),
+        "amd64",
+        &[
+            (tar_of(&w.join("l1")), Comp::Gzip),
+            (tar_of(&w.join("l2")), Comp::Zstd),
+        ],
+        &["PATH=/usr/bin:/bin"],
+        true,
+    )
     .await
-    .expect("template disk");
+    .unwrap();
+    let cache = w.join("oci-cache");
+    let puller = wrenn_oci::Puller::new(config_for(&reg, &cache)).unwrap();
+    let template_dir = w.join("images/oci-test");
+    let (image, disk) = oci_template::template_from_image(
+        &puller,
+        &format!("{}/wrenn/busybox:1", reg.host()),
+        RootfsTemplate {
+            rootfs: PathBuf::new(),
+            template_dir: template_dir.clone(),
+            kernel_from,
+            envd: envd_static(),
+            busybox,
+            disk_bytes: Some(256 << 20),
+        },
+        |_| {},
+    )
+    .await
+    .expect("template from the image");
+    let rootfs = image.rootfs.clone();
+    assert_eq!(
+        image.config.config.as_ref().and_then(|c| c.env.clone()),
+        Some(vec!["PATH=/usr/bin:/bin".to_string()])
+    );
     println!(
         "FIGURE oci_template.disk content_bytes={} seconds={:.2}",
         disk.content_bytes,

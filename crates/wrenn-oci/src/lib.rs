@@ -14,6 +14,8 @@ pub mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod rootpath;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod unpack;
 
 pub use config::{OciConfig, Platform, RegistrySettings};

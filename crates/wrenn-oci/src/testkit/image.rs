@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context};
+use super::{fail, TestResult};
 use sha2::{Digest as _, Sha256};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -126,7 +126,7 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(reg: &super::Registry, repo: &str) -> Pusher {
+    pub fn new(reg: &super::registry::Registry, repo: &str) -> Pusher {
         Pusher {
             http: reqwest::Client::new(),
             base: reg.base(),
@@ -143,7 +143,7 @@ impl Pusher {
     }
 
     /// Uploads a blob (one POST, one PUT); returns its digest.
-    pub async fn blob(&self, bytes: &[u8]) -> anyhow::Result<String> {
+    pub async fn blob(&self, bytes: &[u8]) -> TestResult<String> {
         let digest = sha(bytes);
         let start = self
             .auth(
@@ -153,12 +153,12 @@ impl Pusher {
             .send()
             .await?;
         if start.status().as_u16() != 202 {
-            bail!("upload start: {}", start.status());
+            return Err(fail(format!("upload start: {}", start.status())));
         }
         let loc = start
             .headers()
             .get("location")
-            .context("no Location")?
+            .ok_or_else(|| fail("no Location"))?
             .to_str()?
             .to_string();
         let url = if loc.starts_with("http") {
@@ -174,22 +174,17 @@ impl Pusher {
             .send()
             .await?;
         if put.status().as_u16() != 201 {
-            bail!(
+            return Err(fail(format!(
                 "upload put: {} {}",
                 put.status(),
                 put.text().await.unwrap_or_default()
-            );
+            )));
         }
         Ok(digest)
     }
 
     /// Puts a manifest under `reference` (tag or digest); returns its digest.
-    pub async fn manifest(
-        &self,
-        reference: &str,
-        media: &str,
-        body: &[u8],
-    ) -> anyhow::Result<String> {
+    pub async fn manifest(&self, reference: &str, media: &str, body: &[u8]) -> TestResult<String> {
         let r = self
             .auth(self.http.put(format!(
                 "{}/v2/{}/manifests/{reference}",
@@ -200,11 +195,11 @@ impl Pusher {
             .send()
             .await?;
         if r.status().as_u16() != 201 {
-            bail!(
+            return Err(fail(format!(
                 "manifest put: {} {}",
                 r.status(),
                 r.text().await.unwrap_or_default()
-            );
+            )));
         }
         Ok(sha(body))
     }
@@ -219,7 +214,7 @@ impl Pusher {
         layers: &[(Vec<u8>, Comp)],
         env: &[&str],
         oci: bool,
-    ) -> anyhow::Result<(String, usize, &'static str, Vec<u8>)> {
+    ) -> TestResult<(String, usize, &'static str, Vec<u8>)> {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for (tar, comp) in layers {
@@ -258,7 +253,7 @@ impl Pusher {
         tag: &str,
         entries: &[(String, usize, &str, &str, Option<&str>)],
         oci: bool,
-    ) -> anyhow::Result<String> {
+    ) -> TestResult<String> {
         let manifests: Vec<_> = entries
             .iter()
             .map(|(d, size, media, arch, variant)| {
