@@ -17,6 +17,9 @@ use wrenn_oci::testkit::{
 use wrenn_vmm::{snapshot, Net, QemuVm, Vmm};
 
 fn envd_static() -> PathBuf {
+    if let Some(p) = std::env::var_os("WRENN_ENVD") {
+        return PathBuf::from(p).canonicalize().expect("WRENN_ENVD");
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/target"));
