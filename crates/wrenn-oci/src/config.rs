@@ -24,10 +24,17 @@ pub struct OciConfig {
     /// Upper bound of one layer blob, bytes (a registry cannot make the host fill its disk).
     #[serde(default = "default_max_blob")]
     pub max_blob_bytes: u64,
+    /// Upper bound of an image's unpacked file content, bytes (all layers together).
+    #[serde(default = "default_max_unpacked")]
+    pub max_unpacked_bytes: u64,
 }
 
 fn default_max_blob() -> u64 {
     8 << 30
+}
+
+fn default_max_unpacked() -> u64 {
+    32 << 30
 }
 
 impl OciConfig {
@@ -38,6 +45,7 @@ impl OciConfig {
             platform: Platform::default(),
             registries: BTreeMap::new(),
             max_blob_bytes: default_max_blob(),
+            max_unpacked_bytes: default_max_unpacked(),
         }
     }
 
@@ -54,6 +62,8 @@ impl OciConfig {
             registries: BTreeMap<String, RegistrySettings>,
             #[serde(default = "default_max_blob")]
             max_blob_bytes: u64,
+            #[serde(default = "default_max_unpacked")]
+            max_unpacked_bytes: u64,
         }
         let f: File = toml::from_str(text).map_err(|e| OciError::Config(e.to_string()))?;
         let c = OciConfig {
@@ -61,6 +71,7 @@ impl OciConfig {
             platform: f.platform,
             registries: f.registries,
             max_blob_bytes: f.max_blob_bytes,
+            max_unpacked_bytes: f.max_unpacked_bytes,
         };
         c.validate()?;
         Ok(c)

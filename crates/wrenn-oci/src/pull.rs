@@ -213,10 +213,12 @@ impl Puller {
             layers: Vec::new(),
         };
         let d = digest.clone();
-        let mut image =
-            tokio::task::spawn_blocking(move || unpack_all(&cache, &d, image, &layer_digests))
-                .await
-                .map_err(|e| OciError::Config(format!("unpack task: {e}")))??;
+        let limit = self.config.max_unpacked_bytes;
+        let mut image = tokio::task::spawn_blocking(move || {
+            unpack_all(&cache, &d, image, &layer_digests, limit)
+        })
+        .await
+        .map_err(|e| OciError::Config(format!("unpack task: {e}")))??;
         image.rootfs = self.cache.unpacked_dir(&digest).join("rootfs");
         Ok(image)
     }
@@ -339,6 +341,7 @@ fn unpack_all(
     digest: &Digest,
     mut image: Image,
     layers: &[Digest],
+    limit: u64,
 ) -> Result<Image> {
     let tmp = cache.temp_dir()?;
     let root = tmp.path().join("rootfs");
@@ -354,8 +357,15 @@ fn unpack_all(
         .as_ref()
         .map(|r| r.diff_ids.clone())
         .unwrap_or_default();
+    let mut used = 0u64;
     for (i, d) in layers.iter().enumerate() {
-        let stats = unpack::apply_blob(&root, &cache.blob_path(d), &d.to_string())?;
+        let stats = unpack::apply_blob_limited(
+            &root,
+            &cache.blob_path(d),
+            &d.to_string(),
+            limit.saturating_sub(used),
+        )?;
+        used += stats.bytes;
         if let (Some(expected), Some(actual)) = (diff_ids.get(i), &stats.diff_id) {
             Digest::parse(expected)?.verify(actual, format!("uncompressed layer {d} (diff_id)"))?;
         }

@@ -49,17 +49,34 @@ pub fn decompressed(file: File) -> std::io::Result<Box<dyn Read + Send>> {
 
 /// Applies the layer blob at `blob` onto `root`; `layer` names it in errors.
 pub fn apply_blob(root: &Path, blob: &Path, layer: &str) -> Result<LayerStats> {
+    apply_blob_limited(root, blob, layer, u64::MAX)
+}
+
+/// [`apply_blob`], refusing the layer once its files hold more than `limit` bytes
+/// (a small compressed layer may expand to fill the disk).
+pub fn apply_blob_limited(root: &Path, blob: &Path, layer: &str, limit: u64) -> Result<LayerStats> {
     let file = File::open(blob).map_err(|e| OciError::io("opening layer", blob, e))?;
     let stream = decompressed(file).map_err(|e| OciError::BadLayer {
         digest: layer.to_string(),
         reason: format!("cannot decompress: {e}"),
     })?;
-    apply(root, stream, layer)
+    apply_limited(root, stream, layer, limit)
 }
 
 /// Applies one uncompressed tar stream onto `root`.
 pub fn apply(root: &Path, stream: impl Read, layer: &str) -> Result<LayerStats> {
+    apply_limited(root, stream, layer, u64::MAX)
+}
+
+/// [`apply`] with at most `limit` bytes of file content.
+pub fn apply_limited(
+    root: &Path,
+    stream: impl Read,
+    layer: &str,
+    limit: u64,
+) -> Result<LayerStats> {
     let mut applier = Applier {
+        limit,
         root,
         layer,
         written: HashSet::new(),
@@ -94,6 +111,7 @@ struct DirMeta {
 }
 
 struct Applier<'a> {
+    limit: u64,
     root: &'a Path,
     layer: &'a str,
     /// Real paths this layer made: an opaque marker keeps them.
@@ -172,6 +190,13 @@ impl Applier<'_> {
                 });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = header.size().unwrap_or(0);
+                if self.stats.bytes.saturating_add(size) > self.limit {
+                    return Err(OciError::TooLarge {
+                        what: format!("the unpacked content of layer {}", self.layer),
+                        limit: self.limit,
+                    });
+                }
                 if existing.is_some() {
                     remove_any(&target).map_err(|e| self.io(&target, e))?;
                 }

@@ -567,3 +567,27 @@ async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<
     remove_cache(&cache);
     Ok(())
 }
+
+#[tokio::test]
+async fn content_past_the_unpacked_limit_is_refused() -> anyhow::Result<()> {
+    let reg = Registry::start("limit", 15012, None)?;
+    let cache = cache_dir("limit");
+    // 4 MiB of zeros: a gzip blob of a few KiB.
+    let big = tar(&[Entry::File("zeros", vec![0u8; 4 << 20], 0o644)]);
+    Pusher::new(&reg, "bomb")
+        .image(Some("1"), "amd64", &[(big, Comp::Gzip)], &[], true)
+        .await?;
+    let mut config = config_for(&reg, &cache);
+    config.max_unpacked_bytes = 1 << 20;
+    let err = Puller::new(config)?
+        .pull(&format!("{}/bomb:1", reg.host()), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OciError::TooLarge { limit, .. } if limit == 1 << 20),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(cache.join("tmp"))?.count(), 0);
+    remove_cache(&cache);
+    Ok(())
+}
