@@ -316,7 +316,7 @@ impl Puller {
                 .collect(),
             None => (0..repos.len()).collect(),
         };
-        let mut last = None;
+        let (mut first_answer, mut last) = (None, None);
         for i in order {
             match op(&repos[i]).await {
                 Ok(v) => {
@@ -326,11 +326,19 @@ impl Puller {
                 Err(e @ (OciError::DigestMismatch { .. } | OciError::Io { .. })) => return Err(e),
                 Err(e) => {
                     tracing::warn!(endpoint = %repos[i].endpoint.base, error = %e, "registry endpoint failed");
-                    last = Some(e);
+                    // An answer (not found, refused) says more than an unreachable endpoint
+                    // tried after it (Docker Hub itself, from a machine that cannot reach it).
+                    if matches!(e, OciError::Registry { .. }) {
+                        last = Some(e);
+                    } else if first_answer.is_none() {
+                        first_answer = Some(e);
+                    }
                 }
             }
         }
-        Err(last.unwrap_or_else(|| OciError::Config("no registry endpoint".into())))
+        Err(first_answer
+            .or(last)
+            .unwrap_or_else(|| OciError::Config("no registry endpoint".into())))
     }
 }
 

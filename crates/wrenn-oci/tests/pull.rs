@@ -591,3 +591,27 @@ async fn content_past_the_unpacked_limit_is_refused() -> anyhow::Result<()> {
     remove_cache(&cache);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_mirrors_answer_beats_an_unreachable_registry() -> anyhow::Result<()> {
+    let reg = Registry::start("answer", 15013, None)?;
+    let cache = cache_dir("answer");
+    let mut config = wrenn_oci::OciConfig::new(&cache);
+    // The mirror answers 404; the registry itself (127.0.0.1:15014, nothing there) is
+    // unreachable: the error is the mirror's "not found".
+    config.registries.insert(
+        "127.0.0.1:15014".into(),
+        wrenn_oci::RegistrySettings {
+            mirrors: vec![reg.base()],
+            insecure: true,
+            ..Default::default()
+        },
+    );
+    let err = Puller::new(config)?
+        .pull("127.0.0.1:15014/nothing/here:1", |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::NotFound { .. }), "{err}");
+    remove_cache(&cache);
+    Ok(())
+}
