@@ -160,6 +160,7 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
+	$(CARGO_TARGET_DIR)/release/wrenn-bench oci
 	$(CARGO_TARGET_DIR)/release/wrenn-bench cluster --images $(WRENN_IMAGES)
 
 ## soak: the long reliability runs (load held 5 min, churn with VMM kills 10 min; SOAK_* vars

@@ -24,6 +24,11 @@ required=(
   "ip iproute2"
   # The web console's browser tests: Debian's Chromium, driven by playwright-core.
   "chromium chromium"
+  # The OCI suite (crates/wrenn-oci/tests) runs its own registry on 127.0.0.1 with a config of
+  # its own; the package's system service is not used.
+  "docker-registry docker-registry"
+  # Templates from OCI images get Debian's static busybox (their init's tools).
+  "busybox busybox-static"
 )
 
 have() { command -v "$1" >/dev/null 2>&1; }

@@ -7,7 +7,7 @@
 //! reached directly), `server` (the REST API against the agent reached directly) and
 //! `scheduler` (the control plane's placement in a simulated cluster, against least loaded
 //! and random placement) and `cluster` (3 hosts against 1, template transfer against `cp`,
-//! and the scheduler simulation).
+//! and the scheduler simulation), `oci` (layer unpacking against GNU `tar -x`).
 //! `soak` is not a benchmark but the long reliability runs of `make soak` (no baselines: its
 //! figures are held or not).
 
@@ -15,6 +15,7 @@ mod agent;
 mod cluster;
 mod envd;
 mod http1;
+mod oci;
 mod procs;
 mod report;
 mod rest;
@@ -55,6 +56,8 @@ enum Command {
     /// Benchmark a cluster: creates on 3 registered hosts against 1 (real `wrenn up` and
     /// `wrenn agent`s), template transfer against `cp`, and the scheduler simulation.
     Cluster(cluster::Args),
+    /// Unpack OCI layers (plain, gzip, zstd) with `wrenn-oci` against GNU `tar -x` of the same.
+    Oci(oci::Args),
     /// The long reliability runs (`make soak`): load held on exec streams and terminals, then
     /// churn at capacity with VMMs killed; counts leaks and writes docs/reliability.md.
     Soak(soak::Args),
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Oci(args) => oci::run(args),
         Command::Soak(args) => soak::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }

@@ -189,6 +189,9 @@ pub enum AgentError {
     TransferCut(String),
     #[error("capsule {id} already exists on this host")]
     CapsuleExists { id: String },
+    /// Pulling or unpacking an OCI image (`crate::oci_template`).
+    #[error(transparent)]
+    Oci(#[from] wrenn_oci::OciError),
     #[error(transparent)]
     Vmm(#[from] wrenn_vmm::VmmError),
     #[error(transparent)]
@@ -354,6 +357,7 @@ impl From<AgentError> for tonic::Status {
                 Status::invalid_argument(msg)
             }
             E::Rpc(wrenn_rpc::RpcError::SocketTaken(_)) => Status::failed_precondition(msg),
+            E::Oci(o) => oci_status(&o, msg),
             E::ImageBuild { .. }
             | E::Network(_)
             | E::Vmm(_)
@@ -365,6 +369,30 @@ impl From<AgentError> for tonic::Status {
                 tracing::error!(error = %msg, "agent request failed");
                 Status::internal(msg)
             }
+        }
+    }
+}
+
+/// The gRPC code of an OCI pull's failure: the image's or the reference's fault, or ours.
+fn oci_status(e: &wrenn_oci::OciError, msg: String) -> tonic::Status {
+    use tonic::Status;
+    use wrenn_oci::OciError as O;
+    match e {
+        O::BadReference { .. }
+        | O::NoPlatform { .. }
+        | O::BadManifest(_)
+        | O::BadLayer { .. }
+        | O::PathEscape { .. }
+        | O::BadDigest(_)
+        | O::Config(_) => Status::invalid_argument(msg),
+        O::NotFound { .. } => Status::not_found(msg),
+        O::Unauthorized { .. } => Status::permission_denied(msg),
+        O::TooLarge { .. } => with_reason(Status::resource_exhausted(msg), reason::TOO_LARGE),
+        O::DigestMismatch { .. } => Status::data_loss(msg),
+        O::Registry { .. } => Status::unavailable(msg),
+        O::Io { .. } => {
+            tracing::error!(error = %msg, "OCI image failed");
+            Status::internal(msg)
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod images;
 pub mod manager;
 pub mod metrics;
 pub mod netslot;
+pub mod oci_template;
 pub mod prereq;
 pub mod record;
 pub mod run;

@@ -1,0 +1,448 @@
+//! Pulls from a real registry (Debian's docker-registry on 127.0.0.1, ports 15000–15049)
+//! seeded with images the tests write: manifests of both kinds, indexes, gzip/zstd/plain
+//! layers, whiteouts across layers, Basic auth, digest mismatches, the cache.
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use common::image::{tar, Comp, Entry, Pusher, OCI_MANIFEST};
+use common::{cache_dir, config_for, remove_cache, Registry};
+use wrenn_oci::{OciError, Puller};
+
+fn read(root: &Path, p: &str) -> String {
+    std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn base_layer() -> Vec<u8> {
+    tar(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File("etc/os-release", b"ID=wrenn-test\n".to_vec(), 0o644),
+        Entry::Dir("usr/", 0o755),
+        Entry::Dir("usr/bin/", 0o755),
+        Entry::File("usr/bin/tool", b"#!/bin/sh\necho tool\n".to_vec(), 0o755),
+        Entry::Symlink("bin", "usr/bin"),
+        Entry::Hardlink("usr/bin/tool2", "usr/bin/tool"),
+        Entry::CharDev("dev-null"),
+        Entry::Dir("srv/", 0o750),
+    ])
+}
+
+#[tokio::test]
+async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
+    let reg = Registry::start("single", 15000, None)?;
+    let cache = cache_dir("single");
+    let push = Pusher::new(&reg, "team/app");
+    let (oci_digest, ..) = push
+        .image(
+            Some("oci"),
+            "amd64",
+            &[(base_layer(), Comp::Gzip)],
+            &["PATH=/usr/bin", "A=1"],
+            true,
+        )
+        .await?;
+    push.image(
+        Some("docker"),
+        "amd64",
+        &[(base_layer(), Comp::Gzip)],
+        &["B=2"],
+        false,
+    )
+    .await?;
+    let puller = Puller::new(config_for(&reg, &cache))?;
+    let mut lines = Vec::new();
+    let img = puller
+        .pull(&format!("{}/team/app:oci", reg.host()), |p| {
+            lines.push(p.to_string())
+        })
+        .await?;
+    assert_eq!(img.digest, oci_digest);
+    assert!(!img.cached);
+    let root = &img.rootfs;
+    assert_eq!(read(root, "etc/os-release"), "ID=wrenn-test\n");
+    assert_eq!(read(root, "bin/tool"), "#!/bin/sh\necho tool\n");
+    assert_eq!(std::fs::read_link(root.join("bin"))?, Path::new("usr/bin"));
+    let meta = std::fs::metadata(root.join("usr/bin/tool"))?;
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.nlink(), 2, "tool2 is a hard link of tool");
+    assert_eq!(
+        std::fs::metadata(root.join("srv"))?.permissions().mode() & 0o7777,
+        0o750
+    );
+    assert!(!root.join("dev-null").exists(), "device nodes are skipped");
+    assert_eq!(img.layers[0].skipped_devices, 1);
+    let run = img.config.config.clone().unwrap();
+    assert_eq!(run.env.unwrap(), vec!["PATH=/usr/bin", "A=1"]);
+    assert_eq!(run.working_dir.as_deref(), Some("/srv"));
+    assert!(
+        lines.iter().any(|l| l.starts_with("layer 1/1")),
+        "{lines:?}"
+    );
+
+    let img = puller
+        .pull(&format!("{}/team/app:docker", reg.host()), |_| {})
+        .await?;
+    assert_eq!(img.config.config.unwrap().env.unwrap(), vec!["B=2"]);
+    assert_eq!(read(&img.rootfs, "usr/bin/tool2"), "#!/bin/sh\necho tool\n");
+
+    let missing = puller
+        .pull(&format!("{}/team/app:nope", reg.host()), |_| {})
+        .await;
+    assert!(
+        matches!(missing, Err(OciError::NotFound { .. })),
+        "{missing:?}"
+    );
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn index_picks_linux_amd64() -> anyhow::Result<()> {
+    let reg = Registry::start("index", 15001, None)?;
+    let cache = cache_dir("index");
+    let push = Pusher::new(&reg, "multi");
+    let layer = |text: &str| tar(&[Entry::File("arch", text.as_bytes().to_vec(), 0o644)]);
+    let arm = push
+        .image(None, "arm64", &[(layer("arm64"), Comp::Gzip)], &[], true)
+        .await?;
+    let amd_v3 = push
+        .image(None, "amd64", &[(layer("amd64v3"), Comp::Gzip)], &[], true)
+        .await?;
+    let amd = push
+        .image(None, "amd64", &[(layer("amd64"), Comp::Zstd)], &[], true)
+        .await?;
+    let att = push
+        .image(
+            None,
+            "unknown",
+            &[(layer("attestation"), Comp::None)],
+            &[],
+            true,
+        )
+        .await?;
+    for oci in [true, false] {
+        let tag = if oci { "oci" } else { "docker" };
+        let index = push
+            .index(
+                tag,
+                &[
+                    (att.0.clone(), att.1, OCI_MANIFEST, "unknown", None),
+                    (arm.0.clone(), arm.1, OCI_MANIFEST, "arm64", Some("v8")),
+                    (
+                        amd_v3.0.clone(),
+                        amd_v3.1,
+                        OCI_MANIFEST,
+                        "amd64",
+                        Some("v3"),
+                    ),
+                    (amd.0.clone(), amd.1, OCI_MANIFEST, "amd64", None),
+                ],
+                oci,
+            )
+            .await?;
+        let puller = Puller::new(config_for(&reg, &cache))?;
+        let img = puller
+            .pull(&format!("{}/multi:{tag}", reg.host()), |_| {})
+            .await?;
+        assert_eq!(img.digest, amd.0);
+        assert_eq!(img.index_digest.as_deref(), Some(index.as_str()));
+        assert_eq!(read(&img.rootfs, "arch"), "amd64");
+        // By the index's digest too.
+        let img = puller
+            .pull(&format!("{}/multi@{index}", reg.host()), |_| {})
+            .await?;
+        assert_eq!(read(&img.rootfs, "arch"), "amd64");
+    }
+    push.index(
+        "armonly",
+        &[(arm.0.clone(), arm.1, OCI_MANIFEST, "arm64", Some("v8"))],
+        true,
+    )
+    .await?;
+    let puller = Puller::new(config_for(&reg, &cache))?;
+    let err = puller
+        .pull(&format!("{}/multi:armonly", reg.host()), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, OciError::NoPlatform { available, .. } if available == "linux/arm64/v8"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no linux/amd64 image"), "{err}");
+    // A single manifest of another architecture is refused the same way.
+    push.manifest("armsingle", OCI_MANIFEST, &arm.3).await?;
+    let err = puller
+        .pull(&format!("{}/multi:armsingle", reg.host()), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::NoPlatform { .. }), "{err}");
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn whiteouts_and_opaque_dirs_across_gzip_zstd_plain_layers() -> anyhow::Result<()> {
+    let reg = Registry::start("whiteout", 15002, None)?;
+    let cache = cache_dir("whiteout");
+    let push = Pusher::new(&reg, "layers");
+    let l1 = tar(&[
+        Entry::Dir("a/", 0o755),
+        Entry::File("a/gone", b"1".to_vec(), 0o644),
+        Entry::File("a/stays", b"1".to_vec(), 0o644),
+        Entry::Dir("a/sub/", 0o755),
+        Entry::File("a/sub/deep", b"1".to_vec(), 0o644),
+        Entry::Dir("opq/", 0o755),
+        Entry::File("opq/old1", b"1".to_vec(), 0o644),
+        Entry::Dir("opq/olddir/", 0o755),
+        Entry::File("opq/olddir/x", b"1".to_vec(), 0o644),
+        Entry::File("replaced", b"file".to_vec(), 0o644),
+    ]);
+    let l2 = tar(&[
+        Entry::File("a/.wh.gone", vec![], 0o644),
+        Entry::File("a/.wh.sub", vec![], 0o644),
+        // New content first, then the opaque marker: what this layer wrote stays.
+        Entry::File("opq/new-before", b"2".to_vec(), 0o644),
+        Entry::File("opq/.wh..wh..opq", vec![], 0o644),
+        Entry::File("opq/new-after", b"2".to_vec(), 0o644),
+        Entry::Dir("replaced/", 0o700),
+        Entry::File("replaced/inside", b"2".to_vec(), 0o644),
+    ]);
+    let l3 = tar(&[
+        Entry::File("a/sub/again", b"3".to_vec(), 0o644),
+        Entry::File("a/stays", b"3".to_vec(), 0o600),
+        Entry::File(".wh.replaced", vec![], 0o644),
+        Entry::File("a/.wh.never-existed", vec![], 0o644),
+    ]);
+    push.image(
+        Some("v1"),
+        "amd64",
+        &[(l1, Comp::Gzip), (l2, Comp::Zstd), (l3, Comp::None)],
+        &[],
+        true,
+    )
+    .await?;
+    let puller = Puller::new(config_for(&reg, &cache))?;
+    let img = puller
+        .pull(&format!("{}/layers:v1", reg.host()), |_| {})
+        .await?;
+    let root = &img.rootfs;
+    assert!(!root.join("a/gone").exists());
+    assert!(
+        !root.join("a/.wh.gone").exists(),
+        "whiteout files are not written"
+    );
+    assert_eq!(read(root, "a/stays"), "3");
+    assert_eq!(
+        std::fs::metadata(root.join("a/stays"))?
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        !root.join("a/sub/deep").exists(),
+        "a whited-out dir loses its old content"
+    );
+    assert_eq!(read(root, "a/sub/again"), "3");
+    let mut opq: Vec<String> = std::fs::read_dir(root.join("opq"))?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    opq.sort();
+    assert_eq!(opq, ["new-after", "new-before"]);
+    assert!(!root.join("replaced").exists());
+    assert_eq!(
+        img.layers.iter().map(|l| l.whiteouts).collect::<Vec<_>>(),
+        [0, 3, 2]
+    );
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_auth_registry() -> anyhow::Result<()> {
+    let reg = Registry::start("basic", 15003, Some(("wrenn", "s3cret-pass")))?;
+    let cache = cache_dir("basic");
+    let push = Pusher::new(&reg, "private/img");
+    push.image(Some("1"), "amd64", &[(base_layer(), Comp::Gzip)], &[], true)
+        .await?;
+    let reference = format!("{}/private/img:1", reg.host());
+
+    let anonymous = Puller::new(config_for(&reg, &cache))?;
+    let err = anonymous.pull(&reference, |_| {}).await.unwrap_err();
+    assert!(matches!(err, OciError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("none is configured"), "{err}");
+
+    let mut config = config_for(&reg, &cache);
+    let s = config.registries.get_mut(&reg.host()).unwrap();
+    s.username = Some("wrenn".into());
+    s.password = Some("wrong".into());
+    let err = Puller::new(config.clone())?
+        .pull(&reference, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::Unauthorized { .. }), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password never shows: {err}"
+    );
+
+    config.registries.get_mut(&reg.host()).unwrap().password = Some("s3cret-pass".into());
+    let img = Puller::new(config)?.pull(&reference, |_| {}).await?;
+    assert_eq!(read(&img.rootfs, "etc/os-release"), "ID=wrenn-test\n");
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cache_hits_do_not_download() -> anyhow::Result<()> {
+    let mut reg = Registry::start("cache", 15005, None)?;
+    let cache = cache_dir("cache");
+    let push = Pusher::new(&reg, "cached");
+    let (digest, ..) = push
+        .image(
+            Some("t"),
+            "amd64",
+            &[
+                (base_layer(), Comp::Gzip),
+                (tar(&[Entry::File("x", b"x".to_vec(), 0o644)]), Comp::Zstd),
+            ],
+            &[],
+            true,
+        )
+        .await?;
+    let reference = format!("{}/cached:t", reg.host());
+    let before = reg.requests("cached").len();
+    let first = Puller::new(config_for(&reg, &cache))?
+        .pull(&reference, |_| {})
+        .await?;
+    let first_requests = reg.requests("cached")[before..].to_vec();
+    // manifest + config + 2 layers.
+    assert_eq!(first_requests.len(), 4, "{first_requests:#?}");
+    assert!(!first.cached);
+
+    // A new puller on the same cache: the tag is asked once; nothing else is fetched.
+    let mut steps = Vec::new();
+    let second = Puller::new(config_for(&reg, &cache))?
+        .pull(&reference, |p| steps.push(p.to_string()))
+        .await?;
+    let second_requests = reg.requests("cached")[before + 4..].to_vec();
+    assert_eq!(second_requests.len(), 1, "{second_requests:#?}");
+    assert!(
+        second_requests[0].contains("/manifests/t "),
+        "{second_requests:?}"
+    );
+    assert!(second.cached && second.rootfs == first.rootfs, "{steps:?}");
+
+    // By digest: the registry is not asked at all (it is stopped).
+    reg.stop();
+    let third = Puller::new(config_for(&reg, &cache))?
+        .pull(&format!("{}/cached@{digest}", reg.host()), |_| {})
+        .await?;
+    assert!(third.cached);
+    assert_eq!(read(&third.rootfs, "x"), "x");
+
+    // Removing the unpacked tree keeps the blobs: unpacked again with the registry down.
+    let d = wrenn_oci::Digest::parse(&digest)?;
+    Puller::new(config_for(&reg, &cache))?
+        .cache()
+        .remove_unpacked(&d)?;
+    let fourth = Puller::new(config_for(&reg, &cache))?
+        .pull(&format!("{}/cached@{digest}", reg.host()), |_| {})
+        .await?;
+    assert!(!fourth.cached);
+    assert_eq!(read(&fourth.rootfs, "etc/os-release"), "ID=wrenn-test\n");
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<()> {
+    let reg = Registry::start("bearer", 15007, None)?;
+    let cache = cache_dir("bearer");
+    Pusher::new(&reg, "tok/img")
+        .image(Some("1"), "amd64", &[(base_layer(), Comp::Zstd)], &[], true)
+        .await?;
+    let front =
+        common::token::FakeTokenFront::start(15008, &reg.base(), "tok/img", "robot", "pa55")
+            .await?;
+    let reference = format!("{}/tok/img:1", front.host());
+    let mut config = wrenn_oci::OciConfig::new(&cache);
+    config.registries.insert(
+        front.host(),
+        wrenn_oci::RegistrySettings {
+            insecure: true,
+            ..Default::default()
+        },
+    );
+    // Anonymous: the token endpoint refuses; a clear error.
+    let err = Puller::new(config.clone())?
+        .pull(&reference, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("token endpoint"), "{err}");
+    assert_eq!(
+        front
+            .token_refusals
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let s = config.registries.get_mut(&front.host()).unwrap();
+    s.username = Some("robot".into());
+    s.password = Some("pa55".into());
+    let img = Puller::new(config)?.pull(&reference, |_| {}).await?;
+    assert_eq!(read(&img.rootfs, "etc/os-release"), "ID=wrenn-test\n");
+    // One token serves the manifest, the config and the layer.
+    assert_eq!(
+        front
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        reg.requests("tok/img")
+            .iter()
+            .filter(|l| l.contains("\"GET "))
+            .count(),
+        3
+    );
+    remove_cache(&cache);
+    Ok(())
+}
+
+#[tokio::test]
+async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<()> {
+    let reg = Registry::start("mirror", 15009, None)?;
+    let cache = cache_dir("mirror");
+    Pusher::new(&reg, "library/python")
+        .image(
+            Some("3.12-slim"),
+            "amd64",
+            &[(base_layer(), Comp::Gzip)],
+            &["PYTHON_VERSION=3.12"],
+            false,
+        )
+        .await?;
+    let mut config = wrenn_oci::OciConfig::new(&cache);
+    config.registries.insert(
+        "docker.io".into(),
+        wrenn_oci::RegistrySettings {
+            // Nothing listens on 15010: that mirror fails and the next one serves.
+            mirrors: vec!["http://127.0.0.1:15010".into(), reg.base()],
+            ..Default::default()
+        },
+    );
+    let img = Puller::new(config)?
+        .pull("python:3.12-slim", |_| {})
+        .await?;
+    assert_eq!(img.reference, "docker.io/library/python:3.12-slim");
+    assert_eq!(
+        img.config.config.unwrap().env.unwrap(),
+        vec!["PYTHON_VERSION=3.12"]
+    );
+    remove_cache(&cache);
+    Ok(())
+}
