@@ -19,6 +19,10 @@ use serde_json::{json, Value};
 
 const SLOTS: &str = "4200-4299";
 
+/// One `wrenn up` at a time in this binary: they share the slot range (each sweeps it at start
+/// and on drop). Held for a test's whole life, dropped last.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Api<'a> {
     up: &'a Up,
     http: reqwest::Client,
@@ -156,6 +160,7 @@ fn targz(files: &[(&str, &str)]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recipe_with_archive_env_user_and_workdir() {
+    let _serial = SERIAL.lock().await;
     let (_dir, _reap, up) = up("minimal");
     let api = Api::new(&up);
     let archive = targz(&[
@@ -216,6 +221,7 @@ async fn recipe_with_archive_env_user_and_workdir() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn started_server_answers_at_once_in_new_capsules() {
+    let _serial = SERIAL.lock().await;
     let (_dir, _reap, up) = up("python");
     let api = Api::new(&up);
     let (s, b) = api
@@ -243,6 +249,7 @@ async fn started_server_answers_at_once_in_new_capsules() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_refusals_and_cancel() {
+    let _serial = SERIAL.lock().await;
     let (_dir, _reap, up) = up("minimal");
     let api = Api::new(&up);
     // Refused before anything runs, with the line.
@@ -384,6 +391,7 @@ async fn failures_refusals_and_cancel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_never_leaves_a_build_running() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let _reap = Reap {
         dir: dir.path().to_path_buf(),
@@ -440,6 +448,7 @@ async fn a_restart_never_leaves_a_build_running() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_builds_lists_and_cancels() {
+    let _serial = SERIAL.lock().await;
     let (_dir, _reap, up) = up("minimal");
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(work.path().join("site")).unwrap();
