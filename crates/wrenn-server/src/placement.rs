@@ -148,6 +148,16 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
         })
         .filter(|v| scheduler::in_scope(v, &req))
         .collect();
+    // A base template no host it may use holds or can build does not exist (a snapshot
+    // template's name, or a typo): not found, not a full cluster.
+    if let Some(want) = req.template.as_ref().filter(|w| w.shape.is_some()) {
+        if !in_scope.is_empty() && !in_scope.iter().any(|v| v.can_start(Some(want))) {
+            return Err(ApiError::NotFound(format!(
+                "template {} not found",
+                want.name
+            )));
+        }
+    }
     if !in_scope.is_empty() && !in_scope.iter().any(|v| reserves.admits(v, ask.need)) {
         return Err(ApiError::InvalidRequest(format!(
             "{} vCPUs, {} MB of memory and {} MB of disk can never fit: no host this capsule \
