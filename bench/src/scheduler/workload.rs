@@ -96,7 +96,8 @@ pub fn hosts(n: usize, rng: &mut SmallRng) -> Vec<HostView> {
                 capacity: Claims::new(cores, mem_gib * 1024, disk_gib * 1024),
                 usage: HostUsage::default(),
                 templates,
-                buildable: vec!["minimal".to_owned(), "python".to_owned()],
+                // Every simulated host builds every base template on first need.
+                buildable: BASES.iter().map(|b| (*b).to_owned()).collect(),
                 // The simulated hosts are bounded by CPU, memory and disk only.
                 slots: None,
             }
