@@ -53,6 +53,10 @@ impl BuildStatus {
 /// A template to build. Exactly one of `recipe` and `dockerfile`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({"name": "my-env", "recipe": ["RUN echo hello > /home/user/hello"]}))
+)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBuildBody {
     /// The template to make: `[a-zA-Z0-9][a-zA-Z0-9._-]*`, at most 48 characters. An existing
