@@ -68,6 +68,10 @@ pub struct CreateBuildBody {
     pub name: String,
     /// A recipe, one instruction a line (`RUN`, `START`, `ENV`, `WORKDIR`, `USER`, `COPY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_items = 1, example = json!(["RUN echo hello > /home/user/hello"]))
+    )]
     pub recipe: Option<Vec<String>>,
     /// A Dockerfile (the subset in docs/builds.md); its `FROM` names the base template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
