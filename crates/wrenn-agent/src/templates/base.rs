@@ -77,7 +77,14 @@ impl Templates {
         })
         .await;
         pool.free(slot);
-        let built = built?;
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // A half-built folder holds disk and would pass for a template next time.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         // Built with umask 022 (the guest's files keep their modes); the folder is ours.
         wrenn_vmm::files::private_tree(&dir)?;
         tracing::warn!(
