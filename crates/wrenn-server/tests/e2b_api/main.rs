@@ -11,81 +11,21 @@ mod fake_agent;
 #[path = "../state/mod.rs"]
 mod state;
 
+#[allow(dead_code)]
+#[path = "../two_teams/mod.rs"]
+mod two_teams;
+
 mod envd;
 
 use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tonic::Status;
-use wrenn_server::{
-    db::{now_ms, Db, E2bLifetime},
-    quotas::{self, Limits},
-    AdminKey, AppState,
-};
+use wrenn_server::db::{now_ms, E2bLifetime};
 
-use fake_agent::FakeAgent;
-
-pub(crate) struct Server {
-    base: String,
-    http: reqwest::Client,
-    state: AppState,
-    agent: FakeAgent,
-    key_a: String,
-    key_b: String,
-    _dir: tempfile::TempDir,
-}
+pub(crate) use two_teams::TwoTeams as Server;
 
 pub(crate) async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("wrenn.db").display()
-    );
-    let db = Db::open(&url).await.unwrap();
-    let AdminKey::Made(key_a) = wrenn_server::bootstrap(
-        &db,
-        &dir.path().join("admin.key"),
-        &dir.path().join("admin.password"),
-    )
-    .await
-    .unwrap() else {
-        panic!("a first start makes the admin key")
-    };
-    let (_, team_b) = db
-        .create_user_with_team("bob@example.com", "Bob", "not-a-hash", "b")
-        .await
-        .unwrap();
-    let (_, key_b) = db.create_api_key(&team_b.id, "b").await.unwrap();
-    quotas::set_defaults(
-        &db,
-        &Limits {
-            capsules: Some(10),
-            ..Limits::default()
-        },
-    )
-    .await
-    .unwrap();
-    let (agent, client) = FakeAgent::start().await;
-    let state = state::with_agent(db, wrenn_server::accounts::SignupPolicy::Closed, client).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = wrenn_server::router(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    Server {
-        base,
-        http: reqwest::Client::new(),
-        state,
-        agent,
-        key_a,
-        key_b,
-        _dir: dir,
-    }
+    two_teams::start(10).await
 }
 
 pub(crate) struct Answer {
