@@ -1,0 +1,42 @@
+"""`make bench`: the first `run_code` on a fresh code-runner capsule against a second call.
+
+Uses the suite's session (conftest.py: `wrenn up`, code-runner-beta built or cached). For
+ROUNDS fresh capsules: the capsule is created and running (`wait=True`), then two `run_code`
+calls of the same cell are timed. The first includes finding the kernel (`GET /api/kernels`
+through the port proxy) and opening the kernel's WebSocket; the second only runs the cell. Prints
+the medians and their ratio (first / second); nothing is asserted but that each call worked.
+"""
+
+import os
+import statistics
+import time
+
+from wrenn.code_runner import Capsule
+
+ROUNDS = int(os.environ.get("CODE_RUNNER_BENCH_ROUNDS", "5"))
+CELL = "sum(range(1000))"
+
+
+def test_first_run_code_vs_second(server):
+    first, second, create = [], [], []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        c = Capsule(wait=True)
+        try:
+            t1 = time.perf_counter()
+            a = c.run_code(CELL, jupyter_timeout=60)
+            t2 = time.perf_counter()
+            b = c.run_code(CELL)
+            t3 = time.perf_counter()
+        finally:
+            c.destroy()
+        assert a.text == b.text == "499500", (a, b)
+        create.append(t1 - t0)
+        first.append(t2 - t1)
+        second.append(t3 - t2)
+    f, s = statistics.median(first), statistics.median(second)
+    print(
+        f"\nFIGURE code_runner.run_code rounds={ROUNDS} create_ms={statistics.median(create) * 1e3:.0f} "
+        f"first_ms={f * 1e3:.0f} second_ms={s * 1e3:.0f} first_over_second={f / s:.2f} "
+        f"first_max_ms={max(first) * 1e3:.0f}"
+    )
