@@ -22,7 +22,7 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts code-runner fuzz-api dashboard dashboard-test fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts code-runner code-runner-bench fuzz-api dashboard dashboard-test fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR);
 ## the web console at http://$(WRENN_LISTEN)/. WRENN_TEMPLATES=minimal,python,code-runner-beta
@@ -124,6 +124,13 @@ code-runner: images $(VENV_WRENN)/.installed
 	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn WRENN_CACHE=$(WRENN_CACHE) \
 	  $(VENV_WRENN)/bin/python -m pytest tests/code_runner -q -p no:cacheprovider -s
 
+## code-runner-bench: (in make bench) the first run_code on fresh code-runner capsules against a
+## second call, with the suite's server and cached template (tests/code_runner/bench_run_code.py)
+code-runner-bench: images $(VENV_WRENN)/.installed
+	$(CARGO) build --release --locked -p wrenn
+	WRENN_BIN=$(CARGO_TARGET_DIR)/release/wrenn WRENN_CACHE=$(WRENN_CACHE) \
+	  $(VENV_WRENN)/bin/python -m pytest tests/code_runner/bench_run_code.py -q -p no:cacheprovider -s
+
 $(VENV_FUZZ)/.installed: tests/fuzz/requirements.txt
 	python3 -m venv $(VENV_FUZZ)
 	$(VENV_FUZZ)/bin/pip install --quiet --upgrade pip
@@ -171,6 +178,7 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
 	$(CARGO_TARGET_DIR)/release/wrenn-bench oci
 	$(CARGO_TARGET_DIR)/release/wrenn-bench cluster --images $(WRENN_IMAGES)
+	$(MAKE) code-runner-bench
 
 ## soak: the long reliability runs (load held 5 min, churn with VMM kills 10 min; SOAK_* vars
 ## in scripts/soak.sh make them shorter), figures written into docs/reliability.md; then the
