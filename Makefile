@@ -22,21 +22,22 @@ ENVD_LISTEN ?= 127.0.0.1:49983
 WRENN_DIR ?= /var/lib/wrenn
 WRENN_LISTEN ?= 127.0.0.1:8000
 
-.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api dashboard dashboard-test fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
+.PHONY: up envd-run test deps lint unit e2b e2b-platform sdk sdk-hosts code-runner code-runner-bench fuzz-api dashboard dashboard-test fuzz-parsers soak fuzz-soak bench envd envd-static images fmt clean-cache
 
 ## up: a single-node Wrenn (control plane + host agent) on $(WRENN_LISTEN), data in $(WRENN_DIR);
-## the web console at http://$(WRENN_LISTEN)/
+## the web console at http://$(WRENN_LISTEN)/. WRENN_TEMPLATES=minimal,python,code-runner-beta
+## also builds the code runner's template (scripts/up.sh; once, again when its recipe changes)
 up: deps dashboard
 	@bin=$$(scripts/build-envd-static.sh | tail -1) && \
 	$(CARGO) build --release --locked -p wrenn && \
-	WRENN_ENVD=$$bin $(CARGO_TARGET_DIR)/release/wrenn up --data-dir $(WRENN_DIR) --listen $(WRENN_LISTEN)
+	WRENN_ENVD=$$bin scripts/up.sh $(CARGO_TARGET_DIR)/release/wrenn --data-dir $(WRENN_DIR) --listen $(WRENN_LISTEN)
 
 ## envd-run: envd alone on $(ENVD_LISTEN) (for the e2b SDK in debug mode)
 envd-run: deps envd
 	$(CARGO_TARGET_DIR)/debug/envd --listen $(ENVD_LISTEN)
 
-## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd and (normal mode) against wrenn up, the published wrenn SDK against wrenn up (alone, then with two more registered hosts), the API fuzzed from its OpenAPI document, the web console in Chromium
-test: deps lint unit e2b e2b-platform sdk sdk-hosts fuzz-api dashboard-test
+## test: format check, clippy -D warnings, the structure checks (dependency rule, file lengths, import circles), every Rust test (storage on SQLite and PostgreSQL; the parsers' property tests), the published e2b SDK against envd and (normal mode) against wrenn up, the published wrenn SDK against wrenn up (alone, then with two more registered hosts) and its code runner on code-runner-beta, the API fuzzed from its OpenAPI document, the web console in Chromium
+test: deps lint unit e2b e2b-platform sdk sdk-hosts code-runner fuzz-api dashboard-test
 
 deps:
 	@scripts/install-deps.sh
@@ -115,6 +116,21 @@ sdk-hosts: images $(VENV_WRENN)/.installed
 	WRENN_SDK_HOSTS=3 WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn \
 	  $(VENV_WRENN)/bin/python -m pytest tests/wrenn_sdk -q -p no:cacheprovider
 
+## code-runner: the published wrenn SDK's code runner (wrenn.code_runner, unchanged) against
+## `wrenn up` (slots 4500-4599) on code-runner-beta, built once from templates/code-runner-beta
+## and kept in $(WRENN_CACHE)/code-runner-sdk until its recipe, wheels or base image change
+code-runner: images $(VENV_WRENN)/.installed
+	$(CARGO) build -p wrenn --locked
+	WRENN_BIN=$(CARGO_TARGET_DIR)/debug/wrenn WRENN_CACHE=$(WRENN_CACHE) \
+	  $(VENV_WRENN)/bin/python -m pytest tests/code_runner -q -p no:cacheprovider -s
+
+## code-runner-bench: (in make bench) the first run_code on fresh code-runner capsules against a
+## second call, with the suite's server and cached template (tests/code_runner/bench_run_code.py)
+code-runner-bench: images $(VENV_WRENN)/.installed
+	$(CARGO) build --release --locked -p wrenn
+	WRENN_BIN=$(CARGO_TARGET_DIR)/release/wrenn WRENN_CACHE=$(WRENN_CACHE) \
+	  $(VENV_WRENN)/bin/python -m pytest tests/code_runner/bench_run_code.py -q -p no:cacheprovider -s
+
 $(VENV_FUZZ)/.installed: tests/fuzz/requirements.txt
 	python3 -m venv $(VENV_FUZZ)
 	$(VENV_FUZZ)/bin/pip install --quiet --upgrade pip
@@ -162,6 +178,7 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
 	$(CARGO_TARGET_DIR)/release/wrenn-bench oci
 	$(CARGO_TARGET_DIR)/release/wrenn-bench cluster --images $(WRENN_IMAGES)
+	$(MAKE) code-runner-bench
 
 ## soak: the long reliability runs (load held 5 min, churn with VMM kills 10 min; SOAK_* vars
 ## in scripts/soak.sh make them shorter), figures written into docs/reliability.md; then the
