@@ -2,10 +2,13 @@
 //! recipe with ENV/USER/WORKDIR and COPY from an archive gives capsules that show them; a
 //! START'ed HTTP server with a healthcheck answers at once in a new capsule; a failing RUN
 //! names its step and line; cancel; archives reaching out refused; a control plane restarted
-//! with a build under way never leaves it `running`. Needs root, QEMU and the `minimal` and
+//! with a build under way never leaves it `running`; `FROM <OCI image>` from a registry the test
+//! runs (`oci`). Needs root, QEMU and the `minimal` and
 //! `python` images. Run one test at a time under the VM lock.
 
 mod common;
+#[path = "builds_parts/oci.rs"]
+mod oci;
 
 use std::{
     io::Write,

@@ -89,7 +89,7 @@ impl Run {
         }
     }
 
-    fn begin(&mut self, phase: &str, line: usize, cmd: &str) -> usize {
+    pub(super) fn begin(&mut self, phase: &str, line: usize, cmd: &str) -> usize {
         self.logs.push(BuildStep {
             step: self.logs.len() as u32 + 1,
             phase: phase.into(),
@@ -106,7 +106,7 @@ impl Run {
 
     /// Runs `argv` in the build capsule, streaming its output into log entry `at` (saved
     /// every second); the exit code.
-    async fn exec(
+    pub(super) async fn exec(
         &mut self,
         at: usize,
         argv: Vec<String>,
@@ -190,7 +190,7 @@ impl Run {
     }
 
     /// A step's failure text: the step, its line and what went wrong.
-    fn failure(&self, at: usize, what: &str) -> Stop {
+    pub(super) fn failure(&self, at: usize, what: &str) -> Stop {
         let l = &self.logs[at];
         let detail = l.stderr.trim();
         let detail = if detail.is_empty() {
@@ -247,16 +247,31 @@ impl Run {
     ) -> std::result::Result<(), Stop> {
         // Setup: the build capsule.
         let started = Instant::now();
-        let at = self.begin(
-            "setup",
-            0,
-            &format!("capsule from {}", self.row.base_template),
-        );
+        let image = match &recipe.from {
+            Some(recipe::Base::Image(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let at = match &image {
+            Some(r) => self.begin("setup", from_line(&self.row.source), &format!("FROM {r}")),
+            None => self.begin(
+                "setup",
+                0,
+                &format!("capsule from {}", self.row.base_template),
+            ),
+        };
         self.save().await?;
+        let (template, host, defaults) = match &image {
+            Some(r) => {
+                let (t, h, d) = self.import_image(at, r).await?;
+                (t, Some(h), Some(d))
+            }
+            None => (self.row.base_template.clone(), None, None),
+        };
         let mut metadata = BTreeMap::new();
         metadata.insert("wrenn.build".to_string(), self.row.id.clone());
         let body = CreateCapsuleBody {
-            template: Some(self.row.base_template.clone()),
+            template: Some(template),
+            host_id: host,
             vcpus: u32::try_from(self.row.vcpus).ok().filter(|&v| v > 0),
             memory_mb: u32::try_from(self.row.memory_mb).ok().filter(|&v| v > 0),
             disk_size_mb: u32::try_from(self.row.disk_mb).ok().filter(|&v| v > 0),
@@ -265,11 +280,7 @@ impl Run {
             metadata: Some(metadata),
             ..CreateCapsuleBody::default()
         };
-        let made = crate::capsules::create::create(
-            State(self.state.clone()),
-            self.caller.clone(),
-            JsonBody(body),
-        )
+        let made = crate::capsules::create::create_for_build(self.state.clone(), self.caller.clone(), body)
         .await
         .map_err(|e| Stop::Failed(format!("the build capsule: {e}")))?;
         self.capsule = Some(made.1 .0.capsule.id.clone());
@@ -290,6 +301,9 @@ impl Run {
             parts.next().unwrap_or(""),
         );
         self.ctx = Context::from_base(env, &user, &dir);
+        if let Some(d) = defaults {
+            d.apply(&mut self.ctx);
+        }
         let summary = format!("base user {user}, folder {dir}");
         // The archive, when there is one.
         if self.row.has_archive != 0 {
@@ -556,6 +570,17 @@ impl Run {
             }
         }
     }
+}
+
+/// The line of a Dockerfile's `FROM` (1 when it cannot be found).
+fn from_line(source: &str) -> usize {
+    source
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.len() >= 5 && l[..5].eq_ignore_ascii_case("from ")
+        })
+        .map_or(1, |i| i + 1)
 }
 
 fn recipe_format(row: &BuildRow) -> bool {
