@@ -280,6 +280,8 @@ impl Run {
             metadata: Some(metadata),
             ..CreateCapsuleBody::default()
         };
+        // What the import said, kept ahead of the setup's summary.
+        let pulled = std::mem::take(&mut self.logs[at].stdout);
         let made = crate::capsules::create::create_for_build(self.state.clone(), self.caller.clone(), body)
         .await
         .map_err(|e| Stop::Failed(format!("the build capsule: {e}")))?;
@@ -303,8 +305,15 @@ impl Run {
         self.ctx = Context::from_base(env, &user, &dir);
         if let Some(d) = defaults {
             d.apply(&mut self.ctx);
+            // An image's `WorkingDir` need not exist in it (Docker makes it): made, as root.
+            if self.ctx.workdir_set {
+                let wd = std::mem::replace(&mut self.ctx.workdir, "/".into());
+                self.must(at, steps::workdir_script(&wd, &self.ctx.user))
+                    .await?;
+                self.ctx.workdir = wd;
+            }
         }
-        let summary = format!("base user {user}, folder {dir}");
+        let summary = format!("{pulled}base user {user}, folder {dir}");
         // The archive, when there is one.
         if self.row.has_archive != 0 {
             let tar = self

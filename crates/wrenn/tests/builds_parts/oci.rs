@@ -113,7 +113,7 @@ fn layer() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn from_an_oci_image_of_a_local_registry() {
     let _serial = SERIAL.lock().await;
-    let reg = Registry::start("ocib-builds", 15000, None).unwrap();
+    let reg = Registry::start("ocib-builds", 15015, None).unwrap();
     let host = reg.host();
     Pusher::new(&reg, "wrenn/tool")
         .image(
@@ -147,14 +147,16 @@ async fn from_an_oci_image_of_a_local_registry() {
     let image_template = pulled.split("as template ").nth(1).unwrap().trim();
     assert!(image_template.starts_with("oci-"), "{pulled}");
     assert_eq!(b["default_env"]["GREETING"], "from-image", "{b:#}");
+    // The image's `WorkingDir` (made: the image lacks it) is the template's folder.
+    assert_eq!(b["default_workdir"], "/srv", "{b:#}");
 
     // A capsule of the result: the image's program, the RUN's file, the image's environment.
     let c = api.capsule("tool").await;
     let out = api
-        .exec(&c, "hello; cat /etc/from-run /etc/image-marker; echo $GREETING")
+        .exec(&c, "hello; cat /etc/from-run /etc/image-marker; echo $GREETING; pwd")
         .await;
     assert_eq!(
-        out["stdout"], "hello-from-image\nran-in-build\nimage\nfrom-image\n",
+        out["stdout"], "hello-from-image\nran-in-build\nimage\nfrom-image\n/srv\n",
         "{out}"
     );
     api.destroy(&c).await;
@@ -185,7 +187,7 @@ async fn from_an_oci_image_of_a_local_registry() {
     // Failures before any capsule, each naming the FROM line.
     for (from, why) in [
         (format!("{host}/wrenn/tool:nope"), "not found"),
-        ("127.0.0.1:15001/wrenn/tool:1".to_string(), ""),
+        ("127.0.0.1:15016/wrenn/tool:1".to_string(), ""),
         (format!("{host}/Wrenn/Tool:1"), ""),
     ] {
         let (s, b) = api
