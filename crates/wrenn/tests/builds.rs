@@ -422,9 +422,15 @@ async fn a_restart_never_leaves_a_build_running() {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let status = |b: Value| b["status"].as_str().unwrap().to_string();
-        assert_eq!(status(api.get(&format!("/v1/builds/{}", ids[0])).await), "running");
+        assert_eq!(
+            status(api.get(&format!("/v1/builds/{}", ids[0])).await),
+            "running"
+        );
         for id in &ids[1..] {
-            assert_eq!(status(api.get(&format!("/v1/builds/{id}")).await), "pending");
+            assert_eq!(
+                status(api.get(&format!("/v1/builds/{id}")).await),
+                "pending"
+            );
         }
         ids
     };

@@ -27,9 +27,8 @@ use wrenn_proto::{
     },
     agent::v1::{
         DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ImportImageRequest,
-        ImportImageResponse, ListTemplatesRequest,
-        ListTemplatesResponse, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
-        TransferChunk, WatchDirEvent, WatchDirRequest,
+        ImportImageResponse, ListTemplatesRequest, ListTemplatesResponse, SetCapsuleNetworkRequest,
+        SnapshotCapsuleRequest, Template, TransferChunk, WatchDirEvent, WatchDirRequest,
     },
 };
 use wrenn_types::{Id, IdKind};

@@ -120,7 +120,11 @@ mod tests {
     fn an_images_defaults_start_the_build() {
         let mut ctx = Context::from_base("PATH=/bin\0HOME=/root\0", "user", "/home/user");
         ImageDefaults {
-            env: vec!["PATH=/usr/local/bin:/bin".into(), "LANG=C.UTF-8".into(), "=x".into()],
+            env: vec![
+                "PATH=/usr/local/bin:/bin".into(),
+                "LANG=C.UTF-8".into(),
+                "=x".into(),
+            ],
             user: "app:app".into(),
             workdir: "/srv/./app".into(),
         }

@@ -282,7 +282,11 @@ impl Run {
         };
         // What the import said, kept ahead of the setup's summary.
         let pulled = std::mem::take(&mut self.logs[at].stdout);
-        let made = crate::capsules::create::create_for_build(self.state.clone(), self.caller.clone(), body)
+        let made = crate::capsules::create::create_for_build(
+            self.state.clone(),
+            self.caller.clone(),
+            body,
+        )
         .await
         .map_err(|e| Stop::Failed(format!("the build capsule: {e}")))?;
         self.capsule = Some(made.1 .0.capsule.id.clone());

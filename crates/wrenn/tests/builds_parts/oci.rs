@@ -153,7 +153,10 @@ async fn from_an_oci_image_of_a_local_registry() {
     // A capsule of the result: the image's program, the RUN's file, the image's environment.
     let c = api.capsule("tool").await;
     let out = api
-        .exec(&c, "hello; cat /etc/from-run /etc/image-marker; echo $GREETING; pwd")
+        .exec(
+            &c,
+            "hello; cat /etc/from-run /etc/image-marker; echo $GREETING; pwd",
+        )
         .await;
     assert_eq!(
         out["stdout"], "hello-from-image\nran-in-build\nimage\nfrom-image\n/srv\n",
@@ -181,8 +184,17 @@ async fn from_an_oci_image_of_a_local_registry() {
     let b = api.wait(b["id"].as_str().unwrap(), 600).await;
     assert_eq!(b["status"], "failed", "{b:#}");
     let setup = b["logs"][0]["stdout"].as_str().unwrap();
-    assert!(setup.starts_with(&format!("reused {digest} as template {image_template}")), "{b:#}");
-    assert!(b["error"].as_str().unwrap().contains("(line 2) `RUN exit 3` failed: exit code 3"), "{b:#}");
+    assert!(
+        setup.starts_with(&format!("reused {digest} as template {image_template}")),
+        "{b:#}"
+    );
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("(line 2) `RUN exit 3` failed: exit code 3"),
+        "{b:#}"
+    );
 
     // Failures before any capsule, each naming the FROM line.
     for (from, why) in [
@@ -201,7 +213,9 @@ async fn from_an_oci_image_of_a_local_registry() {
         assert_eq!(b["status"], "failed", "{b:#}");
         let err = b["error"].as_str().unwrap();
         assert!(
-            err.starts_with(&format!("step 1 (line 1) `FROM {from}` failed: pulling the image: ")),
+            err.starts_with(&format!(
+                "step 1 (line 1) `FROM {from}` failed: pulling the image: "
+            )),
             "{err}"
         );
         assert!(err.to_lowercase().contains(why), "{err}");
