@@ -252,7 +252,11 @@ impl Run {
             _ => None,
         };
         let at = match &image {
-            Some(r) => self.begin("setup", from_line(&self.row.source), &format!("FROM {r}")),
+            Some(r) => self.begin(
+                "setup",
+                super::image::from_line(&self.row.source),
+                &format!("FROM {r}"),
+            ),
             None => self.begin(
                 "setup",
                 0,
@@ -583,17 +587,6 @@ impl Run {
             }
         }
     }
-}
-
-/// The line of a Dockerfile's `FROM` (1 when it cannot be found).
-fn from_line(source: &str) -> usize {
-    source
-        .lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.len() >= 5 && l[..5].eq_ignore_ascii_case("from ")
-        })
-        .map_or(1, |i| i + 1)
 }
 
 fn recipe_format(row: &BuildRow) -> bool {
