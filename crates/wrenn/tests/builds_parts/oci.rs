@@ -165,7 +165,7 @@ async fn from_an_oci_image_of_a_local_registry() {
     api.destroy(&c).await;
 
     // The image's template is the build's own: not listed, missing by name.
-    let listed = api.get("/v1/templates").await;
+    let listed = api.get("/v1/snapshots").await;
     assert!(!listed.to_string().contains(image_template), "{listed:#}");
     let (s, e) = api
         .post("/v1/capsules", json!({"template": image_template}))
