@@ -144,7 +144,12 @@ async fn from_an_oci_image_of_a_local_registry() {
     assert_eq!(setup["line"], 2, "{b:#}");
     let pulled = setup["stdout"].as_str().unwrap();
     assert!(pulled.contains("pulled sha256:"), "{b:#}");
-    let image_template = pulled.split("as template ").nth(1).unwrap().trim();
+    let image_template = pulled
+        .split("as template ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap()
+        .trim();
     assert!(image_template.starts_with("oci-"), "{pulled}");
     assert_eq!(b["default_env"]["GREETING"], "from-image", "{b:#}");
     // The image's `WorkingDir` (made: the image lacks it) is the template's folder.
