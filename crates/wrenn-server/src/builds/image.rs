@@ -50,17 +50,6 @@ impl ImageDefaults {
     }
 }
 
-/// The line of a Dockerfile's `FROM` (1 when it cannot be found).
-pub(super) fn from_line(source: &str) -> usize {
-    source
-        .lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("from "))
-        })
-        .map_or(1, |i| i + 1)
-}
-
 impl Run {
     /// Pulls `reference` on a host and makes its template there (log entry `at`); the
     /// template's name, the host's id and the image's defaults.
@@ -126,14 +115,6 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_from_line_is_found() {
-        assert_eq!(from_line("ARG V=1\n\n  from x:1\nRUN true\n"), 3);
-        assert_eq!(from_line("FROM x\n"), 1);
-        assert_eq!(from_line("RUN x\n"), 1);
-        assert_eq!(from_line("éé\nFROM y\n"), 2);
-    }
 
     #[test]
     fn an_images_defaults_start_the_build() {

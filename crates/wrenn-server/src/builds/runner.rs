@@ -254,7 +254,7 @@ impl Run {
         let at = match &image {
             Some(r) => self.begin(
                 "setup",
-                super::image::from_line(&self.row.source),
+                steps::from_line(&self.row.source),
                 &format!("FROM {r}"),
             ),
             None => self.begin(
