@@ -270,6 +270,8 @@ fn install_wrenn(root: &Path, req: &RootfsTemplate) -> Result<()> {
         ("/dev", 0o755),
         ("/run", 0o755),
         ("/tmp", 0o1777),
+        // root's home: envd starts root's processes there when no folder is asked for.
+        ("/root", 0o700),
     ] {
         let p = in_root(root, dir)?;
         if std::fs::symlink_metadata(&p).is_err() {

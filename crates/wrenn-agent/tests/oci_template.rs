@@ -215,6 +215,9 @@ async fn oci_rootfs_becomes_a_template_whose_capsules_run_its_programs() {
     )
     .await
     .expect("the OCI template boots to envd and snapshots");
-    let out = run_in(&snap, "cat /etc/image-marker; hello; test -e /etc/gone || echo gone-is-gone; /bin/busybox id -un; cat /etc/hostname").await;
-    assert_eq!(out, "marker-2\nhello-from-oci\ngone-is-gone\nuser\nwrenn\n");
+    let out = run_in(&snap, "cat /etc/image-marker; hello; test -e /etc/gone || echo gone-is-gone; /bin/busybox id -un; cat /etc/hostname; test -d /root && echo root-home").await;
+    assert_eq!(
+        out,
+        "marker-2\nhello-from-oci\ngone-is-gone\nuser\nwrenn\nroot-home\n"
+    );
 }

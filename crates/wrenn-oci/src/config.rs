@@ -27,6 +27,10 @@ pub struct OciConfig {
     /// Upper bound of an image's unpacked file content, bytes (all layers together).
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_bytes: u64,
+    /// Upper bound of the whole cache, bytes: after each pull the least recently used images
+    /// not in use go until it fits (`evict`). None: unbounded.
+    #[serde(default)]
+    pub max_cache_bytes: Option<u64>,
 }
 
 fn default_max_blob() -> u64 {
@@ -46,6 +50,7 @@ impl OciConfig {
             registries: BTreeMap::new(),
             max_blob_bytes: default_max_blob(),
             max_unpacked_bytes: default_max_unpacked(),
+            max_cache_bytes: None,
         }
     }
 
@@ -64,6 +69,8 @@ impl OciConfig {
             max_blob_bytes: u64,
             #[serde(default = "default_max_unpacked")]
             max_unpacked_bytes: u64,
+            #[serde(default)]
+            max_cache_bytes: Option<u64>,
         }
         let f: File = toml::from_str(text).map_err(|e| OciError::Config(e.to_string()))?;
         let c = OciConfig {
@@ -72,6 +79,7 @@ impl OciConfig {
             registries: f.registries,
             max_blob_bytes: f.max_blob_bytes,
             max_unpacked_bytes: f.max_unpacked_bytes,
+            max_cache_bytes: f.max_cache_bytes,
         };
         c.validate()?;
         Ok(c)

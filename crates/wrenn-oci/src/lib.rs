@@ -1,7 +1,8 @@
 //! OCI images into root filesystems, without a container daemon: image references
 //! (`reference`), the distribution API v2 client with anonymous, Basic and Bearer-token auth
 //! (`client`, `auth`), manifests, indexes and platform choice (`manifest`), layer unpacking
-//! with whiteouts and path safety (`unpack`, `rootpath`), and a digest-keyed cache (`cache`).
+//! with whiteouts and path safety (`unpack`, `rootpath`), and a digest-keyed cache (`cache`)
+//! kept under a size, least recently used first, never an image in use (`evict`).
 //! [`Puller::pull`] ties them together. See docs/oci.md.
 
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod evict;
 pub mod manifest;
 pub mod pull;
 pub mod reference;

@@ -74,6 +74,9 @@ pub struct Image {
     /// Whether it came from the cache without unpacking.
     #[serde(skip)]
     pub cached: bool,
+    /// Holds the unpacked image against cache eviction while this image (or a clone) lives.
+    #[serde(skip)]
+    pub lease: Option<std::sync::Arc<crate::evict::Lease>>,
     pub layers: Vec<LayerRecord>,
 }
 
@@ -121,8 +124,45 @@ impl Puller {
         self.pull_ref(&reference, progress).await
     }
 
-    /// Pulls a parsed reference into the cache.
+    /// Pulls a parsed reference into the cache. The image is leased (kept from eviction) while
+    /// the returned [`Image`] lives; then the cache is brought under `max_cache_bytes`.
     pub async fn pull_ref(
+        &self,
+        reference: &Reference,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Image> {
+        let mut tries = 0;
+        let (mut image, lease, digest) = loop {
+            let image = self.fetch_ref(reference, &mut progress).await?;
+            let digest = Digest::parse(&image.digest)?;
+            match self.cache.lease(&digest) {
+                Ok(lease) => break (image, lease, digest),
+                // Evicted by another pull in between: once more.
+                Err(e) if tries > 0 => return Err(e),
+                Err(_) => tries += 1,
+            }
+        };
+        self.cache.touch(&digest);
+        image.lease = Some(std::sync::Arc::new(lease));
+        if let Some(max) = self.config.max_cache_bytes {
+            let cache = self.cache.clone();
+            match tokio::task::spawn_blocking(move || cache.evict(max)).await {
+                Ok(Ok(e)) if !e.images.is_empty() => {
+                    tracing::info!(
+                        evicted = e.images.len(),
+                        before = e.before,
+                        after = e.after,
+                        "OCI cache trimmed"
+                    )
+                }
+                Ok(Err(e)) => tracing::warn!("trimming the OCI cache: {e}"),
+                _ => {}
+            }
+        }
+        Ok(image)
+    }
+
+    async fn fetch_ref(
         &self,
         reference: &Reference,
         mut progress: impl FnMut(Progress),
@@ -210,6 +250,7 @@ impl Puller {
             config,
             rootfs: PathBuf::new(),
             cached: false,
+            lease: None,
             layers: Vec::new(),
         };
         let d = digest.clone();

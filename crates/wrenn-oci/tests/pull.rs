@@ -446,3 +446,46 @@ async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<
     remove_cache(&cache);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_bounded_cache_evicts_the_least_recently_used_image_not_in_use() -> anyhow::Result<()> {
+    let reg = Registry::start("evict", 15017, None)?;
+    let cache = cache_dir("evict");
+    let push = Pusher::new(&reg, "many");
+    for (tag, body) in [("a", "a"), ("b", "b"), ("c", "c")] {
+        let big = tar(&[Entry::File("big", body.repeat(200_000).into_bytes(), 0o644)]);
+        push.image(Some(tag), "amd64", &[(big, Comp::Gzip)], &[], true)
+            .await?;
+    }
+    let mut config = config_for(&reg, &cache);
+    // Room for about two images (200 kB unpacked each, plus their small blobs).
+    config.max_cache_bytes = Some(450_000);
+    let puller = Puller::new(config)?;
+    let pull = |tag: &'static str| {
+        let reference = format!("{}/many:{tag}", reg.host());
+        let puller = &puller;
+        async move { puller.pull(&reference, |_| {}).await }
+    };
+    // `a` is kept in use (its Image lives); `b` is dropped at once.
+    let a = pull("a").await?;
+    drop(pull("b").await?);
+    let c = pull("c").await?;
+    // Three did not fit: `b`, the least recently used image not in use, went; `a` stayed.
+    let held = |img: &wrenn_oci::Image| img.rootfs.join("big").is_file();
+    assert!(held(&a) && held(&c));
+    let bdir = cache.join("rootfs");
+    assert_eq!(std::fs::read_dir(&bdir)?.count(), 2);
+    assert!(puller.cache().size_bytes() <= 450_000);
+    // Pulled again, `b` comes back (from the registry) and, `a` still in use and `c` in
+    // use, the bound is overrun rather than an image in use removed.
+    let b = pull("b").await?;
+    assert!(!b.cached && held(&a) && held(&b) && held(&c));
+    // Released and a pull later, the oldest goes.
+    drop((a, b));
+    let c2 = pull("c").await?;
+    assert!(c2.cached && held(&c2));
+    assert_eq!(std::fs::read_dir(&bdir)?.count(), 2);
+    drop((c, c2));
+    remove_cache(&cache);
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod handlers;
+pub mod image;
 pub mod queue;
 pub mod runner;
 pub mod steps;
@@ -13,28 +14,20 @@ use std::collections::BTreeMap;
 use wrenn_types::api::builds::{Build, BuildStatus, BuildStep};
 use wrenn_types::recipe::Base;
 
-use crate::{
-    db::BuildRow,
-    error::{ApiError, Result},
-    time::rfc3339,
-};
+use crate::{db::BuildRow, time::rfc3339};
 
-/// The one seam where `FROM <OCI image>` will be served: the template an image reference
-/// becomes. Not yet: an error that says so.
-pub fn oci_base(reference: &str) -> Result<String> {
-    Err(ApiError::InvalidRequest(format!(
-        "FROM {reference}: building from OCI images is not supported yet; FROM a Wrenn \
-         template (minimal, python or one of your own)"
-    )))
-}
-
-/// The template name a Dockerfile's `FROM` builds on.
-pub fn base_of(base: &Base) -> Result<String> {
+/// What a build starts from: a Wrenn template (by name) or an OCI image reference, pulled
+/// and made into a template on the host that runs the build (`runner`).
+pub fn base_of(base: &Base) -> (String, bool) {
     match base {
-        Base::Template(t) => Ok(t.to_string()),
-        Base::Image(r) => oci_base(r),
+        Base::Template(t) => (t.to_string(), false),
+        Base::Image(r) => (r.clone(), true),
     }
 }
+
+/// Templates made from OCI images are named `oci-<digest prefix>` on the hosts (the agent's
+/// `templates::IMAGE_PREFIX`): the builds' own, never listed nor used directly by a team.
+pub const IMAGE_TEMPLATE_PREFIX: &str = "oci-";
 
 impl From<&BuildRow> for Build {
     fn from(b: &BuildRow) -> Build {

@@ -30,6 +30,8 @@ pub struct Config {
     pub pki_dir: Option<PathBuf>,
     /// The heartbeat window and the lifetimes of host tokens and certificates.
     pub hosts: hosts::HostSettings,
+    /// Builds this control plane runs at once (`--max-builds`); the rest wait `pending`.
+    pub max_builds: usize,
 }
 
 impl fmt::Debug for Config {
@@ -45,6 +47,7 @@ impl fmt::Debug for Config {
             .field("signup", &self.signup)
             .field("pki_dir", &self.pki_dir)
             .field("hosts", &self.hosts)
+            .field("max_builds", &self.max_builds)
             .finish()
     }
 }
@@ -147,7 +150,7 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
     crate::spawn_reconciler(state.clone(), RECONCILE_EVERY);
     hosts::spawn_host_monitor(state.clone());
     crate::e2b::deadline::spawn(state.clone());
-    crate::builds::queue::spawn(state.clone(), crate::builds::queue::DEFAULT_LIMIT);
+    crate::builds::queue::spawn(state.clone(), config.max_builds.max(1));
     Ok(Started { state, admin_key })
 }
 
@@ -204,6 +207,7 @@ mod tests {
             signup: accounts::SignupPolicy::Invite,
             pki_dir: None,
             hosts: Default::default(),
+            max_builds: 2,
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

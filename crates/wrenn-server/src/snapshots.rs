@@ -80,7 +80,8 @@ pub fn base_template(t: &wrenn_proto::agent::v1::Template) -> Template {
     }
 }
 
-/// The platform's base templates: those of every online host, each name once.
+/// The platform's base templates: those of every online host, each name once. Templates the
+/// hosts made from OCI images for builds (`oci-…`) are the builds' own: not among them.
 pub(crate) async fn base_templates(
     state: &AppState,
 ) -> Result<Vec<wrenn_proto::agent::v1::Template>> {
@@ -91,7 +92,9 @@ pub(crate) async fn base_templates(
         .await?;
     let mut seen = std::collections::BTreeMap::new();
     for t in lists.into_iter().flat_map(|l| l.into_inner().templates) {
-        if t.kind == TemplateKind::Base as i32 {
+        if t.kind == TemplateKind::Base as i32
+            && !t.name.starts_with(crate::builds::IMAGE_TEMPLATE_PREFIX)
+        {
             seen.entry(t.name.clone()).or_insert(t);
         }
     }

@@ -55,6 +55,10 @@ pub struct ControlArgs {
     /// Seconds a host's mTLS certificate is valid; agents refresh it at half-life.
     #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..), value_name = "SECS")]
     pub host_cert_ttl: u64,
+    /// Template builds this control plane runs at once (each in a build capsule); the others
+    /// wait `pending`, in order. With one host (`wrenn up`) that is the bound per host.
+    #[arg(long, env = "WRENN_MAX_BUILDS", default_value_t = wrenn_server::builds::queue::DEFAULT_LIMIT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64), value_name = "N")]
+    pub max_builds: usize,
 }
 
 /// A host's flags (`up` and `agent`).
@@ -140,6 +144,7 @@ impl ControlArgs {
                 token_ttl: std::time::Duration::from_secs(self.host_token_ttl),
                 cert_ttl: std::time::Duration::from_secs(self.host_cert_ttl),
             },
+            max_builds: self.max_builds,
         }
     }
 }

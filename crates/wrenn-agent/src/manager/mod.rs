@@ -415,6 +415,19 @@ impl Manager {
             .await
     }
 
+    /// `FROM <image>`: the base template of OCI image `reference`, pulled with this host's
+    /// OCI settings (`WRENN_DIR/oci.toml` when present; cache `WRENN_DIR/oci`).
+    pub async fn import_image(&self, reference: &str) -> Result<crate::templates::ImageTemplate> {
+        let config = wrenn_oci::OciConfig::load(
+            &self.config.data_dir.join("oci.toml"),
+            &self.config.data_dir.join("oci"),
+        )?;
+        let puller = wrenn_oci::Puller::new(config)?;
+        self.templates
+            .from_image(&puller, reference, &self.slots)
+            .await
+    }
+
     pub fn templates(&self) -> Vec<TemplateInfo> {
         self.templates.list()
     }

@@ -26,9 +26,9 @@ use wrenn_proto::{
         StartBackgroundResponse, WriteFileRequest, WriteFileStreamRequest,
     },
     agent::v1::{
-        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ListTemplatesRequest,
-        ListTemplatesResponse, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
-        TransferChunk, WatchDirEvent, WatchDirRequest,
+        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ImportImageRequest,
+        ImportImageResponse, ListTemplatesRequest, ListTemplatesResponse, SetCapsuleNetworkRequest,
+        SnapshotCapsuleRequest, Template, TransferChunk, WatchDirEvent, WatchDirRequest,
     },
 };
 use wrenn_types::{Id, IdKind};
@@ -290,6 +290,13 @@ impl Agent for AgentService {
         req: Request<DeleteTemplateRequest>,
     ) -> Result<Response<DeleteTemplateResponse>, Status> {
         templates::delete_template(self, req).await
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<ImportImageRequest>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        templates::import_image(self, req).await
     }
 
     async fn remove(&self, req: Request<FileRequest>) -> Result<Response<RemoveResponse>, Status> {

@@ -4,8 +4,8 @@ use tonic::{Request, Response, Status};
 
 use super::{capsule_id, AgentService};
 use wrenn_proto::agent::v1::{
-    DeleteTemplateRequest, DeleteTemplateResponse, ListTemplatesRequest, ListTemplatesResponse,
-    SnapshotCapsuleRequest, Template, TemplateKind,
+    DeleteTemplateRequest, DeleteTemplateResponse, ImportImageRequest, ImportImageResponse,
+    ListTemplatesRequest, ListTemplatesResponse, SnapshotCapsuleRequest, Template, TemplateKind,
 };
 
 pub(super) fn template_pb(t: crate::templates::TemplateInfo) -> Template {
@@ -54,4 +54,21 @@ pub(super) async fn delete_template(
 ) -> Result<Response<DeleteTemplateResponse>, Status> {
     svc.manager.delete_template(&req.into_inner().name)?;
     Ok(Response::new(DeleteTemplateResponse {}))
+}
+
+pub(super) async fn import_image(
+    svc: &AgentService,
+    req: Request<ImportImageRequest>,
+) -> Result<Response<ImportImageResponse>, Status> {
+    let reference = req.into_inner().reference;
+    let made = svc.manager.import_image(&reference).await?;
+    let run = made.image.config.config.clone().unwrap_or_default();
+    Ok(Response::new(ImportImageResponse {
+        template: made.name,
+        digest: made.image.digest,
+        env: run.env.unwrap_or_default(),
+        user: run.user.unwrap_or_default(),
+        workdir: run.working_dir.unwrap_or_default(),
+        cached: made.cached,
+    }))
 }

@@ -12,6 +12,7 @@
 //! deleting and tidying snapshot templates.
 
 mod base;
+mod image;
 mod publish;
 mod shapes;
 
@@ -28,6 +29,7 @@ use crate::{
     error::{AgentError, Result},
     netslot::SlotPool,
 };
+pub use image::{image_template_name, ImageTemplate, IMAGE_PREFIX};
 pub use shapes::ShapePolicy;
 use shapes::{allocated_bytes, join};
 

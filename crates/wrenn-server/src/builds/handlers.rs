@@ -78,17 +78,17 @@ pub async fn create(
     }
     let parsed =
         recipe::parse(&source, format).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let base = match (&parsed.from, &b.base_template) {
+    let (base, image) = match (&parsed.from, &b.base_template) {
         (Some(_), Some(_)) => {
             return Err(ApiError::InvalidRequest(
                 "a Dockerfile names its base with FROM, not `base_template`".into(),
             ))
         }
-        (Some(from), None) => super::base_of(from)?,
-        (None, Some(t)) => t.clone(),
-        (None, None) => "minimal".to_string(),
+        (Some(from), None) => super::base_of(from),
+        (None, Some(t)) => (t.clone(), false),
+        (None, None) => ("minimal".to_string(), false),
     };
-    if TemplateName::parse(&base).is_err() {
+    if !image && TemplateName::parse(&base).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid base template {base:?}"
         )));
@@ -127,7 +127,10 @@ pub async fn create(
             None
         }
     };
-    check_base(&state, &caller, &base).await?;
+    // An image is pulled when the build runs (a bad reference or registry fails the build).
+    if !image {
+        check_base(&state, &caller, &base).await?;
+    }
     if crate::snapshots::base_templates(&state)
         .await?
         .iter()

@@ -89,7 +89,7 @@ impl Run {
         }
     }
 
-    fn begin(&mut self, phase: &str, line: usize, cmd: &str) -> usize {
+    pub(super) fn begin(&mut self, phase: &str, line: usize, cmd: &str) -> usize {
         self.logs.push(BuildStep {
             step: self.logs.len() as u32 + 1,
             phase: phase.into(),
@@ -106,7 +106,7 @@ impl Run {
 
     /// Runs `argv` in the build capsule, streaming its output into log entry `at` (saved
     /// every second); the exit code.
-    async fn exec(
+    pub(super) async fn exec(
         &mut self,
         at: usize,
         argv: Vec<String>,
@@ -190,7 +190,7 @@ impl Run {
     }
 
     /// A step's failure text: the step, its line and what went wrong.
-    fn failure(&self, at: usize, what: &str) -> Stop {
+    pub(super) fn failure(&self, at: usize, what: &str) -> Stop {
         let l = &self.logs[at];
         let detail = l.stderr.trim();
         let detail = if detail.is_empty() {
@@ -247,16 +247,35 @@ impl Run {
     ) -> std::result::Result<(), Stop> {
         // Setup: the build capsule.
         let started = Instant::now();
-        let at = self.begin(
-            "setup",
-            0,
-            &format!("capsule from {}", self.row.base_template),
-        );
+        let image = match &recipe.from {
+            Some(recipe::Base::Image(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let at = match &image {
+            Some(r) => self.begin(
+                "setup",
+                steps::from_line(&self.row.source),
+                &format!("FROM {r}"),
+            ),
+            None => self.begin(
+                "setup",
+                0,
+                &format!("capsule from {}", self.row.base_template),
+            ),
+        };
         self.save().await?;
+        let (template, host, defaults) = match &image {
+            Some(r) => {
+                let (t, h, d) = self.import_image(at, r).await?;
+                (t, Some(h), Some(d))
+            }
+            None => (self.row.base_template.clone(), None, None),
+        };
         let mut metadata = BTreeMap::new();
         metadata.insert("wrenn.build".to_string(), self.row.id.clone());
         let body = CreateCapsuleBody {
-            template: Some(self.row.base_template.clone()),
+            template: Some(template),
+            host_id: host,
             vcpus: u32::try_from(self.row.vcpus).ok().filter(|&v| v > 0),
             memory_mb: u32::try_from(self.row.memory_mb).ok().filter(|&v| v > 0),
             disk_size_mb: u32::try_from(self.row.disk_mb).ok().filter(|&v| v > 0),
@@ -265,10 +284,12 @@ impl Run {
             metadata: Some(metadata),
             ..CreateCapsuleBody::default()
         };
-        let made = crate::capsules::create::create(
-            State(self.state.clone()),
+        // What the import said, kept ahead of the setup's summary.
+        let pulled = std::mem::take(&mut self.logs[at].stdout);
+        let made = crate::capsules::create::create_for_build(
+            self.state.clone(),
             self.caller.clone(),
-            JsonBody(body),
+            body,
         )
         .await
         .map_err(|e| Stop::Failed(format!("the build capsule: {e}")))?;
@@ -290,7 +311,17 @@ impl Run {
             parts.next().unwrap_or(""),
         );
         self.ctx = Context::from_base(env, &user, &dir);
-        let summary = format!("base user {user}, folder {dir}");
+        if let Some(d) = defaults {
+            d.apply(&mut self.ctx);
+            // An image's `WorkingDir` need not exist in it (Docker makes it): made, as root.
+            if self.ctx.workdir_set {
+                let wd = std::mem::replace(&mut self.ctx.workdir, "/".into());
+                self.must(at, steps::workdir_script(&wd, &self.ctx.user))
+                    .await?;
+                self.ctx.workdir = wd;
+            }
+        }
+        let summary = format!("{pulled}base user {user}, folder {dir}");
         // The archive, when there is one.
         if self.row.has_archive != 0 {
             let tar = self

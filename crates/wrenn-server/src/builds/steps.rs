@@ -224,9 +224,28 @@ pub fn copy_script(
     Ok(s)
 }
 
+/// The line of a Dockerfile's `FROM` (1 when it cannot be found).
+pub fn from_line(source: &str) -> usize {
+    source
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("from "))
+        })
+        .map_or(1, |i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_from_line_is_found() {
+        assert_eq!(from_line("ARG V=1\n\n  from x:1\nRUN true\n"), 3);
+        assert_eq!(from_line("FROM x\n"), 1);
+        assert_eq!(from_line("RUN x\n"), 1);
+        assert_eq!(from_line("éé\nFROM y\n"), 2);
+    }
 
     #[test]
     fn context_from_base_skips_per_capsule_variables() {

@@ -38,6 +38,25 @@ pub async fn create(
     caller: Caller,
     JsonBody(b): JsonBody<CreateCapsuleBody>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
+    create_as(state, caller, b, false).await
+}
+
+/// A build capsule of a `FROM <image>` build: from the image's template (`oci-…`, which no
+/// team reaches through [`create`]) on the host that made it (`host_id`).
+pub async fn create_for_build(
+    state: AppState,
+    caller: Caller,
+    b: CreateCapsuleBody,
+) -> Result<(StatusCode, Json<CreatedCapsule>)> {
+    create_as(state, caller, b, true).await
+}
+
+async fn create_as(
+    state: AppState,
+    caller: Caller,
+    b: CreateCapsuleBody,
+    for_build: bool,
+) -> Result<(StatusCode, Json<CreatedCapsule>)> {
     let template = b.template.unwrap_or_else(|| "minimal".into());
     if wrenn_types::TemplateName::parse(&template).is_err() {
         return Err(ApiError::InvalidRequest(format!(
@@ -68,6 +87,7 @@ pub async fn create(
     check_tags(&host_tags)?;
     // Forcing a host is a platform admin's tool (tests, moves), never a team's.
     if b.host_id.is_some()
+        && !for_build
         && !crate::quotas::handlers::is_platform_admin(&state.db, &caller).await?
     {
         return Err(ApiError::Forbidden(
@@ -80,6 +100,10 @@ pub async fn create(
     let (agent_template, kind, vcpus, memory, made_on) =
         match state.db.template(&caller.team_id, &template).await? {
             Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0, t.host_id),
+            // An image's template is a build's own: missing to anyone else.
+            None if !for_build && template.starts_with(crate::builds::IMAGE_TEMPLATE_PREFIX) => {
+                return Err(ApiError::NotFound(format!("template {template} not found")))
+            }
             None => (
                 template.clone(),
                 TemplateKind::Base,

@@ -34,7 +34,7 @@ use wrenn_proto::agent::v1::{
 };
 use wrenn_proto::agent::v1::{
     transfer_chunk::{Data, Header, Part, Trailer},
-    ExportTemplateRequest, TransferChunk, TransferKind,
+    ExportTemplateRequest, ImportImageRequest, ImportImageResponse, TransferChunk, TransferKind,
 };
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -474,6 +474,14 @@ impl Agent for FakeAgent {
         let mut templates = vec![t("minimal"), t("python")];
         templates.extend(self.inner().templates.iter().map(|n| t(n)));
         Ok(Response::new(ListTemplatesResponse { templates }))
+    }
+
+    async fn import_image(
+        &self,
+        _req: Request<ImportImageRequest>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        // This fake has no registry nor images to make templates of.
+        Err(Status::unimplemented("the fake agent imports no images"))
     }
 
     async fn delete_template(
