@@ -12,6 +12,7 @@ mod fake_agent;
 mod state;
 
 mod envd;
+mod https;
 
 use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::{json, Value};
