@@ -192,24 +192,9 @@ pub fn new_token() -> crate::Result<(String, String)> {
     Ok((t, hash))
 }
 
-/// An HTTP/2 request names its host in the URI (`:authority`), not in a `Host` header: it
-/// gets one, so that host routing, and the API's handlers, read one place.
-pub fn host_from_authority(req: &mut Request) {
-    if req.headers().contains_key(header::HOST) {
-        return;
-    }
-    let host = req
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    if let Some(h) = host {
-        req.headers_mut().insert(header::HOST, h);
-    }
-}
-
 /// Requests for a capsule's port go to the proxy; everything else to the API.
 pub async fn route(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    host_from_authority(&mut req);
+    crate::https::host_from_authority(&mut req);
     match target(req.headers(), &state.domain) {
         Ok(Some(t)) => {
             let (e2b, capsule, port) = (t.e2b, t.capsule.clone(), t.port);

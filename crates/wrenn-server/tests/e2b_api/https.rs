@@ -90,7 +90,7 @@ async fn host_routing_over_https_with_the_own_ca() {
 
     // The API by its name, over HTTP/2 (ALPN) and HTTP/1.1.
     for http1 in [false, true] {
-        let c = client(&ca, addr, &[api.clone()], http1);
+        let c = client(&ca, addr, std::slice::from_ref(&api), http1);
         let r = c
             .post(format!("https://{api}:{port}/v2/sandboxes"))
             .header("X-API-Key", &s.key_a)
@@ -198,7 +198,7 @@ async fn host_routing_over_https_with_the_own_ca() {
     }
     // Paused: "was not found" too, with the right token.
     s.a("POST", &format!("/sandboxes/{id}/pause"), None).await;
-    let r = client(&ca, addr, &[envd_host.clone()], false)
+    let r = client(&ca, addr, std::slice::from_ref(&envd_host), false)
         .get(format!("https://{envd_host}:{port}/health"))
         .header("X-Access-Token", &token)
         .send()
@@ -209,7 +209,7 @@ async fn host_routing_over_https_with_the_own_ca() {
     // A name the certificate does not cover (two labels under the domain) is refused by the
     // client's verification, not served.
     let deep = format!("a.b.{DOMAIN}");
-    let e = client(&ca, addr, &[deep.clone()], false)
+    let e = client(&ca, addr, std::slice::from_ref(&deep), false)
         .get(format!("https://{deep}:{port}/health"))
         .send()
         .await
