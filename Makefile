@@ -168,13 +168,15 @@ images: deps
 	done
 
 ## bench: every figure as a ratio against a baseline measured in the same run
-bench: deps
+bench: deps $(VENV_E2B_PLATFORM)/.installed $(VENV_WRENN)/.installed
 	$(CARGO) build --release --locked -p envd -p wrenn-bench -p wrenn
 	$(CARGO_TARGET_DIR)/release/wrenn-bench envd --envd $(CARGO_TARGET_DIR)/release/envd
 	$(MAKE) images
 	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES) --ksm
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
+	WRENN_IMAGES=$(WRENN_IMAGES) $(VENV_E2B_PLATFORM)/bin/python bench/sdk_paths/compare.py --wrenn $(CARGO_TARGET_DIR)/release/wrenn \
+	  --e2b-python $(VENV_E2B_PLATFORM)/bin/python --wrenn-python $(VENV_WRENN)/bin/python
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
 	$(CARGO_TARGET_DIR)/release/wrenn-bench oci
 	$(CARGO_TARGET_DIR)/release/wrenn-bench cluster --images $(WRENN_IMAGES)

@@ -18,6 +18,14 @@ The SDK is pointed at it only through its documented variables, exactly as a use
 ``E2B_SANDBOX_URL`` is the SDK's header routing (``E2b-Sandbox-Id``/``E2b-Sandbox-Port``): envd
 is reached through Wrenn's port proxy on the same listener. ``E2B_DEBUG`` is removed.
 
+The server also serves HTTPS (``--tls-listen 127.0.0.1:<free port>``) with a certificate from
+its own CA (``<data dir>/pki/https/ca.pem``), which the whole pytest process trusts through
+``SSL_CERT_FILE`` (set before any SDK call: the SDK's TLS reads it), for the host-routing tests
+in ``test_tls.py``. Names under ``*.wrenn.localhost`` do not resolve here: the fixtures
+``pinned_dns`` (``socket.getaddrinfo`` wrapped) and ``dns_pinning_proxy`` (for the SDK, whose
+HTTP stack resolves names in Rust, not through Python) stand in for wildcard DNS, and only
+for it.
+
 A second team and its key (``team_b_key``) are made through Wrenn's REST API, for the tenant
 matrix. At the end the server gets SIGINT and must exit within 30 s.
 """
@@ -30,6 +38,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -125,6 +134,7 @@ def server():
     data_dir = tempfile.mkdtemp(prefix=os.path.basename(prefix), dir=os.path.dirname(prefix))
     log_path = os.path.join(data_dir, "server.log")
     port = _free_port()
+    tls_port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env["WRENN_IMAGES"] = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
@@ -135,7 +145,16 @@ def server():
         env.pop(name, None)
     with open(log_path, "ab", buffering=0) as log:
         proc = subprocess.Popen(
-            [_wrenn_bin(), "up", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+            [
+                _wrenn_bin(),
+                "up",
+                "--data-dir",
+                data_dir,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--tls-listen",
+                f"127.0.0.1:{tls_port}",
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -143,6 +162,8 @@ def server():
             start_new_session=True,
         )
     s = Server(proc, url, data_dir, log_path)
+    s.tls_port = tls_port
+    s.ca_file = os.path.join(data_dir, "pki", "https", "ca.pem")
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while _health(url) != 200:
@@ -161,7 +182,11 @@ def server():
     saved = {k: os.environ.get(k) for k in _E2B_VARS}
     os.environ.pop("E2B_DEBUG", None)
     os.environ.update(
-        E2B_API_KEY=s.api_key, E2B_API_URL=url, E2B_DOMAIN=DOMAIN, E2B_SANDBOX_URL=url
+        E2B_API_KEY=s.api_key,
+        E2B_API_URL=url,
+        E2B_DOMAIN=DOMAIN,
+        E2B_SANDBOX_URL=url,
+        SSL_CERT_FILE=s.ca_file,
     )
     try:
         yield s
@@ -178,7 +203,14 @@ def server():
         assert problem is None, f"{problem}\n{tail}"
 
 
-_E2B_VARS = ("E2B_API_KEY", "E2B_API_URL", "E2B_DOMAIN", "E2B_SANDBOX_URL", "E2B_DEBUG")
+_E2B_VARS = (
+    "E2B_API_KEY",
+    "E2B_API_URL",
+    "E2B_DOMAIN",
+    "E2B_SANDBOX_URL",
+    "E2B_DEBUG",
+    "SSL_CERT_FILE",
+)
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +246,107 @@ def sandbox(server):
         yield sbx
     finally:
         sbx.kill()
+
+
+@pytest.fixture(scope="session")
+def pinned_dns():
+    """A stand-in for wildcard DNS (a fake, named as such): while it is active,
+    ``socket.getaddrinfo`` in this process resolves ``wrenn.localhost`` and every name under it
+    to 127.0.0.1 (glibc does not, and no DNS server here serves a wildcard). Other names
+    resolve as before."""
+    real = socket.getaddrinfo
+
+    def pinned(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and (
+            name == DOMAIN or name.rstrip(".").endswith("." + DOMAIN)
+        ):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = pinned
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real
+
+
+@pytest.fixture(scope="session")
+def dns_pinning_proxy(pinned_dns):
+    """The SDK's HTTP stack (pyqwest: reqwest in Rust) resolves names itself, so the pinned
+    ``getaddrinfo`` does not reach it. It is given this proxy instead (the SDK's documented
+    ``proxy=`` option): an HTTP CONNECT tunnel on 127.0.0.1 that resolves the requested name
+    through ``pinned_dns`` and passes bytes through untouched. TLS stays end to end between
+    the SDK and Wrenn (the SDK still checks the certificate for the real name). Only names
+    under ``wrenn.localhost`` are tunnelled: nothing leaves loopback. Yields the proxy: its
+    ``url``, and ``seen``, every ``host:port`` it was asked for."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    stop = threading.Event()
+
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def handle(conn):
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 16384:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(line) < 2 or line[0] != "CONNECT":
+                conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, _, port = line[1].rpartition(":")
+            proxy.seen.append(line[1])
+            if not (host == DOMAIN or host.endswith("." + DOMAIN)):
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=10)
+            except (OSError, ValueError):
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            upstream.settimeout(None)
+            with upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                rest = head.split(b"\r\n\r\n", 1)[1]
+                if rest:
+                    upstream.sendall(rest)
+                back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+                back.start()
+                pump(conn, upstream)
+                back.join()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    proxy = types.SimpleNamespace(url=f"http://127.0.0.1:{listener.getsockname()[1]}", seen=[])
+    try:
+        yield proxy
+    finally:
+        stop.set()
+        listener.close()

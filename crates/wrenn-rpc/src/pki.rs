@@ -157,8 +157,8 @@ impl Pki {
         &self.ca_pem
     }
 
-    /// A server certificate for `names`: DNS names and/or IP addresses (the first is also the
-    /// common name).
+    /// A server certificate for `names`: DNS names (`*.example` wildcards too) and/or IP
+    /// addresses (the first is also the common name).
     pub fn issue_server(&self, names: &[String]) -> Result<Identity> {
         let first = names
             .first()
@@ -260,7 +260,9 @@ fn san(name: &str) -> Result<SanType> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    if !valid_dns_name(name) {
+    // A wildcard (`*.example`) covers one label under a valid name.
+    let plain = name.strip_prefix("*.").unwrap_or(name);
+    if !valid_dns_name(plain) {
         return Err(tls_err(format!(
             "{name:?} is neither an IP address nor a DNS name"
         )));
@@ -419,6 +421,14 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let web = pki
+            .issue_server(&["wrenn.example".into(), "*.wrenn.example".into()])
+            .unwrap();
+        let info = crate::tls::cert_info(&web.cert_pem).unwrap();
+        assert_eq!(info.names, ["wrenn.example", "*.wrenn.example"]);
+        for bad in ["*", "*.", "a.*.example", "**.example"] {
+            assert!(pki.issue_server(&[bad.into()]).is_err(), "{bad}");
+        }
         let client = pki.issue_client("control-plane").unwrap();
         parse_cert(&client.cert_pem, |c| {
             let eku = c.extended_key_usage().unwrap().unwrap().value;

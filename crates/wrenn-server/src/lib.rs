@@ -27,6 +27,7 @@ pub mod events;
 pub mod extract;
 pub mod files;
 pub mod hosts;
+pub mod https;
 pub mod metrics;
 pub mod network;
 pub mod placement;

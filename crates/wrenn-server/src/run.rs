@@ -154,35 +154,57 @@ pub async fn start(config: &Config, builtin: Option<BuiltinAgent>) -> Result<Sta
     Ok(Started { state, admin_key })
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the API on `listener` (a `TcpListener`, or HTTPS: [`crate::https::Listener`])
+/// until `shutdown`.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // The peer's address reaches the handlers (log-in limits per client address).
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    // The peer's address reaches the handlers (log-in limits per client address); through
+    // `tap_io`, which gives any listener's address as the connection's.
     axum::serve(
-        listener,
+        listener.tap_io(|_| ()),
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; open streams then get a few
-/// seconds, not forever.
+/// Serves the API on `listener`, and on `https` too when given, until `shutdown` resolves;
+/// open streams then get a few seconds, not forever.
 pub async fn run(
     state: AppState,
     listener: tokio::net::TcpListener,
+    https: Option<crate::https::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (stop, mut stopping) = tokio::sync::watch::channel(false);
-    let server = serve(listener, state, async move {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let plain = serve(listener, state.clone(), stopped(stop.subscribe()));
+    let secure = {
+        let rx = stop.subscribe();
+        async move {
+            match https {
+                Some(l) => serve(l, state, stopped(rx)).await,
+                None => Ok(()),
+            }
+        }
+    };
+    tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
     tokio::select! {
-        r = server => r.map_err(|e| ApiError::Internal(format!("serving: {e}")))?,
+        r = async { tokio::try_join!(plain, secure) } => {
+            r.map_err(|e| ApiError::Internal(format!("serving: {e}")))?;
+        }
         _ = async {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(STOP_GRACE).await;

@@ -6,6 +6,7 @@
 use std::{fmt, net::SocketAddr, ops::RangeInclusive, path::PathBuf, str::FromStr};
 
 use wrenn_rpc::listen::ListenAddr;
+use wrenn_server::https::CertSource;
 
 use crate::{quota::QuotaArgs, shapes::ShapeArgs};
 
@@ -38,6 +39,20 @@ pub struct ControlArgs {
     /// (`*.localhost` resolves to this machine in browsers and curl).
     #[arg(long, env = "WRENN_DOMAIN", default_value = "wrenn.localhost")]
     pub domain: String,
+    /// Also serve the API, the console and the port proxy over HTTPS here (the E2B SDK
+    /// reaches sandboxes only at `https://{port}-{id}.{domain}`). The certificate names
+    /// `{domain}` and `*.{domain}` (and this address when it is a specific one) and comes from
+    /// Wrenn's own CA, made on first start in DATA_DIR/pki/https (clients trust its `ca.pem`)
+    /// and renewed before it expires, unless --tls-cert and --tls-key are given.
+    #[arg(long, env = "WRENN_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// The operator's certificate chain for --tls-listen (PEM), instead of Wrenn's own CA;
+    /// read again every hour, so a renewed file is served without a restart.
+    #[arg(long, env = "WRENN_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_listen"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, PKCS#8).
+    #[arg(long, env = "WRENN_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "tls_listen"])]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub quotas: QuotaArgs,
     /// Who may sign up: `open` (anyone), `invite` (only with an invitation a team's owner or
@@ -126,6 +141,19 @@ impl HostArgs {
 }
 
 impl ControlArgs {
+    /// Where HTTPS listens and where its certificate comes from (own CA under `pki_dir`).
+    pub fn https(&self, pki_dir: &std::path::Path) -> Option<(SocketAddr, CertSource)> {
+        let listen = self.tls_listen?;
+        let source = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::own(pki_dir, &self.domain, listen),
+        };
+        Some((listen, source))
+    }
+
     /// The control plane's settings; `signup` is the role's default policy.
     pub fn server_config(
         &self,

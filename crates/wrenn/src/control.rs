@@ -6,7 +6,11 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::Context;
 use tonic::transport::ClientTlsConfig;
 use wrenn_rpc::{client::AgentEndpoint, tls};
-use wrenn_server::{accounts::SignupPolicy, AdminKey};
+use wrenn_server::{
+    accounts::SignupPolicy,
+    https::{CertSource, Https, Listener},
+    AdminKey,
+};
 
 use crate::args::ServerArgs;
 
@@ -14,6 +18,8 @@ use crate::args::ServerArgs;
 pub struct Started {
     pub state: wrenn_server::AppState,
     pub listener: tokio::net::TcpListener,
+    /// HTTPS (`--tls-listen`), with the task that renews its certificate.
+    pub https: Option<(Listener, tokio::task::JoinHandle<()>)>,
 }
 
 /// Starts the control plane ([`wrenn_server::start`]), binds the API on `listen`, and says
@@ -21,13 +27,49 @@ pub struct Started {
 pub async fn start(
     config: &wrenn_server::Config,
     listen: SocketAddr,
+    https: Option<(SocketAddr, CertSource)>,
     builtin: Option<wrenn_server::BuiltinAgent>,
 ) -> anyhow::Result<Started> {
+    // A certificate problem stops the start before anything else does.
+    let https = match https {
+        None => None,
+        Some((addr, source)) => {
+            let h = tokio::task::spawn_blocking(move || Https::new(source))
+                .await?
+                .context("--tls-listen")?;
+            Some((addr, h))
+        }
+    };
     let started = wrenn_server::start(config, builtin).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     println!("Wrenn is up at http://{}", listener.local_addr()?);
+    let https = match https {
+        None => None,
+        Some((addr, h)) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--tls-listen)"))?;
+            let port = tcp.local_addr()?.port();
+            println!(
+                "HTTPS at https://{} (the API also as https://api.{domain}:{port}, capsule ports \
+                 as https://{{port}}-{{capsule id}}.{domain}:{port})",
+                tcp.local_addr()?,
+                domain = config.domain,
+            );
+            if let Some(ca) = h.source().ca_file() {
+                println!(
+                    "HTTPS certificate from Wrenn's CA: clients trust {} (the E2B SDK: \
+                     SSL_CERT_FILE={})",
+                    ca.display(),
+                    ca.display()
+                );
+            }
+            let refresh = h.spawn_refresh(wrenn_server::https::CHECK_EVERY);
+            Some((h.listener(tcp)?, refresh))
+        }
+    };
     let key_file = config.key_file();
     match started.admin_key {
         AdminKey::Made(key) => println!(
@@ -53,15 +95,24 @@ pub async fn start(
     Ok(Started {
         state: started.state,
         listener,
+        https,
     })
 }
 
 /// Serves until SIGINT or SIGTERM (printing `on_stop`); open streams get a few seconds.
 pub async fn serve(started: Started, on_stop: &'static str) -> anyhow::Result<()> {
     let stop = crate::stop_signal(move |_| println!("{on_stop}"))?;
-    wrenn_server::run(started.state, started.listener, stop)
+    let (https, refresh) = match started.https {
+        Some((l, r)) => (Some(l), Some(r)),
+        None => (None, None),
+    };
+    let served = wrenn_server::run(started.state, started.listener, https, stop)
         .await
-        .context("serving")
+        .context("serving");
+    if let Some(r) = refresh {
+        r.abort();
+    }
+    served
 }
 
 /// `wrenn server`: the control plane in front of the hosts that register, and of the agent
@@ -94,8 +145,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = args
         .control
         .server_config(data_dir.clone(), SignupPolicy::Invite);
+    let https = args.control.https(&pki_dir);
     config.pki_dir = Some(pki_dir);
-    let started = start(&config, args.control.listen, builtin).await?;
+    let started = start(&config, args.control.listen, https, builtin).await?;
     serve(started, "stopping (capsules stay with their agent)").await
 }
 

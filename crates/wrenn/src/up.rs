@@ -103,7 +103,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     // The control plane.
     let config = args.control.server_config(data_dir, SignupPolicy::Closed);
-    let started = crate::control::start(&config, args.control.listen, Some(builtin)).await?;
+    let https = args.control.https(&config.pki_dir());
+    let started = crate::control::start(&config, args.control.listen, https, Some(builtin)).await?;
     let reconcile = started.state.clone();
     // What the last shutdown paused resumes now, in the background: the API is up at once.
     let resuming = resume_in_background(started.state.clone(), manager.paused_for_restart());

@@ -16,6 +16,7 @@ mod state;
 mod two_teams;
 
 mod envd;
+mod https;
 
 use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::{json, Value};

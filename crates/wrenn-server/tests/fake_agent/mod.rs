@@ -116,6 +116,15 @@ impl FakeAgent {
         c.error = error.into();
     }
 
+    /// Capsule `id`'s address (where the proxy reaches its ports): a loopback server stands
+    /// for its guest.
+    #[allow(dead_code)] // used by the HTTPS tests only
+    pub fn set_address(&self, id: &str, address: &str) {
+        let mut inner = self.inner();
+        let c = inner.capsules.get_mut(id).expect("a capsule of the fake");
+        c.address = address.into();
+    }
+
     /// The fake holds snapshot template `name` (it can export it).
     #[allow(dead_code)] // used by the transfer tests only
     pub fn add_template(&self, name: &str) {
