@@ -102,6 +102,9 @@ pub enum AgentError {
     #[error("{0}")]
     BadPrivateRange(String),
 
+    /// A fork's child count out of range.
+    #[error("a fork makes 1 to {max} children, not {count}")]
+    ForkCount { count: u32, max: u32 },
     // The host's capacity.
     #[error("this host already runs {running} capsules (its limit)")]
     CapsuleLimitReached { running: usize },
@@ -312,6 +315,7 @@ impl From<AgentError> for tonic::Status {
             | E::MemoryNeverFits { .. }
             | E::DiskNeverFits { .. }
             | E::BadTransfer(_)
+            | E::ForkCount { .. }
             | E::Guest {
                 refusal: Refusal::Invalid,
                 ..

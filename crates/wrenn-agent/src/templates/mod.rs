@@ -28,6 +28,7 @@ use crate::{
     error::{AgentError, Result},
     netslot::SlotPool,
 };
+pub(crate) use publish::link_or_copy;
 pub use shapes::ShapePolicy;
 use shapes::{allocated_bytes, join};
 
