@@ -158,6 +158,7 @@ bench: deps
 	$(MAKE) images
 	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES) --ksm
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
+	$(CARGO_TARGET_DIR)/release/wrenn-bench fork --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
 	$(CARGO_TARGET_DIR)/release/wrenn-bench oci

@@ -132,7 +132,7 @@ async fn children_continue_the_source_and_each_other_never() {
         .await
         .unwrap();
     let src = mgr.create(spec()).await.unwrap();
-    run(&mgr, &src.id, "echo before > /root/before.txt").await;
+    run(&mgr, &src.id, "echo before > /home/user/before.txt").await;
     let started: u64 = run(&mgr, &src.id, COUNTER).await.parse().unwrap();
     let at_fork = counts_past(&mgr, &src.id, started).await;
 
@@ -143,7 +143,7 @@ async fn children_continue_the_source_and_each_other_never() {
     );
     assert_eq!(forked.children.len(), 2);
     assert!(forked.source_paused_for > Duration::ZERO);
-    run(&mgr, &src.id, "echo after > /root/after.txt").await;
+    run(&mgr, &src.id, "echo after > /home/user/after.txt").await;
     let ids: Vec<String> = forked.children.iter().map(|c| c.id.clone()).collect();
     for c in &forked.children {
         assert_ne!(c.id, src.id);
@@ -161,12 +161,15 @@ async fn children_continue_the_source_and_each_other_never() {
             c.id
         );
         counts_past(&mgr, &c.id, n).await;
-        assert_eq!(run(&mgr, &c.id, "cat /root/before.txt").await, "before");
+        assert_eq!(
+            run(&mgr, &c.id, "cat /home/user/before.txt").await,
+            "before"
+        );
         assert_eq!(
             run(
                 &mgr,
                 &c.id,
-                "test -e /root/after.txt && echo there || echo absent"
+                "test -e /home/user/after.txt && echo there || echo absent"
             )
             .await,
             "absent"
@@ -180,13 +183,13 @@ async fn children_continue_the_source_and_each_other_never() {
     assert!(count(&mgr, &ids[1]).await < 1_000_000);
     assert!(count(&mgr, &src.id).await < 1_000_000);
     // Files too.
-    run(&mgr, &ids[1], "echo mine > /root/child.txt").await;
+    run(&mgr, &ids[1], "echo mine > /home/user/child.txt").await;
     for other in [&src.id, &ids[0]] {
         assert_eq!(
             run(
                 &mgr,
                 other,
-                "cat /root/child.txt 2>/dev/null || echo absent"
+                "cat /home/user/child.txt 2>/dev/null || echo absent"
             )
             .await,
             "absent"
@@ -197,7 +200,10 @@ async fn children_continue_the_source_and_each_other_never() {
 
     // Children of children: a grandchild of child 1 continues child 1 (with its file).
     let grand = mgr.fork(&ids[1], 1).await.unwrap().children.remove(0);
-    assert_eq!(run(&mgr, &grand.id, "cat /root/child.txt").await, "mine");
+    assert_eq!(
+        run(&mgr, &grand.id, "cat /home/user/child.txt").await,
+        "mine"
+    );
     counts_past(&mgr, &grand.id, count(&mgr, &grand.id).await).await;
     assert_eq!(entries(&data.path().join("forks")).len(), 2);
 
@@ -206,12 +212,15 @@ async fn children_continue_the_source_and_each_other_never() {
     mgr.destroy(&ids[1]).await.unwrap();
     for id in [&ids[0], &grand.id] {
         counts_past(&mgr, id, count(&mgr, id).await).await;
-        assert_eq!(run(&mgr, id, "cat /root/before.txt").await, "before");
+        assert_eq!(run(&mgr, id, "cat /home/user/before.txt").await, "before");
     }
     // Their disks survive a pause and resume (the fork images' backing files are kept).
     mgr.pause(&grand.id).await.unwrap();
     mgr.resume(&grand.id).await.unwrap();
-    assert_eq!(run(&mgr, &grand.id, "cat /root/child.txt").await, "mine");
+    assert_eq!(
+        run(&mgr, &grand.id, "cat /home/user/child.txt").await,
+        "mine"
+    );
     assert_eq!(
         entries(&data.path().join("forks")).len(),
         2,
@@ -237,14 +246,17 @@ async fn a_paused_capsule_forks_from_its_saved_state() {
         .await
         .unwrap();
     let src = mgr.create(spec()).await.unwrap();
-    run(&mgr, &src.id, "echo kept > /root/kept.txt").await;
+    run(&mgr, &src.id, "echo kept > /home/user/kept.txt").await;
     let started: u64 = run(&mgr, &src.id, COUNTER).await.parse().unwrap();
     counts_past(&mgr, &src.id, started).await;
     mgr.pause(&src.id).await.unwrap();
     let forked = mgr.fork(&src.id, 1).await.unwrap();
     assert_eq!(forked.source_paused_for, Duration::ZERO);
     let child = &forked.children[0];
-    assert_eq!(run(&mgr, &child.id, "cat /root/kept.txt").await, "kept");
+    assert_eq!(
+        run(&mgr, &child.id, "cat /home/user/kept.txt").await,
+        "kept"
+    );
     let n = count(&mgr, &child.id).await;
     counts_past(&mgr, &child.id, n).await;
     // The source is still paused, and resumes as it was.
@@ -253,7 +265,7 @@ async fn a_paused_capsule_forks_from_its_saved_state() {
         wrenn_types::CapsuleStatus::Paused
     );
     mgr.resume(&src.id).await.unwrap();
-    assert_eq!(run(&mgr, &src.id, "cat /root/kept.txt").await, "kept");
+    assert_eq!(run(&mgr, &src.id, "cat /home/user/kept.txt").await, "kept");
     mgr.destroy(&src.id).await.unwrap();
     mgr.destroy(&child.id).await.unwrap();
     assert!(entries(&data.path().join("forks")).is_empty());
