@@ -10,7 +10,7 @@
 //!
 //! The source holds some state of its own before the fork (a 32 MiB file in its tmpfs), as
 //! a capsule that has been working would. The agent owns a data folder under `--tmp-dir` and
-//! slots 4380–4399; every capsule is destroyed and the folder removed on the way out.
+//! slots 4386–4399; every capsule is destroyed and the folder removed on the way out.
 
 use std::{
     path::PathBuf,
@@ -45,7 +45,7 @@ pub struct Args {
     tmp_dir: PathBuf,
 }
 
-const SLOTS: std::ops::RangeInclusive<u32> = 4380..=4399;
+const SLOTS: std::ops::RangeInclusive<u32> = 4386..=4399;
 
 pub fn run(args: Args) -> Result<()> {
     // SAFETY: geteuid(2) has no preconditions.
