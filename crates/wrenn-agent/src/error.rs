@@ -102,6 +102,9 @@ pub enum AgentError {
     #[error("{0}")]
     BadPrivateRange(String),
 
+    /// A fork child's disk rests on its fork image, which only this host has.
+    #[error("capsule {id} is a fork child: it cannot leave this host yet")]
+    ForkChildStays { id: String },
     /// A fork's child count out of range.
     #[error("a fork makes 1 to {max} children, not {count}")]
     ForkCount { count: u32, max: u32 },
@@ -321,6 +324,7 @@ impl From<AgentError> for tonic::Status {
                 ..
             } => Status::invalid_argument(msg),
             E::TemplateInUse { .. }
+            | E::ForkChildStays { .. }
             | E::BaseTemplate { .. }
             | E::ShapeGone { .. }
             | E::DiskFlatten { .. }
