@@ -50,6 +50,8 @@ pub struct ForkMeta {
 #[derive(Debug)]
 pub struct Forks {
     dir: PathBuf,
+    /// Images whose children are being made (no record names them yet): never collected.
+    making: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Forks {
@@ -64,7 +66,24 @@ impl Forks {
                 }
             }
         }
-        Ok(Forks { dir })
+        Ok(Forks {
+            dir,
+            making: Default::default(),
+        })
+    }
+
+    /// Marks image `dir` as in use by a fork still making its children, until `done`.
+    pub fn making(&self, dir: &Path) {
+        self.lock().insert(dir.to_path_buf());
+    }
+
+    /// Ends [`Forks::making`] for `dir` (its children's records now name it, or they failed).
+    pub fn done(&self, dir: &Path) {
+        self.lock().remove(dir);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.making.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new, empty folder for an image being made (hidden until [`Forks::finish`]), and the
@@ -92,6 +111,12 @@ impl Forks {
                 .dir
                 .join(format!("fk-{}", wrenn_types::secret::hex(8)?));
             std::fs::rename(work, &dir).map_err(|e| AgentError::io("placing the fork image", e))?;
+            // Marked before it is visible, so no collection ever sees it unused.
+            self.making(&dir);
+            if let Err(e) = std::fs::rename(work, &dir) {
+                self.done(&dir);
+                return Err(AgentError::io("placing the fork image", e));
+            }
             Ok(dir)
         });
         match placed {
@@ -173,9 +198,12 @@ impl Forks {
             .any(|(_, m)| m.root.starts_with(template_dir))
     }
 
-    /// Removes every fork image no capsule restores from (`used`) and no kept image backs on;
-    /// returns how many went. Folders without a readable `fork.json` are left alone.
+    /// Removes every fork image no capsule restores from (`used`), no fork is making children
+    /// from, and no kept image backs on; returns how many went. Folders without a readable
+    /// `fork.json` are left alone.
     pub fn collect(&self, used: impl Fn(&Path) -> bool) -> usize {
+        let making = self.lock().clone();
+        let used = |d: &Path| making.contains(d) || used(d);
         let mut removed = 0;
         loop {
             let all = self.list();

@@ -77,6 +77,20 @@ impl Manager {
             }
         };
         let snapshot = self.forks.finish(&work, &cp).await?;
+        let image = snapshot.template_dir.clone();
+        let made = self.make_children(src, slots, snapshot, cp).await;
+        // From here the children's records name the image (or there are none).
+        self.forks.done(&image);
+        made
+    }
+
+    async fn make_children(
+        &self,
+        src: &CapsuleRecord,
+        slots: &[u32],
+        snapshot: wrenn_vmm::snapshot::Snapshot,
+        cp: capsule::Checkpointed,
+    ) -> Result<Forked> {
         tracing::info!(source = %src.id, image = %snapshot.template_dir.display(), children = slots.len(), "fork image made");
         let resolved = Resolved {
             snapshot,
