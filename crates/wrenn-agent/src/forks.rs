@@ -110,7 +110,6 @@ impl Forks {
             let dir = self
                 .dir
                 .join(format!("fk-{}", wrenn_types::secret::hex(8)?));
-            std::fs::rename(work, &dir).map_err(|e| AgentError::io("placing the fork image", e))?;
             // Marked before it is visible, so no collection ever sees it unused.
             self.making(&dir);
             if let Err(e) = std::fs::rename(work, &dir) {
