@@ -174,6 +174,7 @@ bench: deps $(VENV_E2B_PLATFORM)/.installed $(VENV_WRENN)/.installed
 	$(MAKE) images
 	$(CARGO_TARGET_DIR)/release/wrenn-bench vm --images $(WRENN_IMAGES) --ksm
 	$(CARGO_TARGET_DIR)/release/wrenn-bench agent --images $(WRENN_IMAGES)
+	$(CARGO_TARGET_DIR)/release/wrenn-bench fork --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench server --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
 	WRENN_IMAGES=$(WRENN_IMAGES) $(VENV_E2B_PLATFORM)/bin/python bench/sdk_paths/compare.py --wrenn $(CARGO_TARGET_DIR)/release/wrenn \
 	  --e2b-python $(VENV_E2B_PLATFORM)/bin/python --wrenn-python $(VENV_WRENN)/bin/python

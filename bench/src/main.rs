@@ -14,6 +14,7 @@
 mod agent;
 mod cluster;
 mod envd;
+mod fork;
 mod http1;
 mod oci;
 mod procs;
@@ -44,6 +45,9 @@ enum Command {
     /// Benchmark the host agent: exec round trip and streamed files through its gRPC against
     /// envd directly, concurrent creates against one alone.
     Agent(agent::Args),
+    /// Benchmark live fork: N children against N creates, the source's pause against a plain
+    /// pause, each child's PSS against a fresh capsule's.
+    Fork(fork::Args),
     /// Benchmark a snapshot template travelling between two host agents (export piped into
     /// import over gRPC) against `cp` of the same files.
     Transfer(agent::host_transfer::Args),
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Envd(args) => envd::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Fork(args) => fork::run(args),
         Command::Transfer(args) => agent::host_transfer::run(args),
         Command::Server(args) => server::run(args),
         Command::Scheduler(args) => scheduler::run(args),

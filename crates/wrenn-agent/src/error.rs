@@ -102,6 +102,12 @@ pub enum AgentError {
     #[error("{0}")]
     BadPrivateRange(String),
 
+    /// A fork child's disk rests on its fork image, which only this host has.
+    #[error("capsule {id} is a fork child: it cannot leave this host yet")]
+    ForkChildStays { id: String },
+    /// A fork's child count out of range.
+    #[error("a fork makes 1 to {max} children, not {count}")]
+    ForkCount { count: u32, max: u32 },
     // The host's capacity.
     #[error("this host already runs {running} capsules (its limit)")]
     CapsuleLimitReached { running: usize },
@@ -312,11 +318,13 @@ impl From<AgentError> for tonic::Status {
             | E::MemoryNeverFits { .. }
             | E::DiskNeverFits { .. }
             | E::BadTransfer(_)
+            | E::ForkCount { .. }
             | E::Guest {
                 refusal: Refusal::Invalid,
                 ..
             } => Status::invalid_argument(msg),
             E::TemplateInUse { .. }
+            | E::ForkChildStays { .. }
             | E::BaseTemplate { .. }
             | E::ShapeGone { .. }
             | E::DiskFlatten { .. }

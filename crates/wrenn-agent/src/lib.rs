@@ -6,6 +6,7 @@
 pub mod capsule;
 pub mod envd_client;
 pub mod error;
+pub mod forks;
 pub mod identity;
 pub mod images;
 pub mod manager;

@@ -291,6 +291,17 @@ impl Client {
             .await
     }
 
+    /// Live fork: `count` (1..=32) new capsules that continue from capsule `id`'s exact
+    /// state, on its host; all or none.
+    pub async fn fork_capsule(&self, id: &str, count: u32) -> Result<Forked> {
+        self.call_json(
+            Method::POST,
+            &["v1", "capsules", id, "fork"],
+            &serde_json::json!({ "count": count }),
+        )
+        .await
+    }
+
     /// Counts as activity: resets the capsule's idle timeout.
     pub async fn ping_capsule(&self, id: &str) -> Result<()> {
         self.call_empty(Method::POST, &["v1", "capsules", id, "ping"])

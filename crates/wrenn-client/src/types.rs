@@ -74,6 +74,17 @@ pub struct Capsule {
     pub extra: Map<String, Value>,
 }
 
+/// The answer to `POST /v1/capsules/{id}/fork`: the children (each with its proxy access
+/// token in `extra`), and how long the source was stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forked {
+    pub source: String,
+    pub capsules: Vec<Capsule>,
+    pub source_paused_ms: f64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
 /// `POST /v1/capsules` (only the fields that are set are sent; the server picks the rest), and
 /// a capsule's egress (`/v1/capsules/{id}/network`): the API's own bodies.
 pub use wrenn_types::api::{

@@ -110,6 +110,7 @@ impl Modify for SecuritySchemes {
         capsules::lifecycle::destroy,
         capsules::lifecycle::pause,
         capsules::lifecycle::resume,
+        capsules::fork::fork,
         crate::transfer::moves::move_capsule,
         capsules::lifecycle::ping,
         crate::network::get,

@@ -2,6 +2,7 @@
 
 pub mod create;
 pub mod exec;
+pub mod fork;
 pub mod lifecycle;
 pub mod lookup;
 pub mod metrics;

@@ -82,6 +82,7 @@ pub fn routes() -> Vec<Route> {
             "/v1/capsules/{id}/resume",
             capsules::lifecycle::resume,
         ),
+        route(M::POST, "/v1/capsules/{id}/fork", capsules::fork::fork),
         route(
             M::POST,
             "/v1/capsules/{id}/move",

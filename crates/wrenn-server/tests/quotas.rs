@@ -518,3 +518,65 @@ async fn concurrent_reservations_never_exceed_on_postgres() {
     })
     .await
 }
+
+/// A fork counts every child against the quotas before the host is asked: over the limit,
+/// nothing is made; a bad count or a foreign capsule is refused as such.
+#[tokio::test]
+async fn a_fork_is_refused_beyond_a_quota_for_all_its_children() {
+    let s = start(Limits {
+        capsules: Some(3),
+        ..DEFAULTS
+    })
+    .await;
+    let alice = s.signup("alice@example.com").await;
+    let me = As::UserIn(&alice.token, &alice.team);
+    s.capsule(&alice.team, "running", 1, 256, 1000).await;
+    let src = s.db.capsules(&alice.team).await.unwrap()[0].id.clone();
+    let fork = format!("/v1/capsules/{src}/fork");
+    let r = s
+        .call(Method::POST, &fork, me, Some(json!({ "count": 3 })))
+        .await;
+    assert_eq!(
+        refused(&r),
+        "quota capsules exceeded: the team's limit is 3, it uses 1, this request needs 3 more"
+    );
+    for bad in [
+        json!({ "count": 0 }),
+        json!({ "count": 33 }),
+        json!({ "count": "x" }),
+        json!({ "n": 1 }),
+    ] {
+        let (st, b) = s.call(Method::POST, &fork, me, Some(bad.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert_eq!(b["error"]["code"], "invalid_request", "{bad}");
+    }
+    // Another team's capsule, or none at all, is not found.
+    let bob = s.signup("bob@example.com").await;
+    let (st, b) = s
+        .call(
+            Method::POST,
+            &fork,
+            As::UserIn(&bob.token, &bob.team),
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{b}");
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/v1/capsules/cl-nosuch/fork",
+            me,
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // Within the quota the host is asked (here it is unreachable): nothing is left behind,
+    // and the reservation is gone (the same fork gets as far again).
+    for _ in 0..2 {
+        let (st, b) = s
+            .call(Method::POST, &fork, me, Some(json!({ "count": 2 })))
+            .await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    }
+    assert_eq!(s.db.capsules(&alice.team).await.unwrap().len(), 1);
+}

@@ -105,6 +105,9 @@ impl Vmm for Vm {
     async fn save(&mut self, state: &Path) -> Result<()> {
         each!(self, vm => vm.save(state).await)
     }
+    async fn checkpoint(&mut self, dest: &Path) -> Result<()> {
+        each!(self, vm => vm.checkpoint(dest).await)
+    }
     async fn start_waiting(&mut self) -> Result<()> {
         each!(self, vm => vm.start_waiting().await)
     }

@@ -44,8 +44,15 @@ impl Snapshot {
     pub fn dir(&self) -> PathBuf {
         self.template_dir.join("snapshot")
     }
+    /// The snapshot's disk: raw `disk.img`, or for a fork image the checkpointed qcow2
+    /// overlay (`disk.qcow2`, on its own backing file).
     pub fn disk(&self) -> PathBuf {
-        self.dir().join("disk.img")
+        let overlay = self.dir().join(crate::checkpoint::DISK);
+        if overlay.is_file() {
+            overlay
+        } else {
+            self.dir().join("disk.img")
+        }
     }
     pub fn memory(&self) -> PathBuf {
         self.dir().join("memory")
@@ -203,11 +210,17 @@ pub fn prepare_capsule(
     Ok(config)
 }
 
-/// `qemu-img create -f qcow2 -b BASE -F raw OVERLAY [SIZE]`: a copy-on-write disk over `base`,
-/// as large as `base` or `size` bytes.
+/// `qemu-img create -f qcow2 -b BASE -F raw OVERLAY [SIZE]`: a copy-on-write disk over `base`
+/// (`-F qcow2` when `base` is a checkpointed overlay, `*.qcow2`), as large as `base` or
+/// `size` bytes.
 pub fn create_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> Result<()> {
+    let format = if base.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     let mut cmd = std::process::Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
         .arg(overlay);
     if let Some(size) = size {

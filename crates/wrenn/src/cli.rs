@@ -112,6 +112,14 @@ enum CapsuleCommand {
     Pause { id: String },
     /// Resume a paused capsule.
     Resume { id: String },
+    /// Fork a running or paused capsule: N new capsules that continue from its exact state
+    /// (memory, processes, files), on its host. Prints one child id per line.
+    Fork {
+        id: String,
+        /// How many children (1..=32).
+        #[arg(short = 'n', long = "count", default_value_t = 1)]
+        count: u32,
+    },
     /// Destroy capsules.
     #[command(visible_alias = "rm")]
     Destroy {
@@ -323,6 +331,16 @@ async fn capsule_inner(args: CapsuleArgs) -> Outcome {
                 print_json(&c)?;
             } else {
                 println!("{} {}", c.id, c.status);
+            }
+        }
+        CapsuleCommand::Fork { id, count } => {
+            let f = client.fork_capsule(&id, count).await?;
+            if conn.json {
+                print_json(&f)?;
+            } else {
+                for c in &f.capsules {
+                    println!("{}", c.id);
+                }
             }
         }
         CapsuleCommand::Destroy { ids } => {

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
 use wrenn_types::{CapsuleStatus, Transition};
 use wrenn_vmm::{snapshot, Vm, Vmm};
 
-use super::Info;
+use super::{Checkpointed, Info};
 use crate::{
     envd_client::{EnvdClient, ExecRequest, InitRequest},
     error::{AgentError, Result},
@@ -248,6 +248,64 @@ impl Capsule {
             envd_token: rec.access_token.clone(),
         };
         templates.publish(&name, overwrite, source, in_use).await
+    }
+
+    /// Copies the capsule's whole state into the new folder `dest`: a running capsule is
+    /// stopped for the copy of its device state, own pages and disk, then runs on; a paused
+    /// one is copied from its saved files.
+    pub(super) async fn checkpoint(&mut self, dest: &std::path::Path) -> Result<Checkpointed> {
+        let mut paused_for = std::time::Duration::ZERO;
+        match self.state() {
+            CapsuleStatus::Running => {
+                let t0 = std::time::Instant::now();
+                self.vm.pause().await?;
+                let copied = self.vm.checkpoint(dest).await;
+                let resumed = self.vm.resume().await;
+                paused_for = t0.elapsed();
+                if let Err(e) = resumed {
+                    self.fail(format!("resuming after a checkpoint failed: {e}"))
+                        .await;
+                    return Err(e.into());
+                }
+                copied?;
+                tracing::info!(dest = %dest.display(), ?paused_for, "capsule checkpointed");
+            }
+            CapsuleStatus::Paused => {
+                let (dir, disk, dest) = (
+                    self.dir.clone(),
+                    self.vm.config().disk.clone(),
+                    dest.to_path_buf(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    wrenn_vmm::checkpoint::of_saved(&dir, &dir.join("state"), &disk, &dest)
+                })
+                .await
+                .map_err(|e| AgentError::io("checkpointing", std::io::Error::other(e)))??;
+            }
+            state => {
+                return Err(AgentError::NotRunningOrPaused {
+                    state,
+                    rule: "only running or paused capsules can be forked",
+                })
+            }
+        }
+        let record = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = self.vm.config();
+        Ok(Checkpointed {
+            restored_from: config
+                .kernel
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+            spec: snapshot::SnapshotSpec {
+                format: snapshot::SNAPSHOT_FORMAT,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                accel: config.accel.as_str().into(),
+            },
+            record,
+            paused_for,
+        })
     }
 
     /// Turns the capsule to `error` with `why`, stops its VMM and releases its slot at once;

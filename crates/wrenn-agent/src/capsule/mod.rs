@@ -68,6 +68,21 @@ pub enum Op {
     },
     /// Changes egress (running or paused) and records it.
     SetNetwork(Egress, oneshot::Sender<Result<()>>),
+    /// Copies the capsule's whole state into a new folder (a running capsule pauses only for
+    /// that and runs on; a paused one is copied from its saved files).
+    Checkpoint(std::path::PathBuf, oneshot::Sender<Result<Checkpointed>>),
+}
+
+/// What [`Handle::checkpoint`] copied, and from what.
+#[derive(Debug, Clone)]
+pub struct Checkpointed {
+    /// The capsule's record at that moment.
+    pub record: CapsuleRecord,
+    /// The folder its snapshot was restored from (kernel, initrd, disk backing).
+    pub restored_from: std::path::PathBuf,
+    pub spec: wrenn_vmm::snapshot::SnapshotSpec,
+    /// How long the guest was stopped (zero for a paused capsule).
+    pub paused_for: std::time::Duration,
 }
 
 /// The shared, read-only view of a capsule.
@@ -133,6 +148,11 @@ impl Handle {
             reply,
         })
         .await
+    }
+    /// Copies the capsule's whole state into the new folder `dest`
+    /// ([`wrenn_vmm::checkpoint`]).
+    pub async fn checkpoint(&self, dest: std::path::PathBuf) -> Result<Checkpointed> {
+        self.call(|reply| Op::Checkpoint(dest, reply)).await
     }
     /// Marks the capsule as used now.
     pub fn touch(&self) {
@@ -231,6 +251,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
             Op::SetNetwork(egress, reply) => {
                 let _ = reply.send(capsule.set_network(egress).await);
             }
+            Op::Checkpoint(dest, reply) => {
+                let _ = reply.send(capsule.checkpoint(&dest).await);
+            }
         }
     }
     // In error the capsule holds no VM and no slot; only destroy does anything now.
@@ -258,6 +281,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                         let _ = reply.send(Err(err()));
                     }
                     Op::SetNetwork(_, r) => {
+                        let _ = r.send(Err(err()));
+                    }
+                    Op::Checkpoint(_, r) => {
                         let _ = r.send(Err(err()));
                     }
                     Op::Destroy(_) => {}

@@ -32,8 +32,14 @@ impl Manager {
     /// Refuses a create that would take more memory than the host has: running capsules'
     /// RAM plus their VMMs' overhead, plus the new one, plus a reserve for the host.
     pub(super) fn check_capacity(&self, memory_mib: u32) -> Result<()> {
+        self.check_capacity_for(memory_mib, 1)
+    }
+
+    /// [`Manager::check_capacity`] for `count` capsules of `memory_mib` each (a fork's
+    /// children, all checked before any is made).
+    pub(super) fn check_capacity_for(&self, memory_mib: u32, count: usize) -> Result<()> {
         let list = self.list();
-        if list.len() >= self.config.max_capsules {
+        if list.len() + count > self.config.max_capsules {
             return Err(AgentError::CapsuleLimitReached {
                 running: list.len(),
             });
@@ -49,8 +55,8 @@ impl Manager {
             .map(|r| u64::from(r.memory_mib) + capsule::VMM_OVERHEAD_MIB)
             .sum();
         let total = host_memory_bytes() >> 20;
-        let wanted = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
-        if wanted + HOST_RESERVE_MIB > total {
+        let one = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
+        if one + HOST_RESERVE_MIB > total {
             // Never, whatever else runs: the request's fault, not the host's state.
             return Err(AgentError::MemoryNeverFits {
                 memory_mib,
@@ -58,6 +64,7 @@ impl Manager {
                 reserve_mib: HOST_RESERVE_MIB,
             });
         }
+        let wanted = one * count as u64;
         if committed + wanted + HOST_RESERVE_MIB > total {
             return Err(AgentError::MemoryFull {
                 wanted_mib: wanted,

@@ -5,6 +5,7 @@
 //! takes over or removes, `tasks` the reaper and the sampler.
 
 mod capacity;
+mod fork;
 mod load;
 mod pool;
 mod recovery;
@@ -23,6 +24,7 @@ use capacity::{host_memory_bytes, validate_shape};
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
+pub use fork::{Forked, MAX_FORK_CHILDREN};
 pub use transfer::{Chunks, Imported};
 
 use crate::{
@@ -78,6 +80,8 @@ pub struct Manager {
     templates: Arc<Templates>,
     runtime: capsule::Runtime,
     pool: Arc<pool::WarmPool>,
+    /// Fork images (`WRENN_DIR/forks`), kept while a capsule or another image needs them.
+    forks: crate::forks::Forks,
 }
 
 impl Manager {
@@ -157,14 +161,18 @@ impl Manager {
         if wrenn_vmm::cgroup::bases().is_none() {
             tracing::warn!("no usable cgroups on this host: VMMs run without CPU and memory caps");
         }
-        Ok(Manager {
+        let forks = crate::forks::Forks::open(config.data_dir.join("forks"))?;
+        let manager = Manager {
             slots: SlotPool::new(config.slots.clone(), slots),
             config,
             capsules: Mutex::new(capsules),
             templates,
             runtime,
             pool: Arc::default(),
-        })
+            forks,
+        };
+        manager.collect_forks();
+        Ok(manager)
     }
 
     /// Whether a capsule restores from a snapshot in template folder `dir`.
@@ -175,7 +183,7 @@ impl Manager {
                 .clone()
                 .unwrap_or_else(|| images.join(&r.template))
                 .starts_with(dir)
-        })
+        }) || self.forks.hold(dir)
     }
 
     fn handle(&self, id: &str) -> Result<Handle> {
@@ -394,6 +402,7 @@ impl Manager {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         self.slots.free(slot);
+        self.collect_forks();
         Ok(())
     }
 

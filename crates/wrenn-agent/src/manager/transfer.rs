@@ -152,6 +152,13 @@ impl Manager {
         if rec.state != CapsuleStatus::Paused {
             return Err(AgentError::NotPaused { state: rec.state });
         }
+        if rec
+            .snapshot_dir
+            .as_deref()
+            .is_some_and(|d| self.forks.is_fork(d))
+        {
+            return Err(AgentError::ForkChildStays { id: id.into() });
+        }
         let dir = self.config.data_dir.join("capsules").join(id);
         // The other host may not have this capsule's template: its guest RAM leaves as one
         // file (`memory`), the template's pages with its own on top.

@@ -5,8 +5,9 @@ use tonic::{Request, Response, Status};
 use wrenn_proto::{
     agent::v1::{
         Capsule, CapsuleRef, CapsuleState as PbState, CreateCapsuleRequest, DestroyCapsuleResponse,
-        GetMetricsRequest, GetMetricsResponse, HostInfoRequest, HostInfoResponse,
-        ListCapsulesRequest, ListCapsulesResponse, MetricPoint, PingResponse, TimeoutAction,
+        ForkCapsuleRequest, ForkCapsuleResponse, GetMetricsRequest, GetMetricsResponse,
+        HostInfoRequest, HostInfoResponse, ListCapsulesRequest, ListCapsulesResponse, MetricPoint,
+        PingResponse, TimeoutAction,
     },
     agent::v1::{EgressPolicy as PbEgressPolicy, SetCapsuleNetworkRequest, TemplateKind},
 };
@@ -146,6 +147,19 @@ pub(super) async fn destroy_capsule(
     let id = capsule_id(&req.into_inner().id)?;
     svc.manager.destroy(&id).await?;
     Ok(Response::new(DestroyCapsuleResponse {}))
+}
+
+pub(super) async fn fork_capsule(
+    svc: &AgentService,
+    req: Request<ForkCapsuleRequest>,
+) -> Result<Response<ForkCapsuleResponse>, Status> {
+    let r = req.into_inner();
+    let id = capsule_id(&r.id)?;
+    let forked = svc.manager.fork(&id, r.count).await?;
+    Ok(Response::new(ForkCapsuleResponse {
+        children: forked.children.into_iter().map(to_pb).collect(),
+        source_paused_us: forked.source_paused_for.as_micros() as u64,
+    }))
 }
 
 pub(super) async fn set_capsule_network(

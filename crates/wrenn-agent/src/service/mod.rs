@@ -26,9 +26,10 @@ use wrenn_proto::{
         StartBackgroundResponse, WriteFileRequest, WriteFileStreamRequest,
     },
     agent::v1::{
-        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ImportImageRequest,
-        ImportImageResponse, ListTemplatesRequest, ListTemplatesResponse, SetCapsuleNetworkRequest,
-        SnapshotCapsuleRequest, Template, TransferChunk, WatchDirEvent, WatchDirRequest,
+        DeleteTemplateRequest, DeleteTemplateResponse, ExportTemplateRequest, ForkCapsuleRequest,
+        ForkCapsuleResponse, ImportImageRequest, ImportImageResponse, ListTemplatesRequest,
+        ListTemplatesResponse, SetCapsuleNetworkRequest, SnapshotCapsuleRequest, Template,
+        TransferChunk, WatchDirEvent, WatchDirRequest,
     },
 };
 use wrenn_types::{Id, IdKind};
@@ -130,6 +131,13 @@ impl Agent for AgentService {
         req: Request<CapsuleRef>,
     ) -> Result<Response<DestroyCapsuleResponse>, Status> {
         lifecycle::destroy_capsule(self, req).await
+    }
+
+    async fn fork_capsule(
+        &self,
+        req: Request<ForkCapsuleRequest>,
+    ) -> Result<Response<ForkCapsuleResponse>, Status> {
+        lifecycle::fork_capsule(self, req).await
     }
 
     async fn set_capsule_network(

@@ -30,6 +30,7 @@ use crate::{
     netslot::SlotPool,
 };
 pub use image::{image_template_name, ImageTemplate, IMAGE_PREFIX};
+pub(crate) use publish::link_or_copy;
 pub use shapes::ShapePolicy;
 use shapes::{allocated_bytes, join};
 

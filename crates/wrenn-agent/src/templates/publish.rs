@@ -11,7 +11,7 @@ pub(super) fn random_suffix() -> Result<String> {
 }
 
 /// Hard-links `src` (following symlinks) to `dst`, or copies it where links cannot be made.
-pub(super) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     let real = src
         .canonicalize()
         .map_err(|e| AgentError::io(format!("finding {}", src.display()), e))?;

@@ -287,6 +287,16 @@ impl Agent for FakeAgent {
         }
     }
 
+    async fn fork_capsule(
+        &self,
+        req: Request<wrenn_proto::agent::v1::ForkCapsuleRequest>,
+    ) -> Result<Response<wrenn_proto::agent::v1::ForkCapsuleResponse>, Status> {
+        let id = req.into_inner().id;
+        self.enter("fork_capsule", &id)?;
+        // A fake: forks need real VMs (the agent's `fork` tests and the CLI's).
+        Err(Status::unimplemented("the fake agent does not fork"))
+    }
+
     async fn set_capsule_network(
         &self,
         req: Request<SetCapsuleNetworkRequest>,

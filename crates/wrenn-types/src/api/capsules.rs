@@ -47,6 +47,29 @@ pub struct CreatedCapsule {
     pub access_token: String,
 }
 
+/// A live fork: how many children.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ForkCapsuleBody {
+    /// How many children, 1..=32 (default 1).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 32, example = 2))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// The answer to a fork: the children (each with its proxy access token, shown this once).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ForkedCapsules {
+    /// The source capsule's id.
+    pub source: String,
+    pub capsules: Vec<CreatedCapsule>,
+    /// How long the source was stopped for its state to be copied, in milliseconds (0 for a
+    /// paused source).
+    pub source_paused_ms: f64,
+}
+
 /// A new capsule; every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

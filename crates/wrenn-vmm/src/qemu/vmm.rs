@@ -9,6 +9,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{process::health, QemuVm};
 use crate::{
+    checkpoint,
     config::VmConfig,
     error::{Result, VmmError},
     files,
@@ -92,6 +93,42 @@ impl Vmm for QemuVm {
         let _ = std::fs::remove_file(self.config.qmp_path());
         self.status = VmStatus::Saved;
         Ok(())
+    }
+
+    async fn checkpoint(&mut self, dest: &Path) -> Result<()> {
+        if self.status != VmStatus::Paused {
+            return Err(VmmError::State {
+                action: "checkpoint",
+                state: self.status.to_string(),
+            });
+        }
+        files::private_dir(dest)?;
+        let state = dest.join(checkpoint::STATE);
+        // Made 0600 before QEMU opens it (QEMU would create it 0660).
+        drop(files::open_private(&state, true)?);
+        // Every device, no RAM; QEMU stays stopped and `cont` runs it again.
+        self.qmp(
+            "checkpoint",
+            "xen-save-devices-state",
+            Some(json!({"filename": state.display().to_string(), "live": false})),
+        )
+        .await?;
+        let pid = self.pid().unwrap_or(0);
+        let (dir, disk, dest) = (
+            self.config.dir.clone(),
+            self.config.disk.clone(),
+            dest.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            memory::device_state_stream(&state, super::MACHINE)?;
+            if let MemoryLayout::Template { base, .. } = checkpoint::link_memory(&dir, &dest)? {
+                memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE))?;
+            }
+            // `stop` drained and flushed the disk (qcow2 metadata included).
+            files::copy_sparse(&disk, &dest.join(checkpoint::DISK))
+        })
+        .await
+        .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))?
     }
 
     async fn start_waiting(&mut self) -> Result<()> {

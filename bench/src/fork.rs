@@ -1,0 +1,235 @@
+//! `wrenn-bench fork`: live fork through the host agent's manager (in this process), each
+//! figure next to a baseline measured in the same run.
+//!
+//! 1. Fork of N children (default 10): the whole call, p50 over the runs, against N creates
+//!    from the template one after the other (what the same capsules cost made fresh).
+//! 2. The source's pause: how long its guest was stopped for the checkpoint, p50, against a
+//!    plain pause (stop + save) of the same capsule.
+//! 3. Memory: each child's QEMU PSS (all N children alive together, idle) against a fresh
+//!    capsule's, made from the template and idle at the same time; absolute figures printed.
+//!
+//! The source holds some state of its own before the fork (a 32 MiB file in its tmpfs), as
+//! a capsule that has been working would. The agent owns a data folder under `--tmp-dir` and
+//! slots 4386–4399; every capsule is destroyed and the folder removed on the way out.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use wrenn_agent::{
+    capsule::CreateSpec,
+    envd_client::ExecRequest,
+    manager::{AgentConfig, Manager},
+};
+
+use crate::report::{percentile, Row, Target};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, env = "WRENN_IMAGES", default_value = "/var/tmp/wrenn/images")]
+    images: PathBuf,
+    #[arg(long, default_value = "minimal")]
+    template: String,
+    /// Children per fork.
+    #[arg(long, default_value_t = 10)]
+    children: u32,
+    /// Forks timed [default: 3; quick 1].
+    #[arg(long)]
+    runs: Option<usize>,
+    #[arg(long)]
+    quick: bool,
+    /// Parent of the agent's data directory.
+    #[arg(long, default_value = "/var/tmp")]
+    tmp_dir: PathBuf,
+}
+
+const SLOTS: std::ops::RangeInclusive<u32> = 4386..=4399;
+
+pub fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(
+        euid == 0,
+        "the fork bench needs root (network namespaces, nftables, TAP devices)"
+    );
+    let slots = SLOTS.end() - SLOTS.start() + 1;
+    ensure!(
+        (1..=32).contains(&args.children) && args.children + 2 <= slots,
+        "1 to {} children",
+        slots - 2
+    );
+    let data = tempfile::Builder::new()
+        .prefix("wrenn-bench-fork-")
+        .tempdir_in(&args.tmp_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mgr = Manager::start(AgentConfig {
+            data_dir: data.path().to_path_buf(),
+            images_dir: args.images.clone(),
+            qemu: wrenn_vmm::qemu::default_qemu(),
+            max_capsules: args.children as usize + 2,
+            slots: SLOTS,
+            shapes: Default::default(),
+            dns_upstreams: Vec::new(),
+            egress_allow_private: Vec::new(),
+            envd: None,
+        })
+        .await
+        .context("starting the agent")?;
+        let result = bench(&mgr, &args).await;
+        for r in mgr.list() {
+            let _ = mgr.destroy(&r.id).await;
+        }
+        result
+    })
+}
+
+fn spec(template: &str) -> CreateSpec {
+    CreateSpec {
+        template: template.into(),
+        egress: false,
+        ..Default::default()
+    }
+}
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "/bin/bash".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// QEMU's proportional set size, in KiB.
+fn pss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
+fn pid_of(mgr: &Manager, id: &str) -> Result<u32> {
+    mgr.get(id)?.vmm_pid.context("no QEMU pid")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let n = args.children;
+    eprintln!(
+        "wrenn-bench fork: template {}, {n} children, {runs} runs, slots {SLOTS:?}",
+        args.template
+    );
+    let src = mgr.create(spec(&args.template)).await?;
+    mgr.exec(
+        &src.id,
+        sh("head -c 33554432 /dev/urandom > /tmp/state.bin && sync"),
+    )
+    .await?;
+    // Baselines: creates one after the other (as many as a fork makes, once), and plain
+    // pauses of the source.
+    let mut fresh = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        fresh.push(mgr.create(spec(&args.template)).await?.id);
+    }
+    let creates = t0.elapsed();
+    for id in fresh.drain(..) {
+        mgr.destroy(&id).await?;
+    }
+    let mut plain_pauses = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        mgr.pause(&src.id).await?;
+        plain_pauses.push(ms(t.elapsed()));
+        mgr.resume(&src.id).await?;
+    }
+    let mut forks = Vec::new();
+    let mut pauses = Vec::new();
+    let mut child_pss = Vec::new();
+    let mut fresh_pss = 0u64;
+    for run in 0..runs {
+        let t = Instant::now();
+        let forked = mgr.fork(&src.id, n).await?;
+        forks.push(ms(t.elapsed()));
+        pauses.push(ms(forked.source_paused_for));
+        if run == 0 {
+            // Every child and one fresh capsule, alive and idle together.
+            let fresh = mgr.create(spec(&args.template)).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for c in &forked.children {
+                child_pss.push(pss_kib(pid_of(mgr, &c.id)?)? as f64 / 1024.0);
+            }
+            fresh_pss = pss_kib(pid_of(mgr, &fresh.id)?)?;
+            mgr.destroy(&fresh.id).await?;
+        }
+        for c in forked.children {
+            mgr.destroy(&c.id).await?;
+        }
+    }
+    mgr.destroy(&src.id).await?;
+    let fork_p50 = percentile(&forks, 50.0);
+    let pause_p50 = percentile(&pauses, 50.0);
+    let child_mean = child_pss.iter().sum::<f64>() / child_pss.len().max(1) as f64;
+    let fresh_mib = fresh_pss as f64 / 1024.0;
+    let mut rows = vec![
+        Row::new(
+            "fork_p50",
+            &format!("fork of {n}, p50"),
+            "ms",
+            fork_p50,
+            ms(creates),
+        ),
+        Row::new(
+            "fork_source_pause_p50",
+            "source pause, p50",
+            "ms",
+            pause_p50,
+            percentile(&plain_pauses, 50.0),
+        ),
+        Row::new(
+            "fork_child_pss",
+            "child PSS (mean)",
+            "MiB",
+            child_mean,
+            fresh_mib,
+        ),
+    ];
+    rows[0].note = format!("baseline: {n} creates one after the other");
+    rows[0].target = Some(Target {
+        text: "p50 <= 1000 ms".into(),
+        met: fork_p50 <= 1000.0,
+    });
+    rows[1].note = "baseline: a plain pause (stop + save)".into();
+    rows[1].target = Some(Target {
+        text: "<= 50 ms".into(),
+        met: pause_p50 <= 50.0,
+    });
+    let ratio = rows[2].ratio();
+    rows[2].note = format!(
+        "baseline: a fresh capsule; children min {:.1} max {:.1} MiB",
+        percentile(&child_pss, 1.0),
+        percentile(&child_pss, 100.0)
+    );
+    rows[2].target = Some(Target {
+        text: "<= 0.5x".into(),
+        met: ratio <= 0.5,
+    });
+    for r in &mut rows {
+        r.subject = "fork";
+        r.samples = runs;
+    }
+    rows[2].samples = child_pss.len();
+    for r in &rows {
+        println!("{}", r.line());
+    }
+    Ok(())
+}
