@@ -233,6 +233,21 @@ fn account_routes() -> Vec<Route> {
             "/v1/auth/logout-all",
             accounts::sessions::logout_all,
         ),
+        route(
+            Method::POST,
+            "/v1/auth/session",
+            accounts::console_session::create,
+        ),
+        route(
+            Method::GET,
+            "/v1/auth/session",
+            accounts::console_session::get,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/auth/session",
+            accounts::console_session::delete,
+        ),
         route(Method::GET, "/v1/teams", accounts::teams::list_teams),
         route(Method::POST, "/v1/teams", accounts::teams::create_team),
         route(

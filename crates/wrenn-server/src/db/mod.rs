@@ -30,7 +30,7 @@ mod tx;
 mod usage;
 mod users;
 
-pub use audit::AuditRow;
+pub use audit::{AuditFilter, AuditRow};
 pub use builds::{BuildProgress, BuildRow, BUILD_STALE_MS};
 pub use capsules::CapsuleRow;
 pub use e2b::E2bLifetime;
