@@ -219,6 +219,9 @@ fn host_routes() -> Vec<Route> {
         route(M::POST, "/v1/hosts/{id}/drain", maintain::drain),
         route(M::POST, "/v1/hosts/{id}/undrain", maintain::undrain),
         route(M::PUT, "/v1/admin/teams/{id}/byoc", manage::set_byoc),
+        route(M::GET, "/v1/admin/users", crate::admin::users),
+        route(M::GET, "/v1/admin/teams", crate::admin::teams),
+        route(M::GET, "/v1/admin/templates", crate::admin::templates),
     ]
 }
 
