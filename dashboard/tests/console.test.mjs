@@ -405,15 +405,19 @@ describe('audit log and admin pages', () => {
 
       // Filters go to the server: a resource type, then an action prefix.
       await page.getByLabel('Resource type').selectOption('capsule');
-      await page.locator('tr[data-action]').first().waitFor();
-      await sleep(300);
+      await page.waitForFunction(() => {
+        const r = [...document.querySelectorAll('tr[data-action]')];
+        return r.length > 0 && r.every((x) => x.dataset.action.startsWith('capsule.'));
+      });
       const caps = await rows.evaluateAll((r) => r.map((x) => x.dataset.action));
       assert.ok(caps.length > 0 && caps.every((a) => a.startsWith('capsule.')), caps.join(', '));
       await page.getByLabel('Resource type').selectOption('');
       await page.getByLabel('Action', { exact: true }).fill('api_key.delete');
       await page.getByRole('button', { name: 'Filter' }).click();
-      await page.waitForFunction(() => [...document.querySelectorAll('tr[data-action]')].every((r) => r.dataset.action === 'api_key.delete'));
-      assert.equal(await rows.count(), 50);
+      await page.waitForFunction(() => {
+        const r = [...document.querySelectorAll('tr[data-action]')];
+        return r.length === 50 && r.every((x) => x.dataset.action === 'api_key.delete');
+      });
       await page.getByLabel('Action', { exact: true }).fill('no.such.action');
       await page.getByRole('button', { name: 'Filter' }).click();
       await page.getByText('No entries match these filters.').waitFor();
