@@ -200,9 +200,24 @@ describe('capsule page', () => {
     const id = await capsuleViaApi();
     await withPage(browser.context, server, 'terminal', async ({ page, violations, errors }) => {
       // Sockets to the terminal go through a relay the test can cut (a network drop).
+      // The relay also times a keystroke's echo between the browser's socket and the server:
+      // the local server plus the capsule's round trip, without the browser's rendering.
       const relays = [];
+      const probe = { text: null, sentAt: null, ms: [] };
+      const has = (m) => probe.text !== null && typeof m !== 'string' && Buffer.from(m).toString('latin1').includes(probe.text);
       await page.routeWebSocket(/\/pty$/, (ws) => {
         const upstream = ws.connectToServer();
+        ws.onMessage((m) => {
+          if (has(m) && probe.sentAt === null) probe.sentAt = performance.now();
+          upstream.send(m);
+        });
+        upstream.onMessage((m) => {
+          if (probe.sentAt !== null && has(m)) {
+            probe.ms.push(performance.now() - probe.sentAt);
+            probe.sentAt = null;
+          }
+          ws.send(m);
+        });
         relays.push({ ws, upstream });
       });
       await signIn(page, server, 'ada@example.com', PASSWORD);
@@ -214,10 +229,23 @@ describe('capsule page', () => {
 
       // One keystroke's echo: the local server plus the capsule's round trip (a figure, not a test).
       const t0 = Date.now();
+      probe.text = 'Z';
       await page.keyboard.type('Z');
       await waitForRow(page, 1, (r) => r.endsWith('Z'), 10_000);
-      console.log(`FIGURE terminal keystroke echo: ${Date.now() - t0} ms`);
+      const onScreen = Date.now() - t0;
       await page.keyboard.press('Backspace');
+      await sleep(200);
+      for (const ch of 'QJXKV') {
+        probe.text = ch;
+        await page.keyboard.type(ch);
+        await waitForRow(page, 1, (r) => r.endsWith(ch), 10_000);
+        await page.keyboard.press('Backspace');
+        await sleep(200);
+      }
+      probe.text = null;
+      const ms = [...probe.ms].sort((a, b) => a - b);
+      const median = ms.length ? ms[Math.floor(ms.length / 2)].toFixed(1) : 'n/a';
+      console.log(`FIGURE terminal keystroke echo: ${onScreen} ms on screen (Playwright, 50 ms polling); socket round trip (server + capsule) median ${median} ms over ${ms.length}: ${ms.map((x) => x.toFixed(1)).join(', ')}`);
 
       await page.keyboard.type('stty size\n');
       const before = await waitForRow(page, 1, (r) => /^\d+ \d+$/.test(r.trim()));
