@@ -113,6 +113,72 @@ describe('capsules', () => {
   });
 });
 
+describe('session', () => {
+  test('a reload keeps you signed in (HttpOnly cookie, nothing in storage); a forged POST is refused; sign-out ends it on the server', async () => {
+    await withPage(browser.context, server, 'session', async ({ page, errors }) => {
+      await signIn(page, server, 'ada@example.com', PASSWORD);
+      await go(page, '/keys');
+      await page.getByRole('heading', { name: 'API keys' }).waitFor();
+      // A reload (and a deep link typed anew) stays signed in, in the same page.
+      await page.reload();
+      await page.getByRole('heading', { name: 'API keys' }).waitFor();
+      await page.goto(`${server.url}/audit`);
+      await page.getByRole('heading', { name: 'Audit log' }).waitFor();
+      assert.equal(new URL(page.url()).pathname, '/audit');
+
+      const cookies = await page.context().cookies(server.url);
+      const c = cookies.find((x) => x.name === 'wrenn_session');
+      assert.ok(c, JSON.stringify(cookies));
+      assert.equal(c.httpOnly, true);
+      assert.equal(c.sameSite, 'Strict');
+      assert.equal(c.secure, false, 'plain HTTP here: not Secure (it is over TLS)');
+      const seen = await page.evaluate(() => ({
+        cookie: document.cookie,
+        local: Object.keys(localStorage),
+        session: Object.entries(sessionStorage),
+      }));
+      assert.doesNotMatch(seen.cookie, /wrenn_session/, 'no script can read the cookie');
+      assert.deepEqual(seen.local, [], 'nothing in localStorage');
+      for (const [, v] of seen.session) assert.ok(!v.includes(c.value), 'no token in sessionStorage');
+
+      // A cross-site style POST: the cookie, no CSRF token. Refused with the error body, from
+      // another origin and from this page's own script alike; nothing is made.
+      const cookie = `wrenn_session=${c.value}`;
+      const forged = await apiCall(server, 'POST', '/v1/api-keys', {
+        cookie,
+        origin: 'https://evil.example',
+        body: { name: 'forged' },
+      });
+      assert.equal(forged.status, 403, forged.text);
+      assert.equal(forged.json.error.code, 'forbidden');
+      assert.match(forged.json.error.message, /CSRF/);
+      const inPage = await page.evaluate(async () => {
+        const r = await fetch('/v1/api-keys', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ name: 'no-token' }),
+        });
+        return { status: r.status, body: await r.json() };
+      });
+      assert.equal(inPage.status, 403);
+      assert.equal(inPage.body.error.code, 'forbidden');
+      const keys = await apiCall(server, 'GET', '/v1/api-keys', { cookie });
+      assert.equal(keys.status, 200, 'reads by cookie need no token');
+      assert.ok(!keys.json.some((k) => k.name === 'forged' || k.name === 'no-token'), keys.text);
+
+      // Sign out: the session ends on the server and the cookie goes.
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
+      assert.equal((await page.context().cookies(server.url)).filter((x) => x.name === 'wrenn_session').length, 0);
+      const after = await apiCall(server, 'GET', '/v1/auth/session', { cookie });
+      assert.equal(after.status, 401, 'the old cookie no longer works');
+      await page.reload();
+      await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
+      assert.deepEqual(errors, []);
+    });
+  });
+});
+
 /** Ada's API key (made once), for setting things up through the API. */
 let adaKey;
 async function key() {
@@ -134,9 +200,24 @@ describe('capsule page', () => {
     const id = await capsuleViaApi();
     await withPage(browser.context, server, 'terminal', async ({ page, violations, errors }) => {
       // Sockets to the terminal go through a relay the test can cut (a network drop).
+      // The relay also times a keystroke's echo between the browser's socket and the server:
+      // the local server plus the capsule's round trip, without the browser's rendering.
       const relays = [];
+      const probe = { text: null, sentAt: null, ms: [] };
+      const has = (m) => probe.text !== null && typeof m !== 'string' && Buffer.from(m).toString('latin1').includes(probe.text);
       await page.routeWebSocket(/\/pty$/, (ws) => {
         const upstream = ws.connectToServer();
+        ws.onMessage((m) => {
+          if (has(m) && probe.sentAt === null) probe.sentAt = performance.now();
+          upstream.send(m);
+        });
+        upstream.onMessage((m) => {
+          if (probe.sentAt !== null && has(m)) {
+            probe.ms.push(performance.now() - probe.sentAt);
+            probe.sentAt = null;
+          }
+          ws.send(m);
+        });
         relays.push({ ws, upstream });
       });
       await signIn(page, server, 'ada@example.com', PASSWORD);
@@ -148,10 +229,23 @@ describe('capsule page', () => {
 
       // One keystroke's echo: the local server plus the capsule's round trip (a figure, not a test).
       const t0 = Date.now();
+      probe.text = 'Z';
       await page.keyboard.type('Z');
       await waitForRow(page, 1, (r) => r.endsWith('Z'), 10_000);
-      console.log(`FIGURE terminal keystroke echo: ${Date.now() - t0} ms`);
+      const onScreen = Date.now() - t0;
       await page.keyboard.press('Backspace');
+      await sleep(200);
+      for (const ch of 'QJXKV') {
+        probe.text = ch;
+        await page.keyboard.type(ch);
+        await waitForRow(page, 1, (r) => r.endsWith(ch), 10_000);
+        await page.keyboard.press('Backspace');
+        await sleep(200);
+      }
+      probe.text = null;
+      const ms = [...probe.ms].sort((a, b) => a - b);
+      const median = ms.length ? ms[Math.floor(ms.length / 2)].toFixed(1) : 'n/a';
+      console.log(`FIGURE terminal keystroke echo: ${onScreen} ms on screen (Playwright, 50 ms polling); socket round trip (server + capsule) median ${median} ms over ${ms.length}: ${ms.map((x) => x.toFixed(1)).join(', ')}`);
 
       await page.keyboard.type('stty size\n');
       const before = await waitForRow(page, 1, (r) => /^\d+ \d+$/.test(r.trim()));
@@ -311,6 +405,83 @@ describe('lifecycle, templates, keys and audit', () => {
   });
 });
 
+describe('audit log and admin pages', () => {
+  test('audit: the server pages the log (load more) and filters it by resource and action', async () => {
+    // Over three pages of entries: 80 keys made and revoked through the API.
+    const k = await key();
+    for (let i = 0; i < 80; i++) {
+      const made = await apiCall(server, 'POST', '/v1/api-keys', { key: k, body: { name: `bulk-${i}` } });
+      assert.equal(made.status, 201, made.text);
+      await apiCall(server, 'DELETE', `/v1/api-keys/${made.json.id}`, { key: k });
+    }
+    const whole = await apiCall(server, 'GET', '/v1/audit', { key: k });
+    const total = whole.json.entries.length;
+    assert.ok(total > 160, `${total}`);
+    await withPage(browser.context, server, 'audit', async ({ page, errors }) => {
+      await signIn(page, server, 'ada@example.com', PASSWORD);
+      await go(page, '/audit');
+      const rows = page.locator('tr[data-action]');
+      await rows.first().waitFor();
+      assert.equal(await rows.count(), 50, 'one page of 50');
+      await page.getByRole('button', { name: 'Load more' }).click();
+      await page.locator('[data-audit-count="100"]').waitFor();
+      await page.getByRole('button', { name: 'Load more' }).click();
+      await page.locator('[data-audit-count="150"]').waitFor();
+      const shown = await rows.evaluateAll((r) => r.map((x) => x.children[1].textContent));
+      const expected = whole.json.entries.slice(0, 150).map((e) => e.action);
+      assert.deepEqual(shown, expected, 'the pages in order, none twice');
+
+      // Filters go to the server: a resource type, then an action prefix.
+      await page.getByLabel('Resource type').selectOption('capsule');
+      await page.waitForFunction(() => {
+        const r = [...document.querySelectorAll('tr[data-action]')];
+        return r.length > 0 && r.every((x) => x.dataset.action.startsWith('capsule.'));
+      });
+      const caps = await rows.evaluateAll((r) => r.map((x) => x.dataset.action));
+      assert.ok(caps.length > 0 && caps.every((a) => a.startsWith('capsule.')), caps.join(', '));
+      await page.getByLabel('Resource type').selectOption('');
+      await page.getByLabel('Action', { exact: true }).fill('api_key.delete');
+      await page.getByRole('button', { name: 'Filter' }).click();
+      await page.waitForFunction(() => {
+        const r = [...document.querySelectorAll('tr[data-action]')];
+        return r.length === 50 && r.every((x) => x.dataset.action === 'api_key.delete');
+      });
+      await page.getByLabel('Action', { exact: true }).fill('no.such.action');
+      await page.getByRole('button', { name: 'Filter' }).click();
+      await page.getByText('No entries match these filters.').waitFor();
+      assert.deepEqual(errors, []);
+    });
+  });
+
+  test('admin pages: the admin of the first start signs in with the password file and sees every user, team and template; others are refused', async () => {
+    await withPage(browser.context, server, 'admin', async ({ page, errors }) => {
+      // Ada is no platform admin: no admin links, and the page shows the API's refusal.
+      await signIn(page, server, 'ada@example.com', PASSWORD);
+      assert.equal(await page.getByRole('link', { name: 'Users' }).count(), 0);
+      await go(page, '/admin/users');
+      await page.getByRole('alert').getByText('forbidden').waitFor();
+
+      // admin@localhost with the password `wrenn up` wrote to <data dir>/admin-password.
+      await signIn(page, server, 'admin@localhost', server.adminPassword);
+      await page.getByRole('link', { name: 'Users' }).click();
+      await page.getByRole('heading', { name: 'Users' }).waitFor();
+      await page.locator('tr[data-user="ada@example.com"]').waitFor();
+      await page.locator('tr[data-user="bob@example.com"], tr[data-user="admin@localhost"]').first().waitFor();
+      await page.getByRole('link', { name: 'All teams' }).click();
+      await page.locator('tr[data-team="Ada\'s team"]').waitFor();
+      await page.getByRole('link', { name: 'All templates' }).click();
+      await page.getByRole('heading', { name: 'All templates' }).waitFor();
+      const api = await apiCall(server, 'GET', '/v1/admin/templates', { key: server.adminKey });
+      assert.equal(api.status, 200, api.text);
+      if (api.json.length === 0) await page.getByText('No templates yet.').waitFor();
+      for (const t of api.json) await page.locator(`tr[data-template="${t.name}"]`).first().waitFor();
+      await page.getByLabel('Search all templates').fill('zz-no-such');
+      await page.getByText('Nothing matches this search.').waitFor();
+      assert.deepEqual(errors, []);
+    });
+  });
+});
+
 describe('tenants and bad input', () => {
   test("another user cannot open Ada's capsule, terminal or files", async () => {
     const id = await capsuleViaApi();
@@ -328,6 +499,7 @@ describe('tenants and bad input', () => {
 
   test('a wrong password shows the API error; an ended session goes back to sign-in once', async () => {
     await withPage(browser.context, server, 'bad-input', async ({ page }) => {
+      await page.context().clearCookies();
       await page.goto(`${server.url}/login`);
       await page.getByLabel('Email').fill('ada@example.com');
       await page.getByLabel('Password').fill('not-the-password-1');
@@ -345,6 +517,12 @@ describe('tenants and bad input', () => {
       await sleep(1000);
       assert.equal(new URL(page.url()).pathname, '/login');
       assert.equal(loginLoads, 0, 'no reload loop');
+      // A reload with the ended session's cookie shows sign-in once, no loop.
+      await page.reload();
+      await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
+      await sleep(1000);
+      assert.equal(new URL(page.url()).pathname, '/login');
+      assert.equal(loginLoads, 1, 'one load: the reload itself');
     });
   });
 
@@ -361,28 +539,30 @@ describe('tenants and bad input', () => {
 });
 
 describe('quality', () => {
-  test('every page: no serious axe-core violation, light and dark, desktop and phone (screenshots)', async () => {
+  test('every page: no serious axe-core violation, light and dark, desktop and phone (screenshots); no overflow from 360 to 1920 px', async () => {
     const axe = readFileSync(new URL('../node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
     const id = await capsuleViaApi();
     const dir = shotsDir();
     const pages = ['/capsules', `/capsules/${id}`, `/capsules/${id}?tab=files`, '/templates', '/usage', '/keys', '/team', '/audit', '/hosts'];
+    const adminPages = ['/admin/users', '/admin/teams', '/admin/templates'];
     const problems = [];
+    const name = (p) => p.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').replace(/cl-[a-z0-9]+/, 'capsule') || 'root';
+    const sizes = [[1280, 800, 'desktop', true], [360, 740, 'phone', true], [768, 1000, 'tablet', false], [1920, 1080, 'wide', false]];
     for (const scheme of ['light', 'dark']) {
-      for (const [w, h, label] of [[1280, 800, 'desktop'], [375, 740, 'phone']]) {
+      for (const [w, h, label, full] of sizes) {
+        if (!full && scheme === 'dark') continue; // widths only: the layout is the scheme's same
         await withPage(browser.context, server, `quality-${scheme}-${label}`, async ({ page, violations }) => {
           await page.emulateMedia({ colorScheme: scheme });
           await page.setViewportSize({ width: w, height: h });
-          await page.goto(`${server.url}/login`);
-          await page.screenshot({ path: join(dir, `login-${scheme}-${label}.png`) });
-          await signIn(page, server, 'ada@example.com', PASSWORD);
-          for (const p of pages) {
+          const visit = async (p) => {
             await go(page, p);
             await page.locator('main h1').first().waitFor();
+            await page.locator('[aria-busy="true"]').waitFor({ state: 'detached', timeout: 15_000 }).catch(() => {});
             await sleep(300);
-            const name = p.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').replace(/cl-[a-z0-9]+/, 'capsule') || 'root';
-            await page.screenshot({ path: join(dir, `${name}-${scheme}-${label}.png`), fullPage: true });
             const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
-            if (overflow > 1) problems.push(`${p} ${scheme} ${label}: the page is ${overflow}px wider than the window`);
+            if (overflow > 1) problems.push(`${p} ${scheme} ${w}px: the page is ${overflow}px wider than the window`);
+            if (!full) return;
+            await page.screenshot({ path: join(dir, `${name(p)}-${scheme}-${label}.png`), fullPage: true });
             await page.evaluate(axe);
             const result = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ['violations'] }));
             for (const v of result.violations) {
@@ -390,7 +570,25 @@ describe('quality', () => {
                 problems.push(`${p} ${scheme} ${label}: ${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(' | ')}`);
               }
             }
+          };
+          await page.context().clearCookies();
+          await page.goto(`${server.url}/login`);
+          await page.getByRole('heading', { name: 'Sign in to Wrenn' }).waitFor();
+          const loginOverflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+          if (loginOverflow > 1) problems.push(`/login ${scheme} ${w}px: ${loginOverflow}px too wide`);
+          if (full) await page.screenshot({ path: join(dir, `login-${scheme}-${label}.png`) });
+          await signIn(page, server, 'ada@example.com', PASSWORD);
+          if (scheme === 'light' && label === 'desktop') {
+            // The README's picture: the capsules page with a running capsule, the window only.
+            await page.locator(`tr[data-capsule="${id}"]`).getByText('running').waitFor();
+            await page.setViewportSize({ width: 1100, height: 560 });
+            await sleep(300);
+            await page.screenshot({ path: process.env.DASHBOARD_README_SHOT ?? join(dir, 'readme-capsules.png') });
+            await page.setViewportSize({ width: w, height: h });
           }
+          for (const p of pages) await visit(p);
+          await signIn(page, server, 'admin@localhost', server.adminPassword);
+          for (const p of adminPages) await visit(p);
           assert.deepEqual(violations, []);
         });
       }

@@ -136,12 +136,15 @@ export async function openPage(context, server) {
 }
 
 /** JSON API call with a user token or key. */
-export async function apiCall(server, method, path, { token, key, body, team } = {}) {
+export async function apiCall(server, method, path, { token, key, body, team, cookie, csrf, origin } = {}) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
   if (key) headers['X-API-Key'] = key;
   if (team) headers['X-Team-Id'] = team;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (cookie) headers.Cookie = cookie;
+  if (csrf) headers['X-CSRF-Token'] = csrf;
+  if (origin) headers.Origin = origin;
   const r = await fetch(server.url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await r.text();
   let json = null;
@@ -160,8 +163,10 @@ export async function signUpApi(server, email, password) {
   return r.json.token;
 }
 
-/** Signs in through the console's own form. */
+/** Signs in through the console's own form (any session cookie of the browser is dropped
+ * first: the pages of one test browser share it). */
 export async function signIn(page, server, email, password) {
+  await page.context().clearCookies();
   await page.goto(`${server.url}/login`);
   await page.getByLabel('Email').fill(email);
   await page.getByLabel('Password').fill(password);
@@ -176,7 +181,7 @@ export function shotsDir() {
 
 export { sleep };
 
-/** Client-side navigation (a reload would sign out: the token lives in memory). */
+/** Client-side navigation (no reload: quicker, and the page's state is kept). */
 export async function go(page, path) {
   await page.evaluate((p) => {
     history.pushState(null, '', p);

@@ -36,6 +36,8 @@
 
 pub mod auth;
 pub mod common_passwords;
+pub mod console_session;
+pub mod cookie;
 pub mod invitations;
 pub mod jwt;
 pub mod keys;

@@ -17,7 +17,7 @@ use utoipa::{
 };
 
 use crate::{
-    accounts, audit, builds, capsules, error, events, files, hosts, quotas,
+    accounts, admin, audit, builds, capsules, error, events, files, hosts, quotas,
     responses::{
         AgentFailed, BadRequest, HostUnavailable, InsufficientStorage, Internal, QuotaExceeded,
         RateLimited, Unauthorized,
@@ -145,6 +145,9 @@ impl Modify for SecuritySchemes {
         accounts::sessions::login,
         accounts::sessions::logout,
         accounts::sessions::logout_all,
+        accounts::console_session::create,
+        accounts::console_session::get,
+        accounts::console_session::delete,
         accounts::invitations::create_invitation,
         accounts::invitations::list_invitations,
         accounts::invitations::delete_invitation,
@@ -172,6 +175,9 @@ impl Modify for SecuritySchemes {
         hosts::maintain::drain,
         hosts::maintain::undrain,
         hosts::manage::set_byoc,
+        admin::users,
+        admin::teams,
+        admin::templates,
     ),
     components(
         schemas(
@@ -221,6 +227,8 @@ impl Modify for SecuritySchemes {
         (name = "audit", description = "The team's audit log"),
         (name = "hosts", description = "The host agents capsules run on: registration and \
             identity, heartbeats, tags, drain (platform admins every host; a BYOC team its own)"),
+        (name = "admin", description = "What platform admins see across every team: users, \
+            teams, every team's templates"),
         (name = "service", description = "The server itself: health, this document, metrics"),
     )
 )]

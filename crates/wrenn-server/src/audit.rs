@@ -1,18 +1,85 @@
 //! `/v1/audit`: the team's audit log (every mutating action, numbered per team).
 
 use axum::{extract::State, Json};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::{
-    db::{AuditRow, Caller},
-    error::Result,
-    responses::Authed,
+    db::{AuditFilter, AuditRow, Caller},
+    error::{ApiError, Result},
+    extract::QueryParams,
+    responses::Checked,
     state::AppState,
     time::rfc3339,
 };
 pub use wrenn_types::api::events::{AuditActor, AuditEntry, AuditLog, AuditResource};
 
-/// How many entries `/v1/audit` shows.
+/// How many entries `/v1/audit` shows at most (and by default).
 const AUDIT_LIMIT: i64 = 500;
+
+/// Longest filter value taken.
+const MAX_FILTER_CHARS: usize = 200;
+
+/// Paging and filters of `/v1/audit`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// The `next_cursor` of the previous page: entries older than it.
+    pub cursor: Option<String>,
+    /// Entries per page, 1–500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// An action (`capsule.create`), or every action under a prefix (`capsule`).
+    pub action: Option<String>,
+    /// A resource type (`capsule`, `template`, `api_key`, …).
+    pub resource_type: Option<String>,
+    /// A resource's id (`cl-…`).
+    pub resource_id: Option<String>,
+}
+
+fn bad(m: &str) -> ApiError {
+    ApiError::InvalidRequest(m.into())
+}
+
+/// A filter value: trimmed, empty as none, not too long.
+fn filter_value(v: &Option<String>, name: &str) -> Result<Option<String>> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.chars().count() > MAX_FILTER_CHARS || v.chars().any(char::is_control) => {
+            Err(bad(&format!(
+                "{name} must be at most {MAX_FILTER_CHARS} printable characters"
+            )))
+        }
+        Some(v) => Ok(Some(v.to_string())),
+    }
+}
+
+impl AuditQuery {
+    fn filter(&self) -> Result<(AuditFilter, i64)> {
+        let limit = self.limit.unwrap_or(AUDIT_LIMIT);
+        if !(1..=AUDIT_LIMIT).contains(&limit) {
+            return Err(bad("limit must be between 1 and 500"));
+        }
+        let before = match self.cursor.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(c) => Some(
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("cursor is not a cursor from this log's next_cursor"))?,
+            ),
+        };
+        Ok((
+            AuditFilter {
+                before,
+                action: filter_value(&self.action, "action")?,
+                resource_type: filter_value(&self.resource_type, "resource_type")?,
+                resource_id: filter_value(&self.resource_id, "resource_id")?,
+            },
+            limit,
+        ))
+    }
+}
 
 impl From<AuditRow> for AuditEntry {
     fn from(r: AuditRow) -> AuditEntry {
@@ -36,21 +103,39 @@ impl From<AuditRow> for AuditEntry {
 
 /// The audit log
 ///
-/// The caller's team's audit log, newest first (the last 500 entries).
+/// The caller's team's audit log, newest first: pages of up to `limit` entries (500 at
+/// most), the next one asked for with the answer's `next_cursor`; filtered by action (exact,
+/// or a prefix such as `capsule`), resource type and resource id.
 #[utoipa::path(
     get,
     path = "/v1/audit",
     operation_id = "audit_log",
     tag = "audit",
+    params(AuditQuery),
     responses(
         (status = 200, description = "The log", body = AuditLog),
-        Authed,
+        Checked,
     )
 )]
-pub async fn audit(State(state): State<AppState>, caller: Caller) -> Result<Json<AuditLog>> {
-    let rows = state.db.audit_log(&caller.team_id, AUDIT_LIMIT).await?;
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<AuditLog>> {
+    let (filter, limit) = q.filter()?;
+    // One more than asked tells whether there is a next page.
+    let mut rows = state
+        .db
+        .audit_page(&caller.team_id, &filter, limit + 1)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| r.seq.to_string()))
+        .flatten();
     Ok(Json(AuditLog {
         entries: rows.into_iter().map(AuditEntry::from).collect(),
+        next_cursor,
     }))
 }
 
@@ -73,6 +158,7 @@ mod tests {
             outcome: "success".into(),
             detail: String::new(),
             created_at: 1_700_000_000_000,
+            seq: 7,
         };
         // Before: the `json!` of `/v1/audit`.
         let old = json!({
@@ -87,8 +173,9 @@ mod tests {
         assert_same_json(
             &AuditLog {
                 entries: vec![AuditEntry::from(r)],
+                next_cursor: None,
             },
-            json!({ "entries": [old] }),
+            json!({ "entries": [old], "next_cursor": null }),
         );
     }
 }

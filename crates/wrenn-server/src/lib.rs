@@ -12,6 +12,7 @@
 //! other way round; [`api_docs`] and [`mod@routes`] import the handlers and nothing imports them.
 
 pub mod accounts;
+pub mod admin;
 pub mod api_docs;
 pub mod audit;
 pub mod background;

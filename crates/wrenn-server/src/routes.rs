@@ -220,6 +220,9 @@ fn host_routes() -> Vec<Route> {
         route(M::POST, "/v1/hosts/{id}/drain", maintain::drain),
         route(M::POST, "/v1/hosts/{id}/undrain", maintain::undrain),
         route(M::PUT, "/v1/admin/teams/{id}/byoc", manage::set_byoc),
+        route(M::GET, "/v1/admin/users", crate::admin::users),
+        route(M::GET, "/v1/admin/teams", crate::admin::teams),
+        route(M::GET, "/v1/admin/templates", crate::admin::templates),
     ]
 }
 
@@ -233,6 +236,21 @@ fn account_routes() -> Vec<Route> {
             Method::POST,
             "/v1/auth/logout-all",
             accounts::sessions::logout_all,
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/session",
+            accounts::console_session::create,
+        ),
+        route(
+            Method::GET,
+            "/v1/auth/session",
+            accounts::console_session::get,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/auth/session",
+            accounts::console_session::delete,
         ),
         route(Method::GET, "/v1/teams", accounts::teams::list_teams),
         route(Method::POST, "/v1/teams", accounts::teams::create_team),

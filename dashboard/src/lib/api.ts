@@ -1,7 +1,8 @@
-// The one way the console talks to the API: same origin, `Authorization: Bearer <user token>`
-// and `X-Team-Id`. The token lives only in this module's memory (see ARCHITECTURE.md, "Web
-// console"): never in localStorage or a cookie, so no other page can use it and a script
-// injected later cannot find it stored.
+// The one way the console talks to the API: same origin, signed in by the HttpOnly session
+// cookie (set by `POST /v1/auth/session`; no script can read it), with the session's CSRF
+// token as `X-CSRF-Token` and the team as `X-Team-Id` (see ARCHITECTURE.md, "Web console").
+// The CSRF token lives in this module's memory only; a reload asks `GET /v1/auth/session`
+// for it again. Nothing is kept in localStorage.
 
 export class ApiError extends Error {
   readonly status: number;
@@ -13,12 +14,12 @@ export class ApiError extends Error {
   }
 }
 
-let token: string | null = null;
+let csrf: string | null = null;
 let team: string | null = null;
 let onExpired: (() => void) | null = null;
 
-export function setCredentials(t: string | null, teamId: string | null): void {
-  token = t;
+export function setCredentials(csrfToken: string | null, teamId: string | null): void {
+  csrf = csrfToken;
   team = teamId;
 }
 
@@ -26,22 +27,22 @@ export function setTeam(teamId: string | null): void {
   team = teamId;
 }
 
-export function currentToken(): string | null {
-  return token;
+export function signedIn(): boolean {
+  return csrf !== null;
 }
 
 export function currentTeam(): string | null {
   return team;
 }
 
-/** Called once when a request with a token is refused as `unauthorized` (expired, logged out). */
+/** Called once when a signed-in request is refused as `unauthorized` (expired, logged out). */
 export function whenExpired(f: () => void): void {
   onExpired = f;
 }
 
 export function headers(extra: Record<string, string> = {}): Record<string, string> {
   const h: Record<string, string> = { ...extra };
-  if (token) h['Authorization'] = `Bearer ${token}`;
+  if (csrf) h['X-CSRF-Token'] = csrf;
   if (team) h['X-Team-Id'] = team;
   return h;
 }
@@ -61,19 +62,27 @@ export async function errorOf(resp: Response): Promise<ApiError> {
 }
 
 function expired(status: number): void {
-  if (status === 401 && token && onExpired) {
-    token = null;
+  if (status === 401 && csrf && onExpired) {
+    csrf = null;
     onExpired();
   }
 }
 
 /** A request to the API; JSON in and out. Throws ApiError on any error answer. */
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  return apiIn<T>(team, method, path, body);
+}
+
+/** [`api`] acting in a given team (the admin pages ask in the platform team). */
+export async function apiIn<T>(teamId: string | null, method: string, path: string, body?: unknown): Promise<T> {
   let resp: Response;
+  const h = headers(body === undefined ? {} : { 'Content-Type': 'application/json' });
+  if (teamId) h['X-Team-Id'] = teamId;
+  else delete h['X-Team-Id'];
   try {
     resp = await fetch(path, {
       method,
-      headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      headers: h,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
@@ -105,10 +114,11 @@ export async function apiBlob(method: string, path: string, body: unknown): Prom
   return resp.blob();
 }
 
-/** The subprotocols that carry the credential of a WebSocket (browsers cannot set headers). */
+/** The subprotocols that carry the CSRF token and team of a WebSocket (browsers cannot set
+ * headers on one; the cookie rides along by itself). */
 export function wsProtocols(): string[] {
   const p = ['wrenn'];
-  if (token) p.push(`wrenn.token.${token}`);
+  if (csrf) p.push(`wrenn.csrf.${csrf}`);
   if (team) p.push(`wrenn.team.${team}`);
   return p;
 }

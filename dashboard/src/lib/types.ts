@@ -37,11 +37,43 @@ export interface User {
   created_at: string;
 }
 
-export interface LoginResponse {
-  token: string;
-  token_type: string;
-  expires_at: string;
+/** `/v1/auth/session`: the console's cookie session (the token itself is HttpOnly). */
+export interface ConsoleSession {
   user: User;
+  csrf_token: string;
+  expires_at: string;
+}
+
+export interface AuditPage {
+  entries: AuditEntry[];
+  next_cursor: string | null;
+}
+
+export interface AdminUser {
+  id: string;
+  email: string;
+  name: string;
+  teams: number;
+  created_at: string;
+}
+
+export interface AdminTeam {
+  id: string;
+  name: string;
+  members: number;
+  capsules: number;
+  templates: number;
+  created_at: string;
+}
+
+export interface AdminTemplate {
+  team_id: string;
+  team_name: string;
+  name: string;
+  vcpus: number;
+  memory_mb: number;
+  size_bytes: number;
+  created_at: string;
 }
 
 export type Role = 'member' | 'admin' | 'owner';

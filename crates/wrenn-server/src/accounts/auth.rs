@@ -3,10 +3,10 @@
 
 use axum::{
     extract::FromRequestParts,
-    http::{request::Parts, HeaderMap},
+    http::{request::Parts, HeaderMap, Method},
 };
 
-use super::jwt;
+use super::{cookie, jwt};
 use crate::{
     db::{self, now_ms, Caller, Role, JWT_SECRET},
     error::{ApiError, Result},
@@ -32,6 +32,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 enum Credential<'a> {
     ApiKey(&'a str),
     UserToken(&'a str),
+    /// The console's session cookie: a user token, usable only with the CSRF check of
+    /// [`resolve`].
+    Cookie(&'a str),
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -69,11 +72,41 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>> {
     match bearer.or_else(offered) {
         Some(k) if k.starts_with("wrn_") => Ok(Credential::ApiKey(k)),
         Some(t) if !t.is_empty() => Ok(Credential::UserToken(t)),
+        _ if cookie::session_cookie(headers).is_some() => Ok(Credential::Cookie(
+            cookie::session_cookie(headers).unwrap_or_default(),
+        )),
         _ => Err(ApiError::Unauthorized(
             "credentials are required: X-API-Key: wrn_…, or Authorization: Bearer with an API \
              key or a user token from /v1/auth/login"
                 .into(),
         )),
+    }
+}
+
+/// The request's credential, with the console's cookie checked for its CSRF token when the
+/// request needs one (see [`cookie`]): a missing or wrong token is `forbidden`.
+async fn resolve<'a>(
+    state: &AppState,
+    method: &Method,
+    headers: &'a HeaderMap,
+) -> Result<Credential<'a>> {
+    match credential(headers)? {
+        Credential::Cookie(token) => {
+            if cookie::needs_csrf(method, headers) {
+                let key = state.db.secret(JWT_SECRET).await?;
+                let ok = cookie::offered_csrf(headers)
+                    .is_some_and(|t| cookie::csrf_matches(key.as_bytes(), token, t));
+                if !ok {
+                    return Err(ApiError::Forbidden(
+                        "a request signed in by the session cookie must carry its CSRF token \
+                         (header X-CSRF-Token, from GET /v1/auth/session)"
+                            .into(),
+                    ));
+                }
+            }
+            Ok(Credential::UserToken(token))
+        }
+        other => Ok(other),
     }
 }
 
@@ -128,18 +161,23 @@ pub async fn caller_for_user(
     Ok(Caller::user(&team_id, user))
 }
 
-/// The caller of a request with these headers: an API key (in its team) or a signed-in user
-/// (in `X-Team-Id` or their first team). `unauthorized` without valid credentials.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller> {
+/// The caller of a request with this method and these headers: an API key (in its team) or a
+/// signed-in user (in `X-Team-Id` or their first team; by token, or by the console's cookie
+/// with its CSRF token). `unauthorized` without valid credentials.
+pub async fn authenticate(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller> {
     // (a browser's WebSocket names the team as a subprotocol `wrenn.team.<id>`)
     let team = header(headers, "x-team-id").or_else(|| {
         header(headers, "sec-websocket-protocol")?
             .split(',')
             .find_map(|p| p.trim().strip_prefix(WS_TEAM_PREFIX))
     });
-    match credential(headers)? {
+    match resolve(state, method, headers).await? {
         Credential::ApiKey(key) => caller_for_key(state, key, team).await,
-        Credential::UserToken(token) => {
+        Credential::UserToken(token) | Credential::Cookie(token) => {
             let user = user_from_token(state, token).await?;
             caller_for_user(state, &user, team).await
         }
@@ -182,7 +220,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        authenticate(state, &parts.headers).await
+        authenticate(state, &parts.method, &parts.headers).await
     }
 }
 
@@ -193,8 +231,10 @@ impl FromRequestParts<AppState> for SignedIn {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        match credential(&parts.headers)? {
-            Credential::UserToken(token) => Ok(SignedIn(user_from_token(state, token).await?)),
+        match resolve(state, &parts.method, &parts.headers).await? {
+            Credential::UserToken(token) | Credential::Cookie(token) => {
+                Ok(SignedIn(user_from_token(state, token).await?))
+            }
             Credential::ApiKey(key) => {
                 // A bad key is still `unauthorized`; a good one is the wrong kind of credential.
                 state
@@ -221,8 +261,8 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        match credential(&parts.headers)? {
-            Credential::UserToken(token) => {
+        match resolve(state, &parts.method, &parts.headers).await? {
+            Credential::UserToken(token) | Credential::Cookie(token) => {
                 let (user, id) = session_from_token(state, token).await?;
                 Ok(Session { user, id })
             }

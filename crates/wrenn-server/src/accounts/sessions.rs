@@ -32,7 +32,7 @@ impl From<&db::User> for User {
 }
 
 /// A fresh token for `user`, in a new session.
-async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
+pub(super) async fn new_token(state: &AppState, user: &db::User) -> Result<Token> {
     let key = state.db.secret(JWT_SECRET).await?;
     let now = now_ms() / 1000;
     let sid = state
@@ -159,6 +159,20 @@ pub async fn login(
     ClientAddr(addr): ClientAddr,
     JsonBody(b): JsonBody<LoginBody>,
 ) -> Result<Json<LoginResponse>> {
+    let user = check_login(&state, addr, b).await?;
+    Ok(Json(LoginResponse {
+        token: new_token(&state, &user).await?,
+        user: User::from(&user),
+    }))
+}
+
+/// The user whose email and password these are, within the log-in limits (the check of
+/// [`login`], also the console's `POST /v1/auth/session`).
+pub(super) async fn check_login(
+    state: &AppState,
+    addr: Option<std::net::IpAddr>,
+    b: LoginBody,
+) -> Result<db::User> {
     let refused = || ApiError::Unauthorized("invalid email or password".into());
     let email = b.email.trim().to_lowercase();
     let limits = &state.accounts.logins;
@@ -179,10 +193,7 @@ pub async fn login(
         return Err(refused());
     };
     limits.succeeded(&state.db, &email).await?;
-    Ok(Json(LoginResponse {
-        token: new_token(&state, &user).await?,
-        user: User::from(&user),
-    }))
+    Ok(user)
 }
 
 /// Log out

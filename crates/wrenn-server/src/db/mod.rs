@@ -13,6 +13,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
 use crate::error::{ApiError, Result};
 
+mod admin;
 mod audit;
 mod builds;
 mod capsules;
@@ -30,7 +31,8 @@ mod tx;
 mod usage;
 mod users;
 
-pub use audit::AuditRow;
+pub use admin::{AdminTeamRow, AdminTemplateRow, AdminUserRow, ADMIN_LIST_LIMIT};
+pub use audit::{AuditFilter, AuditRow};
 pub use builds::{BuildProgress, BuildRow, BUILD_STALE_MS};
 pub use capsules::CapsuleRow;
 pub use e2b::E2bLifetime;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use wrenn_server::{accounts::SignupPolicy, db::Db};
 
 mod audit;
+mod console_session;
 mod keys;
 mod sessions;
 mod signup;

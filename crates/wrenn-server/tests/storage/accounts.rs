@@ -320,3 +320,77 @@ pub(crate) async fn secrets_persist(s: Store) {
         .get("n");
     assert_eq!(stored, 3);
 }
+
+pub(crate) async fn audit_pages_filter_and_admin_lists(s: Store) {
+    use wrenn_server::db::AuditFilter;
+    let db = &s.db;
+    let (_, team) = signup(db, "ada@example.com").await;
+    let caller = Caller {
+        team_id: team.id.clone(),
+        actor_type: wrenn_types::Actor::System,
+        actor_id: "test".into(),
+        actor_name: "test".into(),
+    };
+    for (action, resource) in [
+        ("capsule.create", ("capsule", "cl-1")),
+        ("capsule.pause", ("capsule", "cl-1")),
+        ("capsule_x.odd", ("capsule", "cl-2")),
+        ("api_key.create", ("api_key", "key-1")),
+        ("capsule.destroy", ("capsule", "cl-2")),
+    ] {
+        db.audit(&caller, action, resource, "success", "")
+            .await
+            .unwrap();
+    }
+    let actions = |rows: Vec<wrenn_server::db::AuditRow>| -> Vec<String> {
+        rows.into_iter().map(|r| r.action).collect()
+    };
+    let f = |action: Option<&str>, rt: Option<&str>, rid: Option<&str>, before: Option<i64>| {
+        AuditFilter {
+            before,
+            action: action.map(Into::into),
+            resource_type: rt.map(Into::into),
+            resource_id: rid.map(Into::into),
+        }
+    };
+    // A prefix ends at a dot: `capsule` takes `capsule.*`, never `capsule_x.*` (`_` is no
+    // wildcard).
+    let by_prefix = db
+        .audit_page(&team.id, &f(Some("capsule"), None, None, None), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(by_prefix),
+        ["capsule.destroy", "capsule.pause", "capsule.create"]
+    );
+    let exact = db
+        .audit_page(&team.id, &f(Some("capsule_x.odd"), None, None, None), 100)
+        .await
+        .unwrap();
+    assert_eq!(actions(exact), ["capsule_x.odd"]);
+    let one = db
+        .audit_page(&team.id, &f(None, Some("capsule"), Some("cl-2"), None), 100)
+        .await
+        .unwrap();
+    assert_eq!(actions(one), ["capsule.destroy", "capsule_x.odd"]);
+    // Paging by seq: the first page, then what is older than its last entry.
+    let first = db
+        .audit_page(&team.id, &AuditFilter::default(), 2)
+        .await
+        .unwrap();
+    let before = first.last().unwrap().seq;
+    let next = db
+        .audit_page(&team.id, &f(None, None, None, Some(before)), 2)
+        .await
+        .unwrap();
+    assert_eq!(actions(next), ["capsule_x.odd", "capsule.pause"]);
+
+    // The admin lists see every team.
+    let (_, other) = signup(db, "bob@example.com").await;
+    let users = db.admin_users().await.unwrap();
+    assert_eq!(users.len(), 2);
+    assert!(users.iter().all(|u| u.teams == 1));
+    let teams = db.admin_teams().await.unwrap();
+    assert!(teams.iter().any(|t| t.id == other.id && t.members == 1));
+    assert!(db.admin_templates().await.unwrap().is_empty());
+}

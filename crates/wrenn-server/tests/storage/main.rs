@@ -105,6 +105,7 @@ on_both_databases!(
     capsules::capsules_are_counted_by_status,
     capsules::capsule_network_round_trips,
     accounts::audit_log_keeps_order_per_team,
+    accounts::audit_pages_filter_and_admin_lists,
     accounts::secrets_persist,
     capsules::capsule_status_is_checked,
 );

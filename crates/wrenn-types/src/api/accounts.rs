@@ -69,6 +69,18 @@ pub struct LoginResponse {
     pub user: User,
 }
 
+/// The web console's session (its user token is in the `HttpOnly` cookie, never here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsoleSession {
+    pub user: User,
+    /// Send as `X-CSRF-Token` on every request but `GET`/`HEAD` that the cookie signs in
+    /// (and as the WebSocket subprotocol `wrenn.csrf.<token>`).
+    pub csrf_token: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    pub expires_at: String,
+}
+
 /// A new account.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

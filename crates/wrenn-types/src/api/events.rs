@@ -134,6 +134,8 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditLog {
-    /// Newest first, at most 500.
+    /// Newest first, at most `limit` (default and most 500).
     pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; `null` when there is none.
+    pub next_cursor: Option<String>,
 }

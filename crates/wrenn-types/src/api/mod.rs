@@ -4,6 +4,7 @@
 //! schemas' descriptions.
 
 pub mod accounts;
+pub mod admin;
 pub mod builds;
 pub mod capsules;
 pub mod errors;
