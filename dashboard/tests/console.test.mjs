@@ -286,7 +286,8 @@ describe('capsule page', () => {
       await go(page, `/capsules/${id}?tab=files`);
       await page.getByLabel('Go to folder').fill('/tmp');
       await page.getByRole('button', { name: 'Go', exact: true }).click();
-      await page.getByText('Drop files here').waitFor();
+      // Uploads go to the folder shown: wait until /tmp is it (the listing answers first).
+      await page.locator('.drop code').filter({ hasText: /^\/tmp$/ }).waitFor();
 
       // Dropped: a DataTransfer with one file, as a drag from the desktop makes.
       const source = 'import os\n\ndef main():\n    return "hello from the browser"\n';
