@@ -9,7 +9,12 @@ E2B_SANDBOX_URL set by the driver: header routing through Wrenn's port proxy).
 
 Each batch first makes, uses and drops one sandbox untimed (imports, connections), then times
 CREATES rounds of create → first `true` (the sandbox dropped after each, untimed) and RUNS
-`commands.run("true")` round trips in one sandbox."""
+`commands.run("true")` round trips in one sandbox.
+
+The two SDKs start a command differently: e2b runs `/bin/bash -l -c CMD` (a login shell, which
+reads the profile: about 150 ms more than `/bin/sh` under TCG), wrenn runs `/bin/sh -c CMD`. So
+the wrenn path runs the same login shell (`exec /bin/bash -l -c true`), and the ratio is the
+paths' own cost, not the shells'."""
 
 import json
 import sys
@@ -29,7 +34,7 @@ def sdk(mode):
 
     return (
         lambda: Capsule(template="minimal", wait=True),
-        lambda c: c.commands.run("true"),
+        lambda c: c.commands.run("exec /bin/bash -l -c true"),
         lambda c: c.destroy(wait=True),
     )
 
