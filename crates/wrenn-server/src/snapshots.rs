@@ -271,7 +271,11 @@ pub async fn list(
                 .usable_templates(&caller.team_id)
                 .await?
                 .iter()
-                .map(Template::from),
+                .map(|r| Template {
+                    // The platform team deletes its platform templates; no other team does.
+                    protected: r.platform != 0 && r.team_id != caller.team_id,
+                    ..Template::from(r)
+                }),
         );
     }
     if base {

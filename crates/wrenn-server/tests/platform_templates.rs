@@ -180,6 +180,11 @@ async fn platform_builds_are_admins_only_and_their_templates_serve_every_team() 
         vec![(t.clone(), t.clone())]
     );
     assert!(listed(&s, &b, "a-only").await.is_empty());
+    // The platform team sees it as platform too, and not protected: it may delete it.
+    assert_eq!(
+        listed(&s, &a, "shared-env").await,
+        vec![(t.clone(), json!(false))]
+    );
     assert_eq!(
         create_from(&s, &b, "shared-env").await,
         Ok("tpl-platform1".into())
