@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `code-runner-beta` template (templates/code-runner-beta: its recipe, healthcheck and
 # pinned wheels) on a running Wrenn, through `wrenn template build` (the API's builds), for the
-# team of WRENN_API_KEY at WRENN_BASE_URL. WRENN_BIN: the wrenn binary (default `wrenn` on PATH).
+# team of WRENN_API_KEY at WRENN_BASE_URL; with WRENN_PLATFORM_BUILD=1 (and a platform admin's
+# key) as a platform template (`--platform`, `/v1/admin/builds`) every team uses. WRENN_BIN: the wrenn binary (default `wrenn` on PATH).
 # The wheels come from scripts/code-runner-wheels.sh (downloaded on this host, cached), so the
 # build itself reaches no outside address.
 #
@@ -35,7 +36,8 @@ cp "$tpl/warm-kernel.py" "$stage/"
 start=$(date +%s)
 "$wrenn" template build --name code-runner-beta -f "$tpl/recipe" --base python \
     --archive "$stage" --memory-mb 1024 --disk-mb 4096 --build-vcpus 2 \
-    --healthcheck "$(cat "$tpl/healthcheck")"
+    --healthcheck "$(cat "$tpl/healthcheck")" \
+    ${WRENN_PLATFORM_BUILD:+--platform}
 echo "build-code-runner: code-runner-beta built in $(( $(date +%s) - start )) s" >&2
 if [[ -n $stamp ]]; then
     echo "$key" > "$stamp"

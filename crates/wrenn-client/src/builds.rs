@@ -22,6 +22,16 @@ impl Client {
         .await
     }
 
+    /// Queues a platform template's build (platform admins only).
+    pub async fn create_platform_build(&self, body: &CreateBuild) -> Result<Build> {
+        self.typed(
+            self.request(Method::POST, &["v1", "admin", "builds"])
+                .timeout(UPLOAD_TIMEOUT)
+                .json(body),
+        )
+        .await
+    }
+
     /// The team's builds, newest first.
     pub async fn list_builds(&self) -> Result<Vec<Build>> {
         self.call(Method::GET, &["v1", "builds"]).await

@@ -2,6 +2,7 @@
 //! a build (`pending`); [`queue`] runs queued builds a few at a time ([`runner`]), each in a
 //! build capsule, and ends with a snapshot template. See docs/builds.md.
 
+pub mod admin;
 pub mod archive;
 pub mod handlers;
 pub mod image;

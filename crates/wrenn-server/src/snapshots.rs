@@ -58,8 +58,8 @@ impl From<&TemplateRow> for Template {
             memory_mb: t.memory_mb,
             size_bytes: t.size_bytes,
             created_at: rfc3339(t.created_at),
-            platform: false,
-            protected: false,
+            platform: t.platform != 0,
+            protected: t.platform != 0,
             metadata: t.metadata.clone().into_iter().collect(),
         }
     }
@@ -195,6 +195,7 @@ pub async fn create(
         metadata: capsule.metadata.clone(),
         created_at: now_ms(),
         host_id: Some(host.id),
+        platform: existing.as_ref().map_or(0, |t| t.platform),
     };
     if let Err(e) = state.db.insert_template(&row).await {
         // A concurrent create of the same name won: never leave a host template no row names.
@@ -234,7 +235,8 @@ pub struct ListQuery {
 
 /// List templates
 ///
-/// The team's snapshots, then the platform's base templates.
+/// The team's snapshots, the platform's snapshot templates (`platform`, read-only; a team's
+/// own template of the same name hides one), then the platform's base templates.
 #[utoipa::path(
     get,
     path = "/v1/snapshots",
@@ -266,10 +268,14 @@ pub async fn list(
         out.extend(
             state
                 .db
-                .templates(&caller.team_id)
+                .usable_templates(&caller.team_id)
                 .await?
                 .iter()
-                .map(Template::from),
+                .map(|r| Template {
+                    // The platform team deletes its platform templates; no other team does.
+                    protected: r.platform != 0 && r.team_id != caller.team_id,
+                    ..Template::from(r)
+                }),
         );
     }
     if base {
@@ -280,7 +286,8 @@ pub async fn list(
 
 /// Delete a template
 ///
-/// One of the team's snapshots; platform templates cannot be deleted.
+/// One of the team's snapshots; platform templates cannot be deleted (but by the platform
+/// team, which owns them).
 #[utoipa::path(
     delete,
     path = "/v1/snapshots/{name}",
@@ -301,7 +308,8 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
     let Some(t) = state.db.template(&caller.team_id, &name).await? else {
-        if base_templates(&state).await?.iter().any(|t| t.name == name) {
+        let platform = state.db.usable_template(&caller.team_id, &name).await?;
+        if platform.is_some() || base_templates(&state).await?.iter().any(|t| t.name == name) {
             return Err(ApiError::Forbidden(format!(
                 "{name} is a platform template; it cannot be deleted"
             )));
@@ -372,6 +380,7 @@ mod tests {
             metadata: [("k".to_string(), "v".to_string())].into(),
             created_at: 1_700_000_000_000,
             host_id: None,
+            platform: 0,
         };
         // Before: `template_json`.
         let old = json!({

@@ -1,6 +1,7 @@
 //! Template builds end to end, against a real `wrenn up` (real microVMs; slots 4200–4299): a
 //! recipe with ENV/USER/WORKDIR and COPY from an archive gives capsules that show them; a
-//! START'ed HTTP server with a healthcheck answers at once in a new capsule; a failing RUN
+//! START'ed HTTP server with a healthcheck (a platform admin's build: a platform template)
+//! answers at once in a new capsule; a failing RUN
 //! names its step and line; cancel; archives reaching out refused; a control plane restarted
 //! with a build under way never leaves it `running`; `FROM <OCI image>` from a registry the test
 //! runs (`oci`). Needs root, QEMU and the `minimal` and
@@ -227,9 +228,11 @@ async fn started_server_answers_at_once_in_new_capsules() {
     let _serial = SERIAL.lock().await;
     let (_dir, _reap, up) = up("python");
     let api = Api::new(&up);
+    // A platform admin's build (`wrenn up`'s key): a platform template (every team's; who may
+    // build one and how teams see it: crates/wrenn-server/tests/platform_templates.rs).
     let (s, b) = api
         .post(
-            "/v1/builds",
+            "/v1/admin/builds",
             json!({
                 "name": "web",
                 "dockerfile": "FROM python\nRUN mkdir -p /srv && echo hi-from-build > /srv/index.html\nWORKDIR /srv\nEXPOSE 8000\nCMD [\"python3\", \"-m\", \"http.server\", \"8000\"]\n",
@@ -241,6 +244,13 @@ async fn started_server_answers_at_once_in_new_capsules() {
     let b = api.wait(b["id"].as_str().unwrap(), 900).await;
     assert_eq!(b["status"], "success", "{b:#}");
     assert_eq!(b["expose"], json!(["8000/tcp"]));
+    let list = api.get("/v1/snapshots").await;
+    let web = list.as_array().unwrap().iter().find(|t| t["name"] == "web");
+    assert_eq!(
+        web.map(|t| (t["platform"].clone(), t["type"].clone())),
+        Some((json!(true), json!("snapshot"))),
+        "{list:#}"
+    );
     let c = api.capsule("web").await;
     // No wait: the server came with the snapshot.
     let out = api

@@ -56,6 +56,18 @@ pub async fn create(
     caller: Caller,
     JsonBody(b): JsonBody<CreateBuildBody>,
 ) -> Result<(StatusCode, Json<Build>)> {
+    queue_build(&state, &caller, b, false).await
+}
+
+/// Checks and queues a build; `platform`: a platform admin's build of a platform template.
+pub(super) async fn queue_build(
+    state: &AppState,
+    caller: &Caller,
+    b: CreateBuildBody,
+    platform: bool,
+) -> Result<(StatusCode, Json<Build>)> {
+    let state = state.clone();
+    let caller = caller.clone();
     if TemplateName::parse_snapshot(&b.name).is_err() {
         return Err(ApiError::InvalidRequest(format!(
             "invalid name {:?}: use [a-zA-Z0-9][a-zA-Z0-9._-], at most 48 characters",
@@ -186,11 +198,22 @@ pub async fn create(
         created_at: now,
         started_at: None,
         completed_at: None,
+        platform: i64::from(platform),
     };
     state.db.insert_build(&row, tar.as_deref()).await?;
     state
         .db
-        .audit(&caller, "build.create", ("build", &row.id), "success", "")
+        .audit(
+            &caller,
+            if platform {
+                "build.platform.create"
+            } else {
+                "build.create"
+            },
+            ("build", &row.id),
+            "success",
+            "",
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(Build::from(&row))))
 }
@@ -231,7 +254,12 @@ fn checked_archive(text: &str, parsed: &recipe::Recipe) -> Result<Vec<u8>> {
 
 /// The base must be the team's template or a platform one.
 async fn check_base(state: &AppState, caller: &Caller, base: &str) -> Result<()> {
-    if state.db.template(&caller.team_id, base).await?.is_some() {
+    if state
+        .db
+        .usable_template(&caller.team_id, base)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     if crate::snapshots::base_templates(state)

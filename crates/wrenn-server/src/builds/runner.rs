@@ -559,6 +559,11 @@ impl Run {
         )
         .await
         .map_err(|e| Stop::Failed(format!("the snapshot: {e}")))?;
+        if self.row.platform != 0 {
+            let (db, team) = (&self.state.db, &self.caller.team_id);
+            let marked = db.mark_platform_template(team, &self.row.name).await;
+            marked.map_err(|e| Stop::Failed(format!("marking the platform template: {e}")))?;
+        }
         self.logs[at].stdout = format!("{} bytes", made.1 .0.size_bytes);
         self.done(at, started);
         Ok(())

@@ -94,11 +94,11 @@ async fn create_as(
             "only a platform admin may choose the host (`host_id`)".into(),
         ));
     }
-    // A team's snapshot template (its shape is fixed; the host knows it by its row's id),
-    // else a platform template: the host refuses a name that is not a base template there, so
+    // A team's snapshot template (its shape is fixed; the host knows it by its row's id), else
+    // a platform snapshot template (`usable_template`), else a platform base template: the host refuses a name that is not a base template there, so
     // no other team's template (by name or host-side id) is ever reached from here.
     let (agent_template, kind, vcpus, memory, made_on) =
-        match state.db.template(&caller.team_id, &template).await? {
+        match state.db.usable_template(&caller.team_id, &template).await? {
             Some(t) => (t.agent_name, TemplateKind::Snapshot, 0, 0, t.host_id),
             // An image's template is a build's own: missing to anyone else.
             None if !for_build && template.starts_with(crate::builds::IMAGE_TEMPLATE_PREFIX) => {

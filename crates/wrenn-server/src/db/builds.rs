@@ -42,12 +42,14 @@ pub struct BuildRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// 1: a platform admin's build of a platform template (`/v1/admin/builds`).
+    pub platform: i64,
 }
 
 const COLUMNS: &str = "id, team_id, name, format, source, base_template, healthcheck, vcpus, \
     memory_mb, disk_mb, status, current_step, total_steps, logs, error, capsule_id, default_user, \
     default_workdir, default_env, expose, actor_type, actor_id, actor_name, has_archive, \
-    updated_at, created_at, started_at, completed_at";
+    updated_at, created_at, started_at, completed_at, platform";
 
 fn build_of(r: &sqlx::any::AnyRow) -> Result<BuildRow> {
     Ok(sqlx::FromRow::from_row(r)?)
@@ -72,7 +74,7 @@ impl Db {
         sqlx::query(&format!(
             "INSERT INTO builds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
              $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
-             $27, $28)"
+             $27, $28, $29)"
         ))
         .bind(&b.id)
         .bind(&b.team_id)
@@ -102,6 +104,7 @@ impl Db {
         .bind(b.created_at)
         .bind(b.started_at)
         .bind(b.completed_at)
+        .bind(b.platform)
         .execute(&mut *tx)
         .await?;
         if let Some(data) = archive {
@@ -113,6 +116,26 @@ impl Db {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Any team's builds, newest first (platform admins).
+    pub async fn all_builds(&self, limit: i64) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM builds ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_of).collect()
+    }
+
+    /// Build `id` of any team (platform admins).
+    pub async fn any_build(&self, id: &str) -> Result<Option<BuildRow>> {
+        let r = sqlx::query(&format!("SELECT {COLUMNS} FROM builds WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(build_of).transpose()
     }
 
     /// The team's build `id`.

@@ -220,7 +220,11 @@ impl Agent for FakeAgent {
     ) -> Result<Response<Capsule>, Status> {
         let r = req.into_inner();
         self.enter("create_capsule", &r.template)?;
-        if r.template != "minimal" && r.template != "python" {
+        // Its base templates, and the snapshot templates it holds.
+        if r.template != "minimal"
+            && r.template != "python"
+            && !self.inner().templates.contains(&r.template)
+        {
             return Err(Status::not_found(format!(
                 "template {} not found",
                 r.template
@@ -490,8 +494,15 @@ impl Agent for FakeAgent {
             disk_bytes: 2048 << 20,
             ..Default::default()
         };
-        let mut templates = vec![t("minimal"), t("python")];
-        templates.extend(self.inner().templates.iter().map(|n| t(n)));
+        let base = |name: &str| Template {
+            kind: wrenn_proto::agent::v1::TemplateKind::Base as i32,
+            ..t(name)
+        };
+        let mut templates = vec![base("minimal"), base("python")];
+        templates.extend(self.inner().templates.iter().map(|n| Template {
+            kind: wrenn_proto::agent::v1::TemplateKind::Snapshot as i32,
+            ..t(n)
+        }));
         Ok(Response::new(ListTemplatesResponse { templates }))
     }
 

@@ -77,6 +77,7 @@ pub(crate) fn template(team: &str, name: &str, agent_name: &str) -> TemplateRow 
         metadata: HashMap::new(),
         created_at: 1,
         host_id: None,
+        platform: 0,
     }
 }
 

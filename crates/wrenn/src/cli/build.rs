@@ -43,6 +43,10 @@ pub struct BuildApiArgs {
     /// Queue it and print its id without waiting.
     #[arg(long, requires = "file")]
     no_wait: bool,
+    /// Build a platform template (`/v1/admin/builds`, platform admins only): every team sees
+    /// and uses it, read-only.
+    #[arg(long, requires = "file")]
+    platform: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,7 +159,11 @@ pub async fn template_build(args: BuildApiArgs) -> i32 {
             disk_mb: args.disk_mb,
             archive: archive.map(|a| base64::engine::general_purpose::STANDARD.encode(a)),
         };
-        let b = client.create_build(&body).await?;
+        let b = if args.platform {
+            client.create_platform_build(&body).await?
+        } else {
+            client.create_build(&body).await?
+        };
         if args.no_wait {
             if args.conn.json {
                 print_json(&b)?;
