@@ -141,6 +141,7 @@ async fn platform_admins_see_every_team_others_are_forbidden() {
         metadata: HashMap::new(),
         created_at: now_ms(),
         host_id: None,
+        platform: 0,
     })
     .await
     .unwrap();
