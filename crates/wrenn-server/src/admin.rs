@@ -6,8 +6,8 @@ use axum::{extract::State, Json};
 
 use crate::{
     db::{AdminTeamRow, AdminTemplateRow, AdminUserRow, Caller},
-    error::{ApiError, ErrorBody, Result},
-    quotas::handlers::is_platform_admin,
+    error::{ErrorBody, Result},
+    quotas::handlers::require_platform_admin,
     responses::Authed,
     state::AppState,
     time::rfc3339,
@@ -15,13 +15,12 @@ use crate::{
 pub use wrenn_types::api::admin::{AdminTeam, AdminTemplate, AdminUser};
 
 async fn admin_only(state: &AppState, caller: &Caller) -> Result<()> {
-    if is_platform_admin(&state.db, caller).await? {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only platform admins (owners and admins of the platform team) see this".into(),
-        ))
-    }
+    require_platform_admin(
+        &state.db,
+        caller,
+        "only platform admins (owners and admins of the platform team) see this",
+    )
+    .await
 }
 
 impl From<AdminUserRow> for AdminUser {

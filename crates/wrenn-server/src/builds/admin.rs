@@ -13,18 +13,18 @@ use crate::{
     db::Caller,
     error::{ApiError, ErrorBody, Result},
     extract::JsonBody,
-    quotas::handlers::is_platform_admin,
+    quotas::handlers::require_platform_admin,
     responses::{Authed, Checked},
     state::AppState,
 };
 
 async fn admin_only(state: &AppState, caller: &Caller) -> Result<()> {
-    if is_platform_admin(&state.db, caller).await? {
-        return Ok(());
-    }
-    Err(ApiError::Forbidden(
-        "only platform admins build platform templates and see every team's builds".into(),
-    ))
+    require_platform_admin(
+        &state.db,
+        caller,
+        "only platform admins build platform templates and see every team's builds",
+    )
+    .await
 }
 
 /// Queue a platform template's build

@@ -19,7 +19,7 @@ use crate::{
     db::{now_ms, Caller, HostRow},
     error::{ApiError, ErrorBody, Result},
     extract::{JsonBody, QueryParams},
-    quotas::handlers::is_platform_admin,
+    quotas::handlers::{is_platform_admin, require_platform_admin},
     responses::{Authed, Checked, ManagedHost, NoHost},
     state::AppState,
     time::rfc3339,
@@ -360,11 +360,12 @@ pub async fn set_byoc(
     Path(team_id): Path<String>,
     body: std::result::Result<JsonBody<ByocBody>, ApiError>,
 ) -> Result<Json<TeamByoc>> {
-    if !is_platform_admin(&state.db, &caller).await? {
-        return Err(ApiError::Forbidden(
-            "only platform admins enable BYOC for a team".into(),
-        ));
-    }
+    require_platform_admin(
+        &state.db,
+        &caller,
+        "only platform admins enable BYOC for a team",
+    )
+    .await?;
     let JsonBody(b) = body?;
     let now = state
         .db

@@ -30,6 +30,16 @@ async fn team_quotas(db: &Db, team_id: &str) -> Result<TeamQuotas> {
     })
 }
 
+/// `Ok` when the caller administers the platform, else 403 `forbidden` with `why` (what only
+/// platform admins may do).
+pub async fn require_platform_admin(db: &Db, caller: &Caller, why: &str) -> Result<()> {
+    if is_platform_admin(db, caller).await? {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(why.to_string()))
+    }
+}
+
 /// Whether the caller administers the platform (see the module's doc).
 pub async fn is_platform_admin(db: &Db, caller: &Caller) -> Result<bool> {
     if db.platform_team().await?.as_deref() != Some(caller.team_id.as_str()) {
