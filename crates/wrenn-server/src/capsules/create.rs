@@ -193,15 +193,15 @@ async fn create_as(
         placed.insert(&row).await?;
         state
             .db
-            .set_capsule_access(&row.id, public, &token_hash)
+            .set_capsule_settings(
+                &row.id,
+                public,
+                &token_hash,
+                egress,
+                &egress_policy,
+                &host_tags,
+            )
             .await?;
-        state
-            .db
-            .set_capsule_network(&row.id, egress, &egress_policy)
-            .await?;
-        if !host_tags.is_empty() {
-            state.db.set_capsule_host_tags(&row.id, &host_tags).await?;
-        }
         // An action that happened is in the audit log, or it is undone.
         state
             .db

@@ -124,14 +124,10 @@ pub async fn fork(
     let recorded = async {
         for (row, (_, hash)) in rows.iter().zip(&tokens) {
             state.db.insert_capsule(row).await?;
-            state.db.set_capsule_access(&row.id, public, hash).await?;
             state
                 .db
-                .set_capsule_network(&row.id, egress, &policy)
+                .set_capsule_settings(&row.id, public, hash, egress, &policy, &tags)
                 .await?;
-            if !tags.is_empty() {
-                state.db.set_capsule_host_tags(&row.id, &tags).await?;
-            }
             // An action that happened is in the audit log, or it is undone.
             state
                 .db

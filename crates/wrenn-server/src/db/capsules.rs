@@ -140,7 +140,25 @@ impl Db {
         Ok(())
     }
 
-    /// Who may reach a capsule's ports: whether it is public, and its access token's hash.
+    /// A new capsule's settings beside its row: who may reach its ports (public, the access
+    /// token's hash), its egress and the host tags it was placed by (none: nothing recorded).
+    pub async fn set_capsule_settings(
+        &self,
+        id: &str,
+        public: bool,
+        token_hash: &str,
+        egress: bool,
+        policy: &wrenn_types::egress::EgressPolicy,
+        host_tags: &[String],
+    ) -> Result<()> {
+        self.set_capsule_access(id, public, token_hash).await?;
+        self.set_capsule_network(id, egress, policy).await?;
+        if !host_tags.is_empty() {
+            self.set_capsule_host_tags(id, host_tags).await?;
+        }
+        Ok(())
+    }
+
     /// Records a capsule's egress (on/off and its lists, JSON arrays).
     pub async fn set_capsule_network(
         &self,
@@ -164,7 +182,7 @@ impl Db {
     }
 
     /// Records the host tags a capsule was created with (a move keeps to them).
-    pub async fn set_capsule_host_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+    async fn set_capsule_host_tags(&self, id: &str, tags: &[String]) -> Result<()> {
         let json = serde_json::to_string(tags)
             .map_err(|e| ApiError::Internal(format!("encoding: {e}")))?;
         sqlx::query("UPDATE capsules SET host_tags = $1 WHERE id = $2")
@@ -212,7 +230,8 @@ impl Db {
         ))
     }
 
-    pub async fn set_capsule_access(&self, id: &str, public: bool, token_hash: &str) -> Result<()> {
+    /// Who may reach a capsule's ports: whether it is public, and its access token's hash.
+    async fn set_capsule_access(&self, id: &str, public: bool, token_hash: &str) -> Result<()> {
         sqlx::query("UPDATE capsules SET public = $1, access_token_hash = $2 WHERE id = $3")
             .bind(i64::from(public))
             .bind(token_hash)
