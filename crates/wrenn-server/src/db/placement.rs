@@ -47,6 +47,14 @@ const RESERVED_SUMS: &str = "COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGI
      CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m, \
      CAST(COALESCE(SUM(disk_mb), 0) AS BIGINT) AS d";
 
+/// Capsules (of `capsules`) that were running at their host's last heartbeat and have
+/// stopped, failed or paused since (`$1`–`$3`: those statuses): the heartbeat's figures still
+/// hold them.
+const RELEASED_SINCE_HEARTBEAT: &str = "status IN ($1, $2, $3) \
+     AND updated_at > (SELECT h.last_heartbeat_at FROM hosts h WHERE h.id = capsules.host_id) \
+     AND COALESCE(started_at, created_at) <= \
+     (SELECT h.last_heartbeat_at FROM hosts h WHERE h.id = capsules.host_id)";
+
 const HOST_COLUMNS: &str = "id, kind, team_id, status, draining, builtin, address, arch, \
      cpu_cores, memory_mb, disk_mb, slots, vmm, accel, load, last_heartbeat_at, cert_fingerprint";
 
@@ -162,6 +170,14 @@ impl Db {
             let host: String = r.try_get("host_id")?;
             add_reserved(uses.entry(host).or_default(), &r)?;
         }
+        let sql = format!(
+            "SELECT host_id, {CAPSULE_SUMS} FROM capsules \
+             WHERE host_id IS NOT NULL AND {RELEASED_SINCE_HEARTBEAT} GROUP BY host_id"
+        );
+        for r in released_query(&sql).fetch_all(&self.pool).await? {
+            let host: String = r.try_get("host_id")?;
+            add_released(uses.entry(host).or_default(), &r)?;
+        }
         Ok(uses)
     }
 
@@ -207,6 +223,16 @@ impl Db {
         .await?
         {
             add_reserved(&mut used, &r)?;
+        }
+        let sql = format!(
+            "SELECT {CAPSULE_SUMS} FROM capsules WHERE host_id = $4 AND {RELEASED_SINCE_HEARTBEAT}"
+        );
+        if let Some(r) = released_query(&sql)
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            add_released(&mut used, &r)?;
         }
         if !fits(&used) {
             return Ok(None);
@@ -372,6 +398,23 @@ fn add_capsules(used: &mut HostUsage, status: &str, r: &sqlx::any::AnyRow) -> Re
 fn add_reserved(used: &mut HostUsage, r: &sqlx::any::AnyRow) -> Result<()> {
     used.reserved = used.reserved.plus(sums(r)?);
     used.capsules += group_size(r)?;
+    Ok(())
+}
+
+/// `sql` (over [`RELEASED_SINCE_HEARTBEAT`]; its own parameters start at `$4`) with the
+/// statuses bound.
+fn released_query(sql: &str) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(sql)
+        .bind(CapsuleStatus::Stopped.as_str())
+        .bind(CapsuleStatus::Error.as_str())
+        .bind(CapsuleStatus::Paused.as_str())
+}
+
+/// Adds a sums row of capsules released since the heartbeat: their vCPUs and memory (the
+/// disk a heartbeat reports is measured, not summed).
+fn add_released(used: &mut HostUsage, r: &sqlx::any::AnyRow) -> Result<()> {
+    let s = sums(r)?;
+    used.released = used.released.plus(Claims::new(s.vcpus, s.memory_mb, 0));
     Ok(())
 }
 

@@ -64,8 +64,8 @@ impl Reserves {
     }
 
     /// What is taken on `host`: the database's active capsules, its paused ones (weighted)
-    /// and the in-flight reservations, or what the host reported if that is more
-    /// (resource by resource).
+    /// and the in-flight reservations, or what the host reported (less what has been released
+    /// since) if that is more (resource by resource).
     pub fn used(&self, host: &HostView) -> Claims {
         let u = &host.usage;
         let paused = Claims {
@@ -74,7 +74,7 @@ impl Reserves {
             disk_mb: percent(u.paused.disk_mb, self.paused_disk_percent),
         };
         let ours = u.active.plus(paused).plus(u.reserved);
-        ours.max(u.reported)
+        ours.max(u.reported.minus(u.released))
     }
 
     /// Whether `need` fits on `host` with its reserves kept (always, when its machine is not

@@ -82,6 +82,10 @@ pub struct HostUsage {
     /// What the host's last heartbeat reported ([`Claims::from_heartbeat`]). The scheduler
     /// counts the larger of this and the database's sums, resource by resource.
     pub reported: Claims,
+    /// The vCPUs and memory of capsules the database has seen stop, fail or pause since that
+    /// heartbeat while they were running at it: the heartbeat still counts them until the
+    /// next one, and a create right after a destroy must not wait for it.
+    pub released: Claims,
     /// How many capsules hold one of the host's network slots: the database's active and
     /// paused ones (a paused capsule keeps its slot) and the in-flight reservations.
     pub capsules: u64,

@@ -76,6 +76,59 @@ async fn paused_capsules_count_a_quarter_of_their_memory() {
 }
 
 #[tokio::test]
+async fn a_destroy_makes_room_before_the_hosts_next_heartbeat() {
+    let c = Cluster::start().await;
+    let host = c.host(None, &[], small_specs()).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(c.create(&c.key_a, json!({})).await.expect("room for 4"));
+    }
+    // The host's heartbeat now counts the four running capsules too.
+    let running = HostLoad {
+        running: 4,
+        vcpus_reserved: 4,
+        memory_mb_reserved: 4 * 512,
+        ..HostLoad::default()
+    };
+    let specs = small_specs();
+    let beat = c.state.db.record_heartbeat(&host.id, &specs, &running);
+    assert_eq!(beat.await.unwrap(), Some(false));
+    assert!(c.create(&c.key_a, json!({})).await.is_err(), "full");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (status, _) = c
+        .call(
+            &c.key_a,
+            "DELETE",
+            &format!("/v1/capsules/{}", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // No heartbeat since: the destroyed capsule's share of it no longer counts.
+    let id = c.create(&c.key_a, json!({})).await.expect("room at once");
+    assert_eq!(c.host_of(&id).await, host.id);
+    assert!(c.create(&c.key_a, json!({})).await.is_err(), "full again");
+    // What the heartbeat holds that the database never had still counts.
+    let more = HostLoad {
+        running: 5,
+        vcpus_reserved: 5,
+        memory_mb_reserved: 5 * 512,
+        ..HostLoad::default()
+    };
+    let beat = c.state.db.record_heartbeat(&host.id, &specs, &more);
+    assert_eq!(beat.await.unwrap(), Some(false));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (status, _) = c
+        .call(&c.key_a, "DELETE", &format!("/v1/capsules/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        c.create(&c.key_a, json!({})).await.is_err(),
+        "the host's own fifth capsule still holds the room"
+    );
+}
+
+#[tokio::test]
 async fn host_tags_choose_only_hosts_with_every_tag() {
     let c = Cluster::start().await;
     let plain = c.host(None, &[], big_specs()).await;
