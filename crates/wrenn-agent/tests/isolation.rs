@@ -319,6 +319,7 @@ async fn disk_admission_and_discard() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();
