@@ -32,7 +32,7 @@ pub(super) fn template_boot(accel: Accel, vcpus: u32, memory_mib: u32) -> Result
 }
 
 /// A loopback address nobody listens on right now.
-pub(crate) fn free_addr() -> Result<SocketAddr> {
+pub(super) fn free_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free loopback port")?;
     Ok(l.local_addr()?)
 }

@@ -45,7 +45,7 @@ pub enum Net {
 }
 
 /// How a VMM process is sized: what trades a little speed for density. The defaults are
-/// measured (`wrenn-bench vm`, docs/vm.md "Memory per capsule").
+/// measured (`wrenn-bench vm-tuning`; docs/vm.md "Memory per capsule").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     /// TCG's translated-code cache per VM, MiB (`-accel tcg,tb-size=N`; when full it is
@@ -143,5 +143,26 @@ impl VmConfig {
             return bad(format!("VM folder {} does not exist", self.dir.display()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_bounds() {
+        assert!(Tuning::default().validate().is_ok());
+        assert!(
+            !Tuning::default().huge_pages,
+            "QEMU runs without huge pages by default"
+        );
+        for bad in [0, 2049] {
+            let t = Tuning {
+                tcg_tb_mib: bad,
+                ..Tuning::default()
+            };
+            assert!(matches!(t.validate(), Err(crate::VmmError::Config(_))));
+        }
     }
 }

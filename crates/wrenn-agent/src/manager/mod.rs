@@ -59,7 +59,7 @@ pub struct AgentConfig {
     /// The static envd binary: a base template this build of Wrenn knows (`minimal`, `python`)
     /// is built here the first time a create needs it. `None`: only templates already here.
     pub envd: Option<PathBuf>,
-    /// How each capsule's VMM is sized (TCG translation cache, malloc arenas).
+    /// How each capsule's VMM is sized (TCG translation cache, transparent huge pages).
     pub vmm: wrenn_vmm::Tuning,
 }
 
