@@ -152,6 +152,9 @@ pub fn run(args: Args) -> Result<()> {
         );
         r.subject = "wrenn";
         println!("{}", r.line());
+        if args.reps == 0 {
+            continue;
+        }
         let mut r = Row::new(
             "exec_warm",
             &format!("command, later runs p50, {name}"),
