@@ -127,15 +127,20 @@ pub fn run(args: Args) -> Result<()> {
             m.tuning.tcg_tb_mib,
             if m.tuning.huge_pages { "on" } else { "off" }
         );
-        let mut r = Row::new(
+        let row = |id, label: &str, unit, v: f64, b: f64, samples| {
+            let mut r = Row::new(id, &format!("{label}, {name}"), unit, v, b);
+            r.subject = "wrenn";
+            r.samples = samples;
+            r
+        };
+        let mut r = row(
             "pss_idle",
-            &format!("PSS idle, {name}"),
+            "PSS idle",
             "MiB",
             m.pss,
             base.pss,
+            args.capsules,
         );
-        r.subject = "wrenn";
-        r.samples = args.capsules;
         r.note = format!(
             "guest RAM {:.1} + TCG buffer {:.1} + rest of QEMU {:.1} MiB",
             m.ram,
@@ -143,28 +148,26 @@ pub fn run(args: Args) -> Result<()> {
             m.pss - m.ram - m.tcg
         );
         println!("{}", r.line());
-        let mut r = Row::new(
+        let r = row(
             "exec_first",
-            &format!("command, first run, {name}"),
+            "command, first run",
             "s",
             m.first_s,
             base.first_s,
+            1,
         );
-        r.subject = "wrenn";
         println!("{}", r.line());
-        if args.reps == 0 {
-            continue;
+        if args.reps > 0 {
+            let r = row(
+                "exec_warm",
+                "command, later runs p50",
+                "s",
+                m.warm_s,
+                base.warm_s,
+                args.reps,
+            );
+            println!("{}", r.line());
         }
-        let mut r = Row::new(
-            "exec_warm",
-            &format!("command, later runs p50, {name}"),
-            "s",
-            m.warm_s,
-            base.warm_s,
-        );
-        r.subject = "wrenn";
-        r.samples = args.reps;
-        println!("{}", r.line());
     }
     Ok(())
 }

@@ -211,21 +211,8 @@ pub fn punch_zero_pages(path: &Path) -> Result<u64> {
         .write(true)
         .open(path)
         .map_err(|e| VmmError::io(ctx(), e))?;
-    let punch = |start: u64, len: u64| -> Result<()> {
-        // SAFETY: fallocate on an open descriptor with a valid range.
-        let rc = unsafe {
-            libc::fallocate(
-                f.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as i64,
-                len as i64,
-            )
-        };
-        if rc != 0 {
-            return Err(VmmError::io(ctx(), io::Error::last_os_error()));
-        }
-        Ok(())
-    };
+    let punch =
+        |start: u64, len: u64| punch_hole(&f, start, len).map_err(|e| VmmError::io(ctx(), e));
     let mut buf = vec![0u8; 1 << 20];
     // Only the data is read: holes are zero already.
     for (data, end) in data_extents(&f).map_err(|e| VmmError::io(ctx(), e))? {
@@ -276,22 +263,28 @@ pub fn write_sparse_at(f: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let j = j.min(bytes.len());
         let at = offset + i as u64;
         if zero {
-            // SAFETY: fallocate on an open descriptor with a valid range.
-            let rc = unsafe {
-                libc::fallocate(
-                    f.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    at as i64,
-                    (j - i) as i64,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            punch_hole(f, at, (j - i) as u64)?;
         } else {
             f.write_all_at(&bytes[i..j], at)?;
         }
         i = j;
+    }
+    Ok(())
+}
+
+/// Turns `len` bytes of `f` at `at` into a hole (reads as zero, takes no space).
+fn punch_hole(f: &File, at: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an open descriptor with a valid range.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at as i64,
+            len as i64,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
