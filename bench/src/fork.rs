@@ -6,14 +6,17 @@
 //! 2. The source's pause: how long its guest was stopped for the checkpoint, p50, against a
 //!    plain pause (stop + save) of the same capsule.
 //! 3. Memory: each child's QEMU PSS (all N children alive together, idle) against a fresh
-//!    capsule's, made from the template and idle at the same time; absolute figures printed.
+//!    capsule's, made from the template and idle at the same time; absolute figures printed,
+//!    split into guest RAM, TCG's code buffer and the rest of QEMU.
+//! 4. The floor: N raw QEMU restores of the same fork image at once (files, QEMU start, state
+//!    load, `cont`, envd answering; no network slot, no envd re-identity), against the fork.
 //!
 //! The source holds some state of its own before the fork (a 32 MiB file in its tmpfs), as
 //! a capsule that has been working would. The agent owns a data folder under `--tmp-dir` and
 //! slots 4386–4399; every capsule is destroyed and the folder removed on the way out.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -23,8 +26,12 @@ use wrenn_agent::{
     envd_client::ExecRequest,
     manager::{AgentConfig, Manager},
 };
+use wrenn_vmm::{qemu::default_qemu, snapshot::Snapshot, Net, QemuVm, Vmm};
 
-use crate::report::{percentile, Row, Target};
+use crate::{
+    report::{percentile, Row, Target},
+    vm::host::{anon_exec_pss_kib, mapping_pss_kib},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -77,10 +84,11 @@ pub fn run(args: Args) -> Result<()> {
             dns_upstreams: Vec::new(),
             egress_allow_private: Vec::new(),
             envd: None,
+            vmm: Default::default(),
         })
         .await
         .context("starting the agent")?;
-        let result = bench(&mgr, &args).await;
+        let result = bench(&mgr, &args, data.path()).await;
         for r in mgr.list() {
             let _ = mgr.destroy(&r.id).await;
         }
@@ -121,7 +129,99 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
+/// A capsule's QEMU PSS split: (all, guest RAM mapping, TCG code buffer), MiB.
+fn pss_split(mgr: &Manager, data: &Path, id: &str) -> Result<(f64, f64, f64)> {
+    let pid = pid_of(mgr, id)?;
+    let mem = data.join("capsules").join(id).join("memory.base");
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok((
+        mib(pss_kib(pid)?),
+        mib(mapping_pss_kib(pid, &mem)?),
+        mib(anon_exec_pss_kib(pid)?),
+    ))
+}
+
+/// The fork image's files hard-linked into `dest`: they outlive the image.
+fn keep_image(image: &Path, dest: &Path) -> Result<Snapshot> {
+    std::fs::create_dir_all(dest.join("snapshot"))?;
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::hard_link(image.join(f), dest.join(f))?;
+    }
+    for f in ["memory", "state", "disk.qcow2", "vm.json"] {
+        std::fs::hard_link(
+            image.join("snapshot").join(f),
+            dest.join("snapshot").join(f),
+        )?;
+    }
+    Ok(Snapshot {
+        template_dir: dest.to_path_buf(),
+    })
+}
+
+/// `n` raw QEMU restores of `snap` at once, each until its envd answers; all stopped after.
+async fn raw_restores(snap: &Snapshot, work: &Path, n: u32) -> Result<Duration> {
+    // Distinct envd ports for all of them (each QEMU binds its own).
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let addrs = held
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    drop(held);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let (snap, dir) = (snap.clone(), work.join(format!("raw{i}")));
+        tasks.spawn(async move {
+            let (s, d) = (snap.clone(), dir.clone());
+            let config = tokio::task::spawn_blocking(move || {
+                wrenn_vmm::snapshot::prepare_capsule(
+                    &s,
+                    &d,
+                    Net::UserForward { host: addr },
+                    default_qemu(),
+                )
+            })
+            .await??;
+            let mut vm = QemuVm::new(config)?;
+            let ready = async {
+                vm.restore(&snap.state()).await?;
+                vm.resume().await?;
+                vm.wait_ready(addr, Duration::from_secs(120)).await
+            }
+            .await;
+            Ok::<_, anyhow::Error>((vm, dir, ready))
+        });
+    }
+    let mut made = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        made.push(r?);
+    }
+    let took = t.elapsed();
+    let mut failed = None;
+    for r in made {
+        match r {
+            Ok((mut vm, dir, ready)) => {
+                let _ = vm.stop().await;
+                if let Err(e) = ready {
+                    let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+                    failed.get_or_insert(anyhow::Error::from(e).context(log));
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e.context("a raw restore of the fork image")),
+        None => Ok(took),
+    }
+}
+
+async fn bench(mgr: &Manager, args: &Args, data: &Path) -> Result<()> {
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let n = args.children;
     eprintln!(
@@ -154,32 +254,58 @@ async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
     }
     let mut forks = Vec::new();
     let mut pauses = Vec::new();
+    let mut phases = Vec::new();
     let mut child_pss = Vec::new();
-    let mut fresh_pss = 0u64;
+    let mut child_split = (0.0, 0.0);
+    let mut fresh_split = (0.0, 0.0, 0.0);
+    let mut kept = None;
     for run in 0..runs {
         let t = Instant::now();
         let forked = mgr.fork(&src.id, n).await?;
         forks.push(ms(t.elapsed()));
         pauses.push(ms(forked.source_paused_for));
+        phases.push(forked.phases);
         if run == 0 {
             // Every child and one fresh capsule, alive and idle together.
             let fresh = mgr.create(spec(&args.template)).await?;
             tokio::time::sleep(Duration::from_secs(3)).await;
             for c in &forked.children {
-                child_pss.push(pss_kib(pid_of(mgr, &c.id)?)? as f64 / 1024.0);
+                let (all, ram, tcg) = pss_split(mgr, data, &c.id)?;
+                child_pss.push(all);
+                child_split.0 += ram / f64::from(n);
+                child_split.1 += tcg / f64::from(n);
             }
-            fresh_pss = pss_kib(pid_of(mgr, &fresh.id)?)?;
+            fresh_split = pss_split(mgr, data, &fresh.id)?;
             mgr.destroy(&fresh.id).await?;
+            if let Some(image) = &forked.children[0].snapshot_dir {
+                kept = Some(keep_image(image, &data.join("floor-image"))?);
+            }
         }
         for c in forked.children {
             mgr.destroy(&c.id).await?;
+        }
+    }
+    // The floor, with the source running as during the forks.
+    let mut floor = Vec::new();
+    if let Some(image) = &kept {
+        for _ in 0..runs {
+            match raw_restores(image, data, n).await {
+                Ok(took) => floor.push(ms(took)),
+                Err(e) => {
+                    eprintln!("the floor could not be measured: {e:#}");
+                    break;
+                }
+            }
         }
     }
     mgr.destroy(&src.id).await?;
     let fork_p50 = percentile(&forks, 50.0);
     let pause_p50 = percentile(&pauses, 50.0);
     let child_mean = child_pss.iter().sum::<f64>() / child_pss.len().max(1) as f64;
-    let fresh_mib = fresh_pss as f64 / 1024.0;
+    let fresh_mib = fresh_split.0;
+    let phase = |f: fn(&wrenn_agent::manager::ForkPhases) -> Duration| {
+        percentile(&phases.iter().map(|p| ms(f(p))).collect::<Vec<_>>(), 50.0)
+    };
     let mut rows = vec![
         Row::new(
             "fork_p50",
@@ -187,6 +313,13 @@ async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
             "ms",
             fork_p50,
             ms(creates),
+        ),
+        Row::new(
+            "fork_vs_floor",
+            &format!("fork of {n} vs {n} raw restores at once, p50"),
+            "ms",
+            fork_p50,
+            percentile(&floor, 50.0),
         ),
         Row::new(
             "fork_source_pause_p50",
@@ -203,31 +336,48 @@ async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
             fresh_mib,
         ),
     ];
-    rows[0].note = format!("baseline: {n} creates one after the other");
+    rows[0].note = format!(
+        "baseline: {n} creates one after the other; phases p50: checkpoint {:.0}, image {:.0}, children {:.0} ms",
+        phase(|p| p.checkpoint),
+        phase(|p| p.image),
+        phase(|p| p.children)
+    );
     rows[0].target = Some(Target {
         text: "p50 <= 1000 ms".into(),
         met: fork_p50 <= 1000.0,
     });
-    rows[1].note = "baseline: a plain pause (stop + save)".into();
-    rows[1].target = Some(Target {
+    rows[1].note =
+        "baseline: QEMU restores of the fork image (no slot, no envd re-identity)".into();
+    rows[1].samples = floor.len();
+    rows[2].note = "baseline: a plain pause (stop + save)".into();
+    rows[2].target = Some(Target {
         text: "<= 50 ms".into(),
         met: pause_p50 <= 50.0,
     });
-    let ratio = rows[2].ratio();
-    rows[2].note = format!(
-        "baseline: a fresh capsule; children min {:.1} max {:.1} MiB",
+    let ratio = rows[3].ratio();
+    rows[3].note = format!(
+        "baseline: a fresh capsule; children min {:.1} max {:.1} MiB; child RAM {:.1} TCG {:.1} \
+         rest {:.1}; fresh RAM {:.1} TCG {:.1} rest {:.1} MiB",
         percentile(&child_pss, 1.0),
-        percentile(&child_pss, 100.0)
+        percentile(&child_pss, 100.0),
+        child_split.0,
+        child_split.1,
+        child_mean - child_split.0 - child_split.1,
+        fresh_split.1,
+        fresh_split.2,
+        fresh_split.0 - fresh_split.1 - fresh_split.2
     );
-    rows[2].target = Some(Target {
+    rows[3].target = Some(Target {
         text: "<= 0.5x".into(),
         met: ratio <= 0.5,
     });
     for r in &mut rows {
         r.subject = "fork";
-        r.samples = runs;
+        if r.samples == 1 {
+            r.samples = runs;
+        }
     }
-    rows[2].samples = child_pss.len();
+    rows[3].samples = child_pss.len();
     for r in &rows {
         println!("{}", r.line());
     }

@@ -42,6 +42,9 @@ enum Command {
     Envd(envd::Args),
     /// Benchmark the VM layer: create from a snapshot, pause/resume, template build, idle PSS.
     Vm(vm::Args),
+    /// The VMM's density settings (TCG translation cache, malloc arenas): idle PSS and the
+    /// speed of a code-heavy command per setting, against the first setting.
+    VmTuning(vm::tuning::Args),
     /// Benchmark the host agent: exec round trip and streamed files through its gRPC against
     /// envd directly, concurrent creates against one alone.
     Agent(agent::Args),
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Envd(args) => envd::run(args),
         Command::Vm(args) => vm::run(args),
+        Command::VmTuning(args) => vm::tuning::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Fork(args) => fork::run(args),
         Command::Transfer(args) => agent::host_transfer::run(args),

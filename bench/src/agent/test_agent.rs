@@ -42,6 +42,7 @@ impl TestAgent {
                 dns_upstreams: Vec::new(),
                 egress_allow_private: Vec::new(),
                 envd: None,
+                vmm: Default::default(),
             })
             .await
             .context("starting the agent")?,

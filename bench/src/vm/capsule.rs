@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use wrenn_vmm::{
     qemu::default_qemu,
     snapshot::{self, Snapshot},
-    Net, QemuVm, Vmm,
+    Net, QemuVm, Tuning, Vmm,
 };
 
 use super::host::{anon_exec_pss_kib, free_addr, mapping_pss_kib, rss_pss_kib};
@@ -33,20 +33,22 @@ pub(super) struct Phases {
 
 impl Capsule {
     pub(super) async fn create(snap: &Snapshot, dir: PathBuf) -> Result<(Capsule, Phases)> {
-        Capsule::create_in(snap, dir, Layout::Template).await
+        Capsule::create_in(snap, dir, Layout::Template, Tuning::default()).await
     }
 
-    /// A capsule with guest RAM laid out as `layout`.
+    /// A capsule with guest RAM laid out as `layout`, its QEMU sized by `tuning`.
     pub(super) async fn create_in(
         snap: &Snapshot,
         dir: PathBuf,
         layout: Layout,
+        tuning: Tuning,
     ) -> Result<(Capsule, Phases)> {
         let envd = free_addr()?;
         let t = Instant::now();
-        let config =
+        let mut config =
             snapshot::prepare_capsule(snap, &dir, Net::UserForward { host: envd }, default_qemu())
                 .context("preparing the capsule")?;
+        config.tuning = tuning;
         if layout == Layout::Own {
             // The layout before template memory was shared: a whole copy of the template's
             // memory file, allocated, mapped shared.

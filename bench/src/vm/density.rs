@@ -32,21 +32,27 @@ pub(super) async fn density(
     n: usize,
     idle: Duration,
     layout: Layout,
+    tuning: wrenn_vmm::Tuning,
     with_ksm: bool,
 ) -> Result<Density> {
     let (mem_total_kib, mem_available_kib) = meminfo()?;
     let group = fresh_dir(work, "idle")?;
     let mut capsules = Vec::with_capacity(n);
-    let (first, _) = Capsule::create_in(snap, fresh_dir(&group, "c00")?, layout)
+    let (first, _) = Capsule::create_in(snap, fresh_dir(&group, "c00")?, layout, tuning)
         .await
         .context("idle capsule #0")?;
     tokio::time::sleep(idle).await;
     let (_, alone_pss_kib) = first.rss_pss_kib()?;
     capsules.push(first);
     for i in 1..n {
-        let (c, _) = Capsule::create_in(snap, fresh_dir(&group, &format!("c{i:02}"))?, layout)
-            .await
-            .with_context(|| format!("idle capsule #{i}"))?;
+        let (c, _) = Capsule::create_in(
+            snap,
+            fresh_dir(&group, &format!("c{i:02}"))?,
+            layout,
+            tuning,
+        )
+        .await
+        .with_context(|| format!("idle capsule #{i}"))?;
         capsules.push(c);
     }
     tokio::time::sleep(idle).await;

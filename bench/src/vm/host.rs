@@ -184,7 +184,7 @@ pub(super) fn rss_pss_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// The summed `Pss` of a process's mappings of the file `file`, from /proc/PID/smaps, in KiB.
-pub(super) fn mapping_pss_kib(pid: u32, file: &Path) -> Result<u64> {
+pub(crate) fn mapping_pss_kib(pid: u32, file: &Path) -> Result<u64> {
     let path = format!("/proc/{pid}/smaps");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let want = file.to_string_lossy();
@@ -211,7 +211,7 @@ pub(super) fn mapping_pss_kib(pid: u32, file: &Path) -> Result<u64> {
 
 /// The summed `Pss` of a process's anonymous executable mappings (QEMU's TCG translated-code
 /// buffer), from /proc/PID/smaps, in KiB.
-pub(super) fn anon_exec_pss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn anon_exec_pss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/smaps");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let mut inside = false;

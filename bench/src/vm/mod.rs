@@ -37,11 +37,12 @@ use crate::{
 mod capsule;
 mod create;
 mod density;
-mod host;
+pub(crate) mod host;
 mod ksm;
 mod pause;
 mod raw;
 mod template;
+pub mod tuning;
 use self::capsule::Layout;
 use self::create::creates;
 use self::density::{density, split_note};
@@ -477,6 +478,7 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         args.capsules,
         Duration::from_secs(args.idle_secs),
         Layout::Template,
+        Default::default(),
         args.ksm,
     )
     .await?;
@@ -487,6 +489,7 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         own_n,
         Duration::from_secs(args.idle_secs),
         Layout::Own,
+        Default::default(),
         false,
     )
     .await?;

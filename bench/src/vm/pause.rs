@@ -44,7 +44,7 @@ pub(super) async fn pause_resume_in(
         Layout::Template => "pause-resume",
         Layout::Own => "pause-resume-own",
     };
-    let (mut c, _) = Capsule::create_in(snap, fresh_dir(work, name)?, layout)
+    let (mut c, _) = Capsule::create_in(snap, fresh_dir(work, name)?, layout, Default::default())
         .await
         .context("creating the pause/resume capsule")?;
     let state = c.dir.join("state");

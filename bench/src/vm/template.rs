@@ -108,6 +108,7 @@ pub(super) async fn cold_boot(
         accel,
         qemu: default_qemu(),
         cgroup: None,
+        tuning: Default::default(),
     })?;
     let t = Instant::now();
     vm.boot().await.with_context(|| format!("cold boot #{i}"))?;

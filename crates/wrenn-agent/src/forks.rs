@@ -140,8 +140,16 @@ impl Forks {
         let (from_c, snap_c) = (from.clone(), snap_dir.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
             let mem = snap_c.join("memory");
+            // A template layout's base has its zero pages punched already and `flatten` leaves
+            // the delta's as holes: only a whole own file needs the scan.
+            let own = matches!(
+                memory::MemoryLayout::of(&from_c),
+                memory::MemoryLayout::Own(_)
+            );
             memory::flatten(&from_c, &mem)?;
-            wrenn_vmm::files::punch_zero_pages(&mem)?;
+            if own {
+                wrenn_vmm::files::punch_zero_pages(&mem)?;
+            }
             for f in [checkpoint::STATE, checkpoint::DISK] {
                 std::fs::rename(from_c.join(f), snap_c.join(f))
                     .map_err(|e| AgentError::io("placing the checkpoint", e))?;

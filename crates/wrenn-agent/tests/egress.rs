@@ -36,6 +36,7 @@ fn config(data: &std::path::Path, dns: SocketAddr) -> AgentConfig {
         dns_upstreams: vec![dns],
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
         shapes: Default::default(),
     }
 }

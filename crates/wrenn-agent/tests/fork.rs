@@ -31,6 +31,7 @@ fn config(data: &Path, slots: std::ops::RangeInclusive<u32>, max: usize) -> Agen
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     }
 }
 
@@ -165,6 +166,14 @@ async fn children_continue_the_source_and_each_other_never() {
             run(&mgr, &c.id, "cat /home/user/before.txt").await,
             "before"
         );
+        // The guest set-up of the source's create (not redone for a child) is there.
+        let setup = run(
+            &mgr,
+            &c.id,
+            "grep -c ' / .*discard' /proc/mounts; grep -c '^nameserver' /etc/resolv.conf",
+        )
+        .await;
+        assert_eq!(setup, "1\n1", "{}: root with discard, a name server", c.id);
         assert_eq!(
             run(
                 &mgr,

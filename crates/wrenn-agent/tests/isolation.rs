@@ -136,6 +136,7 @@ async fn private_files_template_kinds_and_shapes() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();
@@ -319,6 +320,7 @@ async fn disk_admission_and_discard() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();

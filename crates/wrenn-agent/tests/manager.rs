@@ -52,6 +52,7 @@ async fn capsule_lifecycle_through_the_manager() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();
@@ -152,6 +153,7 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
             dns_upstreams: Vec::new(),
             egress_allow_private: Vec::new(),
             envd: None,
+            vmm: Default::default(),
         })
         .await
         .unwrap(),
@@ -215,6 +217,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();
@@ -265,6 +268,7 @@ async fn a_failed_resume_releases_everything() {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     })
     .await
     .unwrap();

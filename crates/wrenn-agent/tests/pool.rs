@@ -33,6 +33,7 @@ fn config(data: &Path, slots: std::ops::RangeInclusive<u32>) -> AgentConfig {
         dns_upstreams: Vec::new(),
         egress_allow_private: Vec::new(),
         envd: None,
+        vmm: Default::default(),
     }
 }
 

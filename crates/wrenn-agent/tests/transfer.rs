@@ -49,6 +49,7 @@ async fn host(
             dns_upstreams: Vec::new(),
             egress_allow_private: Vec::new(),
             envd: None,
+            vmm: Default::default(),
         })
         .await
         .unwrap(),

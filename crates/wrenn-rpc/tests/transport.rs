@@ -47,6 +47,7 @@ impl Agent {
                 dns_upstreams: Vec::new(),
                 egress_allow_private: Vec::new(),
                 envd: None,
+                vmm: Default::default(),
             })
             .await
             .unwrap(),

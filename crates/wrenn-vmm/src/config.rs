@@ -44,6 +44,43 @@ pub enum Net {
     Tap { netns: String, tap: String },
 }
 
+/// How a VMM process is sized: what trades a little speed for density. The defaults are
+/// measured (`wrenn-bench vm-tuning`; docs/vm.md "Memory per capsule").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// TCG's translated-code cache per VM, MiB (`-accel tcg,tb-size=N`; when full it is
+    /// flushed and code translated again). KVM runs guest code natively and has none.
+    pub tcg_tb_mib: u32,
+    /// Whether the VMM may use transparent huge pages. QEMU asks for them on its TCG code
+    /// buffer (`MADV_HUGEPAGE`), so each 2 MiB of it that holds any code is all resident; off
+    /// (`PR_SET_THP_DISABLE`, set before QEMU starts), only the 4 KiB pages written are.
+    pub huge_pages: bool,
+}
+
+/// [`Tuning::tcg_tb_mib`] by default.
+pub const DEFAULT_TCG_TB_MIB: u32 = 32;
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            tcg_tb_mib: DEFAULT_TCG_TB_MIB,
+            huge_pages: false,
+        }
+    }
+}
+
+impl Tuning {
+    pub fn validate(&self) -> crate::Result<()> {
+        if !(1..=2048).contains(&self.tcg_tb_mib) {
+            return Err(crate::VmmError::Config(format!(
+                "the TCG translation cache must be 1..=2048 MiB, not {}",
+                self.tcg_tb_mib
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -62,6 +99,8 @@ pub struct VmConfig {
     pub qemu: PathBuf,
     /// The groups the VMM runs in (CPU and memory caps); `None` runs it uncapped.
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// Density settings of the VMM process.
+    pub tuning: Tuning,
 }
 
 impl VmConfig {
@@ -81,6 +120,7 @@ impl VmConfig {
 
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::VmmError::Config(m));
+        self.tuning.validate()?;
         if self.vcpus == 0 || self.vcpus > 64 {
             return bad(format!("vcpus must be 1..=64, not {}", self.vcpus));
         }
@@ -103,5 +143,26 @@ impl VmConfig {
             return bad(format!("VM folder {} does not exist", self.dir.display()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_bounds() {
+        assert!(Tuning::default().validate().is_ok());
+        assert!(
+            !Tuning::default().huge_pages,
+            "QEMU runs without huge pages by default"
+        );
+        for bad in [0, 2049] {
+            let t = Tuning {
+                tcg_tb_mib: bad,
+                ..Tuning::default()
+            };
+            assert!(matches!(t.validate(), Err(crate::VmmError::Config(_))));
+        }
     }
 }

@@ -123,23 +123,8 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
     }
     let len = from.metadata().map_err(|e| VmmError::io(ctx(), e))?.len();
     to.set_len(len).map_err(|e| VmmError::io(ctx(), e))?;
-    let mut pos: i64 = 0;
-    let len = len as i64;
-    while pos < len {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(from.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(VmmError::io(ctx(), err));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len } else { hole };
-        let mut off_in = data;
-        let mut off_out = data;
+    for (data, end) in data_extents(&from).map_err(|e| VmmError::io(ctx(), e))? {
+        let (end, mut off_in, mut off_out) = (end as i64, data as i64, data as i64);
         while off_in < end {
             // SAFETY: both descriptors are open and the offsets point at owned i64s.
             let n = unsafe {
@@ -170,7 +155,6 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<()> {
                 break;
             }
         }
-        pos = end;
     }
     Ok(())
 }
@@ -219,55 +203,123 @@ pub fn allocate(path: &Path) -> Result<()> {
 /// memory file never touch memory the guest had freed (guests boot with `init_on_free=1`).
 /// Returns the bytes still allocated.
 pub fn punch_zero_pages(path: &Path) -> Result<u64> {
-    use std::io::Read;
+    use std::os::unix::fs::FileExt;
     const PAGE: usize = 4096;
     let ctx = || format!("punching holes in {}", path.display());
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| VmmError::io(ctx(), e))?;
+    let punch =
+        |start: u64, len: u64| punch_hole(&f, start, len).map_err(|e| VmmError::io(ctx(), e));
     let mut buf = vec![0u8; 1 << 20];
-    let mut offset: u64 = 0;
-    let mut run: Option<(u64, u64)> = None; // (start, len) of zero pages to punch
-    let punch = |fd: i32, start: u64, len: u64| -> Result<()> {
-        // SAFETY: fallocate on an open descriptor with a valid range.
-        let rc = unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as i64,
-                len as i64,
-            )
-        };
-        if rc != 0 {
-            return Err(VmmError::io(ctx(), io::Error::last_os_error()));
-        }
-        Ok(())
-    };
-    loop {
-        let n = f.read(&mut buf).map_err(|e| VmmError::io(ctx(), e))?;
-        if n == 0 {
-            break;
-        }
-        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-            let at = offset + (i * PAGE) as u64;
-            if page.iter().all(|b| *b == 0) {
-                run = Some(match run {
-                    Some((s, l)) => (s, l + page.len() as u64),
-                    None => (at, page.len() as u64),
-                });
-            } else if let Some((s, l)) = run.take() {
-                punch(f.as_raw_fd(), s, l)?;
+    // Only the data is read: holes are zero already.
+    for (data, end) in data_extents(&f).map_err(|e| VmmError::io(ctx(), e))? {
+        let mut offset = data;
+        let mut run: Option<(u64, u64)> = None; // (start, len) of zero pages to punch
+        while offset < end {
+            let want = ((end - offset) as usize).min(buf.len());
+            let n = f
+                .read_at(&mut buf[..want], offset)
+                .map_err(|e| VmmError::io(ctx(), e))?;
+            if n == 0 {
+                break;
             }
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                let at = offset + (i * PAGE) as u64;
+                if is_zero(page) {
+                    run = Some(match run {
+                        Some((s, l)) => (s, l + page.len() as u64),
+                        None => (at, page.len() as u64),
+                    });
+                } else if let Some((s, l)) = run.take() {
+                    punch(s, l)?;
+                }
+            }
+            offset += n as u64;
         }
-        offset += n as u64;
-    }
-    if let Some((s, l)) = run {
-        punch(f.as_raw_fd(), s, l)?;
+        if let Some((s, l)) = run {
+            punch(s, l)?;
+        }
     }
     use std::os::unix::fs::MetadataExt;
     Ok(f.metadata().map_err(|e| VmmError::io(ctx(), e))?.blocks() * 512)
+}
+
+/// Writes `bytes` (whole 4 KiB pages) at `offset` of `f`, leaving holes for its all-zero
+/// pages (punched, in case the file had data there): the file reads the same as after a plain
+/// write, with zero pages taking no space.
+pub fn write_sparse_at(f: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let mut i = 0;
+    while i < bytes.len() {
+        let zero = is_zero(&bytes[i..(i + PAGE).min(bytes.len())]);
+        let mut j = i + PAGE;
+        while j < bytes.len() && is_zero(&bytes[j..(j + PAGE).min(bytes.len())]) == zero {
+            j += PAGE;
+        }
+        let j = j.min(bytes.len());
+        let at = offset + i as u64;
+        if zero {
+            punch_hole(f, at, (j - i) as u64)?;
+        } else {
+            f.write_all_at(&bytes[i..j], at)?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Turns `len` bytes of `f` at `at` into a hole (reads as zero, takes no space).
+fn punch_hole(f: &File, at: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an open descriptor with a valid range.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at as i64,
+            len as i64,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `bytes` are all zero (word at a time: this runs over whole guest memory files).
+fn is_zero(bytes: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: any bit pattern is a valid u64; align_to only splits at aligned bounds.
+        unsafe { bytes.align_to::<u64>() }
+    };
+    head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}
+
+/// The `(start, end)` byte ranges of `f` that hold data (`SEEK_DATA`/`SEEK_HOLE`), in order.
+pub fn data_extents(f: &File) -> io::Result<Vec<(u64, u64)>> {
+    let len = f.metadata()?.len() as i64;
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while pos < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len } else { hole };
+        out.push((data as u64, end as u64));
+        pos = end;
+    }
+    Ok(out)
 }
 
 /// The last `max` bytes of a text file, lossily decoded (for error messages).

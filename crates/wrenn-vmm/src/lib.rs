@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 pub use accel::Accel;
 pub use backend::{Backend, Vm};
-pub use config::{DiskFormat, Net, VmConfig};
+pub use config::{DiskFormat, Net, Tuning, VmConfig};
 pub use error::{Result, VmmError};
 pub use qemu::QemuVm;
 

@@ -187,7 +187,10 @@ fn runs(pages: &[(u64, u64)]) -> Vec<&[(u64, u64)]> {
 
 /// Writes the pages process `pid` (stopped) owns in its private mapping of `base` to
 /// `delta` (0600; replaced whole, through a temporary file). Returns the number of pages.
-pub fn save_delta(pid: u32, base: &Path, delta: &Path) -> Result<u64> {
+/// `durable`: synced to disk before it replaces the old delta (a pause, whose delta is the
+/// VM's only copy of those pages); a checkpoint's delta is flattened into a fork image at
+/// once and a crash removes half-made images, so it skips the sync (the source waits for it).
+pub fn save_delta(pid: u32, base: &Path, delta: &Path, durable: bool) -> Result<u64> {
     let pages = own_pages(pid, base)?;
     let mem = File::open(format!("/proc/{pid}/mem"))
         .map_err(|e| VmmError::io(format!("opening the memory of pid {pid}"), e))?;
@@ -210,10 +213,13 @@ pub fn save_delta(pid: u32, base: &Path, delta: &Path) -> Result<u64> {
                 .map_err(|e| VmmError::io(format!("reading the memory of pid {pid}"), e))?;
             out.write_all(bytes).map_err(|e| VmmError::io(ctx(), e))?;
         }
-        out.into_inner()
-            .map_err(|e| VmmError::io(ctx(), e.into_error()))?
-            .sync_data()
-            .map_err(|e| VmmError::io(ctx(), e))
+        let file = out
+            .into_inner()
+            .map_err(|e| VmmError::io(ctx(), e.into_error()))?;
+        if durable {
+            file.sync_data().map_err(|e| VmmError::io(ctx(), e))?;
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -296,8 +302,9 @@ pub fn apply_delta(pid: u32, base: &Path, delta: &Path) -> Result<u64> {
 }
 
 /// Writes the whole guest RAM of a saved VM in folder `dir` to the new file `dest` (sparse):
-/// the template's pages with the VM's own on top, or a copy of its own file. For snapshots
-/// and for moving a capsule to another host, where the template may not be.
+/// the template's pages with the VM's own on top (its zero pages as holes), or a copy of its
+/// own file. For snapshots, fork images and moving a capsule to another host, where the
+/// template may not be.
 pub fn flatten(dir: &Path, dest: &Path) -> Result<()> {
     match MemoryLayout::of(dir) {
         MemoryLayout::Own(own) => crate::files::copy_sparse(&own, dest),
@@ -308,7 +315,9 @@ pub fn flatten(dir: &Path, dest: &Path) -> Result<()> {
                     .write(true)
                     .open(dest)
                     .map_err(|e| VmmError::io(format!("opening {}", dest.display()), e))?;
-                each_delta_run(&delta, |offset, bytes| out.write_all_at(bytes, offset))?;
+                each_delta_run(&delta, |offset, bytes| {
+                    crate::files::write_sparse_at(&out, offset, bytes)
+                })?;
             }
             Ok(())
         }
@@ -431,16 +440,25 @@ mod tests {
         m[3 * PAGE as usize] = 0xAA;
         m[4 * PAGE as usize + 9] = 0xBB;
         m[40 * PAGE as usize] = 0xCC;
+        // A page the guest zeroed (freed): a hole in the flattened file, reading zero.
+        m[50 * PAGE as usize..51 * PAGE as usize].fill(0);
         let delta = dir.path().join(DELTA_FILE);
-        let n = save_delta(std::process::id(), &base, &delta).unwrap();
-        assert_eq!(n, 3, "only written pages are the VM's own");
+        let n = save_delta(std::process::id(), &base, &delta, true).unwrap();
+        assert_eq!(n, 4, "only written pages are the VM's own");
         let mut want = data.clone();
         want[3 * PAGE as usize] = 0xAA;
         want[4 * PAGE as usize + 9] = 0xBB;
         want[40 * PAGE as usize] = 0xCC;
+        want[50 * PAGE as usize..51 * PAGE as usize].fill(0);
         let flat = dir.path().join("flat");
         flatten(dir.path(), &flat).unwrap();
         assert_eq!(std::fs::read(&flat).unwrap(), want);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&flat).unwrap().blocks() * 512,
+            63 * PAGE,
+            "the zero page is a hole"
+        );
         assert_eq!(
             std::fs::read(&base).unwrap(),
             data,

@@ -120,6 +120,7 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
             accel: boot.accel,
             qemu: boot.qemu.clone(),
             cgroup: None,
+            tuning: Default::default(),
         })?;
         vm.boot().await?;
         let ready = vm.wait_ready(boot.envd, boot.ready_timeout).await;
@@ -189,6 +190,7 @@ pub fn capsule_config(
         accel,
         qemu,
         cgroup: None,
+        tuning: Default::default(),
     })
 }
 

@@ -454,6 +454,14 @@ async fn a_waiting_vmm_takes_a_state_and_leaves_nothing_when_stopped() {
     idle.start_waiting().await.unwrap();
     assert_eq!(idle.status(), VmStatus::Waiting);
     assert_eq!(backend().processes_under(dir.path()).len(), 1);
+    // The VMM runs without transparent huge pages (the default `Tuning`).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", idle.pid().unwrap())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "{status}"
+    );
     assert!(matches!(
         idle.start_waiting().await,
         Err(VmmError::State { .. })

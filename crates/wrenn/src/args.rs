@@ -117,6 +117,17 @@ pub struct HostArgs {
     /// 0 (the default) turns the pool off.
     #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
     pub warm_pool: usize,
+    /// Each capsule's TCG translated-code cache, MiB (software emulation only; KVM has
+    /// none): the most a busy capsule's QEMU holds for translated code (an idle one holds only
+    /// what it translated); smaller costs code-heavy work speed (docs/vm.md "Memory per
+    /// capsule" has the measured trade). At most 96: the VMM's cgroup allows 128 MiB beyond
+    /// guest RAM.
+    #[arg(long, env = "WRENN_TCG_TB_MIB", default_value_t = wrenn_vmm::config::DEFAULT_TCG_TB_MIB, value_parser = clap::value_parser!(u32).range(1..=96), value_name = "MIB")]
+    pub tcg_tb_mib: u32,
+    /// Let each capsule's QEMU use transparent huge pages (off by default: QEMU asks for
+    /// them on its TCG code buffer, which then costs 2 MiB per 2 MiB touched).
+    #[arg(long, env = "WRENN_VMM_HUGE_PAGES")]
+    pub vmm_huge_pages: bool,
 }
 
 impl HostArgs {
@@ -136,6 +147,10 @@ impl HostArgs {
             dns_upstreams: self.dns_upstream.clone(),
             egress_allow_private: self.egress_allow_private.clone(),
             envd: self.envd.clone(),
+            vmm: wrenn_vmm::Tuning {
+                tcg_tb_mib: self.tcg_tb_mib,
+                huge_pages: self.vmm_huge_pages,
+            },
         })
     }
 }

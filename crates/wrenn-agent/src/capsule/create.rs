@@ -35,6 +35,8 @@ pub struct Runtime {
     pub program: PathBuf,
     /// Name servers the slot resolvers forward to.
     pub upstreams: Arc<Vec<SocketAddr>>,
+    /// How each VMM is sized.
+    pub tuning: wrenn_vmm::Tuning,
 }
 
 /// Creates a capsule from the template snapshot in `template_dir`, inside `dir`, on `slot`
@@ -147,11 +149,17 @@ pub async fn create(
             .access_token
             .clone();
         capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
-        capsule.enable_discard().await;
+        // Two guest commands fewer for a capsule's snapshot (forks above all): its guest
+        // already has both.
+        if !resolved.of_capsule() {
+            capsule.enable_discard().await;
+        }
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;
         }
-        capsule.set_dns().await;
+        if !resolved.of_capsule() {
+            capsule.set_dns().await;
+        }
         capsule.transition(Transition::Ready)
     }
     .await;
@@ -193,6 +201,7 @@ pub async fn adopt(
         runtime.program.clone(),
     )?;
     config.cgroup = Cgroup::named(&slot.addrs.netns).filter(|g| g.dirs.iter().all(|d| d.is_dir()));
+    config.tuning = runtime.tuning;
     let vm = match (rec.state, rec.vmm_pid) {
         (CapsuleStatus::Running, Some(pid)) => runtime.backend.adopt(config, pid).await?,
         (CapsuleStatus::Paused, _) => runtime.backend.saved(config)?,
@@ -256,7 +265,7 @@ pub async fn prepare(
     };
     // The memory link and `qemu-img` block: off the async workers.
     let (netns, snap_c, dir_c) = (slot.addrs.netns.clone(), snap.clone(), dir.to_path_buf());
-    let (backend, program) = (runtime.backend, runtime.program.clone());
+    let (backend, program, tuning) = (runtime.backend, runtime.program.clone(), runtime.tuning);
     let built = tokio::task::spawn_blocking(move || {
         let cgroup = Cgroup::create(&netns, limits)?;
         let mut config = snapshot::prepare_capsule(
@@ -269,6 +278,7 @@ pub async fn prepare(
             program,
         )?;
         config.cgroup = cgroup;
+        config.tuning = tuning;
         backend.create(config)
     })
     .await

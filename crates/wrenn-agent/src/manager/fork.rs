@@ -21,6 +21,19 @@ pub struct Forked {
     pub children: Vec<CapsuleRecord>,
     /// How long the source's guest was stopped (zero for a paused source).
     pub source_paused_for: Duration,
+    /// Where the fork's time went.
+    pub phases: ForkPhases,
+}
+
+/// How long each step of a fork took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForkPhases {
+    /// The source's checkpoint (device state, own pages, disk copied).
+    pub checkpoint: Duration,
+    /// The fork image made of it (RAM flattened into one file).
+    pub image: Duration,
+    /// The children made from the image, all at once.
+    pub children: Duration,
 }
 
 impl Manager {
@@ -68,6 +81,7 @@ impl Manager {
         src: &CapsuleRecord,
         slots: &[u32],
     ) -> Result<Forked> {
+        let t = std::time::Instant::now();
         let (work, cp_dir) = self.forks.begin()?;
         let cp = match h.checkpoint(cp_dir).await {
             Ok(cp) => cp,
@@ -76,12 +90,21 @@ impl Manager {
                 return Err(e);
             }
         };
+        let checkpoint = t.elapsed();
         let snapshot = self.forks.finish(&work, &cp).await?;
         let image = snapshot.template_dir.clone();
+        let made_image = t.elapsed();
         let made = self.make_children(src, slots, snapshot, cp).await;
         // From here the children's records name the image (or there are none).
         self.forks.done(&image);
-        made
+        made.map(|mut f| {
+            f.phases = ForkPhases {
+                checkpoint,
+                image: made_image - checkpoint,
+                children: t.elapsed() - made_image,
+            };
+            f
+        })
     }
 
     async fn make_children(
@@ -152,6 +175,7 @@ impl Manager {
         Ok(Forked {
             children,
             source_paused_for: cp.paused_for,
+            phases: ForkPhases::default(),
         })
     }
 

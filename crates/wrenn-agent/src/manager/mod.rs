@@ -24,7 +24,7 @@ use capacity::{host_memory_bytes, validate_shape};
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
-pub use fork::{Forked, MAX_FORK_CHILDREN};
+pub use fork::{ForkPhases, Forked, MAX_FORK_CHILDREN};
 pub use transfer::{Chunks, Imported};
 
 use crate::{
@@ -59,6 +59,8 @@ pub struct AgentConfig {
     /// The static envd binary: a base template this build of Wrenn knows (`minimal`, `python`)
     /// is built here the first time a create needs it. `None`: only templates already here.
     pub envd: Option<PathBuf>,
+    /// How each capsule's VMM is sized (TCG translation cache, transparent huge pages).
+    pub vmm: wrenn_vmm::Tuning,
 }
 
 impl AgentConfig {
@@ -101,6 +103,7 @@ impl Manager {
             backend: config.backend(),
             program: config.qemu.clone(),
             upstreams,
+            tuning: config.vmm,
         };
         let templates = Arc::new(
             Templates::new(

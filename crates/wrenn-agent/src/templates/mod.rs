@@ -81,8 +81,18 @@ pub struct Resolved {
     pub spec: SnapshotSpec,
     /// The size of the snapshot's disk: the smallest disk its capsules can have.
     pub disk_bytes: u64,
-    /// The token the snapshot's envd already holds (snapshot templates only).
+    /// The token the snapshot's envd already holds (snapshot templates and fork images: the
+    /// snapshot of a capsule).
     pub envd_token: Option<String>,
+}
+
+impl Resolved {
+    /// Whether the snapshot is a capsule's (a snapshot template or a fork image): its guest
+    /// was set up at that capsule's create (root mounted with discard, the slot resolver in
+    /// `/etc/resolv.conf`), so a capsule made from it needs neither again.
+    pub fn of_capsule(&self) -> bool {
+        self.envd_token.is_some()
+    }
 }
 
 /// A capsule's files, to be made into a snapshot template.

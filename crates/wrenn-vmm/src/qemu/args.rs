@@ -1,7 +1,7 @@
 //! QEMU's command line for one VM: a `-M microvm` machine with its RAM in a shared memory file,
 //! a virtio-mmio disk and NIC, QMP on a Unix socket and QEMU's seccomp sandbox on.
 
-use super::{tsc_khz, QemuVm, MACHINE, TCG_TB_MIB};
+use super::{tsc_khz, QemuVm, MACHINE};
 use crate::{
     accel::Accel,
     config::{Net, GUEST_GATEWAY, GUEST_IP, GUEST_MAC, GUEST_PREFIX},
@@ -26,7 +26,7 @@ impl QemuVm {
                 // to hundreds of MiB per VM).
                 a.extend([
                     "-accel".into(),
-                    format!("tcg,tb-size={TCG_TB_MIB}"),
+                    format!("tcg,tb-size={}", c.tuning.tcg_tb_mib),
                     "-cpu".into(),
                     "max".into(),
                 ]);

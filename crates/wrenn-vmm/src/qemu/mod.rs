@@ -27,8 +27,6 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const CONSOLE_TAIL_BYTES: u64 = 4096;
 /// QEMU's machine type (also named in every saved state's configuration section).
 pub(crate) const MACHINE: &str = "microvm";
-/// TCG translation cache per VM, MiB.
-const TCG_TB_MIB: u32 = 32;
 
 /// A QEMU process and what watches it.
 #[derive(Debug)]

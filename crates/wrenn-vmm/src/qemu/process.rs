@@ -65,11 +65,16 @@ impl QemuVm {
         };
         let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
         let procs_fds = crate::cgroup::raw(&procs);
-        // SAFETY: only async-signal-safe calls (write(2), setns(2)) on descriptors that stay
-        // open until after the spawn returns.
+        let no_thp = !c.tuning.huge_pages;
+        // SAFETY: only async-signal-safe calls (write(2), setns(2), prctl(2)) on descriptors
+        // that stay open until after the spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 crate::cgroup::join_from_child(&procs_fds)?;
+                // Kept across exec: QEMU's huge-page advice is then ignored.
+                if no_thp && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if let Some(fd) = ns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());

@@ -122,7 +122,7 @@ impl Vmm for QemuVm {
         tokio::task::spawn_blocking(move || -> Result<()> {
             memory::device_state_stream(&state, super::MACHINE)?;
             if let MemoryLayout::Template { base, .. } = checkpoint::link_memory(&dir, &dest)? {
-                memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE))?;
+                memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE), false)?;
             }
             // `stop` drained and flushed the disk (qcow2 metadata included).
             files::copy_sparse(&disk, &dest.join(checkpoint::DISK))
@@ -296,7 +296,7 @@ impl QemuVm {
         let (state_c, base, delta) = (state.to_path_buf(), base.to_path_buf(), delta.to_path_buf());
         let pages = tokio::task::spawn_blocking(move || -> Result<u64> {
             memory::device_state_stream(&state_c, super::MACHINE)?;
-            memory::save_delta(pid, &base, &delta)
+            memory::save_delta(pid, &base, &delta, true)
         })
         .await
         .map_err(|e| VmmError::io("saving guest memory", std::io::Error::other(e)))??;
