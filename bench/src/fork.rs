@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mgr = Manager::start(AgentConfig {
+        let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
             data_dir: data.path().to_path_buf(),
             images_dir: args.images.clone(),
             qemu: wrenn_vmm::qemu::default_qemu(),
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
             envd: None,
         })
         .await
-        .context("starting the agent")?;
+        .context("starting the agent")?);
         let result = bench(&mgr, &args).await;
         for r in mgr.list() {
             let _ = mgr.destroy(&r.id).await;
@@ -121,7 +121,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn bench(mgr: &Manager, args: &Args) -> Result<()> {
+async fn bench(mgr: &std::sync::Arc<Manager>, args: &Args) -> Result<()> {
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let n = args.children;
     eprintln!(

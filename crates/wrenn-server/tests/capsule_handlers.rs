@@ -224,6 +224,38 @@ async fn a_failed_insert_destroys_the_capsule_the_agent_made() {
     s.create().await;
 }
 
+/// A client that gives up while the host is still making its capsule: the create goes on
+/// without it, and the capsule the host made gets its row (never a capsule on a host that no
+/// row knows).
+#[tokio::test]
+async fn a_create_whose_client_goes_away_still_records_its_capsule() {
+    let s = start().await;
+    s.agent.slow_create(std::time::Duration::from_millis(1500));
+    let gone = s
+        .http
+        .post(format!("{}/v1/capsules", s.base))
+        .header("X-API-Key", &s.key_a)
+        .json(&json!({}))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first: {gone:?}");
+    let on_host: Vec<String> = s.agent.capsules().into_keys().collect();
+    assert_eq!(on_host.len(), 1, "the host made it");
+    let mut listed = json!([]);
+    for _ in 0..100 {
+        listed = s.a("GET", "/v1/capsules").await.1;
+        if listed.as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], on_host[0].as_str());
+    assert_eq!(listed[0]["status"], "running");
+    assert!(s.agent.calls("destroy_capsule").is_empty());
+}
+
 #[tokio::test]
 async fn the_reconciler_makes_rows_follow_the_host() {
     let s = start().await;

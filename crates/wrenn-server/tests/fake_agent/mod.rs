@@ -49,6 +49,8 @@ struct Inner {
     next: u64,
     /// Snapshot templates it received (`ImportTemplate`) or was given ([`FakeAgent::add_template`]).
     templates: Vec<String>,
+    /// How long the next create answers after it made the capsule ([`FakeAgent::slow_create`]).
+    slow_create: Option<std::time::Duration>,
 }
 
 /// The fake agent's memory, shared with the test.
@@ -141,6 +143,13 @@ impl FakeAgent {
     #[allow(dead_code)] // used by the transfer tests only
     pub fn put(&self, c: Capsule) {
         self.inner().capsules.insert(c.id.clone(), c);
+    }
+
+    /// The next create makes its capsule at once and answers `after` later, as a real
+    /// agent's finishes its work when its caller has gone.
+    #[allow(dead_code)] // used by the handler tests only
+    pub fn slow_create(&self, after: std::time::Duration) {
+        self.inner().slow_create = Some(after);
     }
 
     /// The host loses a capsule.
@@ -248,6 +257,11 @@ impl Agent for FakeAgent {
             ..Default::default()
         };
         inner.capsules.insert(id, c.clone());
+        let slow = inner.slow_create.take();
+        drop(inner);
+        if let Some(after) = slow {
+            tokio::time::sleep(after).await;
+        }
         Ok(Response::new(c))
     }
 
@@ -596,6 +610,11 @@ impl Agent for FakeAgent {
             )));
         }
         inner.capsules.insert(id, c.clone());
+        let slow = inner.slow_create.take();
+        drop(inner);
+        if let Some(after) = slow {
+            tokio::time::sleep(after).await;
+        }
         Ok(Response::new(c))
     }
 }
