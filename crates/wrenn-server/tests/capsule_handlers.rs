@@ -26,23 +26,8 @@ async fn start() -> Server {
 impl Server {
     /// `method path` as `key`: the status and the JSON body (`Null` when empty).
     async fn call(&self, key: &str, method: &str, path: &str) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("X-API-Key", key);
-        if method == reqwest::Method::POST {
-            req = req.json(&json!({}));
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, body)
+        let body = (method == "POST").then(|| json!({}));
+        self.keyed(key, method, path, body).await
     }
 
     async fn a(&self, method: &str, path: &str) -> (StatusCode, Value) {
