@@ -256,7 +256,6 @@ async fn the_reconciler_makes_rows_follow_the_host() {
     s.agent.forget(&lost);
     s.agent
         .set_state(&crashed, CapsuleState::Error, "the VMM exited");
-    // A capsule the host has and the database does not: not the reconciler's to adopt.
     let mut events = s.state.events.subscribe();
 
     wrenn_server::reconcile(&s.state).await.unwrap();
@@ -296,6 +295,40 @@ async fn the_reconciler_makes_rows_follow_the_host() {
         .fail_next("list_capsules", Status::unavailable("restarting"));
     assert!(wrenn_server::reconcile(&s.state).await.is_err());
     assert_eq!(status(&steady).await["status"], "running");
+}
+
+/// A capsule its host lists and no live row places there (a create whose control plane died
+/// before writing the row, a move's old copy): noted by a pass, destroyed once it has been so
+/// for the grace; a capsule with its row is never touched.
+#[tokio::test]
+async fn the_reconciler_destroys_a_stray_after_the_grace() {
+    let s = start().await;
+    let kept = s.create().await;
+    let stray = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
+    s.agent.put(wrenn_proto::agent::v1::Capsule {
+        id: stray.clone(),
+        template: "minimal".into(),
+        state: CapsuleState::Running as i32,
+        ..Default::default()
+    });
+    let strays = wrenn_server::Strays::default();
+    let hour = std::time::Duration::from_secs(3600);
+    // A plain pass, and a pass within the grace: noted, not destroyed.
+    wrenn_server::reconcile(&s.state).await.unwrap();
+    wrenn_server::reconcile_with(&s.state, &strays, hour)
+        .await
+        .unwrap();
+    assert!(s.agent.capsules().contains_key(&stray));
+    assert!(s.agent.calls("destroy_capsule").is_empty());
+    // Past the grace: destroyed; the capsule with a row stays.
+    wrenn_server::reconcile_with(&s.state, &strays, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(s.agent.calls("destroy_capsule"), vec![stray.clone()]);
+    let left: Vec<String> = s.agent.capsules().into_keys().collect();
+    assert_eq!(left, vec![kept.clone()]);
+    let (_, row) = s.a("GET", &format!("/v1/capsules/{kept}")).await;
+    assert_eq!(row["status"], "running");
 }
 
 #[tokio::test]

@@ -140,7 +140,7 @@ impl FakeAgent {
     }
 
     /// Puts a capsule on the "host".
-    #[allow(dead_code)] // used by the transfer tests only
+    #[allow(dead_code)] // used by the transfer and handler tests only
     pub fn put(&self, c: Capsule) {
         self.inner().capsules.insert(c.id.clone(), c);
     }
