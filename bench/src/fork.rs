@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+        let mgr = Manager::start(AgentConfig {
             data_dir: data.path().to_path_buf(),
             images_dir: args.images.clone(),
             qemu: wrenn_vmm::qemu::default_qemu(),
@@ -79,7 +79,8 @@ pub fn run(args: Args) -> Result<()> {
             envd: None,
         })
         .await
-        .context("starting the agent")?);
+        .context("starting the agent")?;
+        let mgr = std::sync::Arc::new(mgr);
         let result = bench(&mgr, &args).await;
         for r in mgr.list() {
             let _ = mgr.destroy(&r.id).await;

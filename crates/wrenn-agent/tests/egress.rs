@@ -83,7 +83,8 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     let dns: SocketAddr = "198.51.100.62:53".parse().unwrap();
 
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(Manager::start(config(data.path(), dns)).await.unwrap());
+    let mgr = Manager::start(config(data.path(), dns)).await.unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     // Bad lists are refused before anything is made.
     let bad = mgr
@@ -165,7 +166,8 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     assert!(rec.egress);
     assert_eq!(rec.egress_policy.allow, ["other.test"]);
     drop(mgr);
-    let mgr = std::sync::Arc::new(Manager::start(config(data.path(), dns)).await.unwrap());
+    let mgr = Manager::start(config(data.path(), dns)).await.unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let adopted = mgr.get(&c.id).expect("the capsule was adopted");
     assert_eq!(adopted.egress_policy.allow, ["other.test"]);
     assert_eq!(

@@ -122,7 +122,7 @@ async fn private_files_template_kinds_and_shapes() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+    let mgr = Manager::start(AgentConfig {
         data_dir: data.path().to_path_buf(),
         images_dir: images.path().to_path_buf(),
         qemu: wrenn_vmm::qemu::default_qemu(),
@@ -138,7 +138,8 @@ async fn private_files_template_kinds_and_shapes() {
         envd: None,
     })
     .await
-    .unwrap());
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     assert_eq!(mode(&data.path().join("capsules")), 0o700);
     assert_eq!(mode(&images.path().join("minimal/snapshot")), 0o700);
 
@@ -309,7 +310,7 @@ async fn disk_admission_and_discard() {
         }
     }
     let _unmount = Unmount(data.path().to_path_buf());
-    let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+    let mgr = Manager::start(AgentConfig {
         data_dir: data.path().to_path_buf(),
         images_dir: images_dir(),
         qemu: wrenn_vmm::qemu::default_qemu(),
@@ -321,7 +322,8 @@ async fn disk_admission_and_discard() {
         envd: None,
     })
     .await
-    .unwrap());
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     // Never: 1 TiB, and 4 GiB on a 3 GiB filesystem.
     for disk_mib in [1 << 20, 4096] {

@@ -42,7 +42,7 @@ fn spec(env: &[(&str, &str)]) -> CreateSpec {
 #[tokio::test]
 async fn capsule_lifecycle_through_the_manager() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+    let mgr = Manager::start(AgentConfig {
         data_dir: data.path().to_path_buf(),
         images_dir: images_dir(),
         qemu: wrenn_vmm::qemu::default_qemu(),
@@ -54,7 +54,8 @@ async fn capsule_lifecycle_through_the_manager() {
         envd: None,
     })
     .await
-    .unwrap());
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     let a = mgr
         .create(spec(&[("GREETING", "hello")]))
@@ -205,7 +206,7 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
 #[tokio::test]
 async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+    let mgr = Manager::start(AgentConfig {
         data_dir: data.path().to_path_buf(),
         images_dir: images_dir(),
         qemu: wrenn_vmm::qemu::default_qemu(),
@@ -217,7 +218,8 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
         envd: None,
     })
     .await
-    .unwrap());
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let c = mgr.create(spec(&[])).await.unwrap();
     let pid = c.vmm_pid.expect("a running capsule has a VMM");
     // SAFETY: plain kill(2) of the capsule's QEMU, as a crash would.
@@ -255,7 +257,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
 #[tokio::test]
 async fn a_failed_resume_releases_everything() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(Manager::start(AgentConfig {
+    let mgr = Manager::start(AgentConfig {
         data_dir: data.path().to_path_buf(),
         images_dir: images_dir(),
         qemu: wrenn_vmm::qemu::default_qemu(),
@@ -267,7 +269,8 @@ async fn a_failed_resume_releases_everything() {
         envd: None,
     })
     .await
-    .unwrap());
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let c = mgr.create(spec(&[])).await.unwrap();
     mgr.pause(&c.id).await.unwrap();
     let dir = data.path().join("capsules").join(&c.id);

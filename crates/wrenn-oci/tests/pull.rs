@@ -48,9 +48,7 @@ async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
     let puller = s.puller()?;
     let mut lines = Vec::new();
     let img = puller
-        .pull(&s.reference("team/app:oci"), |p| {
-            lines.push(p.to_string())
-        })
+        .pull(&s.reference("team/app:oci"), |p| lines.push(p.to_string()))
         .await?;
     assert_eq!(img.digest, oci_digest);
     assert!(!img.cached);
@@ -76,15 +74,11 @@ async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
         "{lines:?}"
     );
 
-    let img = puller
-        .pull(&s.reference("team/app:docker"), |_| {})
-        .await?;
+    let img = puller.pull(&s.reference("team/app:docker"), |_| {}).await?;
     assert_eq!(img.config.config.unwrap().env.unwrap(), vec!["B=2"]);
     assert_eq!(read(&img.rootfs, "usr/bin/tool2"), "#!/bin/sh\necho tool\n");
 
-    let missing = puller
-        .pull(&s.reference("team/app:nope"), |_| {})
-        .await;
+    let missing = puller.pull(&s.reference("team/app:nope"), |_| {}).await;
     assert!(
         matches!(missing, Err(OciError::NotFound { .. })),
         "{missing:?}"
@@ -215,9 +209,7 @@ async fn whiteouts_and_opaque_dirs_across_gzip_zstd_plain_layers() -> anyhow::Re
     )
     .await?;
     let puller = s.puller()?;
-    let img = puller
-        .pull(&s.reference("layers:v1"), |_| {})
-        .await?;
+    let img = puller.pull(&s.reference("layers:v1"), |_| {}).await?;
     let root = &img.rootfs;
     assert!(!root.join("a/gone").exists());
     assert!(
@@ -301,9 +293,7 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
         .await?;
     let reference = s.reference("cached:t");
     let before = s.reg.requests("cached").len();
-    let first = s.puller()?
-        .pull(&reference, |_| {})
-        .await?;
+    let first = s.puller()?.pull(&reference, |_| {}).await?;
     let first_requests = s.reg.requests("cached")[before..].to_vec();
     // manifest + config + 2 layers.
     assert_eq!(first_requests.len(), 4, "{first_requests:#?}");
@@ -311,7 +301,8 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
 
     // A new puller on the same cache: the tag is asked once; nothing else is fetched.
     let mut steps = Vec::new();
-    let second = s.puller()?
+    let second = s
+        .puller()?
         .pull(&reference, |p| steps.push(p.to_string()))
         .await?;
     let second_requests = s.reg.requests("cached")[before + 4..].to_vec();
@@ -324,7 +315,8 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
 
     // By digest: the registry is not asked at all (it is stopped).
     s.reg.stop();
-    let third = s.puller()?
+    let third = s
+        .puller()?
         .pull(&s.reference(&format!("cached@{digest}")), |_| {})
         .await?;
     assert!(third.cached);
@@ -332,10 +324,9 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
 
     // Removing the unpacked tree keeps the blobs: unpacked again with the registry down.
     let d = wrenn_oci::Digest::parse(&digest)?;
-    s.puller()?
-        .cache()
-        .remove_unpacked(&d)?;
-    let fourth = s.puller()?
+    s.puller()?.cache().remove_unpacked(&d)?;
+    let fourth = s
+        .puller()?
         .pull(&s.reference(&format!("cached@{digest}")), |_| {})
         .await?;
     assert!(!fourth.cached);
@@ -388,7 +379,8 @@ async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<(
         1
     );
     assert_eq!(
-        s.reg.requests("tok/img")
+        s.reg
+            .requests("tok/img")
             .iter()
             .filter(|l| l.contains("\"GET "))
             .count(),

@@ -44,11 +44,7 @@ async fn digest_mismatch_is_a_clear_error() -> anyhow::Result<()> {
     );
     let d = wrenn_oci::Digest::parse(&layer_digest)?;
     assert!(!puller.cache().has_blob(&d), "a bad blob is never cached");
-    assert_eq!(
-        s.temporaries(),
-        0,
-        "no temporaries left"
-    );
+    assert_eq!(s.temporaries(), 0, "no temporaries left");
     Ok(())
 }
 
@@ -118,19 +114,13 @@ async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let img = puller
-        .pull(&s.reference("evil:links"), |_| {})
-        .await?;
+    let img = puller.pull(&s.reference("evil:links"), |_| {}).await?;
     assert_eq!(read(&img.rootfs, "oci-test-escape-victim"), "inside-1");
     assert_eq!(read(&img.rootfs, "etc/written"), "inside-2");
     assert!(!outside.exists(), "nothing written outside the root");
     assert!(!Path::new("/oci-test-escape-victim").exists());
     assert!(!Path::new("/etc/written").exists());
-    assert_eq!(
-        s.temporaries(),
-        0,
-        "failed unpacks leave nothing"
-    );
+    assert_eq!(s.temporaries(), 0, "failed unpacks leave nothing");
     Ok(())
 }
 

@@ -224,7 +224,9 @@ async fn remove_strays(
         unplaced
             .iter()
             .filter(|id| {
-                let since = *seen.entry((host.to_string(), id.to_string())).or_insert(now);
+                let since = *seen
+                    .entry((host.to_string(), id.to_string()))
+                    .or_insert(now);
                 now.duration_since(since) >= grace
             })
             .map(|id| id.to_string())

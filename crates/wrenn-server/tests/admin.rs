@@ -56,22 +56,24 @@ async fn platform_admins_see_every_team_others_are_forbidden() {
         )
         .await;
     let ada_team = teams[0]["id"].as_str().unwrap().to_string();
-    s.state.db.insert_template(&TemplateRow {
-        id: "tpl-ada-1".into(),
-        team_id: ada_team.clone(),
-        name: "ada-env".into(),
-        agent_name: format!("{ada_team}-ada-env"),
-        vcpus: 2,
-        memory_mb: 512,
-        size_bytes: 12345,
-        source_capsule: "cl-x".into(),
-        metadata: HashMap::new(),
-        created_at: now_ms(),
-        host_id: None,
-        platform: 0,
-    })
-    .await
-    .unwrap();
+    s.state
+        .db
+        .insert_template(&TemplateRow {
+            id: "tpl-ada-1".into(),
+            team_id: ada_team.clone(),
+            name: "ada-env".into(),
+            agent_name: format!("{ada_team}-ada-env"),
+            vcpus: 2,
+            memory_mb: 512,
+            size_bytes: 12345,
+            source_capsule: "cl-x".into(),
+            metadata: HashMap::new(),
+            created_at: now_ms(),
+            host_id: None,
+            platform: 0,
+        })
+        .await
+        .unwrap();
 
     // The admin user of the first start signs in with the password in its file.
     let admin = s.login("admin@localhost", &s.admin_password).await;

@@ -159,9 +159,7 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
     assert_eq!(q["overrides"]["capsules"], Value::Null);
     assert_eq!(q["defaults"]["snapshots"], 1);
     assert_eq!(q["usage"]["capsules"], 0);
-    let (st, _) = s
-        .call(Method::GET, &path, As::Key(&s.key_a), None)
-        .await;
+    let (st, _) = s.call(Method::GET, &path, As::Key(&s.key_a), None).await;
     assert_eq!(st, StatusCode::OK);
     let (st, b) = s
         .call(
@@ -351,14 +349,16 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
     }
 
     // Resume: the paused capsule's vCPUs and memory count again.
-    let paused =
-        s.state.db.capsules(&alice.team)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.status == wrenn_types::CapsuleStatus::Paused)
-            .unwrap()
-            .id;
+    let paused = s
+        .state
+        .db
+        .capsules(&alice.team)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.status == wrenn_types::CapsuleStatus::Paused)
+        .unwrap()
+        .id;
     let resume = format!("/v1/capsules/{paused}/resume");
     let (st, _) = s.call(Method::POST, &resume, me, None).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "within the quota");
@@ -469,7 +469,9 @@ async fn a_fork_is_refused_beyond_a_quota_for_all_its_children() {
     let alice = s.account("alice@example.com").await;
     let me = As::UserIn(&alice.token, &alice.team);
     s.capsule(&alice.team, "running", 1, 256, 1000).await;
-    let src = s.state.db.capsules(&alice.team).await.unwrap()[0].id.clone();
+    let src = s.state.db.capsules(&alice.team).await.unwrap()[0]
+        .id
+        .clone();
     let fork = format!("/v1/capsules/{src}/fork");
     let r = s
         .call(Method::POST, &fork, me, Some(json!({ "count": 3 })))

@@ -18,7 +18,11 @@ pub struct Scene {
 impl Scene {
     /// Starts registry `name` on `port` (with Basic `credentials`, if any), with an empty
     /// cache folder of the same name.
-    pub fn start(name: &str, port: u16, credentials: Option<(&str, &str)>) -> anyhow::Result<Scene> {
+    pub fn start(
+        name: &str,
+        port: u16,
+        credentials: Option<(&str, &str)>,
+    ) -> anyhow::Result<Scene> {
         Ok(Scene {
             reg: Registry::start(name, port, credentials)?,
             cache: cache_dir(name),

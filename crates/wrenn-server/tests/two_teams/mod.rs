@@ -118,7 +118,10 @@ pub async fn bootstrap(db: &Db, dir: &std::path::Path) -> (String, String) {
     else {
         panic!("a first start makes the admin key")
     };
-    let password = std::fs::read_to_string(password).unwrap().trim().to_string();
+    let password = std::fs::read_to_string(password)
+        .unwrap()
+        .trim()
+        .to_string();
     (key, password)
 }
 
