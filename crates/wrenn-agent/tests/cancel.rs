@@ -16,13 +16,8 @@ use std::{
 };
 
 use support::{data_dir, entries, manager, slots_in, spec, wait_for};
-use wrenn_agent::{
-    manager::Manager,
-    service::{self, Listen},
-};
-use wrenn_proto::agent::v1::{
-    agent_client::AgentClient, CapsuleRef, CreateCapsuleRequest, ListCapsulesRequest,
-};
+use wrenn_agent::manager::Manager;
+use wrenn_proto::agent::v1::{CapsuleRef, CreateCapsuleRequest, ListCapsulesRequest};
 
 /// Where a cut lands: these fractions of a whole create's (or fork's) time.
 const CUTS: [f64; 4] = [0.05, 0.3, 0.6, 0.9];
@@ -135,20 +130,7 @@ async fn a_create_whose_grpc_request_is_cancelled_is_recorded() {
     let data = data_dir("cancel-grpc");
     let range = 6610..=6610;
     let mgr: Arc<Manager> = manager(data.path(), range.clone(), 2).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(
-        Listen::Tcp(listener),
-        None,
-        mgr.clone(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let (mut client, server) = support::serve(mgr.clone()).await;
     let req = || CreateCapsuleRequest {
         template: "minimal".into(),
         ..Default::default()
@@ -188,6 +170,5 @@ async fn a_create_whose_grpc_request_is_cancelled_is_recorded() {
         assert!(mgr.list().is_empty());
     }
     drop(client);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -1,6 +1,6 @@
-//! The setup the manager suites share (fork, pool, cancel): an agent configuration on a slot
-//! range of the test's own, its data folder, a create spec, a shell command, and what is left
-//! on the host (network slots, folders) for the leak checks.
+//! The setup the manager suites share (fork, pool, cancel, grpc): an agent configuration on a
+//! slot range of the test's own, its data folder, its gRPC service on loopback, a create spec,
+//! a shell command, and what is left on the host (network slots, folders) for the leak checks.
 #![allow(dead_code)]
 
 use std::{
@@ -14,7 +14,10 @@ use wrenn_agent::{
     envd_client::ExecRequest,
     manager::{AgentConfig, Manager},
     netslot,
+    service::{self, Listen},
+    AgentError,
 };
+use wrenn_proto::agent::v1::agent_client::AgentClient;
 
 /// The built templates (`WRENN_IMAGES`, else the shared ones).
 pub fn images_dir() -> PathBuf {
@@ -104,4 +107,37 @@ pub async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A manager's gRPC service served on loopback (see [`serve`]).
+pub struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+/// Serves `manager`'s gRPC service on a loopback port: a client of it, and the server.
+pub async fn serve(manager: Arc<Manager>) -> (AgentClient<tonic::transport::Channel>, Server) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service::serve(
+        Listen::Tcp(listener),
+        None,
+        manager,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = AgentClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (client, Server { stop, task })
+}
+
+impl Server {
+    /// Stops serving (drop every client first) and checks it ended cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
 }
