@@ -12,7 +12,7 @@ mod support;
 use std::{
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use support::{data_dir, entries, manager, slots_in, spec, wait_for};

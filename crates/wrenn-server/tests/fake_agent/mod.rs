@@ -239,7 +239,6 @@ impl Agent for FakeAgent {
                 r.template
             )));
         }
-        let mut inner = self.inner();
         // A capsule id, unique across fakes (several fakes are several hosts).
         let id = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
         let c = Capsule {
@@ -256,9 +255,11 @@ impl Agent for FakeAgent {
             envd_access_token: format!("envd-token-of-{id}"),
             ..Default::default()
         };
-        inner.capsules.insert(id, c.clone());
-        let slow = inner.slow_create.take();
-        drop(inner);
+        let slow = {
+            let mut inner = self.inner();
+            inner.capsules.insert(id, c.clone());
+            inner.slow_create.take()
+        };
         if let Some(after) = slow {
             tokio::time::sleep(after).await;
         }
@@ -610,11 +611,6 @@ impl Agent for FakeAgent {
             )));
         }
         inner.capsules.insert(id, c.clone());
-        let slow = inner.slow_create.take();
-        drop(inner);
-        if let Some(after) = slow {
-            tokio::time::sleep(after).await;
-        }
         Ok(Response::new(c))
     }
 }
