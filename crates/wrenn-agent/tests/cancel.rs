@@ -9,11 +9,7 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::Instant,
-};
+use std::{path::Path, sync::Arc, time::Instant};
 
 use support::{data_dir, entries, manager, slots_in, spec, wait_for};
 use wrenn_agent::manager::Manager;
