@@ -10,7 +10,6 @@ mod fake_agent;
 #[path = "state/mod.rs"]
 mod state;
 
-#[allow(dead_code)]
 mod two_teams;
 
 use reqwest::StatusCode;
