@@ -88,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         })
         .await
         .context("starting the agent")?;
+        let mgr = std::sync::Arc::new(mgr);
         let result = bench(&mgr, &args, data.path()).await;
         for r in mgr.list() {
             let _ = mgr.destroy(&r.id).await;
@@ -221,7 +222,7 @@ async fn raw_restores(snap: &Snapshot, work: &Path, n: u32) -> Result<Duration> 
     }
 }
 
-async fn bench(mgr: &Manager, args: &Args, data: &Path) -> Result<()> {
+async fn bench(mgr: &std::sync::Arc<Manager>, args: &Args, data: &Path) -> Result<()> {
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let n = args.children;
     eprintln!(

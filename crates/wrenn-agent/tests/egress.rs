@@ -85,6 +85,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
 
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
     let mgr = Manager::start(config(data.path(), dns)).await.unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     // Bad lists are refused before anything is made.
     let bad = mgr
@@ -167,6 +168,7 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
     assert_eq!(rec.egress_policy.allow, ["other.test"]);
     drop(mgr);
     let mgr = Manager::start(config(data.path(), dns)).await.unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let adopted = mgr.get(&c.id).expect("the capsule was adopted");
     assert_eq!(adopted.egress_policy.allow, ["other.test"]);
     assert_eq!(

@@ -5,57 +5,15 @@
 //! Needs root, nftables, QEMU and the `python` image. Slots 4340–4399, folders
 //! /var/tmp/fork-*.
 
-use std::{path::Path, path::PathBuf, time::Duration};
+mod support;
 
-use wrenn_agent::{
-    capsule::CreateSpec,
-    envd_client::ExecRequest,
-    manager::{AgentConfig, Manager},
-    netslot, AgentError,
-};
+use std::time::Duration;
 
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
+use support::{data_dir, entries, manager, sh, slots_in};
+use wrenn_agent::{manager::Manager, AgentError};
 
-fn config(data: &Path, slots: std::ops::RangeInclusive<u32>, max: usize) -> AgentConfig {
-    AgentConfig {
-        data_dir: data.to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: max,
-        slots,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    }
-}
-
-fn spec() -> CreateSpec {
-    CreateSpec {
-        template: "python".into(),
-        egress: false,
-        ..Default::default()
-    }
-}
-
-fn sh(script: &str) -> ExecRequest {
-    ExecRequest {
-        cmd: "/bin/bash".into(),
-        args: vec!["-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
-fn data_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("fork-{name}-"))
-        .tempdir_in("/var/tmp")
-        .unwrap()
+fn spec() -> wrenn_agent::capsule::CreateSpec {
+    support::spec("python")
 }
 
 async fn run(mgr: &Manager, id: &str, script: &str) -> String {
@@ -106,32 +64,11 @@ async fn counts_past(mgr: &Manager, id: &str, than: u64) -> u64 {
     panic!("the counter of {id} stays at {than}");
 }
 
-async fn slots_in(range: &std::ops::RangeInclusive<u32>) -> Vec<u32> {
-    netslot::existing_slots()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| range.contains(n))
-        .collect()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn children_continue_the_source_and_each_other_never() {
-    let data = data_dir("live");
+    let data = data_dir("fork-live");
     let range = 4340..=4359;
-    let mgr = Manager::start(config(data.path(), range.clone(), 6))
-        .await
-        .unwrap();
+    let mgr = manager(data.path(), range.clone(), 6).await;
     let src = mgr.create(spec()).await.unwrap();
     run(&mgr, &src.id, "echo before > /home/user/before.txt").await;
     let started: u64 = run(&mgr, &src.id, COUNTER).await.parse().unwrap();
@@ -249,11 +186,9 @@ async fn children_continue_the_source_and_each_other_never() {
 
 #[tokio::test]
 async fn a_paused_capsule_forks_from_its_saved_state() {
-    let data = data_dir("paused");
+    let data = data_dir("fork-paused");
     let range = 4360..=4369;
-    let mgr = Manager::start(config(data.path(), range.clone(), 4))
-        .await
-        .unwrap();
+    let mgr = manager(data.path(), range.clone(), 4).await;
     let src = mgr.create(spec()).await.unwrap();
     run(&mgr, &src.id, "echo kept > /home/user/kept.txt").await;
     let started: u64 = run(&mgr, &src.id, COUNTER).await.parse().unwrap();
@@ -283,11 +218,9 @@ async fn a_paused_capsule_forks_from_its_saved_state() {
 
 #[tokio::test]
 async fn a_fork_that_does_not_fit_leaves_nothing() {
-    let data = data_dir("full");
+    let data = data_dir("fork-full");
     let range = 4370..=4379;
-    let mgr = Manager::start(config(data.path(), range.clone(), 3))
-        .await
-        .unwrap();
+    let mgr = manager(data.path(), range.clone(), 3).await;
     let src = mgr.create(spec()).await.unwrap();
     for bad in [0, 33] {
         assert!(

@@ -140,6 +140,7 @@ async fn private_files_template_kinds_and_shapes() {
     })
     .await
     .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     assert_eq!(mode(&data.path().join("capsules")), 0o700);
     assert_eq!(mode(&images.path().join("minimal/snapshot")), 0o700);
 
@@ -324,6 +325,7 @@ async fn disk_admission_and_discard() {
     })
     .await
     .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     // Never: 1 TiB, and 4 GiB on a 3 GiB filesystem.
     for disk_mib in [1 << 20, 4096] {

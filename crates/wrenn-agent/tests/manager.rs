@@ -56,6 +56,7 @@ async fn capsule_lifecycle_through_the_manager() {
     })
     .await
     .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
 
     let a = mgr
         .create(spec(&[("GREETING", "hello")]))
@@ -221,6 +222,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     })
     .await
     .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let c = mgr.create(spec(&[])).await.unwrap();
     let pid = c.vmm_pid.expect("a running capsule has a VMM");
     // SAFETY: plain kill(2) of the capsule's QEMU, as a crash would.
@@ -272,6 +274,7 @@ async fn a_failed_resume_releases_everything() {
     })
     .await
     .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
     let c = mgr.create(spec(&[])).await.unwrap();
     mgr.pause(&c.id).await.unwrap();
     let dir = data.path().join("capsules").join(&c.id);

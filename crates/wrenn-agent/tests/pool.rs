@@ -3,54 +3,15 @@
 //! by default; a pool an agent left behind (crash) is swept by the next start.
 //! Needs root, nftables, QEMU and `make images`. Slots 4300–4399, folders /var/tmp/fast-pool-*.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+mod support;
 
-use wrenn_agent::{
-    capsule::CreateSpec,
-    envd_client::ExecRequest,
-    manager::{AgentConfig, Manager},
-    netslot,
-};
+use std::{path::Path, time::Duration};
 
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
+use support::{config, data_dir, manager, sh, slots_in, wait_for};
+use wrenn_agent::manager::Manager;
 
-fn config(data: &Path, slots: std::ops::RangeInclusive<u32>) -> AgentConfig {
-    AgentConfig {
-        data_dir: data.to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: 4,
-        slots,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    }
-}
-
-fn spec() -> CreateSpec {
-    CreateSpec {
-        template: "minimal".into(),
-        egress: false,
-        ..Default::default()
-    }
-}
-
-fn sh(script: &str) -> ExecRequest {
-    ExecRequest {
-        cmd: "/bin/bash".into(),
-        args: vec!["-c".into(), script.into()],
-        ..Default::default()
-    }
+fn spec() -> wrenn_agent::capsule::CreateSpec {
+    support::spec("minimal")
 }
 
 /// Capsule folders without a record: warm machines.
@@ -63,41 +24,11 @@ fn warm_dirs(data: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn slots_in(range: &std::ops::RangeInclusive<u32>) -> Vec<u32> {
-    netslot::existing_slots()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| range.contains(n))
-        .collect()
-}
-
-fn data_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("fast-pool-{name}-"))
-        .tempdir_in("/var/tmp")
-        .unwrap()
-}
-
 #[tokio::test]
 async fn warm_pool_fills_serves_creates_and_drains() {
-    let data = data_dir("serve");
+    let data = data_dir("fast-pool-serve");
     let range = 4300..=4319;
-    let mgr = Arc::new(
-        Manager::start(config(data.path(), range.clone()))
-            .await
-            .unwrap(),
-    );
+    let mgr = manager(data.path(), range.clone(), 4).await;
     mgr.spawn_pool_filler();
     mgr.set_pool_size(2).await;
     // Nothing is made ahead before a shape is used.
@@ -143,13 +74,9 @@ async fn warm_pool_fills_serves_creates_and_drains() {
 
 #[tokio::test]
 async fn pool_off_makes_nothing_ahead() {
-    let data = data_dir("off");
+    let data = data_dir("fast-pool-off");
     let range = 4320..=4329;
-    let mgr = Arc::new(
-        Manager::start(config(data.path(), range.clone()))
-            .await
-            .unwrap(),
-    );
+    let mgr = manager(data.path(), range.clone(), 4).await;
     mgr.spawn_pool_filler();
     let a = mgr.create(spec()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -164,13 +91,9 @@ async fn pool_off_makes_nothing_ahead() {
 /// owns: the next start removes them all.
 #[tokio::test]
 async fn a_pool_left_by_a_dead_agent_is_swept_at_start() {
-    let data = data_dir("crash");
+    let data = data_dir("fast-pool-crash");
     let range = 4330..=4339;
-    let first = Arc::new(
-        Manager::start(config(data.path(), range.clone()))
-            .await
-            .unwrap(),
-    );
+    let first = manager(data.path(), range.clone(), 4).await;
     first.spawn_pool_filler();
     first.set_pool_size(1).await;
     let a = first.create(spec()).await.unwrap();
@@ -179,7 +102,7 @@ async fn a_pool_left_by_a_dead_agent_is_swept_at_start() {
     assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 1);
     // The agent "dies": nothing of it runs its cleanup.
     std::mem::forget(first);
-    let second = Manager::start(config(data.path(), range.clone()))
+    let second = Manager::start(config(data.path(), range.clone(), 4))
         .await
         .unwrap();
     assert!(second.list().is_empty());

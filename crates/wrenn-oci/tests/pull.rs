@@ -7,12 +7,8 @@ mod common;
 use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use common::image::{tar, Comp, Entry, Pusher, OCI_MANIFEST};
-use common::{cache_dir, config_for, remove_cache, Registry};
+use common::{read, Scene};
 use wrenn_oci::{OciError, Puller};
-
-fn read(root: &Path, p: &str) -> String {
-    std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
 
 fn base_layer() -> Vec<u8> {
     tar(&[
@@ -30,9 +26,8 @@ fn base_layer() -> Vec<u8> {
 
 #[tokio::test]
 async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
-    let reg = Registry::start("single", 15000, None)?;
-    let cache = cache_dir("single");
-    let push = Pusher::new(&reg, "team/app");
+    let s = Scene::start("single", 15000, None)?;
+    let push = Pusher::new(&s.reg, "team/app");
     let (oci_digest, ..) = push
         .image(
             Some("oci"),
@@ -50,12 +45,10 @@ async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
         false,
     )
     .await?;
-    let puller = Puller::new(config_for(&reg, &cache))?;
+    let puller = s.puller()?;
     let mut lines = Vec::new();
     let img = puller
-        .pull(&format!("{}/team/app:oci", reg.host()), |p| {
-            lines.push(p.to_string())
-        })
+        .pull(&s.reference("team/app:oci"), |p| lines.push(p.to_string()))
         .await?;
     assert_eq!(img.digest, oci_digest);
     assert!(!img.cached);
@@ -81,28 +74,22 @@ async fn single_manifest_oci_and_docker_gzip() -> anyhow::Result<()> {
         "{lines:?}"
     );
 
-    let img = puller
-        .pull(&format!("{}/team/app:docker", reg.host()), |_| {})
-        .await?;
+    let img = puller.pull(&s.reference("team/app:docker"), |_| {}).await?;
     assert_eq!(img.config.config.unwrap().env.unwrap(), vec!["B=2"]);
     assert_eq!(read(&img.rootfs, "usr/bin/tool2"), "#!/bin/sh\necho tool\n");
 
-    let missing = puller
-        .pull(&format!("{}/team/app:nope", reg.host()), |_| {})
-        .await;
+    let missing = puller.pull(&s.reference("team/app:nope"), |_| {}).await;
     assert!(
         matches!(missing, Err(OciError::NotFound { .. })),
         "{missing:?}"
     );
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn index_picks_linux_amd64() -> anyhow::Result<()> {
-    let reg = Registry::start("index", 15001, None)?;
-    let cache = cache_dir("index");
-    let push = Pusher::new(&reg, "multi");
+    let s = Scene::start("index", 15001, None)?;
+    let push = Pusher::new(&s.reg, "multi");
     let layer = |text: &str| tar(&[Entry::File("arch", text.as_bytes().to_vec(), 0o644)]);
     let arm = push
         .image(None, "arm64", &[(layer("arm64"), Comp::Gzip)], &[], true)
@@ -142,16 +129,16 @@ async fn index_picks_linux_amd64() -> anyhow::Result<()> {
                 oci,
             )
             .await?;
-        let puller = Puller::new(config_for(&reg, &cache))?;
+        let puller = s.puller()?;
         let img = puller
-            .pull(&format!("{}/multi:{tag}", reg.host()), |_| {})
+            .pull(&s.reference(&format!("multi:{tag}")), |_| {})
             .await?;
         assert_eq!(img.digest, amd.0);
         assert_eq!(img.index_digest.as_deref(), Some(index.as_str()));
         assert_eq!(read(&img.rootfs, "arch"), "amd64");
         // By the index's digest too.
         let img = puller
-            .pull(&format!("{}/multi@{index}", reg.host()), |_| {})
+            .pull(&s.reference(&format!("multi@{index}")), |_| {})
             .await?;
         assert_eq!(read(&img.rootfs, "arch"), "amd64");
     }
@@ -161,9 +148,9 @@ async fn index_picks_linux_amd64() -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let puller = Puller::new(config_for(&reg, &cache))?;
+    let puller = s.puller()?;
     let err = puller
-        .pull(&format!("{}/multi:armonly", reg.host()), |_| {})
+        .pull(&s.reference("multi:armonly"), |_| {})
         .await
         .unwrap_err();
     assert!(
@@ -174,19 +161,17 @@ async fn index_picks_linux_amd64() -> anyhow::Result<()> {
     // A single manifest of another architecture is refused the same way.
     push.manifest("armsingle", OCI_MANIFEST, &arm.3).await?;
     let err = puller
-        .pull(&format!("{}/multi:armsingle", reg.host()), |_| {})
+        .pull(&s.reference("multi:armsingle"), |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, OciError::NoPlatform { .. }), "{err}");
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn whiteouts_and_opaque_dirs_across_gzip_zstd_plain_layers() -> anyhow::Result<()> {
-    let reg = Registry::start("whiteout", 15002, None)?;
-    let cache = cache_dir("whiteout");
-    let push = Pusher::new(&reg, "layers");
+    let s = Scene::start("whiteout", 15002, None)?;
+    let push = Pusher::new(&s.reg, "layers");
     let l1 = tar(&[
         Entry::Dir("a/", 0o755),
         Entry::File("a/gone", b"1".to_vec(), 0o644),
@@ -223,10 +208,8 @@ async fn whiteouts_and_opaque_dirs_across_gzip_zstd_plain_layers() -> anyhow::Re
         true,
     )
     .await?;
-    let puller = Puller::new(config_for(&reg, &cache))?;
-    let img = puller
-        .pull(&format!("{}/layers:v1", reg.host()), |_| {})
-        .await?;
+    let puller = s.puller()?;
+    let img = puller.pull(&s.reference("layers:v1"), |_| {}).await?;
     let root = &img.rootfs;
     assert!(!root.join("a/gone").exists());
     assert!(
@@ -256,28 +239,26 @@ async fn whiteouts_and_opaque_dirs_across_gzip_zstd_plain_layers() -> anyhow::Re
         img.layers.iter().map(|l| l.whiteouts).collect::<Vec<_>>(),
         [0, 3, 2]
     );
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn basic_auth_registry() -> anyhow::Result<()> {
-    let reg = Registry::start("basic", 15003, Some(("wrenn", "s3cret-pass")))?;
-    let cache = cache_dir("basic");
-    let push = Pusher::new(&reg, "private/img");
+    let s = Scene::start("basic", 15003, Some(("wrenn", "s3cret-pass")))?;
+    let push = Pusher::new(&s.reg, "private/img");
     push.image(Some("1"), "amd64", &[(base_layer(), Comp::Gzip)], &[], true)
         .await?;
-    let reference = format!("{}/private/img:1", reg.host());
+    let reference = s.reference("private/img:1");
 
-    let anonymous = Puller::new(config_for(&reg, &cache))?;
+    let anonymous = s.puller()?;
     let err = anonymous.pull(&reference, |_| {}).await.unwrap_err();
     assert!(matches!(err, OciError::Unauthorized { .. }), "{err}");
     assert!(err.to_string().contains("none is configured"), "{err}");
 
-    let mut config = config_for(&reg, &cache);
-    let s = config.registries.get_mut(&reg.host()).unwrap();
-    s.username = Some("wrenn".into());
-    s.password = Some("wrong".into());
+    let mut config = s.config();
+    let r = config.registries.get_mut(&s.reg.host()).unwrap();
+    r.username = Some("wrenn".into());
+    r.password = Some("wrong".into());
     let err = Puller::new(config.clone())?
         .pull(&reference, |_| {})
         .await
@@ -288,18 +269,16 @@ async fn basic_auth_registry() -> anyhow::Result<()> {
         "the password never shows: {err}"
     );
 
-    config.registries.get_mut(&reg.host()).unwrap().password = Some("s3cret-pass".into());
+    config.registries.get_mut(&s.reg.host()).unwrap().password = Some("s3cret-pass".into());
     let img = Puller::new(config)?.pull(&reference, |_| {}).await?;
     assert_eq!(read(&img.rootfs, "etc/os-release"), "ID=wrenn-test\n");
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn cache_hits_do_not_download() -> anyhow::Result<()> {
-    let mut reg = Registry::start("cache", 15005, None)?;
-    let cache = cache_dir("cache");
-    let push = Pusher::new(&reg, "cached");
+    let mut s = Scene::start("cache", 15005, None)?;
+    let push = Pusher::new(&s.reg, "cached");
     let (digest, ..) = push
         .image(
             Some("t"),
@@ -312,22 +291,21 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
             true,
         )
         .await?;
-    let reference = format!("{}/cached:t", reg.host());
-    let before = reg.requests("cached").len();
-    let first = Puller::new(config_for(&reg, &cache))?
-        .pull(&reference, |_| {})
-        .await?;
-    let first_requests = reg.requests("cached")[before..].to_vec();
+    let reference = s.reference("cached:t");
+    let before = s.reg.requests("cached").len();
+    let first = s.puller()?.pull(&reference, |_| {}).await?;
+    let first_requests = s.reg.requests("cached")[before..].to_vec();
     // manifest + config + 2 layers.
     assert_eq!(first_requests.len(), 4, "{first_requests:#?}");
     assert!(!first.cached);
 
     // A new puller on the same cache: the tag is asked once; nothing else is fetched.
     let mut steps = Vec::new();
-    let second = Puller::new(config_for(&reg, &cache))?
+    let second = s
+        .puller()?
         .pull(&reference, |p| steps.push(p.to_string()))
         .await?;
-    let second_requests = reg.requests("cached")[before + 4..].to_vec();
+    let second_requests = s.reg.requests("cached")[before + 4..].to_vec();
     assert_eq!(second_requests.len(), 1, "{second_requests:#?}");
     assert!(
         second_requests[0].contains("/manifests/t "),
@@ -336,39 +314,37 @@ async fn cache_hits_do_not_download() -> anyhow::Result<()> {
     assert!(second.cached && second.rootfs == first.rootfs, "{steps:?}");
 
     // By digest: the registry is not asked at all (it is stopped).
-    reg.stop();
-    let third = Puller::new(config_for(&reg, &cache))?
-        .pull(&format!("{}/cached@{digest}", reg.host()), |_| {})
+    s.reg.stop();
+    let third = s
+        .puller()?
+        .pull(&s.reference(&format!("cached@{digest}")), |_| {})
         .await?;
     assert!(third.cached);
     assert_eq!(read(&third.rootfs, "x"), "x");
 
     // Removing the unpacked tree keeps the blobs: unpacked again with the registry down.
     let d = wrenn_oci::Digest::parse(&digest)?;
-    Puller::new(config_for(&reg, &cache))?
-        .cache()
-        .remove_unpacked(&d)?;
-    let fourth = Puller::new(config_for(&reg, &cache))?
-        .pull(&format!("{}/cached@{digest}", reg.host()), |_| {})
+    s.puller()?.cache().remove_unpacked(&d)?;
+    let fourth = s
+        .puller()?
+        .pull(&s.reference(&format!("cached@{digest}")), |_| {})
         .await?;
     assert!(!fourth.cached);
     assert_eq!(read(&fourth.rootfs, "etc/os-release"), "ID=wrenn-test\n");
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<()> {
-    let reg = Registry::start("bearer", 15007, None)?;
-    let cache = cache_dir("bearer");
-    Pusher::new(&reg, "tok/img")
+    let s = Scene::start("bearer", 15007, None)?;
+    Pusher::new(&s.reg, "tok/img")
         .image(Some("1"), "amd64", &[(base_layer(), Comp::Zstd)], &[], true)
         .await?;
     let front =
-        common::token::FakeTokenFront::start(15008, &reg.base(), "tok/img", "robot", "pa55")
+        common::token::FakeTokenFront::start(15008, &s.reg.base(), "tok/img", "robot", "pa55")
             .await?;
     let reference = format!("{}/tok/img:1", front.host());
-    let mut config = wrenn_oci::OciConfig::new(&cache);
+    let mut config = wrenn_oci::OciConfig::new(&s.cache);
     config.registries.insert(
         front.host(),
         wrenn_oci::RegistrySettings {
@@ -390,9 +366,9 @@ async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<(
         1
     );
 
-    let s = config.registries.get_mut(&front.host()).unwrap();
-    s.username = Some("robot".into());
-    s.password = Some("pa55".into());
+    let r = config.registries.get_mut(&front.host()).unwrap();
+    r.username = Some("robot".into());
+    r.password = Some("pa55".into());
     let img = Puller::new(config)?.pull(&reference, |_| {}).await?;
     assert_eq!(read(&img.rootfs, "etc/os-release"), "ID=wrenn-test\n");
     // One token serves the manifest, the config and the layer.
@@ -403,21 +379,20 @@ async fn bearer_token_challenge_through_a_fake_token_front() -> anyhow::Result<(
         1
     );
     assert_eq!(
-        reg.requests("tok/img")
+        s.reg
+            .requests("tok/img")
             .iter()
             .filter(|l| l.contains("\"GET "))
             .count(),
         3
     );
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<()> {
-    let reg = Registry::start("mirror", 15009, None)?;
-    let cache = cache_dir("mirror");
-    Pusher::new(&reg, "library/python")
+    let s = Scene::start("mirror", 15009, None)?;
+    Pusher::new(&s.reg, "library/python")
         .image(
             Some("3.12-slim"),
             "amd64",
@@ -426,12 +401,12 @@ async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<
             false,
         )
         .await?;
-    let mut config = wrenn_oci::OciConfig::new(&cache);
+    let mut config = wrenn_oci::OciConfig::new(&s.cache);
     config.registries.insert(
         "docker.io".into(),
         wrenn_oci::RegistrySettings {
             // Nothing listens on 15010: that mirror fails and the next one serves.
-            mirrors: vec!["http://127.0.0.1:15010".into(), reg.base()],
+            mirrors: vec!["http://127.0.0.1:15010".into(), s.reg.base()],
             ..Default::default()
         },
     );
@@ -443,26 +418,24 @@ async fn docker_hub_names_through_a_mirror_after_a_dead_one() -> anyhow::Result<
         img.config.config.unwrap().env.unwrap(),
         vec!["PYTHON_VERSION=3.12"]
     );
-    remove_cache(&cache);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_bounded_cache_evicts_the_least_recently_used_image_not_in_use() -> anyhow::Result<()> {
-    let reg = Registry::start("evict", 15017, None)?;
-    let cache = cache_dir("evict");
-    let push = Pusher::new(&reg, "many");
+    let s = Scene::start("evict", 15017, None)?;
+    let push = Pusher::new(&s.reg, "many");
     for (tag, body) in [("a", "a"), ("b", "b"), ("c", "c")] {
         let big = tar(&[Entry::File("big", body.repeat(200_000).into_bytes(), 0o644)]);
         push.image(Some(tag), "amd64", &[(big, Comp::Gzip)], &[], true)
             .await?;
     }
-    let mut config = config_for(&reg, &cache);
+    let mut config = s.config();
     // Room for about two images (200 kB unpacked each, plus their small blobs).
     config.max_cache_bytes = Some(450_000);
     let puller = Puller::new(config)?;
     let pull = |tag: &'static str| {
-        let reference = format!("{}/many:{tag}", reg.host());
+        let reference = s.reference(&format!("many:{tag}"));
         let puller = &puller;
         async move { puller.pull(&reference, |_| {}).await }
     };
@@ -473,7 +446,7 @@ async fn a_bounded_cache_evicts_the_least_recently_used_image_not_in_use() -> an
     // Three did not fit: `b`, the least recently used image not in use, went; `a` stayed.
     let held = |img: &wrenn_oci::Image| img.rootfs.join("big").is_file();
     assert!(held(&a) && held(&c));
-    let bdir = cache.join("rootfs");
+    let bdir = s.cache.join("rootfs");
     assert_eq!(std::fs::read_dir(&bdir)?.count(), 2);
     assert!(puller.cache().size_bytes() <= 450_000);
     // Pulled again, `b` comes back (from the registry) and, `a` still in use and `c` in
@@ -486,6 +459,5 @@ async fn a_bounded_cache_evicts_the_least_recently_used_image_not_in_use() -> an
     assert!(c2.cached && held(&c2));
     assert_eq!(std::fs::read_dir(&bdir)?.count(), 2);
     drop((c, c2));
-    remove_cache(&cache);
     Ok(())
 }

@@ -7,12 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::image::{tar, Comp, Entry, Pusher};
-use common::{cache_dir, config_for, remove_cache, Registry};
+use common::{read, Scene};
 use wrenn_oci::{OciError, Puller};
-
-fn read(root: &Path, p: &str) -> String {
-    std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
 
 fn base_layer() -> Vec<u8> {
     tar(&[
@@ -23,22 +19,21 @@ fn base_layer() -> Vec<u8> {
 
 #[tokio::test]
 async fn digest_mismatch_is_a_clear_error() -> anyhow::Result<()> {
-    let reg = Registry::start("mismatch", 15004, None)?;
-    let cache = cache_dir("mismatch");
-    let push = Pusher::new(&reg, "bad");
+    let s = Scene::start("mismatch", 15004, None)?;
+    let push = Pusher::new(&s.reg, "bad");
     let layer = Comp::Gzip.compress(&base_layer());
     let layer_digest = common::image::sha(&layer);
     push.image(Some("t"), "amd64", &[(base_layer(), Comp::Gzip)], &[], true)
         .await?;
     // Damage the stored blob behind the registry's back (same size, one byte flipped).
-    let file = reg.blob_file(&layer_digest["sha256:".len()..]);
+    let file = s.reg.blob_file(&layer_digest["sha256:".len()..]);
     let mut bytes = std::fs::read(&file)?;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&file, &bytes)?;
-    let puller = Puller::new(config_for(&reg, &cache))?;
+    let puller = s.puller()?;
     let err = puller
-        .pull(&format!("{}/bad:t", reg.host()), |_| {})
+        .pull(&s.reference("bad:t"), |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, OciError::DigestMismatch { .. }), "{err}");
@@ -49,21 +44,15 @@ async fn digest_mismatch_is_a_clear_error() -> anyhow::Result<()> {
     );
     let d = wrenn_oci::Digest::parse(&layer_digest)?;
     assert!(!puller.cache().has_blob(&d), "a bad blob is never cached");
-    assert_eq!(
-        std::fs::read_dir(cache.join("tmp"))?.count(),
-        0,
-        "no temporaries left"
-    );
-    remove_cache(&cache);
+    assert_eq!(s.temporaries(), 0, "no temporaries left");
     Ok(())
 }
 
 #[tokio::test]
 async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
-    let reg = Registry::start("escape", 15006, None)?;
-    let cache = cache_dir("escape");
-    let push = Pusher::new(&reg, "evil");
-    let outside = cache.parent().unwrap().join("oci-test-escape-victim");
+    let s = Scene::start("escape", 15006, None)?;
+    let push = Pusher::new(&s.reg, "evil");
+    let outside = s.cache.parent().unwrap().join("oci-test-escape-victim");
     let _ = std::fs::remove_file(&outside);
     let cases: Vec<(&str, Vec<Entry>)> = vec![
         (
@@ -87,7 +76,7 @@ async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
         ),
         ("whiteout", vec![Entry::File(".wh...", vec![], 0o644)]),
     ];
-    let puller = Puller::new(config_for(&reg, &cache))?;
+    let puller = s.puller()?;
     for (tag, entries) in cases {
         push.image(
             Some(tag),
@@ -98,7 +87,7 @@ async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
         )
         .await?;
         let err = puller
-            .pull(&format!("{}/evil:{tag}", reg.host()), |_| {})
+            .pull(&s.reference(&format!("evil:{tag}")), |_| {})
             .await
             .unwrap_err();
         assert!(matches!(err, OciError::PathEscape { .. }), "{tag}: {err}");
@@ -125,58 +114,48 @@ async fn path_escapes_are_refused_or_kept_inside() -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let img = puller
-        .pull(&format!("{}/evil:links", reg.host()), |_| {})
-        .await?;
+    let img = puller.pull(&s.reference("evil:links"), |_| {}).await?;
     assert_eq!(read(&img.rootfs, "oci-test-escape-victim"), "inside-1");
     assert_eq!(read(&img.rootfs, "etc/written"), "inside-2");
     assert!(!outside.exists(), "nothing written outside the root");
     assert!(!Path::new("/oci-test-escape-victim").exists());
     assert!(!Path::new("/etc/written").exists());
-    assert_eq!(
-        std::fs::read_dir(cache.join("tmp"))?.count(),
-        0,
-        "failed unpacks leave nothing"
-    );
-    remove_cache(&cache);
+    assert_eq!(s.temporaries(), 0, "failed unpacks leave nothing");
     Ok(())
 }
 
 #[tokio::test]
 async fn content_past_the_unpacked_limit_is_refused() -> anyhow::Result<()> {
-    let reg = Registry::start("limit", 15012, None)?;
-    let cache = cache_dir("limit");
+    let s = Scene::start("limit", 15012, None)?;
     // 4 MiB of zeros: a gzip blob of a few KiB.
     let big = tar(&[Entry::File("zeros", vec![0u8; 4 << 20], 0o644)]);
-    Pusher::new(&reg, "bomb")
+    Pusher::new(&s.reg, "bomb")
         .image(Some("1"), "amd64", &[(big, Comp::Gzip)], &[], true)
         .await?;
-    let mut config = config_for(&reg, &cache);
+    let mut config = s.config();
     config.max_unpacked_bytes = 1 << 20;
     let err = Puller::new(config)?
-        .pull(&format!("{}/bomb:1", reg.host()), |_| {})
+        .pull(&s.reference("bomb:1"), |_| {})
         .await
         .unwrap_err();
     assert!(
         matches!(err, OciError::TooLarge { limit, .. } if limit == 1 << 20),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(cache.join("tmp"))?.count(), 0);
-    remove_cache(&cache);
+    assert_eq!(s.temporaries(), 0);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_mirrors_answer_beats_an_unreachable_registry() -> anyhow::Result<()> {
-    let reg = Registry::start("answer", 15013, None)?;
-    let cache = cache_dir("answer");
-    let mut config = wrenn_oci::OciConfig::new(&cache);
+    let s = Scene::start("answer", 15013, None)?;
+    let mut config = wrenn_oci::OciConfig::new(&s.cache);
     // The mirror answers 404; the registry itself (127.0.0.1:15014, nothing there) is
     // unreachable: the error is the mirror's "not found".
     config.registries.insert(
         "127.0.0.1:15014".into(),
         wrenn_oci::RegistrySettings {
-            mirrors: vec![reg.base()],
+            mirrors: vec![s.reg.base()],
             insecure: true,
             ..Default::default()
         },
@@ -186,6 +165,5 @@ async fn a_mirrors_answer_beats_an_unreachable_registry() -> anyhow::Result<()> 
         .await
         .unwrap_err();
     assert!(matches!(err, OciError::NotFound { .. }), "{err}");
-    remove_cache(&cache);
     Ok(())
 }

@@ -11,6 +11,18 @@ pub mod model;
 pub use lookup::{capsule_id, live, running};
 pub use model::{status_of, Capsule, CapsuleStatus, CreatedCapsule};
 
+/// Runs a create's or fork's `work` in a task of its own and waits for it: a client that goes
+/// away (its connection closed, its HTTP request dropped) never cuts the work off between the
+/// host making capsules and their rows being written (or the capsules undone). What it made
+/// is then listed like any capsule of the team.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(crate::error::ApiError::Internal(e.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

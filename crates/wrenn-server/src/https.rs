@@ -289,21 +289,6 @@ impl axum::serve::Listener for Listener {
     }
 }
 
-/// An HTTP/2 request names its host in the URI (`:authority`), not in a `Host` header: it
-/// gets one, so that host routing, and the API's handlers, read one place.
-pub fn host_from_authority(req: &mut axum::extract::Request) {
-    if req.headers().contains_key(axum::http::header::HOST) {
-        return;
-    }
-    let host = req
-        .uri()
-        .authority()
-        .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok());
-    if let Some(h) = host {
-        req.headers_mut().insert(axum::http::header::HOST, h);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -52,7 +52,7 @@ pub mod ws;
 
 pub use bootstrap::{bootstrap, AdminKey, ADMIN_EMAIL};
 pub use error::{ApiError, Result};
-pub use reconcile::{reconcile, spawn_reconciler};
+pub use reconcile::{reconcile, reconcile_with, spawn_reconciler, Strays};
 pub use routes::{route, router, routes, Route};
 pub use run::{run, serve, start, BuiltinAgent, Config, Started};
 pub use state::AppState;

@@ -193,8 +193,7 @@ pub fn new_token() -> crate::Result<(String, String)> {
 }
 
 /// Requests for a capsule's port go to the proxy; everything else to the API.
-pub async fn route(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    crate::https::host_from_authority(&mut req);
+pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match target(req.headers(), &state.domain) {
         Ok(Some(t)) => {
             let (e2b, capsule, port) = (t.e2b, t.capsule.clone(), t.port);

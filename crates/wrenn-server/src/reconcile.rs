@@ -1,11 +1,15 @@
 //! The reconciler: keeps the database in step with what the host agent reports, and samples
 //! usage.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio::task::JoinHandle;
 
-use wrenn_proto::agent::v1::{CapsuleRef, ListCapsulesRequest};
+use wrenn_proto::agent::v1::{agent_client::AgentClient, CapsuleRef, ListCapsulesRequest};
 
 use crate::{
     background, capsules, db,
@@ -37,6 +41,7 @@ pub fn spawn_reconciler(state: AppState, every: Duration) -> [JoinHandle<()>; 2]
         },
     );
     let db = state.db.clone();
+    let strays = Strays::default();
     let reconciler = background::every_once(
         &db,
         RECONCILE_LEASE,
@@ -44,8 +49,9 @@ pub fn spawn_reconciler(state: AppState, every: Duration) -> [JoinHandle<()>; 2]
         background::ttl_for(every),
         move || {
             let state = state.clone();
+            let strays = strays.clone();
             async move {
-                if let Err(e) = reconcile(&state).await {
+                if let Err(e) = reconcile_with(&state, &strays, STRAY_GRACE).await {
                     tracing::warn!(error = %e, "reconciling with the agent");
                 }
             }
@@ -59,13 +65,30 @@ pub const RECONCILE_LEASE: &str = "reconcile";
 /// The lease of usage sampling.
 pub const USAGE_LEASE: &str = "usage";
 
+/// How long a capsule a host lists stays without a live row placing it there before it is
+/// a stray and destroyed: far longer than between a host answering a create, fork or move and
+/// its row being written (a create whose caller dies in between, or a move's old copy, is
+/// one).
+pub const STRAY_GRACE: Duration = Duration::from_secs(60);
+
+/// The capsules hosts list that no live row places there, by host and id: when a pass first
+/// saw each so (kept across passes by the reconciler's task).
+#[derive(Clone, Default)]
+pub struct Strays(Arc<Mutex<HashMap<(String, String), Instant>>>);
+
 /// One pass of the reconciler: each online host in turn. A host that does not answer is
 /// skipped (its missed heartbeats make it `unreachable`); the others are still reconciled.
+/// Strays are only noted (a pass of its own never removes one; see [`reconcile_with`]).
 pub async fn reconcile(state: &AppState) -> Result<()> {
+    reconcile_with(state, &Strays::default(), STRAY_GRACE).await
+}
+
+/// [`reconcile`], also destroying each capsule `strays` has seen as a stray for `grace`.
+pub async fn reconcile_with(state: &AppState, strays: &Strays, grace: Duration) -> Result<()> {
     let hosts = state.db.host_records().await?;
     let mut failed = None;
     for host in hosts.iter().filter(|h| h.status == HostStatus::Online) {
-        if let Err(e) = reconcile_host(state, host).await {
+        if let Err(e) = reconcile_host(state, host, strays, grace).await {
             tracing::warn!(host = %host.id, error = %e, "reconciling with a host");
             failed = Some(e);
         }
@@ -78,7 +101,12 @@ pub async fn reconcile(state: &AppState) -> Result<()> {
 }
 
 /// Compares host `host`'s capsule rows with what its agent lists now.
-async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
+async fn reconcile_host(
+    state: &AppState,
+    host: &db::HostRecord,
+    strays: &Strays,
+    grace: Duration,
+) -> Result<()> {
     let mut agent = state.pool.client(host)?;
     // A host that accepts connections but never answers is skipped, not waited for: the
     // other hosts are still reconciled, and its silence makes it `unreachable`.
@@ -96,7 +124,15 @@ async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
         .into_iter()
         .map(|c| (c.id.clone(), c))
         .collect();
-    for row in state.db.live_capsules_on(&host.id).await? {
+    let rows = state.db.live_capsules_on(&host.id).await?;
+    let placed: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let unplaced: Vec<&str> = on_host
+        .keys()
+        .map(String::as_str)
+        .filter(|id| !placed.contains(id))
+        .collect();
+    remove_strays(&mut agent, &host.id, &unplaced, strays, grace).await;
+    for row in rows {
         let (status, error) = match on_host.get(&row.id) {
             // The list may be older than the row (a resume or pause that finished since, on
             // the host and then in the row): what the host says now decides.
@@ -170,4 +206,43 @@ async fn reconcile_host(state: &AppState, host: &db::HostRecord) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Notes the capsules `host` lists with no live row placing them there (`unplaced`), forgets
+/// those placed since, and destroys those noted for `grace` already.
+async fn remove_strays(
+    agent: &mut AgentClient<tonic::transport::Channel>,
+    host: &str,
+    unplaced: &[&str],
+    strays: &Strays,
+    grace: Duration,
+) {
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut seen = strays.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|(h, id), _| h != host || unplaced.contains(&id.as_str()));
+        unplaced
+            .iter()
+            .filter(|id| {
+                let since = *seen
+                    .entry((host.to_string(), id.to_string()))
+                    .or_insert(now);
+                now.duration_since(since) >= grace
+            })
+            .map(|id| id.to_string())
+            .collect()
+    };
+    for id in due {
+        tracing::warn!(%id, %host, "destroying a capsule no row places on its host");
+        match agent.destroy_capsule(CapsuleRef { id: id.clone() }).await {
+            Ok(_) => {
+                strays
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(host.to_string(), id));
+            }
+            Err(e) => tracing::warn!(%id, %host, error = %e, "destroying a stray capsule"),
+        }
+    }
 }

@@ -178,7 +178,26 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             proxy::route,
         ))
+        // Outermost: the proxy, E2B's routes and the API all read the host from one place.
+        .layer(axum::middleware::map_request(host_from_authority))
         .with_state(state)
+}
+
+/// An HTTP/2 request names its host in the URI (`:authority`), not in a `Host` header: it
+/// gets one, so that host routing (`PORT-ID.DOMAIN` for the port proxy and E2B's envd) and
+/// every handler read one place. A `Host` a request carries is kept.
+async fn host_from_authority(mut req: axum::extract::Request) -> axum::extract::Request {
+    use axum::http::{header::HOST, HeaderValue};
+    if !req.headers().contains_key(HOST) {
+        let host = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(h) = host {
+            req.headers_mut().insert(HOST, h);
+        }
+    }
+    req
 }
 
 /// What no route takes: the web console's pages and files (reads outside `/v1/`), else the
@@ -300,4 +319,34 @@ fn account_routes() -> Vec<Route> {
             accounts::keys::delete_api_key,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{extract::Request, http::header::HOST};
+
+    #[tokio::test]
+    async fn an_http2_authority_becomes_the_host_and_a_host_is_kept() {
+        let h2 = Request::builder()
+            .uri("https://8080-cl-abc.wrenn.example/x?y=1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let req = super::host_from_authority(h2).await;
+        assert_eq!(req.headers()[HOST], "8080-cl-abc.wrenn.example");
+        let h1 = Request::builder()
+            .uri("https://api.wrenn.example/v1/capsules")
+            .header(HOST, "49983-cl-abc.wrenn.example")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let req = super::host_from_authority(h1).await;
+        assert_eq!(req.headers()[HOST], "49983-cl-abc.wrenn.example");
+        let bare = Request::builder()
+            .uri("/v1/capsules")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert!(!super::host_from_authority(bare)
+            .await
+            .headers()
+            .contains_key(HOST));
+    }
 }

@@ -1,63 +1,24 @@
 //! `/v1/admin/users|teams|templates`: platform admins see every team; anyone else is
 //! `forbidden` (over HTTP, SQLite, an agent client that never connects).
 
+#[allow(dead_code)] // The fake's tools other suites use.
+mod fake_agent;
+
 #[path = "state/mod.rs"]
 mod state;
+
+mod two_teams;
 
 use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use wrenn_server::db::{now_ms, Db, TemplateRow};
+use wrenn_server::db::{now_ms, TemplateRow};
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    db: Db,
-    admin_key: String,
-    admin_password: String,
-    _dir: tempfile::TempDir,
-}
+use two_teams::{send, Options, TwoTeams as Server};
 
 async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("wrenn.db").display()
-    );
-    let db = Db::open(&url).await.unwrap();
-    let made = wrenn_server::bootstrap(
-        &db,
-        &dir.path().join("admin-api-key"),
-        &dir.path().join("admin-password"),
-    )
-    .await
-    .unwrap();
-    let wrenn_server::AdminKey::Made(admin_key) = made else {
-        panic!("a fresh database makes the admin key");
-    };
-    let admin_password = std::fs::read_to_string(dir.path().join("admin-password"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let state = state::with_agent(
-        db.clone(),
-        wrenn_server::accounts::SignupPolicy::Open,
-        state::no_agent(),
-    )
-    .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, wrenn_server::router(state)).await });
-    Server {
-        base,
-        http: reqwest::Client::new(),
-        db,
-        admin_key,
-        admin_password,
-        _dir: dir,
-    }
+    two_teams::start_with(Options::admin_only(None)).await
 }
 
 impl Server {
@@ -75,41 +36,7 @@ impl Server {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, body)
-    }
-
-    /// Logs in; the token.
-    async fn login(&self, email: &str, password: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v1/auth/login", self.base))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let b: Value = resp.json().await.unwrap();
-        b["token"].as_str().unwrap().to_string()
-    }
-
-    async fn signup(&self, email: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v1/auth/signup", self.base))
-            .json(&json!({ "email": email, "password": "correct horse" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-        self.login(email, "correct horse").await
+        send(rb).await
     }
 }
 
@@ -129,28 +56,30 @@ async fn platform_admins_see_every_team_others_are_forbidden() {
         )
         .await;
     let ada_team = teams[0]["id"].as_str().unwrap().to_string();
-    s.db.insert_template(&TemplateRow {
-        id: "tpl-ada-1".into(),
-        team_id: ada_team.clone(),
-        name: "ada-env".into(),
-        agent_name: format!("{ada_team}-ada-env"),
-        vcpus: 2,
-        memory_mb: 512,
-        size_bytes: 12345,
-        source_capsule: "cl-x".into(),
-        metadata: HashMap::new(),
-        created_at: now_ms(),
-        host_id: None,
-        platform: 0,
-    })
-    .await
-    .unwrap();
+    s.state
+        .db
+        .insert_template(&TemplateRow {
+            id: "tpl-ada-1".into(),
+            team_id: ada_team.clone(),
+            name: "ada-env".into(),
+            agent_name: format!("{ada_team}-ada-env"),
+            vcpus: 2,
+            memory_mb: 512,
+            size_bytes: 12345,
+            source_capsule: "cl-x".into(),
+            metadata: HashMap::new(),
+            created_at: now_ms(),
+            host_id: None,
+            platform: 0,
+        })
+        .await
+        .unwrap();
 
     // The admin user of the first start signs in with the password in its file.
     let admin = s.login("admin@localhost", &s.admin_password).await;
     for who in [
         ("authorization", bearer(&admin)),
-        ("x-api-key", s.admin_key.clone()),
+        ("x-api-key", s.key_a.clone()),
     ] {
         let (st, users) = s.call(Method::GET, PATHS[0], (who.0, &who.1), None).await;
         assert_eq!(st, StatusCode::OK, "{users}");
@@ -208,7 +137,7 @@ async fn platform_admins_see_every_team_others_are_forbidden() {
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{p}: {b}");
     }
     // Ada acting in the platform team is refused: she is no member of it (not found).
-    let platform = s.db.platform_team().await.unwrap().unwrap();
+    let platform = s.state.db.platform_team().await.unwrap().unwrap();
     let resp = s
         .http
         .get(format!("{}{}", s.base, PATHS[0]))

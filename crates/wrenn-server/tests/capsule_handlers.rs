@@ -26,23 +26,8 @@ async fn start() -> Server {
 impl Server {
     /// `method path` as `key`: the status and the JSON body (`Null` when empty).
     async fn call(&self, key: &str, method: &str, path: &str) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("X-API-Key", key);
-        if method == reqwest::Method::POST {
-            req = req.json(&json!({}));
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, body)
+        let body = (method == "POST").then(|| json!({}));
+        self.keyed(key, method, path, body).await
     }
 
     async fn a(&self, method: &str, path: &str) -> (StatusCode, Value) {
@@ -224,6 +209,38 @@ async fn a_failed_insert_destroys_the_capsule_the_agent_made() {
     s.create().await;
 }
 
+/// A client that gives up while the host is still making its capsule: the create goes on
+/// without it, and the capsule the host made gets its row (never a capsule on a host that no
+/// row knows).
+#[tokio::test]
+async fn a_create_whose_client_goes_away_still_records_its_capsule() {
+    let s = start().await;
+    s.agent.slow_create(std::time::Duration::from_millis(1500));
+    let gone = s
+        .http
+        .post(format!("{}/v1/capsules", s.base))
+        .header("X-API-Key", &s.key_a)
+        .json(&json!({}))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first: {gone:?}");
+    let on_host: Vec<String> = s.agent.capsules().into_keys().collect();
+    assert_eq!(on_host.len(), 1, "the host made it");
+    let mut listed = json!([]);
+    for _ in 0..100 {
+        listed = s.a("GET", "/v1/capsules").await.1;
+        if listed.as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], on_host[0].as_str());
+    assert_eq!(listed[0]["status"], "running");
+    assert!(s.agent.calls("destroy_capsule").is_empty());
+}
+
 #[tokio::test]
 async fn the_reconciler_makes_rows_follow_the_host() {
     let s = start().await;
@@ -239,7 +256,6 @@ async fn the_reconciler_makes_rows_follow_the_host() {
     s.agent.forget(&lost);
     s.agent
         .set_state(&crashed, CapsuleState::Error, "the VMM exited");
-    // A capsule the host has and the database does not: not the reconciler's to adopt.
     let mut events = s.state.events.subscribe();
 
     wrenn_server::reconcile(&s.state).await.unwrap();
@@ -279,6 +295,40 @@ async fn the_reconciler_makes_rows_follow_the_host() {
         .fail_next("list_capsules", Status::unavailable("restarting"));
     assert!(wrenn_server::reconcile(&s.state).await.is_err());
     assert_eq!(status(&steady).await["status"], "running");
+}
+
+/// A capsule its host lists and no live row places there (a create whose control plane died
+/// before writing the row, a move's old copy): noted by a pass, destroyed once it has been so
+/// for the grace; a capsule with its row is never touched.
+#[tokio::test]
+async fn the_reconciler_destroys_a_stray_after_the_grace() {
+    let s = start().await;
+    let kept = s.create().await;
+    let stray = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
+    s.agent.put(wrenn_proto::agent::v1::Capsule {
+        id: stray.clone(),
+        template: "minimal".into(),
+        state: CapsuleState::Running as i32,
+        ..Default::default()
+    });
+    let strays = wrenn_server::Strays::default();
+    let hour = std::time::Duration::from_secs(3600);
+    // A plain pass, and a pass within the grace: noted, not destroyed.
+    wrenn_server::reconcile(&s.state).await.unwrap();
+    wrenn_server::reconcile_with(&s.state, &strays, hour)
+        .await
+        .unwrap();
+    assert!(s.agent.capsules().contains_key(&stray));
+    assert!(s.agent.calls("destroy_capsule").is_empty());
+    // Past the grace: destroyed; the capsule with a row stays.
+    wrenn_server::reconcile_with(&s.state, &strays, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(s.agent.calls("destroy_capsule"), vec![stray.clone()]);
+    let left: Vec<String> = s.agent.capsules().into_keys().collect();
+    assert_eq!(left, vec![kept.clone()]);
+    let (_, row) = s.a("GET", &format!("/v1/capsules/{kept}")).await;
+    assert_eq!(row["status"], "running");
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ mod fake_agent;
 #[path = "state/mod.rs"]
 mod state;
 
-#[allow(dead_code)]
 mod two_teams;
 
 use reqwest::StatusCode;
@@ -26,23 +25,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s
-        .http
-        .request(method, format!("{}{path}", s.base))
-        .header("X-API-Key", key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    };
-    (status, body)
+    s.keyed(key, method, path, body).await
 }
 
 /// A template row of `team` named `name`, held by the fake host as `agent_name`.

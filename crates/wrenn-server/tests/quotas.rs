@@ -9,23 +9,21 @@ mod pg;
 #[path = "state/mod.rs"]
 mod state;
 
+#[allow(dead_code)] // The fake's tools other suites use.
+mod fake_agent;
+
+mod two_teams;
+
 use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use wrenn_server::{
     db::{now_ms, CapsuleRow, Db},
     quotas::{self, Amounts, Limits},
 };
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    db: Db,
-    admin_key: String,
-    _dir: tempfile::TempDir,
-}
+use two_teams::{send, Options, TwoTeams as Server};
 
 #[derive(Clone, Copy)]
 enum As<'a> {
@@ -35,39 +33,7 @@ enum As<'a> {
 }
 
 async fn start(defaults: Limits) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("wrenn.db").display()
-    );
-    let db = Db::open(&url).await.unwrap();
-    let admin_key = wrenn_server::bootstrap(
-        &db,
-        &dir.path().join("admin-api-key"),
-        &dir.path().join("admin-password"),
-    )
-    .await
-    .unwrap();
-    let wrenn_server::AdminKey::Made(admin_key) = admin_key else {
-        panic!("a fresh database makes the admin key");
-    };
-    quotas::set_defaults(&db, &defaults).await.unwrap();
-    let state = state::with_agent(
-        db.clone(),
-        wrenn_server::accounts::SignupPolicy::Open,
-        state::no_agent(),
-    )
-    .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, wrenn_server::router(state)).await });
-    Server {
-        base,
-        http: reqwest::Client::new(),
-        db,
-        admin_key,
-        _dir: dir,
-    }
+    two_teams::start_with(Options::admin_only(Some(defaults))).await
 }
 
 struct Account {
@@ -91,47 +57,18 @@ impl Server {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, body)
+        send(rb).await
     }
 
-    async fn signup(&self, email: &str) -> Account {
-        let resp = self
-            .http
-            .post(format!("{}/v1/auth/signup", self.base))
-            .json(&json!({ "email": email, "password": "correct horse" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-        let login: Value = self
-            .http
-            .post(format!("{}/v1/auth/login", self.base))
-            .json(&json!({ "email": email, "password": "correct horse" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().unwrap().to_string();
-        let teams: Value = self
-            .http
-            .get(format!("{}/v1/teams", self.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    /// A new user (open sign-up) and its own team.
+    async fn account(&self, email: &str) -> Account {
+        let token = self.signup(email).await;
+        let (_, teams) = send(
+            self.http
+                .get(format!("{}/v1/teams", self.base))
+                .bearer_auth(&token),
+        )
+        .await;
         Account {
             token,
             team: teams[0]["id"].as_str().unwrap().into(),
@@ -141,7 +78,8 @@ impl Server {
     /// A capsule row of `team` (what the control plane records after a create).
     async fn capsule(&self, team: &str, status: &str, vcpus: i64, memory_mb: i64, disk: i64) {
         let now = now_ms();
-        self.db
+        self.state
+            .db
             .insert_capsule(&CapsuleRow {
                 id: wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string(),
                 team_id: team.into(),
@@ -181,9 +119,9 @@ const DEFAULTS: Limits = Limits {
 #[tokio::test]
 async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
     let s = start(DEFAULTS).await;
-    let alice = s.signup("alice@example.com").await;
-    let bob = s.signup("bob@example.com").await;
-    let carol = s.signup("carol@example.com").await;
+    let alice = s.account("alice@example.com").await;
+    let bob = s.account("bob@example.com").await;
+    let carol = s.account("carol@example.com").await;
     let (st, _) = s
         .call(
             Method::POST,
@@ -221,9 +159,7 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
     assert_eq!(q["overrides"]["capsules"], Value::Null);
     assert_eq!(q["defaults"]["snapshots"], 1);
     assert_eq!(q["usage"]["capsules"], 0);
-    let (st, _) = s
-        .call(Method::GET, &path, As::Key(&s.admin_key), None)
-        .await;
+    let (st, _) = s.call(Method::GET, &path, As::Key(&s.key_a), None).await;
     assert_eq!(st, StatusCode::OK);
     let (st, b) = s
         .call(
@@ -255,7 +191,7 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
         .call(
             Method::GET,
             "/v1/teams/team-nosuchteam/quotas",
-            As::Key(&s.admin_key),
+            As::Key(&s.key_a),
             None,
         )
         .await;
@@ -283,13 +219,13 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     for bad in [json!({ "capsules": -1 }), json!({ "cpus": 3 }), json!([1])] {
         let (st, b) = s
-            .call(Method::PUT, &path, As::Key(&s.admin_key), Some(bad))
+            .call(Method::PUT, &path, As::Key(&s.key_a), Some(bad))
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{b}");
         assert_eq!(b["error"]["code"], "invalid_request");
     }
     let (st, q) = s
-        .call(Method::PUT, &path, As::Key(&s.admin_key), Some(body))
+        .call(Method::PUT, &path, As::Key(&s.key_a), Some(body))
         .await;
     assert_eq!(st, StatusCode::OK, "{q}");
     assert_eq!(q["limits"]["capsules"], 5);
@@ -306,12 +242,12 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
     assert_eq!(q["limits"]["capsules"], 5);
     // Back to the defaults.
     let (_, q) = s
-        .call(Method::PUT, &path, As::Key(&s.admin_key), Some(json!({})))
+        .call(Method::PUT, &path, As::Key(&s.key_a), Some(json!({})))
         .await;
     assert_eq!(q["limits"]["capsules"], 2);
     // The change is in the acting (platform) team's audit log.
     let (_, log) = s
-        .call(Method::GET, "/v1/audit", As::Key(&s.admin_key), None)
+        .call(Method::GET, "/v1/audit", As::Key(&s.key_a), None)
         .await;
     let sets = log["entries"]
         .as_array()
@@ -325,7 +261,7 @@ async fn owners_and_platform_admins_read_quotas_only_admins_set_them() {
 #[tokio::test]
 async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked() {
     let s = start(DEFAULTS).await;
-    let alice = s.signup("alice@example.com").await;
+    let alice = s.account("alice@example.com").await;
     let me = As::UserIn(&alice.token, &alice.team);
     s.capsule(&alice.team, "running", 2, 1024, 4000).await;
     s.capsule(&alice.team, "paused", 2, 1024, 4000).await;
@@ -358,7 +294,7 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
         .call(
             Method::PUT,
             &format!("/v1/teams/{}/quotas", alice.team),
-            As::Key(&s.admin_key),
+            As::Key(&s.key_a),
             Some(json!({ "capsules": 3 })),
         )
         .await;
@@ -413,14 +349,16 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
     }
 
     // Resume: the paused capsule's vCPUs and memory count again.
-    let paused =
-        s.db.capsules(&alice.team)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.status == wrenn_types::CapsuleStatus::Paused)
-            .unwrap()
-            .id;
+    let paused = s
+        .state
+        .db
+        .capsules(&alice.team)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.status == wrenn_types::CapsuleStatus::Paused)
+        .unwrap()
+        .id;
     let resume = format!("/v1/capsules/{paused}/resume");
     let (st, _) = s.call(Method::POST, &resume, me, None).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "within the quota");
@@ -431,7 +369,7 @@ async fn create_and_resume_are_refused_beyond_a_quota_before_the_host_is_asked()
         "quota vcpus exceeded: the team's limit is 4, it uses 3, this request needs 2 more"
     );
     // Another team's use is not this team's.
-    let bob = s.signup("bob@example.com").await;
+    let bob = s.account("bob@example.com").await;
     let (st, _) = s
         .call(
             Method::POST,
@@ -528,10 +466,12 @@ async fn a_fork_is_refused_beyond_a_quota_for_all_its_children() {
         ..DEFAULTS
     })
     .await;
-    let alice = s.signup("alice@example.com").await;
+    let alice = s.account("alice@example.com").await;
     let me = As::UserIn(&alice.token, &alice.team);
     s.capsule(&alice.team, "running", 1, 256, 1000).await;
-    let src = s.db.capsules(&alice.team).await.unwrap()[0].id.clone();
+    let src = s.state.db.capsules(&alice.team).await.unwrap()[0]
+        .id
+        .clone();
     let fork = format!("/v1/capsules/{src}/fork");
     let r = s
         .call(Method::POST, &fork, me, Some(json!({ "count": 3 })))
@@ -551,7 +491,7 @@ async fn a_fork_is_refused_beyond_a_quota_for_all_its_children() {
         assert_eq!(b["error"]["code"], "invalid_request", "{bad}");
     }
     // Another team's capsule, or none at all, is not found.
-    let bob = s.signup("bob@example.com").await;
+    let bob = s.account("bob@example.com").await;
     let (st, b) = s
         .call(
             Method::POST,
@@ -578,5 +518,5 @@ async fn a_fork_is_refused_beyond_a_quota_for_all_its_children() {
             .await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{b}");
     }
-    assert_eq!(s.db.capsules(&alice.team).await.unwrap().len(), 1);
+    assert_eq!(s.state.db.capsules(&alice.team).await.unwrap().len(), 1);
 }

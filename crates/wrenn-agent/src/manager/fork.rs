@@ -41,8 +41,9 @@ impl Manager {
     /// (a running source is stopped only for that, then runs on) into a fork image, and each
     /// child restores it with its own id, slot and envd token. Room for all of them (capsule
     /// limit, memory, disk, slots) is checked before anything is made; if any child fails,
-    /// every child made is destroyed and the fork image removed.
-    pub async fn fork(&self, id: &str, count: u32) -> Result<Forked> {
+    /// every child made is destroyed and the fork image removed. Run to its end by a task of
+    /// its own ([`Manager::fork`]).
+    pub(super) async fn fork_now(&self, id: &str, count: u32) -> Result<Forked> {
         if !(1..=MAX_FORK_CHILDREN).contains(&count) {
             return Err(AgentError::ForkCount {
                 count,

@@ -5,6 +5,7 @@
 //! takes over or removes, `tasks` the reaper and the sampler.
 
 mod capacity;
+mod detach;
 mod fork;
 mod load;
 mod pool;
@@ -198,8 +199,8 @@ impl Manager {
             .ok_or_else(|| AgentError::CapsuleNotFound { id: id.into() })
     }
 
-    /// Creates a capsule from a template's snapshot (of the asked shape, made on first use).
-    pub async fn create(&self, spec: CreateSpec) -> Result<CapsuleRecord> {
+    /// [`Manager::create`]'s work, run to its end by a task of its own (`detach`).
+    async fn create_now(&self, spec: CreateSpec) -> Result<CapsuleRecord> {
         if wrenn_types::TemplateName::parse(&spec.template).is_err() {
             return Err(AgentError::BadTemplateName(spec.template));
         }

@@ -1,71 +1,36 @@
 //! The gRPC surface through a real agent (in-process server, tonic client, real capsules).
 //! Needs root, nftables, QEMU and `make images`.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
-use wrenn_agent::{
-    manager::{AgentConfig, Manager},
-    service::{self, Listen},
-    AgentError,
-};
+use wrenn_agent::manager::Manager;
 use wrenn_proto::agent::v1::{agent_client::AgentClient, CapsuleRef, ExecRequest};
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod lifecycle;
 mod processes;
 mod templates;
 
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
+use support::images_dir;
 
 /// A real agent (manager + gRPC server) on loopback, owning the slots in `slots`.
 struct TestAgent {
     client: AgentClient<tonic::transport::Channel>,
     manager: Arc<Manager>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<Result<(), AgentError>>,
+    server: support::Server,
     data: tempfile::TempDir,
 }
 
 impl TestAgent {
     async fn start(max_capsules: usize, slots: std::ops::RangeInclusive<u32>) -> TestAgent {
         let data = tempfile::tempdir_in("/var/tmp").unwrap();
-        let manager = Arc::new(
-            Manager::start(AgentConfig {
-                data_dir: data.path().to_path_buf(),
-                images_dir: images_dir(),
-                qemu: wrenn_vmm::qemu::default_qemu(),
-                max_capsules,
-                slots,
-                shapes: Default::default(),
-                dns_upstreams: Vec::new(),
-                egress_allow_private: Vec::new(),
-                envd: None,
-                vmm: Default::default(),
-            })
-            .await
-            .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(service::serve(
-            Listen::Tcp(listener),
-            None,
-            manager.clone(),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        let client = AgentClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let manager = support::manager(data.path(), slots, max_capsules).await;
+        let (client, server) = support::serve(manager.clone()).await;
         TestAgent {
             client,
             manager,
-            stop,
             server,
             data,
         }
@@ -74,8 +39,7 @@ impl TestAgent {
     /// Stops the server (the client goes first) and returns the data folder for checks.
     async fn stop(self) -> tempfile::TempDir {
         drop(self.client);
-        let _ = self.stop.send(());
-        self.server.await.unwrap().unwrap();
+        self.server.stop().await;
         self.data
     }
 }

@@ -51,7 +51,17 @@ pub async fn create_for_build(
     create_as(state, caller, b, true).await
 }
 
+/// [`create_now`], to its end whatever the client does ([`super::detached`]).
 async fn create_as(
+    state: AppState,
+    caller: Caller,
+    b: CreateCapsuleBody,
+    for_build: bool,
+) -> Result<(StatusCode, Json<CreatedCapsule>)> {
+    super::detached(create_now(state, caller, b, for_build)).await
+}
+
+async fn create_now(
     state: AppState,
     caller: Caller,
     b: CreateCapsuleBody,

@@ -51,6 +51,16 @@ pub async fn fork(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ForkCapsuleBody>,
 ) -> Result<(StatusCode, Json<ForkedCapsules>)> {
+    // To its end whatever the client does.
+    super::detached(fork_now(state, caller, id, b)).await
+}
+
+async fn fork_now(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    b: ForkCapsuleBody,
+) -> Result<(StatusCode, Json<ForkedCapsules>)> {
     let count = b.count.unwrap_or(1);
     if !(1..=MAX_CHILDREN).contains(&count) {
         return Err(ApiError::InvalidRequest(format!(

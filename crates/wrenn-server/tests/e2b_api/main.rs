@@ -11,7 +11,6 @@ mod fake_agent;
 #[path = "../state/mod.rs"]
 mod state;
 
-#[allow(dead_code)]
 #[path = "../two_teams/mod.rs"]
 mod two_teams;
 

@@ -49,6 +49,8 @@ struct Inner {
     next: u64,
     /// Snapshot templates it received (`ImportTemplate`) or was given ([`FakeAgent::add_template`]).
     templates: Vec<String>,
+    /// How long the next create answers after it made the capsule ([`FakeAgent::slow_create`]).
+    slow_create: Option<std::time::Duration>,
 }
 
 /// The fake agent's memory, shared with the test.
@@ -138,9 +140,16 @@ impl FakeAgent {
     }
 
     /// Puts a capsule on the "host".
-    #[allow(dead_code)] // used by the transfer tests only
+    #[allow(dead_code)] // used by the transfer and handler tests only
     pub fn put(&self, c: Capsule) {
         self.inner().capsules.insert(c.id.clone(), c);
+    }
+
+    /// The next create makes its capsule at once and answers `after` later, as a real
+    /// agent's finishes its work when its caller has gone.
+    #[allow(dead_code)] // used by the handler tests only
+    pub fn slow_create(&self, after: std::time::Duration) {
+        self.inner().slow_create = Some(after);
     }
 
     /// The host loses a capsule.
@@ -230,7 +239,6 @@ impl Agent for FakeAgent {
                 r.template
             )));
         }
-        let mut inner = self.inner();
         // A capsule id, unique across fakes (several fakes are several hosts).
         let id = wrenn_types::Id::new(wrenn_types::IdKind::Capsule).to_string();
         let c = Capsule {
@@ -247,7 +255,14 @@ impl Agent for FakeAgent {
             envd_access_token: format!("envd-token-of-{id}"),
             ..Default::default()
         };
-        inner.capsules.insert(id, c.clone());
+        let slow = {
+            let mut inner = self.inner();
+            inner.capsules.insert(id, c.clone());
+            inner.slow_create.take()
+        };
+        if let Some(after) = slow {
+            tokio::time::sleep(after).await;
+        }
         Ok(Response::new(c))
     }
 

@@ -14,16 +14,22 @@ mod routing;
 #[path = "../pg/mod.rs"]
 mod pg;
 
+#[allow(dead_code)]
+#[path = "../state/mod.rs"]
+mod state;
+
+#[path = "../two_teams/mod.rs"]
+mod two_teams;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::AnyPool;
-use tokio::net::TcpListener;
 use wrenn_server::{
     accounts::{Accounts, SignupPolicy},
     db::Db,
     pool::HostPool,
     quotas::{self, Limits},
-    AdminKey, AppState,
+    AppState,
 };
 use wrenn_types::{
     api::hosts::{HostLoad, HostSpecs},
@@ -90,20 +96,8 @@ impl Cluster {
     pub async fn start_on(url: &str, dir: tempfile::TempDir) -> Cluster {
         let url = url.to_string();
         let db = Db::open(&url).await.unwrap();
-        let AdminKey::Made(key_a) = wrenn_server::bootstrap(
-            &db,
-            &dir.path().join("admin.key"),
-            &dir.path().join("admin.password"),
-        )
-        .await
-        .unwrap() else {
-            panic!("a first start makes the admin key")
-        };
-        let (_, team_b) = db
-            .create_user_with_team("bob@example.com", "Bob", "not-a-hash", "b")
-            .await
-            .unwrap();
-        let (_, key_b) = db.create_api_key(&team_b.id, "b").await.unwrap();
+        let (key_a, _) = two_teams::bootstrap(&db, dir.path()).await;
+        let (team_b, key_b) = two_teams::team_b(&db).await;
         quotas::set_defaults(&db, &Limits::default()).await.unwrap();
         let state = AppState::new(
             db,
@@ -113,16 +107,7 @@ impl Cluster {
             "wrenn.test",
         )
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = wrenn_server::router(state.clone());
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-        });
+        let base = two_teams::serve(&state).await;
         sqlx::any::install_default_drivers();
         let raw = AnyPool::connect(&url).await.unwrap();
         Cluster {
@@ -132,7 +117,7 @@ impl Cluster {
             raw,
             key_a,
             key_b,
-            team_b: team_b.id,
+            team_b,
             _dir: dir,
         }
     }
@@ -188,18 +173,7 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-API-Key", key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        two_teams::keyed(&self.http, &self.base, key, method, path, body).await
     }
 
     /// Creates a 1-vCPU, 512 MB capsule with `extra` fields as `key`: its id, or the error.
