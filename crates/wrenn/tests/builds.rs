@@ -233,7 +233,8 @@ async fn recipe_with_archive_env_user_and_workdir() {
     let (s, b) = api
         .post(
             "/v1/builds",
-            json!({"name": "web-env2", "base_template": "web-env", "recipe": ["RUN echo two > two.txt"]}),
+            // Steps run as root in `/` until USER/WORKDIR, whatever the base's defaults.
+            json!({"name": "web-env2", "base_template": "web-env", "recipe": ["RUN echo two > /etc/two.txt"]}),
         )
         .await;
     assert_eq!(s, 201, "{b}");
@@ -246,7 +247,10 @@ async fn recipe_with_archive_env_user_and_workdir() {
     assert_eq!(s, 204, "{v}");
     let c = api.capsule("web-env2").await;
     let out = api
-        .exec(&c, "cat /etc/built.txt two.txt; id -un; echo $GREETING")
+        .exec(
+            &c,
+            "cat /etc/built.txt /etc/two.txt; id -un; echo $GREETING",
+        )
         .await;
     assert_eq!(out["stdout"], "built\ntwo\napp\nhello\n", "{out}");
     api.destroy(&c).await;
