@@ -33,11 +33,13 @@ pub fn room(online: &[String], running: &HashMap<String, i64>, unplaced: i64, li
     (free - unplaced).max(0)
 }
 
-/// The ids of the hosts that take work (online, not draining).
+/// The ids of the hosts that count for builds: registered and not draining. One that missed
+/// its heartbeats (`unreachable`) keeps its room: placement decides, and a build that finds no
+/// host fails as a capsule create does (a slow heartbeat never holds the queue).
 pub fn online(hosts: &[HostRecord]) -> Vec<String> {
     hosts
         .iter()
-        .filter(|h| h.status == HostStatus::Online && !h.draining)
+        .filter(|h| h.status != HostStatus::Pending && !h.draining)
         .map(|h| h.id.clone())
         .collect()
 }
