@@ -9,6 +9,8 @@
 //! `python` images. Run one test at a time under the VM lock.
 
 mod common;
+#[path = "builds_parts/look.rs"]
+mod look;
 #[path = "builds_parts/oci.rs"]
 mod oci;
 
@@ -20,6 +22,7 @@ use std::{
 
 use base64::Engine;
 use common::{Reap, Up};
+use look::{running, template_type};
 use serde_json::{json, Value};
 
 const SLOTS: &str = "4200-4299";
@@ -254,25 +257,6 @@ async fn recipe_with_archive_env_user_and_workdir() {
         .await;
     assert_eq!(out["stdout"], "built\ntwo\napp\nhello\n", "{out}");
     api.destroy(&c).await;
-}
-
-/// The `type` of the team's template `name`.
-async fn template_type(api: &Api<'_>, name: &str) -> String {
-    let list = api.get("/v1/snapshots").await;
-    let t = list.as_array().unwrap().iter().find(|t| t["name"] == name);
-    t.unwrap_or_else(|| panic!("no {name}: {list:#}"))["type"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// How many processes of capsule `c` have a command line matching `pattern` (grep -E).
-async fn running(api: &Api<'_>, c: &str, pattern: &str) -> usize {
-    let line = format!(
-        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -cE '{pattern}' || true"
-    );
-    let out = api.exec(c, &line).await;
-    out["stdout"].as_str().unwrap().trim().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

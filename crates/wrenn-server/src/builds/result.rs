@@ -46,10 +46,15 @@ pub(super) fn kind_of(b: &BuildRow) -> TemplateType {
 }
 
 impl Run {
-    /// The build's files removed, then the template: a snapshot (the defaults set in the
-    /// running envd first) or a base template (the disk flattened and booted afresh, the
-    /// defaults set in the new envd).
-    pub(super) async fn finish(&mut self, kind: TemplateType) -> std::result::Result<(), Stop> {
+    /// The build's files removed, then the template ([`kind`]): a snapshot (the defaults set
+    /// in the running envd first) or a base template (the disk flattened and booted afresh,
+    /// the defaults set in the new envd).
+    pub(super) async fn finish(
+        &mut self,
+        recipe: &Recipe,
+        healthcheck: bool,
+    ) -> std::result::Result<(), Stop> {
+        let kind = kind(recipe, healthcheck);
         let started = Instant::now();
         let what = match kind {
             TemplateType::Base => "base template",

@@ -372,7 +372,7 @@ impl Run {
             self.healthcheck(hc).await?;
             self.save().await?;
         }
-        self.finish(super::result::kind(recipe, hc.is_some())).await
+        self.finish(recipe, hc.is_some()).await
     }
 
     async fn step(&mut self, step: &recipe::Step) -> std::result::Result<(), Stop> {
