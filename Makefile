@@ -180,6 +180,7 @@ bench: deps $(VENV_E2B_PLATFORM)/.installed $(VENV_WRENN)/.installed
 	  --e2b-python $(VENV_E2B_PLATFORM)/bin/python --wrenn-python $(VENV_WRENN)/bin/python
 	$(CARGO_TARGET_DIR)/release/wrenn-bench scheduler
 	$(CARGO_TARGET_DIR)/release/wrenn-bench oci
+	$(CARGO_TARGET_DIR)/release/wrenn-bench builds --wrenn $(CARGO_TARGET_DIR)/release/wrenn --images $(WRENN_IMAGES)
 	$(CARGO_TARGET_DIR)/release/wrenn-bench cluster --images $(WRENN_IMAGES)
 	$(MAKE) code-runner-bench
 

@@ -7,11 +7,13 @@
 //! reached directly), `server` (the REST API against the agent reached directly) and
 //! `scheduler` (the control plane's placement in a simulated cluster, against least loaded
 //! and random placement) and `cluster` (3 hosts against 1, template transfer against `cp`,
-//! and the scheduler simulation), `oci` (layer unpacking against GNU `tar -x`).
+//! and the scheduler simulation), `oci` (layer unpacking against GNU `tar -x`), `builds`
+//! (capsules of built templates against `minimal`'s).
 //! `soak` is not a benchmark but the long reliability runs of `make soak` (no baselines: its
 //! figures are held or not).
 
 mod agent;
+mod builds;
 mod cluster;
 mod envd;
 mod fork;
@@ -65,6 +67,9 @@ enum Command {
     Cluster(cluster::Args),
     /// Unpack OCI layers (plain, gzip, zstd) with `wrenn-oci` against GNU `tar -x` of the same.
     Oci(oci::Args),
+    /// Benchmark built templates: create → first exec from a built snapshot template and a
+    /// built base template against `minimal`, and the two builds against each other.
+    Builds(builds::Args),
     /// The long reliability runs (`make soak`): load held on exec streams and terminals, then
     /// churn at capacity with VMMs killed; counts leaks and writes docs/reliability.md.
     Soak(soak::Args),
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => scheduler::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Oci(args) => oci::run(args),
+        Command::Builds(args) => builds::run(args),
         Command::Soak(args) => soak::run(args),
         Command::StaticServer(args) => static_server::run(args),
     }

@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -49,34 +49,35 @@ pub struct Args {
 }
 
 /// A running `wrenn up`, stopped (SIGINT, then SIGKILL) and cleaned up on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    key: String,
+    pub(crate) base: String,
+    pub(crate) key: String,
     dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(args: &Args) -> Result<Server> {
+    /// `wrenn up` of `wrenn` with the templates in `images`, in network slots `slots`.
+    pub(crate) fn start(wrenn: &Path, images: &Path, slots: &str) -> Result<Server> {
         let dir = tempfile::tempdir_in("/var/tmp").context("a data folder")?;
-        let mut child = Command::new(&args.wrenn)
+        let mut child = Command::new(wrenn)
             .args([
                 "up",
                 "--listen",
                 "127.0.0.1:0",
                 "--slots",
-                SLOTS,
+                slots,
                 "--max-capsules",
                 "80",
             ])
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--images")
-            .arg(&args.images)
+            .arg(images)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {}", args.wrenn.display()))?;
+            .with_context(|| format!("starting {}", wrenn.display()))?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let base = loop {
             let Some(line) = lines.next() else {
@@ -132,7 +133,7 @@ async fn agent_exec(agent: &mut AgentClient<tonic::transport::Channel>, id: &str
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -147,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
     let exec_runs = args.exec_runs.unwrap_or(if args.quick { 30 } else { 200 });
     let create_runs = args.create_runs.unwrap_or(if args.quick { 3 } else { 20 });
     let concurrent = args.concurrent.unwrap_or(if args.quick { 8 } else { 50 });
-    let server = Server::start(&args)?;
+    let server = Server::start(&args.wrenn, &args.images, SLOTS)?;
     let rt = tokio::runtime::Runtime::new()?;
     let rows = rt.block_on(async {
         let rest = Rest::new(server.base.clone(), server.key.clone())?;

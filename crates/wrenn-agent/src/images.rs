@@ -232,21 +232,53 @@ pub async fn snapshot_in_slot(
     accel: Accel,
     qemu: PathBuf,
 ) -> Result<Snapshot> {
+    let boot = Boot {
+        vcpus,
+        memory_mib,
+        accel,
+        qemu,
+    };
+    snapshot_in_slot_then(template_dir, slot, boot, |_| async { Ok(()) }).await
+}
+
+/// The machine a template's snapshot boots.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub qemu: PathBuf,
+}
+
+/// [`snapshot_in_slot`], with `prepare` given envd's address once it answers, before the pause
+/// (what it sets is in the snapshot's memory).
+pub async fn snapshot_in_slot_then<F, Fut>(
+    template_dir: &Path,
+    slot: u32,
+    boot: Boot,
+    prepare: F,
+) -> Result<Snapshot>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
     let mut slot = Slot::create(slot, false).await?;
-    let made = snapshot::make_template_snapshot(
+    let envd = SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT);
+    let made = snapshot::make_template_snapshot_then(
         template_dir,
         &TemplateBoot {
-            vcpus,
-            memory_mib,
-            accel,
-            qemu,
+            vcpus: boot.vcpus,
+            memory_mib: boot.memory_mib,
+            accel: boot.accel,
+            qemu: boot.qemu,
             net: Net::Tap {
                 netns: slot.addrs.netns.clone(),
                 tap: netslot::TAP.into(),
             },
-            envd: SocketAddr::new(slot.addrs.capsule_ip.into(), wrenn_vmm::config::ENVD_PORT),
+            envd,
             ready_timeout: Duration::from_secs(180),
         },
+        || prepare(envd),
     )
     .await;
     slot.release().await;

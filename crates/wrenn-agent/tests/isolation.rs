@@ -165,7 +165,7 @@ async fn private_files_template_kinds_and_shapes() {
 
     // A snapshot template of it (the control plane names it by an unguessable id).
     let name = "tpl-isolation0test0000000000";
-    mgr.snapshot(&c.id, name, false).await.unwrap();
+    mgr.snapshot(&c.id, name, false, None).await.unwrap();
     let files = assert_private(&images.path().join(name));
     for f in ["memory", "disk.img", "state", "vm.json", "template.json"] {
         assert!(files.iter().any(|x| x == f), "{f} in {files:?}");

@@ -131,7 +131,10 @@ async fn templates_and_paused_capsules_travel_between_hosts() {
         .expect("create on A");
     leave_traces(&a, &src.id).await;
     let name = format!("xfer-{}", std::process::id());
-    let made = a.snapshot(&src.id, &name, false).await.expect("snapshot");
+    let made = a
+        .snapshot(&src.id, &name, false, None)
+        .await
+        .expect("snapshot");
     let items = collect(a.export_template(&name).unwrap()).await;
     let sent: usize = items
         .iter()

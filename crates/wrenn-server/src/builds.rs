@@ -1,12 +1,15 @@
 //! `/v1/builds`: templates built from a recipe or a Dockerfile. The handlers check and queue
 //! a build (`pending`); [`queue`] runs queued builds a few at a time ([`runner`]), each in a
-//! build capsule, and ends with a snapshot template. See docs/builds.md.
+//! build capsule, and ends with a snapshot template, or a base template when nothing was
+//! started ([`result::kind`]). See docs/builds.md.
 
 pub mod admin;
 pub mod archive;
 pub mod handlers;
+pub mod hosts;
 pub mod image;
 pub mod queue;
+pub mod result;
 pub mod runner;
 pub mod steps;
 
@@ -55,6 +58,7 @@ impl From<&BuildRow> for Build {
             created_at: rfc3339(b.created_at),
             started_at: b.started_at.map(rfc3339),
             completed_at: b.completed_at.map(rfc3339),
+            template_type: result::kind_of(b),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Ask<'a> {
     pub only_host: Option<&'a str>,
     /// Never this host (a move: the host the capsule leaves).
     pub except_host: Option<&'a str>,
+    /// Never these hosts (a build: the hosts at their limit of builds, `builds::hosts`).
+    pub busy: &'a [String],
     /// What the capsule needs of its host.
     pub need: Claims,
 }
@@ -135,7 +137,7 @@ pub async fn place(db: &Db, ask: &Ask<'_>) -> Result<Placed> {
         .host_records()
         .await?
         .into_iter()
-        .filter(|h| Some(h.id.as_str()) != ask.except_host)
+        .filter(|h| Some(h.id.as_str()) != ask.except_host && !ask.busy.contains(&h.id))
         .collect();
     // Too large for every host it may use even empty: the request's fault, not the cluster's.
     let reserves = Reserves::default();

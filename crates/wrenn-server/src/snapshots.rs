@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use wrenn_proto::agent::v1::{
-    DeleteTemplateRequest, ListTemplatesRequest, SnapshotCapsuleRequest, TemplateKind,
+    DeleteTemplateRequest, FreshBoot, ListTemplatesRequest, SnapshotCapsuleRequest, TemplateKind,
 };
 use wrenn_types::{Id, IdKind};
 
@@ -53,7 +53,11 @@ impl From<&TemplateRow> for Template {
     fn from(t: &TemplateRow) -> Template {
         Template {
             name: t.name.clone(),
-            kind: TemplateType::Snapshot,
+            kind: if t.kind == "base" {
+                TemplateType::Base
+            } else {
+                TemplateType::Snapshot
+            },
             vcpus: t.vcpus,
             memory_mb: t.memory_mb,
             size_bytes: t.size_bytes,
@@ -133,6 +137,19 @@ pub async fn create(
     QueryParams(q): QueryParams<CreateQuery>,
     JsonBody(b): JsonBody<CreateSnapshotBody>,
 ) -> Result<(StatusCode, Json<Template>)> {
+    make(state, caller, q.overwrite, b, None).await
+}
+
+/// A team template from a capsule: a snapshot template, or with `fresh` a base template (the
+/// capsule's disk booted afresh with those defaults; a build's result, `builds::runner`).
+pub(crate) async fn make(
+    state: AppState,
+    caller: Caller,
+    overwrite: bool,
+    b: CreateSnapshotBody,
+    fresh: Option<FreshBoot>,
+) -> Result<(StatusCode, Json<Template>)> {
+    let kind = if fresh.is_some() { "base" } else { "snapshot" };
     let name = b
         .name
         .unwrap_or_else(|| format!("template-{}", &Id::new(IdKind::Template).to_string()[4..12]));
@@ -148,7 +165,7 @@ pub async fn create(
         )));
     }
     let existing = state.db.template(&caller.team_id, &name).await?;
-    if existing.is_some() && !q.overwrite {
+    if existing.is_some() && !overwrite {
         return Err(ApiError::Conflict(format!(
             "template {name} already exists (use overwrite)"
         )));
@@ -170,6 +187,7 @@ pub async fn create(
             capsule_id: capsule.id.clone(),
             name: host_name.clone(),
             overwrite: existing.is_some(),
+            fresh,
         })
         .await
         .map_err(|s| user_facing(s, &name));
@@ -196,6 +214,7 @@ pub async fn create(
         created_at: now_ms(),
         host_id: Some(host.id),
         platform: existing.as_ref().map_or(0, |t| t.platform),
+        kind: kind.into(),
     };
     if let Err(e) = state.db.insert_template(&row).await {
         // A concurrent create of the same name won: never leave a host template no row names.
@@ -235,8 +254,9 @@ pub struct ListQuery {
 
 /// List templates
 ///
-/// The team's snapshots, the platform's snapshot templates (`platform`, read-only; a team's
-/// own template of the same name hides one), then the platform's base templates.
+/// The team's templates (snapshots, and builds' results: `base` for a build without a started
+/// process), the platform's built templates (`platform`, read-only; a team's own template of
+/// the same name hides one), then the platform's base templates.
 #[utoipa::path(
     get,
     path = "/v1/snapshots",
@@ -264,20 +284,23 @@ pub async fn list(
         }
     };
     let mut out = Vec::new();
-    if snapshot {
-        out.extend(
-            state
-                .db
-                .usable_templates(&caller.team_id)
-                .await?
-                .iter()
-                .map(|r| Template {
-                    // The platform team deletes its platform templates; no other team does.
-                    protected: r.platform != 0 && r.team_id != caller.team_id,
-                    ..Template::from(r)
-                }),
-        );
-    }
+    // The team's templates (and the platform's snapshot templates) are of either kind.
+    out.extend(
+        state
+            .db
+            .usable_templates(&caller.team_id)
+            .await?
+            .iter()
+            .map(|r| Template {
+                // The platform team deletes its platform templates; no other team does.
+                protected: r.platform != 0 && r.team_id != caller.team_id,
+                ..Template::from(r)
+            })
+            .filter(|t| match t.kind {
+                TemplateType::Base => base,
+                TemplateType::Snapshot => snapshot,
+            }),
+    );
     if base {
         out.extend(base_templates(&state).await?.iter().map(base_template));
     }
@@ -381,6 +404,7 @@ mod tests {
             created_at: 1_700_000_000_000,
             host_id: None,
             platform: 0,
+            kind: "snapshot".into(),
         };
         // Before: `template_json`.
         let old = json!({

@@ -71,6 +71,7 @@ async fn platform_admins_see_every_team_others_are_forbidden() {
             created_at: now_ms(),
             host_id: None,
             platform: 0,
+            kind: "snapshot".into(),
         })
         .await
         .unwrap();

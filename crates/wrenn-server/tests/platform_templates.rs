@@ -46,6 +46,7 @@ async fn plant(s: &Server, team: &str, name: &str, agent_name: &str) {
             created_at: now_ms(),
             host_id: host,
             platform: 0,
+            kind: "snapshot".into(),
         })
         .await
         .unwrap();

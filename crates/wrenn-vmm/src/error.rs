@@ -24,6 +24,8 @@ pub enum VmmError {
     Exited { status: String, console: String },
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout { after: Duration, what: String },
+    #[error("preparing the booted guest: {0}")]
+    Prepare(String),
     #[error("cannot {action} a VM that is {state}")]
     State { action: &'static str, state: String },
     #[error("{context}: {source}")]

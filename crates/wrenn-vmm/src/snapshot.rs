@@ -99,6 +99,20 @@ pub struct TemplateBoot {
 /// Boots the template once, waits for envd, pauses and saves: the template's ready snapshot.
 /// Replaces any previous snapshot only once the new one is complete.
 pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) -> Result<Snapshot> {
+    make_template_snapshot_then(template_dir, boot, || async { Ok(()) }).await
+}
+
+/// [`make_template_snapshot`], with `prepare` run once envd answers and before the pause (to
+/// set what the snapshot's envd holds); its error stops the VM and fails the snapshot.
+pub async fn make_template_snapshot_then<F, Fut>(
+    template_dir: &Path,
+    boot: &TemplateBoot,
+    prepare: F,
+) -> Result<Snapshot>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
     let snap = Snapshot {
         template_dir: template_dir.to_path_buf(),
     };
@@ -127,6 +141,10 @@ pub async fn make_template_snapshot(template_dir: &Path, boot: &TemplateBoot) ->
         if let Err(e) = ready {
             let _ = vm.stop().await;
             return Err(e);
+        }
+        if let Err(e) = prepare().await {
+            let _ = vm.stop().await;
+            return Err(VmmError::Prepare(e));
         }
         vm.pause().await?;
         vm.save(&work.join("state")).await?;

@@ -1,5 +1,6 @@
 //! Template builds end to end, against a real `wrenn up` (real microVMs; slots 4200–4299): a
-//! recipe with ENV/USER/WORKDIR and COPY from an archive gives capsules that show them; a
+//! recipe with ENV/USER/WORKDIR and COPY from an archive gives a base template (booted afresh,
+//! its disk standing alone once its base is deleted) whose capsules show them; a
 //! START'ed HTTP server with a healthcheck (a platform admin's build: a platform template)
 //! answers at once in a new capsule; a failing RUN
 //! names its step and line; cancel; archives reaching out refused; a control plane restarted
@@ -8,6 +9,8 @@
 //! `python` images. Run one test at a time under the VM lock.
 
 mod common;
+#[path = "builds_parts/look.rs"]
+mod look;
 #[path = "builds_parts/oci.rs"]
 mod oci;
 
@@ -19,6 +22,7 @@ use std::{
 
 use base64::Engine;
 use common::{Reap, Up};
+use look::{running, template_type};
 use serde_json::{json, Value};
 
 const SLOTS: &str = "4200-4299";
@@ -184,6 +188,8 @@ async fn recipe_with_archive_env_user_and_workdir() {
                     "WORKDIR /home/app/work",
                     "COPY site conf/app.conf ./",
                     "RUN test -f index.html && test \"$(stat -c %U index.html)\" = app",
+                    // Left running in the build capsule: a base template boots afresh without it.
+                    "RUN (sleep 9999 >/dev/null 2>&1 &)",
                 ],
                 "archive": archive,
             }),
@@ -217,10 +223,40 @@ async fn recipe_with_archive_env_user_and_workdir() {
         "{stdout}"
     );
     assert!(lines.last().unwrap().starts_with("/opt/tools:"), "{stdout}");
+    // No healthcheck, nothing started: a base template, booted afresh (the RUN's background
+    // process is not in it).
+    assert_eq!(b["template_type"], "base", "{b:#}");
+    assert_eq!(template_type(&api, "web-env").await, "base");
+    assert_eq!(running(&api, &c, "slee[p] 9999").await, 0);
     api.destroy(&c).await;
     // The build capsule is gone.
     let list = api.get("/v1/capsules").await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list:#}");
+    // A base template built on it, then it deleted: the new one's disk stands alone.
+    let (s, b) = api
+        .post(
+            "/v1/builds",
+            // Steps run as root in `/` until USER/WORKDIR, whatever the base's defaults.
+            json!({"name": "web-env2", "base_template": "web-env", "recipe": ["RUN echo two > /etc/two.txt"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let b = api.wait(b["id"].as_str().unwrap(), 600).await;
+    assert_eq!(b["status"], "success", "{b:#}");
+    assert_eq!(b["template_type"], "base", "{b:#}");
+    let (s, v) = api
+        .call(reqwest::Method::DELETE, "/v1/snapshots/web-env", None)
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let c = api.capsule("web-env2").await;
+    let out = api
+        .exec(
+            &c,
+            "cat /etc/built.txt /etc/two.txt; id -un; echo $GREETING",
+        )
+        .await;
+    assert_eq!(out["stdout"], "built\ntwo\napp\nhello\n", "{out}");
+    api.destroy(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,6 +280,7 @@ async fn started_server_answers_at_once_in_new_capsules() {
     let b = api.wait(b["id"].as_str().unwrap(), 900).await;
     assert_eq!(b["status"], "success", "{b:#}");
     assert_eq!(b["expose"], json!(["8000/tcp"]));
+    assert_eq!(b["template_type"], "snapshot", "{b:#}");
     let list = api.get("/v1/snapshots").await;
     let web = list.as_array().unwrap().iter().find(|t| t["name"] == "web");
     assert_eq!(

@@ -217,6 +217,12 @@ impl Capsule {
         templates: &Templates,
         in_use: &(dyn Fn(&std::path::Path) -> bool + Send + Sync),
     ) -> Result<TemplateInfo> {
+        let source = self.source(templates).await?;
+        templates.publish(&name, overwrite, source, in_use).await
+    }
+
+    /// Pauses the capsule if it runs: its saved files, to make a template of.
+    pub(super) async fn source(&mut self, templates: &Templates) -> Result<SnapshotSource> {
         match self.state() {
             CapsuleStatus::Running => self.pause(false).await?,
             CapsuleStatus::Paused => {}
@@ -247,7 +253,7 @@ impl Capsule {
             },
             envd_token: rec.access_token.clone(),
         };
-        templates.publish(&name, overwrite, source, in_use).await
+        Ok(source)
     }
 
     /// Copies the capsule's whole state into the new folder `dest`: a running capsule is

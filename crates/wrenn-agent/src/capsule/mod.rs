@@ -25,7 +25,7 @@ use crate::{
     error::{AgentError, Result},
     netslot::Egress,
     record::CapsuleRecord,
-    templates::{TemplateInfo, Templates},
+    templates::{SnapshotSource, TemplateInfo, Templates},
 };
 
 /// Memory a VMM may use beyond its guest's RAM (QEMU itself, its translation cache under TCG).
@@ -66,6 +66,8 @@ pub enum Op {
         in_use: Box<dyn Fn(&std::path::Path) -> bool + Send + Sync>,
         reply: oneshot::Sender<Result<TemplateInfo>>,
     },
+    /// Pauses the capsule (if it runs): its files, to make a template of; it stays paused.
+    Source(Arc<Templates>, oneshot::Sender<Result<SnapshotSource>>),
     /// Changes egress (running or paused) and records it.
     SetNetwork(Egress, oneshot::Sender<Result<()>>),
     /// Copies the capsule's whole state into a new folder (a running capsule pauses only for
@@ -148,6 +150,10 @@ impl Handle {
             reply,
         })
         .await
+    }
+    /// Pauses the capsule (if it runs) and gives its files, to make a template of.
+    pub async fn source(&self, templates: Arc<Templates>) -> Result<SnapshotSource> {
+        self.call(|reply| Op::Source(templates, reply)).await
     }
     /// Copies the capsule's whole state into the new folder `dest`
     /// ([`wrenn_vmm::checkpoint`]).
@@ -248,6 +254,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     .await;
                 let _ = reply.send(made);
             }
+            Op::Source(templates, reply) => {
+                let _ = reply.send(capsule.source(&templates).await);
+            }
             Op::SetNetwork(egress, reply) => {
                 let _ = reply.send(capsule.set_network(egress).await);
             }
@@ -279,6 +288,9 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     }
                     Op::Snapshot { reply, .. } => {
                         let _ = reply.send(Err(err()));
+                    }
+                    Op::Source(_, r) => {
+                        let _ = r.send(Err(err()));
                     }
                     Op::SetNetwork(_, r) => {
                         let _ = r.send(Err(err()));

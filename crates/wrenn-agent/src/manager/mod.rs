@@ -410,8 +410,15 @@ impl Manager {
         Ok(())
     }
 
-    /// Makes template `name` from capsule `id` (paused first if it runs; it stays paused).
-    pub async fn snapshot(&self, id: &str, name: &str, overwrite: bool) -> Result<TemplateInfo> {
+    /// Makes template `name` from capsule `id` (paused first if it runs; it stays paused): of
+    /// its memory and disk, or with `fresh` of its disk booted afresh with those defaults.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        overwrite: bool,
+        fresh: Option<crate::templates::FreshDefaults>,
+    ) -> Result<TemplateInfo> {
         let h = self.handle(id)?;
         self.templates.dir(name)?;
         let others: Vec<CapsuleRecord> = self.list().into_iter().filter(|r| r.id != id).collect();
@@ -424,7 +431,15 @@ impl Manager {
                     .starts_with(dir)
             })
         });
-        h.snapshot(name.into(), overwrite, self.templates.clone(), in_use)
+        let Some(defaults) = fresh else {
+            return h
+                .snapshot(name.into(), overwrite, self.templates.clone(), in_use)
+                .await;
+        };
+        let source = h.source(self.templates.clone()).await?;
+        let (templates, slots) = (&self.templates, &self.slots);
+        templates
+            .publish_fresh(name, overwrite, source, &defaults, slots, in_use)
             .await
     }
 
@@ -435,10 +450,18 @@ impl Manager {
             &self.config.data_dir.join("oci.toml"),
             &self.config.data_dir.join("oci"),
         )?;
+        let budget = config.max_cache_bytes;
         let puller = wrenn_oci::Puller::new(config)?;
-        self.templates
+        let made = self
+            .templates
             .from_image(&puller, reference, &self.slots)
-            .await
+            .await?;
+        // Templates made from images are kept within the cache's bound too.
+        if let Some(budget) = budget {
+            let in_use = |d: &Path| self.template_in_use(d);
+            self.templates.evict_images(&made.name, budget, &in_use);
+        }
+        Ok(made)
     }
 
     pub fn templates(&self) -> Vec<TemplateInfo> {

@@ -30,7 +30,21 @@ pub(super) async fn snapshot_capsule(
 ) -> Result<Response<Template>, Status> {
     let r = req.into_inner();
     let id = capsule_id(&r.capsule_id)?;
-    let made = svc.manager.snapshot(&id, &r.name, r.overwrite).await?;
+    let fresh = match r.fresh {
+        Some(f) if !f.workdir.is_empty() && !f.workdir.starts_with('/') => {
+            return Err(Status::invalid_argument("workdir must be absolute"))
+        }
+        Some(f) => Some(crate::templates::FreshDefaults {
+            env: f.env,
+            user: f.user,
+            workdir: f.workdir,
+        }),
+        None => None,
+    };
+    let made = svc
+        .manager
+        .snapshot(&id, &r.name, r.overwrite, fresh)
+        .await?;
     Ok(Response::new(template_pb(made)))
 }
 

@@ -8,10 +8,15 @@
 //! - **Snapshot templates** are made from a capsule (`images/<name>/` with `template.json`): its
 //!   memory, device state and flattened disk. Their capsules have the source capsule's shape.
 //!
+//! - **Fresh templates** are snapshot templates (the same folder, `template.json` with `fresh`)
+//!   whose snapshot is of a fresh boot of a capsule's flattened disk, with defaults set in its
+//!   envd: a build without a started process ends in one (no memory of the build kept).
+//!
 //! `shapes` holds the shape policy, shape snapshots and their eviction; `publish` making,
-//! deleting and tidying snapshot templates.
+//! deleting and tidying snapshot templates; `fresh` the fresh ones.
 
 mod base;
+mod fresh;
 mod image;
 mod publish;
 mod shapes;
@@ -29,6 +34,7 @@ use crate::{
     error::{AgentError, Result},
     netslot::SlotPool,
 };
+pub use fresh::FreshDefaults;
 pub use image::{image_template_name, ImageTemplate, IMAGE_PREFIX};
 pub(crate) use publish::link_or_copy;
 pub use shapes::ShapePolicy;
@@ -54,8 +60,12 @@ pub struct TemplateMeta {
     pub from_capsule: String,
     pub created_at_unix: i64,
     /// The source capsule's envd token: the snapshot's envd asks for it until a new capsule's
-    /// `/init` sets that capsule's own.
+    /// `/init` sets that capsule's own ("" for a fresh template: its envd has none).
     pub envd_token: String,
+    /// A fresh template ([`Templates::publish_fresh`]): the capsule's disk booted afresh, no
+    /// memory or process of the capsule kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// One template as listed.
@@ -332,7 +342,10 @@ impl Templates {
                 disk_bytes: file_len(&own.disk()),
                 snapshot: own,
                 spec,
-                envd_token: self.meta(name).map(|m| m.envd_token),
+                envd_token: self
+                    .meta(name)
+                    .map(|m| m.envd_token)
+                    .filter(|t| !t.is_empty()),
             });
         }
         let shaped = self.shape(&dir, vcpus, memory_mib, pool).await?;

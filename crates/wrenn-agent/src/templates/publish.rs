@@ -34,6 +34,18 @@ impl Templates {
         source: SnapshotSource,
         in_use: impl Fn(&Path) -> bool,
     ) -> Result<TemplateInfo> {
+        self.publish_as(name, overwrite, Filling::Snapshot(&source), in_use)
+            .await
+    }
+
+    /// [`Templates::publish`] with the folder filled by `filling`.
+    pub(super) async fn publish_as(
+        &self,
+        name: &str,
+        overwrite: bool,
+        filling: Filling<'_>,
+        in_use: impl Fn(&Path) -> bool,
+    ) -> Result<TemplateInfo> {
         let dir = self.dir(name)?;
         let exists = std::fs::symlink_metadata(&dir).is_ok();
         if exists {
@@ -64,7 +76,12 @@ impl Templates {
                 )
             });
         let made = match lock {
-            Ok(_held) => self.fill(&work, name, &source).await,
+            Ok(_held) => match filling {
+                Filling::Snapshot(source) => self.fill(&work, name, source).await,
+                Filling::Fresh(source, defaults, pool) => {
+                    self.fill_fresh(&work, name, source, defaults, pool).await
+                }
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = made {
@@ -109,23 +126,13 @@ impl Templates {
         .await
         .map_err(|e| AgentError::io("copying memory", std::io::Error::other(e)))??;
         // The disk, flattened: the template does not depend on the capsule's base.
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
-            .arg(&source.disk)
-            .arg(snap_dir.join("disk.img"))
-            .output()
-            .await
-            .map_err(|e| AgentError::io("running qemu-img convert", e))?;
-        if !out.status.success() {
-            return Err(AgentError::DiskFlatten {
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
+        flatten_disk(&source.disk, &snap_dir.join("disk.img")).await?;
         let meta = TemplateMeta {
             base: source.base.clone(),
             from_capsule: source.capsule_id.clone(),
             created_at_unix: unix_now(),
             envd_token: source.envd_token.clone(),
+            fresh: false,
         };
         write_private(&work.join(META), &meta)?;
         let spec = serde_json::to_vec_pretty(&source.spec)
@@ -211,7 +218,36 @@ impl Templates {
     }
 }
 
-fn write_private(path: &Path, meta: &TemplateMeta) -> Result<()> {
+/// What fills a new template's folder.
+pub(super) enum Filling<'a> {
+    /// The capsule's memory, device state and flattened disk.
+    Snapshot(&'a SnapshotSource),
+    /// Its flattened disk, booted afresh in a slot of the pool with the defaults set.
+    Fresh(
+        &'a SnapshotSource,
+        &'a super::FreshDefaults,
+        &'a crate::netslot::SlotPool,
+    ),
+}
+
+/// `disk` (a qcow2 and its backing chain) as one raw image at `to`.
+pub(super) async fn flatten_disk(disk: &Path, to: &Path) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(disk)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|e| AgentError::io("running qemu-img convert", e))?;
+    if !out.status.success() {
+        return Err(AgentError::DiskFlatten {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn write_private(path: &Path, meta: &TemplateMeta) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let text = serde_json::to_vec_pretty(meta)

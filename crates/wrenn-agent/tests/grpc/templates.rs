@@ -206,6 +206,7 @@ async fn snapshot_templates_and_watch() {
         capsule_id: c.id.clone(),
         name: name.into(),
         overwrite,
+        fresh: None,
     };
     let t = client
         .snapshot_capsule(snap(&name, false))

@@ -199,6 +199,7 @@ pub(super) async fn queue_build(
         started_at: None,
         completed_at: None,
         platform: i64::from(platform),
+        host_id: None,
     };
     state.db.insert_build(&row, tar.as_deref()).await?;
     state

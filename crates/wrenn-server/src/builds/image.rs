@@ -53,10 +53,14 @@ impl ImageDefaults {
 impl Run {
     /// Pulls `reference` on a host and makes its template there (log entry `at`); the
     /// template's name, the host's id and the image's defaults.
+    /// The host is chosen among those not `busy` (at their limit of builds) and recorded on
+    /// the build before the pull.
     pub(super) async fn import_image(
         &mut self,
         at: usize,
         reference: &str,
+        busy: &[String],
+        placing: &mut Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<(String, String, ImageDefaults), Stop> {
         let need = Claims::new(
             self.row.vcpus.max(1) as u64,
@@ -70,6 +74,7 @@ impl Run {
             snapshot: false,
             only_host: None,
             except_host: None,
+            busy,
             need,
         };
         let placed = placement::place(&self.state.db, &ask)
@@ -77,12 +82,19 @@ impl Run {
             .map_err(|e| Stop::Failed(format!("a host to pull {reference} on: {e}")))?;
         let host = placed.host.clone();
         placed.release().await;
+        self.state.db.set_build_host(&self.row.id, &host.id).await?;
+        // Recorded: the next build's placement counts this one there.
+        placing.take();
         let mut agent = self.state.pool.client(&host)?;
-        let made = agent
-            .import_image(ImportImageRequest {
-                reference: reference.to_owned(),
-            })
-            .await;
+        let import = agent.import_image(ImportImageRequest {
+            reference: reference.to_owned(),
+        });
+        // A cancel drops the call: the agent's side stops with it (its pull's temporaries go
+        // with it; the cache keeps only whole blobs and root filesystems).
+        let made = tokio::select! {
+            made = import => made,
+            stop = self.cancelled() => return Err(stop),
+        };
         let made = match made {
             Ok(m) => m.into_inner(),
             Err(s) => {
@@ -109,6 +121,18 @@ impl Run {
                 workdir: made.workdir,
             },
         ))
+    }
+
+    /// Resolves once the build is cancelled (looked at every second), or its row is gone.
+    async fn cancelled(&self) -> Stop {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match self.state.db.build_status(&self.row.id).await {
+                Ok(Some(s)) if s == "running" => {}
+                Ok(_) => return Stop::Cancelled,
+                Err(e) => tracing::warn!(build = %self.row.id, "reading the build's status: {e}"),
+            }
+        }
     }
 }
 

@@ -1,16 +1,12 @@
-//! The build queue: queued builds run in creation order, at most `limit` at once per control
-//! plane (each replica takes builds with a conditional update, so none runs twice). A
+//! The build queue: queued builds run in creation order, at most `limit` at once per host
+//! ([`super::hosts`]: a build is taken only while some online host has room, and placed among
+//! the hosts below their limit); each replica takes builds with a conditional update, so none
+//! runs twice. A
 //! `running` build whose runner stopped writing (its control plane stopped) is failed and its
 //! build capsule destroyed, so no build stays `running` forever; queued builds survive a
 //! restart and run after it.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use wrenn_types::recipe::{self, Format, Healthcheck};
 
@@ -25,19 +21,19 @@ const POLL: Duration = Duration::from_secs(1);
 /// How often a running build says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Builds at once per control plane by default.
+/// Builds at once per host by default.
 pub const DEFAULT_LIMIT: usize = 2;
 
-/// Starts the queue on `state` (runs until the process ends).
+/// Starts the queue on `state` (runs until the process ends), `limit` builds at once per host.
 pub fn spawn(state: AppState, limit: usize) {
-    let running = Arc::new(AtomicUsize::new(0));
+    let placing = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(async move {
         loop {
             match state.db.fail_stale_builds().await {
                 Ok(stale) => {
                     for b in stale {
                         tracing::warn!(build = %b.id, "build failed: its control plane stopped");
-                        let mut run = run_of(&state, b);
+                        let mut run = run_of(&state, b, limit, &placing);
                         run.cleanup().await;
                     }
                 }
@@ -46,19 +42,23 @@ pub fn spawn(state: AppState, limit: usize) {
             // Build capsules whose destroy failed (a control plane stopping mid-build).
             if let Ok(left) = state.db.builds_with_leftover_capsules().await {
                 for b in left {
-                    let mut run = run_of(&state, b);
+                    let mut run = run_of(&state, b, limit, &placing);
                     run.cleanup().await;
                 }
             }
-            while running.load(Ordering::SeqCst) < limit {
+            loop {
+                match super::hosts::room_now(&state, limit).await {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!("counting the hosts' builds: {e}");
+                        break;
+                    }
+                }
                 match state.db.claim_build().await {
                     Ok(Some(b)) => {
-                        running.fetch_add(1, Ordering::SeqCst);
-                        let (state, running) = (state.clone(), running.clone());
-                        tokio::spawn(async move {
-                            run_one(state, b).await;
-                            running.fetch_sub(1, Ordering::SeqCst);
-                        });
+                        let run = run_of(&state, b, limit, &placing);
+                        tokio::spawn(run_one(run));
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -72,7 +72,12 @@ pub fn spawn(state: AppState, limit: usize) {
     });
 }
 
-fn run_of(state: &AppState, row: BuildRow) -> Run {
+fn run_of(
+    state: &AppState,
+    row: BuildRow,
+    limit: usize,
+    placing: &Arc<tokio::sync::Mutex<()>>,
+) -> Run {
     let caller = Caller {
         team_id: row.team_id.clone(),
         actor_type: row.actor_type.parse().unwrap_or(wrenn_types::Actor::System),
@@ -87,12 +92,14 @@ fn run_of(state: &AppState, row: BuildRow) -> Run {
         total: row.total_steps.max(0) as u32,
         ctx: Default::default(),
         row,
+        limit,
+        placing: placing.clone(),
     }
 }
 
-async fn run_one(state: AppState, row: BuildRow) {
-    let id = row.id.clone();
-    tracing::info!(build = %id, name = %row.name, "build started");
+async fn run_one(mut run: Run) {
+    let (state, id) = (run.state.clone(), run.row.id.clone());
+    tracing::info!(build = %id, name = %run.row.name, "build started");
     // Alive while it runs, whatever the step.
     let beat = {
         let (state, id) = (state.clone(), id.clone());
@@ -103,7 +110,6 @@ async fn run_one(state: AppState, row: BuildRow) {
             }
         })
     };
-    let mut run = run_of(&state, row);
     run.capsule = None;
     run.logs.clear();
     let format = if run.row.format == "dockerfile" {
@@ -134,6 +140,11 @@ async fn run_one(state: AppState, row: BuildRow) {
         Err(Stop::Cancelled) => {
             let _ = state.db.drop_build_archive(&id).await;
             Ok(false)
+        }
+        Err(Stop::Requeue) => {
+            tracing::info!(build = %id, "every host is at its limit of builds: queued again");
+            let _ = state.db.requeue_build(&id).await;
+            return;
         }
     };
     match ended {

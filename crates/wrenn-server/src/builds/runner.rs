@@ -1,20 +1,21 @@
 //! One build, start to end: a build capsule from the base template (placed like any
 //! capsule, egress on), the archive unpacked in it, each step through the agent's exec path,
-//! the healthcheck, the defaults recorded in envd, then a snapshot template (memory and
-//! running processes) and the build capsule destroyed. Every path destroys the capsule.
+//! the healthcheck, then the template with the build's defaults: a snapshot template (memory
+//! and running processes) when the build has a healthcheck or starts a process, else a base
+//! template (its disk flattened and booted afresh); the build capsule destroyed. Every path
+//! destroys the capsule.
 
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
 use axum::extract::{Path, State};
 use tokio_stream::StreamExt;
 use wrenn_proto::agent::v1::{
-    exec_event::Event as Ev, write_file_stream_request::Part, ExecRequest, SetDefaultsRequest,
-    StartBackgroundRequest, WriteFileStreamRequest,
+    exec_event::Event as Ev, write_file_stream_request::Part, ExecRequest, StartBackgroundRequest,
+    WriteFileStreamRequest,
 };
 use wrenn_types::{
     api::builds::BuildStep,
     api::capsules::CreateCapsuleBody,
-    api::templates::CreateSnapshotBody,
     recipe::{self, Command, Healthcheck, Recipe, StepKind},
 };
 
@@ -22,7 +23,6 @@ use super::steps::{self, Context, ARCHIVE_PATH, FILES_DIR};
 use crate::{
     db::{BuildProgress, BuildRow, Caller},
     error::ApiError,
-    extract::{JsonBody, QueryParams},
     state::AppState,
 };
 
@@ -37,6 +37,8 @@ const KEEP_OUTPUT: usize = 64 << 10;
 pub enum Stop {
     Failed(String),
     Cancelled,
+    /// Every host is at its limit of builds (`builds::hosts`): back in the queue.
+    Requeue,
 }
 
 impl From<ApiError> for Stop {
@@ -54,6 +56,10 @@ pub struct Run {
     pub total: u32,
     pub capsule: Option<String>,
     pub ctx: Context,
+    /// Builds at once per host (`--max-builds`).
+    pub limit: usize,
+    /// Held while a build is placed, so this control plane places one at a time.
+    pub placing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn tail(bytes: &[u8]) -> String {
@@ -178,7 +184,7 @@ impl Run {
         Ok(exit.unwrap_or(-1))
     }
 
-    async fn agent(
+    pub(super) async fn agent(
         &self,
     ) -> std::result::Result<
         wrenn_proto::agent::v1::agent_client::AgentClient<tonic::transport::Channel>,
@@ -219,7 +225,11 @@ impl Run {
     }
 
     /// Runs a shell script as root that must succeed.
-    async fn must(&mut self, at: usize, script: String) -> std::result::Result<(), Stop> {
+    pub(super) async fn must(
+        &mut self,
+        at: usize,
+        script: String,
+    ) -> std::result::Result<(), Stop> {
         let code = self
             .exec(
                 at,
@@ -234,7 +244,7 @@ impl Run {
         Ok(())
     }
 
-    fn done(&mut self, at: usize, started: Instant) {
+    pub(super) fn done(&mut self, at: usize, started: Instant) {
         self.logs[at].ok = true;
         self.logs[at].elapsed_ms = started.elapsed().as_millis() as u64;
     }
@@ -264,9 +274,12 @@ impl Run {
             ),
         };
         self.save().await?;
+        // A host below its limit of builds, chosen one build at a time.
+        let mut placing = Some(self.placing.clone().lock_owned().await);
+        let busy = self.busy_hosts().await?;
         let (template, host, defaults) = match &image {
             Some(r) => {
-                let (t, h, d) = self.import_image(at, r).await?;
+                let (t, h, d) = self.import_image(at, r, &busy, &mut placing).await?;
                 (t, Some(h), Some(d))
             }
             None => (self.row.base_template.clone(), None, None),
@@ -290,11 +303,19 @@ impl Run {
             self.state.clone(),
             self.caller.clone(),
             body,
+            if placing.is_some() {
+                busy.as_slice()
+            } else {
+                &[]
+            },
         )
         .await
         .map_err(|e| Stop::Failed(format!("the build capsule: {e}")))?;
         self.capsule = Some(made.1 .0.capsule.id.clone());
         self.save().await?;
+        if placing.take().is_some() {
+            self.record_host().await?;
+        }
         // Its user, folder and environment.
         let probe = "id -un; pwd; env -0".to_string();
         let code = self
@@ -351,7 +372,7 @@ impl Run {
             self.healthcheck(hc).await?;
             self.save().await?;
         }
-        self.finish().await
+        self.finish(recipe, hc.is_some()).await
     }
 
     async fn step(&mut self, step: &recipe::Step) -> std::result::Result<(), Stop> {
@@ -525,46 +546,6 @@ impl Run {
             self.save().await?;
             tokio::time::sleep(Duration::from_millis(hc.interval_ms)).await;
         }
-        self.done(at, started);
-        Ok(())
-    }
-
-    /// The defaults into envd, the build's files removed, the snapshot taken.
-    async fn finish(&mut self) -> std::result::Result<(), Stop> {
-        let started = Instant::now();
-        let at = self.begin("snapshot", 0, &format!("template {}", self.row.name));
-        self.save().await?;
-        self.must(at, format!("rm -rf {FILES_DIR} {ARCHIVE_PATH}"))
-            .await?;
-        let mut agent = self.agent().await?;
-        agent
-            .set_defaults(SetDefaultsRequest {
-                capsule_id: self.capsule.clone().unwrap_or_default(),
-                env: self.ctx.set_env.clone().into_iter().collect(),
-                user: self.ctx.default_user().to_owned(),
-                workdir: self.ctx.default_workdir().to_owned(),
-            })
-            .await
-            .map_err(|s| Stop::Failed(format!("recording the defaults: {}", s.message())))?;
-        // The last check for a cancel before the template exists.
-        self.save().await?;
-        let made = crate::snapshots::create(
-            State(self.state.clone()),
-            self.caller.clone(),
-            QueryParams(crate::snapshots::CreateQuery { overwrite: true }),
-            JsonBody(CreateSnapshotBody {
-                sandbox_id: self.capsule.clone().unwrap_or_default(),
-                name: Some(self.row.name.clone()),
-            }),
-        )
-        .await
-        .map_err(|e| Stop::Failed(format!("the snapshot: {e}")))?;
-        if self.row.platform != 0 {
-            let (db, team) = (&self.state.db, &self.caller.team_id);
-            let marked = db.mark_platform_template(team, &self.row.name).await;
-            marked.map_err(|e| Stop::Failed(format!("marking the platform template: {e}")))?;
-        }
-        self.logs[at].stdout = format!("{} bytes", made.1 .0.size_bytes);
         self.done(at, started);
         Ok(())
     }

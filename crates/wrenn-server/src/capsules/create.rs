@@ -38,17 +38,19 @@ pub async fn create(
     caller: Caller,
     JsonBody(b): JsonBody<CreateCapsuleBody>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
-    create_as(state, caller, b, false).await
+    create_as(state, caller, b, None).await
 }
 
-/// A build capsule of a `FROM <image>` build: from the image's template (`oci-…`, which no
-/// team reaches through [`create`]) on the host that made it (`host_id`).
+/// A build capsule: on a host not in `busy` (those at their limit of builds), or for a
+/// `FROM <image>` build from the image's template (`oci-…`, which no team reaches through
+/// [`create`]) on the host that made it (`host_id`).
 pub async fn create_for_build(
     state: AppState,
     caller: Caller,
     b: CreateCapsuleBody,
+    busy: &[String],
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
-    create_as(state, caller, b, true).await
+    create_as(state, caller, b, Some(busy)).await
 }
 
 /// [`create_now`], to its end whatever the client does ([`super::detached`]).
@@ -56,17 +58,19 @@ async fn create_as(
     state: AppState,
     caller: Caller,
     b: CreateCapsuleBody,
-    for_build: bool,
+    build: Option<&[String]>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
-    super::detached(create_now(state, caller, b, for_build)).await
+    let build = build.map(<[String]>::to_vec);
+    super::detached(create_now(state, caller, b, build)).await
 }
 
 async fn create_now(
     state: AppState,
     caller: Caller,
     b: CreateCapsuleBody,
-    for_build: bool,
+    build: Option<Vec<String>>,
 ) -> Result<(StatusCode, Json<CreatedCapsule>)> {
+    let for_build = build.is_some();
     let template = b.template.unwrap_or_else(|| "minimal".into());
     if wrenn_types::TemplateName::parse(&template).is_err() {
         return Err(ApiError::InvalidRequest(format!(
@@ -143,6 +147,7 @@ async fn create_now(
         snapshot: kind == TemplateKind::Snapshot,
         only_host,
         except_host: None,
+        busy: build.as_deref().unwrap_or_default(),
         need,
     };
     let placed = crate::placement::place(&state.db, &ask).await;

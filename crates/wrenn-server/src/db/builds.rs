@@ -44,12 +44,14 @@ pub struct BuildRow {
     pub completed_at: Option<i64>,
     /// 1: a platform admin's build of a platform template (`/v1/admin/builds`).
     pub platform: i64,
+    /// The host running it (its build capsule's, or its image pull's), once placed.
+    pub host_id: Option<String>,
 }
 
 const COLUMNS: &str = "id, team_id, name, format, source, base_template, healthcheck, vcpus, \
     memory_mb, disk_mb, status, current_step, total_steps, logs, error, capsule_id, default_user, \
     default_workdir, default_env, expose, actor_type, actor_id, actor_name, has_archive, \
-    updated_at, created_at, started_at, completed_at, platform";
+    updated_at, created_at, started_at, completed_at, platform, host_id";
 
 fn build_of(r: &sqlx::any::AnyRow) -> Result<BuildRow> {
     Ok(sqlx::FromRow::from_row(r)?)
@@ -74,7 +76,7 @@ impl Db {
         sqlx::query(&format!(
             "INSERT INTO builds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
              $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
-             $27, $28, $29)"
+             $27, $28, $29, $30)"
         ))
         .bind(&b.id)
         .bind(&b.team_id)
@@ -105,6 +107,7 @@ impl Db {
         .bind(b.started_at)
         .bind(b.completed_at)
         .bind(b.platform)
+        .bind(&b.host_id)
         .execute(&mut *tx)
         .await?;
         if let Some(data) = archive {
@@ -203,6 +206,52 @@ impl Db {
             }
             // Another replica took it (or it was cancelled): look again.
         }
+    }
+
+    /// Running builds by host (`builds::hosts`): those placed, by host id, and how many are
+    /// not placed yet.
+    pub async fn running_builds_by_host(&self) -> Result<(HashMap<String, i64>, i64)> {
+        let rows = sqlx::query(
+            "SELECT host_id, COUNT(*) AS n FROM builds WHERE status = 'running' GROUP BY host_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut placed, mut unplaced) = (HashMap::new(), 0);
+        for r in &rows {
+            let n = r.try_get::<i64, _>("n")?;
+            match r.try_get::<Option<String>, _>("host_id")? {
+                Some(h) => {
+                    placed.insert(h, n);
+                }
+                None => unplaced += n,
+            }
+        }
+        Ok((placed, unplaced))
+    }
+
+    /// The running build runs on `host`.
+    pub async fn set_build_host(&self, id: &str, host: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET host_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A running build back in the queue as it was (no host had room for it after all); false
+    /// when it is no longer `running`.
+    pub async fn requeue_build(&self, id: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE builds SET status = 'pending', started_at = NULL, host_id = NULL, \
+             current_step = 0, logs = '[]', updated_at = $2 WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// A running build's progress; false when it is no longer `running` (cancelled).

@@ -22,10 +22,13 @@ pub struct TemplateRow {
     /// 1: a platform template (the platform team's, built through `/v1/admin/builds`): every
     /// team sees and uses it; only its own team deletes it.
     pub platform: i64,
+    /// `snapshot` (a capsule's memory, disk and processes) or `base` (a build's disk booted
+    /// afresh, `builds::runner`). Either way the hosts hold it as a snapshot template.
+    pub kind: String,
 }
 
 const COLUMNS: &str = "id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, \
-    source_capsule, metadata, created_at, host_id, platform";
+    source_capsule, metadata, created_at, host_id, platform, kind";
 
 pub(super) fn template_of(r: &sqlx::any::AnyRow) -> Result<TemplateRow> {
     Ok(sqlx::FromRow::from_row(r)?)
@@ -35,8 +38,8 @@ impl Db {
     pub async fn insert_template(&self, t: &TemplateRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO templates (id, team_id, name, agent_name, vcpus, memory_mb, size_bytes, \
-             source_capsule, metadata, created_at, host_id, platform) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             source_capsule, metadata, created_at, host_id, platform, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&t.id)
         .bind(&t.team_id)
@@ -50,6 +53,7 @@ impl Db {
         .bind(t.created_at)
         .bind(&t.host_id)
         .bind(t.platform)
+        .bind(&t.kind)
         .execute(&self.pool)
         .await?;
         Ok(())

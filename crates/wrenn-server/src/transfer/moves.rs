@@ -105,6 +105,7 @@ pub async fn move_one(
         snapshot: true,
         only_host: target,
         except_host: Some(&from_host),
+        busy: &[],
         need: Claims::new(
             c.vcpus.max(0) as u64,
             c.memory_mb.max(0) as u64,

@@ -78,6 +78,7 @@ pub(crate) fn template(team: &str, name: &str, agent_name: &str) -> TemplateRow 
         created_at: 1,
         host_id: None,
         platform: 0,
+        kind: "snapshot".into(),
     }
 }
 

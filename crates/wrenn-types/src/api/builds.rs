@@ -162,4 +162,8 @@ pub struct Build {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub completed_at: Option<String>,
+    /// What it makes: `snapshot` (a healthcheck or a started process: memory and processes
+    /// kept) or `base` (the disk flattened, capsules boot afresh).
+    #[serde(default)]
+    pub template_type: super::templates::TemplateType,
 }

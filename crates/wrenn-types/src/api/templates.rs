@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Where a template comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateType {
-    /// A platform template, built from the image recipe.
+    /// Booted afresh: a platform template built from the image recipe, or a team's build
+    /// that started no process (its disk flattened).
     Base,
-    /// A team's snapshot of a capsule.
+    /// A snapshot of a capsule (memory, disk, processes): a team's, or a build's that started a
+    /// process or has a healthcheck.
+    #[default]
     Snapshot,
 }
 

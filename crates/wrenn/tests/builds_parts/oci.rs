@@ -3,8 +3,18 @@
 //! result runs the image's program and sees the RUN's file and the image's environment. The
 //! image's template is the build's own (not listed, not reachable by name), reused by digest;
 //! a bad reference, an unreachable registry and a missing tag fail the build naming the line.
+//! A cancel while a large layer comes through a slow proxy (127.0.0.1:15101 to a registry on
+//! 15100) stops the pull at once and leaves no partial cache entry, temporary or template.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use serde_json::json;
 use wrenn_oci::testkit::{
@@ -88,6 +98,11 @@ fn up_with_registry(registry: &str) -> (tempfile::TempDir, Reap, Up) {
 
 /// One layer: busybox as `/bin/sh`, a program and a marker, as GNU tar writes it.
 fn layer() -> Vec<u8> {
+    layer_with("true")
+}
+
+/// [`layer`] with what `extra` (a shell script run in the layer's folder) adds.
+fn layer_with(extra: &str) -> Vec<u8> {
     let t = tempfile::Builder::new()
         .prefix("ocib-layer-")
         .tempdir_in("/var/tmp")
@@ -97,7 +112,8 @@ fn layer() -> Vec<u8> {
          cp /bin/busybox bin/busybox; ln -s busybox bin/sh
          for t in cat echo id env test ls mkdir rm; do ln -s busybox bin/$t; done
          printf '#!/bin/sh\\necho hello-from-image\\n' > usr/bin/hello; chmod 755 usr/bin/hello
-         echo image > etc/image-marker",
+         echo image > etc/image-marker
+         {extra}",
         w = t.path().display()
     ));
     let out = Command::new("tar")
@@ -225,6 +241,160 @@ async fn from_an_oci_image_of_a_local_registry() {
         );
         assert!(err.to_lowercase().contains(why), "{err}");
     }
+    let list = api.get("/v1/capsules").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list:#}");
+}
+
+/// A TCP proxy to `to` that sends the answers at about `per_sec` bytes a second: how many bytes
+/// it sent back and how many connections are open.
+struct SlowProxy {
+    sent: Arc<AtomicU64>,
+    open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    async fn start(port: u16, to: u16, per_sec: u64) -> SlowProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (sent, open) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, o) = (sent.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (sent, open) = (s.clone(), o.clone());
+                open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        relay(client, server, per_sec, &sent).await;
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        SlowProxy { sent, open, task }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Requests through as they come; answers in 16 KiB pieces, paced. Ends when either side does.
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    per_sec: u64,
+    sent: &AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            sent.fetch_add(n as u64, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_micros(n as u64 * 1_000_000 / per_sec)).await;
+        }
+    };
+    // A client that goes away ends the relay (its half of the copy ends).
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+/// Waits (up to `secs`) until `ok` holds.
+async fn until(secs: u64, what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "not after {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_stops_the_pull_and_leaves_nothing_half_made() {
+    let _serial = SERIAL.lock().await;
+    let reg = Registry::start("ocib-cancel", 15100, None).unwrap();
+    // 24 MiB that do not compress, at 1 MiB/s through the proxy: the pull takes ~24 s.
+    let big = layer_with("head -c 25165824 /dev/urandom > etc/big");
+    let layer_digest = wrenn_oci::testkit::image::sha(&big);
+    Pusher::new(&reg, "wrenn/big")
+        .image(
+            Some("1"),
+            "amd64",
+            &[(big, Comp::None)],
+            &["PATH=/bin"],
+            true,
+        )
+        .await
+        .unwrap();
+    let proxy = SlowProxy::start(15101, 15100, 1 << 20).await;
+    let host = "127.0.0.1:15101";
+    let (dir, _reap, up) = up_with_registry(host);
+    let api = Api::new(&up);
+    let (s, b) = api
+        .post(
+            "/v1/builds",
+            json!({"name": "big", "dockerfile": format!("FROM {host}/wrenn/big:1\nRUN true\n")}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    // Under way: the layer is coming.
+    until(300, "the layer's first MiB", || {
+        proxy.sent.load(Ordering::SeqCst) > 1 << 20
+    })
+    .await;
+    let (s, c) = api
+        .post(&format!("/v1/builds/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let b = api.wait(&id, 120).await;
+    assert_eq!(b["status"], "cancelled", "{b:#}");
+    // The pull stopped: its connection closed with the layer not all sent, and nothing more.
+    until(60, "the pull's connections closed", || {
+        proxy.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let sent = proxy.sent.load(Ordering::SeqCst);
+    assert!(sent < 24 << 20, "the whole layer went: {sent} bytes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(proxy.sent.load(Ordering::SeqCst), sent);
+    // No partial cache entry, temporary or template.
+    let cache = up.data_dir.join("oci");
+    let hex = layer_digest.trim_start_matches("sha256:");
+    assert!(!cache.join("blobs/sha256").join(hex).exists());
+    assert_eq!(names_in(&cache.join("tmp")), Vec::<String>::new());
+    assert_eq!(names_in(&cache.join("rootfs")), Vec::<String>::new());
+    let images = names_in(&dir.path().join("images"));
+    assert_eq!(images, vec!["minimal".to_string()], "{images:?}");
     let list = api.get("/v1/capsules").await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list:#}");
 }
