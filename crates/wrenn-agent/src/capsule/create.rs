@@ -146,7 +146,8 @@ pub async fn create(
             .unwrap_or_else(|e| e.into_inner())
             .access_token
             .clone();
-        capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
+        // The connection `/init` used carries on (a guest under TCG pays for each accept).
+        capsule.envd = capsule.envd.with_token(token);
         capsule.enable_discard().await;
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;
