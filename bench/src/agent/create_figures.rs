@@ -122,8 +122,8 @@ pub(super) fn figures(
         notes.push(format!(
             "{n} {kind} creates ({} warm machines ready): fastest {:.0} ms, all done after {:.0} \
              ms, destroying them (at once) {:.0} ms; CPU per create {:.2} s (QEMU {:.2}, agent \
-             process {:.2}, helpers {:.2}) against {:.2} s alone; whole machine busy {:.1} s \
-             (other load included)",
+             process {:.2}, helpers {:.2}) against {:.2} s alone; the creates had {:.2} of the \
+             {cpus} CPUs on average, the whole machine was busy {:.1} s (other load included)",
             b.warm,
             b.ms.iter().copied().fold(f64::INFINITY, f64::min),
             b.makespan_ms,
@@ -133,6 +133,7 @@ pub(super) fn figures(
             c.agent / per,
             c.helpers / per,
             a.own(),
+            c.own() / (b.makespan_ms / 1000.0),
             c.machine
         ));
         json_bursts.push(json!({

@@ -43,12 +43,23 @@ pub(super) async fn bench(
     );
     let alone = creates::alone(&mut client, &manager, &s.template, s.single_creates).await?;
     let mut bursts = Vec::new();
+    let show = |b: &creates::Burst| {
+        eprintln!(
+            "      {} at once ({} warm): all done after {:.0} ms, {:.2} creates/s",
+            b.n,
+            b.warm,
+            b.makespan_ms,
+            b.throughput()
+        );
+    };
     for &n in &s.concurrent {
         bursts.push(creates::burst(&mut client, &manager, &s.template, n).await?);
+        show(&bursts[bursts.len() - 1]);
         let pool = s.warm_pool.unwrap_or(n);
         if pool > 0 {
             creates::fill_pool(&manager, pool).await?;
             bursts.push(creates::burst(&mut client, &manager, &s.template, n).await?);
+            show(&bursts[bursts.len() - 1]);
         }
     }
     let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;

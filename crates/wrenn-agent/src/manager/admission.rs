@@ -64,3 +64,61 @@ impl Manager {
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(Semaphore::new(permits(parallelism)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn waits(admission: &Admission) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), admission.turn())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn turns_are_limited_and_given_back() {
+        let a = Admission::new(2);
+        let first = a.turn().await;
+        let _second = a.turn().await;
+        assert!(waits(&a).await, "a third create waits while two run");
+        drop(first);
+        let _third = a.turn().await;
+        assert!(waits(&a).await);
+    }
+
+    #[tokio::test]
+    async fn zero_is_no_limit() {
+        let a = Admission::new(0);
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(a.turn().await);
+        }
+        assert!(!waits(&a).await);
+    }
+
+    #[tokio::test]
+    async fn waiting_creates_go_in_order() {
+        let a = Arc::new(Admission::new(1));
+        let first = a.turn().await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..5 {
+            let (a, tx) = (a.clone(), tx.clone());
+            tokio::spawn(async move {
+                let turn = a.turn().await;
+                let _ = tx.send(i);
+                drop(turn);
+            });
+            // Each waiter queued before the next one is spawned.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(first);
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            order.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+    }
+}

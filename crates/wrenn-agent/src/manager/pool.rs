@@ -85,13 +85,14 @@ impl WarmPool {
         spec: &SnapshotSpec,
         stale: &mut Vec<Warm>,
     ) -> Option<Warm> {
-        if self.size() == 0 {
-            return None;
-        }
+        // Remembered with the pool off too: turning it on warms the shapes creates used.
         self.shapes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(snap.template_dir.clone(), spec.clone());
+        if self.size() == 0 {
+            return None;
+        }
         self.wake.notify_one();
         let now = inode(&snap.memory());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
