@@ -9,13 +9,13 @@ use wrenn_agent::{envd_client::EnvdClient, manager::Manager};
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
 use super::cpu::Cpu;
-use super::{create_figures, creates};
 use super::exec::exec_round_trips;
 use super::transfer::transfers;
 use super::{
-    create, destroy, hex, ms, row, Outcome, Settings,
-    EXEC_OVERHEAD_TARGET_MS, THROUGHPUT_TARGET, UPLOAD_CHUNK,
+    create, destroy, hex, ms, row, Outcome, Settings, EXEC_OVERHEAD_TARGET_MS, THROUGHPUT_TARGET,
+    UPLOAD_CHUNK,
 };
+use super::{create_figures, creates};
 use crate::report::{percentile, Row, Target as Goal};
 
 pub(super) async fn bench(

@@ -70,15 +70,6 @@ impl EnvdClient {
         }
     }
 
-    /// The same client (its connections too) with the capsule's `token`.
-    pub fn with_token(&self, token: String) -> EnvdClient {
-        EnvdClient {
-            base: self.base.clone(),
-            token: Some(token),
-            http: self.http.clone(),
-        }
-    }
-
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         let mut req = self.http.post(format!("{}{path}", self.base));
         if let Some(t) = &self.token {

@@ -146,8 +146,9 @@ pub async fn create(
             .unwrap_or_else(|e| e.into_inner())
             .access_token
             .clone();
-        // The connection `/init` used carries on (a guest under TCG pays for each accept).
-        capsule.envd = capsule.envd.with_token(token);
+        // The same client: the connection `/init` used carries on (a guest under TCG pays
+        // for each accept).
+        capsule.envd.token = Some(token);
         capsule.enable_discard().await;
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;

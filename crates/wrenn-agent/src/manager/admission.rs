@@ -33,11 +33,7 @@ impl Admission {
 
     /// Waits for a create's turn; it lasts until the permit drops.
     pub(crate) async fn turn(&self) -> OwnedSemaphorePermit {
-        let turns = self
-            .turns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let turns = self.turns.lock().unwrap_or_else(|e| e.into_inner()).clone();
         turns
             .acquire_owned()
             .await

@@ -204,7 +204,10 @@ async fn nft_in(netns: Option<&str>, script: &str) -> Result<()> {
 /// Turns on IPv4 forwarding inside `netns` (its own `net.ipv4.ip_forward`, written from a
 /// thread inside it).
 async fn forward_in(netns: &str) -> Result<()> {
-    in_netns(netns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).await
+    in_netns(netns, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .await
 }
 
 /// One undo step.
