@@ -1,5 +1,5 @@
-//! 3. Creates: `CreateCapsule` alone a few times, then bursts of many at once (each burst
-//! size cold, then with the warm pool filled first).
+//! Step 3, creates: `CreateCapsule` alone a few times, then bursts of many at once (each
+//! burst size cold, then with the warm pool filled first).
 
 use std::{
     sync::Arc,
