@@ -235,6 +235,13 @@ impl Manager {
         }
         .await;
         match made {
+            // Turned off (drained) while this one was being made: it is not kept either.
+            Ok(prepared) if self.pool.size() == 0 => {
+                prepared.discard().await;
+                let _ = std::fs::remove_dir_all(&dir);
+                self.slots.free(slot_index);
+                None
+            }
             Ok(prepared) => {
                 tracing::debug!(%id, template = %snap.template_dir.display(), "warm machine ready");
                 self.pool
