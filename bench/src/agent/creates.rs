@@ -1,6 +1,10 @@
-//! 3. Concurrent creates: `CreateCapsule` alone a few times against many at once.
+//! Step 3, creates: `CreateCapsule` alone a few times, then bursts of many at once (each
+//! burst size cold, then with the warm pool filled first).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use tonic::transport::Channel;
@@ -8,44 +12,94 @@ use wrenn_agent::manager::Manager;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
 use super::cpu::{qemu_cpu_secs, CpuMark, CreateCpu};
-use super::{create, destroy, ms, Settings};
+use super::{create, destroy, ms};
 
-pub(super) struct Creates {
-    pub(super) single: Vec<f64>,
-    pub(super) together: Vec<f64>,
-    pub(super) makespan_ms: f64,
-    pub(super) destroy_ms: f64,
-    /// CPU seconds of each create alone, and of the burst (all its creates together).
-    pub(super) single_cpu: Vec<CreateCpu>,
-    pub(super) burst_cpu: CreateCpu,
+/// Creates one after the other (the baseline and the CPU floor's unit).
+pub(super) struct Alone {
+    pub(super) ms: Vec<f64>,
+    /// CPU seconds of each.
+    pub(super) cpu: Vec<CreateCpu>,
 }
 
-pub(super) async fn creates(
+/// `n` creates started together.
+pub(super) struct Burst {
+    pub(super) n: usize,
+    /// Warm machines ready when the burst started (0: the pool was off).
+    pub(super) warm: usize,
+    /// Each create's time, in the order they finished.
+    pub(super) ms: Vec<f64>,
+    /// From the start until the last one ran.
+    pub(super) makespan_ms: f64,
+    /// Destroying the `n` at once.
+    pub(super) destroy_ms: f64,
+    /// CPU seconds of the whole burst (all its creates together).
+    pub(super) cpu: CreateCpu,
+}
+
+impl Burst {
+    /// Creates per second over the burst.
+    pub(super) fn throughput(&self) -> f64 {
+        self.n as f64 / (self.makespan_ms / 1000.0)
+    }
+}
+
+pub(super) async fn alone(
     client: &mut AgentClient<Channel>,
     manager: &Arc<Manager>,
-    s: &Settings,
-) -> Result<Creates> {
-    let mut single = Vec::with_capacity(s.single_creates);
-    let mut single_cpu = Vec::with_capacity(s.single_creates);
-    for i in 0..s.single_creates {
+    template: &str,
+    runs: usize,
+) -> Result<Alone> {
+    let mut out = Alone {
+        ms: Vec::with_capacity(runs),
+        cpu: Vec::with_capacity(runs),
+    };
+    for i in 0..runs {
         let mark = CpuMark::now();
         let t = Instant::now();
-        let id = create(client, &s.template)
+        let id = create(client, template)
             .await
             .with_context(|| format!("create alone #{i}"))?;
-        single.push(ms(t.elapsed()));
-        single_cpu.push(mark.since(qemu_cpu_secs(manager, &id)));
+        out.ms.push(ms(t.elapsed()));
+        out.cpu.push(mark.since(qemu_cpu_secs(manager, &id)));
         destroy(client, &id).await?;
     }
+    Ok(out)
+}
 
-    let n = s.concurrent;
+/// Turns the warm pool on with `size` machines per shape and waits until they are all made.
+pub(super) async fn fill_pool(manager: &Arc<Manager>, size: usize) -> Result<()> {
+    manager.set_pool_size(size).await;
+    // One machine at a time, 200 ms apart: under TCG on a small loaded host a second or two
+    // each.
+    let deadline = Instant::now() + Duration::from_secs(30 + 10 * size as u64);
+    while manager.pool_count() < size {
+        if Instant::now() > deadline {
+            bail!(
+                "the warm pool made {} of {size} machines in time",
+                manager.pool_count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// `n` creates at once; every capsule made is destroyed again before this returns. A warm
+/// pool (if on) is turned off and drained once the creates are done, before the destroys.
+pub(super) async fn burst(
+    client: &mut AgentClient<Channel>,
+    manager: &Arc<Manager>,
+    template: &str,
+    n: usize,
+) -> Result<Burst> {
+    let warm = manager.pool_count();
     let gate = Arc::new(tokio::sync::Barrier::new(n + 1));
     // A JoinSet: if this task is aborted, the creates in flight are dropped with it.
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         let mut c = client.clone();
         let gate = gate.clone();
-        let template = s.template.clone();
+        let template = template.to_owned();
         let manager = manager.clone();
         set.spawn(async move {
             gate.wait().await;
@@ -58,24 +112,27 @@ pub(super) async fn creates(
     }
     let mark = CpuMark::now();
     gate.wait().await;
-    let burst = Instant::now();
-    let mut together = Vec::with_capacity(n);
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
-    let mut burst_qemu = 0.0;
+    let mut qemu = 0.0;
     let mut errors = Vec::new();
     while let Some(done) = set.join_next().await {
         match done {
-            Ok((_, took, qemu, Ok(id))) => {
-                together.push(ms(took));
-                burst_qemu += qemu;
+            Ok((_, took, q, Ok(id))) => {
+                times.push(ms(took));
+                qemu += q;
                 ids.push(id);
             }
             Ok((i, _, _, Err(e))) => errors.push(format!("create #{i} of {n}: {e:#}")),
             Err(e) => errors.push(format!("a create task failed: {e}")),
         }
     }
-    let makespan_ms = ms(burst.elapsed());
-    let burst_cpu = mark.since(burst_qemu);
+    let makespan_ms = ms(started.elapsed());
+    let cpu = mark.since(qemu);
+    if warm > 0 {
+        manager.set_pool_size(0).await;
+    }
     // Destroy whatever was made, failures or not (the agent's cleanup would otherwise).
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -98,12 +155,12 @@ pub(super) async fn creates(
             errors.join("\n  ")
         );
     }
-    Ok(Creates {
-        single,
-        together,
+    Ok(Burst {
+        n,
+        warm,
+        ms: times,
         makespan_ms,
         destroy_ms,
-        single_cpu,
-        burst_cpu,
+        cpu,
     })
 }

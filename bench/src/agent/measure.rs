@@ -3,20 +3,20 @@
 use std::{sync::Arc, thread, time::Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 use wrenn_agent::{envd_client::EnvdClient, manager::Manager};
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
-use super::cpu::{Cpu, CreateCpu};
-use super::creates::creates;
+use super::cpu::Cpu;
 use super::exec::exec_round_trips;
 use super::transfer::transfers;
 use super::{
-    create, destroy, hex, ms, ms_list, row, Outcome, Settings, CONCURRENT_TARGET_RATIO,
-    EXEC_OVERHEAD_TARGET_MS, THROUGHPUT_TARGET, UPLOAD_CHUNK,
+    create, destroy, hex, ms, row, Outcome, Settings, EXEC_OVERHEAD_TARGET_MS, THROUGHPUT_TARGET,
+    UPLOAD_CHUNK,
 };
-use crate::report::{percentile, Target as Goal};
+use super::{create_figures, creates};
+use crate::report::{percentile, Row, Target as Goal};
 
 pub(super) async fn bench(
     mut client: AgentClient<Channel>,
@@ -26,10 +26,59 @@ pub(super) async fn bench(
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut extra = Map::new();
+    if !s.creates_only {
+        exec_and_files(&mut client, &manager, &s, &mut rows, &mut notes, &mut extra).await?;
+    }
 
+    // ---- 3 ----
+    eprintln!(
+        "[3/3] creates: {} alone one after the other, then {:?} at once{}",
+        s.single_creates,
+        s.concurrent,
+        match s.warm_pool {
+            Some(0) => String::new(),
+            Some(p) => format!(", each cold and then into a warm pool of {p}"),
+            None => ", each cold and then into a warm pool of its size".into(),
+        }
+    );
+    let alone = creates::alone(&mut client, &manager, &s.template, s.single_creates).await?;
+    let mut bursts = Vec::new();
+    let show = |b: &creates::Burst| {
+        eprintln!(
+            "      {} at once ({} warm): all done after {:.0} ms, {:.2} creates/s",
+            b.n,
+            b.warm,
+            b.makespan_ms,
+            b.throughput()
+        );
+    };
+    for &n in &s.concurrent {
+        bursts.push(creates::burst(&mut client, &manager, &s.template, n).await?);
+        show(&bursts[bursts.len() - 1]);
+        let pool = s.warm_pool.unwrap_or(n);
+        if pool > 0 {
+            creates::fill_pool(&manager, pool).await?;
+            bursts.push(creates::burst(&mut client, &manager, &s.template, n).await?);
+            show(&bursts[bursts.len() - 1]);
+        }
+    }
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    create_figures::figures(&alone, &bursts, cpus, &mut rows, &mut notes, &mut extra);
+    Ok(Outcome { rows, notes, extra })
+}
+
+/// Steps 1 and 2, on one capsule made for them.
+async fn exec_and_files(
+    client: &mut AgentClient<Channel>,
+    manager: &Arc<Manager>,
+    s: &Settings,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+    extra: &mut Map<String, Value>,
+) -> Result<()> {
     eprintln!("[0/3] a capsule for exec and files");
     let t = Instant::now();
-    let id = create(&mut client, &s.template).await?;
+    let id = create(client, &s.template).await?;
     notes.push(format!(
         "the exec/files capsule was created in {:.0} ms (also warms the template's page cache)",
         ms(t.elapsed())
@@ -42,7 +91,7 @@ pub(super) async fn bench(
         "[1/3] exec round trip of `true`: {} per side (+{} warm-up), interleaved",
         s.exec_runs, s.exec_warmup
     );
-    let (agent_ms, direct_ms) = exec_round_trips(&mut client, &envd, &id, &s).await?;
+    let (agent_ms, direct_ms) = exec_round_trips(client, &envd, &id, s).await?;
     for (rid, label, p) in [
         ("exec_true_p50", "exec true p50", 50.0),
         ("exec_true_p99", "exec true p99", 99.0),
@@ -76,7 +125,7 @@ pub(super) async fn bench(
         .get(&id)?
         .vmm_pid
         .context("the capsule has no QEMU pid")?;
-    let tr = transfers(&mut client, addr, &token, &id, qemu_pid, &s).await?;
+    let tr = transfers(client, addr, &token, &id, qemu_pid, s).await?;
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     for (rid, what, runs) in [
         ("upload_mb_s", "upload", &tr.upload),
@@ -135,101 +184,7 @@ pub(super) async fn bench(
             "download_direct": tr.cpu_download[1].iter().map(|c| [c.this, c.qemu]).collect::<Vec<_>>(),
         }),
     );
-    destroy(&mut client, &id).await?;
+    destroy(client, &id).await?;
 
-    // ---- 3 ----
-    eprintln!(
-        "[3/3] creates: {} alone one after the other, then {} at once",
-        s.single_creates, s.concurrent
-    );
-    let cr = creates(&mut client, &manager, &s).await?;
-    let single = percentile(&cr.single, 50.0);
-    let n = s.concurrent;
-    let (c50, c99) = (
-        percentile(&cr.together, 50.0),
-        percentile(&cr.together, 99.0),
-    );
-    let mut r = row(
-        "concurrent_create_p50",
-        &format!("{n} creates p50"),
-        "ms",
-        c50,
-        single,
-    );
-    r.samples = n;
-    r.note = format!("baseline = one create alone, p50 of {}", s.single_creates);
-    rows.push(r);
-    let mut r = row(
-        "concurrent_create_p99",
-        &format!("{n} creates p99"),
-        "ms",
-        c99,
-        single,
-    );
-    r.samples = n;
-    // What the CPU alone allows: n creates' CPU (as one alone used) spread over every CPU.
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let alone_cpu = percentile(
-        &cr.single_cpu.iter().map(CreateCpu::own).collect::<Vec<_>>(),
-        50.0,
-    );
-    let floor_ms = n as f64 * alone_cpu / cpus * 1000.0;
-    r.note = format!(
-        "{}CPU-bound floor {:.1}x on {cpus} CPUs",
-        if n < 100 {
-            format!("p99 of {n} = slowest; ")
-        } else {
-            String::new()
-        },
-        floor_ms / single
-    );
-    r.extra.insert("cpu_floor_ms".into(), json!(floor_ms));
-    r.target = Some(Goal {
-        text: format!("p99 <= {CONCURRENT_TARGET_RATIO}x alone"),
-        met: c99 <= CONCURRENT_TARGET_RATIO * single,
-    });
-    rows.push(r);
-    notes.push(format!(
-        "creates alone: {}; {n} at once: fastest {:.0} ms, all done after {:.0} ms; \
-         destroying the {n} (at once) took {:.0} ms",
-        ms_list(&cr.single),
-        cr.together.iter().copied().fold(f64::INFINITY, f64::min),
-        cr.makespan_ms,
-        cr.destroy_ms
-    ));
-    // The single create whose own CPU is the median, for the breakdown.
-    let mut alone = cr.single_cpu.clone();
-    alone.sort_by(|a, b| a.own().total_cmp(&b.own()));
-    let a = alone[alone.len() / 2];
-    let b = cr.burst_cpu;
-    let per = n as f64;
-    notes.push(format!(
-        "creates, CPU (QEMU + agent process + its helper processes such as ip/nft/qemu-img): one \
-         alone {:.2} s (QEMU {:.2}, agent {:.2}, helpers {:.2}); at once {:.2} s per create (QEMU \
-         {:.2}, agent {:.2}, helpers {:.2}); the floor above = {n} x one alone / {cpus} CPUs = \
-         {floor_ms:.0} ms; whole machine busy (other load included): {:.2} s during one alone, \
-         {:.2} s during the {n}",
-        a.own(),
-        a.qemu,
-        a.agent,
-        a.helpers,
-        b.own() / per,
-        b.qemu / per,
-        b.agent / per,
-        b.helpers / per,
-        a.machine,
-        b.machine
-    ));
-    extra.insert(
-        "create_samples_ms".into(),
-        json!({"alone": cr.single, "together": cr.together}),
-    );
-    extra.insert(
-        "create_cpu_s".into(),
-        json!({
-            "alone": cr.single_cpu.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
-            "burst": cr.burst_cpu.to_json(),
-        }),
-    );
-    Ok(Outcome { rows, notes, extra })
+    Ok(())
 }

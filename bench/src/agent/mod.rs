@@ -7,11 +7,12 @@
 //! 2. A streamed file transfer (100 MiB): `WriteFileStream` / `ReadFileStream` through the
 //!    agent against `POST` / `GET /files` straight to envd. Every transfer is checked (size,
 //!    SHA-256 of the download against the source) off the clock.
-//! 3. Concurrent creates: `CreateCapsule` alone a few times against 20 at once.
+//! 3. Concurrent creates: `CreateCapsule` alone a few times against bursts of 20 and 50 at
+//!    once, each cold and then into a warm pool filled first: p50, p99, all done, creates/s.
 //!
 //! Steps 2 and 3 also report the CPU they used (this process = the agent and the client, the
 //! capsule's QEMU, the agent's helper processes), and 3 the floor the host's CPUs alone put on
-//! the concurrent figure: on a small host without KVM, creates are CPU-bound in QEMU.
+//! each burst: on a small host without KVM, creates are CPU-bound in QEMU.
 //!
 //! The agent owns its own data directory (a tempdir under `--tmp-dir`) and its own network
 //! slots (`SLOTS`, never the default range). Whatever happens (errors, a panic, Ctrl-C) the
@@ -37,6 +38,7 @@ use wrenn_vmm::snapshot::Snapshot;
 use crate::report::Row;
 
 mod cpu;
+mod create_figures;
 mod creates;
 mod exec;
 pub mod host_transfer;
@@ -60,6 +62,9 @@ pub struct Args {
     /// A smoke run: 30 execs per side, an 8 MiB file once, 5 concurrent creates.
     #[arg(long)]
     quick: bool,
+    /// Only step 3 (the creates): no exec round trips, no file transfers.
+    #[arg(long)]
+    creates_only: bool,
     /// Exec round trips per side, interleaved, after the warm-up ones [default: 200; quick 30].
     #[arg(long)]
     exec_runs: Option<usize>,
@@ -69,9 +74,17 @@ pub struct Args {
     /// Uploads and downloads per side; the best one counts [default: 3; quick 1].
     #[arg(long)]
     transfer_runs: Option<usize>,
-    /// Creates at once [default: 20; quick 5].
+    /// Burst sizes: creates at once, comma-separated [default: 20,50; quick 5].
+    #[arg(long, value_delimiter = ',')]
+    concurrent: Vec<usize>,
+    /// Warm machines (`--warm-pool`) filled before each burst's second run; 0: every burst
+    /// runs cold only [default: as many as the burst].
     #[arg(long)]
-    concurrent: Option<usize>,
+    warm_pool: Option<usize>,
+    /// Creates the agent runs at once, the others waiting their turn (0: no limit)
+    /// [default: the agent's, CPUs + 1].
+    #[arg(long)]
+    create_parallelism: Option<usize>,
     /// Creates alone, one after the other, for the baseline [default: 3; quick 2].
     #[arg(long)]
     single_creates: Option<usize>,
@@ -92,9 +105,12 @@ struct Settings {
     exec_runs: usize,
     file_bytes: u64,
     transfer_runs: usize,
-    concurrent: usize,
+    concurrent: Vec<usize>,
+    /// `None`: a pool as big as each burst.
+    warm_pool: Option<usize>,
     single_creates: usize,
     guest_file: String,
+    creates_only: bool,
 }
 
 impl Settings {
@@ -108,9 +124,15 @@ impl Settings {
             exec_runs: pick(args.exec_runs, 200, 30),
             file_bytes: args.file_mib.unwrap_or(if args.quick { 8 } else { 100 }) << 20,
             transfer_runs: pick(args.transfer_runs, 3, 1),
-            concurrent: pick(args.concurrent, 20, 5),
+            concurrent: match (args.concurrent.is_empty(), args.quick) {
+                (false, _) => args.concurrent.clone(),
+                (true, false) => vec![20, 50],
+                (true, true) => vec![5],
+            },
+            warm_pool: args.warm_pool,
             single_creates: pick(args.single_creates, 3, 2),
             guest_file: args.guest_file.clone(),
+            creates_only: args.creates_only,
         }
     }
 
@@ -140,13 +162,15 @@ pub fn run(args: Args) -> Result<()> {
         s.exec_runs > 0
             && s.file_bytes > 0
             && s.transfer_runs > 0
-            && s.concurrent > 0
+            && !s.concurrent.contains(&0)
             && s.single_creates > 0,
         "run counts, the file size and the number of creates must be positive"
     );
     let slot_count = (SLOTS.end() - SLOTS.start() + 1) as usize;
+    let most = s.concurrent.iter().copied().max().unwrap_or(0);
+    let most = most.max(s.warm_pool.unwrap_or(0));
     ensure!(
-        s.concurrent < slot_count,
+        most < slot_count,
         "at most {} concurrent creates (the bench's slots are {SLOTS:?})",
         slot_count - 1
     );
@@ -184,11 +208,14 @@ pub fn run(args: Args) -> Result<()> {
         .build()
         .context("starting the Tokio runtime")?;
     let (result, mut at_exit) = runtime.block_on(async {
-        let agent = match TestAgent::start(&data_path, &args.images, s.concurrent + 4).await {
+        let agent = match TestAgent::start(&data_path, &args.images, most + 4).await {
             Ok(a) => a,
             // Nothing was created yet, but sweep the range anyway.
             Err(e) => return (Err(e), sweep(&data_path).await),
         };
+        if let Some(n) = args.create_parallelism {
+            agent.manager.set_create_parallelism(n);
+        }
         // The bench runs in its own task: a panic becomes an error here, and Ctrl-C aborts
         // it; the cleanup below runs either way.
         let mut bench = tokio::spawn(bench(
@@ -243,6 +270,16 @@ pub fn run(args: Args) -> Result<()> {
         "accel: {} ({why}); {cpus} CPUs; ratio = agent / baseline (ms: lower is better; MB/s: higher is better)",
         accel.as_str()
     );
+    let parallelism = args
+        .create_parallelism
+        .unwrap_or_else(wrenn_agent::manager::default_create_parallelism);
+    println!(
+        "creates the agent runs at once: {}",
+        match parallelism {
+            0 => "no limit".to_string(),
+            n => format!("{n} (the others wait their turn)"),
+        }
+    );
     println!();
     for row in &out.rows {
         println!("{}", row.line());
@@ -270,6 +307,7 @@ pub fn run(args: Args) -> Result<()> {
         doc.insert("snapshot_vcpus".into(), json!(spec.vcpus));
         doc.insert("snapshot_memory_mib".into(), json!(spec.memory_mib));
         doc.insert("quick".into(), json!(args.quick));
+        doc.insert("create_parallelism".into(), json!(parallelism));
         doc.insert("elapsed_s".into(), json!(elapsed.as_secs_f64()));
         doc.insert(
             "results".into(),

@@ -47,6 +47,8 @@ impl TestAgent {
             .await
             .context("starting the agent")?,
         );
+        // Off (size 0) until a burst into the warm pool turns it on.
+        manager.spawn_pool_filler();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the agent's gRPC listener")?;

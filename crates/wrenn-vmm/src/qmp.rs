@@ -2,6 +2,7 @@
 //! `SCM_RIGHTS` (for `getfd`, so QEMU's seccomp sandbox can forbid spawning helpers).
 
 use std::{
+    collections::VecDeque,
     io::IoSlice,
     os::fd::{AsRawFd, RawFd},
     path::Path,
@@ -18,11 +19,16 @@ use tokio::{
 
 use crate::error::{Result, VmmError};
 
+/// Asynchronous events kept for [`Qmp::wait_event`] (the oldest are dropped beyond this).
+const KEPT_EVENTS: usize = 64;
+
 /// A connected, negotiated QMP session.
 #[derive(Debug)]
 pub struct Qmp {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Events read while waiting for a command's reply, oldest first.
+    events: VecDeque<Value>,
 }
 
 impl Qmp {
@@ -48,6 +54,7 @@ impl Qmp {
         let mut qmp = Qmp {
             stream,
             buf: Vec::new(),
+            events: VecDeque::new(),
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
@@ -93,8 +100,38 @@ impl Qmp {
                     desc: err["desc"].as_str().unwrap_or("?").to_string(),
                 });
             }
-            // Asynchronous events are not needed by the driver.
-            tracing::trace!(event = %msg, "QMP event");
+            self.keep_event(msg);
+        }
+    }
+
+    fn keep_event(&mut self, msg: Value) {
+        tracing::trace!(event = %msg, "QMP event");
+        if msg.get("event").is_some() {
+            if self.events.len() == KEPT_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(msg);
+        }
+    }
+
+    /// Waits up to `timeout` for event `name` (one that came while a command ran counts):
+    /// the event, or `None` when none came in time. Other events are kept.
+    pub async fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Option<Value>> {
+        let is = |m: &Value| m["event"].as_str() == Some(name);
+        if let Some(i) = self.events.iter().position(is) {
+            return Ok(self.events.remove(i));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Reading is cancel-safe: bytes read are in `buf` before the next await.
+            let msg = match tokio::time::timeout_at(deadline, self.read_message()).await {
+                Ok(m) => m?,
+                Err(_) => return Ok(None),
+            };
+            if is(&msg) {
+                return Ok(Some(msg));
+            }
+            self.keep_event(msg);
         }
     }
 

@@ -148,7 +148,9 @@ pub async fn create(
             .unwrap_or_else(|e| e.into_inner())
             .access_token
             .clone();
-        capsule.envd = EnvdClient::new(envd_addr(&capsule.slot), Some(token));
+        // The same client: the connection `/init` used carries on (a guest under TCG pays
+        // for each accept).
+        capsule.envd.token = Some(token);
         // Two guest commands fewer for a capsule's snapshot (forks above all): its guest
         // already has both.
         if !resolved.of_capsule() {

@@ -1,9 +1,10 @@
 //! The capsules of this host: ids, slots, folders, and the tasks that own them.
 //!
-//! `capacity` decides whether a create fits (memory, disk, shapes), `load` what the host reports
-//! to its control plane (specs and load), `recovery` what a start
-//! takes over or removes, `tasks` the reaper and the sampler.
+//! `capacity` decides whether a create fits (memory, disk, shapes), `admission` how many
+//! creates run at once, `load` what the host reports to its control plane (specs and load),
+//! `recovery` what a start takes over or removes, `tasks` the reaper and the sampler.
 
+mod admission;
 mod capacity;
 mod detach;
 mod fork;
@@ -21,6 +22,7 @@ use std::{
 
 use wrenn_types::{CapsuleStatus, Id, IdKind};
 
+pub use admission::default_create_parallelism;
 use capacity::{host_memory_bytes, validate_shape};
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
@@ -83,6 +85,8 @@ pub struct Manager {
     templates: Arc<Templates>,
     runtime: capsule::Runtime,
     pool: Arc<pool::WarmPool>,
+    /// Creates' turns: how many do their work at once.
+    admission: admission::Admission,
     /// Fork images (`WRENN_DIR/forks`), kept while a capsule or another image needs them.
     forks: crate::forks::Forks,
 }
@@ -173,6 +177,7 @@ impl Manager {
             templates,
             runtime,
             pool: Arc::default(),
+            admission: admission::Admission::new(default_create_parallelism()),
             forks,
         };
         manager.collect_forks();
@@ -241,10 +246,12 @@ impl Manager {
                 &in_use,
             )
             .await?;
-        // Checked again: the shape may have taken a while to make.
+        let _busy = self.pool.busy();
+        let _turn = self.admission.turn().await;
+        // Checked again: the shape may have taken a while to make, and other creates may
+        // have run while this one waited for its turn.
         self.check_capacity(resolved.spec.memory_mib)?;
         self.check_disk(disk_bytes, resolved.spec.memory_mib)?;
-        let _busy = self.pool.busy();
         let mut stale = Vec::new();
         let warm = self
             .pool

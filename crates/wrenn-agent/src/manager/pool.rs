@@ -85,13 +85,14 @@ impl WarmPool {
         spec: &SnapshotSpec,
         stale: &mut Vec<Warm>,
     ) -> Option<Warm> {
-        if self.size() == 0 {
-            return None;
-        }
+        // Remembered with the pool off too: turning it on warms the shapes creates used.
         self.shapes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(snap.template_dir.clone(), spec.clone());
+        if self.size() == 0 {
+            return None;
+        }
         self.wake.notify_one();
         let now = inode(&snap.memory());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,6 +235,13 @@ impl Manager {
         }
         .await;
         match made {
+            // Turned off (drained) while this one was being made: it is not kept either.
+            Ok(prepared) if self.pool.size() == 0 => {
+                prepared.discard().await;
+                let _ = std::fs::remove_dir_all(&dir);
+                self.slots.free(slot_index);
+                None
+            }
             Ok(prepared) => {
                 tracing::debug!(%id, template = %snap.template_dir.display(), "warm machine ready");
                 self.pool

@@ -158,12 +158,56 @@ async fn ip(args: &[&str]) -> Result<String> {
     run("ip", args, None).await
 }
 
-async fn nft_in(netns: Option<&str>, script: &str) -> Result<()> {
-    match netns {
-        Some(ns) => run("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(script)).await,
-        None => run("nft", &["-f", "-"], Some(script)).await,
+/// Several `ip` commands (one a line) in one `ip -batch` process, in `netns` or on the host.
+async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<()> {
+    let mut args = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
     }
-    .map(|_| ())
+    args.extend(["-batch", "-"]);
+    let mut script = lines.join("\n");
+    script.push('\n');
+    run("ip", &args, Some(&script)).await.map(|_| ())
+}
+
+/// Runs an nft script in `netns` (`None`: on the host). In a slot, `nft` is spawned from a
+/// thread inside the netns (a child starts in its parent thread's namespaces): no
+/// `ip netns exec` (a mount namespace and a sysfs mount per call).
+async fn nft_in(netns: Option<&str>, script: &str) -> Result<()> {
+    let Some(ns) = netns else {
+        return run("nft", &["-f", "-"], Some(script)).await.map(|_| ());
+    };
+    let text = script.to_owned();
+    let out = in_netns(ns, move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes())?;
+        }
+        child.wait_with_output()
+    })
+    .await?;
+    if !out.status.success() {
+        return Err(AgentError::Network(format!(
+            "nft -f - in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Turns on IPv4 forwarding inside `netns` (its own `net.ipv4.ip_forward`, written from a
+/// thread inside it).
+async fn forward_in(netns: &str) -> Result<()> {
+    in_netns(netns, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .await
 }
 
 /// One undo step.
@@ -273,70 +317,43 @@ impl Slot {
         Ok(())
     }
 
+    /// Four processes where there was one a step (fourteen): the netns, then two `ip -batch`
+    /// (the host side: veth pair and address; the netns side: addresses, route, TAP), the
+    /// netns' forwarding (no process) and one `nft` for its rules.
     async fn build(&mut self, egress: &Egress) -> Result<()> {
         let a = self.addrs.clone();
         let ns = a.netns.as_str();
         ip(&["netns", "add", ns]).await?;
         self.undo.push(Undo::DeleteNetns(a.netns.clone()));
-        ip(&[
-            "link",
-            "add",
-            &a.host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            NS_VETH,
-            "netns",
-            ns,
-        ])
-        .await?;
+        // Undone even if the batch stops before making it: removing what is not there only
+        // logs.
         self.undo.push(Undo::DeleteLink(a.host_veth.clone()));
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/31", a.host_ip),
-            "dev",
-            &a.host_veth,
-        ])
-        .await?;
-        ip(&["link", "set", &a.host_veth, "up"]).await?;
-        let exec = |args: &[&str]| {
-            let mut v = vec!["-n", ns];
-            v.extend_from_slice(args);
-            v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-        };
-        for args in [
-            exec(&["link", "set", "lo", "up"]),
-            exec(&[
-                "addr",
-                "add",
-                &format!("{}/31", a.capsule_ip),
-                "dev",
-                NS_VETH,
-            ]),
-            exec(&["link", "set", NS_VETH, "up"]),
-            exec(&["route", "add", "default", "via", &a.host_ip.to_string()]),
-            exec(&["tuntap", "add", "dev", TAP, "mode", "tap"]),
-            exec(&["addr", "add", "169.254.0.22/30", "dev", TAP]),
-            exec(&["link", "set", TAP, "up"]),
-        ] {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            ip(&refs).await?;
-        }
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
+        ip_batch(
             None,
+            &[
+                format!(
+                    "link add {} type veth peer name {NS_VETH} netns {ns}",
+                    a.host_veth
+                ),
+                format!("addr add {}/31 dev {}", a.host_ip, a.host_veth),
+                format!("link set {} up", a.host_veth),
+            ],
         )
         .await?;
+        ip_batch(
+            Some(ns),
+            &[
+                "link set lo up".into(),
+                format!("addr add {}/31 dev {NS_VETH}", a.capsule_ip),
+                format!("link set {NS_VETH} up"),
+                format!("route add default via {}", a.host_ip),
+                format!("tuntap add dev {TAP} mode tap"),
+                format!("addr add 169.254.0.22/30 dev {TAP}"),
+                format!("link set {TAP} up"),
+            ],
+        )
+        .await?;
+        forward_in(ns).await?;
         let script = format!(
             r#"table ip wrenn {{
   set allow {{ type ipv4_addr; flags interval; auto-merge; }}

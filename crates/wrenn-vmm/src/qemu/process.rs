@@ -13,6 +13,9 @@ use tokio::{
 };
 
 use super::{Process, QemuVm, CONSOLE_TAIL_BYTES, MIGRATION_TIMEOUT, QMP_CONNECT_TIMEOUT};
+
+/// Longest wait for a migration event before asking QEMU for the status anyway.
+const MIGRATION_EVENT_WAIT: Duration = Duration::from_millis(250);
 use crate::{
     config::Net,
     error::{Result, VmmError},
@@ -217,15 +220,24 @@ impl QemuVm {
                     what: what.into(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // QEMU announces every change of the migration's status (the `events`
+            // capability): no polling while a loaded host takes its time. The bounded wait
+            // only guards against an event that never comes.
+            let p = self.live("migrate")?;
+            p.qmp.wait_event("MIGRATION", MIGRATION_EVENT_WAIT).await?;
         }
     }
 
+    /// Migration settings of every save and restore: RAM in a shared file is not part of the
+    /// stream (`x-ignore-shared`), and each status change is an event (`events`).
     pub(super) async fn ignore_shared(&mut self) -> Result<()> {
         self.qmp(
             "migrate",
             "migrate-set-capabilities",
-            Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+            Some(json!({"capabilities": [
+                {"capability": "x-ignore-shared", "state": true},
+                {"capability": "events", "state": true},
+            ]})),
         )
         .await
         .map(|_| ())
