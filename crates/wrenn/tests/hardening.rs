@@ -24,8 +24,25 @@ impl Up {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")));
         let mut cmd = common::up_command(bin, slots, data_dir, "minimal");
         cmd.env_remove("WRENN_SIGNUP");
+        // Its own process group, as a shell gives a command in a terminal ([`ctrl_c`]).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Up::spawn(cmd, data_dir, 600)
     }
+}
+
+/// ^C in the terminal of `wrenn up`: SIGINT to its whole process group (its VMMs included,
+/// unless they have groups of their own); waits for it to end.
+fn ctrl_c(up: &mut Up) {
+    // SAFETY: killpg(2) of the group our own child leads (spawned with process_group(0)).
+    unsafe { libc::killpg(up.child.id() as i32, libc::SIGINT) };
+    for _ in 0..1200 {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            assert!(status.success(), "wrenn up ended with {status}");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("wrenn up did not stop within 120 s of ^C");
 }
 
 fn mode(p: &Path) -> u32 {
@@ -172,7 +189,7 @@ async fn wrenn_dir_stays_private() {
         .await
         .unwrap();
     assert_eq!(gone.status(), 204);
-    up.stop();
+    ctrl_c(&mut up);
     assert!(count_files(&dir.join("capsules").join(&second)) >= 2);
     assert_eq!(loose(&dir), vec![], "after the pause at shutdown");
 
@@ -183,6 +200,31 @@ async fn wrenn_dir_stays_private() {
         "{:?}",
         again.banner
     );
+    // Both capsules were paused at the ^C (their VMMs, in process groups of their own, did
+    // not get it: they used to die with it, and the capsules were lost as `error`).
+    let http = reqwest::Client::new();
+    for c in [&id, &second] {
+        let got: Value = http
+            .get(again.url(&format!("/v1/capsules/{c}")))
+            .header("x-api-key", again.key.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            matches!(got["status"].as_str(), Some("paused" | "running")),
+            "capsule {c} after ^C and a new start: {got}"
+        );
+        let gone = http
+            .delete(again.url(&format!("/v1/capsules/{c}")))
+            .header("x-api-key", again.key.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 204);
+    }
     drop(again);
 }
 

@@ -53,7 +53,11 @@ impl QemuVm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // A group of its own: ^C in the terminal of `wrenn up` signals the whole foreground
+            // group, and QEMU ends on SIGINT, so every capsule died before the shutdown could
+            // pause it. Only the agent decides when a VMM ends.
+            .process_group(0);
         // Opened here, used in the child between fork and exec, closed after the spawn.
         let ns = match &c.net {
             Net::Tap { netns, .. } => Some(
