@@ -6,7 +6,7 @@ One server per session:
     $WRENN_BIN up --data-dir <fresh dir> --listen 127.0.0.1:<free port>
 
 with ``WRENN_AGENT_SLOTS=4000-4099`` (this suite's slot range), ``WRENN_TEMPLATES=minimal``
-and ``WRENN_IMAGES`` passed through. Its data dir is made under ``E2B_PLATFORM_DATA_PREFIX``
+and the built templates of ``WRENN_IMAGES`` hard-linked into ``<data dir>/images``. Its data dir is made under ``E2B_PLATFORM_DATA_PREFIX``
 (default ``/var/tmp/wrenn-e2b-platform-``) and removed at the end; stdout and stderr go to
 ``<data dir>/server.log``.
 
@@ -128,6 +128,18 @@ def _stop(proc):
         return f"wrenn up did not exit within {SHUTDOWN_TIMEOUT:.0f}s of SIGINT"
 
 
+def _own_images(shared: str, data_dir: str) -> str:
+    """``data_dir/images``: the built templates of ``shared`` hard-linked in, so the templates
+    the run makes are removed with ``data_dir`` instead of left in the shared folder."""
+    own = os.path.join(data_dir, "images")
+    os.makedirs(own, mode=0o700, exist_ok=True)
+    for name in sorted(os.listdir(shared)):
+        src = os.path.join(shared, name)
+        if os.path.isfile(os.path.join(src, "inputs.sha256")):
+            subprocess.run(["cp", "-al", src, os.path.join(own, name)], check=True)
+    return own
+
+
 @pytest.fixture(scope="session")
 def server():
     prefix = os.environ.get("E2B_PLATFORM_DATA_PREFIX", "/var/tmp/wrenn-e2b-platform-")
@@ -137,7 +149,9 @@ def server():
     tls_port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
-    env["WRENN_IMAGES"] = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+    env["WRENN_IMAGES"] = _own_images(
+        os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images", data_dir
+    )
     env["WRENN_AGENT_SLOTS"] = AGENT_SLOTS
     env.setdefault("WRENN_TEMPLATES", "minimal")
     env["WRENN_DOMAIN"] = DOMAIN

@@ -5,13 +5,13 @@ N-1 more hosts, each a ``wrenn agent`` registered with a token as an operator wo
 
     POST /v1/hosts {"type": "regular", "tags": ["sdk-agentI"]}  -> {host, registration_token}
     $WRENN_BIN agent --register TOKEN --control-plane URL --address 127.0.0.(5+I):PORT \\
-        --data-dir <fresh dir> --images $WRENN_IMAGES --slots FIRST-LAST --heartbeat-every 2
+        --data-dir <fresh dir> --images <wrenn up's images> --slots FIRST-LAST --heartbeat-every 2
 
 and the session waits until ``GET /v1/hosts`` shows it ``online``. The calls use the admin
 API key (the platform team's: platform admin). Each agent has its own data dir under
 /var/tmp (its log in ``agent.log`` there) and its own slot range below; at the end it gets
 SIGINT (SIGKILL after ``SHUTDOWN_TIMEOUT``) and its dir is removed. The agents share
-``WRENN_IMAGES`` with `wrenn up` (one machine), so a snapshot template made on one host is
+the images folder of `wrenn up` (one machine; ``own_images``), so a snapshot template made on one host is
 present on every host: moving templates between hosts is not what this run tests.
 
 Two extra agents at most: slots 2000-2099 are the built-in host's, 2100-2149 and 2150-2199
@@ -338,3 +338,16 @@ def wait_stopped(proc: subprocess.Popen, name: str, timeout: float) -> "str | No
             problem = f"{name} exited with status {proc.returncode} after SIGINT"
     kill_group(proc)
     return problem
+
+
+def own_images(shared: str, data_dir: str) -> str:
+    """``data_dir/images`` (where ``wrenn up`` keeps images by default): every built template of
+    ``shared`` (a folder with ``inputs.sha256``) hard-linked in. The snapshot templates a run
+    makes land there and are removed with ``data_dir``, never left in the shared folder."""
+    own = os.path.join(data_dir, "images")
+    os.makedirs(own, mode=0o700, exist_ok=True)
+    for name in sorted(os.listdir(shared)):
+        src = os.path.join(shared, name)
+        if os.path.isfile(os.path.join(src, "inputs.sha256")) and not os.path.exists(os.path.join(own, name)):
+            subprocess.run(["cp", "-al", src, os.path.join(own, name)], check=True)
+    return own

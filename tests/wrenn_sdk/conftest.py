@@ -4,8 +4,9 @@ The suite starts one single-node server per session:
 
     $WRENN_BIN up --data-dir <fresh dir under /var/tmp> --listen 127.0.0.1:<free port>
 
-with ``WRENN_IMAGES`` passed through (default ``/var/tmp/wrenn/images``, where the guest
-images are built), ``WRENN_AGENT_SLOTS=2000-2099``, so that it never touches the
+with the built templates of ``WRENN_IMAGES`` (default ``/var/tmp/wrenn/images``, where the guest
+images are built) hard-linked into ``<data-dir>/images`` (so the snapshot templates the suite
+makes go with the data dir), ``WRENN_AGENT_SLOTS=2000-2099``, so that it never touches the
 network slots of other tests' agents, and ``WRENN_TEMPLATES=minimal`` unless set. It gets
 no ``WRENN_DIR``, ``WRENN_LISTEN`` or ``DATABASE_URL`` (the embedded database in the data dir). ``WRENN_BIN`` defaults to
 ``$CARGO_TARGET_DIR/debug/wrenn`` (``CARGO_TARGET_DIR`` defaults to
@@ -207,6 +208,10 @@ def _read_api_key(data_dir: str) -> str:
     return key
 
 
+def _shared_images() -> str:
+    return os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+
+
 def _start_server() -> Server:
     wrenn_bin = _wrenn_bin()
     data_dir = tempfile.mkdtemp(prefix="wrenn-sdk-tests-", dir="/var/tmp")
@@ -215,7 +220,7 @@ def _start_server() -> Server:
     url = f"http://127.0.0.1:{port}"
 
     env = dict(os.environ)
-    env["WRENN_IMAGES"] = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+    env["WRENN_IMAGES"] = cluster.own_images(_shared_images(), data_dir)
     env["WRENN_AGENT_SLOTS"] = AGENT_SLOTS
     # The suite needs only `minimal`: do not make the server build other templates.
     env.setdefault("WRENN_TEMPLATES", "minimal")
@@ -301,7 +306,7 @@ def _wanted_hosts() -> int:
 def _start_hosts(s: Server, count: int, agents: cluster.Agents) -> cluster.Placements:
     """Registers ``count`` extra agents with ``s``; the started placement sampler."""
     api = cluster.Api(s.url, s.api_key)
-    images = os.environ.get("WRENN_IMAGES") or "/var/tmp/wrenn/images"
+    images = os.path.join(s.data_dir, "images")
     try:
         agents.start(_wrenn_bin(), api, images, count, _die_with_parent)
         online = [h["id"] for h in api.hosts() if h["status"] == "online"]

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::images_dir;
+use common::{images_dir, images_for};
 use nix::{sys::signal, unistd::Pid};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wrenn");
@@ -45,17 +45,17 @@ impl Server {
     }
 
     fn start() -> Server {
-        let images = images_dir();
         assert!(
-            images.join("minimal").is_dir(),
+            images_dir().join("minimal").is_dir(),
             "no guest images in {} (run `make images` or set WRENN_IMAGES)",
-            images.display()
+            images_dir().display()
         );
         let root = tempfile::Builder::new()
             .prefix("wrenn-cli-")
             .tempdir_in("/var/tmp")
             .unwrap();
         let data = root.path().join("data");
+        let images = images_for(&data);
         let log = std::fs::File::create(root.path().join("up.log")).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(BIN)

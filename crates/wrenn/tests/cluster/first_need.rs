@@ -98,7 +98,11 @@ async fn a_base_template_is_built_on_a_host_on_first_need() {
     // why when it is the only host allowed.
     let mut c1_images = c.images_of(1);
     c1_images.push("minimal");
-    crate::harness::link_tree(&crate::common::images_dir().join("minimal"), &c1_images);
+    crate::common::link_tree(
+        &crate::common::images_dir().join("minimal"),
+        &c1_images,
+        false,
+    );
     let a1 = c.register(1).await;
     let (status, body, _) = c
         .create_as(

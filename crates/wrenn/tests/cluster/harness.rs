@@ -164,7 +164,8 @@ pub struct Cluster {
     pub up: Up,
     pub admin: Client,
     pub dir: PathBuf,
-    /// Whether each agent has an images folder of its own (else they share [`images_dir`]).
+    /// Whether each agent has an images folder of its own (else they share the control
+    /// plane's, [`common::images_for`] its folder).
     pub own_images: bool,
     _reap: Vec<Reap>,
     _tmp: tempfile::TempDir,
@@ -243,9 +244,10 @@ impl Cluster {
         c.own_images = true;
         let rt = tokio::runtime::Handle::current();
         for i in 0..agents {
-            link_tree(
+            common::link_tree(
                 &images_dir().join("minimal"),
                 &c.images_of(i).join("minimal"),
+                false,
             );
             let agent = tokio::task::block_in_place(|| rt.block_on(c.register(i)));
             c.agents.push(agent);
@@ -286,7 +288,7 @@ impl Cluster {
             images: if self.own_images {
                 self.images_of(i)
             } else {
-                images_dir()
+                common::images_for(&self.up.data_dir)
             },
             child: None,
             stdout: Arc::default(),
@@ -489,23 +491,6 @@ impl Events {
 impl Drop for Events {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A copy of folder `from` at `to` whose files are hard links (cheap; nothing writes into a
-/// template's files in place); its `shapes` (other shapes' snapshots) left out.
-pub fn link_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "shapes" {
-                link_tree(&src, &dst);
-            }
-        } else {
-            std::fs::hard_link(&src, &dst).unwrap();
-        }
     }
 }
 

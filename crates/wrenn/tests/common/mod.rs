@@ -22,8 +22,54 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
 }
 
+/// An images folder of `dir`'s own (`dir/images`, made on first use): every built template
+/// of [`images_dir`] (a folder with its `inputs.sha256`) as hard links. Give it to a server or
+/// agent that may make snapshot templates: they land there and are removed with `dir`, never
+/// left in the shared folder by a test whose database is gone. `dir` must be on the shared
+/// folder's filesystem (`/var/tmp`).
+#[allow(dead_code)]
+pub fn images_for(dir: &Path) -> PathBuf {
+    let own = dir.join("images");
+    if own.is_dir() {
+        return own;
+    }
+    // Made as a data folder would be (0700), so a server finds no loose mode to fix.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .unwrap();
+    let shared = images_dir();
+    let making = dir.join("images.making");
+    let _ = std::fs::remove_dir_all(&making);
+    std::fs::create_dir_all(&making).unwrap();
+    for e in std::fs::read_dir(&shared).unwrap().flatten() {
+        if e.path().join("inputs.sha256").is_file() {
+            link_tree(&e.path(), &making.join(e.file_name()), true);
+        }
+    }
+    std::fs::rename(&making, &own).unwrap();
+    own
+}
+
+/// A copy of folder `from` at `to` whose files are hard links (cheap; nothing writes into a
+/// template's files in place); its `shapes` (other shapes' snapshots) only with `shapes`.
+#[allow(dead_code)]
+pub fn link_tree(from: &Path, to: &Path, shapes: bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            if shapes || e.file_name() != "shapes" {
+                link_tree(&src, &dst, shapes);
+            }
+        } else {
+            std::fs::hard_link(&src, &dst).unwrap();
+        }
+    }
+}
+
 /// `bin up` on a free loopback port owning network slots `slots`, with its data in `data_dir`,
-/// the images of [`images_dir`] and the templates `templates` (`WRENN_TEMPLATES`), on SQLite
+/// its own images ([`images_for`] `data_dir`) and the templates `templates` (`WRENN_TEMPLATES`), on SQLite
 /// (no `DATABASE_URL`); stdout piped (for [`wait_up`]), stderr inherited. Add what a test
 /// needs before spawning it.
 #[allow(dead_code)]
@@ -38,7 +84,7 @@ pub fn up_command(
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--images")
-        .arg(images_dir())
+        .arg(images_for(data_dir))
         .env("WRENN_TEMPLATES", templates)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -142,6 +188,11 @@ impl Up {
         }
     }
 
+    /// Its images folder (the one [`up_command`] gives it).
+    pub fn images(&self) -> PathBuf {
+        images_for(&self.data_dir)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -210,7 +261,7 @@ pub fn mtls_agent(dir: &Path, slots: &str) -> (Child, u16) {
         .arg("--data-dir")
         .arg(dir.join("agent"))
         .arg("--images")
-        .arg(images_dir())
+        .arg(images_for(dir))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{images_dir, Up};
+use crate::common::Up;
 use serde_json::{json, Value};
 
 /// A tiny server for the guest: `GET` answers `hello`, an `Upgrade` request gets `101` and
@@ -310,10 +310,10 @@ async fn port_proxy_and_its_access_rules() {
     );
 }
 
-/// The folder on the host of the snapshot template made from capsule `id` (its
+/// The folder in `images` of the snapshot template made from capsule `id` (its
 /// `template.json` names the source capsule).
-pub(super) fn host_name_of(id: &str) -> String {
-    std::fs::read_dir(images_dir())
+pub(super) fn host_name_of(images: &std::path::Path, id: &str) -> String {
+    std::fs::read_dir(images)
         .unwrap()
         .flatten()
         .find(|e| {

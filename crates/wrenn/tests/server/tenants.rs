@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::{images_dir, Up};
+use crate::common::Up;
 use serde_json::{json, Value};
 
 use super::proxy::host_name_of;
@@ -221,7 +221,7 @@ async fn tenants_cannot_see_each_other() {
     assert_eq!(from_a.status(), 404);
     // The host-side name of A's template (whatever it is: found on the host by its source
     // capsule) is no name B may use: 404, never a capsule with A's files.
-    let host_a = host_name_of(&id);
+    let host_a = host_name_of(&up.images(), &id);
     for template in [host_a.clone(), format!("{host_a}/"), format!("../{host_a}")] {
         let r = call(
             &key_b,
@@ -282,15 +282,15 @@ async fn tenants_cannot_see_each_other() {
     .await
     .unwrap();
     assert_eq!(b_snap.status(), 201, "the same name in another team");
-    let host_b = host_name_of(&bid);
+    let host_b = host_name_of(&up.images(), &bid);
     assert_ne!(host_a, host_b);
     // The old host-side naming (`t` + the team id's last 12 characters + `.` + the name), as
     // a folder on the host: A cannot reach B's template through it either.
     let legacy = format!("t{}.env", &team_b[team_b.len() - 12..]);
-    let planted = images_dir().join(&legacy);
+    let planted = up.images().join(&legacy);
     let copied = Command::new("cp")
         .arg("-al")
-        .arg(images_dir().join(&host_b))
+        .arg(up.images().join(&host_b))
         .arg(&planted)
         .status()
         .unwrap();
@@ -419,6 +419,6 @@ async fn tenants_cannot_see_each_other() {
         assert_eq!(r.status(), 204, "each team deletes its own template");
     }
     for host in [&host_a, &host_b] {
-        assert!(!images_dir().join(host).exists(), "{host} removed");
+        assert!(!up.images().join(host).exists(), "{host} removed");
     }
 }
