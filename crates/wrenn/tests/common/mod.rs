@@ -8,6 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,14 +34,12 @@ pub fn images_for(dir: &Path) -> PathBuf {
     if own.is_dir() {
         return own;
     }
-    // Made as a data folder would be (0700), so a server finds no loose mode to fix.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(dir)
-        .unwrap();
+    // Made as a data folder would be, so a server finds no loose mode to fix.
+    private_dir(dir);
     let shared = images_dir();
     let making = dir.join("images.making");
     let _ = std::fs::remove_dir_all(&making);
-    std::fs::create_dir_all(&making).unwrap();
+    private_dir(&making);
     for e in std::fs::read_dir(&shared).unwrap().flatten() {
         if e.path().join("inputs.sha256").is_file() {
             link_tree(&e.path(), &making.join(e.file_name()), true);
@@ -54,7 +53,7 @@ pub fn images_for(dir: &Path) -> PathBuf {
 /// template's files in place); its `shapes` (other shapes' snapshots) only with `shapes`.
 #[allow(dead_code)]
 pub fn link_tree(from: &Path, to: &Path, shapes: bool) {
-    std::fs::create_dir_all(to).unwrap();
+    private_dir(to);
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let (src, dst) = (e.path(), to.join(e.file_name()));
@@ -66,6 +65,13 @@ pub fn link_tree(from: &Path, to: &Path, shapes: bool) {
             std::fs::hard_link(&src, &dst).unwrap();
         }
     }
+}
+
+/// Makes folder `dir` and its missing parents 0700 (what is there is left as it is).
+fn private_dir(dir: &Path) {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .unwrap();
 }
 
 /// `bin up` on a free loopback port owning network slots `slots`, with its data in `data_dir`,
@@ -96,6 +102,13 @@ pub fn up_command(
 /// it printed before. Keeps draining stdout afterwards so it never blocks on it.
 #[allow(dead_code)]
 pub fn wait_up(child: &mut Child) -> (String, Vec<String>) {
+    let (addr, banner, _) = wait_up_then(child);
+    (addr, banner)
+}
+
+/// [`wait_up`], and what it prints afterwards (collected as it comes).
+#[allow(dead_code)]
+pub fn wait_up_then(child: &mut Child) -> (String, Vec<String>, Arc<Mutex<Vec<String>>>) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut banner = Vec::new();
     let addr = loop {
@@ -108,8 +121,14 @@ pub fn wait_up(child: &mut Child) -> (String, Vec<String>) {
         }
         banner.push(line);
     };
-    std::thread::spawn(move || for _ in lines {});
-    (addr, banner)
+    let later = Arc::new(Mutex::new(Vec::new()));
+    let keep = later.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    (addr, banner, later)
 }
 
 /// The admin API key a control plane wrote in `data_dir`.
@@ -153,6 +172,8 @@ pub struct Up {
     pub data_dir: PathBuf,
     /// What it printed before it was up.
     pub banner: Vec<String>,
+    /// What it printed since (collected as it comes).
+    pub later: Arc<Mutex<Vec<String>>>,
     /// How long a stop waits after SIGINT before SIGKILL, in tenths of a second.
     patience: u32,
     /// Its data folder, when it is one of its own (removed after the process is stopped).
@@ -176,13 +197,14 @@ impl Up {
     /// `data_dir`. A stop waits `patience` tenths of a second after SIGINT.
     pub fn spawn(mut cmd: Command, data_dir: &Path, patience: u32) -> Up {
         let mut child = cmd.spawn().unwrap();
-        let (addr, banner) = wait_up(&mut child);
+        let (addr, banner, later) = wait_up_then(&mut child);
         Up {
             child,
             addr,
             key: admin_key(data_dir),
             data_dir: data_dir.to_path_buf(),
             banner,
+            later,
             patience,
             _dir: None,
         }
