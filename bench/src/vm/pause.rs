@@ -20,6 +20,14 @@ pub(super) struct PauseResume {
     pub(super) resume: Vec<f64>,
     /// Resumes into a QEMU started ahead (after the save, untimed, as a pool would).
     pub(super) resume_warm: Vec<f64>,
+    /// Where the cold resumes' time goes: `restore` (QEMU start, own pages, state load),
+    /// `cont`, and envd answering its first `/health` after it.
+    pub(super) restore: Vec<f64>,
+    pub(super) cont: Vec<f64>,
+    pub(super) ready: Vec<f64>,
+    /// QEMU's CPU time (user + system) while the guest got to answer, ms: near the `ready`
+    /// wall time when TCG translating the guest's code again is what the wait is.
+    pub(super) ready_cpu: Vec<f64>,
     pub(super) state_bytes: u64,
     /// Size of the capsule's own saved pages (`memory.delta`) after the last pause.
     pub(super) delta_bytes: u64,
@@ -54,6 +62,10 @@ pub(super) async fn pause_resume_in(
         save: Vec::new(),
         resume: Vec::new(),
         resume_warm: Vec::new(),
+        restore: Vec::new(),
+        cont: Vec::new(),
+        ready: Vec::new(),
+        ready_cpu: Vec::new(),
         state_bytes: 0,
         delta_bytes: 0,
     };
@@ -79,13 +91,17 @@ pub(super) async fn pause_resume_in(
         c.vm.restore(&state)
             .await
             .with_context(|| format!("restore #{i}"))?;
+        let restored = t.elapsed();
         c.vm.resume()
             .await
             .with_context(|| format!("resume #{i}"))?;
+        let continued = t.elapsed();
+        let cpu_before = qemu_cpu_ms(&c.vm);
         c.vm.wait_ready(c.envd, READY)
             .await
             .with_context(|| format!("envd after resume #{i}"))?;
         let resumed = t.elapsed();
+        let ready_cpu = qemu_cpu_ms(&c.vm) - cpu_before;
         if i > 0 {
             out.pause.push(ms(paused));
             out.stop.push(ms(stopped));
@@ -94,6 +110,10 @@ pub(super) async fn pause_resume_in(
                 out.resume_warm.push(ms(resumed));
             } else {
                 out.resume.push(ms(resumed));
+                out.restore.push(ms(restored));
+                out.cont.push(ms(continued - restored));
+                out.ready.push(ms(resumed - continued));
+                out.ready_cpu.push(ready_cpu);
             }
         }
     }
@@ -103,4 +123,24 @@ pub(super) async fn pause_resume_in(
         .unwrap_or(0);
     c.destroy().await?;
     Ok(out)
+}
+
+/// CPU time (user + system) of the VM's QEMU so far, ms (0 without one).
+fn qemu_cpu_ms(vm: &wrenn_vmm::QemuVm) -> f64 {
+    let Some(pid) = vm.pid() else { return 0.0 };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks * 1000.0 / hz
 }
