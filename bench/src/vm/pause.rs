@@ -7,11 +7,13 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
+use serde_json::{json, Map, Value};
 use wrenn_vmm::{snapshot::Snapshot, Vmm};
 
 use super::capsule::{Capsule, Layout};
 use super::host::fresh_dir;
-use super::{ms, READY};
+use super::{ms, row, PAUSE_TARGET_MS, READY};
+use crate::report::{percentile, Row, Target as Goal};
 
 pub(super) struct PauseResume {
     pub(super) pause: Vec<f64>,
@@ -123,6 +125,97 @@ pub(super) async fn pause_resume_in(
         .unwrap_or(0);
     c.destroy().await?;
     Ok(out)
+}
+
+/// Step [2] of the bench: pause/resume cycles of a template-layout capsule and of an own-file
+/// one, their rows (baseline: the raw restore p50 of [1], for scale), note and samples.
+pub(super) async fn step(
+    snap: &Snapshot,
+    work: &Path,
+    cycles: usize,
+    raw_p50: f64,
+    memory_mib: u32,
+    (rows, notes, extra): (&mut Vec<Row>, &mut Vec<String>, &mut Map<String, Value>),
+) -> Result<()> {
+    let pr = pause_resume(snap, work, cycles).await?;
+    let pause_p50 = percentile(&pr.pause, 50.0);
+    let mut r = row("pause_p50", "pause p50", "ms", pause_p50, raw_p50);
+    r.samples = cycles;
+    r.note = format!(
+        "stop {:.1} + save {:.1} ms; p99 {:.1} ms",
+        percentile(&pr.stop, 50.0),
+        percentile(&pr.save, 50.0),
+        percentile(&pr.pause, 99.0)
+    );
+    r.target = Some(Goal {
+        text: format!("<= {PAUSE_TARGET_MS} ms"),
+        met: pause_p50 <= PAUSE_TARGET_MS,
+    });
+    rows.push(r);
+    let resume_p50 = percentile(&pr.resume, 50.0);
+    let mut r = row("resume_p50", "resume p50", "ms", resume_p50, raw_p50);
+    r.samples = cycles;
+    r.note = format!(
+        "p99 {:.1} ms; p50 of restore {:.1} + cont {:.1} + envd answering {:.1} ms (QEMU CPU in that \
+         wait {:.0} ms)",
+        percentile(&pr.resume, 99.0),
+        percentile(&pr.restore, 50.0),
+        percentile(&pr.cont, 50.0),
+        percentile(&pr.ready, 50.0),
+        percentile(&pr.ready_cpu, 50.0)
+    );
+    rows.push(r);
+    let mut r = row(
+        "resume_warm_p50",
+        "resume p50, warm QEMU",
+        "ms",
+        percentile(&pr.resume_warm, 50.0),
+        resume_p50,
+    );
+    r.samples = pr.resume_warm.len();
+    r.note = "baseline = the cold resumes of the same capsule (cycles alternate)".into();
+    r.target = Some(Goal {
+        text: "<= 0.5x cold resume".into(),
+        met: r.ratio() <= 0.5,
+    });
+    rows.push(r);
+    let own = pause_resume_in(snap, work, cycles, Layout::Own).await?;
+    for (id, label, w, b) in [
+        (
+            "pause_vs_own",
+            "pause p50 vs own-file layout",
+            &pr.pause,
+            &own.pause,
+        ),
+        (
+            "resume_vs_own",
+            "resume p50 vs own-file layout",
+            &pr.resume,
+            &own.resume,
+        ),
+    ] {
+        let mut r = row(id, label, "ms", percentile(w, 50.0), percentile(b, 50.0));
+        r.samples = cycles;
+        r.note = "baseline = the same cycles with a whole memory copy per capsule".into();
+        rows.push(r);
+    }
+    notes.push(format!(
+        "pause/resume: {} MiB guest, saved device state {:.1} KiB + the capsule's own pages {:.1} MiB \
+         (memory.delta; the template's pages are not saved); own-file layout: state {:.1} KiB, RAM in \
+         its memory file; baseline of pause/resume p50 = raw restore p50 of [1]",
+        memory_mib,
+        pr.state_bytes as f64 / 1024.0,
+        pr.delta_bytes as f64 / f64::from(1 << 20),
+        own.state_bytes as f64 / 1024.0,
+    ));
+    extra.insert(
+        "pause_resume_samples_ms".into(),
+        json!({"pause": pr.pause, "stop": pr.stop, "save": pr.save, "resume": pr.resume,
+               "resume_warm": pr.resume_warm, "resume_restore": pr.restore,
+               "resume_cont": pr.cont, "resume_ready": pr.ready,
+               "resume_ready_qemu_cpu": pr.ready_cpu}),
+    );
+    Ok(())
 }
 
 /// CPU time (user + system) of the VM's QEMU so far, ms (0 without one).
