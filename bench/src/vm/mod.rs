@@ -50,7 +50,6 @@ use self::host::{
     copy_files, images_log_real_lines, qemu_children, qemu_version, template_boot,
     wait_no_qemu_under,
 };
-use self::pause::{pause_resume, pause_resume_in};
 use self::template::template_builds;
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +82,9 @@ pub struct Args {
     /// Seconds the capsules idle before their PSS is read.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// Only the create and pause/resume steps ([1] and [2]): no template builds, no PSS.
+    #[arg(long)]
+    pause_only: bool,
     /// Parent of the scratch directory.
     #[arg(long, default_value = "/var/tmp")]
     tmp_dir: PathBuf,
@@ -360,74 +362,24 @@ async fn bench(args: &Args, template_dir: &Path, accel: Accel, work: &Path) -> R
         "[2/4] pause (pause + save) and resume (restore + resume + wait_ready): {} cycles (+1 warm-up)",
         args.cycles
     );
-    let pr = pause_resume(&snap, work, args.cycles).await?;
-    let pause_p50 = percentile(&pr.pause, 50.0);
-    let mut r = row("pause_p50", "pause p50", "ms", pause_p50, raw_p50);
-    r.samples = args.cycles;
-    r.note = format!(
-        "stop {:.1} + save {:.1} ms; p99 {:.1} ms",
-        percentile(&pr.stop, 50.0),
-        percentile(&pr.save, 50.0),
-        percentile(&pr.pause, 99.0)
-    );
-    r.target = Some(Goal {
-        text: format!("<= {PAUSE_TARGET_MS} ms"),
-        met: pause_p50 <= PAUSE_TARGET_MS,
-    });
-    rows.push(r);
-    let resume_p50 = percentile(&pr.resume, 50.0);
-    let mut r = row("resume_p50", "resume p50", "ms", resume_p50, raw_p50);
-    r.samples = args.cycles;
-    r.note = format!("p99 {:.1} ms", percentile(&pr.resume, 99.0));
-    rows.push(r);
-    let mut r = row(
-        "resume_warm_p50",
-        "resume p50, warm QEMU",
-        "ms",
-        percentile(&pr.resume_warm, 50.0),
-        resume_p50,
-    );
-    r.samples = pr.resume_warm.len();
-    r.note = "baseline = the cold resumes of the same capsule (cycles alternate)".into();
-    r.target = Some(Goal {
-        text: "<= 0.5x cold resume".into(),
-        met: r.ratio() <= 0.5,
-    });
-    rows.push(r);
-    let own = pause_resume_in(&snap, work, args.cycles, Layout::Own).await?;
-    for (id, label, w, b) in [
-        (
-            "pause_vs_own",
-            "pause p50 vs own-file layout",
-            &pr.pause,
-            &own.pause,
-        ),
-        (
-            "resume_vs_own",
-            "resume p50 vs own-file layout",
-            &pr.resume,
-            &own.resume,
-        ),
-    ] {
-        let mut r = row(id, label, "ms", percentile(w, 50.0), percentile(b, 50.0));
-        r.samples = args.cycles;
-        r.note = "baseline = the same cycles with a whole memory copy per capsule".into();
-        rows.push(r);
-    }
-    notes.push(format!(
-        "pause/resume: {} MiB guest, saved device state {:.1} KiB + the capsule's own pages {:.1} MiB \
-         (memory.delta; the template's pages are not saved); own-file layout: state {:.1} KiB, RAM in \
-         its memory file; baseline of pause/resume p50 = raw restore p50 of [1]",
+    pause::step(
+        &snap,
+        work,
+        args.cycles,
+        raw_p50,
         spec.memory_mib,
-        pr.state_bytes as f64 / 1024.0,
-        pr.delta_bytes as f64 / f64::from(1 << 20),
-        own.state_bytes as f64 / 1024.0,
-    ));
-    extra.insert(
-        "pause_resume_samples_ms".into(),
-        json!({"pause": pr.pause, "stop": pr.stop, "save": pr.save, "resume": pr.resume,
-               "resume_warm": pr.resume_warm}),
-    );
+        (&mut rows, &mut notes, &mut extra),
+    )
+    .await?;
+
+    if args.pause_only {
+        return Ok(Outcome {
+            spec,
+            rows,
+            notes,
+            extra,
+        });
+    }
 
     // ---- 3 ----
     eprintln!(

@@ -503,3 +503,32 @@ async fn a_waiting_vmm_takes_a_state_and_leaves_nothing_when_stopped() {
     vm.stop().await.unwrap();
     assert_eq!(backend().processes_under(dir.path()).len(), 0);
 }
+
+/// The guest's count of IPv6 neighbour adverts sent (the unsolicited ones are how it
+/// announces itself, with gratuitous ARP, when QEMU asks after a migration).
+async fn neighbour_adverts_sent(envd: SocketAddr) -> u64 {
+    let (out, code) = exec(
+        envd,
+        "awk '$1 == \"Icmp6OutNeighborAdvertisements\" {print $2}' /proc/net/snmp6",
+    )
+    .await;
+    assert_eq!(code, 0);
+    out.trim().parse().expect("a count in /proc/net/snmp6")
+}
+
+#[tokio::test]
+async fn a_resumed_vm_does_not_announce_itself() {
+    let mut c = Capsule::create().await;
+    // QEMU's announcement rounds (when asked for) span ~1.3 s after the load.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = neighbour_adverts_sent(c.envd).await;
+    c.pause().await;
+    c.resume().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = neighbour_adverts_sent(c.envd).await;
+    assert_eq!(
+        after, before,
+        "the guest announced itself after the restore (it has not moved)"
+    );
+    c.vm.stop().await.unwrap();
+}

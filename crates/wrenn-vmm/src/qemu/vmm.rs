@@ -187,6 +187,7 @@ impl Vmm for QemuVm {
                 }
             }
             self.ignore_shared().await?;
+            self.no_self_announce().await?;
             self.pass_fd("wrenn-restore", &file).await?;
             self.qmp(
                 "restore",
