@@ -6,10 +6,19 @@
 //! the file the VM maps privately, plus `memory.delta`, its own pages; or a copy of its own
 //! `memory`) and `disk.qcow2` (a copy of its copy-on-write disk, on the same backing file).
 //! [`crate::memory::flatten`] then turns its RAM into one file.
+//!
+//! A running VM is checkpointed in two halves ([`crate::Vmm::checkpoint`], then
+//! [`Captured::finish`]): while its guest is stopped only what changes once it runs is taken
+//! (the device state, and its own pages and disk data read into the agent's memory); the
+//! files are written from those copies after it runs again.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::{
+    capture::{FileData, OwnPages},
     error::Result,
     files,
     memory::{self, MemoryLayout},
@@ -19,6 +28,56 @@ use crate::{
 pub const DISK: &str = "disk.qcow2";
 /// The device state in a checkpoint folder.
 pub const STATE: &str = "state";
+
+/// How long each step of a checkpoint took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    /// QMP `xen-save-devices-state` (guest stopped).
+    pub devices: Duration,
+    /// The VM's own pages taken (guest stopped).
+    pub memory: Duration,
+    /// The disk overlay taken (guest stopped).
+    pub disk: Duration,
+    /// The files written from what was taken (guest running again).
+    pub write: Duration,
+    /// The VM's own pages.
+    pub pages: u64,
+    /// The disk overlay's data, bytes.
+    pub disk_bytes: u64,
+}
+
+/// A running VM's state taken while its guest was stopped: [`Captured::finish`] writes the
+/// checkpoint folder from it (the guest may run meanwhile).
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The device state file QEMU wrote, to make loadable for this machine type.
+    pub(crate) state: Option<(PathBuf, &'static str)>,
+    /// The VM's own pages, for this `memory.delta`.
+    pub(crate) memory: Option<(PathBuf, OwnPages)>,
+    /// The disk overlay's data, for this copy.
+    pub(crate) disk: Option<(PathBuf, FileData)>,
+    /// The steps so far.
+    pub times: Times,
+}
+
+impl Captured {
+    /// Writes the rest of the checkpoint folder (blocking). Returns every step's time.
+    pub fn finish(self) -> Result<Times> {
+        let t = std::time::Instant::now();
+        if let Some((state, machine)) = &self.state {
+            memory::device_state_stream(state, machine)?;
+        }
+        if let Some((delta, pages)) = &self.memory {
+            pages.write_delta(delta)?;
+        }
+        if let Some((dest, data)) = &self.disk {
+            data.write(dest)?;
+        }
+        let mut times = self.times;
+        times.write = t.elapsed();
+        Ok(times)
+    }
+}
 
 /// Copies the RAM of the VM in `vm_dir` into `dest` as far as a file holds it: for the
 /// template layout a link to its base (or a copy across filesystems; its own pages are the

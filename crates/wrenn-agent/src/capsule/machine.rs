@@ -260,21 +260,29 @@ impl Capsule {
     /// stopped for the copy of its device state, own pages and disk, then runs on; a paused
     /// one is copied from its saved files.
     pub(super) async fn checkpoint(&mut self, dest: &std::path::Path) -> Result<Checkpointed> {
-        let mut paused_for = std::time::Duration::ZERO;
+        use super::PauseSteps;
+        let mut pause = PauseSteps::default();
         match self.state() {
             CapsuleStatus::Running => {
                 let t0 = std::time::Instant::now();
                 self.vm.pause().await?;
-                let copied = self.vm.checkpoint(dest).await;
+                pause.stop = t0.elapsed();
+                let taken = self.vm.checkpoint(dest).await;
+                let t1 = std::time::Instant::now();
                 let resumed = self.vm.resume().await;
-                paused_for = t0.elapsed();
+                pause.cont = t1.elapsed();
+                pause.total = t0.elapsed();
                 if let Err(e) = resumed {
                     self.fail(format!("resuming after a checkpoint failed: {e}"))
                         .await;
                     return Err(e.into());
                 }
-                copied?;
-                tracing::info!(dest = %dest.display(), ?paused_for, "capsule checkpointed");
+                // The guest runs again; the files are written from what was taken.
+                let taken = taken?;
+                pause.checkpoint = tokio::task::spawn_blocking(move || taken.finish())
+                    .await
+                    .map_err(|e| AgentError::io("checkpointing", std::io::Error::other(e)))??;
+                tracing::info!(dest = %dest.display(), ?pause, "capsule checkpointed");
             }
             CapsuleStatus::Paused => {
                 let (dir, disk, dest) = (
@@ -310,7 +318,7 @@ impl Capsule {
                 accel: config.accel.as_str().into(),
             },
             record,
-            paused_for,
+            pause,
         })
     }
 

@@ -95,7 +95,7 @@ impl Vmm for QemuVm {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, dest: &Path) -> Result<()> {
+    async fn checkpoint(&mut self, dest: &Path) -> Result<checkpoint::Captured> {
         if self.status != VmStatus::Paused {
             return Err(VmmError::State {
                 action: "checkpoint",
@@ -106,6 +106,7 @@ impl Vmm for QemuVm {
         let state = dest.join(checkpoint::STATE);
         // Made 0600 before QEMU opens it (QEMU would create it 0660).
         drop(files::open_private(&state, true)?);
+        let t = std::time::Instant::now();
         // Every device, no RAM; QEMU stays stopped and `cont` runs it again.
         self.qmp(
             "checkpoint",
@@ -113,19 +114,37 @@ impl Vmm for QemuVm {
             Some(json!({"filename": state.display().to_string(), "live": false})),
         )
         .await?;
+        let devices = t.elapsed();
         let pid = self.pid().unwrap_or(0);
         let (dir, disk, dest) = (
             self.config.dir.clone(),
             self.config.disk.clone(),
             dest.to_path_buf(),
         );
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        tokio::task::spawn_blocking(move || -> Result<checkpoint::Captured> {
+            let mut times = checkpoint::Times {
+                devices,
+                ..Default::default()
+            };
+            let t = std::time::Instant::now();
             memory::device_state_stream(&state, super::MACHINE)?;
             if let MemoryLayout::Template { base, .. } = checkpoint::link_memory(&dir, &dest)? {
-                memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE), false)?;
+                times.pages =
+                    memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE), false)?;
             }
+            times.memory = t.elapsed();
+            let t = std::time::Instant::now();
             // `stop` drained and flushed the disk (qcow2 metadata included).
-            files::copy_sparse(&disk, &dest.join(checkpoint::DISK))
+            files::copy_sparse(&disk, &dest.join(checkpoint::DISK))?;
+            times.disk = t.elapsed();
+            times.disk_bytes = std::fs::File::open(&disk)
+                .and_then(|f| files::data_extents(&f))
+                .map(|x| x.iter().map(|(a, b)| b - a).sum())
+                .unwrap_or(0);
+            Ok(checkpoint::Captured {
+                times,
+                ..Default::default()
+            })
         })
         .await
         .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))?
