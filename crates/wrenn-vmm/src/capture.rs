@@ -153,3 +153,89 @@ impl FileData {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::memory::{BASE_FILE, DELTA_FILE};
+
+    /// The pages this process wrote in its private mapping of a file, copied out and written
+    /// as a delta, flatten to exactly what the mapping held; later writes to the mapping are
+    /// not in it.
+    #[test]
+    fn own_pages_copied_out_are_the_mapping_at_the_copy() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let base = dir.path().join(BASE_FILE);
+        let data: Vec<u8> = (0..96 * PAGE as usize)
+            .map(|i| (i / PAGE as usize) as u8 ^ 0x5A)
+            .collect();
+        std::fs::write(&base, &data).unwrap();
+        let f = File::open(&base).unwrap();
+        // SAFETY: a fresh private mapping of an open file, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                data.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping is data.len() bytes long.
+        let m = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, data.len()) };
+        let mut want = data.clone();
+        for (page, byte) in [(1usize, 0x11u8), (2, 0x22), (3, 0x33), (60, 0x60), (95, 0x95)] {
+            m[page * PAGE as usize + 7] = byte;
+            want[page * PAGE as usize + 7] = byte;
+        }
+        let pages = OwnPages::read(std::process::id(), &base).unwrap();
+        assert_eq!(pages.len(), 5);
+        // Written after the copy: in no checkpoint.
+        m[2 * PAGE as usize + 7] = 0xEE;
+        m[10 * PAGE as usize] = 0xEE;
+        pages.write_delta(&dir.path().join(DELTA_FILE)).unwrap();
+        let flat = dir.path().join("flat");
+        memory::flatten(dir.path(), &flat).unwrap();
+        assert_eq!(std::fs::read(&flat).unwrap(), want);
+        assert_eq!(std::fs::read(&base).unwrap(), data, "the base never changes");
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(addr, data.len()) };
+    }
+
+    /// A sparse file's data copied out is written back with the same bytes and holes; over
+    /// the limit nothing is copied.
+    #[test]
+    fn file_data_round_trips_with_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let src = dir.path().join("disk");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[7u8; 8192], 1 << 20).unwrap();
+        f.write_all_at(&[9u8; 4096], 40 << 20).unwrap();
+        drop(f);
+        let taken = FileData::read(&src, 1 << 20).unwrap().unwrap();
+        assert_eq!(taken.bytes(), 12288);
+        // Later writes to the source are not in the copy.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .write_all_at(&[1u8; 4096], 1 << 20)
+            .unwrap();
+        let copy = dir.path().join("copy");
+        taken.write(&copy).unwrap();
+        let got = std::fs::read(&copy).unwrap();
+        assert_eq!(got.len(), 64 << 20);
+        assert!(got[(1 << 20)..(1 << 20) + 8192].iter().all(|b| *b == 7));
+        assert!(got[(40 << 20)..(40 << 20) + 4096].iter().all(|b| *b == 9));
+        assert_eq!(got.iter().map(|b| u64::from(*b)).sum::<u64>(), 7 * 8192 + 9 * 4096);
+        assert_eq!(std::fs::metadata(&copy).unwrap().blocks() * 512, 12288);
+        assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o600);
+        assert!(FileData::read(&src, 8192).unwrap().is_none());
+    }
+}

@@ -79,6 +79,45 @@ impl Captured {
     }
 }
 
+/// The most disk overlay data a checkpoint copies into memory while the guest is stopped; a
+/// larger overlay is copied file to file then (the guest waits for it).
+pub const DISK_IN_MEMORY_MAX: u64 = 256 << 20;
+
+/// Takes what a checkpoint of the stopped VM `pid` (folder `vm_dir`, disk overlay `disk`)
+/// needs before its guest runs again: a link to its template memory, its own pages and its
+/// disk overlay's data copied into memory (an own-layout VM's memory file, and an overlay
+/// over [`DISK_IN_MEMORY_MAX`], are copied into `dest` at once). `devices`: the time the
+/// device state took.
+pub(crate) fn take(
+    pid: u32,
+    vm_dir: &Path,
+    disk: &Path,
+    dest: &Path,
+    devices: Duration,
+) -> Result<Captured> {
+    let mut taken = Captured::default();
+    taken.times.devices = devices;
+    let t = std::time::Instant::now();
+    if let MemoryLayout::Template { base, .. } = link_memory(vm_dir, dest)? {
+        let pages = OwnPages::read(pid, &base)?;
+        taken.times.pages = pages.len();
+        taken.memory = Some((dest.join(memory::DELTA_FILE), pages));
+    }
+    taken.times.memory = t.elapsed();
+    let t = std::time::Instant::now();
+    // `stop` drained and flushed the disk (qcow2 metadata included).
+    let copy = dest.join(DISK);
+    match FileData::read(disk, DISK_IN_MEMORY_MAX)? {
+        Some(data) => {
+            taken.times.disk_bytes = data.bytes();
+            taken.disk = Some((copy, data));
+        }
+        None => files::copy_sparse(disk, &copy)?,
+    }
+    taken.times.disk = t.elapsed();
+    Ok(taken)
+}
+
 /// Copies the RAM of the VM in `vm_dir` into `dest` as far as a file holds it: for the
 /// template layout a link to its base (or a copy across filesystems; its own pages are the
 /// caller's), else a copy of its own file. The VM must not run (paused, or saved).

@@ -121,33 +121,13 @@ impl Vmm for QemuVm {
             self.config.disk.clone(),
             dest.to_path_buf(),
         );
-        tokio::task::spawn_blocking(move || -> Result<checkpoint::Captured> {
-            let mut times = checkpoint::Times {
-                devices,
-                ..Default::default()
-            };
-            let t = std::time::Instant::now();
-            memory::device_state_stream(&state, super::MACHINE)?;
-            if let MemoryLayout::Template { base, .. } = checkpoint::link_memory(&dir, &dest)? {
-                times.pages =
-                    memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE), false)?;
-            }
-            times.memory = t.elapsed();
-            let t = std::time::Instant::now();
-            // `stop` drained and flushed the disk (qcow2 metadata included).
-            files::copy_sparse(&disk, &dest.join(checkpoint::DISK))?;
-            times.disk = t.elapsed();
-            times.disk_bytes = std::fs::File::open(&disk)
-                .and_then(|f| files::data_extents(&f))
-                .map(|x| x.iter().map(|(a, b)| b - a).sum())
-                .unwrap_or(0);
-            Ok(checkpoint::Captured {
-                times,
-                ..Default::default()
+        tokio::task::spawn_blocking(move || checkpoint::take(pid, &dir, &disk, &dest, devices))
+            .await
+            .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))?
+            .map(|mut taken| {
+                taken.state = Some((state, super::MACHINE));
+                taken
             })
-        })
-        .await
-        .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))?
     }
 
     async fn start_waiting(&mut self) -> Result<()> {
