@@ -67,6 +67,13 @@ pub fn run(args: Args) -> Result<()> {
         "1 to {} children",
         slots - 2
     );
+    // The agent's own logs (each child's steps at `debug`) when `RUST_LOG` asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let data = tempfile::Builder::new()
         .prefix("wrenn-bench-fork-")
         .tempdir_in(&args.tmp_dir)?;
@@ -357,7 +364,7 @@ async fn bench(mgr: &std::sync::Arc<Manager>, args: &Args, data: &Path) -> Resul
         "baseline: a plain pause (stop + save); steps p50: stop {:.1}, device state {:.1}, \
          own pages {:.1} ({:.1} MiB), disk {:.1} ({:.1} MiB), cont {:.1} ms; files written \
          after cont {:.1} ms",
-        step(|p| ms(p.stop)),
+        step(|p| ms(p.checkpoint.stop)),
         step(|p| ms(p.checkpoint.devices)),
         step(|p| ms(p.checkpoint.memory)),
         step(|p| p.checkpoint.pages as f64 * 4096.0 / 1048576.0),

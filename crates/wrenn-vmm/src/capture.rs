@@ -28,7 +28,7 @@ const IOV_BATCH: usize = 1024;
 pub struct OwnPages {
     /// Each page's index in the mapped file, ascending.
     index: Vec<u64>,
-    /// The pages, in the order of `index`.
+    /// The pages, in the order of `index` (the buffer may be longer).
     data: Vec<u8>,
 }
 
@@ -36,8 +36,20 @@ impl OwnPages {
     /// Copies the pages process `pid` (stopped) owns in its private mapping of `base`
     /// ([`memory::save_delta`]'s pages) with `process_vm_readv`, up to 1024 runs a call.
     pub fn read(pid: u32, base: &Path) -> Result<OwnPages> {
+        OwnPages::read_into(pid, base, Vec::new())
+    }
+
+    /// [`OwnPages::read`] into `buf` when it is large enough (its pages are then already
+    /// faulted in: a buffer from an earlier copy, [`OwnPages::into_buffer`]), else into a new
+    /// buffer.
+    pub fn read_into(pid: u32, base: &Path, mut buf: Vec<u8>) -> Result<OwnPages> {
         let pages = memory::own_pages(pid, base)?;
-        let mut data = vec![0u8; pages.len() * PAGE as usize];
+        let need = pages.len() * PAGE as usize;
+        if buf.len() < need {
+            // Room to grow (a VM that runs on owns more pages at its next copy): untouched,
+            // so never resident.
+            buf = vec![0u8; need + need / 8 + (1 << 20)];
+        }
         let runs = memory::runs(&pages);
         let mut at = 0usize;
         for batch in runs.chunks(IOV_BATCH) {
@@ -50,10 +62,10 @@ impl OwnPages {
                 })
                 .collect();
             let local = libc::iovec {
-                iov_base: data[at..at + len].as_mut_ptr().cast(),
+                iov_base: buf[at..at + len].as_mut_ptr().cast(),
                 iov_len: len,
             };
-            // SAFETY: `local` points at `len` bytes of `data`, owned and writable; the remote
+            // SAFETY: `local` points at `len` bytes of `buf`, owned and writable; the remote
             // ranges are read from the other process (the kernel checks them).
             let n = unsafe {
                 libc::process_vm_readv(
@@ -77,8 +89,13 @@ impl OwnPages {
         }
         Ok(OwnPages {
             index: pages.into_iter().map(|(i, _)| i).collect(),
-            data,
+            data: buf,
         })
+    }
+
+    /// The buffer, for a later [`OwnPages::read_into`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.data
     }
 
     /// How many pages.
@@ -103,7 +120,7 @@ impl OwnPages {
         }
         let mut out = files::open_private(delta, true)?;
         out.write_all(&head).map_err(|e| VmmError::io(ctx(), e))?;
-        out.write_all(&self.data)
+        out.write_all(&self.data[..self.index.len() * PAGE as usize])
             .map_err(|e| VmmError::io(ctx(), e))
     }
 }
@@ -188,11 +205,20 @@ mod tests {
         // SAFETY: the mapping is data.len() bytes long.
         let m = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, data.len()) };
         let mut want = data.clone();
-        for (page, byte) in [(1usize, 0x11u8), (2, 0x22), (3, 0x33), (60, 0x60), (95, 0x95)] {
+        for (page, byte) in [(1usize, 0x11u8), (2, 0x22), (3, 0x33), (60, 0x60)] {
             m[page * PAGE as usize + 7] = byte;
             want[page * PAGE as usize + 7] = byte;
         }
-        let pages = OwnPages::read(std::process::id(), &base).unwrap();
+        // A first copy (as while the VM runs), then more writes, then the copy that counts
+        // into the same buffer.
+        let early = OwnPages::read(std::process::id(), &base).unwrap();
+        assert_eq!(early.len(), 4);
+        m[95 * PAGE as usize + 7] = 0x95;
+        want[95 * PAGE as usize + 7] = 0x95;
+        m[1 * PAGE as usize + 7] = 0x10;
+        want[1 * PAGE as usize + 7] = 0x10;
+        let pages =
+            OwnPages::read_into(std::process::id(), &base, early.into_buffer()).unwrap();
         assert_eq!(pages.len(), 5);
         // Written after the copy: in no checkpoint.
         m[2 * PAGE as usize + 7] = 0xEE;

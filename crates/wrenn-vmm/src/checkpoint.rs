@@ -32,6 +32,8 @@ pub const STATE: &str = "state";
 /// How long each step of a checkpoint took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Times {
+    /// QMP `stop` (zero for a VM paused already).
+    pub stop: Duration,
     /// QMP `xen-save-devices-state` (guest stopped).
     pub devices: Duration,
     /// The VM's own pages taken (guest stopped).
@@ -56,6 +58,8 @@ pub struct Captured {
     pub(crate) memory: Option<(PathBuf, OwnPages)>,
     /// The disk overlay's data, for this copy.
     pub(crate) disk: Option<(PathBuf, FileData)>,
+    /// When the guest was stopped (none: it was paused already).
+    pub stopped_at: Option<std::time::Instant>,
     /// The steps so far.
     pub times: Times,
 }
@@ -93,13 +97,15 @@ pub(crate) fn take(
     vm_dir: &Path,
     disk: &Path,
     dest: &Path,
+    buffer: Vec<u8>,
     devices: Duration,
 ) -> Result<Captured> {
+    let _urgent = Urgent::now();
     let mut taken = Captured::default();
     taken.times.devices = devices;
     let t = std::time::Instant::now();
     if let MemoryLayout::Template { base, .. } = link_memory(vm_dir, dest)? {
-        let pages = OwnPages::read(pid, &base)?;
+        let pages = OwnPages::read_into(pid, &base, buffer)?;
         taken.times.pages = pages.len();
         taken.memory = Some((dest.join(memory::DELTA_FILE), pages));
     }
@@ -116,6 +122,43 @@ pub(crate) fn take(
     }
     taken.times.disk = t.elapsed();
     Ok(taken)
+}
+
+/// A buffer for the own pages of the *running* VM `pid` (folder `vm_dir`), faulted in by a
+/// first copy of them (empty for the own layout).
+pub(crate) fn warm_buffer(pid: u32, vm_dir: &Path) -> Result<Vec<u8>> {
+    match MemoryLayout::of(vm_dir) {
+        MemoryLayout::Template { base, .. } => Ok(OwnPages::read(pid, &base)?.into_buffer()),
+        MemoryLayout::Own(_) => Ok(Vec::new()),
+    }
+}
+
+/// The calling thread at the highest CPU priority (nice -20) until dropped, then back at its
+/// own: the copies a stopped guest waits for are not queued behind other work on a busy host.
+/// Without the privilege it stays as it was.
+struct Urgent(Option<libc::c_int>);
+
+impl Urgent {
+    fn now() -> Urgent {
+        // SAFETY: gettid(2) has no preconditions.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        // SAFETY: get/setpriority(2) on this thread; a failure changes nothing.
+        let was = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        // SAFETY: as above.
+        let raised = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -20) } == 0;
+        Urgent(raised.then_some(was))
+    }
+}
+
+impl Drop for Urgent {
+    fn drop(&mut self) {
+        if let Some(was) = self.0 {
+            // SAFETY: gettid(2) and setpriority(2) on this thread.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, was);
+            }
+        }
+    }
 }
 
 /// Copies the RAM of the VM in `vm_dir` into `dest` as far as a file holds it: for the

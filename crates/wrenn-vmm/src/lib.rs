@@ -74,8 +74,9 @@ pub trait Vmm: Send {
     fn pause(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// Saves device state of a paused VM to `state`; the VMM process then exits.
     fn save(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
-    /// Takes a paused VM's whole state for the new folder `dest` (see [`checkpoint`]):
-    /// device state, RAM, disk. The VMM keeps running, paused: resume it, then write the
+    /// Takes a running or paused VM's whole state for the new folder `dest` (see
+    /// [`checkpoint`]): device state, RAM, disk. A running VM is stopped for it (after what
+    /// can be done while it runs). The VMM keeps running, paused: resume it, then write the
     /// rest of the folder with [`checkpoint::Captured::finish`] (the guest runs meanwhile).
     fn checkpoint(
         &mut self,

@@ -150,11 +150,19 @@ impl Capsule {
     }
 
     pub(super) async fn start_vm(&mut self, state: &std::path::Path) -> Result<()> {
+        let t = std::time::Instant::now();
         self.vm.restore(state).await?;
+        let restored = t.elapsed();
         self.vm.resume().await?;
-        self.vm
+        let ready = self
+            .vm
             .wait_ready(envd_addr(&self.slot), std::time::Duration::from_secs(60))
             .await?;
+        tracing::debug!(
+            restore_ms = restored.as_millis() as u64,
+            ready_ms = ready.as_millis() as u64,
+            "VM started"
+        );
         Ok(())
     }
 
@@ -264,14 +272,24 @@ impl Capsule {
         let mut pause = PauseSteps::default();
         match self.state() {
             CapsuleStatus::Running => {
-                let t0 = std::time::Instant::now();
-                self.vm.pause().await?;
-                pause.stop = t0.elapsed();
+                // The VMM stops the guest itself, once it has copied what it can while the
+                // guest runs.
                 let taken = self.vm.checkpoint(dest).await;
+                if self.vm.status() == wrenn_vmm::VmStatus::Running {
+                    // Never stopped.
+                    taken?;
+                    return Err(AgentError::NotRunningOrPaused {
+                        state: CapsuleStatus::Running,
+                        rule: "the VM ran on through its checkpoint",
+                    });
+                }
                 let t1 = std::time::Instant::now();
                 let resumed = self.vm.resume().await;
                 pause.cont = t1.elapsed();
-                pause.total = t0.elapsed();
+                if let Ok(taken) = &taken {
+                    pause.total = taken.times.stop
+                        + taken.stopped_at.map(|t| t.elapsed()).unwrap_or_default();
+                }
                 if let Err(e) = resumed {
                     self.fail(format!("resuming after a checkpoint failed: {e}"))
                         .await;

@@ -92,8 +92,6 @@ pub struct Checkpointed {
 pub struct PauseSteps {
     /// The whole time its guest was stopped (QMP `stop` to the end of `cont`).
     pub total: std::time::Duration,
-    /// QMP `stop`.
-    pub stop: std::time::Duration,
     /// QMP `cont`.
     pub cont: std::time::Duration,
     /// The checkpoint's own steps (all but `write` while the guest was stopped).
