@@ -358,7 +358,10 @@ async fn bench(mgr: &std::sync::Arc<Manager>, args: &Args, data: &Path) -> Resul
         "baseline: QEMU restores of the fork image (no slot, no envd re-identity)".into();
     rows[1].samples = floor.len();
     let step = |f: fn(&wrenn_agent::capsule::PauseSteps) -> f64| {
-        percentile(&phases.iter().map(|p| f(&p.pause)).collect::<Vec<_>>(), 50.0)
+        percentile(
+            &phases.iter().map(|p| f(&p.pause)).collect::<Vec<_>>(),
+            50.0,
+        )
     };
     rows[2].note = format!(
         "baseline: a plain pause (stop + save); steps p50: stop {:.1}, device state {:.1}, \

@@ -83,7 +83,10 @@ impl OwnPages {
                 } else {
                     io::Error::other(format!("read {n} of {len} bytes"))
                 };
-                return Err(VmmError::io(format!("copying the memory of pid {pid}"), err));
+                return Err(VmmError::io(
+                    format!("copying the memory of pid {pid}"),
+                    err,
+                ));
             }
             at += len;
         }
@@ -215,10 +218,9 @@ mod tests {
         assert_eq!(early.len(), 4);
         m[95 * PAGE as usize + 7] = 0x95;
         want[95 * PAGE as usize + 7] = 0x95;
-        m[1 * PAGE as usize + 7] = 0x10;
-        want[1 * PAGE as usize + 7] = 0x10;
-        let pages =
-            OwnPages::read_into(std::process::id(), &base, early.into_buffer()).unwrap();
+        m[PAGE as usize + 7] = 0x10;
+        want[PAGE as usize + 7] = 0x10;
+        let pages = OwnPages::read_into(std::process::id(), &base, early.into_buffer()).unwrap();
         assert_eq!(pages.len(), 5);
         // Written after the copy: in no checkpoint.
         m[2 * PAGE as usize + 7] = 0xEE;
@@ -227,7 +229,11 @@ mod tests {
         let flat = dir.path().join("flat");
         memory::flatten(dir.path(), &flat).unwrap();
         assert_eq!(std::fs::read(&flat).unwrap(), want);
-        assert_eq!(std::fs::read(&base).unwrap(), data, "the base never changes");
+        assert_eq!(
+            std::fs::read(&base).unwrap(),
+            data,
+            "the base never changes"
+        );
         // SAFETY: unmapping the mapping made above.
         unsafe { libc::munmap(addr, data.len()) };
     }
@@ -259,7 +265,10 @@ mod tests {
         assert_eq!(got.len(), 64 << 20);
         assert!(got[(1 << 20)..(1 << 20) + 8192].iter().all(|b| *b == 7));
         assert!(got[(40 << 20)..(40 << 20) + 4096].iter().all(|b| *b == 9));
-        assert_eq!(got.iter().map(|b| u64::from(*b)).sum::<u64>(), 7 * 8192 + 9 * 4096);
+        assert_eq!(
+            got.iter().map(|b| u64::from(*b)).sum::<u64>(),
+            7 * 8192 + 9 * 4096
+        );
         assert_eq!(std::fs::metadata(&copy).unwrap().blocks() * 512, 12288);
         assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o600);
         assert!(FileData::read(&src, 8192).unwrap().is_none());
