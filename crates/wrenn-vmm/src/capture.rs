@@ -51,45 +51,7 @@ impl OwnPages {
             buf = vec![0u8; need + need / 8 + (1 << 20)];
         }
         let runs = memory::runs(&pages);
-        let mut at = 0usize;
-        for batch in runs.chunks(IOV_BATCH) {
-            let len: usize = batch.iter().map(|r| r.len() * PAGE as usize).sum();
-            let remote: Vec<libc::iovec> = batch
-                .iter()
-                .map(|r| libc::iovec {
-                    iov_base: r[0].1 as *mut libc::c_void,
-                    iov_len: r.len() * PAGE as usize,
-                })
-                .collect();
-            let local = libc::iovec {
-                iov_base: buf[at..at + len].as_mut_ptr().cast(),
-                iov_len: len,
-            };
-            // SAFETY: `local` points at `len` bytes of `buf`, owned and writable; the remote
-            // ranges are read from the other process (the kernel checks them).
-            let n = unsafe {
-                libc::process_vm_readv(
-                    pid as libc::pid_t,
-                    &local,
-                    1,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            if n < 0 || n as usize != len {
-                let err = if n < 0 {
-                    io::Error::last_os_error()
-                } else {
-                    io::Error::other(format!("read {n} of {len} bytes"))
-                };
-                return Err(VmmError::io(
-                    format!("copying the memory of pid {pid}"),
-                    err,
-                ));
-            }
-            at += len;
-        }
+        copy_runs(pid, &runs, &mut buf[..need])?;
         Ok(OwnPages {
             index: pages.into_iter().map(|(i, _)| i).collect(),
             data: buf,
@@ -126,6 +88,51 @@ impl OwnPages {
         out.write_all(&self.data[..self.index.len() * PAGE as usize])
             .map_err(|e| VmmError::io(ctx(), e))
     }
+}
+
+/// Copies `runs` (page index, address) of process `pid` into `out`, one after the other, with
+/// `process_vm_readv` (up to [`IOV_BATCH`] runs a call).
+fn copy_runs(pid: u32, runs: &[&[(u64, u64)]], out: &mut [u8]) -> Result<()> {
+    let mut at = 0usize;
+    for batch in runs.chunks(IOV_BATCH) {
+        let len: usize = batch.iter().map(|r| r.len() * PAGE as usize).sum();
+        let remote: Vec<libc::iovec> = batch
+            .iter()
+            .map(|r| libc::iovec {
+                iov_base: r[0].1 as *mut libc::c_void,
+                iov_len: r.len() * PAGE as usize,
+            })
+            .collect();
+        let local = libc::iovec {
+            iov_base: out[at..at + len].as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: `local` points at `len` bytes of `out`, owned and writable; the remote
+        // ranges are read from the other process (the kernel checks them).
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 || n as usize != len {
+            let err = if n < 0 {
+                io::Error::last_os_error()
+            } else {
+                io::Error::other(format!("read {n} of {len} bytes"))
+            };
+            return Err(VmmError::io(
+                format!("copying the memory of pid {pid}"),
+                err,
+            ));
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 /// A file's data extents, copied out (its holes stay holes when it is written again).
