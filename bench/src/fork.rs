@@ -67,6 +67,13 @@ pub fn run(args: Args) -> Result<()> {
         "1 to {} children",
         slots - 2
     );
+    // The agent's own logs (each child's steps at `debug`) when `RUST_LOG` asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let data = tempfile::Builder::new()
         .prefix("wrenn-bench-fork-")
         .tempdir_in(&args.tmp_dir)?;
@@ -350,7 +357,25 @@ async fn bench(mgr: &std::sync::Arc<Manager>, args: &Args, data: &Path) -> Resul
     rows[1].note =
         "baseline: QEMU restores of the fork image (no slot, no envd re-identity)".into();
     rows[1].samples = floor.len();
-    rows[2].note = "baseline: a plain pause (stop + save)".into();
+    let step = |f: fn(&wrenn_agent::capsule::PauseSteps) -> f64| {
+        percentile(
+            &phases.iter().map(|p| f(&p.pause)).collect::<Vec<_>>(),
+            50.0,
+        )
+    };
+    rows[2].note = format!(
+        "baseline: a plain pause (stop + save); steps p50: stop {:.1}, device state {:.1}, \
+         own pages {:.1} ({:.1} MiB), disk {:.1} ({:.1} MiB), cont {:.1} ms; files written \
+         after cont {:.1} ms",
+        step(|p| ms(p.checkpoint.stop)),
+        step(|p| ms(p.checkpoint.devices)),
+        step(|p| ms(p.checkpoint.memory)),
+        step(|p| p.checkpoint.pages as f64 * 4096.0 / 1048576.0),
+        step(|p| ms(p.checkpoint.disk)),
+        step(|p| p.checkpoint.disk_bytes as f64 / 1048576.0),
+        step(|p| ms(p.cont)),
+        step(|p| ms(p.checkpoint.write)),
+    );
     rows[2].target = Some(Target {
         text: "<= 50 ms".into(),
         met: pause_p50 <= 50.0,

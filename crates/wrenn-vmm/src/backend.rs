@@ -105,7 +105,7 @@ impl Vmm for Vm {
     async fn save(&mut self, state: &Path) -> Result<()> {
         each!(self, vm => vm.save(state).await)
     }
-    async fn checkpoint(&mut self, dest: &Path) -> Result<()> {
+    async fn checkpoint(&mut self, dest: &Path) -> Result<crate::checkpoint::Captured> {
         each!(self, vm => vm.checkpoint(dest).await)
     }
     async fn start_waiting(&mut self) -> Result<()> {

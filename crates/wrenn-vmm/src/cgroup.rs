@@ -148,7 +148,33 @@ impl Cgroup {
             group.remove();
             return Err(e);
         }
+        group.weigh_parent();
         Ok(Some(group))
+    }
+
+    /// Gives the `wrenn` group the CPU weight of as many processes as it holds VM groups (at
+    /// least one). Without it every VMM on the host shares the weight of a single process
+    /// against the host's other work (the groups are siblings under one parent), so ten VMs
+    /// restored at once get a tenth of what ten QEMUs outside any group would.
+    fn weigh_parent(&self) {
+        let Some(parent) = self.dirs.first().and_then(|d| d.parent()) else {
+            return;
+        };
+        let groups = std::fs::read_dir(parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .count()
+            })
+            .unwrap_or(0)
+            .max(1) as u64;
+        let (file, weight) = match self.hierarchy {
+            Hierarchy::V2 => ("cpu.weight", (100 * groups).min(10_000)),
+            Hierarchy::V1 => ("cpu.shares", (1024 * groups).min(262_144)),
+        };
+        if let Err(e) = write(&parent.join(file), &weight.to_string()) {
+            tracing::debug!(error = %e, "weighing the VMs' parent group");
+        }
     }
 
     fn apply(&self, limits: Limits) -> Result<()> {
@@ -270,6 +296,7 @@ impl Cgroup {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a cgroup");
             }
         }
+        self.weigh_parent();
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod backend;
+pub mod capture;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod config;
@@ -73,9 +74,14 @@ pub trait Vmm: Send {
     fn pause(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// Saves device state of a paused VM to `state`; the VMM process then exits.
     fn save(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
-    /// Copies a paused VM's whole state into the new folder `dest` (see [`checkpoint`]):
-    /// device state, RAM, disk. The VMM keeps running, paused: resume it after.
-    fn checkpoint(&mut self, dest: &Path) -> impl Future<Output = Result<()>> + Send;
+    /// Takes a running or paused VM's whole state for the new folder `dest` (see
+    /// [`checkpoint`]): device state, RAM, disk. A running VM is stopped for it (after what
+    /// can be done while it runs). The VMM keeps running, paused: resume it, then write the
+    /// rest of the folder with [`checkpoint::Captured::finish`] (the guest runs meanwhile).
+    fn checkpoint(
+        &mut self,
+        dest: &Path,
+    ) -> impl Future<Output = Result<checkpoint::Captured>> + Send;
     /// Starts the VMM process without a state: guest RAM mapped, devices made, network
     /// joined, nothing run. A later [`Vmm::restore`] only loads the state into it (the costly
     /// process start is already done: a warm VMM, for a pool).

@@ -33,7 +33,7 @@ use crate::error::{Result, VmmError};
 /// Guest page size the delta is kept in.
 pub const PAGE: u64 = 4096;
 /// First bytes of a `memory.delta` file.
-const DELTA_MAGIC: &[u8; 8] = b"WRNMEMD1";
+pub(crate) const DELTA_MAGIC: &[u8; 8] = b"WRNMEMD1";
 /// Pages read or written with one system call, at most.
 const RUN_PAGES: usize = 256;
 
@@ -143,7 +143,7 @@ fn mappings_of(pid: u32, file: &Path) -> Result<Vec<(u64, u64, u64)>> {
 }
 
 /// The VM's own pages: for each, its page index in the file and its address in `pid`.
-fn own_pages(pid: u32, file: &Path) -> Result<Vec<(u64, u64)>> {
+pub(crate) fn own_pages(pid: u32, file: &Path) -> Result<Vec<(u64, u64)>> {
     let ranges = mappings_of(pid, file)?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))
         .map_err(|e| VmmError::io(format!("opening the page map of pid {pid}"), e))?;
@@ -169,7 +169,7 @@ fn own_pages(pid: u32, file: &Path) -> Result<Vec<(u64, u64)>> {
 }
 
 /// Consecutive runs (by page index and address both) of at most [`RUN_PAGES`] pages.
-fn runs(pages: &[(u64, u64)]) -> Vec<&[(u64, u64)]> {
+pub(crate) fn runs(pages: &[(u64, u64)]) -> Vec<&[(u64, u64)]> {
     let mut out = Vec::new();
     let mut from = 0;
     for i in 1..=pages.len() {

@@ -71,6 +71,7 @@ pub async fn create(
         }
         return Err(e);
     }
+    let t0 = std::time::Instant::now();
     let snap = resolved.snapshot.clone();
     let shape = resolved.spec.clone();
     let rec = CapsuleRecord {
@@ -120,6 +121,7 @@ pub async fn create(
         },
         None => prepare(&dir, &snap, &shape, slot_index, egress, runtime).await,
     };
+    let prepared_in = t0.elapsed();
     let Prepared { slot, vm } = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -139,9 +141,17 @@ pub async fn create(
     let started = async {
         capsule.transition(Transition::Start)?;
         capsule.start_vm(&snap.state()).await?;
+        let started_in = t0.elapsed();
         capsule
             .init_envd(true, resolved.envd_token.as_deref())
             .await?;
+        tracing::debug!(
+            %id,
+            prepare_ms = prepared_in.as_millis() as u64,
+            start_ms = (started_in - prepared_in).as_millis() as u64,
+            init_ms = (t0.elapsed() - started_in).as_millis() as u64,
+            "capsule started"
+        );
         let token = capsule
             .info
             .read()
@@ -260,7 +270,9 @@ pub async fn prepare(
     egress: Egress,
     runtime: &Runtime,
 ) -> Result<Prepared> {
+    let t = std::time::Instant::now();
     let slot = Slot::create_with(slot_index, egress, Some(runtime.upstreams.clone())).await?;
+    let slot_made = t.elapsed();
     let limits = Limits {
         cpus: shape.vcpus,
         memory_bytes: (u64::from(shape.memory_mib) + VMM_OVERHEAD_MIB) << 20,
@@ -290,6 +302,12 @@ pub async fn prepare(
             std::io::Error::other(e),
         ))
     });
+    tracing::debug!(
+        slot_index,
+        slot_ms = slot_made.as_millis() as u64,
+        files_ms = (t.elapsed() - slot_made).as_millis() as u64,
+        "capsule prepared"
+    );
     match built {
         Ok(vm) => Ok(Prepared { slot, vm }),
         Err(e) => {

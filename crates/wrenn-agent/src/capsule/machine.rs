@@ -150,11 +150,19 @@ impl Capsule {
     }
 
     pub(super) async fn start_vm(&mut self, state: &std::path::Path) -> Result<()> {
+        let t = std::time::Instant::now();
         self.vm.restore(state).await?;
+        let restored = t.elapsed();
         self.vm.resume().await?;
-        self.vm
+        let ready = self
+            .vm
             .wait_ready(envd_addr(&self.slot), std::time::Duration::from_secs(60))
             .await?;
+        tracing::debug!(
+            restore_ms = restored.as_millis() as u64,
+            ready_ms = ready.as_millis() as u64,
+            "VM started"
+        );
         Ok(())
     }
 
@@ -260,21 +268,39 @@ impl Capsule {
     /// stopped for the copy of its device state, own pages and disk, then runs on; a paused
     /// one is copied from its saved files.
     pub(super) async fn checkpoint(&mut self, dest: &std::path::Path) -> Result<Checkpointed> {
-        let mut paused_for = std::time::Duration::ZERO;
+        use super::PauseSteps;
+        let mut pause = PauseSteps::default();
         match self.state() {
             CapsuleStatus::Running => {
-                let t0 = std::time::Instant::now();
-                self.vm.pause().await?;
-                let copied = self.vm.checkpoint(dest).await;
+                // The VMM stops the guest itself, once it has copied what it can while the
+                // guest runs.
+                let taken = self.vm.checkpoint(dest).await;
+                if self.vm.status() == wrenn_vmm::VmStatus::Running {
+                    // Never stopped.
+                    taken?;
+                    return Err(AgentError::NotRunningOrPaused {
+                        state: CapsuleStatus::Running,
+                        rule: "the VM ran on through its checkpoint",
+                    });
+                }
+                let t1 = std::time::Instant::now();
                 let resumed = self.vm.resume().await;
-                paused_for = t0.elapsed();
+                pause.cont = t1.elapsed();
+                if let Ok(taken) = &taken {
+                    pause.total = taken.times.stop
+                        + taken.stopped_at.map(|t| t.elapsed()).unwrap_or_default();
+                }
                 if let Err(e) = resumed {
                     self.fail(format!("resuming after a checkpoint failed: {e}"))
                         .await;
                     return Err(e.into());
                 }
-                copied?;
-                tracing::info!(dest = %dest.display(), ?paused_for, "capsule checkpointed");
+                // The guest runs again; the files are written from what was taken.
+                let taken = taken?;
+                pause.checkpoint = tokio::task::spawn_blocking(move || taken.finish())
+                    .await
+                    .map_err(|e| AgentError::io("checkpointing", std::io::Error::other(e)))??;
+                tracing::info!(dest = %dest.display(), ?pause, "capsule checkpointed");
             }
             CapsuleStatus::Paused => {
                 let (dir, disk, dest) = (
@@ -310,7 +336,7 @@ impl Capsule {
                 accel: config.accel.as_str().into(),
             },
             record,
-            paused_for,
+            pause,
         })
     }
 

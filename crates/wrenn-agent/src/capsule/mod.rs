@@ -83,8 +83,19 @@ pub struct Checkpointed {
     /// The folder its snapshot was restored from (kernel, initrd, disk backing).
     pub restored_from: std::path::PathBuf,
     pub spec: wrenn_vmm::snapshot::SnapshotSpec,
-    /// How long the guest was stopped (zero for a paused capsule).
-    pub paused_for: std::time::Duration,
+    /// How long the guest was stopped, and for what (zero for a paused capsule).
+    pub pause: PauseSteps,
+}
+
+/// Where a running capsule's checkpoint spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PauseSteps {
+    /// The whole time its guest was stopped (QMP `stop` to the end of `cont`).
+    pub total: std::time::Duration,
+    /// QMP `cont`.
+    pub cont: std::time::Duration,
+    /// The checkpoint's own steps (all but `write` while the guest was stopped).
+    pub checkpoint: wrenn_vmm::checkpoint::Times,
 }
 
 /// The shared, read-only view of a capsule.

@@ -34,6 +34,8 @@ pub struct ForkPhases {
     pub image: Duration,
     /// The children made from the image, all at once.
     pub children: Duration,
+    /// The source's pause, step by step (zero for a paused source).
+    pub pause: capsule::PauseSteps,
 }
 
 impl Manager {
@@ -103,6 +105,7 @@ impl Manager {
                 checkpoint,
                 image: made_image - checkpoint,
                 children: t.elapsed() - made_image,
+                pause: f.phases.pause,
             };
             f
         })
@@ -175,8 +178,11 @@ impl Manager {
         }
         Ok(Forked {
             children,
-            source_paused_for: cp.paused_for,
-            phases: ForkPhases::default(),
+            source_paused_for: cp.pause.total,
+            phases: ForkPhases {
+                pause: cp.pause,
+                ..Default::default()
+            },
         })
     }
 

@@ -95,8 +95,8 @@ impl Vmm for QemuVm {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, dest: &Path) -> Result<()> {
-        if self.status != VmStatus::Paused {
+    async fn checkpoint(&mut self, dest: &Path) -> Result<checkpoint::Captured> {
+        if !matches!(self.status, VmStatus::Running | VmStatus::Paused) {
             return Err(VmmError::State {
                 action: "checkpoint",
                 state: self.status.to_string(),
@@ -106,6 +106,24 @@ impl Vmm for QemuVm {
         let state = dest.join(checkpoint::STATE);
         // Made 0600 before QEMU opens it (QEMU would create it 0660).
         drop(files::open_private(&state, true)?);
+        let pid = self.pid().unwrap_or(0);
+        let dir = self.config.dir.clone();
+        // A running VM: its own pages copied once while it runs, so the copy that counts
+        // (stopped) goes into memory already faulted in.
+        let mut stop = std::time::Duration::ZERO;
+        let buffer = if self.status == VmStatus::Running {
+            let d = dir.clone();
+            let buffer = tokio::task::spawn_blocking(move || checkpoint::warm_buffer(pid, &d))
+                .await
+                .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))??;
+            let t = std::time::Instant::now();
+            self.pause().await?;
+            stop = t.elapsed();
+            buffer
+        } else {
+            Vec::new()
+        };
+        let stopped_at = std::time::Instant::now();
         // Every device, no RAM; QEMU stays stopped and `cont` runs it again.
         self.qmp(
             "checkpoint",
@@ -113,22 +131,19 @@ impl Vmm for QemuVm {
             Some(json!({"filename": state.display().to_string(), "live": false})),
         )
         .await?;
-        let pid = self.pid().unwrap_or(0);
-        let (dir, disk, dest) = (
-            self.config.dir.clone(),
-            self.config.disk.clone(),
-            dest.to_path_buf(),
-        );
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            memory::device_state_stream(&state, super::MACHINE)?;
-            if let MemoryLayout::Template { base, .. } = checkpoint::link_memory(&dir, &dest)? {
-                memory::save_delta(pid, &base, &dest.join(memory::DELTA_FILE), false)?;
-            }
-            // `stop` drained and flushed the disk (qcow2 metadata included).
-            files::copy_sparse(&disk, &dest.join(checkpoint::DISK))
+        let devices = stopped_at.elapsed();
+        let (disk, dest) = (self.config.disk.clone(), dest.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            checkpoint::take(pid, &dir, &disk, &dest, buffer, devices)
         })
         .await
         .map_err(|e| VmmError::io("checkpointing the VM", std::io::Error::other(e)))?
+        .map(|mut taken| {
+            taken.state = Some((state, super::MACHINE));
+            taken.stopped_at = (stop > std::time::Duration::ZERO).then_some(stopped_at);
+            taken.times.stop = stop;
+            taken
+        })
     }
 
     async fn start_waiting(&mut self) -> Result<()> {
