@@ -97,7 +97,7 @@ fn shrink(path: &Path, mib: u64) -> Result<()> {
         Ok(())
     };
     // e2fsck: 0 clean, 1 errors corrected. resize2fs wants a freshly checked filesystem.
-    run("e2fsck", &["-f", "-y", "-q"], &[0, 1])?;
+    run("e2fsck", &["-f", "-y"], &[0, 1])?;
     let size = format!("{mib}M");
     let out = Command::new("resize2fs")
         .arg(path)
