@@ -123,7 +123,8 @@ pub(super) fn figures(
             "{n} {kind} creates ({} warm machines ready): fastest {:.0} ms, all done after {:.0} \
              ms, destroying them (at once) {:.0} ms; CPU per create {:.2} s (QEMU {:.2}, agent \
              process {:.2}, helpers {:.2}) against {:.2} s alone; the creates had {:.2} of the \
-             {cpus} CPUs on average, the whole machine was busy {:.1} s (other load included)",
+             {cpus} CPUs on average, the whole machine was busy {:.1} s (other load included); \
+             once made, the {n} idle capsules' QEMUs used {:.2} CPUs ({:.1} % of one each)",
             b.warm,
             b.ms.iter().copied().fold(f64::INFINITY, f64::min),
             b.makespan_ms,
@@ -134,11 +135,14 @@ pub(super) fn figures(
             c.helpers / per,
             a.own(),
             c.own() / (b.makespan_ms / 1000.0),
-            c.machine
+            c.machine,
+            b.idle_cpus,
+            b.idle_cpus / per * 100.0
         ));
         json_bursts.push(json!({
             "n": n, "warm": b.warm, "samples_ms": b.ms, "makespan_ms": b.makespan_ms,
             "destroy_ms": b.destroy_ms, "cpu_floor_ms": floor_ms, "cpu_s": c.to_json(),
+            "idle_cpus": b.idle_cpus,
         }));
     }
     extra.insert(

@@ -34,7 +34,13 @@ pub(super) struct Burst {
     pub(super) destroy_ms: f64,
     /// CPU seconds of the whole burst (all its creates together).
     pub(super) cpu: CreateCpu,
+    /// The CPUs all `n` capsules' QEMUs used once made, idle (over [`IDLE_WINDOW`]): what the
+    /// capsules already made take from the later creates of a burst.
+    pub(super) idle_cpus: f64,
 }
+
+/// How long the made capsules are watched idle before the destroys.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 impl Burst {
     /// Creates per second over the burst.
@@ -133,6 +139,12 @@ pub(super) async fn burst(
     if warm > 0 {
         manager.set_pool_size(0).await;
     }
+    let idle_cpus = {
+        let sum = || ids.iter().map(|id| qemu_cpu_secs(manager, id)).sum::<f64>();
+        let before = sum();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        (sum() - before) / IDLE_WINDOW.as_secs_f64()
+    };
     // Destroy whatever was made, failures or not (the agent's cleanup would otherwise).
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -162,5 +174,6 @@ pub(super) async fn burst(
         makespan_ms,
         destroy_ms,
         cpu,
+        idle_cpus,
     })
 }

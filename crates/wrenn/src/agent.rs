@@ -136,7 +136,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let manager = wrenn_agent::start(config)
         .await
         .context("starting the agent")?;
-    manager.set_pool_size(args.host.warm_pool).await;
+    args.host.apply(&manager).await;
     let listener = Listen::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

@@ -117,6 +117,12 @@ pub struct HostArgs {
     /// 0 (the default) turns the pool off.
     #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
     pub warm_pool: usize,
+    /// Creates this host works on at once; the others wait their turn, in arrival order,
+    /// holding nothing. A create is CPU-bound (QEMU loading the state, the guest's first
+    /// moments): beyond about one per CPU, creates only slow each other down. 0: no limit.
+    /// Default: the host's CPUs + 1.
+    #[arg(long, env = "WRENN_CREATE_PARALLELISM", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024), value_name = "N")]
+    pub create_parallelism: Option<usize>,
     /// Each capsule's TCG translated-code cache, MiB (software emulation only; KVM has
     /// none): the most a busy capsule's QEMU holds for translated code (an idle one holds only
     /// what it translated); smaller costs code-heavy work speed (docs/vm.md "Memory per
@@ -131,6 +137,14 @@ pub struct HostArgs {
 }
 
 impl HostArgs {
+    /// The settings a started agent takes at run time: its warm pool and create turns.
+    pub async fn apply(&self, manager: &wrenn_agent::manager::Manager) {
+        if let Some(n) = self.create_parallelism {
+            manager.set_create_parallelism(n);
+        }
+        manager.set_pool_size(self.warm_pool).await;
+    }
+
     /// The agent's settings, with its images in `images` unless `--images` says otherwise.
     pub fn agent_config(
         &self,

@@ -254,6 +254,10 @@ mod tests {
         assert_eq!(a.host.slots, 1..=16000);
         assert_eq!(a.host.max_capsules, 64);
         assert_eq!(a.host.warm_pool, 0, "the warm pool is off by default");
+        assert_eq!(
+            a.host.create_parallelism, None,
+            "the agent's own default (CPUs + 1)"
+        );
         assert_eq!(a.listen_addr(None).unwrap().to_string(), "127.0.0.1:9090");
     }
 
@@ -299,6 +303,32 @@ mod tests {
         .unwrap();
         assert_eq!(a.host.slots, 7..=8);
         assert_eq!(a.host.max_capsules, 2);
+    }
+
+    #[test]
+    fn create_parallelism_comes_from_the_flag_or_the_file() {
+        let file = Some("create-parallelism = 4\n");
+        assert_eq!(
+            agent(file, &[], &[]).unwrap().host.create_parallelism,
+            Some(4)
+        );
+        let a = agent(file, &[], &["--create-parallelism", "0"]).unwrap();
+        assert_eq!(a.host.create_parallelism, Some(0), "0: no limit");
+        let a = agent(file, &[], &["--create-parallelism=1024"]).unwrap();
+        assert_eq!(a.host.create_parallelism, Some(1024));
+        for bad in ["-1", "1025", "many", ""] {
+            let flag = format!("--create-parallelism={bad}");
+            let e = agent(None, &[], &[&flag]).unwrap_err();
+            assert!(
+                e.contains("invalid value") && e.contains("--create-parallelism <N>"),
+                "{bad}: {e}"
+            );
+        }
+        let e = agent(Some("create-parallelism = 5000\n"), &[], &[]).unwrap_err();
+        assert!(
+            e.contains("key `create-parallelism`: invalid value '5000'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let manager = wrenn_agent::start(agent_config)
         .await
         .context("starting the agent")?;
-    manager.set_pool_size(args.host.warm_pool).await;
+    args.host.apply(&manager).await;
     let socket = data_dir.join("agent.sock");
     let listener = Listen::bind(&ListenAddr::Unix(socket.clone()))
         .await
