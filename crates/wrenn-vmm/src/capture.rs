@@ -183,10 +183,8 @@ impl FileData {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsRawFd;
-
     use super::*;
-    use crate::memory::{BASE_FILE, DELTA_FILE};
+    use crate::memory::{PrivateMap, BASE_FILE, DELTA_FILE};
 
     /// The pages this process wrote in its private mapping of a file, copied out and written
     /// as a delta, flatten to exactly what the mapping held; later writes to the mapping are
@@ -199,21 +197,8 @@ mod tests {
             .map(|i| (i / PAGE as usize) as u8 ^ 0x5A)
             .collect();
         std::fs::write(&base, &data).unwrap();
-        let f = File::open(&base).unwrap();
-        // SAFETY: a fresh private mapping of an open file, unmapped below.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                data.len(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // SAFETY: the mapping is data.len() bytes long.
-        let m = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, data.len()) };
+        let mut map = PrivateMap::new(&base);
+        let m = map.bytes();
         let mut want = data.clone();
         for (page, byte) in [(1usize, 0x11u8), (2, 0x22), (3, 0x33), (60, 0x60)] {
             m[page * PAGE as usize + 7] = byte;
@@ -241,8 +226,7 @@ mod tests {
             data,
             "the base never changes"
         );
-        // SAFETY: unmapping the mapping made above.
-        unsafe { libc::munmap(addr, data.len()) };
+        drop(map);
     }
 
     /// A sparse file's data copied out is written back with the same bytes and holes; over

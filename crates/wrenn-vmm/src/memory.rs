@@ -390,6 +390,49 @@ pub fn device_state_stream(path: &Path, machine: &str) -> Result<()> {
     crate::files::write_private(path, &out)
 }
 
+/// For tests: a file mapped privately into this process, as QEMU maps a template's memory
+/// (so this process's own pages in it are what a VM's would be); unmapped when dropped.
+#[cfg(test)]
+pub(crate) struct PrivateMap {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+#[cfg(test)]
+impl PrivateMap {
+    pub(crate) fn new(file: &Path) -> PrivateMap {
+        use std::os::fd::AsRawFd;
+        let f = File::open(file).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a fresh private mapping of an open file, unmapped on drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        PrivateMap { addr, len }
+    }
+
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes long and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
+    }
+}
+
+#[cfg(test)]
+impl Drop for PrivateMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping `new` made.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,22 +463,8 @@ mod tests {
             *b = (i / PAGE as usize) as u8 + 1;
         }
         std::fs::write(&base, &data).unwrap();
-        let f = File::open(&base).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh private mapping of an open file, unmapped below.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                data.len(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // SAFETY: the mapping is data.len() bytes long.
-        let m = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, data.len()) };
+        let mut map = PrivateMap::new(&base);
+        let m = map.bytes();
         let _read: u64 = m.iter().step_by(PAGE as usize).map(|b| u64::from(*b)).sum();
         m[3 * PAGE as usize] = 0xAA;
         m[4 * PAGE as usize + 9] = 0xBB;
@@ -468,8 +497,7 @@ mod tests {
         m.copy_from_slice(&data);
         apply_delta(std::process::id(), &base, &delta).unwrap();
         assert_eq!(&m[..], &want[..]);
-        // SAFETY: unmapping the mapping made above.
-        unsafe { libc::munmap(addr, data.len()) };
+        drop(map);
         // A delta that promises more pages than it holds is refused.
         let mut short = DELTA_MAGIC.to_vec();
         short.extend_from_slice(&5u64.to_le_bytes());

@@ -138,14 +138,9 @@ async fn wrenn_dir_stays_private() {
         http.request(m, up.url(p))
             .header("x-api-key", up.key.clone())
     };
-    let made: Value = api(reqwest::Method::POST, "/v1/capsules")
-        .json(&json!({ "template": "minimal" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made: Value =
+        json_of(api(reqwest::Method::POST, "/v1/capsules").json(&json!({ "template": "minimal" })))
+            .await;
     let id = made["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{made}"))
@@ -174,14 +169,9 @@ async fn wrenn_dir_stays_private() {
     assert_eq!(loose(&dir), vec![], "after a create and a snapshot");
 
     // A second capsule left running: `wrenn up` pauses it at shutdown (memory to disk).
-    let second: Value = api(reqwest::Method::POST, "/v1/capsules")
-        .json(&json!({ "template": "minimal" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second: Value =
+        json_of(api(reqwest::Method::POST, "/v1/capsules").json(&json!({ "template": "minimal" })))
+            .await;
     let second = second["id"].as_str().unwrap().to_string();
     // The snapshot goes; its own files were under the images folder.
     let gone = api(reqwest::Method::DELETE, &format!("/v1/snapshots/{name}"))
@@ -225,13 +215,7 @@ async fn wrenn_dir_stays_private() {
             .header("x-api-key", again.key.clone())
     };
     for (c, now) in [(&id, "paused"), (&second, "running")] {
-        let got: Value = api(reqwest::Method::GET, &format!("/v1/capsules/{c}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Value = json_of(api(reqwest::Method::GET, &format!("/v1/capsules/{c}"))).await;
         assert_eq!(got["status"], now, "capsule {c}: {got}");
     }
     // The first resumes when asked, with what it wrote before the snapshot.
@@ -240,14 +224,11 @@ async fn wrenn_dir_stays_private() {
         .await
         .unwrap();
     assert_eq!(resumed.status(), 200, "{}", resumed.text().await.unwrap());
-    let read: Value = api(reqwest::Method::POST, &format!("/v1/capsules/{id}/exec"))
-        .json(&json!({ "cmd": "/bin/cat", "args": ["/tmp/f"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = json_of(
+        api(reqwest::Method::POST, &format!("/v1/capsules/{id}/exec"))
+            .json(&json!({ "cmd": "/bin/cat", "args": ["/tmp/f"] })),
+    )
+    .await;
     assert_eq!(read["stdout"], "secret\n", "{read}");
     for c in [&id, &second] {
         let gone = api(reqwest::Method::DELETE, &format!("/v1/capsules/{c}"))
@@ -257,6 +238,11 @@ async fn wrenn_dir_stays_private() {
         assert_eq!(gone.status(), 204);
     }
     drop(again);
+}
+
+/// Sends a request and reads its answer's JSON body.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// Resident memory of a process, bytes (`VmRSS`), and its peak (`VmHWM`).
