@@ -131,6 +131,8 @@ def _stop(proc):
 def _own_images(shared: str, data_dir: str) -> str:
     """``data_dir/images``: the built templates of ``shared`` hard-linked in, so the templates
     the run makes are removed with ``data_dir`` instead of left in the shared folder."""
+    if os.stat(shared).st_dev != os.stat(data_dir).st_dev:
+        return shared  # no hard links across filesystems
     own = os.path.join(data_dir, "images")
     os.makedirs(own, mode=0o700, exist_ok=True)
     for name in sorted(os.listdir(shared)):

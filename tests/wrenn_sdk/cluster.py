@@ -344,6 +344,8 @@ def own_images(shared: str, data_dir: str) -> str:
     """``data_dir/images`` (where ``wrenn up`` keeps images by default): every built template of
     ``shared`` (a folder with ``inputs.sha256``) hard-linked in. The snapshot templates a run
     makes land there and are removed with ``data_dir``, never left in the shared folder."""
+    if os.stat(shared).st_dev != os.stat(data_dir).st_dev:
+        return shared  # no hard links across filesystems
     own = os.path.join(data_dir, "images")
     os.makedirs(own, mode=0o700, exist_ok=True)
     for name in sorted(os.listdir(shared)):

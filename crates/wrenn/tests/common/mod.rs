@@ -26,8 +26,8 @@ pub fn images_dir() -> PathBuf {
 /// An images folder of `dir`'s own (`dir/images`, made on first use): every built template
 /// of [`images_dir`] (a folder with its `inputs.sha256`) as hard links. Give it to a server or
 /// agent that may make snapshot templates: they land there and are removed with `dir`, never
-/// left in the shared folder by a test whose database is gone. `dir` must be on the shared
-/// folder's filesystem (`/var/tmp`).
+/// left in the shared folder by a test whose database is gone. With `dir` on another
+/// filesystem than the shared folder, the shared folder.
 #[allow(dead_code)]
 pub fn images_for(dir: &Path) -> PathBuf {
     let own = dir.join("images");
@@ -37,6 +37,12 @@ pub fn images_for(dir: &Path) -> PathBuf {
     // Made as a data folder would be, so a server finds no loose mode to fix.
     private_dir(dir);
     let shared = images_dir();
+    // On a filesystem of its own (a test's small disk) links cannot be made, and copies
+    // would fill it: the shared folder itself.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(dir).unwrap().dev() != std::fs::metadata(&shared).unwrap().dev() {
+        return shared;
+    }
     let making = dir.join("images.making");
     let _ = std::fs::remove_dir_all(&making);
     private_dir(&making);
