@@ -1,11 +1,12 @@
 // The browser tests' world: one real `wrenn up` (fresh data folder under /var/tmp, network
 // slots 4100-4199, sign-up open, the embedded database) and Debian's Chromium driven by
 // playwright-core (no browser download). WRENN_BIN names the binary (default
-// $CARGO_TARGET_DIR/debug/wrenn); WRENN_IMAGES the built guest images. Screenshots go to
+// $CARGO_TARGET_DIR/debug/wrenn); WRENN_IMAGES the built guest images (hard-linked into the
+// data folder's own images folder). Screenshots go to
 // DASHBOARD_SHOTS (default /var/tmp/dashboard-shots).
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, openSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, openSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -28,6 +29,23 @@ async function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * `dataDir/images` (where `wrenn up` keeps images by default) with every built template of
+ * `shared` (a folder with `inputs.sha256`) hard-linked in: the snapshot templates the tests
+ * make go with the data folder instead of staying in the shared one. `shared` itself when the
+ * two are on different filesystems (no hard links across them).
+ */
+function ownImages(shared, dataDir) {
+  if (statSync(shared).dev !== statSync(dataDir).dev) return shared;
+  const own = join(dataDir, 'images');
+  mkdirSync(own, { mode: 0o700 });
+  for (const name of readdirSync(shared).sort()) {
+    const src = join(shared, name);
+    if (existsSync(join(src, 'inputs.sha256'))) execFileSync('cp', ['-al', src, join(own, name)]);
+  }
+  return own;
+}
+
 /** A running `wrenn up`. */
 export async function startServer() {
   const dataDir = mkdtempSync('/var/tmp/dashboard-data-');
@@ -37,7 +55,7 @@ export async function startServer() {
   const env = { ...process.env };
   for (const k of ['WRENN_DIR', 'WRENN_LISTEN', 'DATABASE_URL', 'WRENN_API_KEY', 'WRENN_BASE_URL']) delete env[k];
   Object.assign(env, {
-    WRENN_IMAGES: process.env.WRENN_IMAGES ?? '/var/tmp/wrenn/images',
+    WRENN_IMAGES: ownImages(process.env.WRENN_IMAGES ?? '/var/tmp/wrenn/images', dataDir),
     WRENN_AGENT_SLOTS: '4100-4199',
     WRENN_TEMPLATES: process.env.WRENN_TEMPLATES ?? 'minimal',
     WRENN_SIGNUP: 'open',
