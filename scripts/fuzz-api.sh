@@ -114,7 +114,11 @@ rm -rf "$report"
 mkdir -p "$report"
 export FUZZ_TOKEN=$token
 # Every check (the config files turn a few off where the document cannot state a rule).
-common=(--max-examples "$cases" --workers 2 --request-timeout 30 --no-color
+# One worker: schemathesis's workers are threads, and hypothesis parses source (ast.parse) to
+# describe strategies; Python before 3.12 keeps the AST builder's recursion depth per
+# interpreter, so two threads parsing at once fail with "SystemError: AST constructor
+# recursion depth mismatch" (CPython gh-106905), an error of the fuzzer, not of the server.
+common=(--max-examples "$cases" --workers 1 --request-timeout 30 --no-color
   --suppress-health-check all --continue-on-failure --generation-database none --warnings off)
 [ -n "${FUZZ_CHECKS:-}" ] && common+=(--checks "$FUZZ_CHECKS")
 [ -n "$FUZZ_SEED" ] && common+=(--seed "$FUZZ_SEED")

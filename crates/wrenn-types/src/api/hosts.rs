@@ -388,5 +388,8 @@ mod whole_numbers {
         assert!(specs("-1", "1").is_err(), "below zero");
         assert!(specs("4294967296", "1").is_err(), "over u32");
         assert!(specs("1", "\"1\"").is_err(), "a string");
+        // Exactly a whole number, though a float parsed the quick way comes out as ….5.
+        let big = specs("1", "3877875432484598.0").unwrap();
+        assert_eq!(big.memory_mb, 3_877_875_432_484_598);
     }
 }
