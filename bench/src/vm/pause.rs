@@ -22,6 +22,11 @@ pub(super) struct PauseResume {
     pub(super) resume: Vec<f64>,
     /// Resumes into a QEMU started ahead (after the save, untimed, as a pool would).
     pub(super) resume_warm: Vec<f64>,
+    /// Resumes of a VMM its pause kept (`save_keeping`, the agent's `--keep-paused`): `cont`
+    /// and envd answering; one such cycle follows each measured one.
+    pub(super) resume_kept: Vec<f64>,
+    /// The pauses of those cycles (stop + save, the VMM kept).
+    pub(super) pause_kept: Vec<f64>,
     /// Where the cold resumes' time goes: `restore` (QEMU start, own pages, state load),
     /// `cont`, and envd answering its first `/health` after it.
     pub(super) restore: Vec<f64>,
@@ -64,6 +69,8 @@ pub(super) async fn pause_resume_in(
         save: Vec::new(),
         resume: Vec::new(),
         resume_warm: Vec::new(),
+        resume_kept: Vec::new(),
+        pause_kept: Vec::new(),
         restore: Vec::new(),
         cont: Vec::new(),
         ready: Vec::new(),
@@ -117,6 +124,11 @@ pub(super) async fn pause_resume_in(
                 out.ready.push(ms(resumed - continued));
                 out.ready_cpu.push(ready_cpu);
             }
+            let (paused, resumed) = kept_cycle(&mut c, &state)
+                .await
+                .with_context(|| format!("kept cycle #{i}"))?;
+            out.pause_kept.push(paused);
+            out.resume_kept.push(resumed);
         }
     }
     out.state_bytes = fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
@@ -125,6 +137,21 @@ pub(super) async fn pause_resume_in(
         .unwrap_or(0);
     c.destroy().await?;
     Ok(out)
+}
+
+/// One pause whose VMM is kept and its resume (ms each): the resume is `cont` and envd's
+/// first answer, in the same process.
+async fn kept_cycle(c: &mut Capsule, state: &Path) -> Result<(f64, f64)> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    c.vm.pause().await?;
+    c.vm.save_keeping(state).await?;
+    let paused = t.elapsed();
+    ensure!(c.vm.pid().is_some(), "the VMM was not kept");
+    let t = Instant::now();
+    c.vm.resume().await?;
+    c.vm.wait_ready(c.envd, READY).await?;
+    Ok((ms(paused), ms(t.elapsed())))
 }
 
 /// Step [2] of the bench: pause/resume cycles of a template-layout capsule and of an own-file
@@ -179,6 +206,25 @@ pub(super) async fn step(
         met: r.ratio() <= 0.5,
     });
     rows.push(r);
+    let mut r = row(
+        "resume_kept_p50",
+        "resume p50, kept VMM",
+        "ms",
+        percentile(&pr.resume_kept, 50.0),
+        resume_p50,
+    );
+    r.samples = pr.resume_kept.len();
+    r.note = format!(
+        "a pause that kept its stopped VMM (`--keep-paused`): `cont` + envd answering; p99 {:.1} ms; \
+         its pause p50 {:.1} ms; baseline = the cold resumes of the same capsule",
+        percentile(&pr.resume_kept, 99.0),
+        percentile(&pr.pause_kept, 50.0)
+    );
+    r.target = Some(Goal {
+        text: "<= 0.5x cold resume".into(),
+        met: r.ratio() <= 0.5,
+    });
+    rows.push(r);
     let own = pause_resume_in(snap, work, cycles, Layout::Own).await?;
     for (id, label, w, b) in [
         (
@@ -211,7 +257,8 @@ pub(super) async fn step(
     extra.insert(
         "pause_resume_samples_ms".into(),
         json!({"pause": pr.pause, "stop": pr.stop, "save": pr.save, "resume": pr.resume,
-               "resume_warm": pr.resume_warm, "resume_restore": pr.restore,
+               "resume_warm": pr.resume_warm, "resume_kept": pr.resume_kept,
+               "pause_kept": pr.pause_kept, "resume_restore": pr.restore,
                "resume_cont": pr.cont, "resume_ready": pr.ready,
                "resume_ready_qemu_cpu": pr.ready_cpu}),
     );

@@ -208,13 +208,13 @@ async fn templates_and_paused_capsules_travel_between_hosts() {
         .await
         .expect("create on A");
     leave_traces(&a, &moving.id).await;
-    let running = a.export_capsule(&moving.id);
+    let running = a.export_capsule(&moving.id).await;
     assert!(
         matches!(running, Err(AgentError::NotPaused { .. })),
         "a running capsule was exported"
     );
     a.pause(&moving.id).await.unwrap();
-    let items = collect(a.export_capsule(&moving.id).unwrap()).await;
+    let items = collect(a.export_capsule(&moving.id).await.unwrap()).await;
     let mut bad = items.clone();
     corrupt_one(&mut bad);
     let got = b.import_capsule(tokio_stream::iter(bad)).await;

@@ -105,6 +105,12 @@ impl Vmm for Vm {
     async fn save(&mut self, state: &Path) -> Result<()> {
         each!(self, vm => vm.save(state).await)
     }
+    async fn save_keeping(&mut self, state: &Path) -> Result<()> {
+        each!(self, vm => vm.save_keeping(state).await)
+    }
+    async fn release(&mut self) {
+        each!(self, vm => vm.release().await)
+    }
     async fn checkpoint(&mut self, dest: &Path) -> Result<crate::checkpoint::Captured> {
         each!(self, vm => vm.checkpoint(dest).await)
     }

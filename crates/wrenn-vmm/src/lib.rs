@@ -74,6 +74,14 @@ pub trait Vmm: Send {
     fn pause(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// Saves device state of a paused VM to `state`; the VMM process then exits.
     fn save(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
+    /// Saves like [`Vmm::save`], but the VMM process is kept, stopped (the VM stays
+    /// [`VmStatus::Paused`]): [`Vmm::resume`] continues it where it stopped, with its
+    /// translations and caches warm, and [`Vmm::release`] lets it go. What was saved is whole
+    /// either way (the disk was flushed when the guest stopped), so a kept VMM may be killed.
+    fn save_keeping(&mut self, state: &Path) -> impl Future<Output = Result<()>> + Send;
+    /// Ends the process of a VM kept by [`Vmm::save_keeping`] (alive or not): the VM is then
+    /// [`VmStatus::Saved`], to restore from its files. A VM in any other state is left as is.
+    fn release(&mut self) -> impl Future<Output = ()> + Send;
     /// Takes a running or paused VM's whole state for the new folder `dest` (see
     /// [`checkpoint`]): device state, RAM, disk. A running VM is stopped for it (after what
     /// can be done while it runs). The VMM keeps running, paused: resume it, then write the

@@ -532,3 +532,66 @@ async fn a_resumed_vm_does_not_announce_itself() {
     );
     c.vm.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_kept_vmm_runs_on_and_its_saved_state_restores_after_release() {
+    let mut c = Capsule::create().await;
+    let (_, code) = exec(
+        c.envd,
+        "echo one > /dev/shm/k; echo one > /home/user/k; sync",
+    )
+    .await;
+    assert_eq!(code, 0);
+    start_background(c.envd, "sleep 100000", "kept-sleeper").await;
+    let state = c.path.join("state");
+    // Kept: the same process, stopped, and `cont` runs it on.
+    c.vm.pause().await.unwrap();
+    let pid = c.vm.pid();
+    c.vm.save_keeping(&state).await.unwrap();
+    assert_eq!(c.vm.status(), VmStatus::Paused);
+    assert_eq!(c.vm.pid(), pid, "the VMM is kept");
+    c.vm.resume().await.unwrap();
+    c.vm.wait_ready(c.envd, READY).await.unwrap();
+    let (out, _) = exec(
+        c.envd,
+        "cat /dev/shm/k; pgrep -x sleep >/dev/null && echo sleeping",
+    )
+    .await;
+    assert_eq!(out, "one\nsleeping\n");
+    // Kept again, then released: no process, and the files it saved hold everything.
+    let (_, code) = exec(
+        c.envd,
+        "echo two > /dev/shm/k; echo two > /home/user/k; sync",
+    )
+    .await;
+    assert_eq!(code, 0);
+    c.vm.pause().await.unwrap();
+    c.vm.save_keeping(&state).await.unwrap();
+    c.vm.release().await;
+    assert_eq!(c.vm.status(), VmStatus::Saved);
+    assert!(c.vm.pid().is_none());
+    assert_eq!(backend().processes_under(&c.path).len(), 0);
+    c.vm.release().await; // a second release changes nothing
+    assert_eq!(c.vm.status(), VmStatus::Saved);
+    c.resume().await;
+    let (out, _) = exec(
+        c.envd,
+        "cat /dev/shm/k /home/user/k; pgrep -x sleep >/dev/null && echo sleeping",
+    )
+    .await;
+    assert_eq!(out, "two\ntwo\nsleeping\n");
+    // A kept VMM that died (killed from outside) releases like a live one.
+    c.vm.pause().await.unwrap();
+    c.vm.save_keeping(&state).await.unwrap();
+    // SAFETY: plain kill(2) of the test's own QEMU.
+    unsafe { libc::kill(c.vm.pid().unwrap() as i32, libc::SIGKILL) };
+    c.vm.release().await;
+    assert_eq!(c.vm.status(), VmStatus::Saved);
+    c.resume().await;
+    let (out, _) = exec(c.envd, "cat /dev/shm/k").await;
+    assert_eq!(out, "two\n");
+    c.vm.release().await; // leaves a VM that is not kept as it is
+    assert_eq!(c.vm.status(), VmStatus::Running);
+    c.vm.stop().await.unwrap();
+    assert_eq!(backend().processes_under(&c.path).len(), 0);
+}

@@ -117,6 +117,14 @@ pub struct HostArgs {
     /// 0 (the default) turns the pool off.
     #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
     pub warm_pool: usize,
+    /// Paused capsules that keep their stopped VMM, so a resume only runs it on (no VMM
+    /// start, no state load; under TCG no translating the guest's code again). The pause
+    /// saves the state to disk all the same; the oldest pause beyond N, one kept 5 minutes,
+    /// a snapshot or move of it, and the host's shutdown end a kept VMM. Each holds its
+    /// guest's touched memory and its QEMU (which capacity, counting paused capsules by disk
+    /// only, does not see). 0 (the default): none.
+    #[arg(long, env = "WRENN_KEEP_PAUSED", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024), value_name = "N")]
+    pub keep_paused: usize,
     /// Creates this host works on at once; the others wait their turn, in arrival order,
     /// holding nothing. A create is CPU-bound (QEMU loading the state, the guest's first
     /// moments): beyond about one per CPU, creates only slow each other down. 0: no limit.
@@ -137,12 +145,14 @@ pub struct HostArgs {
 }
 
 impl HostArgs {
-    /// The settings a started agent takes at run time: its warm pool and create turns.
+    /// The settings a started agent takes at run time: its warm pool, kept VMMs and create
+    /// turns.
     pub async fn apply(&self, manager: &wrenn_agent::manager::Manager) {
         if let Some(n) = self.create_parallelism {
             manager.set_create_parallelism(n);
         }
         manager.set_pool_size(self.warm_pool).await;
+        manager.set_keep_paused(self.keep_paused).await;
     }
 
     /// The agent's settings, with its images in `images` unless `--images` says otherwise.

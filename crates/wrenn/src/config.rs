@@ -254,6 +254,7 @@ mod tests {
         assert_eq!(a.host.slots, 1..=16000);
         assert_eq!(a.host.max_capsules, 64);
         assert_eq!(a.host.warm_pool, 0, "the warm pool is off by default");
+        assert_eq!(a.host.keep_paused, 0, "no kept VMMs by default");
         assert_eq!(
             a.host.create_parallelism, None,
             "the agent's own default (CPUs + 1)"
@@ -262,14 +263,31 @@ mod tests {
     }
 
     #[test]
+    fn the_help_says_how_long_a_paused_capsule_keeps_its_vmm() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let minutes = wrenn_agent::manager::KEPT_FOR.as_secs() / 60;
+        assert!(
+            help.contains(&format!("one kept {minutes} minutes")),
+            "{help}"
+        );
+    }
+
+    #[test]
     fn the_file_overrides_the_defaults() {
         let a = agent(
-            Some("slots = \"3-4\"\nmax_capsules = 8\nlisten = \"unix:/run/w.sock\"\ndns-upstream = [\"10.0.0.1\", \"10.0.0.2:5353\"]\nwarm-pool = 3\n"),
+            Some("slots = \"3-4\"\nmax_capsules = 8\nlisten = \"unix:/run/w.sock\"\ndns-upstream = [\"10.0.0.1\", \"10.0.0.2:5353\"]\nwarm-pool = 3\nkeep-paused = 2\n"),
             &[],
             &[],
         )
         .unwrap();
         assert_eq!(a.host.warm_pool, 3);
+        assert_eq!(a.host.keep_paused, 2);
         assert_eq!(a.host.slots, 3..=4);
         assert_eq!(a.host.max_capsules, 8);
         assert_eq!(a.listen_addr(None).unwrap().to_string(), "unix:/run/w.sock");

@@ -16,7 +16,7 @@ use wrenn_proto::agent::v1::{
     ListCapsulesRequest,
 };
 
-fn start_agent(data: &Path) -> (Child, String) {
+fn start_agent(data: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
         .args([
             "agent",
@@ -29,6 +29,7 @@ fn start_agent(data: &Path) -> (Child, String) {
         .arg(data)
         .arg("--images")
         .arg(images_dir())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -71,7 +72,8 @@ fn netns_exists(name: &str) -> bool {
 #[tokio::test]
 async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let (mut agent, url) = start_agent(data.path());
+    // b's pause keeps its VMM (`--keep-paused`).
+    let (mut agent, url) = start_agent(data.path(), &["--keep-paused", "1"]);
     let mut client = AgentClient::connect(url).await.unwrap();
     let create = || CreateCapsuleRequest {
         template: "minimal".into(),
@@ -91,13 +93,17 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
         .await
         .unwrap();
 
-    // The agent dies hard; its QEMU keeps running.
+    let qemus_of =
+        |id: &str| wrenn_vmm::qemu::processes_under(&data.path().join("capsules").join(id));
+    assert_eq!(qemus_of(&b.id).len(), 1, "b's VMM kept at its pause");
+
+    // The agent dies hard; its QEMUs keep running.
     agent.kill().unwrap();
     agent.wait().unwrap();
     assert_eq!(
         wrenn_vmm::qemu::processes_under(data.path()).len(),
-        1,
-        "a's QEMU survives the agent"
+        2,
+        "a's QEMU and b's kept one survive the agent"
     );
 
     // Things nobody owns: a folder without a record and a network slot.
@@ -108,7 +114,7 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
         .unwrap()
         .success());
 
-    let (mut agent, url) = start_agent(data.path());
+    let (mut agent, url) = start_agent(data.path(), &[]);
     let mut client = AgentClient::connect(url).await.unwrap();
     let list = client
         .list_capsules(ListCapsulesRequest {})
@@ -120,6 +126,9 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
     assert_eq!(state_of(&b.id), Some(CapsuleState::Paused as i32));
     assert!(!data.path().join("capsules/cl-orphan").exists());
     assert!(!netns_exists("wrenn-1277"));
+    // b's kept VMM was nobody's: removed; b resumes from its files.
+    assert!(qemus_of(&b.id).is_empty());
+    assert_eq!(qemus_of(&a.id).len(), 1);
 
     assert_eq!(
         sh(

@@ -36,7 +36,12 @@ impl Capsule {
     pub(super) fn transition(&self, t: Transition) -> Result<()> {
         let mut rec = self.info.write().unwrap_or_else(|e| e.into_inner());
         rec.state = rec.state.apply(t)?;
-        rec.vmm_pid = self.vm.pid();
+        // A paused capsule's kept VMM is not recorded: an agent that restarts finds the
+        // capsule's state in its files and removes that VMM like any it does not own.
+        rec.vmm_pid = match rec.state {
+            CapsuleStatus::Paused => None,
+            _ => self.vm.pid(),
+        };
         record::save(&self.dir, &rec)
     }
 
@@ -166,7 +171,9 @@ impl Capsule {
         Ok(())
     }
 
-    pub(super) async fn pause(&mut self, for_restart: bool) -> Result<()> {
+    /// Pauses: the state goes to the capsule's files; with `keep` the stopped VMM stays too,
+    /// so a resume only runs it on (its translations and caches warm).
+    pub(super) async fn pause(&mut self, for_restart: bool, keep: bool) -> Result<()> {
         if self.state() != CapsuleStatus::Running {
             return Err(AgentError::NotRunning {
                 id: None,
@@ -174,7 +181,13 @@ impl Capsule {
             });
         }
         self.vm.pause().await?;
-        if let Err(e) = self.vm.save(&self.dir.join("state")).await {
+        let state = self.dir.join("state");
+        let saved = if keep {
+            self.vm.save_keeping(&state).await
+        } else {
+            self.vm.save(&state).await
+        };
+        if let Err(e) = saved {
             // Keep the capsule usable if its VM still runs; otherwise it is lost.
             if self.vm.resume().await.is_err() {
                 self.fail(format!("pausing failed: {e}")).await;
@@ -196,7 +209,16 @@ impl Capsule {
             });
         }
         let resumed = async {
-            self.start_vm(&self.dir.join("state")).await?;
+            if self.vm.status() == wrenn_vmm::VmStatus::Paused {
+                // Kept at its pause, alive: it runs on from where it stopped.
+                self.vm.resume().await?;
+                self.vm
+                    .wait_ready(envd_addr(&self.slot), std::time::Duration::from_secs(60))
+                    .await?;
+            } else {
+                self.vm.release().await;
+                self.start_vm(&self.dir.join("state")).await?;
+            }
             self.init_envd(false, None).await
         }
         .await;
@@ -232,8 +254,9 @@ impl Capsule {
     /// Pauses the capsule if it runs: its saved files, to make a template of.
     pub(super) async fn source(&mut self, templates: &Templates) -> Result<SnapshotSource> {
         match self.state() {
-            CapsuleStatus::Running => self.pause(false).await?,
-            CapsuleStatus::Paused => {}
+            CapsuleStatus::Running => self.pause(false, false).await?,
+            // Made from its files alone.
+            CapsuleStatus::Paused => self.vm.release().await,
             state => {
                 return Err(AgentError::NotRunningOrPaused {
                     state,

@@ -53,7 +53,13 @@ pub struct CreateSpec {
 
 /// Operations a capsule task performs.
 pub enum Op {
-    Pause(oneshot::Sender<Result<()>>),
+    /// A pause; with `keep` its stopped VMM is kept for a fast resume ([`Op::Release`] ends it).
+    Pause {
+        keep: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Ends the VMM a pause kept (the capsule stays paused, resumable from its files).
+    Release(oneshot::Sender<Result<()>>),
     /// A pause by the host's shutdown: recorded with the pause, so the next start resumes it.
     PauseForRestart(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
@@ -131,7 +137,15 @@ impl Handle {
     }
 
     pub async fn pause(&self) -> Result<()> {
-        self.call(Op::Pause).await
+        self.call(|reply| Op::Pause { keep: false, reply }).await
+    }
+    /// Pauses, keeping the stopped VMM: a resume then only runs it on (see [`Op::Pause`]).
+    pub async fn pause_keeping(&self) -> Result<()> {
+        self.call(|reply| Op::Pause { keep: true, reply }).await
+    }
+    /// Ends the VMM a pause kept, if any.
+    pub async fn release(&self) -> Result<()> {
+        self.call(Op::Release).await
     }
     pub async fn resume(&self) -> Result<()> {
         self.call(Op::Resume).await
@@ -230,7 +244,13 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 }
             } => {
                 let why = capsule.vm.status().to_string();
-                capsule.fail(format!("the VMM died: {why}")).await;
+                if capsule.state() == CapsuleStatus::Paused {
+                    // A kept VMM: the capsule's state is in its files all the same.
+                    tracing::info!(%why, "a paused capsule's kept VMM ended");
+                    capsule.vm.release().await;
+                } else {
+                    capsule.fail(format!("the VMM died: {why}")).await;
+                }
                 continue;
             }
         };
@@ -239,11 +259,15 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
             return;
         };
         match op {
-            Op::Pause(reply) => {
-                let _ = reply.send(capsule.pause(false).await);
+            Op::Pause { keep, reply } => {
+                let _ = reply.send(capsule.pause(false, keep).await);
+            }
+            Op::Release(reply) => {
+                capsule.vm.release().await;
+                let _ = reply.send(Ok(()));
             }
             Op::PauseForRestart(reply) => {
-                let _ = reply.send(capsule.pause(true).await);
+                let _ = reply.send(capsule.pause(true, false).await);
             }
             Op::Resume(reply) => {
                 let _ = reply.send(capsule.resume().await);
@@ -294,7 +318,10 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                     .unwrap_or_default();
                 let err = || AgentError::InError { why: why.clone() };
                 match other {
-                    Op::Pause(r) | Op::PauseForRestart(r) | Op::Resume(r) => {
+                    Op::Pause { reply: r, .. }
+                    | Op::Release(r)
+                    | Op::PauseForRestart(r)
+                    | Op::Resume(r) => {
                         let _ = r.send(Err(err()));
                     }
                     Op::Snapshot { reply, .. } => {

@@ -8,6 +8,7 @@ mod admission;
 mod capacity;
 mod detach;
 mod fork;
+mod kept;
 mod load;
 mod pool;
 mod recovery;
@@ -24,6 +25,7 @@ use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 pub use admission::default_create_parallelism;
 use capacity::{host_memory_bytes, validate_shape};
+pub use kept::KEPT_FOR;
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
@@ -87,6 +89,8 @@ pub struct Manager {
     pool: Arc<pool::WarmPool>,
     /// Creates' turns: how many do their work at once.
     admission: admission::Admission,
+    /// Paused capsules that keep their stopped VMM.
+    kept: kept::Kept,
     /// Fork images (`WRENN_DIR/forks`), kept while a capsule or another image needs them.
     forks: crate::forks::Forks,
 }
@@ -177,6 +181,7 @@ impl Manager {
             templates,
             runtime,
             pool: Arc::default(),
+            kept: kept::Kept::default(),
             admission: admission::Admission::new(default_create_parallelism()),
             forks,
         };
@@ -319,9 +324,10 @@ impl Manager {
         v
     }
 
+    /// A user's pause (the VMM may be kept: [`Manager::set_keep_paused`]).
     pub async fn pause(&self, id: &str) -> Result<CapsuleRecord> {
         let h = self.handle(id)?;
-        h.pause().await?;
+        self.pause_keeping(&h).await?;
         Ok(h.record())
     }
 
@@ -340,6 +346,7 @@ impl Manager {
 
     pub async fn resume(&self, id: &str) -> Result<CapsuleRecord> {
         let h = self.handle(id)?;
+        self.kept.forget(id);
         h.resume().await?;
         Ok(h.record())
     }
@@ -348,8 +355,9 @@ impl Manager {
     /// their records say the shutdown paused them ([`Manager::paused_for_restart`] lists them
     /// at the next start). Returns how many were paused; failures are logged.
     pub async fn pause_all(&self) -> usize {
-        // A shutdown: warm machines (no capsule yet) are stopped, not kept.
+        // A shutdown: warm machines (no capsule yet) and kept VMMs are stopped.
         self.set_pool_size(0).await;
+        self.release_every_kept().await;
         let running: Vec<String> = self
             .list()
             .into_iter()
@@ -407,6 +415,7 @@ impl Manager {
     pub async fn destroy(&self, id: &str) -> Result<()> {
         let h = self.handle(id)?;
         let slot = h.record().slot;
+        self.kept.forget(id);
         h.destroy().await?;
         self.capsules
             .lock()
@@ -428,6 +437,8 @@ impl Manager {
     ) -> Result<TemplateInfo> {
         let h = self.handle(id)?;
         self.templates.dir(name)?;
+        // Made from its files (the capsule releases a VMM its pause kept).
+        self.kept.forget(id);
         let others: Vec<CapsuleRecord> = self.list().into_iter().filter(|r| r.id != id).collect();
         let images = self.config.images_dir.clone();
         let in_use = Box::new(move |dir: &Path| {

@@ -7,7 +7,7 @@ use crate::{capsule::Handle, error::Result, record};
 
 impl Manager {
     /// Starts the reaper: every second, running capsules idle for longer than their timeout
-    /// are paused or destroyed, as each asks.
+    /// are paused or destroyed, as each asks, and VMMs kept too long are released.
     pub fn spawn_reaper(self: &std::sync::Arc<Self>) {
         let weak = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
@@ -15,6 +15,7 @@ impl Manager {
             loop {
                 tick.tick().await;
                 let Some(mgr) = weak.upgrade() else { return };
+                mgr.release_expired().await;
                 let expired: Vec<(String, record::TimeoutAction)> = mgr
                     .capsules
                     .lock()
@@ -31,7 +32,11 @@ impl Manager {
                 for (id, action) in expired {
                     tracing::info!(%id, ?action, "capsule timed out");
                     let result = match action {
-                        record::TimeoutAction::Pause => mgr.pause(&id).await.map(|_| ()),
+                        // Nobody is there to resume it soon: its VMM is not kept.
+                        record::TimeoutAction::Pause => match mgr.handle(&id) {
+                            Ok(h) => h.pause().await,
+                            Err(e) => Err(e),
+                        },
                         record::TimeoutAction::Destroy => mgr.destroy(&id).await,
                     };
                     if let Err(e) = result {

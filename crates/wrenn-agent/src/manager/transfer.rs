@@ -147,11 +147,13 @@ impl Manager {
     /// Streams paused capsule `id`: its record, memory, device state, disk overlay, and what
     /// its template gave it (`origin/`: kernel, initrd, the raw disk the overlay rests on,
     /// vm.json). The capsule stays here, paused, until the control plane destroys it.
-    pub fn export_capsule(&self, id: &str) -> Result<Chunks> {
+    pub async fn export_capsule(&self, id: &str) -> Result<Chunks> {
         let rec = self.get(id)?;
         if rec.state != CapsuleStatus::Paused {
             return Err(AgentError::NotPaused { state: rec.state });
         }
+        // Its files change below (one memory file): a VMM kept at its pause goes first.
+        self.release_kept(id).await?;
         if rec
             .snapshot_dir
             .as_deref()

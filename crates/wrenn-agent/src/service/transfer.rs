@@ -38,7 +38,7 @@ pub(super) async fn export_capsule(
     req: Request<CapsuleRef>,
 ) -> Result<Response<Chunks>, Status> {
     let id = capsule_id(&req.into_inner().id)?;
-    let rx = svc.manager.export_capsule(&id)?;
+    let rx = svc.manager.export_capsule(&id).await?;
     Ok(Response::new(ReceiverStream::new(rx)))
 }
 

@@ -58,6 +58,8 @@ pub struct QemuVm {
     config: VmConfig,
     process: Option<Process>,
     status: VmStatus,
+    /// Paused after [`Vmm::save_keeping`]: its state is saved, the process stopped but kept.
+    kept: bool,
 }
 
 /// The guest TSC frequency to announce (TCG microvm cannot calibrate it).
@@ -82,6 +84,7 @@ impl QemuVm {
             config,
             process: None,
             status: VmStatus::NotStarted,
+            kept: false,
         })
     }
 
@@ -130,6 +133,7 @@ impl QemuVm {
             config,
             process: None,
             status: VmStatus::NotStarted,
+            kept: false,
         };
         let qmp = match qmp {
             Ok(q) => q,

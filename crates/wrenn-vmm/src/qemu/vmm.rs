@@ -68,31 +68,24 @@ impl Vmm for QemuVm {
     }
 
     async fn save(&mut self, state: &Path) -> Result<()> {
-        if self.status != VmStatus::Paused {
-            return Err(VmmError::State {
-                action: "save",
-                state: self.status.to_string(),
-            });
+        self.save_state(state, false).await
+    }
+
+    async fn save_keeping(&mut self, state: &Path) -> Result<()> {
+        self.save_state(state, true).await
+    }
+
+    async fn release(&mut self) {
+        if self.status != VmStatus::Paused || !self.kept {
+            return;
         }
-        if let MemoryLayout::Template { base, delta } = MemoryLayout::of(&self.config.dir) {
-            return self.save_template_layout(state, &base, &delta).await;
-        }
-        self.ignore_shared().await?;
-        // Device state holds guest secrets too (registers, queues): 0600.
-        let file = files::open_private(state, true)?;
-        self.pass_fd("wrenn-save", &file).await?;
-        drop(file);
-        self.qmp("save", "migrate", Some(json!({"uri": "fd:wrenn-save"})))
-            .await?;
-        self.wait_migration("saving VM state").await?;
-        // The state is on disk and RAM is in the memory file: QEMU can go.
-        let _ = self.qmp("save", "quit", None).await;
+        // Stopped since its save, nothing left to write: a kill loses nothing.
         if let Some(p) = self.process.take() {
             p.kill().await;
         }
         let _ = std::fs::remove_file(self.config.qmp_path());
+        self.kept = false;
         self.status = VmStatus::Saved;
-        Ok(())
     }
 
     async fn checkpoint(&mut self, dest: &Path) -> Result<checkpoint::Captured> {
@@ -240,6 +233,7 @@ impl Vmm for QemuVm {
             });
         }
         self.qmp("resume", "cont", None).await?;
+        self.kept = false;
         self.status = VmStatus::Running;
         Ok(())
     }
@@ -291,6 +285,42 @@ impl Vmm for QemuVm {
 }
 
 impl QemuVm {
+    /// Saves a paused VM's state to `state` (and a template-layout VM's own pages); then QEMU
+    /// exits, or with `keep` stays, stopped ([`Vmm::save_keeping`]).
+    async fn save_state(&mut self, state: &Path, keep: bool) -> Result<()> {
+        if self.status != VmStatus::Paused {
+            return Err(VmmError::State {
+                action: "save",
+                state: self.status.to_string(),
+            });
+        }
+        if let MemoryLayout::Template { base, delta } = MemoryLayout::of(&self.config.dir) {
+            self.save_template_layout(state, &base, &delta).await?;
+        } else {
+            self.ignore_shared().await?;
+            // Device state holds guest secrets too (registers, queues): 0600.
+            let file = files::open_private(state, true)?;
+            self.pass_fd("wrenn-save", &file).await?;
+            drop(file);
+            self.qmp("save", "migrate", Some(json!({"uri": "fd:wrenn-save"})))
+                .await?;
+            self.wait_migration("saving VM state").await?;
+        }
+        if keep {
+            // `cont` runs it on from where it stopped (a migration's end leaves it stopped).
+            self.kept = true;
+            return Ok(());
+        }
+        // The state is on disk and RAM is in the memory file: QEMU can go.
+        let _ = self.qmp("save", "quit", None).await;
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        let _ = std::fs::remove_file(self.config.qmp_path());
+        self.status = VmStatus::Saved;
+        Ok(())
+    }
+
     /// Saves a template-layout VM (paused): its device state (QMP `xen-save-devices-state`:
     /// every device, no RAM) made loadable by `migrate-incoming`, and its own pages to
     /// `delta`; then QEMU exits.
@@ -317,12 +347,6 @@ impl QemuVm {
         .await
         .map_err(|e| VmmError::io("saving guest memory", std::io::Error::other(e)))??;
         tracing::debug!(pid, pages, "VM state and own pages saved");
-        let _ = self.qmp("save", "quit", None).await;
-        if let Some(p) = self.process.take() {
-            p.kill().await;
-        }
-        let _ = std::fs::remove_file(self.config.qmp_path());
-        self.status = VmStatus::Saved;
         Ok(())
     }
 }

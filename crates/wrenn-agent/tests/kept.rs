@@ -1,0 +1,157 @@
+//! Paused capsules that keep their stopped VMM (`Manager::set_keep_paused`): a resume runs the
+//! same QEMU on; the oldest beyond the limit, a VMM that dies, a snapshot, the host's shutdown
+//! and a destroy end one, and the capsule resumes from its files (a new agent's start after a
+//! crash: `crates/wrenn/tests/recovery.rs`).
+//! Needs root, nftables, QEMU and `make images`.
+
+use std::{collections::HashMap, path::Path, path::PathBuf};
+
+use wrenn_agent::{
+    capsule::CreateSpec,
+    envd_client::ExecRequest,
+    manager::{AgentConfig, Manager},
+};
+use wrenn_types::CapsuleStatus;
+
+fn config(data: &Path) -> AgentConfig {
+    AgentConfig {
+        data_dir: data.to_path_buf(),
+        images_dir: std::env::var_os("WRENN_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images")),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 3,
+        slots: 7400..=7409,
+        shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
+        envd: None,
+        vmm: Default::default(),
+    }
+}
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: "/bin/bash".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+async fn out(mgr: &Manager, id: &str, script: &str) -> String {
+    let o = mgr.exec(id, sh(script)).await.unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The pids of the QEMUs of capsule `id`.
+fn qemus(data: &Path, id: &str) -> Vec<u32> {
+    wrenn_vmm::qemu::processes_under(&data.join("capsules").join(id))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+async fn create(mgr: &std::sync::Arc<Manager>) -> String {
+    mgr.create(CreateSpec {
+        template: "minimal".into(),
+        metadata: HashMap::new(),
+        ..Default::default()
+    })
+    .await
+    .expect("create")
+    .id
+}
+
+#[tokio::test]
+async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resumable() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = data.path();
+    let mgr = std::sync::Arc::new(Manager::start(config(d)).await.unwrap());
+    mgr.set_keep_paused(1).await;
+    let a = create(&mgr).await;
+    let b = create(&mgr).await;
+    out(&mgr, &a, "echo a > /dev/shm/m; (sleep 100000 &)").await;
+    out(&mgr, &b, "echo b > /dev/shm/m").await;
+
+    // Kept: the same QEMU, stopped, and not in the record (a new agent would not adopt it).
+    let before = qemus(d, &a);
+    assert_eq!(before.len(), 1);
+    let paused = mgr.pause(&a).await.unwrap();
+    assert_eq!(paused.state, CapsuleStatus::Paused);
+    assert_eq!(paused.vmm_pid, None);
+    assert_eq!(qemus(d, &a), before, "kept while paused");
+    assert_eq!(mgr.kept_count(), 1);
+    let resumed = mgr.resume(&a).await.unwrap();
+    assert_eq!(resumed.state, CapsuleStatus::Running);
+    assert_eq!(resumed.vmm_pid, before.first().copied());
+    assert_eq!(qemus(d, &a), before, "resumed in the same QEMU");
+    assert_eq!(mgr.kept_count(), 0);
+    assert_eq!(
+        out(
+            &mgr,
+            &a,
+            "cat /dev/shm/m; pgrep -x sleep >/dev/null && echo sleeping"
+        )
+        .await,
+        "a\nsleeping\n"
+    );
+
+    // The oldest pause goes beyond the limit (1): a's VMM ends, b's is kept.
+    mgr.pause(&a).await.unwrap();
+    mgr.pause(&b).await.unwrap();
+    assert!(qemus(d, &a).is_empty(), "released");
+    assert_eq!(qemus(d, &b).len(), 1);
+    assert_eq!(mgr.kept_count(), 1);
+    // a resumes from its files.
+    mgr.resume(&a).await.unwrap();
+    assert_eq!(out(&mgr, &a, "cat /dev/shm/m").await, "a\n");
+
+    // A kept VMM killed from outside: the capsule stays paused and resumes from its files.
+    let pid = qemus(d, &b)[0];
+    // SAFETY: plain kill(2) of this test's own QEMU.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    for _ in 0..100 {
+        if qemus(d, &b).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(mgr.get(&b).unwrap().state, CapsuleStatus::Paused);
+    mgr.resume(&b).await.unwrap();
+    assert_eq!(out(&mgr, &b, "cat /dev/shm/m").await, "b\n");
+    assert_ne!(qemus(d, &b), vec![pid]);
+
+    // A snapshot of a kept capsule is made from its files: the VMM ends first.
+    mgr.pause(&b).await.unwrap();
+    assert_eq!(qemus(d, &b).len(), 1);
+    let snap = format!("kept-test-{}", std::process::id());
+    mgr.snapshot(&b, &snap, false, None).await.unwrap();
+    assert!(qemus(d, &b).is_empty());
+    assert_eq!(mgr.kept_count(), 0);
+    mgr.resume(&b).await.unwrap();
+    assert_eq!(out(&mgr, &b, "cat /dev/shm/m").await, "b\n");
+
+    // Turning it off releases what is kept.
+    mgr.pause(&b).await.unwrap();
+    mgr.set_keep_paused(0).await;
+    assert!(qemus(d, &b).is_empty());
+    mgr.set_keep_paused(1).await;
+
+    // The host's shutdown: running ones paused, kept ones ended: no QEMU left.
+    mgr.resume(&b).await.unwrap();
+    mgr.pause(&b).await.unwrap();
+    assert_eq!(qemus(d, &b).len(), 1);
+    assert_eq!(mgr.pause_all().await, 1);
+    assert!(wrenn_vmm::qemu::processes_under(d).is_empty());
+
+    // Destroying a kept capsule ends its VMM with it.
+    mgr.resume(&a).await.unwrap();
+    mgr.pause(&a).await.unwrap();
+    assert_eq!(qemus(d, &a).len(), 1);
+    mgr.destroy(&a).await.unwrap();
+    mgr.destroy(&b).await.unwrap();
+    assert_eq!(mgr.kept_count(), 0);
+    mgr.delete_template(&snap).unwrap();
+    assert!(wrenn_vmm::qemu::processes_under(d).is_empty());
+}
