@@ -39,16 +39,14 @@ impl OwnPages {
         OwnPages::read_into(pid, base, Vec::new())
     }
 
-    /// [`OwnPages::read`] into `buf` when it is large enough (its pages are then already
-    /// faulted in: a buffer from an earlier copy, [`OwnPages::into_buffer`]), else into a new
-    /// buffer.
+    /// [`OwnPages::read`] into `buf` when it is large enough (its pages then already
+    /// faulted in: [`OwnPages::buffer_for`], or a buffer from an earlier copy,
+    /// [`OwnPages::into_buffer`]), else into a new buffer.
     pub fn read_into(pid: u32, base: &Path, mut buf: Vec<u8>) -> Result<OwnPages> {
         let pages = memory::own_pages(pid, base)?;
         let need = pages.len() * PAGE as usize;
         if buf.len() < need {
-            // Room to grow (a VM that runs on owns more pages at its next copy): untouched,
-            // so never resident.
-            buf = vec![0u8; need + need / 8 + (1 << 20)];
+            buf = Self::room(need);
         }
         let runs = memory::runs(&pages);
         copy_runs(pid, &runs, &mut buf[..need])?;
@@ -56,6 +54,23 @@ impl OwnPages {
             index: pages.into_iter().map(|(i, _)| i).collect(),
             data: buf,
         })
+    }
+
+    /// A buffer for a later [`OwnPages::read_into`] of about `pages` pages, every page of it
+    /// faulted in now (so the copy into it does not wait for the kernel to find memory).
+    pub fn buffer_for(pages: usize) -> Vec<u8> {
+        let need = pages * PAGE as usize;
+        let mut buf = Self::room(need);
+        for byte in buf[..need + need / 8].iter_mut().step_by(PAGE as usize) {
+            *byte = 1;
+        }
+        buf
+    }
+
+    /// A new buffer for `need` bytes, with room to grow (a VM that runs on owns more pages at
+    /// its next copy); not touched, so not resident until written.
+    fn room(need: usize) -> Vec<u8> {
+        vec![0u8; need + need / 8 + (1 << 20)]
     }
 
     /// The buffer, for a later [`OwnPages::read_into`].
@@ -204,15 +219,18 @@ mod tests {
             m[page * PAGE as usize + 7] = byte;
             want[page * PAGE as usize + 7] = byte;
         }
-        // A first copy (as while the VM runs), then more writes, then the copy that counts
-        // into the same buffer.
-        let early = OwnPages::read(std::process::id(), &base).unwrap();
-        assert_eq!(early.len(), 4);
+        // A buffer for the pages owned now, faulted in (as while the VM runs), then more
+        // writes, then the copy that counts into that buffer.
+        let owned = memory::own_pages(std::process::id(), &base).unwrap().len();
+        assert_eq!(owned, 4);
+        let buffer = OwnPages::buffer_for(owned);
+        let (resident, spanned) = resident_pages(&buffer[..owned * PAGE as usize]);
+        assert_eq!(resident, spanned, "the buffer is faulted in");
         m[95 * PAGE as usize + 7] = 0x95;
         want[95 * PAGE as usize + 7] = 0x95;
         m[PAGE as usize + 7] = 0x10;
         want[PAGE as usize + 7] = 0x10;
-        let pages = OwnPages::read_into(std::process::id(), &base, early.into_buffer()).unwrap();
+        let pages = OwnPages::read_into(std::process::id(), &base, buffer).unwrap();
         assert_eq!(pages.len(), 5);
         // Written after the copy: in no checkpoint.
         m[2 * PAGE as usize + 7] = 0xEE;
@@ -227,6 +245,20 @@ mod tests {
             "the base never changes"
         );
         drop(map);
+    }
+
+    /// How many of the pages `bytes` spans are in memory now, and how many it spans.
+    fn resident_pages(bytes: &[u8]) -> (usize, usize) {
+        let first = bytes.as_ptr() as u64 / PAGE;
+        let last = (bytes.as_ptr() as u64 + bytes.len() as u64 - 1) / PAGE;
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let mut raw = vec![0u8; ((last - first + 1) * 8) as usize];
+        pagemap.read_exact_at(&mut raw, first * 8).unwrap();
+        let resident = raw
+            .chunks_exact(8)
+            .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) >> 63 == 1)
+            .count();
+        (resident, raw.len() / 8)
     }
 
     /// A sparse file's data copied out is written back with the same bytes and holes; over

@@ -124,11 +124,13 @@ pub(crate) fn take(
     Ok(taken)
 }
 
-/// A buffer for the own pages of the *running* VM `pid` (folder `vm_dir`), faulted in by a
-/// first copy of them (empty for the own layout).
+/// A buffer for the own pages of the *running* VM `pid` (folder `vm_dir`), as many as it owns
+/// now, faulted in (empty for the own layout).
 pub(crate) fn warm_buffer(pid: u32, vm_dir: &Path) -> Result<Vec<u8>> {
     match MemoryLayout::of(vm_dir) {
-        MemoryLayout::Template { base, .. } => Ok(OwnPages::read(pid, &base)?.into_buffer()),
+        MemoryLayout::Template { base, .. } => {
+            Ok(OwnPages::buffer_for(memory::own_pages(pid, &base)?.len()))
+        }
         MemoryLayout::Own(_) => Ok(Vec::new()),
     }
 }

@@ -307,7 +307,18 @@ impl QemuVm {
             self.wait_migration("saving VM state").await?;
         }
         if keep {
-            // `cont` runs it on from where it stopped (a migration's end leaves it stopped).
+            // `cont` runs it on from where it stopped, once a migration's end has left its
+            // `finish-migrate` state (QEMU reports the migration completed a moment before).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.run_state().await? == "finish-migrate" {
+                if Instant::now() > deadline {
+                    return Err(VmmError::Timeout {
+                        after: Duration::from_secs(10),
+                        what: "the end of the save".into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             self.kept = true;
             return Ok(());
         }
