@@ -89,6 +89,25 @@ impl Capsule {
         Ok((Capsule { vm, envd, dir }, t.elapsed(), waiting_pss))
     }
 
+    /// What the agent's warm pool hands out now: as [`Capsule::create_warm`], and then, still
+    /// untimed, the state loaded, the guest run until envd answers and stopped there (a ready
+    /// machine); timed: `cont` and envd answering. Also returns the PSS (KiB) of the stopped
+    /// ready QEMU.
+    pub(super) async fn create_ready(
+        snap: &Snapshot,
+        dir: PathBuf,
+    ) -> Result<(Capsule, Duration, u64)> {
+        let (mut c, _, _) = Capsule::create_warm(snap, dir).await?;
+        c.vm.pause().await.context("stopping the ready machine")?;
+        let (_, ready_pss) = c.rss_pss_kib()?;
+        let t = Instant::now();
+        c.vm.resume().await.context("running it on")?;
+        c.vm.wait_ready(c.envd, READY)
+            .await
+            .context("waiting for envd")?;
+        Ok((c, t.elapsed(), ready_pss))
+    }
+
     /// Stops the VM and deletes its directory.
     pub(super) async fn destroy(mut self) -> Result<()> {
         self.vm.stop().await?;

@@ -20,17 +20,25 @@ pub(super) struct Creates {
     pub(super) warm_total: Vec<f64>,
     /// PSS of each QEMU while it waited (KiB): an idle warm machine's memory.
     pub(super) warm_idle_pss_kib: Vec<u64>,
+    /// Creates from a ready machine (what the warm pool hands out now: the guest already
+    /// run up to envd and stopped): cont, ready.
+    pub(super) ready_total: Vec<f64>,
+    /// PSS of each ready machine while stopped (KiB).
+    pub(super) ready_idle_pss_kib: Vec<u64>,
 }
 
 impl Creates {
-    /// What an idle warm machine costs, for the notes.
+    /// What an idle warm and a ready machine cost, for the notes.
     pub(super) fn warm_note(&self) -> String {
-        let idle = &self.warm_idle_pss_kib;
+        let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0;
         format!(
             "warm machine: a QEMU waiting for its state costs {:.1} MiB PSS (mean of {}; in the \
-             agent it also holds a network slot); the warm rows time only load + cont + envd /health",
-            idle.iter().sum::<u64>() as f64 / idle.len().max(1) as f64 / 1024.0,
-            idle.len()
+             agent it also holds a network slot); the warm rows time only load + cont + envd /health; \
+             a ready machine (the pool's now: state loaded, guest run up to envd, stopped) {:.1} MiB PSS, \
+             its rows time only cont + envd /health",
+            mean(&self.warm_idle_pss_kib),
+            self.warm_idle_pss_kib.len(),
+            mean(&self.ready_idle_pss_kib),
         )
     }
 
@@ -73,6 +81,15 @@ pub(super) async fn creates(
         if !warm_up {
             out.warm_total.push(ms(t));
             out.warm_idle_pss_kib.push(idle_pss);
+        }
+        let dir = fresh_dir(work, &format!("create-ready-{i:02}"))?;
+        let (capsule, t, ready_pss) = Capsule::create_ready(snap, dir)
+            .await
+            .with_context(|| format!("ready create #{i}"))?;
+        capsule.destroy().await?;
+        if !warm_up {
+            out.ready_total.push(ms(t));
+            out.ready_idle_pss_kib.push(ready_pss);
         }
         for wrenn in order {
             if wrenn {

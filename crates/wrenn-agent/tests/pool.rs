@@ -43,15 +43,45 @@ async fn warm_pool_fills_serves_creates_and_drains() {
         3,
         "one capsule and two waiting QEMUs"
     );
-    // The next create is one of them, with its own (egress off) network.
-    let b = mgr.create(spec()).await.unwrap();
+    // The next create is one of them (its guest ran up to envd in the pool), with its own
+    // (egress off) network, environment, clock and envd token, and set up as any capsule.
+    let mut with_env = spec();
+    with_env.env_vars.insert("POOLED".into(), "yes".into());
+    let b = mgr.create(with_env).await.unwrap();
     assert!(warm.contains(&b.id), "{} not in {warm:?}", b.id);
     let out = mgr
-        .exec(&b.id, sh("echo warm; cat /proc/uptime >/dev/null"))
+        .exec(
+            &b.id,
+            sh("echo $POOLED; grep -c ' / .*discard' /proc/mounts; cat /etc/resolv.conf; date +%s"),
+        )
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "warm\n");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["yes", "1", "nameserver 169.254.0.22"], "{out}");
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let guest: i64 = lines[3].parse().unwrap();
+    assert!(
+        (guest - host).abs() <= 3,
+        "guest clock {guest} vs host {host}"
+    );
     assert!(!mgr.get(&b.id).unwrap().egress);
+    let (addr, _) = mgr.envd_of(&b.id).unwrap();
+    let unauthenticated = reqwest::Client::new()
+        .post(format!("http://{addr}/process.Process/List"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unauthenticated.status(),
+        401,
+        "envd wants the capsule's token"
+    );
     // Pause and resume work on it like on any capsule.
     mgr.exec(&b.id, sh("echo kept > /home/user/k && sync"))
         .await

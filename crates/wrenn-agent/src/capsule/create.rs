@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use wrenn_types::{CapsuleStatus, Transition};
 use wrenn_vmm::{
     cgroup::{Cgroup, Limits},
-    snapshot, Backend, Net,
+    snapshot, Backend, Net, Vmm,
 };
 
 use super::{
-    machine::{envd_addr, new_token, Capsule},
+    machine::{enable_discard, envd_addr, new_token, set_dns, Capsule},
     run, CreateSpec, Handle, Info, VMM_OVERHEAD_MIB,
 };
 use crate::{
@@ -129,6 +129,8 @@ pub async fn create(
             return Err(e);
         }
     };
+    // A ready machine of the pool ran the template's guest up to envd and stopped there.
+    let ready = vm.status() == wrenn_vmm::VmStatus::Paused;
     let info: Info = Arc::new(RwLock::new(rec));
     let envd = EnvdClient::new(envd_addr(&slot), None);
     let mut capsule = Capsule {
@@ -140,13 +142,18 @@ pub async fn create(
     };
     let started = async {
         capsule.transition(Transition::Start)?;
-        capsule.start_vm(&snap.state()).await?;
+        if ready {
+            capsule.vm.resume().await?;
+        } else {
+            capsule.start_vm(&snap.state()).await?;
+        }
         let started_in = t0.elapsed();
         capsule
             .init_envd(true, resolved.envd_token.as_deref())
             .await?;
         tracing::debug!(
             %id,
+            ready,
             prepare_ms = prepared_in.as_millis() as u64,
             start_ms = (started_in - prepared_in).as_millis() as u64,
             init_ms = (t0.elapsed() - started_in).as_millis() as u64,
@@ -161,16 +168,17 @@ pub async fn create(
         // The same client: the connection `/init` used carries on (a guest under TCG pays
         // for each accept).
         capsule.envd.token = Some(token);
-        // Two guest commands fewer for a capsule's snapshot (forks above all): its guest
-        // already has both.
-        if !resolved.of_capsule() {
-            capsule.enable_discard().await;
+        // Two guest commands fewer for a capsule's snapshot (forks above all) and a ready
+        // machine: its guest already has both.
+        let set_up = resolved.of_capsule() || ready;
+        if !set_up {
+            enable_discard(&capsule.envd).await;
         }
         if disk_bytes > resolved.disk_bytes {
             capsule.grow_disk(disk_bytes).await?;
         }
-        if !resolved.of_capsule() {
-            capsule.set_dns().await;
+        if !set_up {
+            set_dns(&capsule.envd).await;
         }
         capsule.transition(Transition::Ready)
     }
@@ -244,13 +252,36 @@ pub struct Prepared {
 impl Prepared {
     /// Starts the VMM ahead, waiting for the state (a warm machine).
     pub async fn start_waiting(&mut self) -> Result<()> {
-        use wrenn_vmm::Vmm;
         Ok(self.vm.start_waiting().await?)
+    }
+
+    /// Runs the template's guest (the snapshot `snap`, whose envd has `envd_token`) in the
+    /// VMM until its envd answers, sets it up as every capsule of a base template is (root
+    /// mounted with discard, the slot resolver), and stops it there: a ready machine, which a
+    /// create only runs on (no state load, and the guest's code already translated under
+    /// TCG). Its guest runs nothing but the template's own; the create gives it its identity
+    /// (envd token, environment, clock) and its own egress before it runs again.
+    pub async fn run_ready(
+        &mut self,
+        snap: &snapshot::Snapshot,
+        envd_token: Option<&str>,
+    ) -> Result<()> {
+        let addr = envd_addr(&self.slot);
+        self.vm.restore(&snap.state()).await?;
+        self.vm.resume().await?;
+        self.vm
+            .wait_ready(addr, std::time::Duration::from_secs(60))
+            .await?;
+        if envd_token.is_none() {
+            let envd = EnvdClient::new(addr, None);
+            enable_discard(&envd).await;
+            set_dns(&envd).await;
+        }
+        Ok(self.vm.pause().await?)
     }
 
     /// Stops the VMM and releases the cgroup and the slot (the folder is the caller's).
     pub async fn discard(mut self) {
-        use wrenn_vmm::Vmm;
         let _ = self.vm.stop().await;
         if let Some(g) = Cgroup::named(&self.slot.addrs.netns) {
             g.remove();

@@ -71,46 +71,6 @@ impl Capsule {
         Ok(())
     }
 
-    /// Has the guest's root filesystem discard what it frees (online discard), so space freed
-    /// in the guest is given back to the host: the disk is attached with `discard=unmap`, and
-    /// a discarded cluster of the qcow2 overlay is punched out of the host file. Templates'
-    /// snapshots were taken with the image's mount options, so it is set here, at create.
-    /// Best effort: a guest that cannot remount still runs (it only keeps its freed space).
-    pub(super) async fn enable_discard(&self) {
-        let out = self
-            .envd
-            .exec(&ExecRequest {
-                cmd: "/bin/mount".into(),
-                args: vec!["-o".into(), "remount,discard".into(), "/".into()],
-                user: Some("root".into()),
-                timeout: Some(std::time::Duration::from_secs(30)),
-                ..ExecRequest::default()
-            })
-            .await;
-        match out {
-            Ok(o) if o.exit_code == 0 => {}
-            Ok(o) => tracing::warn!(
-                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-                "the guest could not turn on discard"
-            ),
-            Err(e) => tracing::warn!(error = %e, "the guest could not turn on discard"),
-        }
-    }
-
-    /// Points the guest's resolver at the slot resolver (the only name server it may use;
-    /// the same address in every slot, so snapshots keep it). Best effort: a capsule without
-    /// DNS still runs.
-    pub(super) async fn set_dns(&self) {
-        let text = format!("nameserver {}\n", crate::dns::SLOT_RESOLVER);
-        if let Err(e) = self
-            .envd
-            .write_file("/etc/resolv.conf", Some("root"), text.into())
-            .await
-        {
-            tracing::warn!(error = %e, "setting the guest's name server");
-        }
-    }
-
     /// Whether the network may change now (the slot exists).
     pub(super) fn set_network_allowed(&self) -> Result<()> {
         match self.state() {
@@ -401,5 +361,43 @@ impl Capsule {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "removing the capsule folder");
         }
+    }
+}
+
+/// Has the guest's root filesystem discard what it frees (online discard), so space freed
+/// in the guest is given back to the host: the disk is attached with `discard=unmap`, and
+/// a discarded cluster of the qcow2 overlay is punched out of the host file. Templates'
+/// snapshots were taken with the image's mount options, so it is set here, at create.
+/// Best effort: a guest that cannot remount still runs (it only keeps its freed space).
+pub(super) async fn enable_discard(envd: &EnvdClient) {
+    let out = envd
+        .exec(&ExecRequest {
+            cmd: "/bin/mount".into(),
+            args: vec!["-o".into(), "remount,discard".into(), "/".into()],
+            user: Some("root".into()),
+            timeout: Some(std::time::Duration::from_secs(30)),
+            ..ExecRequest::default()
+        })
+        .await;
+    match out {
+        Ok(o) if o.exit_code == 0 => {}
+        Ok(o) => tracing::warn!(
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "the guest could not turn on discard"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the guest could not turn on discard"),
+    }
+}
+
+/// Points the guest's resolver at the slot resolver (the only name server it may use;
+/// the same address in every slot, so snapshots keep it). Best effort: a capsule without
+/// DNS still runs.
+pub(super) async fn set_dns(envd: &EnvdClient) {
+    let text = format!("nameserver {}\n", crate::dns::SLOT_RESOLVER);
+    if let Err(e) = envd
+        .write_file("/etc/resolv.conf", Some("root"), text.into())
+        .await
+    {
+        tracing::warn!(error = %e, "setting the guest's name server");
     }
 }

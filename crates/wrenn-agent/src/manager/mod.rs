@@ -258,9 +258,7 @@ impl Manager {
         self.check_capacity(resolved.spec.memory_mib)?;
         self.check_disk(disk_bytes, resolved.spec.memory_mib)?;
         let mut stale = Vec::new();
-        let warm = self
-            .pool
-            .take(&resolved.snapshot, &resolved.spec, &mut stale);
+        let warm = self.pool.take(&resolved, &mut stale);
         for w in stale {
             self.discard_warm(w).await;
         }

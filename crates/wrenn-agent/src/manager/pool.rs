@@ -1,7 +1,9 @@
 //! The warm pool: per template shape (a snapshot folder), a few capsules' machines made ahead
-//! — folder with the memory link and disk overlay, network slot, cgroup, and a VMM started
-//! and waiting for the state ([`wrenn_vmm::Vmm::start_waiting`]). A create (or nothing, when
-//! the pool is empty or off) takes one and only loads the template's state into it.
+//! — folder with the memory link and disk overlay, network slot, cgroup, and a VMM that has
+//! loaded the template's state and run its guest until envd answered, then stopped
+//! ([`capsule::Prepared::run_ready`]). A create (or nothing, when the pool is empty or off)
+//! takes one, gives it its own egress, runs it on and gives its envd the capsule's identity:
+//! no QEMU start, no state load, and under TCG none of the guest's code translated again.
 //!
 //! Refill is one machine at a time, only while no create is in flight, with a pause between
 //! two: it never competes with the work it is there to speed up. A shape is kept warm once a
@@ -29,6 +31,7 @@ use super::Manager;
 use crate::{
     capsule::{self, Prepared},
     netslot::Egress,
+    templates::Resolved,
 };
 
 /// Pause between two refills.
@@ -51,7 +54,8 @@ pub(crate) struct WarmPool {
     /// Machines per shape (0: the pool is off).
     size: AtomicUsize,
     entries: Mutex<HashMap<PathBuf, Vec<Warm>>>,
-    shapes: Mutex<HashMap<PathBuf, SnapshotSpec>>,
+    /// The shapes to keep warm, with the envd token their snapshot's guest holds.
+    shapes: Mutex<HashMap<PathBuf, (SnapshotSpec, Option<String>)>>,
     /// Creates in flight: refill waits while there are any.
     busy: AtomicUsize,
     wake: Notify,
@@ -79,17 +83,16 @@ impl WarmPool {
     /// A warm machine of snapshot `snap`, if one is ready (and made from its current memory
     /// file); remembers the shape to keep warm. Stale machines found on the way are returned
     /// in `stale` for the caller to discard.
-    pub(crate) fn take(
-        &self,
-        snap: &Snapshot,
-        spec: &SnapshotSpec,
-        stale: &mut Vec<Warm>,
-    ) -> Option<Warm> {
+    pub(crate) fn take(&self, resolved: &Resolved, stale: &mut Vec<Warm>) -> Option<Warm> {
+        let snap = &resolved.snapshot;
         // Remembered with the pool off too: turning it on warms the shapes creates used.
         self.shapes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(snap.template_dir.clone(), spec.clone());
+            .insert(
+                snap.template_dir.clone(),
+                (resolved.spec.clone(), resolved.envd_token.clone()),
+            );
         if self.size() == 0 {
             return None;
         }
@@ -199,7 +202,7 @@ impl Manager {
         if size == 0 {
             return None;
         }
-        let want: Option<(PathBuf, SnapshotSpec)> = {
+        let want: Option<(PathBuf, (SnapshotSpec, Option<String>))> = {
             let shapes = self.pool.shapes.lock().unwrap_or_else(|e| e.into_inner());
             let entries = self.pool.entries.lock().unwrap_or_else(|e| e.into_inner());
             shapes
@@ -207,7 +210,7 @@ impl Manager {
                 .find(|(dir, _)| entries.get(*dir).map_or(0, Vec::len) < size)
                 .map(|(d, s)| (d.clone(), s.clone()))
         };
-        let (template_dir, spec) = want?;
+        let (template_dir, (spec, envd_token)) = want?;
         let snap = Snapshot { template_dir };
         if snap.spec().is_none() {
             // The template (or shape) is gone: keep nothing warm for it.
@@ -227,7 +230,12 @@ impl Manager {
             let mut p =
                 capsule::prepare(&dir, &snap, &spec, slot_index, Egress::on(), &self.runtime)
                     .await?;
-            if let Err(e) = p.start_waiting().await {
+            let ready = async {
+                p.start_waiting().await?;
+                p.run_ready(&snap, envd_token.as_deref()).await
+            }
+            .await;
+            if let Err(e) = ready {
                 p.discard().await;
                 return Err(e);
             }
