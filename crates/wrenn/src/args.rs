@@ -110,10 +110,11 @@ pub struct HostArgs {
     /// also builds --templates at start). Without it, only templates already built are served.
     #[arg(long, env = "WRENN_ENVD")]
     pub envd: Option<PathBuf>,
-    /// Warm machines kept per template shape once a create used it: a capsule's folder, network
-    /// slot and QEMU made ahead, waiting for the state, so a create only loads it. Each holds
-    /// a slot and an idle QEMU (`wrenn-bench vm` prints its PSS); refilled one at a time while no
-    /// create runs.
+    /// Warm machines kept per template shape once a create used it: a capsule's folder and
+    /// network slot made ahead, and its QEMU with the template's state loaded and the guest run
+    /// until its envd answered, then stopped, so a create only runs it on and gives it the
+    /// capsule's identity. Each holds a slot and a stopped QEMU (`wrenn-bench vm` prints its
+    /// PSS); refilled one at a time while no create runs.
     /// 0 (the default) turns the pool off.
     #[arg(long, env = "WRENN_WARM_POOL", default_value_t = 0, value_name = "N")]
     pub warm_pool: usize,
