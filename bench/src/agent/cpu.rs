@@ -1,7 +1,7 @@
 //! CPU seconds, by who used them: this process (the agent and the client), the capsule's QEMU,
 //! reaped helper processes, the whole machine.
 
-use std::fs;
+use std::{collections::HashMap, fs};
 
 use serde_json::{json, Value};
 use wrenn_agent::manager::Manager;
@@ -149,9 +149,25 @@ fn children_cpu_secs() -> f64 {
 
 /// The CPU seconds a capsule's QEMU has used so far (0 if it has none).
 pub(super) fn qemu_cpu_secs(manager: &Manager, id: &str) -> f64 {
+    qemu_cpu_since(manager, id, &HashMap::new())
+}
+
+/// The CPU seconds of every QEMU on the machine now, by pid.
+pub(super) fn qemus_cpu_now() -> HashMap<u32, f64> {
+    wrenn_vmm::qemu::processes_under(std::path::Path::new("/"))
+        .into_iter()
+        .map(|(pid, _)| (pid, proc_cpu_secs(pid)))
+        .collect()
+}
+
+/// The CPU seconds a capsule's QEMU has used since `before` was read ([`qemus_cpu_now`]; a
+/// QEMU not in it started since): a warm machine's work before its create does not count.
+pub(super) fn qemu_cpu_since(manager: &Manager, id: &str, before: &HashMap<u32, f64>) -> f64 {
     manager
         .get(id)
         .ok()
         .and_then(|r| r.vmm_pid)
-        .map_or(0.0, proc_cpu_secs)
+        .map_or(0.0, |pid| {
+            proc_cpu_secs(pid) - before.get(&pid).copied().unwrap_or(0.0)
+        })
 }

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use wrenn_agent::manager::Manager;
 use wrenn_proto::agent::v1::agent_client::AgentClient;
 
-use super::cpu::{qemu_cpu_secs, CpuMark, CreateCpu};
+use super::cpu::{qemu_cpu_secs, qemu_cpu_since, qemus_cpu_now, CpuMark, CreateCpu};
 use super::{create, destroy, ms};
 
 /// Creates one after the other (the baseline and the CPU floor's unit).
@@ -99,6 +99,9 @@ pub(super) async fn burst(
     n: usize,
 ) -> Result<Burst> {
     let warm = manager.pool_count();
+    // The warm machines' QEMUs ran their guests up to envd ahead: only what they use from
+    // here on is the creates'.
+    let before = Arc::new(qemus_cpu_now());
     let gate = Arc::new(tokio::sync::Barrier::new(n + 1));
     // A JoinSet: if this task is aborted, the creates in flight are dropped with it.
     let mut set = tokio::task::JoinSet::new();
@@ -107,12 +110,15 @@ pub(super) async fn burst(
         let gate = gate.clone();
         let template = template.to_owned();
         let manager = manager.clone();
+        let before = before.clone();
         set.spawn(async move {
             gate.wait().await;
             let t = Instant::now();
             let r = create(&mut c, &template).await;
             let took = t.elapsed();
-            let qemu = r.as_ref().map_or(0.0, |id| qemu_cpu_secs(&manager, id));
+            let qemu = r
+                .as_ref()
+                .map_or(0.0, |id| qemu_cpu_since(&manager, id, &before));
             (i, took, qemu, r)
         });
     }

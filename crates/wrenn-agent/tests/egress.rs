@@ -184,4 +184,44 @@ async fn egress_policy_survives_pause_resume_and_agent_restart() {
         .await
         .unwrap()
         .contains(&c.slot));
+
+    // From the warm pool: its machine ran the template's guest with egress off; the create's
+    // own policy is what the capsule gets.
+    mgr.spawn_pool_filler();
+    mgr.set_pool_size(1).await;
+    let first = mgr.create(minimal(false, &[])).await.unwrap();
+    for _ in 0..600 {
+        if mgr.pool_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(mgr.pool_count(), 1, "a ready machine");
+    // Its folder has no record yet.
+    let warm: Vec<String> = std::fs::read_dir(data.path().join("capsules"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.path().join("capsule.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let pooled = mgr.create(minimal(true, &["allowed.test"])).await.unwrap();
+    assert!(warm.contains(&pooled.id), "{} not in {warm:?}", pooled.id);
+    assert_eq!(fetch(&mgr, &pooled.id, "allowed.test").await, "200");
+    assert_eq!(fetch(&mgr, &pooled.id, "other.test").await, "fail");
+    // Egress off: its slot resolver answers no name.
+    assert_eq!(fetch(&mgr, &first.id, "allowed.test").await, "unresolved");
+    mgr.set_pool_size(0).await;
+    mgr.destroy(&first.id).await.unwrap();
+    mgr.destroy(&pooled.id).await.unwrap();
+    assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
+}
+
+fn minimal(egress: bool, allow: &[&str]) -> CreateSpec {
+    let allow: Vec<String> = allow.iter().map(|a| a.to_string()).collect();
+    CreateSpec {
+        template: "minimal".into(),
+        egress,
+        egress_policy: EgressPolicy::new(&allow, &[]).unwrap(),
+        ..Default::default()
+    }
 }

@@ -92,6 +92,21 @@ async fn warm_pool_fills_serves_creates_and_drains() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
     // Refilled.
     wait_for("the pool refilled", || mgr.pool_count() == 2).await;
+    // Ready machines whose QEMU died are never handed out: the create is made cold.
+    let dead = warm_dirs(data.path());
+    for id in &dead {
+        for (pid, _) in wrenn_vmm::qemu::processes_under(&data.path().join("capsules").join(id)) {
+            // SAFETY: plain kill(2) of this test's own QEMU.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = mgr.create(spec()).await.unwrap();
+    assert!(!dead.contains(&c.id), "{} was a dead machine", c.id);
+    let out = mgr.exec(&c.id, sh("echo cold")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cold\n");
+    mgr.destroy(&c.id).await.unwrap();
+    wait_for("the pool refilled", || mgr.pool_count() == 2).await;
     mgr.destroy(&a.id).await.unwrap();
     mgr.destroy(&b.id).await.unwrap();
     // A shutdown drains it: nothing left.

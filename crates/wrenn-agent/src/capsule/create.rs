@@ -110,8 +110,8 @@ pub async fn create(
         policy: spec.egress_policy.clone(),
     };
     let prepared = match warm {
-        // A warm machine: its slot was made with egress on and no lists; this capsule's own
-        // egress replaces that before its guest runs.
+        // A warm machine: its slot was made with egress off; this capsule's own egress
+        // replaces that before its guest runs again.
         Some(w) => match w.slot.set_egress(egress).await {
             Ok(()) => Ok(w),
             Err(e) => {

@@ -25,7 +25,10 @@ use std::{
 
 use tokio::sync::Notify;
 use wrenn_types::{Id, IdKind};
-use wrenn_vmm::snapshot::{Snapshot, SnapshotSpec};
+use wrenn_vmm::{
+    snapshot::{Snapshot, SnapshotSpec},
+    VmStatus, Vmm,
+};
 
 use super::Manager;
 use crate::{
@@ -80,9 +83,9 @@ impl WarmPool {
             .sum()
     }
 
-    /// A warm machine of snapshot `snap`, if one is ready (and made from its current memory
-    /// file); remembers the shape to keep warm. Stale machines found on the way are returned
-    /// in `stale` for the caller to discard.
+    /// A warm machine of the resolved snapshot, if one is ready (made from its current memory
+    /// file, its VMM alive); remembers the shape to keep warm. Stale or dead machines found on
+    /// the way are returned in `stale` for the caller to discard.
     pub(crate) fn take(&self, resolved: &Resolved, stale: &mut Vec<Warm>) -> Option<Warm> {
         let snap = &resolved.snapshot;
         // Remembered with the pool off too: turning it on warms the shapes creates used.
@@ -101,7 +104,7 @@ impl WarmPool {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = entries.get_mut(&snap.template_dir)?;
         while let Some(w) = list.pop() {
-            if Some(w.memory_ino) == now {
+            if Some(w.memory_ino) == now && w.prepared.vm.status() == VmStatus::Paused {
                 return Some(w);
             }
             stale.push(w);
@@ -227,9 +230,17 @@ impl Manager {
         let dir = self.config.data_dir.join("capsules").join(&id);
         let made = async {
             wrenn_vmm::files::private_dir(&dir)?;
-            let mut p =
-                capsule::prepare(&dir, &snap, &spec, slot_index, Egress::on(), &self.runtime)
-                    .await?;
+            // Egress off while the template's guest runs here: whatever it starts by itself
+            // reaches no network before a create gives it the capsule's own egress.
+            let mut p = capsule::prepare(
+                &dir,
+                &snap,
+                &spec,
+                slot_index,
+                Egress::default(),
+                &self.runtime,
+            )
+            .await?;
             let ready = async {
                 p.start_waiting().await?;
                 p.run_ready(&snap, envd_token.as_deref()).await
