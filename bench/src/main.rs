@@ -44,7 +44,7 @@ enum Command {
     Envd(envd::Args),
     /// Benchmark the VM layer: create from a snapshot, pause/resume, template build, idle PSS.
     Vm(vm::Args),
-    /// The VMM's density settings (TCG translation cache, malloc arenas): idle PSS and the
+    /// The VMM's density settings (TCG translation cache, transparent huge pages): idle PSS and the
     /// speed of a code-heavy command per setting, against the first setting.
     VmTuning(vm::tuning::Args),
     /// Benchmark the host agent: exec round trip and streamed files through its gRPC against

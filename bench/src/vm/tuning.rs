@@ -36,13 +36,9 @@ pub struct Args {
     images: PathBuf,
     #[arg(long, default_value = "minimal")]
     template: String,
-    /// Settings `TB_MIB:ARENAS[:thp]` (`thp`: QEMU may use transparent huge pages); the first
-    /// is the baseline.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "32:0:thp,32:0,16:0,8:0,32:1"
-    )]
+    /// Settings `TB_MIB[:thp]` (`thp`: QEMU may use transparent huge pages); the first is the
+    /// baseline.
+    #[arg(long, value_delimiter = ',', default_value = "32:thp,32,16,8")]
     settings: Vec<String>,
     /// Idle capsules together per setting.
     #[arg(long, default_value_t = 20)]
