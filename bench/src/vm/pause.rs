@@ -192,39 +192,23 @@ pub(super) async fn step(
         percentile(&pr.ready_cpu, 50.0)
     );
     rows.push(r);
-    let mut r = row(
-        "resume_warm_p50",
-        "resume p50, warm QEMU",
-        "ms",
-        percentile(&pr.resume_warm, 50.0),
+    rows.push(vs_cold_resume(
+        ("resume_warm_p50", "resume p50, warm QEMU"),
+        &pr.resume_warm,
         resume_p50,
-    );
-    r.samples = pr.resume_warm.len();
-    r.note = "baseline = the cold resumes of the same capsule (cycles alternate)".into();
-    r.target = Some(Goal {
-        text: "<= 0.5x cold resume".into(),
-        met: r.ratio() <= 0.5,
-    });
-    rows.push(r);
-    let mut r = row(
-        "resume_kept_p50",
-        "resume p50, kept VMM",
-        "ms",
-        percentile(&pr.resume_kept, 50.0),
+        "baseline = the cold resumes of the same capsule (cycles alternate)".into(),
+    ));
+    rows.push(vs_cold_resume(
+        ("resume_kept_p50", "resume p50, kept VMM"),
+        &pr.resume_kept,
         resume_p50,
-    );
-    r.samples = pr.resume_kept.len();
-    r.note = format!(
-        "a pause that kept its stopped VMM (`--keep-paused`): `cont` + envd answering; p99 {:.1} ms; \
-         its pause p50 {:.1} ms; baseline = the cold resumes of the same capsule",
-        percentile(&pr.resume_kept, 99.0),
-        percentile(&pr.pause_kept, 50.0)
-    );
-    r.target = Some(Goal {
-        text: "<= 0.5x cold resume".into(),
-        met: r.ratio() <= 0.5,
-    });
-    rows.push(r);
+        format!(
+            "a pause that kept its stopped VMM (`--keep-paused`): `cont` + envd answering; p99 \
+             {:.1} ms; its pause p50 {:.1} ms; baseline = the cold resumes of the same capsule",
+            percentile(&pr.resume_kept, 99.0),
+            percentile(&pr.pause_kept, 50.0)
+        ),
+    ));
     let own = pause_resume_in(snap, work, cycles, Layout::Own).await?;
     for (id, label, w, b) in [
         (
@@ -263,6 +247,24 @@ pub(super) async fn step(
                "resume_ready_qemu_cpu": pr.ready_cpu}),
     );
     Ok(())
+}
+
+/// The row of a faster way to resume (p50 of `samples`) against the cold resume p50, with its
+/// target of half that.
+fn vs_cold_resume(
+    (id, label): (&'static str, &'static str),
+    samples: &[f64],
+    cold_p50: f64,
+    note: String,
+) -> Row {
+    let mut r = row(id, label, "ms", percentile(samples, 50.0), cold_p50);
+    r.samples = samples.len();
+    r.note = note;
+    r.target = Some(Goal {
+        text: "<= 0.5x cold resume".into(),
+        met: r.ratio() <= 0.5,
+    });
+    r
 }
 
 /// CPU time (user + system) of the VM's QEMU so far, ms (0 without one).

@@ -2,29 +2,18 @@
 //! exec, pause/resume keeping a file, destroy; bad requests get typed errors; nothing is left.
 //! Needs root, nftables, QEMU and `make images`.
 
-use std::{collections::HashMap, path::PathBuf};
+mod support;
+
+use std::collections::HashMap;
+
+use support::{images_dir, sh};
 
 use wrenn_agent::{
     capsule::CreateSpec,
-    envd_client::ExecRequest,
     manager::{AgentConfig, Manager},
     netslot, AgentError,
 };
 use wrenn_types::CapsuleStatus;
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/wrenn/images"))
-}
-
-fn sh(script: &str) -> ExecRequest {
-    ExecRequest {
-        cmd: "/bin/bash".into(),
-        args: vec!["-c".into(), script.into()],
-        ..Default::default()
-    }
-}
 
 fn spec(env: &[(&str, &str)]) -> CreateSpec {
     CreateSpec {
@@ -78,16 +67,8 @@ async fn capsule_lifecycle_through_the_manager() {
     assert_eq!((out.exit_code, out.stderr.as_slice()), (7, &b"oops\n"[..]));
 
     // envd now wants the capsule's token.
-    let (addr, token) = mgr.envd_of(&a.id).unwrap();
-    let unauth = reqwest::Client::new()
-        .post(format!("http://{addr}/process.Process/List"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unauth.status(), 401);
-    assert!(!token.is_empty());
+    assert_eq!(support::envd_status_without_token(&mgr, &a.id).await, 401);
+    assert!(!mgr.envd_of(&a.id).unwrap().1.is_empty());
 
     mgr.exec(&a.id, sh("echo kept > /home/user/f"))
         .await

@@ -69,16 +69,8 @@ async fn warm_pool_fills_serves_creates_and_drains() {
         "guest clock {guest} vs host {host}"
     );
     assert!(!mgr.get(&b.id).unwrap().egress);
-    let (addr, _) = mgr.envd_of(&b.id).unwrap();
-    let unauthenticated = reqwest::Client::new()
-        .post(format!("http://{addr}/process.Process/List"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        unauthenticated.status(),
+        support::envd_status_without_token(&mgr, &b.id).await,
         401,
         "envd wants the capsule's token"
     );

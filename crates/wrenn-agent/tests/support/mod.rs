@@ -1,4 +1,4 @@
-//! The setup the manager suites share (fork, pool, cancel, grpc): an agent configuration on a
+//! The setup the manager suites share (manager, fork, pool, cancel, grpc): an agent configuration on a
 //! slot range of the test's own, its data folder, its gRPC service on loopback, a create spec,
 //! a shell command, and what is left on the host (network slots, folders) for the leak checks.
 #![allow(dead_code)]
@@ -141,4 +141,19 @@ impl Server {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// The HTTP status capsule `id`'s envd gives a request without a token (401 once the capsule
+/// has its own).
+pub async fn envd_status_without_token(mgr: &Manager, id: &str) -> u16 {
+    let (addr, _) = mgr.envd_of(id).unwrap();
+    reqwest::Client::new()
+        .post(format!("http://{addr}/process.Process/List"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
