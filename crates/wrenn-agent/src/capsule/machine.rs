@@ -169,9 +169,19 @@ impl Capsule {
             });
         }
         let resumed = async {
-            if self.vm.status() == wrenn_vmm::VmStatus::Paused {
-                // Kept at its pause, alive: it runs on from where it stopped.
-                self.vm.resume().await?;
+            let kept = self.vm.status() == wrenn_vmm::VmStatus::Paused;
+            // Kept at its pause, alive: it runs on from where it stopped. If it will not run
+            // on, its guest has not run since the save, so the files are still its state.
+            let ran_on = kept && {
+                match self.vm.resume().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a kept VMM would not run on; restoring");
+                        false
+                    }
+                }
+            };
+            if ran_on {
                 self.vm
                     .wait_ready(envd_addr(&self.slot), std::time::Duration::from_secs(60))
                     .await?;

@@ -2,8 +2,8 @@
 //! stopped VMM may stay alive too, so a resume only runs it on (no QEMU start, no state load,
 //! no translating the guest's code again under TCG). At most `keep_paused` of them per host
 //! (the oldest pause goes first), each for at most [`KEPT_FOR`]; the host's shutdown, a
-//! snapshot, an export, a fork's copy or the VMM's death end one, and the capsule then resumes
-//! from its files. A kept VMM holds memory the capacity counts do not (a paused capsule holds
+//! snapshot, an export, a destroy or the VMM's death end one, and the capsule then resumes
+//! from its files (a fork only copies those files and leaves the VMM kept). A kept VMM holds memory the capacity counts do not (a paused capsule holds
 //! disk only), so it is off (0) unless configured.
 
 use std::{
