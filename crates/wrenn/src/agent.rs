@@ -179,9 +179,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Ok(ending) = deleted_rx => { let _ = ended_tx.send(Some(ending)); }
         }
     };
-    wrenn_agent::run(manager, listener, tls, stop)
+    wrenn_agent::run(Arc::clone(&manager), listener, tls, stop)
         .await
         .context("serving")?;
+    manager.stop_idle_vmms().await;
     if let Some(h) = heartbeats {
         h.abort();
     }

@@ -114,7 +114,7 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
         .unwrap()
         .success());
 
-    let (mut agent, url) = start_agent(data.path(), &[]);
+    let (mut agent, url) = start_agent(data.path(), &["--keep-paused", "1"]);
     let mut client = AgentClient::connect(url).await.unwrap();
     let list = client
         .list_capsules(ListCapsulesRequest {})
@@ -149,6 +149,27 @@ async fn agent_restart_after_kill_9_re_adopts_and_cleans() {
         .pause_capsule(CapsuleRef { id: a.id.clone() })
         .await
         .unwrap();
+    client
+        .resume_capsule(CapsuleRef { id: a.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(sh(&mut client, &a.id, "cat /home/user/mark").await, "a\n");
+
+    // A clean stop leaves running capsules running but ends the VMM a pause kept: a paused
+    // capsule's state is in its files, and the next agent resumes it from them.
+    client
+        .pause_capsule(CapsuleRef { id: a.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(qemus_of(&a.id).len(), 1, "a's VMM kept at its pause");
+    drop(client);
+    // SAFETY: plain kill(2) of the agent child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let _ = agent.wait();
+    assert!(qemus_of(&a.id).is_empty(), "the stop ended the kept VMM");
+    assert_eq!(qemus_of(&b.id).len(), 1, "b runs on");
+    let (mut agent, url) = start_agent(data.path(), &[]);
+    let mut client = AgentClient::connect(url).await.unwrap();
     client
         .resume_capsule(CapsuleRef { id: a.id.clone() })
         .await

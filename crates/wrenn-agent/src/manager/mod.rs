@@ -376,6 +376,14 @@ impl Manager {
         paused
     }
 
+    /// What an agent's stop ends while its capsules run on (to be re-adopted): the warm
+    /// pool's machines and the VMMs paused capsules kept; none of them runs a capsule, and the
+    /// paused ones resume from their files.
+    pub async fn stop_idle_vmms(&self) {
+        self.set_pool_size(0).await;
+        self.release_every_kept().await;
+    }
+
     /// The capsules the last shutdown paused and nothing has resumed since (oldest first):
     /// those to resume after a start. A capsule its user paused is never among them.
     pub fn paused_for_restart(&self) -> Vec<String> {
