@@ -87,40 +87,45 @@ fn a_bad_file_starts_nothing() {
 }
 
 #[test]
-fn create_parallelism_is_documented_and_checked() {
-    for verb in ["up", "agent"] {
-        let out = Command::new(BIN).args([verb, "--help"]).output().unwrap();
-        let help = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{verb} --help");
-        assert!(
-            help.contains("--create-parallelism <N>") && help.contains("WRENN_CREATE_PARALLELISM"),
-            "{verb} --help names the flag and its variable: {help}"
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    for (verb, value, why) in [
-        ("up", "1025", "1025 is not in 0..=1024"),
-        ("agent", "1025", "1025 is not in 0..=1024"),
-        ("up", "-2", "invalid digit found in string"),
-        ("agent", "three", "invalid digit found in string"),
+fn counted_host_settings_are_documented_and_checked() {
+    for (flag, var) in [
+        ("--create-parallelism", "WRENN_CREATE_PARALLELISM"),
+        ("--keep-paused", "WRENN_KEEP_PAUSED"),
     ] {
-        let out = Command::new(BIN)
-            .args([verb, "--data-dir"])
-            .arg(&data)
-            .arg(format!("--create-parallelism={value}"))
-            .env_remove("WRENN_CREATE_PARALLELISM")
-            .env_remove("WRENN_CONFIG")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{verb} {value}: {err}");
-        assert!(
-            err.starts_with("error: invalid value")
-                && err.contains("--create-parallelism <N>")
-                && err.contains(why),
-            "{verb} {value}: {err}"
-        );
-        assert!(!data.exists(), "{verb} {value}: nothing is made");
+        for verb in ["up", "agent"] {
+            let out = Command::new(BIN).args([verb, "--help"]).output().unwrap();
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{verb} --help");
+            assert!(
+                help.contains(&format!("{flag} <N>")) && help.contains(var),
+                "{verb} --help names {flag} and its variable: {help}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        for (verb, value, why) in [
+            ("up", "1025", "1025 is not in 0..=1024"),
+            ("agent", "1025", "1025 is not in 0..=1024"),
+            ("up", "-2", "invalid digit found in string"),
+            ("agent", "three", "invalid digit found in string"),
+        ] {
+            let out = Command::new(BIN)
+                .args([verb, "--data-dir"])
+                .arg(&data)
+                .arg(format!("{flag}={value}"))
+                .env_remove(var)
+                .env_remove("WRENN_CONFIG")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{verb} {flag} {value}: {err}");
+            assert!(
+                err.starts_with("error: invalid value")
+                    && err.contains(&format!("{flag} <N>"))
+                    && err.contains(why),
+                "{verb} {flag} {value}: {err}"
+            );
+            assert!(!data.exists(), "{verb} {flag} {value}: nothing is made");
+        }
     }
 }
