@@ -51,6 +51,15 @@ fn qemus(data: &Path, id: &str) -> Vec<u32> {
         .collect()
 }
 
+/// A folder removed when this drops.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn create(mgr: &std::sync::Arc<Manager>) -> String {
     mgr.create(CreateSpec {
         template: "minimal".into(),
@@ -126,6 +135,8 @@ async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resu
     mgr.pause(&b).await.unwrap();
     assert_eq!(qemus(d, &b).len(), 1);
     let snap = format!("kept-test-{}", std::process::id());
+    // Removed from the shared images folder even if the test fails after this.
+    let _gone = RemovedOnDrop(config(d).images_dir.join(&snap));
     mgr.snapshot(&b, &snap, false, None).await.unwrap();
     assert!(qemus(d, &b).is_empty());
     assert_eq!(mgr.kept_count(), 0);
