@@ -354,8 +354,7 @@ impl Manager {
     /// at the next start). Returns how many were paused; failures are logged.
     pub async fn pause_all(&self) -> usize {
         // A shutdown: warm machines (no capsule yet) and kept VMMs are stopped.
-        self.set_pool_size(0).await;
-        self.release_every_kept().await;
+        self.stop_idle_vmms().await;
         let running: Vec<String> = self
             .list()
             .into_iter()
