@@ -1,7 +1,7 @@
 //! Paused capsules that keep their stopped VMM (`Manager::set_keep_paused`): a resume runs the
-//! same QEMU on; the oldest beyond the limit, a VMM that dies, a snapshot, the host's shutdown
-//! and a destroy end one, and the capsule resumes from its files (a new agent's start after a
-//! crash: `crates/wrenn/tests/recovery.rs`).
+//! same QEMU on; the oldest beyond the limit, a VMM that dies, a snapshot, an export, the
+//! host's shutdown and a destroy end one, and the capsule resumes from its files (a new
+//! agent's start after a crash: `crates/wrenn/tests/recovery.rs`).
 //! Needs root, nftables, QEMU and `make images`.
 
 use std::{collections::HashMap, path::Path, path::PathBuf};
@@ -138,6 +138,15 @@ async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resu
     // Removed from the shared images folder even if the test fails after this.
     let _gone = RemovedOnDrop(config(d).images_dir.join(&snap));
     mgr.snapshot(&b, &snap, false, None).await.unwrap();
+    assert!(qemus(d, &b).is_empty());
+    assert_eq!(mgr.kept_count(), 0);
+    mgr.resume(&b).await.unwrap();
+    assert_eq!(out(&mgr, &b, "cat /dev/shm/m").await, "b\n");
+
+    // An export (a move) changes its files: the VMM ends first; it still resumes here.
+    mgr.pause(&b).await.unwrap();
+    assert_eq!(qemus(d, &b).len(), 1);
+    drop(mgr.export_capsule(&b).await.unwrap());
     assert!(qemus(d, &b).is_empty());
     assert_eq!(mgr.kept_count(), 0);
     mgr.resume(&b).await.unwrap();
