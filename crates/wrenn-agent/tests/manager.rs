@@ -287,3 +287,52 @@ async fn a_failed_resume_releases_everything() {
     mgr.destroy(&c.id).await.unwrap();
     assert!(!dir.exists());
 }
+
+/// A VMM that dies while a shutdown pauses its capsule (the ^C that reaches QEMU too):
+/// by the time the shutdown's pause answers, the capsule is `error` and its network slot is
+/// gone, since nothing runs after a shutdown to release it later. The QEMU is stopped
+/// (SIGSTOP) so the pause is waiting on it when it is killed.
+#[tokio::test]
+async fn a_vmm_that_dies_during_a_shutdown_pause_leaves_no_slot() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = Manager::start(AgentConfig {
+        data_dir: data.path().to_path_buf(),
+        images_dir: images_dir(),
+        qemu: wrenn_vmm::qemu::default_qemu(),
+        max_capsules: 1,
+        slots: 7410..=7419,
+        shapes: Default::default(),
+        dns_upstreams: Vec::new(),
+        egress_allow_private: Vec::new(),
+        envd: None,
+        vmm: Default::default(),
+    })
+    .await
+    .unwrap();
+    let mgr = std::sync::Arc::new(mgr);
+    let c = mgr.create(spec(&[])).await.unwrap();
+    let pid = c.vmm_pid.expect("a running capsule has a VMM") as i32;
+    // SAFETY: plain kill(2) of the capsule's QEMU.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let shutdown = tokio::spawn({
+        let mgr = mgr.clone();
+        async move { mgr.pause_all().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "the pause waits on the stopped VMM"
+    );
+    // SAFETY: as above; the kill a crash or a signal to its group would be.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(shutdown.await.unwrap(), 0, "nothing was paused");
+    let rec = mgr.get(&c.id).unwrap();
+    assert_eq!(rec.state, CapsuleStatus::Error, "{:?}", rec.error);
+    assert!(!rec.resume_after_restart);
+    assert!(
+        !netslot::existing_slots().await.unwrap().contains(&c.slot),
+        "slot released before the shutdown's pause answered"
+    );
+    mgr.destroy(&c.id).await.unwrap();
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 0);
+}

@@ -140,7 +140,10 @@ impl Capsule {
                 state: self.state(),
             });
         }
-        self.vm.pause().await?;
+        if let Err(e) = self.vm.pause().await {
+            self.fail_if_vm_died().await;
+            return Err(e.into());
+        }
         let state = self.dir.join("state");
         let saved = if keep {
             self.vm.save_keeping(&state).await
@@ -331,6 +334,27 @@ impl Capsule {
             record,
             pause,
         })
+    }
+
+    /// After a VMM call failed: if the VMM has exited, or exits within a moment (QMP's end
+    /// can come before the exit is seen), the capsule fails now rather than when its task
+    /// next sees the death: at a shutdown there is no next time, and its slot would stay.
+    async fn fail_if_vm_died(&mut self) {
+        let Some(mut death) = self.vm.death_watch() else {
+            return;
+        };
+        let died = matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                death.wait_for(|x| x.is_some()),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if died {
+            let why = self.vm.status().to_string();
+            self.fail(format!("the VMM died: {why}")).await;
+        }
     }
 
     /// Turns the capsule to `error` with `why`, stops its VMM and releases its slot at once;

@@ -235,8 +235,9 @@ impl Handle {
 async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
     while capsule.state() != CapsuleStatus::Error {
         let death = capsule.vm.death_watch();
+        // A death already seen is handled before the next operation.
         let op = tokio::select! {
-            op = rx.recv() => op,
+            biased;
             _ = async {
                 match death {
                     Some(mut d) => { let _ = d.wait_for(|x| x.is_some()).await; }
@@ -253,6 +254,7 @@ async fn run(mut capsule: Capsule, mut rx: mpsc::Receiver<Op>) {
                 }
                 continue;
             }
+            op = rx.recv() => op,
         };
         let Some(op) = op else {
             // Every handle is gone: the agent is shutting down; leave the VM running.
