@@ -389,11 +389,74 @@ impl Db {
         Ok(r.map(|r| r.try_get::<Vec<u8>, _>("data")).transpose()?)
     }
 
+    /// Deletes the build's archive; on SQLite its pages go back to the file system at once
+    /// (PostgreSQL's autovacuum reuses them).
     pub async fn drop_build_archive(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM build_archives WHERE build_id = $1")
+        let gone = sqlx::query("DELETE FROM build_archives WHERE build_id = $1")
             .bind(id)
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
+        if gone > 0 && self.cluster.is_none() {
+            sqlx::query("PRAGMA incremental_vacuum")
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pragma(db: &Db, name: &str) -> i64 {
+        sqlx::query_scalar(&format!("PRAGMA {name}"))
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// A database made before auto_vacuum was set is converted at open, and a dropped
+    /// archive's pages leave the file instead of staying free inside it.
+    #[tokio::test]
+    async fn a_dropped_archive_gives_its_pages_back_to_the_file_system() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        {
+            // As an older Wrenn left it: tables, no auto_vacuum.
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query("CREATE TABLE older (x INTEGER)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, 0);
+            pool.close().await;
+        }
+        let db = Db::open(&url).await.unwrap();
+        assert_eq!(pragma(&db, "auto_vacuum").await, 2, "incremental");
+        let archive = vec![7u8; 8 << 20];
+        sqlx::query("INSERT INTO build_archives (build_id, data) VALUES ($1, $2)")
+            .bind("b1")
+            .bind(&archive)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let page = pragma(&db, "page_size").await;
+        let with = pragma(&db, "page_count").await;
+        assert!(with * page > 8 << 20, "{with} pages of {page}");
+        db.drop_build_archive("b1").await.unwrap();
+        assert_eq!(db.build_archive("b1").await.unwrap(), None);
+        assert_eq!(pragma(&db, "freelist_count").await, 0);
+        let without = pragma(&db, "page_count").await;
+        assert!(
+            (with - without) * page >= 8 << 20,
+            "{with} pages before, {without} after"
+        );
     }
 }

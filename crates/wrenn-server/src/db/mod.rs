@@ -75,6 +75,23 @@ pub struct Caller {
     pub actor_name: String,
 }
 
+/// Has SQLite give the pages of deleted rows (build archives: megabytes each) back to the
+/// file system when asked (`PRAGMA incremental_vacuum`, [`Db::drop_build_archive`]). A
+/// database made without it is converted once: `VACUUM` rewrites the file.
+async fn sqlite_auto_vacuum(pool: &AnyPool) -> Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(pool)
+        .await?;
+    if mode != INCREMENTAL {
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+            .execute(pool)
+            .await?;
+        sqlx::query("VACUUM").execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// The database.
 #[derive(Clone)]
 pub struct Db {
@@ -116,6 +133,9 @@ impl Db {
             })
             .connect(url)
             .await?;
+        if sqlite {
+            sqlite_auto_vacuum(&pool).await?;
+        }
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
