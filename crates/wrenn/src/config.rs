@@ -349,6 +349,37 @@ mod tests {
         );
     }
 
+    /// The settings a started agent takes at run time reach it from the file and the flags
+    /// (`HostArgs::apply`). Needs root (the agent clears its slot range at start).
+    #[tokio::test]
+    async fn a_started_agent_takes_its_run_time_settings() {
+        let data = tempfile::tempdir_in("/var/tmp").unwrap();
+        let images = tempfile::tempdir_in("/var/tmp").unwrap();
+        let default = wrenn_agent::manager::default_create_parallelism();
+        let n = (default + 2).to_string();
+        let a = agent(
+            Some("slots = \"7420-7421\"\nkeep-paused = 2\nwarm-pool = 1\ncreate-parallelism = 1\n"),
+            &[],
+            &["--create-parallelism", &n],
+        )
+        .unwrap();
+        let config = a
+            .host
+            .agent_config(data.path().to_path_buf(), images.path().to_path_buf())
+            .unwrap();
+        let manager = wrenn_agent::manager::Manager::start(config).await.unwrap();
+        assert_eq!(manager.create_parallelism(), default);
+        a.host.apply(&manager).await;
+        assert_eq!(
+            manager.create_parallelism(),
+            default + 2,
+            "the flag over the file"
+        );
+        assert_eq!(manager.keep_paused(), 2);
+        assert_eq!(manager.pool_size(), 1, "no template here: nothing to warm");
+        manager.stop_idle_vmms().await;
+    }
+
     #[test]
     fn a_bad_file_is_one_line_naming_it() {
         let e = agent(Some("slots = \n"), &[], &[]).unwrap_err();

@@ -19,21 +19,26 @@ pub fn default_create_parallelism() -> usize {
 
 /// The turns of creates (see the module's text).
 pub(crate) struct Admission {
-    /// Replaced whole when the limit changes: creates holding a permit of the old one finish
-    /// under it.
-    turns: Mutex<Arc<Semaphore>>,
+    /// The limit (0: none) and its turns, replaced whole when the limit changes: creates
+    /// holding a permit of the old one finish under it.
+    turns: Mutex<(usize, Arc<Semaphore>)>,
 }
 
 impl Admission {
     pub(crate) fn new(parallelism: usize) -> Admission {
         Admission {
-            turns: Mutex::new(Arc::new(Semaphore::new(permits(parallelism)))),
+            turns: Mutex::new((parallelism, Arc::new(Semaphore::new(permits(parallelism))))),
         }
     }
 
     /// Waits for a create's turn; it lasts until the permit drops.
     pub(crate) async fn turn(&self) -> OwnedSemaphorePermit {
-        let turns = self.turns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let turns = self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone();
         turns
             .acquire_owned()
             .await
@@ -57,7 +62,17 @@ impl Manager {
             .admission
             .turns
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(Semaphore::new(permits(parallelism)));
+            .unwrap_or_else(|e| e.into_inner()) =
+            (parallelism, Arc::new(Semaphore::new(permits(parallelism))));
+    }
+
+    /// How many creates run at once (0: no limit).
+    pub fn create_parallelism(&self) -> usize {
+        self.admission
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 }
 

@@ -80,6 +80,11 @@ impl Manager {
         self.release_all(over).await;
     }
 
+    /// How many paused capsules may keep their VMM (0: none).
+    pub fn keep_paused(&self) -> usize {
+        self.kept.limit()
+    }
+
     /// The paused capsules that keep their VMM now.
     pub fn kept_count(&self) -> usize {
         self.kept.lock().len()

@@ -146,6 +146,11 @@ impl Manager {
         self.pool.wake.notify_one();
     }
 
+    /// Warm machines kept per template shape (0: no pool).
+    pub fn pool_size(&self) -> usize {
+        self.pool.size.load(Ordering::Relaxed)
+    }
+
     /// Warm machines now (for tests and metrics).
     pub fn pool_count(&self) -> usize {
         self.pool.count()
