@@ -112,25 +112,25 @@ pub enum AgentError {
     #[error("this host already runs {running} capsules (its limit)")]
     CapsuleLimitReached { running: usize },
     #[error(
-        "not enough memory on this host: {wanted_mib} MiB asked, {free_mib} MiB free of \
-         {total_mib} MiB"
+        "not enough memory on this host: {wanted_mib} MiB asked, {free_mib} MiB free of the \
+         {budget_mib} MiB capsules may use"
     )]
     MemoryFull {
         wanted_mib: u64,
         free_mib: u64,
-        total_mib: u64,
+        budget_mib: u64,
     },
     #[error("no free network slot")]
     NoFreeSlot,
     /// More memory than the host has at all: the request's fault.
     #[error(
-        "{memory_mib} MiB of memory can never fit on this host ({total_mib} MiB in all, \
-         {reserve_mib} MiB kept for the host)"
+        "{memory_mib} MiB of memory can never fit on this host: capsules may use {budget_mib} \
+         MiB in all, each {overhead_mib} MiB more for its VMM"
     )]
     MemoryNeverFits {
         memory_mib: u32,
-        total_mib: u64,
-        reserve_mib: u64,
+        budget_mib: u64,
+        overhead_mib: u64,
     },
     /// More disk than the capsule storage holds at all: the request's fault.
     #[error(

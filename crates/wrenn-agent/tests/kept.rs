@@ -1,7 +1,8 @@
 //! Paused capsules that keep their stopped VMM (`Manager::set_keep_paused`): a resume runs the
 //! same QEMU on; the oldest beyond the limit, a VMM that dies, a snapshot, an export, the
 //! host's shutdown and a destroy end one, and the capsule resumes from its files (a new
-//! agent's start after a crash: `crates/wrenn/tests/recovery.rs`).
+//! agent's start after a crash: `crates/wrenn/tests/recovery.rs`); kept VMMs count in the
+//! memory budget and give their memory up to work.
 //! Needs root, nftables, QEMU and `make images`.
 
 use std::{collections::HashMap, path::Path, path::PathBuf};
@@ -174,4 +175,60 @@ async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resu
     assert_eq!(mgr.kept_count(), 0);
     mgr.delete_template(&snap).unwrap();
     assert!(wrenn_vmm::qemu::processes_under(d).is_empty());
+}
+
+/// A kept VMM counts in the host's memory budget like a running capsule and gives its memory
+/// up when work needs it: a create that does not fit otherwise ends the oldest kept VMM (its
+/// capsule resumes from its files), a resume beyond the budget is refused with the capsule left
+/// paused, and lowering the budget ends kept VMMs at once. Its own slots: tests of one file run
+/// side by side.
+#[tokio::test]
+async fn kept_vmms_give_their_memory_up_to_work() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = std::sync::Arc::new(
+        Manager::start(AgentConfig {
+            slots: 7450..=7459,
+            ..config(data.path())
+        })
+        .await
+        .unwrap(),
+    );
+    mgr.set_keep_paused(2).await;
+    let a = create(&mgr).await;
+    let memory = u64::from(mgr.get(&a).unwrap().memory_mib);
+    let each = memory + wrenn_agent::capsule::VMM_OVERHEAD_MIB;
+    // Room for two capsules, not three.
+    mgr.set_capsule_memory_mib(2 * each + each / 2).await;
+    let b = create(&mgr).await;
+    out(&mgr, &a, "echo before > /tmp/mark").await;
+    mgr.pause(&a).await.unwrap();
+    assert_eq!(mgr.kept_count(), 1);
+    assert_eq!(qemus(data.path(), &a).len(), 1, "kept");
+
+    // Two running capsules' worth is committed (b, and a's kept VMM): c needs a's room.
+    let c = create(&mgr).await;
+    assert_eq!(mgr.kept_count(), 0);
+    assert!(qemus(data.path(), &a).is_empty(), "a's kept VMM ended");
+    assert_eq!(mgr.get(&a).unwrap().state, CapsuleStatus::Paused);
+
+    let refused = mgr.resume(&a).await.unwrap_err();
+    assert!(
+        matches!(refused, wrenn_agent::AgentError::MemoryFull { .. }),
+        "{refused}"
+    );
+    assert_eq!(mgr.get(&a).unwrap().state, CapsuleStatus::Paused);
+    mgr.destroy(&c).await.unwrap();
+    mgr.resume(&a).await.unwrap();
+    assert_eq!(out(&mgr, &a, "cat /tmp/mark").await.trim(), "before");
+
+    // A lower budget ends what it no longer has room for.
+    mgr.pause(&b).await.unwrap();
+    assert_eq!(mgr.kept_count(), 1);
+    mgr.set_capsule_memory_mib(each).await;
+    assert_eq!(mgr.kept_count(), 0);
+    assert!(qemus(data.path(), &b).is_empty(), "b's kept VMM ended");
+    for id in [a, b] {
+        mgr.destroy(&id).await.unwrap();
+    }
+    assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
 }

@@ -1,7 +1,8 @@
 //! The warm pool through the manager: machines made ahead after a shape is used, a create
 //! served by one (and its own egress applied), the pool refilled, drained at shutdown, off
 //! by default; a pool an agent left behind (crash) is swept by the next start.
-//! Needs root, nftables, QEMU and `make images`. Slots 4300–4399, folders /var/tmp/fast-pool-*.
+//! Needs root, nftables, QEMU and `make images`. Slots 4300–4339 and 7460–7469, folders
+//! /var/tmp/fast-pool-*.
 
 mod support;
 
@@ -147,6 +148,40 @@ async fn a_pool_left_by_a_dead_agent_is_swept_at_start() {
         wrenn_vmm::qemu::processes_under(data.path()).is_empty()
     })
     .await;
+    assert!(warm_dirs(data.path()).is_empty());
+    assert!(slots_in(&range).await.is_empty(), "slots left");
+}
+
+/// Warm machines count in the host's memory budget like capsules: the pool fills only into
+/// what is free, a create takes its machine out of the pool before it counts (never counted
+/// twice), and a lower budget ends machines at once. Slots 7460–7469.
+#[tokio::test]
+async fn the_pool_fills_only_into_free_memory() {
+    let data = data_dir("fast-pool-memory");
+    let range = 7460..=7469;
+    let mgr = manager(data.path(), range.clone(), 4).await;
+    mgr.spawn_pool_filler();
+    let a = mgr.create(spec()).await.unwrap();
+    let each = u64::from(a.memory_mib) + wrenn_agent::capsule::VMM_OVERHEAD_MIB;
+    // Room for two: `a` and one machine.
+    mgr.set_capsule_memory_mib(2 * each + each / 2).await;
+    mgr.set_pool_size(2).await;
+    wait_for("a warm machine", || mgr.pool_count() == 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mgr.pool_count(), 1, "no room for a second");
+    let warm = warm_dirs(data.path());
+    let b = mgr.create(spec()).await.unwrap();
+    assert!(warm.contains(&b.id), "{} not in {warm:?}", b.id);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mgr.pool_count(), 0, "a and b use the budget");
+    mgr.destroy(&b.id).await.unwrap();
+    wait_for("the pool refilled", || mgr.pool_count() == 1).await;
+    mgr.set_capsule_memory_mib(each).await;
+    assert_eq!(mgr.pool_count(), 0, "a lower budget ends it");
+    assert_eq!(wrenn_vmm::qemu::processes_under(data.path()).len(), 1);
+    mgr.destroy(&a.id).await.unwrap();
+    mgr.pause_all().await;
+    assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
     assert!(warm_dirs(data.path()).is_empty());
     assert!(slots_in(&range).await.is_empty(), "slots left");
 }

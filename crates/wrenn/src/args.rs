@@ -126,6 +126,12 @@ pub struct HostArgs {
     /// only, does not see). 0 (the default): none.
     #[arg(long, env = "WRENN_KEEP_PAUSED", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024), value_name = "N")]
     pub keep_paused: usize,
+    /// Memory capsules may commit, MiB: each running capsule its RAM plus 128 MiB for its
+    /// VMM. Paused capsules' kept VMMs and warm machines count the same, and end first when a
+    /// create, resume or fork needs the room. Above the host's memory it overcommits (what
+    /// the guests touch must then fit). 0 (the default): the host's memory less 512 MiB.
+    #[arg(long, env = "WRENN_CAPSULE_MEMORY_MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1 << 30), value_name = "MIB")]
+    pub capsule_memory_mib: u64,
     /// Creates this host works on at once; the others wait their turn, in arrival order,
     /// holding nothing. A create is CPU-bound (QEMU loading the state, the guest's first
     /// moments): beyond about one per CPU, creates only slow each other down. 0: no limit.
@@ -146,12 +152,15 @@ pub struct HostArgs {
 }
 
 impl HostArgs {
-    /// The settings a started agent takes at run time: its warm pool, kept VMMs and create
-    /// turns.
+    /// The settings a started agent takes at run time: its memory budget, warm pool, kept
+    /// VMMs and create turns.
     pub async fn apply(&self, manager: &wrenn_agent::manager::Manager) {
         if let Some(n) = self.create_parallelism {
             manager.set_create_parallelism(n);
         }
+        manager
+            .set_capsule_memory_mib(self.capsule_memory_mib)
+            .await;
         manager.set_pool_size(self.warm_pool).await;
         manager.set_keep_paused(self.keep_paused).await;
     }

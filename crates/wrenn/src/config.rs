@@ -358,7 +358,7 @@ mod tests {
         let default = wrenn_agent::manager::default_create_parallelism();
         let n = (default + 2).to_string();
         let a = agent(
-            Some("slots = \"7420-7421\"\nkeep-paused = 2\nwarm-pool = 1\ncreate-parallelism = 1\n"),
+            Some("slots = \"7420-7421\"\nkeep-paused = 2\nwarm-pool = 1\ncreate-parallelism = 1\ncapsule-memory-mib = 4096\n"),
             &[],
             &["--create-parallelism", &n],
         )
@@ -369,6 +369,8 @@ mod tests {
             .unwrap();
         let manager = wrenn_agent::manager::Manager::start(config).await.unwrap();
         assert_eq!(manager.create_parallelism(), default);
+        let host_less_reserve = manager.capsule_memory_mib();
+        assert!(host_less_reserve > 0 && host_less_reserve != 4096);
         a.host.apply(&manager).await;
         assert_eq!(
             manager.create_parallelism(),
@@ -376,6 +378,7 @@ mod tests {
             "the flag over the file"
         );
         assert_eq!(manager.keep_paused(), 2);
+        assert_eq!(manager.capsule_memory_mib(), 4096);
         assert_eq!(manager.pool_size(), 1, "no template here: nothing to warm");
         manager.stop_idle_vmms().await;
     }

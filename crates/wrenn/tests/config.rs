@@ -87,6 +87,19 @@ fn a_bad_file_starts_nothing() {
 }
 
 #[test]
+fn the_memory_budget_is_documented_for_both_commands() {
+    for verb in ["up", "agent"] {
+        let out = Command::new(BIN).args([verb, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--capsule-memory-mib <MIB>")
+                && help.contains("WRENN_CAPSULE_MEMORY_MIB"),
+            "{verb} --help: {help}"
+        );
+    }
+}
+
+#[test]
 fn counted_host_settings_are_documented_and_checked() {
     for (flag, var) in [
         ("--create-parallelism", "WRENN_CREATE_PARALLELISM"),

@@ -1,7 +1,10 @@
-//! Whether a create fits this host: its memory and disk (free now, and ever), and the shapes
-//! any capsule may ask for.
+//! Whether a create fits this host: its memory (a budget the caches yield to) and disk (free
+//! now, and ever), and the shapes any capsule may ask for.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use wrenn_types::CapsuleStatus;
 
@@ -28,23 +31,46 @@ fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
+/// How much memory capsules may commit: their RAM plus [`capsule::VMM_OVERHEAD_MIB`] each,
+/// VMMs kept by paused capsules and warm machines counted like running capsules.
+#[derive(Default)]
+pub(crate) struct MemoryBudget {
+    /// MiB; 0: the host's memory less [`HOST_RESERVE_MIB`].
+    limit_mib: AtomicU64,
+}
+
+impl MemoryBudget {
+    fn mib(&self) -> u64 {
+        match self.limit_mib.load(Ordering::Relaxed) {
+            0 => (host_memory_bytes() >> 20).saturating_sub(HOST_RESERVE_MIB),
+            n => n,
+        }
+    }
+}
+
+/// What a VMM of `memory_mib` commits.
+fn committed_by(memory_mib: u32) -> u64 {
+    u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB
+}
+
 impl Manager {
-    /// Refuses a create that would take more memory than the host has: running capsules'
-    /// RAM plus their VMMs' overhead, plus the new one, plus a reserve for the host.
-    pub(super) fn check_capacity(&self, memory_mib: u32) -> Result<()> {
-        self.check_capacity_for(memory_mib, 1)
+    /// Sets the memory capsules may commit, MiB (0: the host's memory less 512 MiB). Above
+    /// the host's memory it overcommits: what the guests touch must then fit. Caches beyond
+    /// it end now.
+    pub async fn set_capsule_memory_mib(&self, mib: u64) {
+        self.memory.limit_mib.store(mib, Ordering::Relaxed);
+        while self.committed_mib(true) > self.memory.mib() && self.end_one_cache().await {}
     }
 
-    /// [`Manager::check_capacity`] for `count` capsules of `memory_mib` each (a fork's
-    /// children, all checked before any is made).
-    pub(super) fn check_capacity_for(&self, memory_mib: u32, count: usize) -> Result<()> {
-        let list = self.list();
-        if list.len() + count > self.config.max_capsules {
-            return Err(AgentError::CapsuleLimitReached {
-                running: list.len(),
-            });
-        }
-        let committed: u64 = list
+    /// The memory capsules may commit, MiB ([`Manager::set_capsule_memory_mib`]).
+    pub fn capsule_memory_mib(&self) -> u64 {
+        self.memory.mib()
+    }
+
+    /// Memory committed now: running capsules, and with `caches` kept VMMs and warm machines.
+    fn committed_mib(&self, caches: bool) -> u64 {
+        let running: u64 = self
+            .list()
             .iter()
             .filter(|r| {
                 matches!(
@@ -52,27 +78,100 @@ impl Manager {
                     CapsuleStatus::Running | CapsuleStatus::Starting | CapsuleStatus::Pending
                 )
             })
-            .map(|r| u64::from(r.memory_mib) + capsule::VMM_OVERHEAD_MIB)
+            .map(|r| committed_by(r.memory_mib))
             .sum();
-        let total = host_memory_bytes() >> 20;
-        let one = u64::from(memory_mib) + capsule::VMM_OVERHEAD_MIB;
-        if one + HOST_RESERVE_MIB > total {
+        if !caches {
+            return running;
+        }
+        let kept: u64 = self
+            .kept
+            .ids()
+            .iter()
+            .filter_map(|id| self.handle(id).ok())
+            .map(|h| committed_by(h.record().memory_mib))
+            .sum();
+        let warm: u64 = self.pool.memory_mibs().into_iter().map(committed_by).sum();
+        running + kept + warm
+    }
+
+    /// Refuses `count` new capsules of `memory_mib` each (a fork's children are checked
+    /// together, before any is made) beyond the host's capsule limit or memory budget. See
+    /// [`Manager::make_room`] for the caller that lets caches yield first.
+    pub(super) fn check_capacity_for(&self, memory_mib: u32, count: usize) -> Result<()> {
+        self.check_room(memory_mib, count, count, true)
+    }
+
+    /// Whether a create could fit with every cache ended (checked before its shape is made;
+    /// caches end only once a warm machine of it had its chance).
+    pub(super) fn check_capacity_without_caches(&self, memory_mib: u32) -> Result<()> {
+        self.check_room(memory_mib, 1, 1, false)
+    }
+
+    /// Room for `count` VMMs of `memory_mib` each, `new` of them new capsules (a resume's is
+    /// counted among the capsules already).
+    fn check_room(&self, memory_mib: u32, count: usize, new: usize, caches: bool) -> Result<()> {
+        let live = self.list().len();
+        if live + new > self.config.max_capsules {
+            return Err(AgentError::CapsuleLimitReached { running: live });
+        }
+        let budget = self.memory.mib();
+        let one = committed_by(memory_mib);
+        if one > budget {
             // Never, whatever else runs: the request's fault, not the host's state.
             return Err(AgentError::MemoryNeverFits {
                 memory_mib,
-                total_mib: total,
-                reserve_mib: HOST_RESERVE_MIB,
+                budget_mib: budget,
+                overhead_mib: capsule::VMM_OVERHEAD_MIB,
             });
         }
         let wanted = one * count as u64;
-        if committed + wanted + HOST_RESERVE_MIB > total {
+        let committed = self.committed_mib(caches);
+        if committed + wanted > budget {
             return Err(AgentError::MemoryFull {
                 wanted_mib: wanted,
-                free_mib: total.saturating_sub(committed + HOST_RESERVE_MIB),
-                total_mib: total,
+                free_mib: budget.saturating_sub(committed),
+                budget_mib: budget,
             });
         }
         Ok(())
+    }
+
+    /// [`Manager::check_capacity_for`], ending caches while memory is what is short: the
+    /// oldest kept VMM first (its capsule resumes from its files), then warm machines. Work
+    /// always comes before what only speeds it up.
+    pub(super) async fn make_room(&self, memory_mib: u32, count: usize) -> Result<()> {
+        self.make_room_for(memory_mib, count, count).await
+    }
+
+    /// [`Manager::make_room`] for a paused capsule's VMM (it is among the capsules already).
+    pub(super) async fn make_room_to_resume(&self, memory_mib: u32) -> Result<()> {
+        self.make_room_for(memory_mib, 1, 0).await
+    }
+
+    async fn make_room_for(&self, memory_mib: u32, count: usize, new: usize) -> Result<()> {
+        loop {
+            match self.check_room(memory_mib, count, new, true) {
+                Err(AgentError::MemoryFull { .. }) if self.end_one_cache().await => {}
+                checked => return checked,
+            }
+        }
+    }
+
+    /// Ends one cache holding memory; false when there is none.
+    async fn end_one_cache(&self) -> bool {
+        if let Some(id) = self.kept.pop_oldest() {
+            tracing::info!(%id, "memory is short: ending a paused capsule's kept VMM");
+            self.release_all(vec![id]).await;
+            return true;
+        }
+        match self.pool.pop_any() {
+            Some(w) => {
+                tracing::info!(id = %w.id, "memory is short: ending a warm machine");
+                self.discard_warm(w).await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Refuses a create whose disk and memory file (allocated in full at create, so a full disk

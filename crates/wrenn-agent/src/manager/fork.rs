@@ -55,7 +55,7 @@ impl Manager {
         let h = self.handle(id)?;
         let src = h.record();
         let n = count as usize;
-        self.check_capacity_for(src.memory_mib, n)?;
+        self.make_room(src.memory_mib, n).await?;
         self.check_disk(
             (u64::from(src.disk_mib) << 20) * u64::from(count),
             src.memory_mib.saturating_mul(count + 1),

@@ -3,8 +3,9 @@
 //! no translating the guest's code again under TCG). At most `keep_paused` of them per host
 //! (the oldest pause goes first), each for at most [`KEPT_FOR`]; the host's shutdown, a
 //! snapshot, an export, a destroy or the VMM's death end one, and the capsule then resumes
-//! from its files (a fork only copies those files and leaves the VMM kept). A kept VMM holds memory the capacity counts do not (a paused capsule holds
-//! disk only), so it is off (0) unless configured.
+//! from its files (a fork only copies those files and leaves the VMM kept). A kept VMM counts in the
+//! host's memory budget like a running capsule and ends first when memory is short
+//! ([`Manager::make_room`]). Off (0) unless configured.
 
 use std::{
     collections::VecDeque,
@@ -31,6 +32,16 @@ pub(crate) struct Kept {
 impl Kept {
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
+    }
+
+    /// The capsules keeping their VMM now.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.lock().iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Takes out the oldest, to release.
+    pub(crate) fn pop_oldest(&self) -> Option<String> {
+        self.lock().pop_front().map(|(id, _)| id)
     }
 
     /// Forgets `id` (resumed, destroyed or released).
@@ -126,7 +137,7 @@ impl Manager {
         self.release_all(all).await;
     }
 
-    async fn release_all(&self, ids: Vec<String>) {
+    pub(super) async fn release_all(&self, ids: Vec<String>) {
         for id in ids {
             if let Ok(h) = self.handle(&id) {
                 if let Err(e) = h.release().await {

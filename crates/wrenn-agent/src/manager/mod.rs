@@ -91,6 +91,8 @@ pub struct Manager {
     admission: admission::Admission,
     /// Paused capsules that keep their stopped VMM.
     kept: kept::Kept,
+    /// The memory capsules may commit.
+    memory: capacity::MemoryBudget,
     /// Fork images (`WRENN_DIR/forks`), kept while a capsule or another image needs them.
     forks: crate::forks::Forks,
 }
@@ -182,6 +184,7 @@ impl Manager {
             runtime,
             pool: Arc::default(),
             kept: kept::Kept::default(),
+            memory: capacity::MemoryBudget::default(),
             admission: admission::Admission::new(default_create_parallelism()),
             forks,
         };
@@ -234,7 +237,7 @@ impl Manager {
         } else {
             spec.memory_mib
         };
-        self.check_capacity(memory)?;
+        self.check_capacity_without_caches(memory)?;
         let disk_bytes = match spec.disk_mib {
             0 => self.templates.disk_bytes(&spec.template)?,
             d => u64::from(d) << 20,
@@ -253,14 +256,23 @@ impl Manager {
             .await?;
         let _busy = self.pool.busy();
         let _turn = self.admission.turn().await;
-        // Checked again: the shape may have taken a while to make, and other creates may
-        // have run while this one waited for its turn.
-        self.check_capacity(resolved.spec.memory_mib)?;
-        self.check_disk(disk_bytes, resolved.spec.memory_mib)?;
+        // A warm machine taken out of the pool no longer counts as a cache: checked again
+        // (the shape may have taken a while to make, and other creates may have run while
+        // this one waited for its turn), the capsule counts once.
         let mut stale = Vec::new();
         let warm = self.pool.take(&resolved, &mut stale);
         for w in stale {
             self.discard_warm(w).await;
+        }
+        let room = match self.make_room(resolved.spec.memory_mib, 1).await {
+            Ok(()) => self.check_disk(disk_bytes, resolved.spec.memory_mib),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = room {
+            if let Some(w) = warm {
+                self.discard_warm(w).await;
+            }
+            return Err(e);
         }
         let (id, slot, prepared) = match warm {
             Some(w) => (w.id, w.slot_index, Some(w.prepared)),
@@ -342,9 +354,19 @@ impl Manager {
         Ok(h.record())
     }
 
+    /// Resumes a paused capsule, if the memory budget has room for it (it counts from now
+    /// on; its kept VMM, if any, counted already).
     pub async fn resume(&self, id: &str) -> Result<CapsuleRecord> {
         let h = self.handle(id)?;
-        self.kept.forget(id);
+        let rec = h.record();
+        if rec.state == CapsuleStatus::Paused {
+            self.kept.forget(id);
+            if let Err(e) = self.make_room_to_resume(rec.memory_mib).await {
+                // Its kept VMM is no longer counted: it ends, the capsule stays paused.
+                let _ = h.release().await;
+                return Err(e);
+            }
+        }
         h.resume().await?;
         Ok(h.record())
     }

@@ -6,7 +6,9 @@
 //! no QEMU start, no state load, and under TCG none of the guest's code translated again.
 //!
 //! Refill is one machine at a time, only while no create is in flight, with a pause between
-//! two: it never competes with the work it is there to speed up. A shape is kept warm once a
+//! two, and only into the memory budget's free room (a machine counts like a capsule and ends
+//! first when work needs the room: `capacity.rs`): it never competes with the work it is
+//! there to speed up. A shape is kept warm once a
 //! create has used it. A warm machine is in `capsules/<id>/` with no `capsule.json`, so an
 //! agent that crashed leaves nothing a start does not remove (the folder, the QEMU under it,
 //! the slot and the cgroup are swept like any capsule that cannot be adopted); a stop drains
@@ -112,7 +114,18 @@ impl WarmPool {
         None
     }
 
-    /// Any warm machine (to give its slot to a create when slots run out).
+    /// Each warm machine's guest memory, MiB.
+    pub(crate) fn memory_mibs(&self) -> Vec<u32> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .map(|w| w.prepared.vm.config().memory_mib)
+            .collect()
+    }
+
+    /// Any warm machine (to give its slot to a create, or its memory, when they run out).
     pub(crate) fn pop_any(&self) -> Option<Warm> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.values_mut().find_map(Vec::pop)
@@ -219,6 +232,8 @@ impl Manager {
                 .map(|(d, s)| (d.clone(), s.clone()))
         };
         let (template_dir, (spec, envd_token)) = want?;
+        // Only into memory the budget has free: a warm machine counts like a capsule.
+        self.check_capacity_for(spec.memory_mib, 1).ok()?;
         let snap = Snapshot { template_dir };
         if snap.spec().is_none() {
             // The template (or shape) is gone: keep nothing warm for it.

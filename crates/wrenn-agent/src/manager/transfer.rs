@@ -218,7 +218,7 @@ impl Manager {
                 rec.id, rec.state
             )));
         }
-        self.check_capacity(rec.memory_mib)?;
+        self.make_room(rec.memory_mib, 1).await?;
         let slot = self.slots.take()?;
         rec.slot = slot;
         rec.snapshot_dir = Some(dir.join(ORIGIN));
