@@ -6,13 +6,9 @@ mod support;
 
 use std::collections::HashMap;
 
-use support::{images_dir, sh};
+use support::sh;
 
-use wrenn_agent::{
-    capsule::CreateSpec,
-    manager::{AgentConfig, Manager},
-    netslot, AgentError,
-};
+use wrenn_agent::{capsule::CreateSpec, netslot, AgentError};
 use wrenn_types::CapsuleStatus;
 
 fn spec(env: &[(&str, &str)]) -> CreateSpec {
@@ -31,21 +27,7 @@ fn spec(env: &[(&str, &str)]) -> CreateSpec {
 #[tokio::test]
 async fn capsule_lifecycle_through_the_manager() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = Manager::start(AgentConfig {
-        data_dir: data.path().to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: 3,
-        slots: 200..=299,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    })
-    .await
-    .unwrap();
-    let mgr = std::sync::Arc::new(mgr);
+    let mgr = support::manager(data.path(), 200..=299, 3).await;
 
     let a = mgr
         .create(spec(&[("GREETING", "hello")]))
@@ -124,22 +106,7 @@ async fn capsule_lifecycle_through_the_manager() {
 async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
     let range = 300..=399;
-    let mgr = std::sync::Arc::new(
-        Manager::start(AgentConfig {
-            data_dir: data.path().to_path_buf(),
-            images_dir: images_dir(),
-            qemu: wrenn_vmm::qemu::default_qemu(),
-            max_capsules: 20,
-            slots: range.clone(),
-            shapes: Default::default(),
-            dns_upstreams: Vec::new(),
-            egress_allow_private: Vec::new(),
-            envd: None,
-            vmm: Default::default(),
-        })
-        .await
-        .unwrap(),
-    );
+    let mgr = support::manager(data.path(), range.clone(), 20).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
         let mgr = mgr.clone();
@@ -189,21 +156,7 @@ async fn twenty_concurrent_creates_and_destroys_leave_nothing() {
 #[tokio::test]
 async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = Manager::start(AgentConfig {
-        data_dir: data.path().to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: 1,
-        slots: 700..=799,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    })
-    .await
-    .unwrap();
-    let mgr = std::sync::Arc::new(mgr);
+    let mgr = support::manager(data.path(), 700..=799, 1).await;
     let c = mgr.create(spec(&[])).await.unwrap();
     let pid = c.vmm_pid.expect("a running capsule has a VMM");
     // SAFETY: plain kill(2) of the capsule's QEMU, as a crash would.
@@ -241,21 +194,7 @@ async fn a_dead_vmm_marks_the_capsule_error_and_frees_it() {
 #[tokio::test]
 async fn a_failed_resume_releases_everything() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = Manager::start(AgentConfig {
-        data_dir: data.path().to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: 1,
-        slots: 800..=899,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    })
-    .await
-    .unwrap();
-    let mgr = std::sync::Arc::new(mgr);
+    let mgr = support::manager(data.path(), 800..=899, 1).await;
     let c = mgr.create(spec(&[])).await.unwrap();
     mgr.pause(&c.id).await.unwrap();
     let dir = data.path().join("capsules").join(&c.id);
@@ -295,21 +234,7 @@ async fn a_failed_resume_releases_everything() {
 #[tokio::test]
 async fn a_vmm_that_dies_during_a_shutdown_pause_leaves_no_slot() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = Manager::start(AgentConfig {
-        data_dir: data.path().to_path_buf(),
-        images_dir: images_dir(),
-        qemu: wrenn_vmm::qemu::default_qemu(),
-        max_capsules: 1,
-        slots: 7410..=7419,
-        shapes: Default::default(),
-        dns_upstreams: Vec::new(),
-        egress_allow_private: Vec::new(),
-        envd: None,
-        vmm: Default::default(),
-    })
-    .await
-    .unwrap();
-    let mgr = std::sync::Arc::new(mgr);
+    let mgr = support::manager(data.path(), 7410..=7419, 1).await;
     let c = mgr.create(spec(&[])).await.unwrap();
     let pid = c.vmm_pid.expect("a running capsule has a VMM") as i32;
     // SAFETY: plain kill(2) of the capsule's QEMU.
