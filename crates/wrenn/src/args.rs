@@ -128,7 +128,7 @@ pub struct HostArgs {
     pub keep_paused: usize,
     /// Memory capsules may commit, MiB: each running capsule its RAM plus 128 MiB for its
     /// VMM. Paused capsules' kept VMMs and warm machines count the same, and end first when a
-    /// create, resume or fork needs the room. Above the host's memory it overcommits (what
+    /// create, resume, fork or move needs the room. Above the host's memory it overcommits (what
     /// the guests touch must then fit). 0 (the default): the host's memory less 512 MiB.
     #[arg(long, env = "WRENN_CAPSULE_MEMORY_MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1 << 30), value_name = "MIB")]
     pub capsule_memory_mib: u64,
