@@ -232,3 +232,41 @@ async fn kept_vmms_give_their_memory_up_to_work() {
     }
     assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
 }
+
+/// The reaper ends a VMM kept longer than the host allows (`--keep-paused-secs`), within a
+/// second or two of its time; the capsule stays paused and resumes from its files.
+#[tokio::test]
+async fn the_reaper_ends_a_vmm_kept_too_long() {
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mgr = std::sync::Arc::new(
+        Manager::start(AgentConfig {
+            slots: 7470..=7479,
+            ..config(data.path())
+        })
+        .await
+        .unwrap(),
+    );
+    mgr.spawn_reaper();
+    mgr.set_keep_paused(1).await;
+    mgr.set_keep_paused_for(std::time::Duration::from_secs(3));
+    let a = create(&mgr).await;
+    out(&mgr, &a, "echo kept > /tmp/mark").await;
+    mgr.pause(&a).await.unwrap();
+    let paused_at = std::time::Instant::now();
+    assert_eq!(qemus(data.path(), &a).len(), 1, "kept");
+    while mgr.kept_count() == 1 && paused_at.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ended = paused_at.elapsed();
+    assert_eq!(mgr.kept_count(), 0, "still kept after {ended:?}");
+    assert!(
+        ended >= std::time::Duration::from_secs(3),
+        "ended after {ended:?}"
+    );
+    assert!(qemus(data.path(), &a).is_empty());
+    assert_eq!(mgr.get(&a).unwrap().state, CapsuleStatus::Paused);
+    mgr.resume(&a).await.unwrap();
+    assert_eq!(out(&mgr, &a, "cat /tmp/mark").await.trim(), "kept");
+    mgr.destroy(&a).await.unwrap();
+    assert!(wrenn_vmm::qemu::processes_under(data.path()).is_empty());
+}

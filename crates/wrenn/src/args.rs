@@ -120,12 +120,15 @@ pub struct HostArgs {
     pub warm_pool: usize,
     /// Paused capsules that keep their stopped VMM, so a resume only runs it on (no VMM
     /// start, no state load; under TCG no translating the guest's code again). The pause
-    /// saves the state to disk all the same; the oldest pause beyond N, one kept 5 minutes,
-    /// a snapshot or move of it, and the host's shutdown end a kept VMM. Each holds its
-    /// guest's touched memory and its QEMU (which capacity, counting paused capsules by disk
-    /// only, does not see). 0 (the default): none.
+    /// saves the state to disk all the same; the oldest pause beyond N, one kept longer than
+    /// --keep-paused-secs, a snapshot or move of it, work that needs its memory, and the
+    /// host's shutdown end a kept VMM. Each holds its guest's touched memory and its QEMU,
+    /// and counts in --capsule-memory-mib like a running capsule. 0 (the default): none.
     #[arg(long, env = "WRENN_KEEP_PAUSED", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024), value_name = "N")]
     pub keep_paused: usize,
+    /// The longest a paused capsule keeps its VMM, seconds (1 to 86400).
+    #[arg(long, env = "WRENN_KEEP_PAUSED_SECS", default_value_t = wrenn_agent::manager::DEFAULT_KEPT_FOR.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400), value_name = "SECS")]
+    pub keep_paused_secs: u64,
     /// Memory capsules may commit, MiB: each running capsule its RAM plus 128 MiB for its
     /// VMM. Paused capsules' kept VMMs and warm machines count the same, and end first when a
     /// create, resume, fork or move needs the room. Above the host's memory it overcommits (what
@@ -162,6 +165,7 @@ impl HostArgs {
             .set_capsule_memory_mib(self.capsule_memory_mib)
             .await;
         manager.set_pool_size(self.warm_pool).await;
+        manager.set_keep_paused_for(std::time::Duration::from_secs(self.keep_paused_secs));
         manager.set_keep_paused(self.keep_paused).await;
     }
 

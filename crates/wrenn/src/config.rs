@@ -271,11 +271,15 @@ mod tests {
             .render_long_help()
             .to_string();
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
-        let minutes = wrenn_agent::manager::KEPT_FOR.as_secs() / 60;
+        let secs = wrenn_agent::manager::DEFAULT_KEPT_FOR.as_secs();
         assert!(
-            help.contains(&format!("one kept {minutes} minutes")),
+            help.contains("one kept longer than --keep-paused-secs")
+                && help.contains(&format!("[env: WRENN_KEEP_PAUSED_SECS=] [default: {secs}]")),
             "{help}"
         );
+        assert_eq!(agent(None, &[], &[]).unwrap().host.keep_paused_secs, secs);
+        let e = agent(None, &[], &["--keep-paused-secs=0"]).unwrap_err();
+        assert!(e.contains("0 is not in 1..=86400"), "{e}");
     }
 
     #[test]
@@ -358,7 +362,7 @@ mod tests {
         let default = wrenn_agent::manager::default_create_parallelism();
         let n = (default + 2).to_string();
         let a = agent(
-            Some("slots = \"7420-7421\"\nkeep-paused = 2\nwarm-pool = 1\ncreate-parallelism = 1\ncapsule-memory-mib = 4096\n"),
+            Some("slots = \"7420-7421\"\nkeep-paused = 2\nkeep-paused-secs = 60\nwarm-pool = 1\ncreate-parallelism = 1\ncapsule-memory-mib = 4096\n"),
             &[],
             &["--create-parallelism", &n],
         )
@@ -378,6 +382,10 @@ mod tests {
             "the flag over the file"
         );
         assert_eq!(manager.keep_paused(), 2);
+        assert_eq!(
+            manager.keep_paused_for(),
+            std::time::Duration::from_secs(60)
+        );
         assert_eq!(manager.capsule_memory_mib(), 4096);
         assert_eq!(manager.pool_size(), 1, "no template here: nothing to warm");
         manager.stop_idle_vmms().await;

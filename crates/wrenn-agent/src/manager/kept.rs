@@ -1,7 +1,7 @@
 //! Kept VMMs: a capsule its user pauses saves its state to its files as always, and its
 //! stopped VMM may stay alive too, so a resume only runs it on (no QEMU start, no state load,
 //! no translating the guest's code again under TCG). At most `keep_paused` of them per host
-//! (the oldest pause goes first), each for at most [`KEPT_FOR`]; the host's shutdown, a
+//! (the oldest pause goes first), each for at most [`DEFAULT_KEPT_FOR`] unless set otherwise; the host's shutdown, a
 //! snapshot, an export, a destroy or the VMM's death end one, and the capsule then resumes
 //! from its files (a fork only copies those files and leaves the VMM kept). A kept VMM counts in the
 //! host's memory budget like a running capsule and ends first when memory is short
@@ -10,7 +10,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
     time::{Duration, Instant},
@@ -18,20 +18,30 @@ use std::{
 
 use super::Manager;
 
-/// The longest a paused capsule keeps its VMM.
-pub const KEPT_FOR: Duration = Duration::from_secs(300);
+/// The longest a paused capsule keeps its VMM, unless set otherwise
+/// ([`Manager::set_keep_paused_for`]).
+pub const DEFAULT_KEPT_FOR: Duration = Duration::from_secs(300);
 
 /// Which paused capsules keep their VMM, oldest pause first.
 #[derive(Default)]
 pub(crate) struct Kept {
     /// Most kept at once (0: none).
     limit: AtomicUsize,
+    /// The longest one is kept, seconds (0: [`DEFAULT_KEPT_FOR`]).
+    for_secs: AtomicU64,
     order: Mutex<VecDeque<(String, Instant)>>,
 }
 
 impl Kept {
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
+    }
+
+    fn kept_for(&self) -> Duration {
+        match self.for_secs.load(Ordering::Relaxed) {
+            0 => DEFAULT_KEPT_FOR,
+            s => Duration::from_secs(s),
+        }
     }
 
     /// The capsules keeping their VMM now.
@@ -57,18 +67,19 @@ impl Kept {
         Self::beyond(&mut order, self.limit(), None)
     }
 
-    /// Takes out those beyond `limit`, and with `now` those kept longer than [`KEPT_FOR`].
+    /// Takes out those beyond `limit`, and with `now` and how long one may be kept, those
+    /// kept longer.
     fn beyond(
         order: &mut VecDeque<(String, Instant)>,
         limit: usize,
-        now: Option<Instant>,
+        now: Option<(Instant, Duration)>,
     ) -> Vec<String> {
         let mut out = Vec::new();
         while order.len() > limit
             || order
                 .front()
                 .zip(now)
-                .is_some_and(|((_, at), now)| now.duration_since(*at) >= KEPT_FOR)
+                .is_some_and(|((_, at), (now, most))| now.duration_since(*at) >= most)
         {
             if let Some((id, _)) = order.pop_front() {
                 out.push(id);
@@ -96,6 +107,19 @@ impl Manager {
         self.kept.limit()
     }
 
+    /// Sets the longest a paused capsule keeps its VMM (at least a second); the reaper ends
+    /// those kept longer within a second.
+    pub fn set_keep_paused_for(&self, most: Duration) {
+        self.kept
+            .for_secs
+            .store(most.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// The longest a paused capsule keeps its VMM.
+    pub fn keep_paused_for(&self) -> Duration {
+        self.kept.kept_for()
+    }
+
     /// The paused capsules that keep their VMM now.
     pub fn kept_count(&self) -> usize {
         self.kept.lock().len()
@@ -115,12 +139,13 @@ impl Manager {
         Ok(())
     }
 
-    /// Releases the VMMs kept longer than [`KEPT_FOR`] (the reaper calls it every second).
+    /// Releases the VMMs kept longer than they may be (the reaper calls it every second).
     pub(super) async fn release_expired(&self) {
+        let most = self.kept.kept_for();
         let over = Kept::beyond(
             &mut self.kept.lock(),
             self.kept.limit(),
-            Some(Instant::now()),
+            Some((Instant::now(), most)),
         );
         self.release_all(over).await;
     }
@@ -164,9 +189,14 @@ mod tests {
         assert_eq!(kept.add("d"), vec!["c".to_string()]);
         kept.forget("b");
         assert_eq!(kept.lock().len(), 1);
-        let later = Instant::now() + KEPT_FOR;
+        assert_eq!(kept.kept_for(), DEFAULT_KEPT_FOR);
+        let later = Instant::now() + DEFAULT_KEPT_FOR;
+        assert!(
+            Kept::beyond(&mut kept.lock(), 2, Some((later, DEFAULT_KEPT_FOR * 2))).is_empty(),
+            "not yet, with a longer time"
+        );
         assert_eq!(
-            Kept::beyond(&mut kept.lock(), 2, Some(later)),
+            Kept::beyond(&mut kept.lock(), 2, Some((later, DEFAULT_KEPT_FOR))),
             vec!["d".to_string()]
         );
         assert_eq!(

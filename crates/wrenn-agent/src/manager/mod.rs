@@ -25,7 +25,7 @@ use wrenn_types::{CapsuleStatus, Id, IdKind};
 
 pub use admission::default_create_parallelism;
 use capacity::{host_memory_bytes, validate_shape};
-pub use kept::KEPT_FOR;
+pub use kept::DEFAULT_KEPT_FOR;
 pub use load::host_specs;
 use recovery::{cleanup_cgroups, kill_if_qemu_of, kill_stray_qemus};
 
