@@ -149,6 +149,8 @@ impl Manager {
     }
 
     async fn make_room_for(&self, memory_mib: u32, count: usize, new: usize) -> Result<()> {
+        // Caches end only if ending them all would make the room.
+        self.check_room(memory_mib, count, new, false)?;
         loop {
             match self.check_room(memory_mib, count, new, true) {
                 Err(AgentError::MemoryFull { .. }) if self.end_one_cache().await => {}
