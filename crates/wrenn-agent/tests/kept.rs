@@ -61,6 +61,15 @@ impl Drop for RemovedOnDrop {
     }
 }
 
+/// An agent on slots of the test's own (the tests of this file run side by side).
+async fn agent_on(data: &Path, slots: std::ops::RangeInclusive<u32>) -> std::sync::Arc<Manager> {
+    let config = AgentConfig {
+        slots,
+        ..config(data)
+    };
+    std::sync::Arc::new(Manager::start(config).await.unwrap())
+}
+
 async fn create(mgr: &std::sync::Arc<Manager>) -> String {
     mgr.create(CreateSpec {
         template: "minimal".into(),
@@ -180,19 +189,11 @@ async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resu
 /// A kept VMM counts in the host's memory budget like a running capsule and gives its memory
 /// up when work needs it: a create that does not fit otherwise ends the oldest kept VMM (its
 /// capsule resumes from its files), a resume beyond the budget is refused with the capsule left
-/// paused, and lowering the budget ends kept VMMs at once. Its own slots: tests of one file run
-/// side by side.
+/// paused, and lowering the budget ends kept VMMs at once.
 #[tokio::test]
 async fn kept_vmms_give_their_memory_up_to_work() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(
-        Manager::start(AgentConfig {
-            slots: 7450..=7459,
-            ..config(data.path())
-        })
-        .await
-        .unwrap(),
-    );
+    let mgr = agent_on(data.path(), 7450..=7459).await;
     mgr.set_keep_paused(2).await;
     let a = create(&mgr).await;
     let memory = u64::from(mgr.get(&a).unwrap().memory_mib);
@@ -238,14 +239,7 @@ async fn kept_vmms_give_their_memory_up_to_work() {
 #[tokio::test]
 async fn the_reaper_ends_a_vmm_kept_too_long() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mgr = std::sync::Arc::new(
-        Manager::start(AgentConfig {
-            slots: 7470..=7479,
-            ..config(data.path())
-        })
-        .await
-        .unwrap(),
-    );
+    let mgr = agent_on(data.path(), 7470..=7479).await;
     mgr.spawn_reaper();
     mgr.set_keep_paused(1).await;
     mgr.set_keep_paused_for(std::time::Duration::from_secs(3));
