@@ -187,9 +187,10 @@ async fn a_kept_vmm_resumes_in_place_and_every_end_of_it_leaves_the_capsule_resu
 }
 
 /// A kept VMM counts in the host's memory budget like a running capsule and gives its memory
-/// up when work needs it: a create that does not fit otherwise ends the oldest kept VMM (its
-/// capsule resumes from its files), a resume beyond the budget is refused with the capsule left
-/// paused, and lowering the budget ends kept VMMs at once.
+/// up when work needs it: a create, a resume or a fork that does not fit otherwise ends the
+/// oldest kept VMM (its capsule resumes from its files), a resume beyond the budget even
+/// without them is refused with the capsule left paused, and lowering the budget ends kept
+/// VMMs at once.
 #[tokio::test]
 async fn kept_vmms_give_their_memory_up_to_work() {
     let data = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -218,11 +219,27 @@ async fn kept_vmms_give_their_memory_up_to_work() {
         "{refused}"
     );
     assert_eq!(mgr.get(&a).unwrap().state, CapsuleStatus::Paused);
-    mgr.destroy(&c).await.unwrap();
+    // A resume that needs a kept VMM's room ends it: c keeps its VMM at its pause, and a's
+    // resume takes its place.
+    mgr.pause(&c).await.unwrap();
+    assert_eq!(mgr.kept_count(), 1);
     mgr.resume(&a).await.unwrap();
+    assert_eq!(mgr.kept_count(), 0);
+    assert!(qemus(data.path(), &c).is_empty(), "c's kept VMM ended");
     assert_eq!(out(&mgr, &a, "cat /tmp/mark").await.trim(), "before");
+    mgr.destroy(&c).await.unwrap();
+
+    // So does a fork: b's kept VMM makes way for a's child.
+    mgr.pause(&b).await.unwrap();
+    assert_eq!(mgr.kept_count(), 1);
+    let child = mgr.fork(&a, 1).await.unwrap().children[0].id.clone();
+    assert_eq!(mgr.kept_count(), 0);
+    assert!(qemus(data.path(), &b).is_empty(), "b's kept VMM ended");
+    assert_eq!(out(&mgr, &child, "cat /tmp/mark").await.trim(), "before");
+    mgr.destroy(&child).await.unwrap();
 
     // A lower budget ends what it no longer has room for.
+    mgr.resume(&b).await.unwrap();
     mgr.pause(&b).await.unwrap();
     assert_eq!(mgr.kept_count(), 1);
     mgr.set_capsule_memory_mib(each).await;

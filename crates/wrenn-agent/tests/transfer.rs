@@ -226,12 +226,31 @@ async fn templates_and_paused_capsules_travel_between_hosts() {
     assert_eq!(std::fs::read_dir(&capsules_b).unwrap().count(), 0);
     assert!(b.list().is_empty());
 
+    // B's memory budget has room for one capsule, which a kept VMM holds: the import ends it.
+    let each =
+        u64::from(moving.memory_mib.max(src.memory_mib)) + wrenn_agent::capsule::VMM_OVERHEAD_MIB;
+    b.set_keep_paused(1).await;
+    b.set_capsule_memory_mib(each + each / 2).await;
+    let held = b
+        .create(CreateSpec {
+            template: name.clone(),
+            kind: TemplateKind::Snapshot,
+            ..Default::default()
+        })
+        .await
+        .expect("create on B");
+    b.pause(&held.id).await.unwrap();
+    assert_eq!(b.kept_count(), 1);
     let landed = b
         .import_capsule(tokio_stream::iter(items.clone()))
         .await
         .expect("import the capsule on B");
     assert_eq!(landed.id, moving.id);
     assert_eq!(landed.state, CapsuleStatus::Paused);
+    assert_eq!(b.kept_count(), 0, "the import ended the kept VMM");
+    b.destroy(&held.id).await.unwrap();
+    b.set_capsule_memory_mib(0).await;
+    b.set_keep_paused(0).await;
     assert!((3410..=3419).contains(&landed.slot));
     let twice = b.import_capsule(tokio_stream::iter(items)).await;
     assert!(

@@ -373,8 +373,18 @@ mod tests {
             .unwrap();
         let manager = wrenn_agent::manager::Manager::start(config).await.unwrap();
         assert_eq!(manager.create_parallelism(), default);
-        let host_less_reserve = manager.capsule_memory_mib();
-        assert!(host_less_reserve > 0 && host_less_reserve != 4096);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert_eq!(
+            manager.capsule_memory_mib(),
+            total_kib / 1024 - 512,
+            "by default: the host's memory less 512 MiB"
+        );
         a.host.apply(&manager).await;
         assert_eq!(
             manager.create_parallelism(),

@@ -12,6 +12,7 @@ use super::Manager;
 use crate::{
     capsule::{self, CreateSpec},
     error::{AgentError, Result},
+    record::CapsuleRecord,
 };
 
 /// Memory the host keeps for itself: creates that would leave less are refused.
@@ -59,7 +60,9 @@ impl Manager {
     /// it end now.
     pub async fn set_capsule_memory_mib(&self, mib: u64) {
         self.memory.limit_mib.store(mib, Ordering::Relaxed);
-        while self.committed_mib(true) > self.memory.mib() && self.end_one_cache().await {}
+        while self.committed_mib(&self.list(), true) > self.memory.mib()
+            && self.end_one_cache().await
+        {}
     }
 
     /// The memory capsules may commit, MiB ([`Manager::set_capsule_memory_mib`]).
@@ -67,10 +70,10 @@ impl Manager {
         self.memory.mib()
     }
 
-    /// Memory committed now: running capsules, and with `caches` kept VMMs and warm machines.
-    fn committed_mib(&self, caches: bool) -> u64 {
-        let running: u64 = self
-            .list()
+    /// Memory committed now: running capsules (of `list`, this host's), and with `caches`
+    /// kept VMMs and warm machines.
+    fn committed_mib(&self, list: &[CapsuleRecord], caches: bool) -> u64 {
+        let running: u64 = list
             .iter()
             .filter(|r| {
                 matches!(
@@ -110,7 +113,8 @@ impl Manager {
     /// Room for `count` VMMs of `memory_mib` each, `new` of them new capsules (a resume's is
     /// counted among the capsules already).
     fn check_room(&self, memory_mib: u32, count: usize, new: usize, caches: bool) -> Result<()> {
-        let live = self.list().len();
+        let list = self.list();
+        let live = list.len();
         if live + new > self.config.max_capsules {
             return Err(AgentError::CapsuleLimitReached { running: live });
         }
@@ -125,7 +129,7 @@ impl Manager {
             });
         }
         let wanted = one * count as u64;
-        let committed = self.committed_mib(caches);
+        let committed = self.committed_mib(&list, caches);
         if committed + wanted > budget {
             return Err(AgentError::MemoryFull {
                 wanted_mib: wanted,

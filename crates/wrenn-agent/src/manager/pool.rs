@@ -232,7 +232,8 @@ impl Manager {
                 .map(|(d, s)| (d.clone(), s.clone()))
         };
         let (template_dir, (spec, envd_token)) = want?;
-        // Only into memory the budget has free: a warm machine counts like a capsule.
+        // Only into memory the budget has free (a warm machine counts like a capsule), and
+        // only below the capsule limit (beyond it no create could take the machine).
         self.check_capacity_for(spec.memory_mib, 1).ok()?;
         let snap = Snapshot { template_dir };
         if snap.spec().is_none() {
