@@ -398,6 +398,10 @@ mod tests {
         );
         assert_eq!(manager.capsule_memory_mib(), 4096);
         assert_eq!(manager.pool_size(), 1, "no template here: nothing to warm");
+        // Above the host's memory: overcommit, taken as given.
+        let over = (total_kib / 1024) * 2;
+        manager.set_capsule_memory_mib(over).await;
+        assert_eq!(manager.capsule_memory_mib(), over);
         manager.stop_idle_vmms().await;
     }
 
